@@ -1,0 +1,44 @@
+"""Configuration in one place, with defaults that work for the demo.
+
+Every value can be overridden by an environment variable `KIOSK_<NAME>` (upper
+case). Paths default to places inside the checkout so the demo needs nothing.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"KIOSK_{name.upper()}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # where the terminal keeps its state (databases, key store, audit log)
+    data_dir: Path = field(default_factory=lambda: Path(_env("data_dir", str(ROOT / "var"))))
+    # the model pack a technician installed; the demo and tests use ../shared/models
+    model_pack: Path = field(default_factory=lambda: Path(_env("model_pack", str(SHARED / "models"))))
+    # face images the simulated camera plays in the demo
+    demo_faces: Path = field(default_factory=lambda: Path(_env("demo_faces", str(SHARED / "data" / "faces"))))
+    # database URL: sqlite:///path or postgresql://...
+    database_url: str = field(default_factory=lambda: _env("database_url", ""))
+    # onnxruntime providers, comma separated, checked at start-up
+    onnx_providers: str = field(default_factory=lambda: _env("onnx_providers", "CPUExecutionProvider"))
+    # serial URL of the terminal's microcontroller (pyserial URL)
+    serial_url: str = field(default_factory=lambda: _env("serial_url", ""))
+    timezone: str = field(default_factory=lambda: _env("timezone", "Asia/Shanghai"))
+
+    def db_url(self, name: str = "kiosk") -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / (name + '.db')}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+
+def load() -> Settings:
+    return Settings()
