@@ -29,6 +29,10 @@ class Settings:
     database_url: str = field(default_factory=lambda: _env("database_url", ""))
     # onnxruntime providers, comma separated, checked at start-up
     onnx_providers: str = field(default_factory=lambda: _env("onnx_providers", "CPUExecutionProvider"))
+    # onnxruntime intra-op threads per model session (the kiosk CPU has 2 cores)
+    onnx_threads: int = field(default_factory=lambda: int(_env("onnx_threads", "1")))
+    # face detector: "yunet" (cv2.FaceDetectorYN, default) or "scrfd" (insightface, dev only)
+    face_detector: str = field(default_factory=lambda: _env("face_detector", "yunet"))
     # serial URL of the terminal's microcontroller (pyserial URL)
     serial_url: str = field(default_factory=lambda: _env("serial_url", ""))
     timezone: str = field(default_factory=lambda: _env("timezone", "Asia/Shanghai"))
