@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from kiosk.errors import InputError
@@ -38,6 +39,10 @@ def _read(path: str) -> bytes:
 
 def run(args: argparse.Namespace) -> int:
     settlement = settle_request(loads_request(_read(args.bill)))
-    json.dump(settlement.to_json(), sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    text = json.dumps(settlement.to_json(), indent=2, ensure_ascii=False) + "\n"
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `kiosk settle bill.json | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
