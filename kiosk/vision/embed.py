@@ -1,0 +1,42 @@
+"""Alignment (insightface `norm_crop` to the arcface 5-point template) and the MobileFaceNet embedding.
+
+Templates are L2-normalised float32 vectors of the manifest's `embedding_dim`
+(128); cosine similarity is then a dot product.
+"""
+from __future__ import annotations
+
+import numpy as np
+from insightface.utils.face_align import norm_crop
+
+from kiosk.vision.detect import Face
+from models.loader import ModelPack
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+class Embedder:
+    def __init__(self, pack: ModelPack) -> None:
+        entry = pack.entry("recognizer")
+        self._sess = pack.session("recognizer")
+        self._input = self._sess.get_inputs()[0].name
+        self.size = int(entry["input_size"][0])
+        self.dim = int(entry.get("embedding_dim", 128))
+        self._mean = float(entry.get("mean", 127.5))
+        self._std = float(entry.get("std", 127.5))
+        self._rgb = str(entry.get("channel_order", "RGB")).upper() == "RGB"
+
+    def align(self, frame: np.ndarray, face: Face) -> np.ndarray:
+        return norm_crop(frame, face.kps, image_size=self.size)
+
+    def embed_aligned(self, crop: np.ndarray) -> np.ndarray:
+        x = crop[:, :, ::-1] if self._rgb else crop
+        blob = ((x.astype(np.float32) - self._mean) / self._std).transpose(2, 0, 1)[None]
+        out = self._sess.run(None, {self._input: np.ascontiguousarray(blob)})[0]
+        return l2_normalise(out.reshape(-1))
+
+    def embed(self, frame: np.ndarray, face: Face) -> np.ndarray:
+        return self.embed_aligned(self.align(frame, face))

@@ -1,0 +1,266 @@
+"""Evaluation of the face pipeline on folders of images (ISO/IEC 30107-3 / 19795 terms).
+
+Verification: DIR/<person>/<image>; genuine pairs = all same-person pairs,
+impostor pairs = all cross-person pairs (or a seeded sample of at least
+100,000 when there are more than `max_impostors`). An image with no usable face
+is a failure to enrol, counted, not raised. Liveness: DIR/live/*, DIR/spoof/*
+(sub-folders allowed); the per-image score is the ensemble live probability of
+the largest face; a spoof with no face counts as rejected, a live image with no
+face as a bona fide rejection. Results and the PNG report are aggregate
+numbers only: no image or crop is written.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kiosk.errors import InputError
+from kiosk.vision.frames import IMAGE_SUFFIXES, read_image
+from kiosk.vision.pipeline import FacePipeline, pad_tight_crop
+
+FAR_POINTS = ("0.01", "0.001", "0.0001")
+
+
+def image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def identity_folders(root: Path) -> dict[str, list[Path]]:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"identities directory not found: {root}", code="not_a_directory", field="identities")
+    out = {d.name: image_files(d) for d in sorted(root.iterdir()) if d.is_dir()}
+    out = {k: v for k, v in out.items() if v}
+    if not out:
+        raise InputError(f"no <person>/<image> folders under {root}", code="no_identities", field="identities")
+    return out
+
+
+@dataclass
+class Embeddings:
+    labels: np.ndarray  # int person index per enrolled image
+    vectors: np.ndarray  # (n, 128) float32
+    people: list[str]
+    failed_to_enrol: int
+    images: int
+
+
+def embed_identities(pipe: FacePipeline, folders: dict[str, list[Path]]) -> Embeddings:
+    labels, vecs, fte, n = [], [], 0, 0
+    people = list(folders)
+    for pi, person in enumerate(people):
+        for path in folders[person]:
+            n += 1
+            t0 = time.perf_counter()
+            try:
+                img = read_image(path)
+            except InputError:
+                fte += 1
+                continue
+            pipe.timer.add("decode", t0)
+            probe = pipe.enrol_image(img)
+            if not probe.ok:
+                fte += 1
+                continue
+            labels.append(pi)
+            vecs.append(probe.template)
+    vectors = np.asarray(vecs, np.float32).reshape(-1, pipe.embedder.dim)
+    return Embeddings(np.asarray(labels, np.int64), vectors, people, fte, n)
+
+
+def pair_scores(emb: Embeddings, *, max_impostors: int = 2_000_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine scores (all same-person pairs) and impostor scores (all cross pairs, or a seeded sample)."""
+    lab, v = emb.labels, emb.vectors
+    n = len(lab)
+    gen, imp = [], []
+    if n < 2:
+        return np.empty(0, np.float32), np.empty(0, np.float32)
+    n_cross = (n * (n - 1)) // 2 - int(sum(c * (c - 1) // 2 for c in np.bincount(lab)))
+    if n_cross <= max_impostors:
+        for i in range(0, n, 2048):
+            s = v[i:i + 2048] @ v.T
+            rows = np.arange(i, min(n, i + 2048))[:, None]
+            upper = np.arange(n)[None, :] > rows
+            same = lab[rows] == lab[None, :]
+            gen.append(s[upper & same])
+            imp.append(s[upper & ~same])
+        return np.concatenate(gen).astype(np.float32), np.concatenate(imp).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    for i in range(0, n, 2048):
+        s = v[i:i + 2048] @ v.T
+        rows = np.arange(i, min(n, i + 2048))[:, None]
+        upper = np.arange(n)[None, :] > rows
+        gen.append(s[upper & (lab[rows] == lab[None, :])])
+    want = max(100_000, max_impostors)
+    a = rng.integers(0, n, want * 2)
+    b = rng.integers(0, n, want * 2)
+    keep = (a != b) & (lab[a] != lab[b])
+    a, b = a[keep][:want], b[keep][:want]
+    imp_s = np.einsum("ij,ij->i", v[a], v[b])
+    return np.concatenate(gen).astype(np.float32), imp_s.astype(np.float32)
+
+
+def threshold_at_far(imp: np.ndarray, far: float) -> float:
+    """Smallest threshold whose false-accept rate (score >= t) is at most `far`."""
+    if imp.size == 0:
+        return 1.0
+    s = np.sort(imp)[::-1]
+    k = int(np.floor(far * s.size))  # number of impostors allowed at or above t
+    if k >= s.size:
+        return float(s[-1])
+    return float(np.nextafter(s[k], np.float32(2.0)))
+
+
+def eer(gen: np.ndarray, imp: np.ndarray) -> tuple[float, float]:
+    """(EER, threshold) by sweeping every observed score."""
+    if gen.size == 0 or imp.size == 0:
+        return float("nan"), float("nan")
+    ts = np.unique(np.concatenate([gen, imp]))
+    g = np.sort(gen)
+    i = np.sort(imp)
+    frr = np.searchsorted(g, ts, side="left") / g.size
+    far = 1.0 - np.searchsorted(i, ts, side="left") / i.size
+    k = int(np.argmin(np.abs(frr - far)))
+    return float((frr[k] + far[k]) / 2), float(ts[k])
+
+
+def verification_metrics(gen: np.ndarray, imp: np.ndarray, threshold: float, fte: int) -> dict:
+    tar = {}
+    for f in FAR_POINTS:
+        fv = float(f)
+        if imp.size and imp.size * fv >= 1:
+            t = threshold_at_far(imp, fv)
+            tar[f] = round(float((gen >= t).mean()) if gen.size else float("nan"), 5)
+        else:
+            tar[f] = None  # too few impostor pairs to measure this FAR
+    e, _ = eer(gen, imp)
+    return {
+        "genuine_pairs": int(gen.size), "impostor_pairs": int(imp.size), "threshold": threshold,
+        "far": round(float((imp >= threshold).mean()), 6) if imp.size else None,
+        "frr": round(float((gen < threshold).mean()), 6) if gen.size else None,
+        "tar_at_far": tar, "eer": round(e, 5), "failed_to_enrol": int(fte),
+    }
+
+
+def liveness_score_image(pipe: FacePipeline, img: np.ndarray) -> float | None:
+    img = pad_tight_crop(img)
+    faces = pipe.detect(img, max_side=min(640, max(img.shape[:2])))
+    if not faces:
+        return None
+    t0 = time.perf_counter()
+    s = pipe.liveness.score(img, faces[0])
+    pipe.timer.add("liveness", t0)
+    return s
+
+
+def liveness_scores(pipe: FacePipeline, paths: Iterable[Path], transform=None) -> tuple[np.ndarray, int]:
+    """Scores of the images with a face, and how many had none."""
+    scores, none = [], 0
+    for p in paths:
+        t0 = time.perf_counter()
+        img = read_image(p)
+        pipe.timer.add("decode", t0)
+        if transform is not None:
+            img = transform(img)
+        s = liveness_score_image(pipe, img)
+        if s is None:
+            none += 1
+        else:
+            scores.append(s)
+    return np.asarray(scores, np.float64), none
+
+
+def liveness_metrics(live: np.ndarray, live_noface: int, spoof: np.ndarray, spoof_noface: int,
+                     threshold: float) -> dict:
+    n_live = live.size + live_noface
+    n_spoof = spoof.size + spoof_noface
+    return {
+        "threshold": threshold,
+        "apcer": round(float((spoof >= threshold).sum() / n_spoof), 6) if n_spoof else None,
+        "bpcer": round(float(((live < threshold).sum() + live_noface) / n_live), 6) if n_live else None,
+        "live": int(n_live), "spoof": int(n_spoof),
+        "live_no_face": int(live_noface), "spoof_no_face": int(spoof_noface),
+    }
+
+
+def write_report(out: Path, gen: np.ndarray, imp: np.ndarray, match_thr: float,
+                 live: np.ndarray, spoof: np.ndarray, live_thr: float) -> list[Path]:
+    """DET curve and live/spoof histograms (PNG) marking the shipped thresholds: aggregate plots only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.5))
+    if gen.size and imp.size:
+        ts = np.linspace(-1, 1, 801)
+        g, i = np.sort(gen), np.sort(imp)
+        frr = np.searchsorted(g, ts, side="left") / g.size
+        far = 1.0 - np.searchsorted(i, ts, side="left") / i.size
+        floor = 0.5 / max(i.size, g.size)
+        ax[0].loglog(np.maximum(far, floor), np.maximum(frr, floor), label="DET")
+        f0 = max(float((imp >= match_thr).mean()), floor)
+        r0 = max(float((gen < match_thr).mean()), floor)
+        ax[0].plot([f0], [r0], "ro", label=f"shipped threshold {match_thr:.3f}")
+        ax[0].set_xlabel("false accept rate (FAR)")
+        ax[0].set_ylabel("false reject rate (FRR)")
+        ax[0].set_title(f"DET: {g.size} genuine / {i.size} impostor pairs")
+        ax[0].legend()
+        ax[0].grid(True, which="both", alpha=0.3)
+        ax[1].hist(imp, bins=100, alpha=0.6, density=True, label="impostor")
+        ax[1].hist(gen, bins=100, alpha=0.6, density=True, label="genuine")
+        ax[1].axvline(match_thr, color="r", label="shipped threshold")
+        ax[1].set_xlabel("cosine similarity")
+        ax[1].legend()
+    fig.tight_layout()
+    p = out / "verification_det.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    files.append(p)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    bins = np.linspace(0, 1, 51)
+    if live.size:
+        ax.hist(live, bins=bins, alpha=0.6, label=f"live ({live.size})")
+    if spoof.size:
+        ax.hist(spoof, bins=bins, alpha=0.6, label=f"spoof ({spoof.size})")
+    ax.axvline(live_thr, color="r", label=f"shipped threshold {live_thr:.3f}")
+    ax.set_xlabel("ensemble live probability")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    p = out / "liveness_hist.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    files.append(p)
+    return files
+
+
+def run_eval(pipe: FacePipeline, identities: Path | None, liveness: Path | None, *, report: Path | None = None,
+             max_impostors: int = 2_000_000, seed: int = 0) -> dict:
+    pipe.timer.enabled = True
+    t = pipe.pack.thresholds
+    result: dict = {}
+    gen = imp = np.empty(0)
+    if identities is not None:
+        emb = embed_identities(pipe, identity_folders(Path(identities)))
+        gen, imp = pair_scores(emb, max_impostors=max_impostors, seed=seed)
+        result["verification"] = verification_metrics(gen, imp, float(t["match_cosine"]), emb.failed_to_enrol)
+    live = spoof = np.empty(0)
+    if liveness is not None:
+        root = Path(liveness)
+        if not (root / "live").is_dir() or not (root / "spoof").is_dir():
+            raise InputError(f"{root} must hold live/ and spoof/", code="liveness_layout", field="liveness")
+        live, ln = liveness_scores(pipe, image_files(root / "live"))
+        spoof, sn = liveness_scores(pipe, image_files(root / "spoof"))
+        result["liveness"] = liveness_metrics(live, ln, spoof, sn, float(t["liveness_live"]))
+    result["latency_ms"] = {k: {"p50": v["p50"], "p95": v["p95"]} for k, v in pipe.timer.summary().items()}
+    if report is not None:
+        result["report"] = [str(p) for p in write_report(Path(report), gen, imp, float(t["match_cosine"]),
+                                                         live, spoof, float(t["liveness_live"]))]
+    return result
