@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any, Mapping
 
 from kiosk.errors import InputError
-from kiosk.money import Fen, parse_decimal, yuan_to_fen
+from kiosk.money import Fen, fen_to_yuan, parse_decimal, yuan_to_fen
 
 from .profiles import LEVELS, KNOWN_CONDITIONS
 
@@ -52,6 +52,18 @@ class Item:
     def chrgitm_lv(self) -> str:
         return self.category.chrgitm_lv
 
+    def to_json(self) -> dict[str, str]:
+        d = {"code": self.code, "category": self.category.value, "price": _plain(self.price), "qty": _plain(self.qty)}
+        if self.selfpay_prop is not None:
+            d["selfpay_prop"] = _plain(self.selfpay_prop)
+        if self.price_ceiling is not None:
+            d["price_ceiling"] = _plain(self.price_ceiling)
+        return d
+
+
+def _plain(d: Decimal) -> str:
+    return format(d, "f")
+
 
 @dataclass(frozen=True)
 class Bill:
@@ -61,6 +73,16 @@ class Bill:
     institution_level: int
     items: tuple[Item, ...]
     conditions: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "profile": self.profile,
+            "institution_level": self.institution_level,
+            "items": [it.to_json() for it in self.items],
+        }
+        if self.conditions:
+            d["conditions"] = sorted(self.conditions)
+        return d
 
 
 @dataclass(frozen=True)
@@ -77,8 +99,6 @@ class Ytd:
                 raise InputError(f"must be a non-negative integer of fen, got {v!r}", field=f"ytd.{name}")
 
     def to_json(self) -> dict[str, str]:
-        from kiosk.money import fen_to_yuan
-
         return {"deductible_used": fen_to_yuan(self.deductible_used), "pool_paid": fen_to_yuan(self.pool_paid)}
 
     @classmethod
@@ -99,6 +119,16 @@ class SettleRequest:
     account_balance: Fen = 0
     use_account: bool = True
     mutual_aid_balance: Fen = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form `parse_request` reads (e.g. to send to the insurance centre)."""
+        return {
+            **self.bill.to_json(),
+            "ytd": self.ytd.to_json(),
+            "account_balance": fen_to_yuan(self.account_balance),
+            "use_account": self.use_account,
+            "mutual_aid_balance": fen_to_yuan(self.mutual_aid_balance),
+        }
 
 
 _ITEM_REQUIRED = ("code", "category", "price", "qty")

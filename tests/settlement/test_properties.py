@@ -198,3 +198,10 @@ def test_result_is_independent_of_item_order(req, rnd):
 def test_json_round_trip(req):
     s = settle_dict(req)
     assert Settlement.from_json(s.to_json()) == s
+
+
+@SETTLEMENT
+@given(requests())
+def test_request_json_round_trip(req):
+    r = parse_request(req)
+    assert parse_request(r.to_json()) == r
