@@ -48,6 +48,22 @@ class Item:
     selfpay_prop: Decimal | None = None
     price_ceiling: Decimal | None = None  # pric_uplmt_amt, yuan per unit
 
+    def __post_init__(self) -> None:
+        # Guards code that builds Items directly (parse_item already checked, naming the index).
+        where = f"item {self.code!r}"
+        if not isinstance(self.category, Category):
+            raise InputError(f"must be a Category, got {self.category!r}", field=f"{where}.category")
+        for name in ("price", "qty", "selfpay_prop", "price_ceiling"):
+            v = getattr(self, name)
+            if v is None and name in ("selfpay_prop", "price_ceiling"):
+                continue
+            if not isinstance(v, Decimal) or not v.is_finite() or v < 0 or v.as_tuple().exponent < -4:  # type: ignore[operator]
+                raise InputError(f"must be a non-negative Decimal with at most 4 places, got {v!r}", field=f"{where}.{name}")
+        if self.qty == 0:
+            raise InputError("must be greater than 0", field=f"{where}.qty")
+        if self.selfpay_prop is not None and self.selfpay_prop > 1:
+            raise InputError("must be at most 1", field=f"{where}.selfpay_prop")
+
     @property
     def chrgitm_lv(self) -> str:
         return self.category.chrgitm_lv
@@ -73,6 +89,14 @@ class Bill:
     institution_level: int
     items: tuple[Item, ...]
     conditions: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.institution_level, bool) or self.institution_level not in LEVELS:
+            raise InputError(f"must be 1, 2 or 3, got {self.institution_level!r}", field="institution_level")
+        if not self.items:
+            raise InputError("the bill is empty (no items)", field="items")
+        if not isinstance(self.conditions, frozenset):
+            object.__setattr__(self, "conditions", frozenset(self.conditions))
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {

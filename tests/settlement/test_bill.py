@@ -147,3 +147,25 @@ def test_malformed_json(text, words):
     with pytest.raises(InputError) as e:
         loads_request(text)
     assert e.value.field == "bill" and words in e.value.message
+
+
+def test_items_and_bills_built_in_code_are_checked_too():
+    from kiosk.settlement import Bill, Item
+
+    ok = Item("x", Category.B, Decimal("1.50"), Decimal("2"))
+    with pytest.raises(InputError, match="price"):
+        Item("x", Category.A, Decimal("-1"), Decimal("1"))
+    with pytest.raises(InputError, match="qty"):
+        Item("x", Category.A, Decimal("1"), Decimal("0"))
+    with pytest.raises(InputError, match="qty"):
+        Item("x", Category.A, Decimal("1"), Decimal("0.00001"))
+    with pytest.raises(InputError, match="selfpay_prop"):
+        Item("x", Category.B, Decimal("1"), Decimal("1"), selfpay_prop=Decimal("1.1"))
+    with pytest.raises(InputError, match="category"):
+        Item("x", "A", Decimal("1"), Decimal("1"))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="institution_level"):
+        Bill("yantai-resident-outpatient", 5, (ok,))
+    with pytest.raises(InputError, match="items"):
+        Bill("yantai-resident-outpatient", 1, ())
+    b = Bill("yantai-resident-chronic-htn-dm", 1, (ok,), {"htn"})  # type: ignore[arg-type]
+    assert b.conditions == frozenset({"htn"})
