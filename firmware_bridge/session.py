@@ -408,7 +408,10 @@ class Link:
                 nak = Frame(FrameType.NAK, it.seq, it.cmd, bytes((NakReason.BAD_CRC,)))
                 self._write(nak.encode(), nak)
             return
-        self.ring.add("rx", it.encode(), str(it))
+        if it.type == FrameType.EVT and it.cmd == Evt.KEY:  # key codes are ID-number digits: never shown
+            self.ring.add("rx", it.encode()[:7], f"{it} (key redacted)")
+        else:
+            self.ring.add("rx", it.encode(), str(it))
         if it.type in (FrameType.RSP, FrameType.ACK, FrameType.NAK):
             with self._plock:
                 p = self._pending.get(it.seq)

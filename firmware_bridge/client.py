@@ -1,0 +1,115 @@
+"""What the kiosk app uses to talk to the bridge process (httpx).
+
+Every failure becomes a DeviceError with a message a counter clerk can act on:
+``bridge_down`` when the bridge process is not running, ``disconnected`` when
+the MCU cable is out, the device's own status code otherwise.
+"""
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import httpx
+
+from firmware_bridge import DEFAULT_PORT
+from kiosk.errors import DeviceError, InputError
+
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+class BridgeClient:
+    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> BridgeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kw)
+        except httpx.TimeoutException as e:
+            raise DeviceError(f"the firmware bridge at {self.base_url} did not answer in time", code="bridge_timeout") from e
+        except httpx.TransportError as e:
+            raise DeviceError(f"the firmware bridge is not running at {self.base_url} ({type(e).__name__})", code="bridge_down") from e
+        if r.status_code < 400:
+            return r.json()
+        try:
+            err = r.json().get("error") or {}
+        except ValueError:
+            err = {}
+        if r.status_code == 422 and not err:
+            detail = r.json().get("detail", [{}])
+            first = detail[0] if isinstance(detail, list) and detail else {}
+            field = ".".join(str(x) for x in first.get("loc", [])[1:]) or None
+            raise InputError(first.get("msg", "invalid request"), field=field)
+        msg = err.get("message") or f"bridge answered HTTP {r.status_code}"
+        if r.status_code in (404, 422):
+            raise InputError(msg, code=err.get("code", "invalid_input"), field=err.get("field"))
+        raise DeviceError(msg, code=err.get("code", "device_error"), field=err.get("field"))
+
+    # --- API -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """``state`` is "connected", "connecting" or "disconnected" (the screen shows it)."""
+        return self._call("GET", "/v1/status")
+
+    def frames(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/frames", params={"limit": limit})
+
+    def events(self, after: int = 0) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/events", params={"after": after})
+
+    def start_id_entry(self, timeout_s: float = 120.0, reveal_last: int = 1) -> dict[str, Any]:
+        return self._call("POST", "/v1/keypad/id-entry", json={"timeout_s": timeout_s, "reveal_last": reveal_last})
+
+    def id_entry(self, session_id: str) -> dict[str, Any]:
+        """``state``: active|accepted|cancelled|timed_out; ``display`` masked; ``value`` once accepted."""
+        return self._call("GET", f"/v1/keypad/id-entry/{session_id}")
+
+    def cancel_id_entry(self, session_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/keypad/id-entry/{session_id}")
+
+    def wait_id_entry(self, session_id: str, *, poll: float = 0.1, timeout: float = 130.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            e = self.id_entry(session_id)
+            if e["state"] != "active" or time.monotonic() > deadline:
+                return e
+            time.sleep(poll)
+
+    def light(self, channel: str, level: int) -> None:
+        self._call("POST", "/v1/light", json={"channel": channel, "level": level})
+
+    def led(self, color: str, pattern: str = "solid") -> None:
+        self._call("POST", "/v1/led", json={"color": color, "pattern": pattern})
+
+    def buzz(self, pattern: str = "short", repeat: int = 1) -> None:
+        self._call("POST", "/v1/buzzer", json={"pattern": pattern, "repeat": repeat})
+
+    def print_escpos(self, data: bytes) -> dict[str, Any]:
+        """``printed`` false with ``status`` "paper_out"/"cover_open" is an outcome, not an error."""
+        return self._call("POST", "/v1/print", json={"escpos_b64": base64.b64encode(data).decode()})
+
+    def print_receipt(self, title: str, lines: list[tuple[str, str] | str], footer: str = "", columns: int = 32) -> dict[str, Any]:
+        return self._call("POST", "/v1/print/receipt", json={"title": title, "lines": lines, "footer": footer, "columns": columns})
+
+    def printer(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/printer")
+
+    def card(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/card")
+
+    def self_test(self) -> dict[str, Any]:
+        return self._call("POST", "/v1/self-test")
+
+    def sim(self, line: str) -> str:
+        """Demo only: drive the simulated MCU of a bridge started with ``--serial sim``."""
+        return self._call("POST", "/v1/sim", json={"line": line})["result"]

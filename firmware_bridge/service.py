@@ -1,0 +1,200 @@
+"""The bridge process: a local HTTP API on 127.0.0.1:8730 for the kiosk app.
+
+Its own process (systemd/kiosk-bridge.service) so that a crash of the kiosk
+app or of the bridge does not take the other down. FastAPI endpoints are plain
+``def``: they run in the server's thread pool and block on ``Link.request``,
+which is thread-safe; the serial link itself is served by the Link's threads.
+
+    python -m firmware_bridge.service --serial /dev/ttyUSB0
+    python -m firmware_bridge.service --serial sim     # in-process simulator (demo), adds /v1/sim
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import logging
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from firmware_bridge import DEFAULT_PORT
+from firmware_bridge.bridge import Bridge
+from firmware_bridge.escpos import Receipt
+from firmware_bridge.messages import BuzzerPattern, LedColor, LedPattern, LightChannel
+from firmware_bridge.session import Link
+from kiosk.errors import DeviceError, InputError, KioskError
+
+log = logging.getLogger(__name__)
+
+
+class EntryStart(BaseModel):
+    timeout_s: float = Field(120.0, ge=1, le=600)
+    reveal_last: int = Field(1, ge=0, le=4)
+
+
+class LightReq(BaseModel):
+    channel: Literal["fill", "ir"]
+    level: int = Field(ge=0, le=100)
+
+
+class LedReq(BaseModel):
+    color: Literal["off", "green", "red", "amber", "blue"]
+    pattern: Literal["solid", "slow_blink", "fast_blink", "pulse"] = "solid"
+
+
+class BuzzerReq(BaseModel):
+    pattern: Literal["off", "short", "double", "long", "error"] = "short"
+    repeat: int = Field(1, ge=1, le=10)
+
+
+class PrintReq(BaseModel):
+    escpos_b64: str = Field(min_length=1, max_length=1_000_000)
+
+
+class ReceiptReq(BaseModel):
+    title: str = Field(max_length=64)
+    lines: list[tuple[str, str] | str] = Field(default_factory=list, max_length=200)
+    footer: str = Field("", max_length=200)
+    columns: int = Field(32, ge=24, le=64)
+
+
+class SimCommand(BaseModel):
+    line: str = Field(max_length=200)
+
+
+def _error(status: int, e: KioskError) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": e.to_dict()})
+
+
+def create_app(bridge: Bridge, *, sim: Any = None) -> FastAPI:
+    app = FastAPI(title="kiosk firmware bridge", version="1")
+    p = bridge.peripherals
+
+    @app.exception_handler(DeviceError)
+    def _device_error(_: Request, e: DeviceError) -> JSONResponse:
+        return _error(503, e)
+
+    @app.exception_handler(InputError)
+    def _input_error(_: Request, e: InputError) -> JSONResponse:
+        return _error(404 if e.code == "not_found" else 422, e)
+
+    @app.get("/v1/status")
+    def status() -> dict[str, Any]:
+        return bridge.status()
+
+    @app.get("/v1/frames")
+    def frames(limit: int = 50) -> list[dict[str, Any]]:
+        return [vars(f) for f in bridge.link.ring.snapshot(max(1, min(limit, 200)))]
+
+    @app.get("/v1/events")
+    def events(after: int = 0) -> list[dict[str, Any]]:
+        return bridge.events(after)
+
+    @app.post("/v1/keypad/id-entry")
+    def start_entry(req: EntryStart) -> dict[str, Any]:
+        return bridge.start_id_entry(req.timeout_s, req.reveal_last)
+
+    @app.get("/v1/keypad/id-entry/{sid}")
+    def poll_entry(sid: str) -> dict[str, Any]:
+        return bridge.entry(sid)
+
+    @app.delete("/v1/keypad/id-entry/{sid}")
+    def cancel_entry(sid: str) -> dict[str, Any]:
+        return bridge.cancel_entry(sid)
+
+    @app.post("/v1/light")
+    def light(req: LightReq) -> dict[str, Any]:
+        p.light(LightChannel[req.channel.upper()], req.level)
+        return {"ok": True}
+
+    @app.post("/v1/led")
+    def led(req: LedReq) -> dict[str, Any]:
+        p.led(LedColor[req.color.upper()], LedPattern[req.pattern.upper()])
+        return {"ok": True}
+
+    @app.post("/v1/buzzer")
+    def buzzer(req: BuzzerReq) -> dict[str, Any]:
+        p.buzz(BuzzerPattern[req.pattern.upper()], req.repeat)
+        return {"ok": True}
+
+    @app.post("/v1/print")
+    def print_raw(req: PrintReq) -> dict[str, Any]:
+        try:
+            data = base64.b64decode(req.escpos_b64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InputError("escpos_b64 is not valid base64", field="escpos_b64") from e
+        return vars(p.print_escpos(data))
+
+    @app.post("/v1/print/receipt")
+    def print_receipt(req: ReceiptReq) -> dict[str, Any]:
+        r = Receipt(columns=req.columns).title(req.title).rule()
+        for line in req.lines:
+            r.kv(*line) if isinstance(line, tuple) else r.text(line)
+        if req.footer:
+            r.rule().text(req.footer, where="center")
+        return vars(p.print_escpos(r.finish()))
+
+    @app.get("/v1/printer")
+    def printer() -> dict[str, Any]:
+        flags = p.printer_flags()
+        return {"paper_out": bool(flags & 0x01), "cover_open": bool(flags & 0x02), "paper_near_end": bool(flags & 0x20)}
+
+    @app.get("/v1/card")
+    def card() -> dict[str, Any]:
+        c = p.card()
+        return {"present": c.present, "atr": c.atr.hex().upper()}
+
+    @app.post("/v1/self-test")
+    def self_test() -> dict[str, Any]:
+        results = p.self_test()
+        return {"passed": all(results.values()), "results": results}
+
+    if sim is not None:
+
+        @app.post("/v1/sim")
+        def sim_command(req: SimCommand) -> dict[str, Any]:
+            """Demo only (``--serial sim``): drive the simulated MCU (key presses, paper out, ...)."""
+            return {"result": sim.run_command(req.line)}
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    from kiosk.config import load
+
+    ap = argparse.ArgumentParser(prog="python -m firmware_bridge.service", description="firmware bridge: serial link to the terminal MCU, local HTTP API")
+    ap.add_argument("--serial", default=load().serial_url or "", help="pyserial URL (/dev/ttyUSB0, socket://h:p, rfc2217://h:p, loop://) or 'sim'")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT)
+    ap.add_argument("--baud", type=int, default=115200)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sim = None
+    url = a.serial
+    if url == "sim":
+        from firmware_bridge.sim import Simulator
+
+        sim = Simulator().start()
+        url = sim.url
+        log.info("simulated MCU on %s", url)
+    if not url:
+        print("service: no serial URL: pass --serial URL or set KIOSK_SERIAL_URL", flush=True)
+        return 2
+    link = Link(url, baudrate=a.baud).start()
+    app = create_app(Bridge(link), sim=sim)
+    try:
+        uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    finally:
+        link.stop()
+        if sim is not None:
+            sim.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
