@@ -1,0 +1,31 @@
+"""The patient's screen: a local web page driven by the counter flow.
+
+    from kiosk.app.screen import ScreenBus, ScreenState, mount_screen
+    bus = ScreenBus()
+    mount_screen(app, bus)            # on the kiosk FastAPI app (127.0.0.1:8740)
+    bus.update(phase="face", camera=True, prompt=None, reason="off_centre")
+    bus.publish_frame(frame_bgr)      # live preview, in memory only
+
+The kiosk browser opens http://127.0.0.1:8740/screen/ full screen.
+"""
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from kiosk.app.screen.bus import ScreenBus
+from kiosk.app.screen.model import Amounts, BillLine, KeypadEntry, Peripherals, ScreenState, Text
+
+__all__ = [
+    "Amounts", "BillLine", "KeypadEntry", "Peripherals", "ScreenBus", "ScreenState", "Text", "mount_screen",
+]
+
+
+def mount_screen(app: FastAPI, bus: ScreenBus, *, technician: bool = True, prefix: str = "/screen") -> None:
+    """Mount the patient's screen (and, unless told not to, the technician page) on `app`."""
+    from kiosk.app.screen.routes import mount
+
+    mount(app, bus, prefix)
+    if technician:
+        from kiosk.app.technician import mount_technician
+
+        mount_technician(app, bus=bus)

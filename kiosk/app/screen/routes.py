@@ -1,0 +1,110 @@
+"""HTTP endpoints of the patient's screen (mounted under /screen on the kiosk app).
+
+    GET /screen/              the page (kiosk browser opens this full screen)
+    GET /screen/static/...    its CSS/JS (package data, no build step)
+    GET /screen/strings       zh/en texts for phases, reasons and labels
+    GET /screen/state         the current ScreenState (JSON; polling fallback)
+    GET /screen/events        Server-Sent Events: one `state` event per change
+    GET /screen/camera.jpg    the current frame as JPEG (204 when there is none)
+    GET /screen/camera.mjpg   the same as an MJPEG stream (multipart/x-mixed-replace)
+
+Camera bytes are produced in memory per request and sent with no-store.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from kiosk.app.screen.bus import ScreenBus
+from kiosk.app.screen.preview import encode_jpeg
+from kiosk.app.screen.texts import catalogue
+
+STATIC = Path(__file__).resolve().parent / "static"
+NO_STORE = {"Cache-Control": "no-store, max-age=0", "Pragma": "no-cache"}
+HEARTBEAT_S = 15.0
+MJPEG_FPS = 15
+
+
+def sse_message(bus: ScreenBus) -> bytes:
+    st = bus.current()
+    return f"id: {st.seq}\nevent: state\ndata: {st.model_dump_json()}\n\n".encode()
+
+
+def build_router(bus: ScreenBus, prefix: str = "/screen") -> APIRouter:
+    r = APIRouter(prefix=prefix, tags=["screen"])
+    strings = catalogue()
+
+    @r.get("", include_in_schema=False)
+    async def _root() -> RedirectResponse:
+        return RedirectResponse(prefix + "/")
+
+    @r.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=NO_STORE, media_type="text/html; charset=utf-8")
+
+    @r.get("/strings")
+    async def get_strings() -> JSONResponse:
+        return JSONResponse(strings)
+
+    @r.get("/state")
+    async def get_state() -> Response:
+        return Response(bus.current().model_dump_json(), media_type="application/json", headers=NO_STORE)
+
+    @r.get("/events")
+    async def events(request: Request) -> StreamingResponse:
+        sub = bus.subscribe()
+
+        async def stream():  # type: ignore[no-untyped-def]
+            try:
+                yield b"retry: 500\n\n" + sse_message(bus)
+                while not bus.closed:
+                    try:
+                        await asyncio.wait_for(sub.event.wait(), HEARTBEAT_S)
+                    except asyncio.TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        yield b": keep-alive\n\n"
+                        continue
+                    sub.event.clear()
+                    if bus.closed:
+                        return
+                    yield sse_message(bus)
+            finally:
+                bus.unsubscribe(sub)
+
+        headers = dict(NO_STORE, **{"X-Accel-Buffering": "no"})
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    @r.get("/camera.jpg")
+    async def camera_jpg() -> Response:
+        _, frame = bus.latest_frame()
+        if frame is None or not bus.current().camera:
+            return Response(status_code=204, headers=NO_STORE)
+        data = await asyncio.to_thread(encode_jpeg, frame)
+        return Response(data, media_type="image/jpeg", headers=NO_STORE)
+
+    @r.get("/camera.mjpg")
+    async def camera_mjpg(request: Request) -> StreamingResponse:
+        async def stream():  # type: ignore[no-untyped-def]
+            last = -1
+            while not bus.closed and not await request.is_disconnected():
+                seq, frame = bus.latest_frame()
+                if frame is not None and seq != last and bus.current().camera:
+                    last = seq
+                    data = await asyncio.to_thread(encode_jpeg, frame)
+                    yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                           + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
+                await asyncio.sleep(1 / MJPEG_FPS)
+
+        return StreamingResponse(stream(), media_type="multipart/x-mixed-replace; boundary=frame", headers=NO_STORE)
+
+    return r
+
+
+def mount(app: FastAPI, bus: ScreenBus, prefix: str = "/screen") -> None:
+    app.include_router(build_router(bus, prefix))
+    app.mount(prefix + "/static", StaticFiles(directory=STATIC), name="screen-static")

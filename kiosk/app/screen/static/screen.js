@@ -1,0 +1,203 @@
+// The patient's screen. Renders the ScreenState the kiosk pushes over SSE
+// (falls back to polling /screen/state), in Chinese by default or English,
+// and reads each new prompt aloud (Web Speech API). No build step.
+(function () {
+  "use strict";
+  var S = null;            // zh/en catalogue from /screen/strings
+  var state = null;        // last ScreenState rendered
+  var lang = "zh";
+  var lastSpoken = "";
+  var deadlineAt = null;   // epoch ms when the current state times out
+  var camOn = false, camN = 0, camTimer = null;
+  var pollTimer = null;
+  var kiosk = window.kiosk = { spoken: [], renderedAt: {}, lang: function () { return lang; } };
+  var $ = function (id) { return document.getElementById(id); };
+
+  function t(entry) { return entry ? (entry[lang] || entry.zh || "") : ""; }
+  function label(key) { return S ? t(S.labels[key]) : ""; }
+
+  function promptFor(st) {
+    if (st.prompt) return st.prompt;
+    if (st.reason && S.reasons[st.reason]) return S.reasons[st.reason];
+    return S.phases[st.phase] || S.phases.idle;
+  }
+
+  function money(y) { return "¥" + y; }
+
+  function setLabels() {
+    document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+    document.body.dataset.lang = lang;
+    document.title = label("title");
+    var els = document.querySelectorAll("[data-label]");
+    for (var i = 0; i < els.length; i++) els[i].textContent = label(els[i].dataset.label);
+    $("status").setAttribute("aria-label", lang === "zh" ? "设备状态" : "Device status");
+  }
+
+  function row(tbody, key, amount, cls, note) {
+    var tr = document.createElement("tr");
+    if (cls) tr.className = cls;
+    tr.dataset.part = key;
+    var a = document.createElement("td"); a.textContent = note ? label(key) + " — " + note : label(key);
+    var b = document.createElement("td"); b.className = "money"; b.textContent = money(amount);
+    tr.appendChild(a); tr.appendChild(b); tbody.appendChild(tr);
+  }
+
+  function nonzero(y) { return y && !/^0+\.00$/.test(y); }
+
+  function renderAmounts(st) {
+    var tb = $("amount-rows"); tb.textContent = "";
+    var a = st.amounts;
+    if (!a) return false;
+    row(tb, "total", a.medfee_sumamt, "total");
+    row(tb, "fund", a.fund_pay_sumamt);
+    row(tb, "account", a.acct_pay);
+    if (nonzero(a.acct_mulaid_pay)) row(tb, "family_aid", a.acct_mulaid_pay);
+    if (nonzero(a.credit_draw) || st.payer === "family")
+      row(tb, st.payer === "family" ? "credit_family" : "credit", a.credit_draw, null, a.credit_holder || "");
+    if (nonzero(a.cash_pay)) row(tb, "you_pay_now", a.cash_pay);
+    if (a.credit_available) row(tb, "credit_left", a.credit_available, "sub");
+    return true;
+  }
+
+  function renderBill(st) {
+    if (!st.amounts) return false;
+    $("bill-total").textContent = money(st.amounts.medfee_sumamt);
+    var ul = $("bill-lines"); ul.textContent = "";
+    (st.bill_lines || []).forEach(function (l) {
+      var li = document.createElement("li");
+      var n = document.createElement("span"); n.textContent = l.name + (l.qty && l.qty !== "1" ? " ×" + l.qty : "");
+      var m = document.createElement("span"); m.className = "money"; m.textContent = money(l.amount);
+      li.appendChild(n); li.appendChild(m); ul.appendChild(li);
+    });
+    return true;
+  }
+
+  function renderKeypad(st) {
+    var k = st.keypad || { masked: "", length: 0, expected: st.phase === "phone_entry" ? 4 : 18 };
+    var d = $("digits"); d.textContent = "";
+    var chars = (k.masked || "").split("");
+    for (var i = 0; i < k.expected; i++) {
+      var s = document.createElement("span");
+      s.textContent = i < chars.length ? chars[i] : "";
+      if (i < k.length) s.className = "filled";
+      d.appendChild(s);
+    }
+    d.setAttribute("aria-label", k.length + " / " + k.expected);
+    var lab = document.querySelector("#keypad .label");
+    lab.textContent = st.phase === "phone_entry" ? t(S.phases.phone_entry) : label("id_number");
+    $("attempts").textContent = k.attempts_left != null ? label("attempts_left") + ": " + k.attempts_left : "";
+  }
+
+  function renderStatus(p) {
+    ["printer", "keypad", "network", "camera"].forEach(function (dev) {
+      var el = $("dev-" + dev), s = p[dev] || "unknown";
+      el.dataset.status = s;
+      el.textContent = label(dev) + " " + label(s);
+      var detail = p[dev + "_detail"];
+      el.title = detail || "";
+    });
+  }
+
+  function camera(on) {
+    if (on === camOn) return;
+    camOn = on;
+    var img = $("preview");
+    if (!on) { clearTimeout(camTimer); img.removeAttribute("src"); return; }
+    var next = function () { if (camOn) img.src = "camera.jpg?n=" + (++camN); };
+    img.onload = function () { camTimer = setTimeout(next, 60); };
+    img.onerror = function () { camTimer = setTimeout(next, 200); };  // 204: no frame yet
+    next();
+  }
+
+  var QUALITY = { no_face: 1, multiple_faces: 1, face_too_small: 1, off_centre: 1, pose: 1, blurred: 1,
+                  too_dark: 1, backlit: 1, occluded: 1 };
+
+  function speak(text) {
+    kiosk.spoken.push({ lang: lang, text: text });
+    try {
+      if (!window.speechSynthesis || !window.SpeechSynthesisUtterance) return;
+      window.speechSynthesis.cancel();
+      var u = new SpeechSynthesisUtterance(text);
+      u.lang = lang === "zh" ? "zh-CN" : "en-US";
+      u.rate = 0.9;
+      window.speechSynthesis.speak(u);
+    } catch (e) { /* no voice on this device: the text stays on screen */ }
+  }
+
+  function render() {
+    var st = state;
+    if (!st || !S) return;
+    var ph = st.phase;
+    document.body.dataset.phase = ph;
+    setLabels();
+    var p = t(promptFor(st));
+    $("prompt").textContent = p;
+    var showCam = !!st.camera;
+    $("camera").hidden = !showCam;
+    camera(showCam);
+    document.body.dataset.guide = st.reason && QUALITY[st.reason] ? "adjust" : (ph === "liveness" ? "ok" : "");
+    $("keypad").hidden = !(ph === "id_entry" || ph === "phone_entry");
+    if (!$("keypad").hidden) renderKeypad(st);
+    $("bill").hidden = !(ph === "bill" && renderBill(st));
+    $("amounts").hidden = !((ph === "confirm" || ph === "success") && renderAmounts(st));
+    $("spinner").hidden = !(ph === "matching" || ph === "processing");
+    var out = ph === "success" || ph === "failure" || ph === "cancelled";
+    $("outcome").hidden = !out;
+    var det = [];
+    if (out) {
+      $("outcome-icon").textContent = ph === "success" ? "✓" : "✗";
+      $("outcome-head").textContent = label(ph === "success" ? "paid" : (ph === "failure" ? "not_paid" : "cancelled"));
+      if (st.receipt_printed === true) det.push(label("receipt_printed"));
+      if (st.receipt_printed === false && ph === "success") det.push(label("receipt_not_printed"));
+      if (st.setl_id && ph === "success") det.push(label("settlement_no") + " " + st.setl_id);
+    }
+    $("outcome-detail").textContent = det.join(" · ");
+    $("outcome-detail").hidden = !det.length;
+    renderStatus(st.peripherals || {});
+    tick();
+    if (p !== lastSpoken) { lastSpoken = p; speak(p); }
+  }
+
+  function tick() {
+    var el = $("countdown");
+    if (deadlineAt == null) { el.hidden = true; return; }
+    var s = Math.max(0, Math.ceil((deadlineAt - Date.now()) / 1000));
+    el.hidden = false;
+    el.textContent = lang === "zh" ? s + " " + label("seconds_left") : s + label("seconds_left");
+  }
+  setInterval(tick, 250);
+
+  function apply(st) {
+    if (state && st.seq === state.seq) return;
+    if (st.phase === "idle" && state && state.phase !== "idle") lang = "zh";  // next patient: default language
+    state = st;
+    deadlineAt = st.deadline_s != null ? Date.now() + st.deadline_s * 1000 : null;
+    render();
+    document.body.dataset.seq = String(st.seq);
+    kiosk.renderedAt[st.seq] = Date.now();
+  }
+
+  function poll() {
+    fetch("state", { cache: "no-store" }).then(function (r) { return r.json(); }).then(apply).catch(function () {});
+  }
+
+  function connect() {
+    if (!window.EventSource) { pollTimer = setInterval(poll, 80); return; }
+    var es = new EventSource("events");
+    es.addEventListener("state", function (e) { apply(JSON.parse(e.data)); });
+    es.onopen = function () { if (pollTimer) { clearInterval(pollTimer); pollTimer = null; } };
+    es.onerror = function () { if (!pollTimer) pollTimer = setInterval(poll, 80); };
+  }
+
+  $("lang").addEventListener("click", function () {
+    lang = lang === "zh" ? "en" : "zh";
+    render();
+  });
+
+  function start() {
+    fetch("strings").then(function (r) { return r.json(); }).then(function (s) {
+      S = s; setLabels(); poll(); connect();
+    }).catch(function () { setTimeout(start, 500); });
+  }
+  start();
+})();

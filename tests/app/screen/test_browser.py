@@ -1,0 +1,166 @@
+"""The patient's screen in a real headless Chromium (Debian package), driven over CDP.
+
+Each sample state is pushed through the bus exactly as the counter flow does;
+the page must render it (checked on the DOM) and a screenshot of every state is
+kept under artifacts/screens/ for a person to look at.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import cv2
+import pytest
+
+from kiosk.app.screen import ScreenState
+from kiosk.app.screen.samples import samples
+from kiosk.app.screen.texts import LABELS, REASONS, prompt_for
+
+from .conftest import ARTIFACTS
+
+SAMPLES = samples()
+SCORE_WORDS = re.compile(r"score|similarity|confidence|相似度|分数|得分|置信|匹配度", re.I)
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@pytest.fixture(scope="module")
+def page(screen, browser):
+    url, bus = screen
+    bus.publish(ScreenState())
+    browser.goto(url + "/screen/")
+    browser.wait_for("Number(document.body.dataset.seq) >= 0")
+    return browser, bus
+
+
+@pytest.fixture(scope="module")
+def face_frame(shared_dir):
+    img = cv2.imread(str(shared_dir / "data" / "faces" / "misc" / "examples_knn_examples_test_obama1.jpg"))
+    assert img is not None
+    return img
+
+
+def show(page, state: ScreenState) -> ScreenState:
+    b, bus = page
+    new = bus.publish(state)
+    b.wait_for(f"document.body.dataset.seq === '{new.seq}'")
+    return new
+
+
+def prompt_text(b) -> str:
+    return b.eval("document.getElementById('prompt').textContent")
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_each_state_renders_in_chinese_and_is_screenshotted(page, face_frame, name):
+    b, bus = page
+    st = SAMPLES[name]
+    if b.eval("document.body.dataset.lang") != "zh":
+        b.click("#lang")
+    show(page, st)
+    if st.camera:
+        bus.publish_frame(face_frame)
+        b.wait_for("document.getElementById('preview').naturalWidth > 0", timeout=5)
+        assert b.eval("!document.getElementById('camera').hidden")
+        assert b.eval("document.getElementById('preview').naturalWidth") == 640
+    else:
+        assert b.eval("document.getElementById('camera').hidden")
+    b.screenshot(ARTIFACTS / f"{name}.png")
+
+    text = b.text()
+    assert b.eval("document.documentElement.lang") == "zh-CN"
+    assert prompt_text(b) == prompt_for(st.phase, st.reason, st.prompt).zh
+    assert CJK.search(text)
+    assert not SCORE_WORDS.search(b.html())
+    p = st.peripherals
+    for dev in ("printer", "keypad", "network", "camera"):
+        assert b.eval(f"document.getElementById('dev-{dev}').dataset.status") == getattr(p, dev)
+        assert LABELS[dev].zh in text
+    if st.phase in ("confirm", "success"):
+        a = st.amounts
+        for part, v in [("total", a.medfee_sumamt), ("fund", a.fund_pay_sumamt), ("account", a.acct_pay)]:
+            assert b.eval(f"document.querySelector('tr[data-part={part}] td.money').textContent") == "¥" + v
+        if a.credit_draw != "0.00":
+            key = "credit_family" if st.payer == "family" else "credit"
+            row = b.eval(f"document.querySelector('tr[data-part={key}]').innerText")
+            assert LABELS[key].zh in row and "¥" + a.credit_draw in row
+            if a.credit_holder:
+                assert a.credit_holder in row
+        if a.acct_mulaid_pay != "0.00":
+            assert "¥" + a.acct_mulaid_pay in text and LABELS["family_aid"].zh in text
+    if st.phase == "bill":
+        assert "¥" + st.amounts.medfee_sumamt in text
+        assert all(line.name in text for line in st.bill_lines)
+    if st.phase == "success":
+        assert "支付成功" in text and st.setl_id in text
+        assert ("凭条已打印" in text) == bool(st.receipt_printed)
+    if st.phase in ("failure", "cancelled"):
+        assert "✗" in text and REASONS[st.reason].zh in text
+    if st.keypad:
+        shown = b.eval("Array.from(document.querySelectorAll('#digits span')).map(s => s.textContent).join('')")
+        assert shown == st.keypad.masked
+        assert b.eval("document.querySelectorAll('#digits span').length") == st.keypad.expected
+    if st.deadline_s:
+        assert re.search(r"\d+ 秒后超时", text)
+
+
+def test_english_on_the_toggle_and_chinese_again_for_the_next_patient(page):
+    b, _ = page
+    show(page, SAMPLES["confirm"])
+    assert b.eval("document.body.dataset.lang") == "zh"
+    b.click("#lang")
+    b.wait_for("document.body.dataset.lang === 'en'")
+    text = b.text()
+    b.screenshot(ARTIFACTS / "confirm.en.png")
+    assert b.eval("document.documentElement.lang") == "en"
+    assert prompt_text(b).startswith("Please check the amounts")
+    for key in ("total", "fund", "account", "family_aid", "credit"):
+        assert LABELS[key].en in text
+    assert "¥36.30" in text and not CJK.search(b.eval("document.getElementById('main').innerText"))
+    # the language stays for this patient's next states ...
+    show(page, SAMPLES["failure_spoof"])
+    assert prompt_text(b) == REASONS["spoof_suspected"].en
+    b.screenshot(ARTIFACTS / "failure_spoof.en.png")
+    # ... and the next patient starts in Chinese again
+    show(page, SAMPLES["idle"])
+    assert b.eval("document.body.dataset.lang") == "zh" and CJK.search(prompt_text(b))
+
+
+def test_each_new_prompt_is_spoken_and_announced(page):
+    b, _ = page
+    before = b.eval("window.kiosk.spoken.length")
+    show(page, SAMPLES["face_two_people"])
+    spoken = b.eval("window.kiosk.spoken")
+    assert len(spoken) == before + 1
+    assert spoken[-1] == {"lang": "zh", "text": REASONS["multiple_faces"].zh}
+    assert b.eval("document.getElementById('prompt').getAttribute('aria-live')") == "assertive"
+    assert b.eval("typeof window.speechSynthesis.speak") == "function"
+    # the same prompt again (a countdown tick) is not repeated aloud
+    show(page, SAMPLES["face_two_people"].model_copy(update={"deadline_s": 20.0}))
+    assert b.eval("window.kiosk.spoken.length") == before + 1
+
+
+def test_the_screen_reacts_to_each_state_within_100_ms(page):
+    b, bus = page
+    names = ["face", "face_off_centre", "liveness", "matching", "confirm", "processing", "success", "idle"]
+    lat = []
+    for i in range(40):
+        st = SAMPLES[names[i % len(names)]]
+        t = time.time() * 1000
+        new = bus.publish(st)
+        b.wait_for(f"document.body.dataset.seq === '{new.seq}'", interval=0.002)
+        lat.append(b.eval(f"window.kiosk.renderedAt[{new.seq}]") - t)
+    lat.sort()
+    p50, p95 = lat[len(lat) // 2], lat[int(len(lat) * 0.95) - 1]
+    print(f"screen reaction: p50 {p50:.1f} ms, p95 {p95:.1f} ms (publish -> DOM rendered, n={len(lat)})")
+    assert p95 < 100, lat
+
+
+def test_a_peripheral_fault_shows_in_the_status_bar(page):
+    b, bus = page
+    show(page, SAMPLES["idle"])
+    new = bus.set_peripherals(printer="error", printer_detail="paper_out", network="offline")
+    b.wait_for(f"document.body.dataset.seq === '{new.seq}'")
+    assert b.eval("document.getElementById('dev-printer').innerText").endswith("故障")
+    assert b.eval("document.getElementById('dev-printer').title") == "paper_out"
+    assert b.eval("document.getElementById('dev-network').innerText").endswith("离线")
+    b.screenshot(ARTIFACTS / "status_faults.png")
