@@ -1,0 +1,159 @@
+"""What the counter flow needs from the world, as narrow Protocols.
+
+The flow (`kiosk.app.session`) talks only to these; `kiosk.app.adapters`
+implements them over the real parts (camera + kiosk.vision, the insurance
+centre and the bank over HTTP, the firmware bridge's local API). Outcomes the
+patient can act on are values (a status field holding a reason code from
+`kiosk.app.prompts.REASONS`); faults of a party are `RemoteError`/`DeviceError`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+
+
+# ---------------------------------------------------------------- camera + vision
+class Camera(Protocol):
+    def read(self) -> np.ndarray | None:
+        """The next BGR frame, or None when none is ready yet."""
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A captured live face: reason 'ok' with `probe` (the template sealed to the
+    centre, Base64), or the reason to retry ('spoof_suspected', a quality reason)."""
+
+    reason: str
+    probe: str = ""
+
+
+class Vision(Protocol):
+    def capture(self, frames: Iterator[np.ndarray], on_frame: Callable[[str], None]) -> Capture:
+        """Consume frames until one live face is captured (or the pipeline gives up).
+
+        `on_frame` gets each frame's quality verdict ('ok' or a reason code) so
+        the screen can prompt; it may raise to stop the capture."""
+
+
+# ---------------------------------------------------------------- insurance centre
+@dataclass(frozen=True)
+class Person:
+    psn_no: str
+    name: str
+    ec_token: str = ""
+    insutype: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FaceAuth:
+    """status: 'matched' | 'not_activated' (first visit: ID needed) | 'no_match' | 'id_locked'."""
+
+    status: str
+    person: Person | None = None
+    minutes: int = 0
+
+
+@dataclass(frozen=True)
+class Activation:
+    """status: 'ok' | 'id_mismatch' | 'id_locked' | 'not_insured'."""
+
+    status: str
+    person: Person | None = None
+    tries_left: int | None = None
+    minutes: int = 0
+
+
+@dataclass(frozen=True)
+class Split:
+    """The settlement split (platform `setlinfo` fields, int fen) and ids."""
+
+    medfee_sumamt: int
+    fund_pay_sumamt: int
+    psn_part_amt: int
+    acct_pay: int
+    acct_mulaid_pay: int
+    psn_cash_pay: int
+    setl_id: str = ""
+    mdtrt_id: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    """status: 'ok' | 'bill_rejected' | 'unknown' (answer lost: the journal must resolve it)."""
+
+    status: str
+    split: Split | None = None
+    detail: str = ""
+
+
+class Centre(Protocol):
+    def face_auth(self, probe: str, order_id: str) -> FaceAuth: ...
+
+    def activate(self, probe: str, id_no: str, order_id: str) -> Activation: ...
+
+    def presettle(self, person: Person, bill: dict[str, Any], order_id: str) -> SettleResult: ...
+
+    def settle(self, person: Person, bill: dict[str, Any], order_id: str, msgid: str) -> SettleResult: ...
+
+    def new_msgid(self) -> str: ...
+
+    def reverse(self, person: Person, msgid: str, setl_id: str | None) -> bool:
+        """Undo the settlement sent as `msgid` (no-op if it never happened). True when settled-state is 'reversed'."""
+
+    def refund(self, person: Person, setl_id: str, amount_fen: int, key: str) -> bool: ...
+
+
+# ---------------------------------------------------------------- bank
+@dataclass(frozen=True)
+class Line:
+    """Who pays the cash share: the patient's own line, a relative's (family pay), or none."""
+
+    kind: str  # 'own' | 'family' | 'none'
+    line_id: str = ""
+    holder_name: str = ""
+    available: int = 0
+
+
+@dataclass(frozen=True)
+class DrawResult:
+    """status: 'ok' | 'credit_declined' | 'credit_overdue' | 'family_cap_exceeded' | 'unknown'."""
+
+    status: str
+    draw_id: str = ""
+    amount: int = 0
+
+
+class Bank(Protocol):
+    def line_for(self, person: Person) -> Line: ...
+
+    def draw(self, line: Line, person: Person, amount_fen: int, key: str, memo: str) -> DrawResult: ...
+
+    def reverse_draw(self, key: str) -> bool:
+        """Undo the draw made with idempotency `key` (no-op if none). True when nothing remains drawn."""
+
+    def hold(self, line: Line, person: Person, amount_fen: int, key: str) -> DrawResult: ...
+
+    def capture(self, hold_id: str, amount_fen: int, key: str) -> DrawResult: ...
+
+    def refund(self, draw_id: str, amount_fen: int, key: str) -> bool: ...
+
+
+# ---------------------------------------------------------------- keypad + printer
+class Keypad(Protocol):
+    def read_key(self, timeout_s: float) -> str | None:
+        """One key: '0'-'9', 'X', 'ENTER', 'CANCEL', 'BACK'; None on timeout."""
+
+
+@dataclass(frozen=True)
+class PrintResult:
+    """status: 'ok' | 'printer_out_of_paper' | 'printer_fault'."""
+
+    status: str
+
+
+class Printer(Protocol):
+    def print_receipt(self, lines: list[str]) -> PrintResult: ...

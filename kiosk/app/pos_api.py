@@ -1,0 +1,204 @@
+"""The POS/HIS API of the terminal (FastAPI, 127.0.0.1:8740, OpenAPI at /openapi.json).
+
+    POST /pos/v1/orders                          create a payment order with the itemised bill
+    GET  /pos/v1/orders/{order_id}?wait=S        query (long-poll up to S seconds for the result)
+    POST /pos/v1/orders/{order_id}/cancel        cancel before money moves
+    POST /pos/v1/orders/{order_id}/refunds       refund whole (no amount) or partial
+    GET  /pos/v1/reconciliation?day=YYYY-MM-DD   the day's orders and refunds, JSON or CSV
+
+Every /pos request is signed per integrating system (kiosk.app.pos_auth).
+Creating an order is idempotent by order id: the same body returns the first
+answer (and, once known, the first result); another body is 409.
+"""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from datetime import date
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from kiosk.errors import ConflictError, InputError, KioskError, RemoteError, StorageError
+from kiosk.money import fen_to_yuan, yuan_to_fen
+from kiosk.app.pos_auth import AuthError, PosAuth
+from kiosk.app.store import OrderRow
+from kiosk.app.terminal import Terminal, order_from_request
+
+_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+_YUAN = r"^\d{1,9}(\.\d{1,2})?$"
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(min_length=1, max_length=64, description="medins_list_codg")
+    name: str | None = Field(default=None, max_length=80, description="shown on the screen and receipt")
+    category: Literal["A", "B", "C"] = Field(description="甲类 A / 乙类 B / 丙类 C")
+    price: str = Field(pattern=r"^\d{1,8}(\.\d{1,4})?$", description="yuan per unit, up to 4 dp")
+    qty: str = Field(pattern=r"^\d{1,7}(\.\d{1,4})?$", description="quantity, up to 4 dp")
+    selfpay_prop: str | None = Field(default=None, pattern=r"^(0(\.\d{1,4})?|1(\.0{1,4})?)$")
+    price_ceiling: str | None = Field(default=None, pattern=r"^\d{1,8}(\.\d{1,4})?$")
+
+
+class BillIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    profile: str = Field(min_length=1, max_length=64, examples=["qingdao-employee-outpatient"])
+    institution_level: Literal[1, 2, 3]
+    items: list[ItemIn] = Field(min_length=1, max_length=500)
+    conditions: list[Literal["htn", "dm"]] = Field(default_factory=list, max_length=2)
+
+
+class OrderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    order_id: str = Field(pattern=_ID, description="the POS's own id; retries reuse it")
+    mode: Literal["outpatient", "admission", "discharge"] = "outpatient"
+    bill: BillIn | None = Field(default=None, description="required for outpatient and discharge")
+    deposit: str | None = Field(default=None, pattern=_YUAN, description="admission: amount to hold on the line")
+    admission_order_id: str | None = Field(default=None, pattern=_ID, description="discharge: the admission order")
+
+
+class RefundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    refund_id: str = Field(pattern=_ID, description="the POS's id for this refund; retries reuse it")
+    amount: str | None = Field(default=None, pattern=_YUAN, description="yuan; absent = refund the whole order")
+
+
+class OrderOut(BaseModel):
+    order_id: str
+    mode: str
+    status: str = Field(description="pending | running | paid | held | failed | cancelled | reversing | refunded | partially_refunded")
+    reason: str | None = Field(default=None, description="reason code when not paid (or a warning such as paper_out)")
+    result: dict[str, Any] | None = None
+    created_at: str
+    updated_at: str
+
+
+class ErrorOut(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+_STATUS = {InputError: 422, ConflictError: 409, RemoteError: 502, StorageError: 503, AuthError: 401}
+
+
+def _err(e: KioskError) -> JSONResponse:
+    status = 404 if e.code == "not_found" else next((s for t, s in _STATUS.items() if isinstance(e, t)), 400)
+    return JSONResponse(e.to_dict(), status_code=status)
+
+
+def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS API") -> FastAPI:
+    app = FastAPI(title=title, version="1.0.0",
+                  description="Payment orders from the pharmacy/hospital system to the face-pay terminal. "
+                              "Amounts are yuan strings with two decimals. Requests are signed with the "
+                              "system's key: X-Pos-System, X-Pos-Timestamp, X-Pos-Signature.")
+    app.state.terminal = terminal
+
+    @app.exception_handler(KioskError)
+    async def _kiosk_error(_: Request, e: KioskError) -> JSONResponse:
+        return _err(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        field = ".".join(str(x) for x in first.get("loc", ())[1:]) or "body"
+        return JSONResponse({"code": "invalid_input", "message": str(first.get("msg", "invalid request")),
+                             "field": field}, status_code=422)
+
+    async def system(request: Request) -> str:
+        body = await request.body()
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return auth.verify(request.headers, request.method, path, body)
+
+    responses: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut},
+        502: {"model": ErrorOut}, 503: {"model": ErrorOut}}
+
+    def out(row: OrderRow) -> OrderOut:
+        return OrderOut(**row.to_json())
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.post("/pos/v1/orders", response_model=OrderOut, status_code=201, tags=["pos"], responses=responses)
+    async def create_order(body: OrderIn, sysid: str = Depends(system)) -> Any:
+        req = body.model_dump(exclude_none=True)
+        if body.mode in ("outpatient", "discharge"):
+            if body.bill is None:
+                raise InputError("is required for outpatient and discharge orders", field="bill")
+            from kiosk.settlement.bill import parse_bill
+
+            parse_bill({k: v for k, v in req["bill"].items() if k != "items"} | {
+                "items": [{k: v for k, v in it.items() if k != "name"} for it in req["bill"]["items"]]})
+        if body.mode == "admission" and (body.deposit is None or yuan_to_fen(body.deposit, "deposit") <= 0):
+            raise InputError("is required (more than 0.00) for an admission", field="deposit")
+        if body.mode == "discharge":
+            if not body.admission_order_id:
+                raise InputError("is required for a discharge", field="admission_order_id")
+            adm = terminal.store.get(sysid, body.admission_order_id)
+            if adm is None or adm.status != "held" or not adm.result or not adm.result.get("hold_id"):
+                raise ConflictError("the admission order has no hold to settle", code="no_hold",
+                                    field="admission_order_id")
+            req["hold_id"] = adm.result["hold_id"]
+        row, created = await asyncio.to_thread(terminal.store.create_order, sysid, body.order_id, req, body.mode)
+        if created:
+            terminal.submit(sysid, order_from_request(body.order_id, req))
+            return JSONResponse(out(row).model_dump(), status_code=201)
+        return JSONResponse(out(row).model_dump(), status_code=200)
+
+    @app.get("/pos/v1/orders/{order_id}", response_model=OrderOut, tags=["pos"], responses=responses)
+    async def get_order(order_id: str, wait: float = Query(0, ge=0, le=60, description="seconds to wait for a result"),
+                        sysid: str = Depends(system)) -> Any:
+        row = await asyncio.to_thread(terminal.wait, sysid, order_id, wait) if wait else terminal.store.get(sysid, order_id)
+        if row is None:
+            raise InputError(f"no order {order_id!r}", code="not_found", field="order_id")
+        return out(row)
+
+    @app.post("/pos/v1/orders/{order_id}/cancel", response_model=OrderOut, tags=["pos"], responses=responses)
+    async def cancel_order(order_id: str, sysid: str = Depends(system)) -> Any:
+        row = await asyncio.to_thread(terminal.cancel, sysid, order_id)
+        return out(row)
+
+    @app.post("/pos/v1/orders/{order_id}/refunds", tags=["pos"], responses=responses)
+    async def refund(order_id: str, body: RefundIn, sysid: str = Depends(system)) -> Any:
+        amount = yuan_to_fen(body.amount, "amount") if body.amount is not None else None
+        result, replayed = await asyncio.to_thread(terminal.refund, sysid, order_id, body.refund_id, amount)
+        return JSONResponse(result, status_code=200 if replayed else 201)
+
+    @app.get("/pos/v1/reconciliation", tags=["pos"], responses=responses)
+    async def reconciliation(day: date = Query(description="Asia/Shanghai calendar day"),
+                             format: Literal["json", "csv"] = "json", sysid: str = Depends(system)) -> Any:
+        orders = terminal.store.orders_of_day(sysid, day.isoformat())
+        refunds = terminal.store.refunds_of_day(sysid, day.isoformat())
+        rows = []
+        for o in orders:
+            r = o.result or {}
+            rows.append({"order_id": o.order_id, "mode": o.mode, "status": o.status, "reason": o.reason or "",
+                         "setl_id": r.get("setl_id") or "", "medfee_sumamt": r.get("medfee_sumamt", "0.00"),
+                         "fund_pay_sumamt": r.get("fund_pay_sumamt", "0.00"), "acct_pay": r.get("acct_pay", "0.00"),
+                         "acct_mulaid_pay": r.get("acct_mulaid_pay", "0.00"),
+                         "credit_draw": r.get("credit_draw", "0.00"), "cash_pay": r.get("cash_pay", "0.00"),
+                         "refunded": fen_to_yuan(o.refunded_fen)})
+        paid = [r for r in rows if r["status"] in ("paid", "refunded", "partially_refunded")]
+        totals = {k: _sum(paid, k) for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "acct_mulaid_pay",
+                                             "credit_draw", "cash_pay", "refunded")}
+        if format == "csv":
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()) if rows else ["order_id"])
+            w.writeheader()
+            w.writerows(rows)
+            return Response(buf.getvalue(), media_type="text/csv; charset=utf-8")
+        return {"day": day.isoformat(), "system": sysid, "orders": rows, "refunds": [
+            {**{k: v for k, v in x.items() if k != "amount_fen"}, "amount": fen_to_yuan(x["amount_fen"])} for x in refunds], "totals": totals,
+            "count_paid": len(paid)}
+
+    return app
+
+
+def _sum(rows: list[dict[str, Any]], key: str) -> str:
+    return fen_to_yuan(sum(yuan_to_fen(r[key], key) for r in rows))

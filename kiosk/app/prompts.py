@@ -1,0 +1,110 @@
+"""What the patient reads (and hears) in each state and after each failure.
+
+Every failure reason says what the patient can do next, in Chinese first (the
+screen's default) and English. Texts are data, not code paths: the screen and
+the POS answer carry the reason code; the screen shows `zh`/`en`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Prompt:
+    zh: str
+    en: str
+
+    def format(self, **kw: object) -> "Prompt":
+        return Prompt(self.zh.format(**kw), self.en.format(**kw))
+
+
+# What the screen says while a state is active.
+STATE_PROMPTS: dict[str, Prompt] = {
+    "bill_received": Prompt("已收到账单，请看向摄像头", "Bill received. Please look at the camera."),
+    "face_capture": Prompt("请正对摄像头，保持不动", "Please face the camera and hold still."),
+    "liveness": Prompt("正在进行活体检测，请保持不动", "Checking that you are present. Please hold still."),
+    "match": Prompt("正在核验身份", "Verifying your identity."),
+    "id_entry": Prompt("首次使用：请在键盘上输入您的身份证号码，按确认键结束",
+                       "First visit: type your national ID number on the keypad, then press Enter."),
+    "activation": Prompt("正在激活医保电子凭证", "Activating your insurance e-voucher."),
+    "presettled": Prompt("正在计算医保报销金额", "Calculating the insurance share."),
+    "confirm": Prompt("请核对金额，按确认键支付，按取消键放弃",
+                      "Please check the amounts. Press Enter to pay, Cancel to stop."),
+    "settling": Prompt("正在支付，请稍候", "Paying, please wait."),
+    "printing": Prompt("正在打印凭条", "Printing your receipt."),
+    "done": Prompt("支付成功，请取走凭条", "Payment complete. Please take your receipt."),
+    "failed": Prompt("未能完成支付", "The payment could not be completed."),
+    "cancelled": Prompt("已取消，未扣款", "Cancelled. Nothing was charged."),
+}
+
+
+# Failure (and warning) reasons: each tells the patient what to do next.
+REASONS: dict[str, Prompt] = {
+    # face capture quality
+    "no_face": Prompt("未检测到人脸，请正对摄像头", "No face seen. Please look straight at the camera."),
+    "multiple_faces": Prompt("画面中有多张人脸，请其他人离开镜头", "More than one face is in view. Please ask others to step aside."),
+    "face_too_small": Prompt("请再靠近一些", "Please come a little closer."),
+    "face_too_large": Prompt("请稍微后退", "Please move back a little."),
+    "blurred": Prompt("画面模糊，请保持不动", "The picture is blurred. Please hold still."),
+    "off_centre": Prompt("请将脸部对准框内", "Please place your face inside the frame."),
+    "too_dark": Prompt("光线太暗，请靠近灯光", "It is too dark. Please move into the light."),
+    "backlit": Prompt("光线太强，请避开强光", "It is too bright. Please move out of the glare."),
+    "pose": Prompt("请正视摄像头，不要侧脸或低头", "Please look straight ahead, not down or to the side."),
+    "face_quality": Prompt("人脸不够清晰，请正对摄像头并保持不动",
+                           "Your face is not clear enough. Please face the camera and hold still."),
+    # liveness / match
+    "spoof_suspected": Prompt("未通过活体检测：请本人直接面对摄像头，不要使用照片或屏幕；如需帮助请到人工窗口",
+                              "Liveness check failed: the patient must face the camera in person (no photos or screens). "
+                              "Staff at the counter can help."),
+    "not_matched": Prompt("未能识别您的身份，请使用医保卡或到人工窗口办理",
+                       "We could not recognise you. Please use your insurance card or ask staff at the counter."),
+    # first-time activation
+    "id_invalid": Prompt("身份证号码格式不正确，请重新输入（还可尝试 {left} 次）",
+                         "That ID number is not valid. Please type it again ({left} tries left)."),
+    "id_mismatch": Prompt("身份证号码与本人不符，请重新输入（还可尝试 {left} 次）",
+                          "The ID number does not match you. Please type it again ({left} tries left)."),
+    "id_locked": Prompt("输入错误次数过多，请 {minutes} 分钟后再试，或到人工窗口办理",
+                        "Too many wrong ID numbers. Please try again in {minutes} minutes or ask staff at the counter."),
+    "not_insured": Prompt("未查到有效参保信息，请到人工窗口咨询", "No active insurance was found. Please ask staff at the counter."),
+    # money
+    "bill_rejected": Prompt("账单无法结算，请联系收费员", "This bill cannot be settled. Please ask the cashier."),
+    "insufficient_credit": Prompt("信用额度不足或不可用，请改用现金支付个人自付部分",
+                              "The credit line cannot pay this. Please pay your share in cash at the counter."),
+    "credit_overdue": Prompt("信用支付已逾期，请先还款或改用现金支付",
+                             "Your credit line is overdue. Please repay it first or pay in cash."),
+    "family_cap_exceeded": Prompt("亲情付本月额度已用完，请联系绑定的亲属或改用现金",
+                                  "The family-pay monthly cap is used up. Please contact your relative or pay in cash."),
+    "centre_unavailable": Prompt("暂时无法连接医保中心，未扣款；请稍后重试或到人工窗口",
+                                 "The insurance centre cannot be reached; nothing was charged. Please retry later or ask staff."),
+    "bank_unavailable": Prompt("暂时无法连接银行，未扣款；请稍后重试或使用现金",
+                               "The bank cannot be reached; nothing was charged. Please retry later or pay in cash."),
+    "over_exposed": Prompt("画面过亮，请避开强光", "The picture is too bright. Please move out of the glare."),
+    "occluded": Prompt("请摘下口罩、墨镜或帽子", "Please take off your mask, sunglasses or hat."),
+    "camera_offline": Prompt("摄像头无法使用，未扣款；请使用医保卡或到人工窗口", "The camera is not working; nothing was charged. Please use your insurance card or ask staff."),
+    "keypad_offline": Prompt("键盘无法使用，未扣款；请到人工窗口办理", "The keypad is not working; nothing was charged. Please ask staff at the counter."),
+    "internal_error": Prompt("系统故障，未扣款；请到人工窗口办理", "System fault; nothing was charged. Please ask staff at the counter."),
+    "device_fault": Prompt("终端设备故障，请到人工窗口办理", "The terminal has a fault. Please ask staff at the counter."),
+    # peripherals after payment (warnings: the payment itself succeeded)
+    "paper_out": Prompt("支付成功，但打印机缺纸；请向工作人员索取凭条",
+                                   "Payment complete, but the printer is out of paper. Please ask staff for a receipt."),
+    "printer_offline": Prompt("支付成功，但凭条未能打印；请向工作人员索取凭条",
+                            "Payment complete, but the receipt did not print. Please ask staff for a receipt."),
+    # session control
+    "cancelled_by_patient": Prompt("您已取消，未扣款", "You cancelled. Nothing was charged."),
+    "cancelled_by_cashier": Prompt("收费员已取消本次支付，未扣款", "The cashier cancelled this payment. Nothing was charged."),
+    "timeout": Prompt("操作超时，未扣款；如需继续请让收费员重新发起",
+                      "Timed out; nothing was charged. Ask the cashier to start again if you wish to continue."),
+    "interrupted": Prompt("支付被中断，已自动处理；请向收费员确认结果",
+                          "The payment was interrupted and has been resolved automatically. Please check with the cashier."),
+}
+
+
+def state_prompt(state: str) -> Prompt:
+    return STATE_PROMPTS[state]
+
+
+def reason_prompt(reason: str, **kw: object) -> Prompt:
+    p = REASONS[reason]
+    if kw:
+        return p.format(**kw)
+    return p

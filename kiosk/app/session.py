@@ -1,0 +1,496 @@
+"""One payment session at the counter: drives the `Machine` through its states
+against the ports, writing the journal BEFORE every external call.
+
+The session never loses track of money: once settlement starts, a failure to
+draw credit reverses the settlement; an answer lost on the wire is left in the
+journal as 'unknown' for `kiosk.app.recovery` to resolve (reverse by msgid /
+idempotency key), so a retry can never charge twice.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from kiosk.clock import Clock
+from kiosk.errors import DeviceError, KioskError, RemoteError
+from kiosk.money import fen_to_yuan
+from kiosk.app.flow import Machine, Snapshot, State
+from kiosk.app.idcard import valid_id_number
+from kiosk.app.prompts import REASONS
+from kiosk.app.ports import Bank, Camera, Centre, FaceAuth, Keypad, Line, Person, Printer, Split, Vision
+
+
+@dataclass
+class Deps:
+    camera: Camera
+    vision: Vision
+    centre: Centre
+    bank: Bank
+    keypad: Keypad
+    printer: Printer
+
+
+@dataclass(frozen=True)
+class Limits:
+    liveness_tries: int = 3
+    multi_face_frames: int = 8      # consecutive frames with two faces -> reject
+    id_tries: int = 3
+    frame_wait_s: float = 0.03      # pause when the camera has no new frame
+    key_poll_s: float = 0.1
+
+
+@dataclass(frozen=True)
+class Order:
+    """What the POS asked for (already validated by the POS API)."""
+
+    order_id: str
+    bill: dict[str, Any]
+    mode: str = "outpatient"        # 'outpatient' | 'admission' | 'discharge'
+    deposit_fen: int = 0            # admission: hold amount
+    hold_id: str = ""               # discharge: the admission's hold
+    merchant: str = ""
+
+
+@dataclass
+class Outcome:
+    status: str                      # 'paid' | 'held' | 'failed' | 'cancelled' | 'reversing'
+    reason: str | None = None
+    setl_id: str = ""
+    medfee_sumamt: int = 0
+    fund_pay_sumamt: int = 0
+    acct_pay: int = 0
+    acct_mulaid_pay: int = 0
+    credit_draw: int = 0
+    cash_pay: int = 0
+    payer: str = "self"              # 'self' | 'family'
+    psn_no: str = ""
+    draw_id: str = ""
+    hold_id: str = ""
+    receipt_printed: bool = False
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    confirm_wait_ms: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "reason": self.reason, "setl_id": self.setl_id or None,
+            "medfee_sumamt": fen_to_yuan(self.medfee_sumamt), "fund_pay_sumamt": fen_to_yuan(self.fund_pay_sumamt),
+            "acct_pay": fen_to_yuan(self.acct_pay), "acct_mulaid_pay": fen_to_yuan(self.acct_mulaid_pay),
+            "credit_draw": fen_to_yuan(self.credit_draw), "cash_pay": fen_to_yuan(self.cash_pay),
+            "payer": self.payer, "draw_id": self.draw_id or None, "hold_id": self.hold_id or None,
+            "receipt_printed": self.receipt_printed,
+        }
+
+
+class _Stop(Exception):
+    """Internal: the session ended early (the machine already holds the reason)."""
+
+
+class JournalPort:
+    """What the session needs from the journal (see kiosk.app.journal)."""
+
+    def record(self, order_id: str, step: str, data: dict[str, Any] | None = None) -> None: ...
+
+
+class CounterSession:
+    def __init__(self, order: Order, deps: Deps, journal: JournalPort, clock: Clock, *,
+                 on_change: Callable[[Snapshot], None] | None = None,
+                 timeouts: dict[State, float] | None = None, limits: Limits = Limits(),
+                 on_face: Callable[[Any], None] | None = None) -> None:
+        self.order = order
+        self.d = deps
+        self.journal = journal
+        self.clock = clock
+        self.limits = limits
+        self.session_id = uuid.uuid4().hex[:16]
+        self.m = Machine(self.session_id, order.order_id, clock, timeouts=timeouts, on_change=on_change)
+        self._on_face = on_face
+        self._t_state = time.perf_counter()
+        self._stage_ms: dict[str, float] = {}
+        self._confirm_ms = 0.0
+        self.person: Person | None = None
+        self.split: Split | None = None
+        self.line: Line | None = None
+        self.draw_amount = 0
+        self._multi = 0
+
+    # -------------------------------------------------------------- driver
+    def cancel(self, by: str = "cashier") -> bool:
+        return self.m.request_cancel(by)
+
+    def run(self) -> Outcome:
+        out = Outcome(status="failed")
+        try:
+            probe = self._capture_and_verify()
+            if self.order.mode == "admission":
+                out = self._admit()
+            else:
+                out = self._pay(probe)
+        except _Stop:
+            out = Outcome(status="cancelled" if self.m.state is State.CANCELLED else "failed", reason=self.m.reason)
+        except KioskError as e:  # a party's fault before money moved (money paths catch their own)
+            if not self.m.terminal and self.m.state not in (State.SETTLING, State.PRINTING):
+                reason = {"RemoteError": "centre_unavailable", "DeviceError": "device_fault"}.get(type(e).__name__, "internal_error")
+                self.m.fail(reason)
+            out = Outcome(status="failed", reason=self.m.reason or "internal_error")
+            self.journal.record(self.order.order_id, "failed", {"reason": out.reason, "error": e.code})
+        self._tick()
+        out.stage_ms = dict(self._stage_ms)
+        out.confirm_wait_ms = self._confirm_ms
+        if self.person:
+            out.psn_no = self.person.psn_no
+        if out.status in ("failed", "cancelled") and self.split is not None:
+            out.medfee_sumamt = self.split.medfee_sumamt
+        return out
+
+    # -------------------------------------------------------------- states
+    def _go(self, to: State, **kw: Any) -> None:
+        self._tick()
+        self.m.go(to, **kw)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        name = str(self.m.state)
+        self._stage_ms[name] = self._stage_ms.get(name, 0.0) + (now - self._t_state) * 1000
+        self._t_state = now
+
+    def _check(self) -> None:
+        """Honour a pending cancel or an expired deadline (only before money moves)."""
+        if self.m.cancel_requested:
+            self.m.finish_cancelled()
+            self.journal.record(self.order.order_id, "cancelled", {"by": self.m.cancel_requested})
+            raise _Stop
+        if self.m.expired():
+            self.m.finish_timeout()
+            self.journal.record(self.order.order_id, "timeout", {"state": self.m.info.get("timed_out_in")})
+            raise _Stop
+
+    def _fail(self, reason: str, **args: Any) -> None:
+        self.m.fail(reason, **args)
+        self.journal.record(self.order.order_id, "failed", {"reason": reason})
+        raise _Stop
+
+    def _poll_cancel_key(self) -> None:
+        k = self.d.keypad.read_key(0)
+        if k == "CANCEL":
+            self.m.request_cancel("patient")
+
+    def _frames(self) -> Iterator[Any]:
+        """Camera frames while the session may go on (cancel and timeout checked per frame)."""
+        while True:
+            self._check()
+            self._poll_cancel_key()
+            frame = self.d.camera.read()
+            if frame is None:
+                time.sleep(self.limits.frame_wait_s)
+                continue
+            if self._on_face is not None:
+                self._on_face(frame)
+            yield frame
+
+    def _on_frame(self, reason: str) -> None:
+        """Quality verdict of one frame: prompt, move between capture and liveness."""
+        self._multi = self._multi + 1 if reason == "multiple_faces" else 0
+        if self._multi >= self.limits.multi_face_frames:
+            self._fail("multiple_faces")
+        if reason == "ok":
+            if self.m.state is State.FACE_CAPTURE:
+                self._go(State.LIVENESS)
+        elif self.m.state is State.LIVENESS:
+            self._go(State.FACE_CAPTURE, reason=reason if reason in REASONS else "face_quality")
+        else:
+            self.m.prompt(reason if reason in REASONS else "face_quality")
+
+    def _capture_and_verify(self) -> str:
+        self._go(State.FACE_CAPTURE)
+        spoofs = 0
+        self._multi = 0
+        while True:
+            cap = self.d.vision.capture(self._frames(), self._on_frame)
+            if cap.reason == "ok":
+                break
+            if cap.reason == "spoof_suspected":
+                spoofs += 1
+                if spoofs >= self.limits.liveness_tries:
+                    self._fail("spoof_suspected")
+            if cap.reason == "multiple_faces":
+                self._fail("multiple_faces")
+            reason = cap.reason if cap.reason in REASONS else "face_quality"
+            if self.m.state is State.LIVENESS:
+                self._go(State.FACE_CAPTURE, reason=reason)
+            else:
+                self.m.prompt(reason)
+        if self.m.state is State.FACE_CAPTURE:
+            self._go(State.LIVENESS)
+        self._go(State.MATCH)
+        self._check()
+        self.journal.record(self.order.order_id, "face_auth")
+        auth = self.d.centre.face_auth(cap.probe, self.session_id)
+        if auth.status == "matched" and auth.person:
+            self.person = auth.person
+        elif auth.status == "not_activated":
+            self.person = self._activate(cap.probe)
+        elif auth.status == "id_locked":
+            self._fail("id_locked", minutes=auth.minutes)
+        else:
+            self._fail("not_matched")
+        return cap.probe
+
+    def _activate(self, probe: str) -> Person:
+        left = self.limits.id_tries
+        self._go(State.ID_ENTRY, attempts_left=left)
+        while True:
+            id_no = self._read_id()
+            if not valid_id_number(id_no):
+                self.m.prompt("id_invalid", left=left)  # a typo costs no attempt
+                continue
+            self._go(State.ACTIVATION)
+            self._check()
+            self.journal.record(self.order.order_id, "activate")
+            act = self.d.centre.activate(probe, id_no, self.session_id)
+            if act.status == "ok" and act.person:
+                return act.person
+            if act.status == "id_mismatch":
+                left = act.tries_left if act.tries_left is not None else max(0, left - 1)
+                if left <= 0:
+                    self._fail("id_locked", minutes=act.minutes or 30)
+                self._go(State.ID_ENTRY, reason="id_mismatch", reason_args={"left": left}, attempts_left=left)
+                continue
+            if act.status == "id_locked":
+                self._fail("id_locked", minutes=act.minutes or 30)
+            self._fail("not_insured")
+
+    def _read_id(self) -> str:
+        digits: list[str] = []
+        while True:
+            self._check()
+            k = self.d.keypad.read_key(min(self.limits.key_poll_s, max(self.m.seconds_left(), 0.0)))
+            if k is None:
+                continue
+            if k == "CANCEL":
+                self.m.request_cancel("patient")
+            elif k == "BACK":
+                if digits:
+                    digits.pop()
+            elif k == "ENTER":
+                return "".join(digits)
+            elif (k.isdigit() or k == "X") and len(digits) < 18:
+                digits.append(k)
+            self.m.set_info(keypad_len=len(digits), keypad_masked=_mask(digits))
+
+    def _wait_confirm(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            while True:
+                self._check()
+                k = self.d.keypad.read_key(min(self.limits.key_poll_s, max(self.m.seconds_left(), 0.0)))
+                if k == "ENTER":
+                    return
+                if k == "CANCEL":
+                    self.m.request_cancel("patient")
+        finally:
+            self._confirm_ms = (time.perf_counter() - t0) * 1000
+
+    # -------------------------------------------------------------- money
+    def _presettle(self) -> Split:
+        assert self.person is not None
+        self._go(State.PRESETTLED)
+        self._check()
+        self.journal.record(self.order.order_id, "presettle")
+        pre = self.d.centre.presettle(self.person, self.order.bill, self.order.order_id)
+        if pre.status != "ok" or pre.split is None:
+            self._fail("bill_rejected" if pre.status == "bill_rejected" else "centre_unavailable")
+        assert pre.split is not None
+        self.split = pre.split
+        self.line = self.d.bank.line_for(self.person) if pre.split.psn_cash_pay > 0 else Line(kind="none")
+        if self.line.kind != "none" and self.line.available < pre.split.psn_cash_pay:
+            self.draw_amount = 0  # the line cannot carry it: the cash share is paid at the counter
+        else:
+            self.draw_amount = pre.split.psn_cash_pay if self.line.kind != "none" else 0
+        self.m.set_amounts(**self._amounts(pre.split))
+        return pre.split
+
+    def _amounts(self, s: Split) -> dict[str, str]:
+        a = {
+            "medfee_sumamt": fen_to_yuan(s.medfee_sumamt), "fund_pay_sumamt": fen_to_yuan(s.fund_pay_sumamt),
+            "acct_pay": fen_to_yuan(s.acct_pay), "acct_mulaid_pay": fen_to_yuan(s.acct_mulaid_pay),
+            "credit_draw": fen_to_yuan(self.draw_amount),
+            "cash_pay": fen_to_yuan(s.psn_cash_pay - self.draw_amount),
+        }
+        if self.line and self.line.kind == "family" and self.draw_amount:
+            a["credit_holder"] = self.line.holder_name
+        return a
+
+    def _pay(self, probe: str) -> Outcome:
+        assert self.person is not None
+        split = self._presettle()
+        self._go(State.CONFIRM)
+        self._wait_confirm()
+        self._go(State.SETTLING)
+        oid = self.order.order_id
+        msgid = self.d.centre.new_msgid()
+        self.journal.record(oid, "settle", {"msgid": msgid, "psn_no": self.person.psn_no,
+                                            "draw_amount": self.draw_amount, "line_id": self.line.line_id if self.line else ""})
+        try:
+            res = self.d.centre.settle(self.person, self.order.bill, oid, msgid)
+        except RemoteError:
+            res = None
+        if res is None or res.status == "unknown":
+            # the answer is lost: reverse by msgid now if we can; the journal keeps it otherwise
+            ok = self._undo_settlement(msgid, None)
+            return self._failed_after_commit("centre_unavailable", keep_open=not ok)
+        if res.status != "ok" or res.split is None:
+            self.journal.record(oid, "settle_refused", {"msgid": msgid})
+            return self._failed_after_commit("bill_rejected")
+        settled = res.split
+        self.journal.record(oid, "settled", {"msgid": msgid, "setl_id": settled.setl_id, "mdtrt_id": settled.mdtrt_id,
+                                             "split": split_json(settled)})
+        draw_id = ""
+        if self.draw_amount > 0:
+            assert self.line is not None
+            amount = min(self.draw_amount, settled.psn_cash_pay)
+            key = f"{oid}:draw"
+            self.journal.record(oid, "draw", {"key": key, "amount": amount, "line_id": self.line.line_id})
+            try:
+                dr = self.d.bank.draw(self.line, self.person, amount, key, memo=f"order {oid} setl {settled.setl_id}")
+            except RemoteError:
+                dr = None
+            if dr is None or dr.status != "ok":
+                reason = "bank_unavailable" if dr is None or dr.status == "unknown" else dr.status
+                if dr is None or dr.status == "unknown":
+                    try:
+                        self.d.bank.reverse_draw(key)
+                    except RemoteError:
+                        self.journal.record(oid, "draw_unknown", {"key": key})
+                        return self._failed_after_commit(reason, keep_open=True)
+                ok = self._undo_settlement(msgid, settled.setl_id)
+                return self._failed_after_commit(reason if reason in _MONEY_REASONS else "insufficient_credit",
+                                                 keep_open=not ok)
+            draw_id = dr.draw_id
+            self.journal.record(oid, "drawn", {"key": key, "draw_id": draw_id, "amount": amount})
+        self.draw_amount = min(self.draw_amount, settled.psn_cash_pay)
+        self.m.set_amounts(**self._amounts(settled))
+        out = Outcome(status="paid", setl_id=settled.setl_id, medfee_sumamt=settled.medfee_sumamt,
+                      fund_pay_sumamt=settled.fund_pay_sumamt, acct_pay=settled.acct_pay,
+                      acct_mulaid_pay=settled.acct_mulaid_pay, credit_draw=self.draw_amount,
+                      cash_pay=settled.psn_cash_pay - self.draw_amount,
+                      payer="family" if self.line and self.line.kind == "family" and self.draw_amount else "self",
+                      psn_no=self.person.psn_no, draw_id=draw_id)
+        self.journal.record(oid, "paid", {"outcome": out.to_json()})
+        self._print(out, settled)
+        return out
+
+    def _undo_settlement(self, msgid: str, setl_id: str | None) -> bool:
+        """Reverse the settlement sent as `msgid`; False when that could not be confirmed now."""
+        assert self.person is not None
+        oid = self.order.order_id
+        self.journal.record(oid, "reverse", {"msgid": msgid, "setl_id": setl_id, "psn_no": self.person.psn_no})
+        try:
+            if self.d.centre.reverse(self.person, msgid, setl_id):
+                self.journal.record(oid, "reversed", {"msgid": msgid})
+                return True
+        except RemoteError:
+            pass
+        return False  # stays open in the journal; recovery retries it
+
+    def _failed_after_commit(self, reason: str, keep_open: bool = False) -> Outcome:
+        """Money moved (or might have) and was put back, or is left to recovery (`keep_open`)."""
+        self.m.fail(reason)
+        self.journal.record(self.order.order_id, "failed", {"reason": reason, "open": keep_open})
+        return Outcome(status="reversing" if keep_open else "failed", reason=reason)
+
+    def _print(self, out: Outcome, split: Split) -> None:
+        self._go(State.PRINTING)
+        self.journal.record(self.order.order_id, "print")
+        try:
+            pr = self.d.printer.print_receipt(receipt_lines(self.order, self.person, out, self.line))
+            status = pr.status
+        except DeviceError:
+            status = "printer_offline"
+        out.receipt_printed = status == "ok"
+        self._go(State.DONE, reason=None if status == "ok" else status)
+        self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed,
+                                                         "outcome": out.to_json()})
+
+    # -------------------------------------------------------------- inpatient
+    def _admit(self) -> Outcome:
+        """Admission: place a hold for the deposit on the patient's (or family) line."""
+        assert self.person is not None
+        self._go(State.PRESETTLED)
+        self.line = self.d.bank.line_for(self.person)
+        if self.line.kind == "none":
+            self._fail("credit_not_eligible")
+        self.draw_amount = self.order.deposit_fen
+        self.m.set_amounts(medfee_sumamt=fen_to_yuan(self.order.deposit_fen), fund_pay_sumamt="0.00",
+                           acct_pay="0.00", acct_mulaid_pay="0.00", credit_draw=fen_to_yuan(self.order.deposit_fen),
+                           cash_pay="0.00")
+        self._go(State.CONFIRM)
+        self._wait_confirm()
+        self._go(State.SETTLING)
+        key = f"{self.order.order_id}:hold"
+        self.journal.record(self.order.order_id, "hold", {"key": key, "amount": self.order.deposit_fen})
+        try:
+            hr = self.d.bank.hold(self.line, self.person, self.order.deposit_fen, key)
+        except RemoteError:
+            try:
+                self.d.bank.reverse_draw(key)
+            except RemoteError:
+                return self._failed_after_commit("bank_unavailable", keep_open=True)
+            return self._failed_after_commit("bank_unavailable")
+        if hr.status != "ok":
+            return self._failed_after_commit(hr.status if hr.status in _MONEY_REASONS else "insufficient_credit")
+        out = Outcome(status="held", hold_id=hr.draw_id, credit_draw=0, psn_no=self.person.psn_no,
+                      payer="family" if self.line.kind == "family" else "self")
+        self.journal.record(self.order.order_id, "held", {"hold_id": hr.draw_id, "outcome": out.to_json()})
+        self._go(State.PRINTING)
+        try:
+            pr = self.d.printer.print_receipt(receipt_lines(self.order, self.person, out, self.line))
+            status = pr.status
+        except DeviceError:
+            status = "printer_offline"
+        out.receipt_printed = status == "ok"
+        self._go(State.DONE, reason=None if status == "ok" else status)
+        self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed, "outcome": out.to_json()})
+        return out
+
+
+def split_json(s: Split) -> dict[str, int]:
+    return {k: getattr(s, k) for k in ("medfee_sumamt", "fund_pay_sumamt", "psn_part_amt", "acct_pay",
+                                       "acct_mulaid_pay", "psn_cash_pay")}
+
+
+_MONEY_REASONS = {"insufficient_credit", "credit_overdue", "credit_not_eligible", "family_cap_exceeded", "bank_unavailable"}
+
+
+def _mask(digits: list[str]) -> str:
+    n = len(digits)
+    if n <= 4:
+        return "*" * n
+    return "".join(digits[:2]) + "*" * (n - 4) + "".join(digits[-2:])
+
+
+def receipt_lines(order: Order, person: Person | None, out: Outcome, line: Line | None) -> list[str]:
+    """The printed receipt (no ID number, masked name)."""
+    name = person.name if person else ""
+    masked = (name[0] + "*" * (len(name) - 1)) if name else ""
+    rows = [
+        "医保刷脸支付凭条 / Insurance face-pay receipt",
+        f"订单 Order: {order.order_id}",
+        f"患者 Patient: {masked}",
+    ]
+    if out.status == "held":
+        rows += [f"住院押金(信用冻结) Deposit hold: {fen_to_yuan(order.deposit_fen)}", f"冻结号 Hold: {out.hold_id}"]
+    else:
+        rows += [
+            f"结算号 Settlement: {out.setl_id}",
+            f"费用合计 Total: {fen_to_yuan(out.medfee_sumamt)}",
+            f"医保统筹 Fund: {fen_to_yuan(out.fund_pay_sumamt)}",
+            f"个人账户 Account: {fen_to_yuan(out.acct_pay)}",
+            f"家庭共济 Family aid: {fen_to_yuan(out.acct_mulaid_pay)}",
+            f"信用支付 Credit: {fen_to_yuan(out.credit_draw)}",
+            f"现金 Cash: {fen_to_yuan(out.cash_pay)}",
+        ]
+        if out.payer == "family" and line is not None:
+            rows.append(f"亲情付 Family pay by: {line.holder_name}")
+    return rows

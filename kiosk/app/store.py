@@ -1,0 +1,214 @@
+"""Payment orders and the session journal, on kiosk.storage (SQLite / PostgreSQL).
+
+`app_orders` is what the POS sees: one row per (system, order_id), with the
+request's hash (a retry with another body is a conflict) and the outcome.
+`app_journal` is append-only: a step is written BEFORE the external call it
+announces (and a result step after), so a crash at any instant leaves enough
+to resume or reverse (see kiosk.app.recovery). No face data is ever written:
+steps carry ids and amounts only.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kiosk.clock import Clock, local_day
+from kiosk.errors import ConflictError, InputError
+from kiosk.storage import Database, Migration, request_hash
+
+MIGRATIONS = [
+    Migration("app.001_orders_journal", [
+        """CREATE TABLE IF NOT EXISTS app_orders (
+            system TEXT NOT NULL,
+            order_id TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            request TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            status TEXT NOT NULL,
+            reason TEXT,
+            result TEXT,
+            psn_no TEXT,
+            setl_id TEXT,
+            refunded_fen BIGINT NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            day TEXT NOT NULL,
+            PRIMARY KEY (system, order_id))""",
+        "CREATE INDEX IF NOT EXISTS app_orders_status ON app_orders (status)",
+        "CREATE INDEX IF NOT EXISTS app_orders_day ON app_orders (day)",
+        """CREATE TABLE IF NOT EXISTS app_journal (
+            id SERIAL_PK,
+            system TEXT NOT NULL,
+            order_id TEXT NOT NULL,
+            step TEXT NOT NULL,
+            data TEXT NOT NULL,
+            at TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS app_journal_order ON app_journal (system, order_id)",
+        """CREATE TABLE IF NOT EXISTS app_refunds (
+            system TEXT NOT NULL,
+            refund_id TEXT NOT NULL,
+            order_id TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            amount_fen BIGINT NOT NULL,
+            status TEXT NOT NULL,
+            result TEXT,
+            created_at TEXT NOT NULL,
+            day TEXT NOT NULL,
+            PRIMARY KEY (system, refund_id))""",
+    ]),
+]
+
+OPEN = ("pending", "running", "reversing")  # 'reversing': money may have moved; recovery puts it back
+FINAL = ("paid", "held", "failed", "cancelled", "refunded", "partially_refunded", "captured")
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    system: str
+    order_id: str
+    request: dict[str, Any]
+    mode: str
+    status: str
+    reason: str | None
+    result: dict[str, Any] | None
+    refunded_fen: int
+    created_at: str
+    updated_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"order_id": self.order_id, "mode": self.mode, "status": self.status, "reason": self.reason,
+                "result": self.result, "created_at": self.created_at, "updated_at": self.updated_at}
+
+
+def _row(r: Any) -> OrderRow:
+    return OrderRow(system=r[0], order_id=r[1], request=json.loads(r[2]), mode=r[3], status=r[4], reason=r[5],
+                    result=json.loads(r[6]) if r[6] else None, refunded_fen=int(r[7]), created_at=r[8], updated_at=r[9])
+
+
+_COLS = "system, order_id, request, mode, status, reason, result, refunded_fen, created_at, updated_at"
+
+
+class Store:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        db.migrate(MIGRATIONS)
+
+    def _now(self) -> str:
+        return self.clock.now().isoformat()
+
+    # ---------------------------------------------------------------- orders
+    def create_order(self, system: str, order_id: str, request: dict[str, Any], mode: str) -> tuple[OrderRow, bool]:
+        """Insert the order, or return the existing one for an identical retry (created=False).
+
+        The same order id with a different body is a ConflictError (HTTP 409)."""
+        h = request_hash(request)
+        now = self._now()
+
+        def work(tx: Any) -> tuple[OrderRow, bool]:
+            row = tx.fetch_one(f"SELECT {_COLS}, request_hash FROM app_orders WHERE system = ? AND order_id = ?",
+                               (system, order_id))
+            if row is not None:
+                if row[10] != h:
+                    raise ConflictError(f"order {order_id!r} already exists with a different request",
+                                        code="order_conflict", field="order_id")
+                return _row(row), False
+            tx.execute("INSERT INTO app_orders (system, order_id, request_hash, request, mode, status, created_at, "
+                       "updated_at, day) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                       (system, order_id, h, json.dumps(request, sort_keys=True), mode, now, now,
+                        local_day(self.clock).isoformat()))
+            r = tx.fetch_one(f"SELECT {_COLS} FROM app_orders WHERE system = ? AND order_id = ?", (system, order_id))
+            return _row(r), True
+
+        return self.db.run(work)
+
+    def get(self, system: str, order_id: str) -> OrderRow | None:
+        r = self.db.read(lambda tx: tx.fetch_one(f"SELECT {_COLS} FROM app_orders WHERE system = ? AND order_id = ?",
+                                                 (system, order_id)))
+        return _row(r) if r else None
+
+    def set_status(self, system: str, order_id: str, status: str, *, reason: str | None = None,
+                   result: dict[str, Any] | None = None, expect: tuple[str, ...] | None = None) -> bool:
+        """Move an order to `status` (only from `expect` when given). Returns whether it moved."""
+        now = self._now()
+        sql = "UPDATE app_orders SET status = ?, reason = ?, updated_at = ?"
+        params: list[Any] = [status, reason, now]
+        if result is not None:
+            sql += ", result = ?, psn_no = ?, setl_id = ?"
+            params += [json.dumps(result, sort_keys=True), result.get("psn_no"), result.get("setl_id")]
+        sql += " WHERE system = ? AND order_id = ?"
+        params += [system, order_id]
+        if expect:
+            sql += f" AND status IN ({', '.join('?' for _ in expect)})"
+            params += list(expect)
+        return self.db.run(lambda tx: tx.execute(sql, tuple(params))) > 0
+
+    def open_orders(self) -> list[OrderRow]:
+        return [_row(r) for r in self.db.read(lambda tx: tx.fetch_all(
+            f"SELECT {_COLS} FROM app_orders WHERE status IN ('pending', 'running', 'reversing') ORDER BY created_at"))]
+
+    def orders_of_day(self, system: str, day: str) -> list[OrderRow]:
+        return [_row(r) for r in self.db.read(lambda tx: tx.fetch_all(
+            f"SELECT {_COLS} FROM app_orders WHERE system = ? AND day = ? ORDER BY created_at, order_id",
+            (system, day)))]
+
+    # ---------------------------------------------------------------- journal
+    def record(self, system: str, order_id: str, step: str, data: dict[str, Any] | None = None) -> None:
+        self.db.run(lambda tx: tx.execute(
+            "INSERT INTO app_journal (system, order_id, step, data, at) VALUES (?, ?, ?, ?, ?)",
+            (system, order_id, step, json.dumps(data or {}, sort_keys=True), self._now())))
+
+    def steps(self, system: str, order_id: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = self.db.read(lambda tx: tx.fetch_all(
+            "SELECT step, data FROM app_journal WHERE system = ? AND order_id = ? ORDER BY id", (system, order_id)))
+        return [(r[0], json.loads(r[1])) for r in rows]
+
+    # ---------------------------------------------------------------- refunds
+    def begin_refund(self, system: str, order_id: str, refund_id: str, amount_fen: int,
+                     request: dict[str, Any], limit_fen: int) -> tuple[dict[str, Any] | None, bool]:
+        """Claim a refund id. Returns (stored result, replayed). A new claim reserves
+        `amount_fen` against the order (never above `limit_fen` in total)."""
+        h = request_hash({"order_id": order_id, **request})
+        now = self._now()
+
+        def work(tx: Any) -> tuple[dict[str, Any] | None, bool]:
+            r = tx.fetch_one("SELECT request_hash, status, result FROM app_refunds WHERE system = ? AND refund_id = ?",
+                             (system, refund_id))
+            if r is not None:
+                if r[0] != h:
+                    raise ConflictError(f"refund {refund_id!r} already exists with a different request",
+                                        code="refund_conflict", field="refund_id")
+                return (json.loads(r[2]) if r[2] else {"status": r[1]}), True
+            done = tx.scalar("SELECT refunded_fen FROM app_orders WHERE system = ? AND order_id = ?",
+                             (system, order_id), default=0)
+            if done + amount_fen > limit_fen:
+                raise InputError(f"refunds would total more than the refundable {limit_fen / 100:.2f}",
+                                 field="amount")
+            tx.execute("INSERT INTO app_refunds (system, refund_id, order_id, request_hash, amount_fen, status, "
+                       "created_at, day) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                       (system, refund_id, order_id, h, amount_fen, now, local_day(self.clock).isoformat()))
+            tx.execute("UPDATE app_orders SET refunded_fen = refunded_fen + ?, updated_at = ? "
+                       "WHERE system = ? AND order_id = ?", (amount_fen, now, system, order_id))
+            return None, False
+
+        return self.db.run(work)
+
+    def finish_refund(self, system: str, order_id: str, refund_id: str, status: str, result: dict[str, Any],
+                      release_fen: int = 0) -> None:
+        """Store the refund's result; a failed refund gives its reserved amount back."""
+        def work(tx: Any) -> None:
+            tx.execute("UPDATE app_refunds SET status = ?, result = ? WHERE system = ? AND refund_id = ?",
+                       (status, json.dumps(result, sort_keys=True), system, refund_id))
+            if release_fen:
+                tx.execute("UPDATE app_orders SET refunded_fen = refunded_fen - ? WHERE system = ? AND order_id = ?",
+                           (release_fen, system, order_id))
+        self.db.run(work)
+
+    def refunds_of_day(self, system: str, day: str) -> list[dict[str, Any]]:
+        rows = self.db.read(lambda tx: tx.fetch_all(
+            "SELECT refund_id, order_id, amount_fen, status, created_at FROM app_refunds "
+            "WHERE system = ? AND day = ? ORDER BY created_at, refund_id", (system, day)))
+        return [{"refund_id": r[0], "order_id": r[1], "amount_fen": int(r[2]), "status": r[3], "created_at": r[4]}
+                for r in rows]
+

@@ -1,0 +1,331 @@
+"""The terminal: one counter, one session at a time, orders from the POS.
+
+Orders queue up; a worker thread runs each as a `CounterSession` and stores
+its outcome. On start (and whenever idle) `recover()` resolves every order the
+journal shows unfinished: a payment whose money fully moved is reported as
+paid (resume); anything less is put back (reverse the draw by its idempotency
+key, the settlement by its msgid), so a crash never leaves a half payment.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from kiosk.clock import Clock
+from kiosk.errors import ConflictError, InputError, KioskError, RemoteError
+from kiosk.money import fen_to_yuan
+from kiosk.app.flow import Snapshot, State
+from kiosk.app.ports import Person
+from kiosk.app.session import CounterSession, Deps, Limits, Order, Outcome
+from kiosk.app.store import OPEN, OrderRow, Store
+
+log = logging.getLogger("kiosk.app")
+
+
+class _Journal:
+    def __init__(self, store: Store, system: str) -> None:
+        self.store, self.system = store, system
+
+    def record(self, order_id: str, step: str, data: dict[str, Any] | None = None) -> None:
+        self.store.record(self.system, order_id, step, data)
+
+
+@dataclass
+class _Job:
+    system: str
+    order: Order
+
+
+class Terminal:
+    def __init__(self, store: Store, deps: Deps, clock: Clock, *,
+                 on_change: Callable[[Snapshot], None] | None = None,
+                 on_idle: Callable[[], None] | None = None,
+                 on_frame: Callable[[Any], None] | None = None,
+                 timeouts: dict[State, float] | None = None, limits: Limits = Limits(),
+                 recover_every_s: float = 5.0) -> None:
+        self.store = store
+        self.deps = deps
+        self.clock = clock
+        self.on_change = on_change
+        self.on_idle = on_idle
+        self.on_frame = on_frame
+        self.timeouts = timeouts
+        self.limits = limits
+        self.recover_every_s = recover_every_s
+        self._q: queue.Queue[_Job | None] = queue.Queue()
+        self._cond = threading.Condition()
+        self._current: tuple[str, str, CounterSession] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.last_outcome: Outcome | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.recover()
+        for row in self.store.open_orders():  # still-pending orders from before a restart
+            if row.status == "pending":
+                self._q.put(_Job(row.system, order_from_request(row.order_id, row.request)))
+        self._thread = threading.Thread(target=self._worker, name="counter", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        cur = self._current
+        if cur:
+            cur[2].cancel("cashier")
+        self._q.put(None)
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------ POS side
+    def submit(self, system: str, order: Order) -> None:
+        self._q.put(_Job(system, order))
+
+    def cancel(self, system: str, order_id: str) -> OrderRow:
+        row = self.store.get(system, order_id)
+        if row is None:
+            raise InputError(f"no order {order_id!r}", code="not_found", field="order_id")
+        if row.status == "pending" and self.store.set_status(system, order_id, "cancelled",
+                                                             reason="cancelled_by_cashier", expect=("pending",)):
+            self.store.record(system, order_id, "cancelled", {"by": "cashier"})
+            self._notify()
+            return self.store.get(system, order_id)  # type: ignore[return-value]
+        cur = self._current
+        if row.status == "running" and cur and cur[0] == system and cur[1] == order_id:
+            if cur[2].cancel("cashier"):
+                self.wait(system, order_id, 10.0)
+                return self.store.get(system, order_id)  # type: ignore[return-value]
+        row = self.store.get(system, order_id)
+        assert row is not None
+        if row.status == "cancelled":
+            return row
+        if row.status in ("failed",):
+            return row
+        raise ConflictError(f"order {order_id!r} is {row.status}; a paid order is refunded, not cancelled",
+                            code="not_cancellable", field="order_id")
+
+    def wait(self, system: str, order_id: str, timeout_s: float) -> OrderRow | None:
+        """Block until the order leaves pending/running (or the timeout)."""
+        end = time.monotonic() + max(0.0, timeout_s)
+        with self._cond:
+            while True:
+                row = self.store.get(system, order_id)
+                if row is None or row.status not in ("pending", "running"):
+                    return row
+                left = end - time.monotonic()
+                if left <= 0:
+                    return row
+                self._cond.wait(min(left, 0.5))
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------ worker
+    def _worker(self) -> None:
+        last_recover = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                job = self._q.get(timeout=0.5)
+            except queue.Empty:
+                if time.monotonic() - last_recover > self.recover_every_s:
+                    last_recover = time.monotonic()
+                    self._safe_recover()
+                continue
+            if job is None:
+                break
+            try:
+                self._run(job)
+            except Exception:  # noqa: BLE001 - the counter must survive any one session
+                log.exception("session for order %s crashed", job.order.order_id)
+                self.store.set_status(job.system, job.order.order_id, "reversing", reason="internal_error",
+                                      expect=("running",))
+                self._safe_recover()
+            finally:
+                self._current = None
+                self._notify()
+                if self.on_idle:
+                    self.on_idle()
+
+    def _run(self, job: _Job) -> None:
+        oid = job.order.order_id
+        if not self.store.set_status(job.system, oid, "running", expect=("pending",)):
+            return  # cancelled while queued
+        journal = _Journal(self.store, job.system)
+        journal.record(oid, "start", {"mode": job.order.mode})
+        s = CounterSession(job.order, self.deps, journal, self.clock, on_change=self.on_change,
+                           timeouts=self.timeouts, limits=self.limits, on_face=self.on_frame)
+        self._current = (job.system, oid, s)
+        out = s.run()
+        self.last_outcome = out
+        result = out.to_json()
+        result["psn_no"] = out.psn_no or None
+        result["stage_ms"] = {k: round(v, 1) for k, v in out.stage_ms.items()}
+        self.store.set_status(job.system, oid, out.status, reason=out.reason, result=result)
+
+    # ------------------------------------------------------------ recovery
+    def _safe_recover(self) -> None:
+        try:
+            self.recover()
+        except KioskError as e:
+            log.warning("recovery pass incomplete: %s", e)
+
+    def recover(self) -> list[tuple[str, str]]:
+        """Resolve every order left running/reversing by a crash or a lost answer.
+
+        Returns (order_id, new status) for the orders resolved in this pass; an
+        order whose party cannot be reached stays open for the next pass."""
+        done: list[tuple[str, str]] = []
+        cur = self._current
+        for row in self.store.open_orders():
+            if row.status == "pending":
+                continue
+            if cur and cur[0] == row.system and cur[1] == row.order_id:
+                continue  # the live session owns it
+            try:
+                status = self._resolve(row)
+            except RemoteError as e:
+                log.warning("order %s: cannot resolve yet (%s)", row.order_id, e)
+                continue
+            if status:
+                done.append((row.order_id, status))
+        if done:
+            self._notify()
+        return done
+
+    def _resolve(self, row: OrderRow) -> str | None:
+        steps = self.store.steps(row.system, row.order_id)
+        names = [s for s, _ in steps]
+        data = {s: d for s, d in steps}  # last data per step
+        j = _Journal(self.store, row.system)
+        oid = row.order_id
+        if "paid" in names or "held" in names:
+            # resume: the money fully moved; report it (the receipt may not have printed)
+            result = dict(data.get("done", data.get("paid", data.get("held", {}))).get("outcome", {}))
+            if "done" not in names:
+                result["receipt_printed"] = False
+            status = "held" if "held" in names else "paid"
+            j.record(oid, "recovered", {"as": status})
+            self.store.set_status(row.system, oid, status, reason=None if "done" in names else "interrupted",
+                                  result=result)
+            return status
+        if "drawn" in names and "settled" in names:
+            # every external effect happened; only the local 'paid' record is missing
+            split = data["settled"].get("split", {})
+            draw = data["drawn"]
+            result = {
+                "status": "paid", "reason": None, "setl_id": data["settled"].get("setl_id"),
+                "medfee_sumamt": fen_to_yuan(split.get("medfee_sumamt", 0)),
+                "fund_pay_sumamt": fen_to_yuan(split.get("fund_pay_sumamt", 0)),
+                "acct_pay": fen_to_yuan(split.get("acct_pay", 0)),
+                "acct_mulaid_pay": fen_to_yuan(split.get("acct_mulaid_pay", 0)),
+                "credit_draw": fen_to_yuan(draw.get("amount", 0)),
+                "cash_pay": fen_to_yuan(split.get("psn_cash_pay", 0) - draw.get("amount", 0)),
+                "draw_id": draw.get("draw_id"), "receipt_printed": False, "psn_no": data["settle"].get("psn_no"),
+            }
+            j.record(oid, "recovered", {"as": "paid"})
+            self.store.set_status(row.system, oid, "paid", reason="interrupted", result=result)
+            return "paid"
+        # anything less is put back, draw first, then the settlement
+        if "draw" in names or "hold" in names:
+            key = (data.get("draw") or data.get("hold") or {}).get("key")
+            if key:
+                j.record(oid, "reverse_draw", {"key": key})
+                self.deps.bank.reverse_draw(key)
+                j.record(oid, "draw_reversed", {"key": key})
+        if "settle" in names and "reversed" not in names:
+            st = data["settle"]
+            msgid = st["msgid"]
+            setl_id = data.get("settled", {}).get("setl_id")
+            j.record(oid, "reverse", {"msgid": msgid, "setl_id": setl_id})
+            if not self.deps.centre.reverse(Person(psn_no=st.get("psn_no", ""), name=""), msgid, setl_id):
+                raise RemoteError("the centre did not confirm the reversal", code="reversal_unconfirmed")
+            j.record(oid, "reversed", {"msgid": msgid})
+        reason = row.reason or "interrupted"
+        if row.status == "running":
+            reason = "interrupted"
+        j.record(oid, "recovered", {"as": "failed"})
+        self.store.set_status(row.system, oid, "failed", reason=reason,
+                              result={"status": "failed", "reason": reason, "receipt_printed": False})
+        return "failed"
+
+    # ------------------------------------------------------------ refunds
+    def refund(self, system: str, order_id: str, refund_id: str, amount_fen: int | None) -> tuple[dict[str, Any], bool]:
+        """Whole (amount None) or partial refund of a paid order. Returns (result, replayed).
+
+        Whole: the centre reverses the settlement (fund and accounts return) and
+        the bank refunds the credit draw. Partial: the personal share only, the
+        credit draw first (the bank reduces that draw's principal), the rest
+        as cash the counter hands back."""
+        row = self.store.get(system, order_id)
+        if row is None:
+            raise InputError(f"no order {order_id!r}", code="not_found", field="order_id")
+        if row.status not in ("paid", "partially_refunded") or not row.result:
+            raise ConflictError(f"order {order_id!r} is {row.status}; only a paid order can be refunded",
+                                code="not_refundable", field="order_id")
+        res = row.result
+        from kiosk.money import yuan_to_fen
+
+        total = yuan_to_fen(res["medfee_sumamt"], "medfee_sumamt")
+        credit = yuan_to_fen(res["credit_draw"], "credit_draw")
+        cash = yuan_to_fen(res["cash_pay"], "cash_pay")
+        whole = amount_fen is None
+        if whole:
+            if row.refunded_fen:
+                raise ConflictError("a partial refund was already made; refund the rest partially",
+                                    code="not_refundable", field="amount")
+            amount = total
+            limit = total
+        else:
+            amount = int(amount_fen or 0)
+            if amount <= 0:
+                raise InputError("must be more than 0.00", field="amount")
+            limit = credit + cash
+        prior, replayed = self.store.begin_refund(system, order_id, refund_id, amount,
+                                                  {"amount": None if whole else amount}, limit)
+        if replayed:
+            return prior or {}, True
+        self.store.record(system, order_id, "refund", {"refund_id": refund_id, "amount": amount, "whole": whole})
+        try:
+            person = Person(psn_no=res.get("psn_no") or "", name="")
+            credit_back = 0
+            if whole:
+                if res.get("setl_id"):
+                    self.deps.centre.refund(person, res["setl_id"], total, f"{system}:{refund_id}")
+                credit_back = credit
+            else:
+                already = row.refunded_fen  # partial refunds so far (credit first)
+                credit_left = max(0, credit - already)
+                credit_back = min(amount, credit_left)
+            if credit_back and res.get("draw_id"):
+                self.deps.bank.refund(res["draw_id"], credit_back, f"{system}:{refund_id}")
+        except KioskError as e:
+            self.store.finish_refund(system, order_id, refund_id, "failed", {"status": "failed", "error": e.code},
+                                     release_fen=amount)
+            raise RemoteError(f"refund not completed: {e.message}", code="refund_failed") from None
+        result = {"refund_id": refund_id, "order_id": order_id, "status": "refunded",
+                  "amount": fen_to_yuan(amount), "credit_refund": fen_to_yuan(credit_back),
+                  "cash_refund": fen_to_yuan(0 if whole else amount - credit_back),
+                  "whole": whole}
+        if whole:
+            result["fund_refund"] = res["fund_pay_sumamt"]
+            result["account_refund"] = fen_to_yuan(yuan_to_fen(res["acct_pay"], "acct_pay")
+                                                   + yuan_to_fen(res["acct_mulaid_pay"], "acct_mulaid_pay"))
+            result["cash_refund"] = res["cash_pay"]
+        self.store.finish_refund(system, order_id, refund_id, "refunded", result)
+        new_status = "refunded" if whole or row.refunded_fen + amount >= limit else "partially_refunded"
+        self.store.set_status(system, order_id, new_status, reason=row.reason, result=res)
+        self.store.record(system, order_id, "refunded", {"refund_id": refund_id})
+        return result, False
+
+
+def order_from_request(order_id: str, req: dict[str, Any]) -> Order:
+    from kiosk.money import yuan_to_fen
+
+    return Order(order_id=order_id, bill=req.get("bill") or {}, mode=req.get("mode", "outpatient"),
+                 deposit_fen=yuan_to_fen(req["deposit"], "deposit") if req.get("deposit") else 0,
+                 hold_id=req.get("hold_id") or "")

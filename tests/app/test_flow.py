@@ -1,0 +1,172 @@
+"""The pure state machine: legal moves, deadlines, cancel rules, prompts."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from kiosk.clock import ManualClock
+from kiosk.errors import IntegrityError
+from kiosk.app.flow import COMMITTING, DEFAULT_TIMEOUTS_S, TERMINAL, TRANSITIONS, Machine, State
+from kiosk.app.idcard import check_char, valid_id_number
+from kiosk.app.prompts import REASONS, STATE_PROMPTS, reason_prompt
+
+HAPPY = [State.FACE_CAPTURE, State.LIVENESS, State.MATCH, State.PRESETTLED, State.CONFIRM,
+         State.SETTLING, State.PRINTING, State.DONE]
+
+
+def machine(**kw):
+    snaps = []
+    clock = ManualClock()
+    m = Machine("s1", "o1", clock, on_change=snaps.append, **kw)
+    return m, clock, snaps
+
+
+def test_happy_path_publishes_each_state_in_order():
+    m, _, snaps = machine()
+    for s in HAPPY:
+        m.go(s)
+    assert [x.state for x in snaps] == ["bill_received"] + [str(s) for s in HAPPY]
+    assert [x.seq for x in snaps] == list(range(1, len(HAPPY) + 2))
+    assert snaps[-1].terminal and snaps[-1].deadline is None
+    assert snaps[3].prompt_zh == STATE_PROMPTS["match"].zh
+
+
+def test_first_visit_path_and_id_retry():
+    m, _, _ = machine()
+    for s in [State.FACE_CAPTURE, State.LIVENESS, State.MATCH, State.ID_ENTRY, State.ACTIVATION]:
+        m.go(s)
+    m.go(State.ID_ENTRY, reason="id_mismatch", reason_args={"left": 2})
+    snap = m.snapshot()
+    assert snap.reason == "id_mismatch" and "2" in snap.reason_en and "2" in snap.reason_zh
+    m.go(State.ACTIVATION)
+    m.go(State.PRESETTLED)
+
+
+def test_illegal_transitions_are_refused():
+    m, _, _ = machine()
+    with pytest.raises(IntegrityError):
+        m.go(State.SETTLING)  # cannot skip face, match and confirm
+    m.go(State.FACE_CAPTURE)
+    with pytest.raises(IntegrityError):
+        m.go(State.MATCH)  # no match without liveness
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(list(State)), max_size=20))
+def test_any_sequence_only_follows_the_table(moves):
+    m, _, _ = machine()
+    for to in moves:
+        before = m.state
+        try:
+            m.go(to)
+        except IntegrityError:
+            assert to not in TRANSITIONS[before]
+            assert m.state == before
+        else:
+            assert to in TRANSITIONS[before]
+    # settling can only ever be reached through confirm
+    states = [s for s, _ in m.history]
+    if State.SETTLING in states:
+        assert states[states.index(State.SETTLING) - 1] == State.CONFIRM
+
+
+@pytest.mark.parametrize("state", [s for s in State if s not in TERMINAL])
+def test_every_live_state_has_a_timeout(state):
+    assert DEFAULT_TIMEOUTS_S[state] > 0
+
+
+def test_timeout_per_state():
+    m, clock, _ = machine(timeouts={State.FACE_CAPTURE: 5})
+    m.go(State.FACE_CAPTURE)
+    clock.advance(seconds=4.9)
+    assert not m.expired() and 0 < m.seconds_left() <= 0.1 + 1e-9
+    clock.advance(seconds=0.2)
+    assert m.expired()
+    m.finish_timeout()
+    assert m.state == State.FAILED and m.reason == "timeout" and m.info["timed_out_in"] == "face_capture"
+
+
+def test_deadline_restarts_on_each_state():
+    m, clock, _ = machine(timeouts={State.FACE_CAPTURE: 5, State.LIVENESS: 5})
+    m.go(State.FACE_CAPTURE)
+    clock.advance(seconds=4)
+    m.go(State.LIVENESS)
+    clock.advance(seconds=4)
+    assert not m.expired()
+
+
+@pytest.mark.parametrize("state", [s for s in State if s not in TERMINAL and s not in COMMITTING])
+def test_cancel_is_honoured_before_money_moves(state):
+    m, _, _ = machine()
+    path = {State.BILL_RECEIVED: [], State.ID_ENTRY: [State.FACE_CAPTURE, State.LIVENESS, State.MATCH, State.ID_ENTRY],
+            State.ACTIVATION: [State.FACE_CAPTURE, State.LIVENESS, State.MATCH, State.ID_ENTRY, State.ACTIVATION]}
+    for s in path.get(state, HAPPY[:HAPPY.index(state) + 1] if state in HAPPY else []):
+        m.go(s)
+    assert m.state == state
+    assert m.request_cancel("cashier")
+    m.finish_cancelled()
+    assert m.state == State.CANCELLED and m.reason == "cancelled_by_cashier"
+
+
+@pytest.mark.parametrize("state", sorted(COMMITTING))
+def test_cancel_and_timeout_are_refused_once_money_moves(state):
+    m, clock, _ = machine()
+    for s in HAPPY[:HAPPY.index(state) + 1]:
+        m.go(s)
+    assert not m.request_cancel("patient")
+    clock.advance(hours=1)
+    with pytest.raises(IntegrityError):
+        m.finish_timeout()
+    with pytest.raises(IntegrityError):
+        m.finish_cancelled()
+
+
+def test_unknown_reason_is_a_bug():
+    m, _, _ = machine()
+    with pytest.raises(IntegrityError):
+        m.fail("something_vague")
+    with pytest.raises(IntegrityError):
+        m.prompt("also_vague")
+
+
+def test_ended_session_cannot_end_again():
+    m, _, _ = machine()
+    m.fail("not_matched")
+    with pytest.raises(IntegrityError):
+        m.fail("timeout")
+    assert not m.request_cancel()
+
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@pytest.mark.parametrize("code", sorted(REASONS))
+def test_every_reason_has_chinese_and_english_texts(code):
+    p = reason_prompt(code, left=2, minutes=30)
+    assert _CJK.search(p.zh), code
+    assert p.en and p.en[0].isupper() and not _CJK.search(p.en), code
+    assert "{" not in p.zh and "{" not in p.en
+
+
+def test_reason_formats_tries_and_minutes():
+    assert "30" in reason_prompt("id_locked", minutes=30).en
+    assert "1 tries" in reason_prompt("id_mismatch", left=1).en
+
+
+def test_snapshot_json_has_what_the_screen_needs():
+    m, _, _ = machine()
+    m.go(State.FACE_CAPTURE)
+    m.prompt("too_dark")
+    d = m.snapshot().to_dict()
+    assert d["state"] == "face_capture" and d["reason"] == "too_dark"
+    assert d["reason_text"]["zh"] == REASONS["too_dark"].zh
+    assert set(d) >= {"session_id", "order_id", "seq", "prompt", "amounts", "deadline", "terminal"}
+
+
+def test_id_number_checksum():
+    assert valid_id_number("11010519491231002X")  # the GB 11643 worked example
+    assert not valid_id_number("110105194912310021")
+    assert not valid_id_number("1101051949123100")
+    assert check_char("11010519491231002") == "X"
