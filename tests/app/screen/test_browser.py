@@ -59,9 +59,9 @@ def test_each_state_renders_in_chinese_and_is_screenshotted(page, face_frame, na
     show(page, st)
     if st.camera:
         bus.publish_frame(face_frame)
-        b.wait_for("document.getElementById('preview').naturalWidth > 0", timeout=5)
+        # the preview reloads every ~60 ms; a frame scaled to 640 px wide must arrive
+        b.wait_for("document.getElementById('preview').naturalWidth === 640", timeout=5)
         assert b.eval("!document.getElementById('camera').hidden")
-        assert b.eval("document.getElementById('preview').naturalWidth") == 640
     else:
         assert b.eval("document.getElementById('camera').hidden")
     b.screenshot(ARTIFACTS / f"{name}.png")
