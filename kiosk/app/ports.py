@@ -143,9 +143,29 @@ class Bank(Protocol):
 
 
 # ---------------------------------------------------------------- keypad + printer
+@dataclass(frozen=True)
+class KeyEntry:
+    """A keypad entry as the bridge reports it (the clear value only once accepted).
+
+    state: 'active' | 'accepted' | 'cancelled' | 'timed_out'; `confirmed` is
+    ENTER pressed on an empty entry (the confirm key of the confirm step)."""
+
+    state: str
+    masked: str = ""
+    length: int = 0
+    error: str | None = None
+    value: str | None = None
+    confirmed: bool = False
+
+
 class Keypad(Protocol):
-    def read_key(self, timeout_s: float) -> str | None:
-        """One key: '0'-'9', 'X', 'ENTER', 'CANCEL', 'BACK'; None on timeout."""
+    def start(self, timeout_s: float) -> str:
+        """Switch the keypad on for one entry; returns its handle."""
+
+    def poll(self, handle: str) -> KeyEntry: ...
+
+    def stop(self, handle: str) -> None:
+        """End the entry (keypad off); no-op if it already ended."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from kiosk.money import fen_to_yuan
 from kiosk.app.flow import Machine, Snapshot, State
 from kiosk.app.idcard import valid_id_number
 from kiosk.app.prompts import REASONS
-from kiosk.app.ports import Bank, Camera, Centre, FaceAuth, Keypad, Line, Person, Printer, Split, Vision
+from kiosk.app.ports import Bank, Camera, Centre, KeyEntry, Keypad, Line, Person, Printer, Split, Vision
 
 
 @dataclass
@@ -171,16 +171,10 @@ class CounterSession:
         self.journal.record(self.order.order_id, "failed", {"reason": reason})
         raise _Stop
 
-    def _poll_cancel_key(self) -> None:
-        k = self.d.keypad.read_key(0)
-        if k == "CANCEL":
-            self.m.request_cancel("patient")
-
     def _frames(self) -> Iterator[Any]:
         """Camera frames while the session may go on (cancel and timeout checked per frame)."""
         while True:
             self._check()
-            self._poll_cancel_key()
             frame = self.d.camera.read()
             if frame is None:
                 time.sleep(self.limits.frame_wait_s)
@@ -241,7 +235,7 @@ class CounterSession:
         left = self.limits.id_tries
         self._go(State.ID_ENTRY, attempts_left=left)
         while True:
-            id_no = self._read_id()
+            id_no = self._read_id(left)
             if not valid_id_number(id_no):
                 self.m.prompt("id_invalid", left=left)  # a typo costs no attempt
                 continue
@@ -261,34 +255,46 @@ class CounterSession:
                 self._fail("id_locked", minutes=act.minutes or 30)
             self._fail("not_insured")
 
-    def _read_id(self) -> str:
-        digits: list[str] = []
-        while True:
-            self._check()
-            k = self.d.keypad.read_key(min(self.limits.key_poll_s, max(self.m.seconds_left(), 0.0)))
-            if k is None:
-                continue
-            if k == "CANCEL":
-                self.m.request_cancel("patient")
-            elif k == "BACK":
-                if digits:
-                    digits.pop()
-            elif k == "ENTER":
-                return "".join(digits)
-            elif (k.isdigit() or k == "X") and len(digits) < 18:
-                digits.append(k)
-            self.m.set_info(keypad_len=len(digits), keypad_masked=_mask(digits))
+    def _keys(self, on_update: Callable[[KeyEntry], None] | None = None) -> KeyEntry:
+        """Run one keypad entry until it ends; cancel/timeout of the session end it too."""
+        h = self.d.keypad.start(max(1.0, self.m.seconds_left()))
+        try:
+            last: KeyEntry | None = None
+            while True:
+                self._check()
+                e = self.d.keypad.poll(h)
+                if e.state == "cancelled":
+                    self.m.request_cancel("patient")
+                    self._check()
+                if e.state == "timed_out":
+                    self.m.finish_timeout()
+                    self.journal.record(self.order.order_id, "timeout", {"state": str(self.m.state)})
+                    raise _Stop
+                if e.state == "accepted" or e.confirmed:
+                    return e
+                if on_update is not None and e != last:
+                    on_update(e)
+                last = e
+                time.sleep(self.limits.key_poll_s)
+        finally:
+            try:
+                self.d.keypad.stop(h)
+            except KioskError:
+                pass
+
+    def _read_id(self, left: int) -> str:
+        def show(e: KeyEntry) -> None:
+            self.m.set_info(keypad_masked=e.masked, keypad_length=e.length)
+            if e.error and e.length:
+                self.m.prompt("id_invalid", left=left)  # a typo costs no attempt
+
+        e = self._keys(show)
+        return e.value or ""
 
     def _wait_confirm(self) -> None:
         t0 = time.perf_counter()
         try:
-            while True:
-                self._check()
-                k = self.d.keypad.read_key(min(self.limits.key_poll_s, max(self.m.seconds_left(), 0.0)))
-                if k == "ENTER":
-                    return
-                if k == "CANCEL":
-                    self.m.request_cancel("patient")
+            self._keys()
         finally:
             self._confirm_ms = (time.perf_counter() - t0) * 1000
 
@@ -409,7 +415,7 @@ class CounterSession:
         except DeviceError:
             status = "printer_offline"
         out.receipt_printed = status == "ok"
-        self._go(State.DONE, reason=None if status == "ok" else status)
+        self._go(State.DONE, reason=None if status == "ok" else status, setl_id=out.setl_id)
         self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed,
                                                          "outcome": out.to_json()})
 

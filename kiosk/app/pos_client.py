@@ -1,0 +1,47 @@
+"""A signing client of the POS/HIS API: what a pharmacy POS would run (demo, tests, bench)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from kiosk.app.pos_auth import signed_headers
+
+
+class PosClient:
+    def __init__(self, base_url: str, system: str, key: str, *, timeout: float = 70.0,
+                 http: httpx.Client | None = None) -> None:
+        self.system, self.key = system, key
+        self.http = http or httpx.Client(base_url=base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> httpx.Response:
+        data = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
+        full = path
+        if params:
+            full = path + "?" + str(httpx.QueryParams(params))
+        headers = signed_headers(self.system, self.key, method, full, data)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return self.http.request(method, full, content=data, headers=headers)
+
+    def create(self, order: dict[str, Any]) -> httpx.Response:
+        return self.request("POST", "/pos/v1/orders", order)
+
+    def get(self, order_id: str, wait: float = 0) -> httpx.Response:
+        return self.request("GET", f"/pos/v1/orders/{order_id}", params={"wait": wait} if wait else None)
+
+    def cancel(self, order_id: str) -> httpx.Response:
+        return self.request("POST", f"/pos/v1/orders/{order_id}/cancel")
+
+    def refund(self, order_id: str, refund_id: str, amount: str | None = None) -> httpx.Response:
+        body: dict[str, Any] = {"refund_id": refund_id}
+        if amount is not None:
+            body["amount"] = amount
+        return self.request("POST", f"/pos/v1/orders/{order_id}/refunds", body)
+
+    def reconciliation(self, day: str, fmt: str = "json") -> httpx.Response:
+        return self.request("GET", "/pos/v1/reconciliation", params={"day": day, "format": fmt})

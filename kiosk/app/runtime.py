@@ -1,0 +1,125 @@
+"""Assembles the kiosk application: store, terminal, POS API, screen, status bar.
+
+    rt = build(settings, deps, pos_systems)     # nothing started yet
+    rt.start()                                  # recovery pass + counter worker + status poller
+    server = serve_in_thread(rt.app, port=8740) # the POS API and the screen
+    ...
+    rt.stop(); server.stop()
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from fastapi import FastAPI
+
+from kiosk.clock import Clock, SystemClock
+from kiosk.app.flow import State
+from kiosk.app.pos_api import create_app
+from kiosk.app.pos_auth import PosAuth
+from kiosk.app.screen_link import ScreenLink, screen_available
+from kiosk.app.session import Deps, Limits
+from kiosk.app.store import Store
+from kiosk.app.terminal import Terminal
+from kiosk.storage import Database
+
+log = logging.getLogger("kiosk.app")
+
+
+@dataclass
+class Runtime:
+    app: FastAPI
+    terminal: Terminal
+    store: Store
+    bus: Any = None  # kiosk.app.screen.ScreenBus when the screen is installed
+    status_probe: Callable[[], dict[str, Any]] | None = None
+    listeners: list[Callable[[Any], None]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _poller: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.terminal.start()
+        if self.status_probe and self.bus is not None:
+            self._poller = threading.Thread(target=self._poll_status, name="status-bar", daemon=True)
+            self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.terminal.stop()
+        if self.bus is not None:
+            try:
+                self.bus.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _poll_status(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                st = self.status_probe() if self.status_probe else {}
+                if st:
+                    self.bus.set_peripherals(**st)
+            except Exception:  # noqa: BLE001 - the status bar is best effort
+                log.debug("status poll failed", exc_info=True)
+
+
+def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Clock | None = None,
+          timeouts: dict[State, float] | None = None, limits: Limits = Limits(), with_screen: bool = True,
+          status_probe: Callable[[], dict[str, Any]] | None = None) -> Runtime:
+    clock = clock or SystemClock()
+    store = Store(db, clock)
+    bus = None
+    link: ScreenLink | None = None
+    if with_screen and screen_available():
+        from kiosk.app.screen import ScreenBus
+
+        bus = ScreenBus()
+        link = ScreenLink(bus)
+    listeners: list[Callable[[Any], None]] = []
+
+    def on_change(snap: Any) -> None:
+        if link is not None:
+            link(snap)
+        for fn in list(listeners):
+            try:
+                fn(snap)
+            except Exception:  # noqa: BLE001
+                log.exception("state listener failed")
+
+    terminal = Terminal(store, deps, clock, on_change=on_change, on_idle=link.idle if link else None,
+                        on_frame=link.frame if link else None, timeouts=timeouts, limits=limits)
+    app = create_app(terminal, PosAuth(pos_systems))
+    if bus is not None:
+        from kiosk.app.screen import mount_screen
+
+        try:
+            mount_screen(app, bus)
+        except ImportError:  # the technician page is not installed
+            mount_screen(app, bus, technician=False)
+    return Runtime(app=app, terminal=terminal, store=store, bus=bus, status_probe=status_probe, listeners=listeners)
+
+
+class ServerThread:
+    """uvicorn in a background thread (the demo, the tests and the bench)."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 8740) -> None:
+        import uvicorn
+
+        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, name=f"http-{port}", daemon=True)
+
+    def start(self, timeout_s: float = 10.0) -> "ServerThread":
+        self.thread.start()
+        end = time.monotonic() + timeout_s
+        while not self.server.started:
+            if time.monotonic() > end or not self.thread.is_alive():
+                raise RuntimeError(f"the HTTP server on port {self.config.port} did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
