@@ -19,9 +19,10 @@ DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 class BridgeClient:
-    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 5.0, http: httpx.Client | None = None) -> None:
+        """``http``: an existing client (e.g. FastAPI's TestClient) instead of a new one."""
         self.base_url = base_url
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()

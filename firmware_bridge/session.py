@@ -247,7 +247,7 @@ class Link:
             raise DeviceError("terminal microcontroller is disconnected", code="disconnected")
         with self._wlock:
             t.write(raw)
-        self.ring.add("tx", raw, str(frame) if frame else "raw")
+        self.ring.add("tx", raw, describe(frame) if frame else "raw bytes")
 
     def _request(self, cmd: int, payload: bytes, exec_timeout: float | None) -> Response:
         tm = self.timing
@@ -409,9 +409,9 @@ class Link:
                 self._write(nak.encode(), nak)
             return
         if it.type == FrameType.EVT and it.cmd == Evt.KEY:  # key codes are ID-number digits: never shown
-            self.ring.add("rx", it.encode()[:7], f"{it} (key redacted)")
+            self.ring.add("rx", it.encode()[:7], f"{describe(it)} (key redacted)")
         else:
-            self.ring.add("rx", it.encode(), str(it))
+            self.ring.add("rx", it.encode(), describe(it))
         if it.type in (FrameType.RSP, FrameType.ACK, FrameType.NAK):
             with self._plock:
                 p = self._pending.get(it.seq)
@@ -447,6 +447,15 @@ class Link:
                     fn(it.cmd, it.payload)
                 except Exception:
                     log.exception("event listener failed")
+
+
+def describe(f: Frame) -> str:
+    """One line for the technician page: ``REQ #12 PRINT 37 B``."""
+    name = Evt(f.cmd).name if f.cmd in Evt._value2member_map_ else _cmd_name(f.cmd)
+    extra = ""
+    if f.type == FrameType.RSP and f.payload:
+        extra = f" {Status(f.payload[0]).name if f.payload[0] in Status._value2member_map_ else hex(f.payload[0])}"
+    return f"{f.type.name} #{f.seq} {name} {len(f.payload)} B{extra}"
 
 
 def _cmd_name(cmd: int) -> str:

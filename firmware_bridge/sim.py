@@ -324,6 +324,8 @@ class VirtualMcu:
         return Status.OK, u32(self._uptime_ms())
 
     def _cmd_echo(self, p: bytes) -> tuple[int, bytes]:
+        if len(p) > self.max_payload - 1:  # the status byte must fit too
+            return Status.BAD_PAYLOAD, b""
         return Status.OK, p
 
     def _cmd_status(self, p: bytes) -> tuple[int, bytes]:
