@@ -148,6 +148,53 @@ class SqliteNonceStore:
         self._db.close()
 
 
+NONCE_MIGRATIONS_NAME = "security.001_nonces"
+
+
+def nonce_migrations() -> list:
+    from kiosk.storage import Migration
+
+    return [Migration(NONCE_MIGRATIONS_NAME, [
+        "CREATE TABLE IF NOT EXISTS security_nonces (scope TEXT NOT NULL, nonce TEXT NOT NULL,"
+        " expires_ms BIGINT NOT NULL, PRIMARY KEY (scope, nonce))",
+    ])]
+
+
+class DatabaseNonceStore:
+    """Nonces in the project database (`kiosk.storage`: SQLite or PostgreSQL), so every
+    worker process of a service shares one replay window. The claim is one
+    INSERT .. ON CONFLICT DO NOTHING, so two concurrent receivers of the same
+    message cannot both accept it."""
+
+    def __init__(self, db: object) -> None:
+        from kiosk.storage import Database
+
+        if not isinstance(db, Database):
+            raise TypeError("DatabaseNonceStore needs a kiosk.storage.Database")
+        self.db = db
+        db.migrate(nonce_migrations())
+        self._adds = 0
+
+    def add(self, scope: str, nonce: str, now_ms: int, ttl_ms: int) -> bool:
+        def work(tx: object) -> bool:
+            got = tx.fetch_one(  # type: ignore[attr-defined]
+                "INSERT INTO security_nonces (scope, nonce, expires_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (scope, nonce) DO NOTHING RETURNING nonce", (scope, nonce, now_ms + ttl_ms))
+            if got is not None:
+                return True
+            # taken: reusable only once it has expired (claim it atomically)
+            n = tx.execute(  # type: ignore[attr-defined]
+                "UPDATE security_nonces SET expires_ms = ? WHERE scope = ? AND nonce = ? AND expires_ms <= ?",
+                (now_ms + ttl_ms, scope, nonce, now_ms))
+            return n == 1
+
+        fresh = self.db.run(work)  # type: ignore[attr-defined]
+        self._adds += 1
+        if self._adds % 1000 == 0:
+            self.db.run(lambda tx: tx.execute("DELETE FROM security_nonces WHERE expires_ms <= ?", (now_ms,)))  # type: ignore[attr-defined]
+        return bool(fresh)
+
+
 class ReplayGuard:
     """Freshness + uniqueness of (scope, nonce) within `window_s` of the receiver's clock."""
 
