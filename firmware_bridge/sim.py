@@ -466,6 +466,7 @@ class _Port:
         self.mcu = mcu
         self._stop = threading.Event()
         self._unplugged_until = 0.0
+        self._pulled = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> _Port:
@@ -481,8 +482,11 @@ class _Port:
         self._unplug()
 
     def unplug(self, seconds: float) -> None:
-        """Pull the cable for ``seconds`` (the host sees an I/O error / EOF)."""
+        """Pull the cable for ``seconds`` (the host sees an I/O error / EOF); returns once it is out."""
+        self._pulled.clear()
         self._unplugged_until = time.monotonic() + seconds
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._pulled.wait(1.0)
 
     def _plug(self) -> None: ...
     def _unplug(self) -> None: ...
@@ -496,6 +500,7 @@ class _Port:
                     self.mcu.detach()
                     self._unplug()
                     plugged = False
+                self._pulled.set()
                 time.sleep(0.005)
                 continue
             if not plugged:
