@@ -30,11 +30,12 @@ class Capture:
 
 
 class Vision(Protocol):
-    def capture(self, frames: Iterator[np.ndarray], on_frame: Callable[[str], None]) -> Capture:
+    def capture(self, frames: Iterator[np.ndarray], on_frame: Callable[[str], None], session_id: str) -> Capture:
         """Consume frames until one live face is captured (or the pipeline gives up).
 
         `on_frame` gets each frame's quality verdict ('ok' or a reason code) so
-        the screen can prompt; it may raise to stop the capture."""
+        the screen can prompt; it may raise to stop the capture. The template is
+        sealed bound to `session_id` (the centre opens it for that session only)."""
 
 
 # ---------------------------------------------------------------- insurance centre

@@ -35,6 +35,7 @@ class Runtime:
     terminal: Terminal
     store: Store
     bus: Any = None  # kiosk.app.screen.ScreenBus when the screen is installed
+    link: ScreenLink | None = None
     status_probe: Callable[[], dict[str, Any]] | None = None
     listeners: list[Callable[[Any], None]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -59,8 +60,9 @@ class Runtime:
         while not self._stop.wait(2.0):
             try:
                 st = self.status_probe() if self.status_probe else {}
-                if st:
-                    self.bus.set_peripherals(**st)
+                if self.link is not None:
+                    self.link.peripherals(st.get("bridge"), network_ok=st.get("network_ok"),
+                                          camera_ok=st.get("camera_ok"))
             except Exception:  # noqa: BLE001 - the status bar is best effort
                 log.debug("status poll failed", exc_info=True)
 
@@ -68,6 +70,7 @@ class Runtime:
 def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Clock | None = None,
           timeouts: dict[State, float] | None = None, limits: Limits = Limits(), with_screen: bool = True,
           status_probe: Callable[[], dict[str, Any]] | None = None) -> Runtime:
+    """`status_probe()` -> {"bridge": bridge /v1/status or None, "network_ok": bool, "camera_ok": bool}."""
     clock = clock or SystemClock()
     store = Store(db, clock)
     bus = None
@@ -98,7 +101,8 @@ def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Cl
             mount_screen(app, bus)
         except ImportError:  # the technician page is not installed
             mount_screen(app, bus, technician=False)
-    return Runtime(app=app, terminal=terminal, store=store, bus=bus, status_probe=status_probe, listeners=listeners)
+    return Runtime(app=app, terminal=terminal, store=store, bus=bus, link=link, status_probe=status_probe,
+                   listeners=listeners)
 
 
 class ServerThread:

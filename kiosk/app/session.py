@@ -201,7 +201,7 @@ class CounterSession:
         spoofs = 0
         self._multi = 0
         while True:
-            cap = self.d.vision.capture(self._frames(), self._on_frame)
+            cap = self.d.vision.capture(self._frames(), self._on_frame, self.session_id)
             if cap.reason == "ok":
                 break
             if cap.reason == "spoof_suspected":

@@ -32,13 +32,13 @@ class _Observed:
 
 
 class PipelineVision:
-    def __init__(self, pipe: FacePipeline, seal: Callable[[np.ndarray], str]) -> None:
+    def __init__(self, pipe: FacePipeline, seal: Callable[[np.ndarray, str], str]) -> None:
         self.pipe = pipe
         self.seal = seal
 
-    def capture(self, frames: Iterator[np.ndarray], on_frame: Callable[[str], None]) -> Capture:
+    def capture(self, frames: Iterator[np.ndarray], on_frame: Callable[[str], None], session_id: str) -> Capture:
         probe = FacePipeline.probe_template(_Observed(self.pipe, on_frame), frames)  # type: ignore[arg-type]
         if not probe.ok or probe.template is None:
             return Capture(probe.reason)
-        sealed = self.seal(probe.template)
+        sealed = self.seal(probe.template, session_id)
         return Capture("ok", sealed)
