@@ -1,0 +1,196 @@
+"""systemd units (hardening, restart, watchdog), their installer, and the sd_notify watchdog wrapper."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kiosk.app.technician_watchdog import notify, watchdog_interval
+from kiosk.config import ROOT
+
+UNITS = ROOT / "systemd"
+OURS = ["kiosk-app.service", "kiosk-services.service", "kiosk-screen.service"]
+SERVERS = ["kiosk-app.service", "kiosk-services.service"]
+
+
+def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """systemd's format: sections, repeatable keys, '#' comments (configparser merges repeats)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    sec = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            sec = out.setdefault(line[1:-1], {})
+            continue
+        assert sec is not None and "=" in line, f"{path.name}: bad line {raw!r}"
+        k, v = line.split("=", 1)
+        sec.setdefault(k.strip(), []).append(v.strip())
+    return out
+
+
+def one(unit: dict, key: str, section: str = "Service") -> str:
+    vals = unit[section].get(key)
+    assert vals, f"{key} missing in [{section}]"
+    return vals[-1]
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_units_are_hardened_and_restart(name):
+    u = parse_unit(UNITS / name)
+    assert one(u, "User") == "kiosk" and one(u, "Group") == "kiosk"
+    for key, want in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+                      ("PrivateTmp", "yes"), ("Restart", "on-failure"), ("ProtectKernelModules", "yes"),
+                      ("ProtectKernelTunables", "yes"), ("ProtectControlGroups", "yes"),
+                      ("RestrictSUIDSGID", "yes"), ("LockPersonality", "yes"), ("UMask", "0077")]:
+        assert one(u, key) == want, f"{name}: {key}"
+    assert one(u, "CapabilityBoundingSet") == "" and one(u, "AmbientCapabilities") == ""
+    rw = " ".join(u["Service"]["ReadWritePaths"]).split()
+    assert rw and all(p.startswith(("/var/lib/", "/var/log/", "/run/")) for p in rw), rw
+    assert one(u, "WantedBy", "Install") == "kiosk.target"
+
+
+@pytest.mark.parametrize("name,ports", [("kiosk-app.service", ["8740"]), ("kiosk-services.service", ["8710", "8720"])])
+def test_servers_notify_readiness_and_feed_a_watchdog(name, ports):
+    u = parse_unit(UNITS / name)
+    assert one(u, "Type") == "notify" and one(u, "NotifyAccess") == "main"
+    assert 5 <= int(one(u, "WatchdogSec")) <= 120
+    exe = one(u, "ExecStart")
+    assert "-m kiosk.app.technician_watchdog" in exe
+    for port in ports:
+        assert f"--health http://127.0.0.1:{port}/" in exe
+    # every writable path is the unit's own state/log dir
+    rw = set(" ".join(u["Service"]["ReadWritePaths"]).split())
+    own = {f"/var/lib/{one(u, 'StateDirectory')}", f"/var/log/{one(u, 'LogsDirectory')}"}
+    assert rw == own
+    assert "@system-service" in u["Service"]["SystemCallFilter"]
+    assert one(u, "RestrictAddressFamilies") == "AF_UNIX AF_INET AF_INET6"
+    assert "0.0.0.0" not in exe  # loopback only
+
+
+def test_the_target_pulls_in_every_unit_including_the_bridge():
+    t = parse_unit(UNITS / "kiosk.target")
+    wants = set(" ".join(t["Unit"]["Wants"]).split())
+    assert {"kiosk-app.service", "kiosk-bridge.service", "kiosk-services.service", "kiosk-screen.service"} <= wants
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (lint tests above still run)")
+def test_systemd_analyze_verify_accepts_the_installed_form(tmp_path):
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    names = [n for n in OURS + ["kiosk.target", "kiosk-bridge.service"] if (UNITS / n).exists()]
+    if not Path("/usr/bin/cage").exists():
+        names.remove("kiosk-screen.service")  # optional unit; the installer skips it there too
+    for n in names:
+        text = (UNITS / n).read_text().replace("/opt/kiosk", str(ROOT))
+        (tmp_path / n).write_text(text)
+    assert venv_python.exists()
+    r = subprocess.run(["systemd-analyze", "verify", *[f"./{n}" for n in names]], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    problems = [ln for ln in (r.stdout + r.stderr).splitlines()
+                if ln.strip() and "kiosk-bridge.service" not in ln.split(":")[0]]
+    assert r.returncode == 0 or not problems, r.stdout + r.stderr
+    assert not problems, problems
+
+
+def test_installer_dry_run_changes_nothing_and_says_what_it_would_do(tmp_path):
+    r = subprocess.run([str(ROOT / "scripts" / "install_systemd"), "--dry-run", "--prefix", str(ROOT),
+                        "--unit-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert list(tmp_path.iterdir()) == []
+    for n in ("kiosk-app.service", "kiosk-services.service", "kiosk.target"):
+        assert f"would install: systemd/{n} -> {tmp_path}/{n}" in out
+    assert "would run: systemctl daemon-reload" in out and "would run: systemctl enable kiosk.target" in out
+    user_exists = subprocess.run(["id", "-u", "kiosk"], capture_output=True).returncode == 0
+    assert ("useradd --system" in out) != user_exists
+    assert "dry run: nothing changed" in out
+
+
+def test_installer_refuses_unknown_options():
+    r = subprocess.run([str(ROOT / "scripts" / "install_systemd"), "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown option --bogus" in r.stderr
+
+
+# --- sd_notify ---------------------------------------------------------------------------
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(10)
+    yield path, s
+    s.close()
+
+
+def test_notify_speaks_the_datagram_protocol(notify_socket):
+    path, s = notify_socket
+    assert notify("READY=1", "STATUS=up", env={"NOTIFY_SOCKET": path})
+    assert s.recv(4096) == b"READY=1\nSTATUS=up"
+    assert notify("READY=1", env={}) is False  # not under systemd: a no-op
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None  # armed for another pid
+    assert watchdog_interval({}) is None
+
+
+def test_the_wrapper_reports_ready_pings_while_healthy_and_stops_when_the_server_hangs(notify_socket, tmp_path):
+    path, s = notify_socket
+    with socket.socket() as p:
+        p.bind(("127.0.0.1", 0))
+        port = p.getsockname()[1]
+    env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
+    env.pop("WATCHDOG_PID", None)
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "kiosk.app.technician_watchdog", "--health", f"http://127.0.0.1:{port}/", "--",
+         sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(tmp_path), str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        got: list[tuple[float, str]] = []
+
+        def recv_until(pred, timeout):  # type: ignore[no-untyped-def]
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                s.settimeout(max(0.05, end - time.monotonic()))
+                try:
+                    msg = s.recv(4096).decode()
+                except TimeoutError:
+                    break
+                got.append((time.monotonic(), msg))
+                if pred(msg):
+                    return msg
+            return None
+
+        ready = recv_until(lambda m: "READY=1" in m, 20)
+        assert ready and f"MAINPID={wrapper.pid}" in ready
+        n0 = len(got)
+        recv_until(lambda m: False, 1.2)
+        pings = [m for _, m in got[n0:] if m == "WATCHDOG=1"]
+        assert len(pings) >= 3  # every ~0.2 s
+        # freeze the server: it stops answering, so the pings stop (systemd would restart the unit)
+        server = [int(x) for x in subprocess.run(["pgrep", "-P", str(wrapper.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+        assert len(server) == 1
+        os.kill(server[0], signal.SIGSTOP)
+        time.sleep(2.5)  # let an in-flight ping land and the wrapper's 2 s health timeout expire
+        recv_until(lambda m: False, 0.05)  # drain what was queued before the freeze took hold
+        n1 = len(got)
+        recv_until(lambda m: False, 2.0)
+        assert not [m for _, m in got[n1:] if m == "WATCHDOG=1"], got[n1:]
+        os.kill(server[0], signal.SIGCONT)
+        # SIGTERM to the wrapper reaches the server; the wrapper exits with it
+        wrapper.send_signal(signal.SIGTERM)
+        assert wrapper.wait(15) in (0, 143, -15, 1)
+        assert recv_until(lambda m: "STOPPING=1" in m, 2) or any("STOPPING=1" in m for _, m in got)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait(5)
