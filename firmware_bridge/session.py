@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from firmware_bridge import PROTOCOL_VERSION
-from firmware_bridge.crc import crc16
 from firmware_bridge.frame import MAX_PAYLOAD, Damaged, Deframer, Frame, FrameType, NakReason, encode
 from firmware_bridge.messages import BootEvent, Cmd, DeviceInfo, Evt, HelloReq, PayloadError, Status, fmt_version, status_text
 from firmware_bridge.transport import DEFAULT_BAUD, SerialTransport
@@ -161,7 +160,7 @@ class Link:
         self._connected = threading.Condition()
         self._supervisor: threading.Thread | None = None
         self._last_rx = 0.0
-        self._last_evt: tuple[int, int] | None = None
+        self._last_evt: tuple[int, bytes] | None = None
         self._max_payload = MAX_PAYLOAD
 
     # --- public -------------------------------------------------------------------------
@@ -428,7 +427,7 @@ class Link:
         elif it.type == FrameType.EVT:
             ack = Frame(FrameType.ACK, it.seq, it.cmd)
             self._write(ack.encode(), ack)
-            key = (it.seq, crc16(it.payload, it.cmd))
+            key = (it.seq, it.encode()[-2:])  # same SEQ and CRC as the last event: a retransmission
             if key == self._last_evt:
                 self.stats.duplicate_events += 1
                 return

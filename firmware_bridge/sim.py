@@ -26,7 +26,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from firmware_bridge import PROTOCOL_VERSION
-from firmware_bridge.crc import crc16
 from firmware_bridge.firmware import signed_header
 from firmware_bridge.frame import MAX_PAYLOAD, Damaged, Deframer, Frame, FrameType, NakReason
 from firmware_bridge.messages import (
@@ -119,7 +118,7 @@ class VirtualMcu:
         self.boot_id = random.getrandbits(32)
         self.booted_at = time.monotonic()
         self.greeted = False
-        self.cache: collections.OrderedDict[int, tuple[int, bytes]] = collections.OrderedDict()
+        self.cache: collections.OrderedDict[int, tuple[bytes, bytes]] = collections.OrderedDict()
         self.evt_seq = 0
         self.evt_queue: collections.deque[tuple[int, bytes]] = collections.deque()
         self.evt_out: tuple[int, Frame, float] | None = None  # seq, frame, sent_at
@@ -269,7 +268,7 @@ class VirtualMcu:
             return
         if it.type != FrameType.REQ:
             return
-        fp = crc16(it.payload, it.cmd)
+        fp = it.encode()[-2:]  # the frame's CRC field: same SEQ + same CRC = a retransmission
         cached = self.cache.get(it.seq)
         if it.cmd != Cmd.HELLO and cached is not None and cached[0] == fp:
             self._send_raw(cached[1])  # duplicate: replay, do not execute again
