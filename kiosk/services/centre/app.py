@@ -1,0 +1,70 @@
+"""The insurance centre as a FastAPI app (127.0.0.1:8710 by default).
+
+    uvicorn --factory kiosk.services.centre.app:app_from_env --workers 4
+
+Configuration (environment, so every uvicorn worker builds the same app):
+`KIOSK_CENTRE_DB` (default `sqlite:///<data_dir>/centre.db`), `KIOSK_DATA_DIR`
+(keys under `<data_dir>/services/centre-keys`), `KIOSK_REPLAY_WINDOW_S` (300).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from kiosk.clock import Clock, SystemClock
+from kiosk.config import load
+from kiosk.services.centre.schema import MIGRATIONS
+from kiosk.services.centre.service import CentreService
+from kiosk.services.envelope import ServiceKeys
+from kiosk.services.gateway import Gateway
+from kiosk.services.http import build_app
+from kiosk.storage import Database, open_database
+from kiosk.vision.match import MatchRule
+from models.loader import load_manifest
+
+PORT = 8710
+
+
+def match_rule() -> MatchRule:
+    """The operating threshold and 1:N margin the model pack was calibrated with."""
+    t = load_manifest()["thresholds"]
+    return MatchRule(float(t["match_cosine"]), float(t["match_margin"]))
+
+
+def centre_db_url(data_dir: Path) -> str:
+    return os.environ.get("KIOSK_CENTRE_DB") or load().database_url or f"sqlite:///{Path(data_dir) / 'centre.db'}"
+
+
+def centre_keys(data_dir: Path) -> ServiceKeys:
+    return ServiceKeys.open_or_init(Path(data_dir) / "services" / "centre-keys", device_id="CENTRE-0001")
+
+
+def build_centre(db: Database, data_dir: Path, clock: Clock | None = None,
+                 window_s: int = 300) -> tuple[CentreService, Gateway]:
+    db.migrate(MIGRATIONS)
+    keys = centre_keys(data_dir)
+    service = CentreService(db, keys, match_rule())
+    gw = Gateway("centre", db, clock or SystemClock(), keys, service.routes(), window_s=window_s,
+                 check_sign_no=service.check_sign_no)
+    return service, gw
+
+
+def create_app(db: Database | str | None = None, *, data_dir: Path | None = None, clock: Clock | None = None,
+               window_s: int | None = None) -> FastAPI:
+    data_dir = Path(data_dir or load().data_dir)
+    if not isinstance(db, Database):
+        db = open_database(db or centre_db_url(data_dir))
+    window = window_s or int(os.environ.get("KIOSK_REPLAY_WINDOW_S", "300"))
+    service, gw = build_centre(db, data_dir, clock, window)
+    app = build_app("Insurance centre (national platform transactions)", gw, data_dir,
+                    description=__doc__.splitlines()[0])
+    app.state.service = service
+    app.state.gateway = gw
+    app.state.db = db
+    return app
+
+
+def app_from_env() -> FastAPI:
+    return create_app()

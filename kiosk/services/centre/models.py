@@ -1,0 +1,268 @@
+"""The `input` of each centre transaction, with the platform's field names.
+
+Validation lives here so a handler only ever sees well-formed data; a bad field
+becomes `infcode` 1001 with `err_msg` naming it (`input.data.certno: ...`).
+Money arrives as yuan strings (at most 2 dp for amounts, 4 for prices and
+quantities); floats are refused because they cannot say what the bill said.
+"""
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kiosk.money import parse_decimal
+
+CERTNO_RE = re.compile(r"^\d{17}[\dX]$")
+PSN_NO_RE = re.compile(r"^[A-Za-z0-9]{1,30}$")
+RELATIONS = ("spouse", "parent", "child", "sibling", "grandparent", "grandchild")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _yuan(v: object, field: str, dp: int) -> str:
+    d = parse_decimal(v, field, max_dp=dp)  # raises InputError, which pydantic reports as ValueError
+    return str(d)
+
+
+def check_certno(v: str) -> str:
+    """An 18-character resident ID number with a valid ISO 7064 check character."""
+    v = v.upper()
+    if not CERTNO_RE.match(v):
+        raise ValueError("must be an 18-character ID number (17 digits and a digit or X)")
+    weights = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+    check = "10X98765432"[sum(int(c) * w for c, w in zip(v[:17], weights)) % 11]
+    if v[17] != check:
+        raise ValueError("check character does not match (mistyped ID number?)")
+    return v
+
+
+def mask_certno(v: str) -> str:
+    """First 6 and last 4 characters: the only form an ID number may be logged in."""
+    return v[:6] + "*" * max(0, len(v) - 10) + v[-4:] if len(v) > 10 else "*" * len(v)
+
+
+# ---- 9001 sign-in ---------------------------------------------------------------------------
+class SignInData(_Strict):
+    opter_no: str = Field(min_length=1, max_length=30)
+    mac: str = Field(default="", max_length=64)
+    ip: str = Field(default="", max_length=64)
+
+
+class SignIn9001(_Strict):
+    signIn: SignInData
+
+
+# ---- 1101 person info -------------------------------------------------------------------------
+class PersonInfoData(_Strict):
+    mdtrt_cert_type: Literal["01", "02", "03"] = Field(description="01 e-voucher token, 02 ID number, 03 card")
+    mdtrt_cert_no: str = Field(min_length=1, max_length=64)
+    card_sn: str = Field(default="", max_length=64)
+    begntime: str = Field(default="", max_length=19)
+    psn_cert_type: str = Field(default="01", max_length=6)
+    certno: str = Field(default="", max_length=18)
+    psn_name: str = Field(default="", max_length=50)
+
+    @model_validator(mode="after")
+    def _cert(self) -> "PersonInfoData":
+        if self.mdtrt_cert_type == "02":
+            self.mdtrt_cert_no = check_certno(self.mdtrt_cert_no)
+        if self.mdtrt_cert_type == "03":
+            raise ValueError("mdtrt_cert_type 03 (social-security card) is not read by this terminal type")
+        return self
+
+
+class PersonInfo1101(_Strict):
+    data: PersonInfoData
+
+
+# ---- face activation and authentication -------------------------------------------------------
+class FaceActivateData(_Strict):
+    certno: str = Field(description="ID number typed at the keypad")
+    face_seal: str = Field(min_length=16, max_length=8192, description="face template sealed to the centre (Base64)")
+    session_id: str = Field(min_length=1, max_length=64)
+
+    @field_validator("certno")
+    @classmethod
+    def _certno(cls, v: str) -> str:
+        return check_certno(v)
+
+
+class FaceActivate(_Strict):
+    data: FaceActivateData
+
+
+class FaceAuthData(_Strict):
+    face_seal: str = Field(min_length=16, max_length=8192)
+    session_id: str = Field(min_length=1, max_length=64)
+    psn_no: str = Field(default="", max_length=30, description="when known: 1:1 instead of 1:N")
+    phone_last4: str = Field(default="", pattern=r"^(\d{4})?$", description="asked for when 1:N is ambiguous")
+
+
+class FaceAuth(_Strict):
+    data: FaceAuthData
+
+
+# ---- family mutual aid ------------------------------------------------------------------------
+class MutualAidAuthData(_Strict):
+    psn_no: str = Field(min_length=1, max_length=30, description="the patient who may use the account")
+    auth_psn_no: str = Field(min_length=1, max_length=30, description="the relative whose account pays")
+    auth_certno: str = Field(description="the relative's ID number, typed by the relative as consent")
+    relation: Literal["spouse", "parent", "child", "sibling", "grandparent", "grandchild"] = Field(
+        description="what the relative is to the patient"
+    )
+
+    @field_validator("auth_certno")
+    @classmethod
+    def _certno(cls, v: str) -> str:
+        return check_certno(v)
+
+
+class MutualAidAuth(_Strict):
+    data: MutualAidAuthData
+
+
+class MutualAidRevokeData(_Strict):
+    psn_no: str = Field(min_length=1, max_length=30)
+    auth_psn_no: str = Field(min_length=1, max_length=30)
+
+
+class MutualAidRevoke(_Strict):
+    data: MutualAidRevokeData
+
+
+# ---- fee lines and settlements ----------------------------------------------------------------
+class FeeDetail(_Strict):
+    """One line of the bill (2204's fields; pharmacy's drugdetail uses the same)."""
+
+    feedetl_sn: str = Field(min_length=1, max_length=30)
+    med_list_codg: str = Field(min_length=1, max_length=50, description="catalogue code")
+    medins_list_codg: str = Field(default="", max_length=150)
+    pric: str = Field(description="unit price, yuan, up to 4 dp")
+    cnt: str = Field(description="quantity, up to 4 dp")
+    det_item_fee_sumamt: str = Field(description="line total, yuan (2 dp); must equal round(pric x cnt)")
+
+    @field_validator("pric", "cnt", mode="before")
+    @classmethod
+    def _dec4(cls, v: object, info) -> str:  # type: ignore[no-untyped-def]
+        try:
+            return _yuan(v, info.field_name, 4)
+        except Exception as e:  # InputError -> pydantic error with the same text
+            raise ValueError(getattr(e, "message", str(e))) from None
+
+    @field_validator("det_item_fee_sumamt", mode="before")
+    @classmethod
+    def _dec2(cls, v: object, info) -> str:  # type: ignore[no-untyped-def]
+        try:
+            return _yuan(v, info.field_name, 2)
+        except Exception as e:
+            raise ValueError(getattr(e, "message", str(e))) from None
+
+    @field_validator("cnt")
+    @classmethod
+    def _positive(cls, v: str) -> str:
+        if Decimal(v) <= 0:
+            raise ValueError("must be greater than 0")
+        return v
+
+
+class _SettleHead(_Strict):
+    psn_no: str = Field(min_length=1, max_length=30)
+    mdtrt_cert_type: Literal["01", "02"] = "01"
+    mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the ecToken from face authentication")
+    medfee_sumamt: str = Field(description="bill total, yuan; must equal the sum of the lines")
+    insutype: Literal["310", "390"] = "310"
+    acct_used_flag: Literal["0", "1"] = "1"
+    acct_mulaid_flag: Literal["0", "1"] = Field(default="0", description="1: use the authorised relative's account")
+    mdtrt_id: str = Field(default="", max_length=30)
+    chrg_bchno: str = Field(default="", max_length=30)
+    psn_setlway: Literal["01", "02"] = "01"
+
+    @field_validator("medfee_sumamt", mode="before")
+    @classmethod
+    def _dec2(cls, v: object, info) -> str:  # type: ignore[no-untyped-def]
+        try:
+            return _yuan(v, info.field_name, 2)
+        except Exception as e:
+            raise ValueError(getattr(e, "message", str(e))) from None
+
+
+class OutpatientData(_SettleHead):
+    med_type: Literal["11", "14"] = Field(default="11", description="11 outpatient, 14 chronic/special disease")
+    feedetail: list[FeeDetail] = Field(min_length=1, max_length=1000)
+
+
+class Outpatient2206(_Strict):
+    """2206 pre-settlement and 2207 settlement (fee lines inline instead of a prior 2204)."""
+
+    data: OutpatientData
+
+
+class DrugInfo(_SettleHead):
+    med_type: Literal["41"] = "41"
+
+
+class Pharmacy2101(_Strict):
+    """2101 pharmacy pre-settlement and 2102 settlement."""
+
+    druginfo: DrugInfo
+    drugdetail: list[FeeDetail] = Field(min_length=1, max_length=1000)
+
+
+class ReversalData(_Strict):
+    setl_id: str = Field(min_length=1, max_length=30)
+    psn_no: str = Field(min_length=1, max_length=30)
+    mdtrt_id: str = Field(default="", max_length=30)
+
+
+class Reversal2208(_Strict):
+    data: ReversalData
+
+
+class MessageReversalData(_Strict):
+    psn_no: str = Field(min_length=1, max_length=30)
+    omsgid: str = Field(min_length=30, max_length=30)
+    oinfno: str = Field(min_length=4, max_length=4)
+
+
+class MessageReversal2601(_Strict):
+    data: MessageReversalData
+
+
+class SettlementQueryData(_Strict):
+    psn_no: str = Field(min_length=1, max_length=30)
+    setl_id: str = Field(default="", max_length=30)
+    omsgid: str = Field(default="", max_length=30, description="the msgid of the 2207/2102 that settled")
+
+    @model_validator(mode="after")
+    def _one(self) -> "SettlementQueryData":
+        if not self.setl_id and not self.omsgid:
+            raise ValueError("give setl_id or omsgid")
+        return self
+
+
+class SettlementQuery5203(_Strict):
+    data: SettlementQueryData
+
+
+# transaction code -> (input model, summary)
+TRANSACTIONS: dict[str, tuple[type[BaseModel], str]] = {
+    "9001": (SignIn9001, "sign-in of a terminal operator; returns sign_no"),
+    "1101": (PersonInfo1101, "person info (baseinfo, insuinfo, idetinfo)"),
+    "ec.activate": (FaceActivate, "insurance-code activation: sealed face template + typed ID number, 1:1"),
+    "ec.auth": (FaceAuth, "face authentication of an activated person (1:N in region, or 1:1); returns ecToken"),
+    "mulaid.auth": (MutualAidAuth, "family mutual aid: a relative authorises use of their personal account"),
+    "mulaid.revoke": (MutualAidRevoke, "withdraw a mutual-aid authorisation"),
+    "2206": (Outpatient2206, "outpatient pre-settlement (nothing committed)"),
+    "2207": (Outpatient2206, "outpatient settlement (commits; returns setl_id)"),
+    "2208": (Reversal2208, "outpatient settlement reversal"),
+    "2101": (Pharmacy2101, "pharmacy pre-settlement"),
+    "2102": (Pharmacy2101, "pharmacy settlement"),
+    "2103": (Reversal2208, "pharmacy settlement reversal"),
+    "2601": (MessageReversal2601, "reversal of a message whose answer was lost (2207/2102)"),
+    "5203": (SettlementQuery5203, "settlement query by setl_id or by the settling msgid"),
+}

@@ -1,0 +1,111 @@
+"""Tables of the insurance centre (registry, catalogue, settlements, account journal).
+
+Money is BIGINT fen. Every change to a personal account is a row of
+`centre_account_moves`, so `balc = balc_opening + sum(moves)` is checkable at
+any time (`kiosk services check`). The enrolled face template is stored only
+sealed (AES-256-GCM under the centre's at-rest key, bound to the psn_no).
+"""
+from __future__ import annotations
+
+from kiosk.storage import Migration
+
+MIGRATIONS = [
+    Migration("centre.001_registry", [
+        """CREATE TABLE centre_signins (
+            sign_no TEXT PRIMARY KEY,
+            app_id TEXT NOT NULL,
+            opter TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        """CREATE TABLE centre_institutions (
+            fixmedins_code TEXT PRIMARY KEY,
+            fixmedins_name TEXT NOT NULL,
+            admdvs TEXT NOT NULL,
+            level INTEGER NOT NULL)""",
+        """CREATE TABLE centre_region_profiles (
+            admdvs TEXT NOT NULL,
+            insutype TEXT NOT NULL,
+            med_type TEXT NOT NULL,
+            profile TEXT NOT NULL,
+            PRIMARY KEY (admdvs, insutype, med_type))""",
+        """CREATE TABLE centre_catalogue (
+            code TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            category TEXT NOT NULL,
+            selfpay_prop TEXT,
+            pric_uplmt_amt TEXT)""",
+        """CREATE TABLE centre_persons (
+            psn_no TEXT PRIMARY KEY,
+            psn_name TEXT NOT NULL,
+            certno TEXT NOT NULL UNIQUE,
+            gend TEXT NOT NULL,
+            brdy TEXT NOT NULL,
+            insutype TEXT NOT NULL,
+            psn_type TEXT NOT NULL,
+            admdvs TEXT NOT NULL,
+            insu_date TEXT NOT NULL,
+            phone_last4 TEXT NOT NULL,
+            conditions TEXT NOT NULL,
+            balc_opening BIGINT NOT NULL,
+            balc BIGINT NOT NULL,
+            template_seal TEXT,
+            activated INTEGER NOT NULL DEFAULT 0,
+            activated_at TEXT,
+            activation_seq BIGINT,
+            fail_count INTEGER NOT NULL DEFAULT 0,
+            locked_until TEXT)""",
+        "CREATE INDEX centre_persons_gallery ON centre_persons (admdvs, activation_seq)",
+        """CREATE TABLE centre_activation_seq (
+            id INTEGER PRIMARY KEY,
+            last BIGINT NOT NULL)""",
+        "INSERT INTO centre_activation_seq (id, last) VALUES (1, 0)",
+        """CREATE TABLE centre_ytd (
+            psn_no TEXT NOT NULL,
+            profile TEXT NOT NULL,
+            year INTEGER NOT NULL,
+            deductible_used BIGINT NOT NULL,
+            pool_paid BIGINT NOT NULL,
+            PRIMARY KEY (psn_no, profile, year))""",
+        """CREATE TABLE centre_relations (
+            psn_no TEXT NOT NULL,
+            rel_psn_no TEXT NOT NULL,
+            relation TEXT NOT NULL,
+            PRIMARY KEY (psn_no, rel_psn_no))""",
+        """CREATE TABLE centre_mulaid (
+            psn_no TEXT PRIMARY KEY,
+            auth_psn_no TEXT NOT NULL,
+            relation TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        """CREATE TABLE centre_settlements (
+            setl_id TEXT PRIMARY KEY,
+            msgid TEXT NOT NULL UNIQUE,
+            infno TEXT NOT NULL,
+            psn_no TEXT NOT NULL,
+            profile TEXT NOT NULL,
+            year INTEGER NOT NULL,
+            fixmedins_code TEXT NOT NULL,
+            mdtrt_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            result TEXT NOT NULL,
+            medfee_sumamt BIGINT NOT NULL,
+            fund_pay_sumamt BIGINT NOT NULL,
+            acct_pay BIGINT NOT NULL,
+            mulaid_psn_no TEXT,
+            acct_mulaid_pay BIGINT NOT NULL,
+            psn_cash_pay BIGINT NOT NULL,
+            created_at TEXT NOT NULL,
+            reversed_at TEXT,
+            rev_msgid TEXT)""",
+        "CREATE INDEX centre_settlements_psn ON centre_settlements (psn_no)",
+        """CREATE TABLE centre_account_moves (
+            id SERIAL_PK,
+            psn_no TEXT NOT NULL,
+            setl_id TEXT NOT NULL,
+            amount BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        "CREATE INDEX centre_account_moves_psn ON centre_account_moves (psn_no)",
+        """CREATE TABLE centre_tombstones (
+            msgid TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL)""",
+    ]),
+]

@@ -1,0 +1,620 @@
+"""The insurance centre's transactions: identity, activation, settlement, reversal.
+
+Each handler runs inside the gateway's transaction (msgid claim + work + stored
+answer commit together). The arithmetic is kiosk.settlement's engine; this
+module only finds the inputs (catalogue, profile, level, balances, year-to-date
+accumulators) and commits the result: account debits as journal rows, the
+accumulators, the settlement record.
+
+Locking: a settlement, reversal or message reversal first locks the person rows
+it touches (patient and mutual-aid relative, in psn_no order), so a 2601 and a
+late 2207 of the same message serialise, and two counters cannot spend one
+account twice.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from kiosk.clock import SHANGHAI, local_day
+from kiosk.errors import InputError, IntegrityError, KioskError
+from kiosk.money import fen_to_yuan, round_fen
+from kiosk.security.seal import SealContext
+from kiosk.services.centre import models as m
+from kiosk.services.envelope import ServiceKeys
+from kiosk.services.gateway import Ctx, Route, Terminal
+from kiosk.services.protocol import InfCode, Refusal
+from kiosk.settlement.bill import Bill, Category, Item, Ytd
+from kiosk.settlement.engine import Settlement, reverse, settle
+from kiosk.settlement.profiles import Profile, get_profile
+from kiosk.storage import Database, Transaction
+from kiosk.vision.match import DIM, Gallery, MatchRule
+
+TOKEN_TTL = timedelta(minutes=15)
+MAX_FAILED_ACTIVATIONS = 3
+LOCK_FOR = timedelta(minutes=30)
+TEMPLATE_PURPOSE = "enrolled-face-template"
+CACHE_TTL_S = 30.0
+
+FUND_TYPE = {"310": "310100", "390": "390100"}  # pooling fund paying for each insurance type
+ACCOUNT_FUND_TYPE = "310200"
+
+
+def _cat(chrgitm: str) -> Category:
+    return Category(chrgitm)
+
+
+@dataclass(frozen=True)
+class Person:
+    psn_no: str
+    psn_name: str
+    certno: str
+    gend: str
+    brdy: str
+    insutype: str
+    psn_type: str
+    admdvs: str
+    insu_date: str
+    phone_last4: str
+    conditions: str
+    balc: int
+    template_seal: str | None
+    activated: bool
+    fail_count: int
+    locked_until: str | None
+
+
+_PERSON_COLS = ("psn_no, psn_name, certno, gend, brdy, insutype, psn_type, admdvs, insu_date, phone_last4, "
+                "conditions, balc, template_seal, activated, fail_count, locked_until")
+
+
+def _person(row: tuple[Any, ...] | None) -> Person | None:
+    if row is None:
+        return None
+    r = list(row)
+    r[13] = bool(r[13])
+    return Person(*r)
+
+
+class RegionGalleries:
+    """Per-worker 1:N galleries of activated people, grown from `activation_seq` (never rebuilt)."""
+
+    def __init__(self, keys: ServiceKeys) -> None:
+        self.keys = keys
+        self._g: dict[str, tuple[Gallery, int]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tx: Transaction, admdvs: str) -> Gallery:
+        with self._lock:
+            gallery, seen = self._g.get(admdvs, (None, 0))
+            rows = tx.fetch_all(
+                "SELECT psn_no, template_seal, activation_seq FROM centre_persons "
+                "WHERE admdvs = ? AND activated = 1 AND activation_seq > ? ORDER BY activation_seq",
+                (admdvs, seen))
+            if gallery is None:
+                gallery = Gallery(DIM, capacity=max(1024, len(rows)))
+            if rows:
+                ids = [r[0] for r in rows]
+                vecs = np.stack([open_template(self.keys, r[0], r[1]) for r in rows])
+                gallery.add_many(ids, vecs)
+                seen = int(rows[-1][2])
+            self._g[admdvs] = (gallery, seen)
+            return gallery
+
+
+def seal_template(keys: ServiceKeys, psn_no: str, vec: np.ndarray) -> str:
+    v = np.asarray(vec, np.float32).reshape(-1)
+    if v.shape[0] != DIM or not np.all(np.isfinite(v)):
+        raise InputError(f"template must be {DIM} finite values", field="template")
+    blob = keys.seal_at_rest(v.tobytes(), purpose=TEMPLATE_PURPOSE, record_id=psn_no)
+    return base64.b64encode(blob).decode("ascii")
+
+
+def open_template(keys: ServiceKeys, psn_no: str, sealed: str) -> np.ndarray:
+    raw = keys.open_at_rest(base64.b64decode(sealed), purpose=TEMPLATE_PURPOSE, record_id=psn_no)
+    return np.frombuffer(raw, np.float32).copy()
+
+
+def template_from_bytes(raw: bytes, field: str) -> np.ndarray:
+    if len(raw) != DIM * 4:
+        raise InputError(f"sealed face data must hold {DIM} float32 values", field=field)
+    v = np.frombuffer(raw, "<f4").astype(np.float32)
+    n = float(np.linalg.norm(v))
+    if not np.all(np.isfinite(v)) or n < 1e-6:
+        raise InputError("face template is not a usable vector", field=field)
+    return v / n
+
+
+class CentreService:
+    def __init__(self, db: Database, keys: ServiceKeys, rule: MatchRule) -> None:
+        self.db = db
+        self.keys = keys
+        self.rule = rule
+        self.galleries = RegionGalleries(keys)
+        self._mac = keys.mac_key()
+        self._cache: dict[str, tuple[float, Any]] = {}
+        self._cache_lock = threading.Lock()
+
+    # ---- stateless tokens (any worker checks them) --------------------------------------------
+    def _sig(self, text: str) -> str:
+        return hmac.new(self._mac, text.encode(), hashlib.sha256).hexdigest()[:24]
+
+    def issue_sign_no(self, terminal: Terminal, now: datetime) -> str:
+        head = now.astimezone(SHANGHAI).strftime("%Y%m%d") + secrets.token_hex(6)
+        return head + self._sig(f"sign|{terminal.app_id}|{head}")
+
+    def check_sign_no(self, terminal: Terminal, sign_no: str) -> bool:
+        if len(sign_no) != 20 + 24:
+            return False
+        return hmac.compare_digest(sign_no[20:], self._sig(f"sign|{terminal.app_id}|{sign_no[:20]}"))
+
+    def issue_token(self, terminal: Terminal, psn_no: str, now: datetime) -> str:
+        exp = int((now + TOKEN_TTL).timestamp())
+        body = f"{psn_no}.{exp}"
+        return f"EC.{body}.{self._sig(f'ec|{terminal.app_id}|{body}')}"
+
+    def token_psn(self, terminal: Terminal, token: str, now: datetime, field: str) -> str:
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != "EC" or not parts[2].isdigit():
+            raise Refusal(InfCode.INVALID_INPUT, "is not an e-voucher token from face authentication", field=field)
+        body = f"{parts[1]}.{parts[2]}"
+        if not hmac.compare_digest(parts[3], self._sig(f"ec|{terminal.app_id}|{body}")):
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "e-voucher token was not issued to this terminal", field=field)
+        if int(parts[2]) < now.timestamp():
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "e-voucher token has expired; authenticate the face again",
+                          code="token_expired", field=field)
+        return parts[1]
+
+    # ---- small read-mostly tables, cached per worker ------------------------------------------
+    def _cached(self, key: str, load) -> Any:  # noqa: ANN001
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit and now - hit[0] < CACHE_TTL_S:
+                return hit[1]
+        value = load()
+        with self._cache_lock:
+            self._cache[key] = (now, value)
+        return value
+
+    def institution(self, tx: Transaction, code: str) -> tuple[str, int]:
+        def load() -> dict[str, tuple[str, int]]:
+            return {r[0]: (r[1], int(r[2])) for r in tx.fetch_all(
+                "SELECT fixmedins_code, admdvs, level FROM centre_institutions")}
+        inst = self._cached("institutions", load).get(code)
+        if inst is None:
+            with self._cache_lock:
+                self._cache.pop("institutions", None)
+            inst = self._cached("institutions", load).get(code)
+        if inst is None:
+            raise Refusal(InfCode.NOT_FOUND, f"institution {code!r} is not registered with the centre",
+                          field="fixmedins_code")
+        return inst
+
+    def catalogue(self, tx: Transaction) -> dict[str, tuple[str, str | None, str | None]]:
+        return self._cached("catalogue", lambda: {r[0]: (r[1], r[2], r[3]) for r in tx.fetch_all(
+            "SELECT code, category, selfpay_prop, pric_uplmt_amt FROM centre_catalogue")})
+
+    def profile_for(self, tx: Transaction, admdvs: str, insutype: str, med_type: str) -> Profile:
+        table = self._cached("profiles", lambda: {(r[0], r[1], r[2]): r[3] for r in tx.fetch_all(
+            "SELECT admdvs, insutype, med_type, profile FROM centre_region_profiles")})
+        name = table.get((admdvs, insutype, med_type))
+        if name is None:
+            raise Refusal(InfCode.BUSINESS_REFUSED,
+                          f"no policy profile for area {admdvs}, insutype {insutype}, med_type {med_type}",
+                          code="no_profile", field="med_type")
+        return get_profile(name)
+
+    # ---- registry helpers ---------------------------------------------------------------------------
+    def person(self, tx: Transaction, psn_no: str, *, lock: bool = False, field: str = "psn_no") -> Person:
+        p = _person(tx.fetch_one(f"SELECT {_PERSON_COLS} FROM centre_persons WHERE psn_no = ?"
+                                 + (tx.for_update if lock else ""), (psn_no,)))
+        if p is None:
+            raise Refusal(InfCode.NOT_FOUND, f"no insured person {psn_no!r}", field=field)
+        return p
+
+    def _lock_people(self, tx: Transaction, *psn_nos: str) -> dict[str, Person]:
+        out: dict[str, Person] = {}
+        for p in sorted(set(psn_nos)):
+            out[p] = self.person(tx, p, lock=True)
+        return out
+
+    # ---- 9001 -------------------------------------------------------------------------------------------
+    def sign_in(self, ctx: Ctx, tx: Transaction, data: m.SignIn9001) -> dict[str, Any]:
+        self.institution(tx, ctx.terminal.fixmedins_code)
+        sign_no = self.issue_sign_no(ctx.terminal, ctx.now)
+        tx.execute("INSERT INTO centre_signins (sign_no, app_id, opter, created_at) VALUES (?, ?, ?, ?)",
+                   (sign_no, ctx.terminal.app_id, data.signIn.opter_no, ctx.now.isoformat()))
+        return {"signinoutb": {"sign_time": ctx.now.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S"),
+                               "sign_no": sign_no}}
+
+    # ---- 1101 -------------------------------------------------------------------------------------------
+    def person_info(self, ctx: Ctx, tx: Transaction, data: m.PersonInfo1101) -> dict[str, Any]:
+        d = data.data
+        if d.mdtrt_cert_type == "01":
+            p = self.person(tx, self.token_psn(ctx.terminal, d.mdtrt_cert_no, ctx.now, "input.data.mdtrt_cert_no"))
+        else:
+            row = tx.fetch_one(f"SELECT {_PERSON_COLS} FROM centre_persons WHERE certno = ?", (d.mdtrt_cert_no,))
+            p = _person(row)
+            if p is None:
+                raise Refusal(InfCode.NOT_FOUND, "no insured person with this ID number",
+                              field="input.data.mdtrt_cert_no")
+        born = datetime.strptime(p.brdy, "%Y-%m-%d").date()
+        today = local_day(ctx.now)
+        age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        return {
+            "baseinfo": {"psn_no": p.psn_no, "psn_cert_type": "01", "certno": m.mask_certno(p.certno),
+                         "psn_name": p.psn_name, "gend": p.gend, "brdy": p.brdy, "age": str(age)},
+            "insuinfo": [{"balc": fen_to_yuan(p.balc), "insutype": p.insutype, "psn_type": p.psn_type,
+                          "psn_insu_stas": "1", "psn_insu_date": p.insu_date, "insuplc_admdvs": p.admdvs,
+                          "ec_activated": "1" if p.activated else "0"}],
+            "idetinfo": [{"psn_idet_type": c} for c in p.conditions.split(",") if c],
+        }
+
+    # ---- face activation / authentication ---------------------------------------------------------------
+    def _probe(self, ctx: Ctx, sealed_b64: str, session_id: str, purpose: str) -> np.ndarray:
+        try:
+            blob = base64.b64decode(sealed_b64, validate=True)
+        except ValueError:
+            raise InputError("is not Base64", field="input.data.face_seal") from None
+        try:
+            raw = self.keys.open_sealed(blob, SealContext(ctx.terminal.app_id, session_id, purpose))
+        except IntegrityError as e:
+            raise Refusal(InfCode.BAD_ENVELOPE, f"sealed face data does not open for this terminal, session and "
+                          f"purpose: {e.message}", code="seal_invalid", field="input.data.face_seal") from None
+        return template_from_bytes(raw, "input.data.face_seal")
+
+    def activate(self, ctx: Ctx, tx: Transaction, data: m.FaceActivate) -> dict[str, Any] | KioskError:
+        d = data.data
+        probe = self._probe(ctx, d.face_seal, d.session_id, "activate")
+        row = tx.fetch_one(f"SELECT {_PERSON_COLS} FROM centre_persons WHERE certno = ?" + tx.for_update,
+                           (d.certno,))
+        p = _person(row)
+        mismatch = Refusal(InfCode.IDENTITY_MISMATCH, "the face does not match the person with this ID number",
+                           field="input.data.certno")
+        if p is None or p.template_seal is None:
+            return mismatch
+        if p.locked_until and datetime.fromisoformat(p.locked_until) > ctx.now:
+            return Refusal(InfCode.LOCKED, f"too many failed attempts; try again after "
+                           f"{datetime.fromisoformat(p.locked_until).astimezone(SHANGHAI):%H:%M}",
+                           field="input.data.certno")
+        if not self.rule.verify(probe, open_template(self.keys, p.psn_no, p.template_seal)):
+            fails = p.fail_count + 1
+            locked = (ctx.now + LOCK_FOR).isoformat() if fails >= MAX_FAILED_ACTIVATIONS else None
+            tx.execute("UPDATE centre_persons SET fail_count = ?, locked_until = ? WHERE psn_no = ?",
+                       (0 if locked else fails, locked, p.psn_no))
+            if locked:
+                return Refusal(InfCode.LOCKED, "third failed attempt: activation locked for 30 minutes",
+                               field="input.data.certno")
+            return mismatch
+        seq = tx.scalar("UPDATE centre_activation_seq SET last = last + 1 WHERE id = 1 RETURNING last")
+        tx.execute("UPDATE centre_persons SET activated = 1, activated_at = COALESCE(activated_at, ?), "
+                   "activation_seq = ?, fail_count = 0, locked_until = NULL WHERE psn_no = ?",
+                   (ctx.now.isoformat(), int(seq), p.psn_no))
+        return self._identified(ctx, p)
+
+    def _identified(self, ctx: Ctx, p: Person) -> dict[str, Any]:
+        return {"psn_no": p.psn_no, "psn_name": p.psn_name, "insutype": p.insutype, "insuplc_admdvs": p.admdvs,
+                "ecToken": self.issue_token(ctx.terminal, p.psn_no, ctx.now), "activated": "1"}
+
+    def authenticate(self, ctx: Ctx, tx: Transaction, data: m.FaceAuth) -> dict[str, Any]:
+        d = data.data
+        probe = self._probe(ctx, d.face_seal, d.session_id, "auth")
+        no_match = Refusal(InfCode.FACE_NOT_MATCHED, "face not recognised; activate with the ID number first "
+                           "or use the manual channel", field="input.data.face_seal")
+        if d.psn_no:
+            p = self.person(tx, d.psn_no, field="input.data.psn_no")
+            if not p.activated or p.template_seal is None:
+                raise Refusal(InfCode.NOT_ACTIVATED, "insurance code is not activated; activate first",
+                              field="input.data.psn_no")
+            if not self.rule.verify(probe, open_template(self.keys, p.psn_no, p.template_seal)):
+                raise no_match
+            return self._identified(ctx, p)
+        admdvs, _level = self.institution(tx, ctx.terminal.fixmedins_code)
+        gallery = self.galleries.get(tx, admdvs)
+        restrict = None
+        if d.phone_last4:
+            restrict = [r[0] for r in tx.fetch_all(
+                "SELECT psn_no FROM centre_persons WHERE admdvs = ? AND activated = 1 AND phone_last4 = ?",
+                (admdvs, d.phone_last4))]
+            if not restrict:
+                raise no_match
+        outcome, psn_no = self.rule.identify(gallery.search(probe, restrict_to=restrict))
+        if outcome == "ambiguous":
+            raise Refusal(InfCode.FACE_RETRY, "more than one person looks alike; enter the last 4 digits of the "
+                          "phone number", code="need_phone_digits", field="input.data.phone_last4")
+        if outcome != "matched" or psn_no is None:
+            raise no_match
+        return self._identified(ctx, self.person(tx, psn_no))
+
+    # ---- family mutual aid ------------------------------------------------------------------------------
+    def mulaid_auth(self, ctx: Ctx, tx: Transaction, data: m.MutualAidAuth) -> dict[str, Any]:
+        d = data.data
+        if d.psn_no == d.auth_psn_no:
+            raise InputError("a person cannot authorise their own account", field="input.data.auth_psn_no")
+        patient = self.person(tx, d.psn_no, field="input.data.psn_no")
+        rel = self.person(tx, d.auth_psn_no, field="input.data.auth_psn_no")
+        if not hmac.compare_digest(rel.certno, d.auth_certno):
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "the ID number typed is not the authorising relative's",
+                          field="input.data.auth_certno")
+        recorded = tx.scalar("SELECT relation FROM centre_relations WHERE psn_no = ? AND rel_psn_no = ?",
+                             (d.psn_no, d.auth_psn_no))
+        if recorded is None:
+            raise Refusal(InfCode.RELATION_NOT_ALLOWED, "no family relation between these people is on record",
+                          code="not_a_relative", field="input.data.relation")
+        if recorded != d.relation:
+            raise Refusal(InfCode.RELATION_NOT_ALLOWED, f"the record says {recorded}, not {d.relation}",
+                          code="relation_mismatch", field="input.data.relation")
+        if recorded not in m.RELATIONS:
+            raise Refusal(InfCode.RELATION_NOT_ALLOWED, f"relation {recorded!r} may not share an account",
+                          code="relation_not_allowed", field="input.data.relation")
+        if patient.admdvs[:2] != rel.admdvs[:2]:
+            raise Refusal(InfCode.RELATION_NOT_ALLOWED, "mutual aid is only allowed within one province",
+                          code="other_province", field="input.data.auth_psn_no")
+        tx.execute("INSERT INTO centre_mulaid (psn_no, auth_psn_no, relation, created_at) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (psn_no) DO UPDATE SET auth_psn_no = excluded.auth_psn_no, "
+                   "relation = excluded.relation, created_at = excluded.created_at",
+                   (d.psn_no, d.auth_psn_no, d.relation, ctx.now.isoformat()))
+        return {"psn_no": d.psn_no, "auth_psn_no": d.auth_psn_no, "relation": d.relation, "authorised": "1"}
+
+    def mulaid_revoke(self, ctx: Ctx, tx: Transaction, data: m.MutualAidRevoke) -> dict[str, Any]:
+        n = tx.execute("DELETE FROM centre_mulaid WHERE psn_no = ? AND auth_psn_no = ?",
+                       (data.data.psn_no, data.data.auth_psn_no))
+        if n == 0:
+            raise Refusal(InfCode.NO_AUTHORISATION, "no such mutual-aid authorisation", field="input.data.psn_no")
+        return {"revoked": "1"}
+
+    # ---- settlement ------------------------------------------------------------------------------------------
+    def _bill(self, tx: Transaction, head: m._SettleHead, lines: list[m.FeeDetail], where: str,
+              profile: Profile, level: int, conditions: frozenset[str]) -> Bill:
+        cat = self.catalogue(tx)
+        items = []
+        total = 0
+        for i, ln in enumerate(lines):
+            entry = cat.get(ln.med_list_codg)
+            if entry is None:
+                raise InputError(f"code {ln.med_list_codg!r} is not in the centre's catalogue",
+                                 field=f"input.{where}[{i}].med_list_codg")
+            category, prop, ceiling = entry
+            price, qty = Decimal(ln.pric), Decimal(ln.cnt)
+            line = round_fen(price * qty)
+            if line != round_fen(Decimal(ln.det_item_fee_sumamt)):
+                raise InputError(f"is {ln.det_item_fee_sumamt} but pric x cnt = {fen_to_yuan(line)}",
+                                 field=f"input.{where}[{i}].det_item_fee_sumamt")
+            total += line
+            items.append(Item(code=ln.med_list_codg, category=_cat(category), price=price, qty=qty,
+                              selfpay_prop=Decimal(prop) if prop is not None and category == "B" else None,
+                              price_ceiling=Decimal(ceiling) if ceiling is not None else None))
+        if round_fen(Decimal(head.medfee_sumamt)) != total:
+            raise InputError(f"is {head.medfee_sumamt} but the lines add up to {fen_to_yuan(total)}",
+                             field="input.medfee_sumamt")
+        return Bill(profile=profile.name, institution_level=level, items=tuple(items), conditions=conditions)
+
+    def _split(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, med_type: str, lines: list[m.FeeDetail],
+               where: str, *, commit: bool) -> dict[str, Any]:
+        if head.mdtrt_cert_type == "01":
+            who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
+            if who != head.psn_no:
+                raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
+                              field="input.mdtrt_cert_no")
+        mulaid_psn = None
+        if head.acct_mulaid_flag == "1":
+            mulaid_psn = tx.scalar("SELECT auth_psn_no FROM centre_mulaid WHERE psn_no = ?", (head.psn_no,))
+            if mulaid_psn is None:
+                raise Refusal(InfCode.NO_AUTHORISATION, "no relative has authorised mutual aid for this person",
+                              field="input.acct_mulaid_flag")
+        people = (self._lock_people(tx, head.psn_no, *( [mulaid_psn] if mulaid_psn else []))
+                  if commit else {p: self.person(tx, p) for p in [head.psn_no] + ([mulaid_psn] if mulaid_psn else [])})
+        p = people[head.psn_no]
+        if head.mdtrt_cert_type == "02" and not hmac.compare_digest(p.certno, head.mdtrt_cert_no.upper()):
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "ID number does not belong to psn_no", field="input.mdtrt_cert_no")
+        if commit and tx.scalar("SELECT 1 FROM centre_tombstones WHERE msgid = ?", (ctx.request.msgid,)):
+            raise Refusal(InfCode.ALREADY_REVERSED, "this message was reversed (2601) before it arrived; "
+                          "it is not applied", code="message_reversed", field="msgid")
+        if head.insutype != p.insutype:
+            raise Refusal(InfCode.BUSINESS_REFUSED, f"person is insured under {p.insutype}, not {head.insutype}",
+                          code="insutype_mismatch", field="input.insutype")
+        _admdvs, level = self.institution(tx, ctx.terminal.fixmedins_code)
+        profile = self.profile_for(tx, p.admdvs, p.insutype, med_type)
+        conditions = frozenset(c for c in p.conditions.split(",") if c) if profile.is_chronic else frozenset()
+        if profile.is_chronic and not conditions:
+            raise Refusal(InfCode.BUSINESS_REFUSED, "person has no recognised chronic condition for med_type 14",
+                          code="no_condition", field="input.med_type")
+        bill = self._bill(tx, head, lines, where, profile, level, conditions)
+        year = local_day(ctx.now).year
+        yrow = tx.fetch_one("SELECT deductible_used, pool_paid FROM centre_ytd WHERE psn_no = ? AND profile = ? "
+                            "AND year = ?" + (tx.for_update if commit else ""), (p.psn_no, profile.name, year))
+        ytd = Ytd(int(yrow[0]), int(yrow[1])) if yrow else Ytd()
+        rel_balc = people[mulaid_psn].balc if mulaid_psn else 0
+        s = settle(bill, profile, ytd, p.balc, head.acct_used_flag == "1", rel_balc)
+        setl_id = ""
+        if commit:
+            setl_id = "S" + ctx.now.astimezone(SHANGHAI).strftime("%Y%m%d") + secrets.token_hex(8).upper()
+            self._commit(ctx, tx, s, setl_id, p, profile, year, head, mulaid_psn if s.acct_mulaid_pay else None,
+                         yrow is not None)
+        return self._answer(s, setl_id, p, head, profile)
+
+    def _commit(self, ctx: Ctx, tx: Transaction, s: Settlement, setl_id: str, p: Person, profile: Profile,
+                year: int, head: m._SettleHead, mulaid_psn: str | None, ytd_exists: bool) -> None:
+        now = ctx.now.isoformat()
+        tx.execute(
+            "INSERT INTO centre_settlements (setl_id, msgid, infno, psn_no, profile, year, fixmedins_code, mdtrt_id, "
+            "state, result, medfee_sumamt, fund_pay_sumamt, acct_pay, mulaid_psn_no, acct_mulaid_pay, psn_cash_pay, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (setl_id, ctx.request.msgid, ctx.request.infno, p.psn_no, profile.name, year,
+             ctx.terminal.fixmedins_code, head.mdtrt_id, _dumps(s.to_json()), s.medfee_sumamt, s.fund_pay_sumamt,
+             s.acct_pay, mulaid_psn, s.acct_mulaid_pay, s.psn_cash_pay, now))
+        if ytd_exists:
+            tx.execute("UPDATE centre_ytd SET deductible_used = ?, pool_paid = ? WHERE psn_no = ? AND profile = ? "
+                       "AND year = ?", (s.ytd_after.deductible_used, s.ytd_after.pool_paid, p.psn_no, profile.name,
+                                        year))
+        else:
+            tx.execute("INSERT INTO centre_ytd (psn_no, profile, year, deductible_used, pool_paid) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       (p.psn_no, profile.name, year, s.ytd_after.deductible_used, s.ytd_after.pool_paid))
+        self._move(tx, p.psn_no, setl_id, -s.acct_pay, "acct_pay", now)
+        if mulaid_psn:
+            self._move(tx, mulaid_psn, setl_id, -s.acct_mulaid_pay, "acct_mulaid_pay", now)
+
+    @staticmethod
+    def _move(tx: Transaction, psn_no: str, setl_id: str, amount: int, kind: str, now: str) -> None:
+        if amount == 0:
+            return
+        tx.execute("INSERT INTO centre_account_moves (psn_no, setl_id, amount, kind, created_at) "
+                   "VALUES (?, ?, ?, ?, ?)", (psn_no, setl_id, amount, kind, now))
+        n = tx.execute("UPDATE centre_persons SET balc = balc + ? WHERE psn_no = ? AND balc + ? >= 0",
+                       (amount, psn_no, amount))
+        if n != 1:
+            raise IntegrityError(f"personal account of {psn_no} would go negative", code="account_negative")
+
+    @staticmethod
+    def _answer(s: Settlement, setl_id: str, p: Person, head: m._SettleHead, profile: Profile) -> dict[str, Any]:
+        j = s.to_json()
+        setlinfo = dict(j["setlinfo"])
+        zero = "0.00"
+        setlinfo.update({
+            "setl_id": setl_id, "psn_no": p.psn_no, "psn_name": p.psn_name, "insutype": p.insutype,
+            "mdtrt_id": head.mdtrt_id, "medins_setl_id": head.chrg_bchno, "clr_way": "1", "clr_type": "11",
+            "pool_prop_selfpay": fen_to_yuan(s.inscp_scp_amt - s.act_pay_dedc - s.hifp_pay),
+            "cvlserv_pay": zero, "hifes_pay": zero, "hifmi_pay": zero, "hifob_pay": zero, "maf_pay": zero,
+            "oth_pay": zero, "hosp_part_amt": zero, "profile": profile.name,
+        })
+        setldetail = []
+        if s.hifp_pay:
+            setldetail.append({"fund_pay_type": FUND_TYPE.get(p.insutype, "310100"),
+                               "fund_payamt": fen_to_yuan(s.hifp_pay)})
+        if s.acct_pay:
+            setldetail.append({"fund_pay_type": ACCOUNT_FUND_TYPE, "fund_payamt": fen_to_yuan(s.acct_pay)})
+        return {"setlinfo": setlinfo, "setldetail": setldetail, "detlcutinfo": j["detlcutinfo"],
+                "ytd_after": j["ytd_after"]}
+
+    def presettle_outpatient(self, ctx: Ctx, tx: Transaction, data: m.Outpatient2206) -> dict[str, Any]:
+        return self._split(ctx, tx, data.data, data.data.med_type, data.data.feedetail, "data.feedetail",
+                           commit=False)
+
+    def settle_outpatient(self, ctx: Ctx, tx: Transaction, data: m.Outpatient2206) -> dict[str, Any]:
+        return self._split(ctx, tx, data.data, data.data.med_type, data.data.feedetail, "data.feedetail",
+                           commit=True)
+
+    def presettle_pharmacy(self, ctx: Ctx, tx: Transaction, data: m.Pharmacy2101) -> dict[str, Any]:
+        return self._split(ctx, tx, data.druginfo, "41", data.drugdetail, "drugdetail", commit=False)
+
+    def settle_pharmacy(self, ctx: Ctx, tx: Transaction, data: m.Pharmacy2101) -> dict[str, Any]:
+        return self._split(ctx, tx, data.druginfo, "41", data.drugdetail, "drugdetail", commit=True)
+
+    # ---- reversal ----------------------------------------------------------------------------------------------
+    def _reverse_row(self, ctx: Ctx, tx: Transaction, row: tuple[Any, ...]) -> dict[str, Any]:
+        setl_id, psn_no, profile, year, state, result, mulaid_psn = row
+        if state != "settled":
+            raise Refusal(InfCode.ALREADY_REVERSED, f"settlement {setl_id} is already reversed",
+                          field="input.data.setl_id")
+        s = Settlement.from_json(_loads(result))
+        yrow = tx.fetch_one("SELECT deductible_used, pool_paid FROM centre_ytd WHERE psn_no = ? AND profile = ? "
+                            "AND year = ?" + tx.for_update, (psn_no, profile, year))
+        if yrow is None:
+            raise IntegrityError(f"settlement {setl_id} has no year-to-date record", code="ytd_missing")
+        back = reverse(s, Ytd(int(yrow[0]), int(yrow[1])))
+        tx.execute("UPDATE centre_ytd SET deductible_used = ?, pool_paid = ? WHERE psn_no = ? AND profile = ? "
+                   "AND year = ?", (back.deductible_used, back.pool_paid, psn_no, profile, year))
+        now = ctx.now.isoformat()
+        self._move(tx, psn_no, setl_id, s.acct_pay, "reversal", now)
+        if mulaid_psn:
+            self._move(tx, mulaid_psn, setl_id, s.acct_mulaid_pay, "reversal", now)
+        n = tx.execute("UPDATE centre_settlements SET state = 'reversed', reversed_at = ?, rev_msgid = ? "
+                       "WHERE setl_id = ? AND state = 'settled'", (now, ctx.request.msgid, setl_id))
+        if n != 1:  # pragma: no cover - the person lock makes this unreachable
+            raise IntegrityError(f"settlement {setl_id} changed during reversal", code="reversal_race")
+        neg = {k: fen_to_yuan(-v) for k, v in s.setlinfo().items() if k != "balc"}
+        balc = tx.scalar("SELECT balc FROM centre_persons WHERE psn_no = ?", (psn_no,))
+        return {"setlinfo": {**neg, "setl_id": setl_id, "psn_no": psn_no, "balc": fen_to_yuan(int(balc)),
+                             "rev_state": "reversed"}}
+
+    _SETL_COLS = "setl_id, psn_no, profile, year, state, result, mulaid_psn_no"
+
+    def _lock_for_settlement(self, tx: Transaction, psn_no: str, setl_row: tuple[Any, ...] | None) -> None:
+        extra = [setl_row[6]] if setl_row and setl_row[6] else []
+        self._lock_people(tx, psn_no, *extra)
+
+    def reverse_settlement(self, ctx: Ctx, tx: Transaction, data: m.Reversal2208) -> dict[str, Any]:
+        d = data.data
+        self.person(tx, d.psn_no, lock=True, field="input.data.psn_no")
+        row = tx.fetch_one(f"SELECT {self._SETL_COLS}, infno FROM centre_settlements WHERE setl_id = ?",
+                           (d.setl_id,))
+        if row is None or row[1] != d.psn_no:
+            raise Refusal(InfCode.NOT_FOUND, f"no settlement {d.setl_id} for this person", field="input.data.setl_id")
+        want = {"2208": "2207", "2103": "2102"}[ctx.request.infno]
+        if row[7] != want:
+            raise InputError(f"settlement {d.setl_id} was made by {row[7]}; reverse it with "
+                             f"{'2208' if row[7] == '2207' else '2103'}", field="infno")
+        self._lock_for_settlement(tx, d.psn_no, row)
+        return self._reverse_row(ctx, tx, row[:7])
+
+    def reverse_message(self, ctx: Ctx, tx: Transaction, data: m.MessageReversal2601) -> dict[str, Any]:
+        d = data.data
+        if d.oinfno not in ("2207", "2102"):
+            raise InputError("only settlement messages (2207, 2102) are reversed by message here", field="input.data.oinfno")
+        self.person(tx, d.psn_no, lock=True, field="input.data.psn_no")
+        row = tx.fetch_one(f"SELECT {self._SETL_COLS}, infno FROM centre_settlements WHERE msgid = ?", (d.omsgid,))
+        if row is not None and row[1] != d.psn_no:
+            raise Refusal(InfCode.NOT_FOUND, "message belongs to another person", field="input.data.omsgid")
+        if row is None:
+            tx.execute("INSERT INTO centre_tombstones (msgid, created_at) VALUES (?, ?) ON CONFLICT (msgid) DO NOTHING",
+                       (d.omsgid, ctx.now.isoformat()))
+            return {"omsgid": d.omsgid, "result": "not_applied", "setl_id": ""}
+        if row[4] != "settled":
+            return {"omsgid": d.omsgid, "result": "already_reversed", "setl_id": row[0]}
+        self._lock_for_settlement(tx, d.psn_no, row)
+        out = self._reverse_row(ctx, tx, row[:7])
+        return {"omsgid": d.omsgid, "result": "reversed", "setl_id": row[0], "setlinfo": out["setlinfo"]}
+
+    def query_settlement(self, ctx: Ctx, tx: Transaction, data: m.SettlementQuery5203) -> dict[str, Any]:
+        d = data.data
+        if d.setl_id:
+            row = tx.fetch_one("SELECT setl_id, psn_no, state, result, msgid, infno, reversed_at FROM "
+                               "centre_settlements WHERE setl_id = ?", (d.setl_id,))
+        else:
+            row = tx.fetch_one("SELECT setl_id, psn_no, state, result, msgid, infno, reversed_at FROM "
+                               "centre_settlements WHERE msgid = ?", (d.omsgid,))
+        if row is None or row[1] != d.psn_no:
+            if d.omsgid and tx.scalar("SELECT 1 FROM centre_tombstones WHERE msgid = ?", (d.omsgid,)):
+                return {"setl_state": "not_applied", "omsgid": d.omsgid}
+            raise Refusal(InfCode.NOT_FOUND, "no such settlement for this person",
+                          field="input.data.setl_id" if d.setl_id else "input.data.omsgid")
+        res = _loads(row[3])
+        return {"setl_state": row[2], "setl_id": row[0], "omsgid": row[4], "oinfno": row[5],
+                "setlinfo": {**res["setlinfo"], "setl_id": row[0]}, "reversed_at": row[6] or ""}
+
+    # ---- routes ---------------------------------------------------------------------------------------------------
+    def routes(self) -> dict[str, Route]:
+        h = {
+            "9001": self.sign_in, "1101": self.person_info, "ec.activate": self.activate,
+            "ec.auth": self.authenticate, "mulaid.auth": self.mulaid_auth, "mulaid.revoke": self.mulaid_revoke,
+            "2206": self.presettle_outpatient, "2207": self.settle_outpatient, "2208": self.reverse_settlement,
+            "2101": self.presettle_pharmacy, "2102": self.settle_pharmacy, "2103": self.reverse_settlement,
+            "2601": self.reverse_message, "5203": self.query_settlement,
+        }
+        return {code: Route(code, m.TRANSACTIONS[code][0], fn, m.TRANSACTIONS[code][1],
+                            needs_sign_in=(code != "9001"))
+                for code, fn in h.items()}
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(s: str) -> Any:
+    import json
+
+    return json.loads(s)

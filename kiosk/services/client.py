@@ -1,0 +1,290 @@
+"""Python clients the kiosk uses for the insurance centre and the bank.
+
+    centre = CentreClient.connect("http://127.0.0.1:8710", app_id=..., app_secret=..., sm2_key=..., fixmedins_code=...)
+    centre.sign_in("opter01")
+    a = centre.authenticate(centre.seal_face(template, session_id, "auth"), session_id)
+    if a.ok: token = a.output["ecToken"]
+
+Every call builds the platform envelope (kiosk.security, with a fresh nonce),
+posts it, checks the answer's SM2 signature and that it answers our msgid, and
+returns an `Answer` value: refusals (`infcode` != 0) are values the caller
+reads. Transport faults raise `RemoteError` with code `unreachable` (nothing was
+sent), `timeout` / `connection_lost` (the message may or may not have been
+applied: retry with the SAME msgid, or reverse it) or `bad_answer`.
+`uncertain` on the exception says which.
+"""
+from __future__ import annotations
+
+import base64
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from kiosk.clock import Clock, SystemClock
+from kiosk.errors import KioskError, RemoteError
+from kiosk.security.seal import SealContext, seal
+from kiosk.security.sm import Sm2PrivateKey, Sm2PublicKey
+from kiosk.services import envelope as env
+from kiosk.services.protocol import Answer, new_msgid, platform_time
+
+CENTRE_URL = "http://127.0.0.1:8710"
+BANK_URL = "http://127.0.0.1:8720"
+
+
+class RemoteRefusal(RemoteError):
+    """A refusal turned into an exception by `Answer.raise_for_refusal`-style callers."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.err_msg or "refused", code=answer.err_code or f"infcode_{answer.infcode}")
+        self.answer = answer
+        self.infcode = answer.infcode
+
+
+def _remote(message: str, code: str, uncertain: bool) -> RemoteError:
+    e = RemoteError(message, code=code)
+    e.uncertain = uncertain  # type: ignore[attr-defined]
+    return e
+
+
+@dataclass
+class ServiceIdentity:
+    """What a terminal holds for one service."""
+
+    app_id: str
+    app_secret: str
+    sm2_key: Sm2PrivateKey
+    fixmedins_code: str
+    service_sm2_public: str = ""  # hex; fetched from /keys when empty
+    service_x25519: str = ""
+    service_kid: str = ""
+
+
+class _Client:
+    service = "service"
+
+    def __init__(self, base_url: str, ident: ServiceIdentity, *, clock: Clock | None = None, timeout: float = 10.0,
+                 http: httpx.Client | None = None, window_s: int = 300, opter: str = "kiosk",
+                 mdtrtarea_admvs: str = "") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.ident = ident
+        self.clock = clock or SystemClock()
+        self.http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        self.window_s = window_s
+        self.opter = opter
+        self.mdtrtarea_admvs = mdtrtarea_admvs
+        self.sign_no = ""
+        self._lock = threading.Lock()
+        self._pub: Sm2PublicKey | None = None
+
+    # -- keys ----------------------------------------------------------------------------------
+    def service_keys(self) -> dict[str, str]:
+        if not self.ident.service_sm2_public or not self.ident.service_x25519:
+            try:
+                r = self.http.get("/keys")
+                r.raise_for_status()
+                keys = r.json()
+            except (httpx.HTTPError, ValueError) as e:
+                raise _remote(f"{self.service}: cannot fetch its public keys: {e}", "unreachable", False) from None
+            self.ident.service_sm2_public = keys["sm2"]
+            self.ident.service_x25519 = keys["x25519"]
+            self.ident.service_kid = keys["kid"]
+        return {"sm2": self.ident.service_sm2_public, "x25519": self.ident.service_x25519,
+                "kid": self.ident.service_kid}
+
+    def _service_public(self) -> Sm2PublicKey:
+        if self._pub is None:
+            self._pub = env.public_key(self.service_keys()["sm2"])
+        return self._pub
+
+    # -- one message -----------------------------------------------------------------------------
+    def new_msgid(self) -> str:
+        return new_msgid(self.ident.fixmedins_code, self.clock.now())
+
+    def request(self, infno: str, data: dict[str, Any], msgid: str | None = None) -> dict[str, Any]:
+        now = self.clock.now()
+        return {
+            "infno": infno, "msgid": msgid or self.new_msgid(), "mdtrtarea_admvs": self.mdtrtarea_admvs,
+            "insuplc_admdvs": "", "recer_sys_code": "KIOSK", "dev_no": self.ident.app_id, "signtype": "SM2",
+            "infver": "V1.0", "opter_type": "1", "opter": self.opter, "opter_name": self.opter,
+            "inf_time": platform_time(now), "fixmedins_code": self.ident.fixmedins_code,
+            "fixmedins_name": "", "sign_no": self.sign_no, "input": data,
+        }
+
+    def post_envelope(self, infno: str, envelope: dict[str, Any]) -> httpx.Response:
+        try:
+            return self.http.post(f"/fsi/api/{infno}", json=envelope)
+        except httpx.ConnectError as e:
+            raise _remote(f"{self.service} unreachable: {e}", "unreachable", False) from None
+        except httpx.TimeoutException as e:
+            raise _remote(f"{self.service} did not answer in time: {e}", "timeout", True) from None
+        except httpx.HTTPError as e:
+            raise _remote(f"{self.service} connection lost: {e}", "connection_lost", True) from None
+
+    def call(self, infno: str, data: dict[str, Any], msgid: str | None = None) -> Answer:
+        """Send one message; same `msgid` for a retry of the same message."""
+        req = self.request(infno, data, msgid)
+        envelope = env.client_envelope(req, app_id=self.ident.app_id, app_secret=self.ident.app_secret,
+                                       sm2_key=self.ident.sm2_key, now=self.clock.now())
+        return self.read_answer(self.post_envelope(infno, envelope), req["msgid"])
+
+    def read_answer(self, r: httpx.Response, msgid: str) -> Answer:
+        try:
+            body = r.json()
+        except ValueError:
+            raise _remote(f"{self.service} answered HTTP {r.status_code} without JSON", "bad_answer", True) from None
+        if not isinstance(body, dict):
+            raise _remote(f"{self.service} answered a non-object", "bad_answer", True)
+        if "encData" in body:
+            try:
+                body = env.client_open(body, app_id=self.ident.app_id, app_secret=self.ident.app_secret,
+                                       service_public=self._service_public(), now=self.clock.now(),
+                                       window_s=self.window_s)
+            except KioskError as e:
+                raise _remote(f"{self.service} answer failed its check: {e}", "bad_answer", True) from None
+            ref = body.get("inf_refmsgid", "")
+            if ref and ref != msgid:
+                raise _remote(f"{self.service} answered message {ref}, not {msgid}", "bad_answer", True)
+        infcode = body.get("infcode")
+        if not isinstance(infcode, int):
+            raise _remote(f"{self.service} answer has no infcode", "bad_answer", True)
+        return Answer(infcode=infcode, err_code=str(body.get("err_code", "")), err_msg=str(body.get("err_msg", "")),
+                      output=body.get("output") or {}, msgid=msgid)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class CentreClient(_Client):
+    service = "insurance centre"
+
+    def sign_in(self, opter_no: str = "kiosk", mac: str = "", ip: str = "") -> str:
+        a = self.call("9001", {"signIn": {"opter_no": opter_no, "mac": mac, "ip": ip}})
+        if not a.ok:
+            raise RemoteRefusal(a)
+        self.sign_no = a.output["signinoutb"]["sign_no"]
+        return self.sign_no
+
+    def seal_face(self, template: np.ndarray, session_id: str, purpose: str) -> str:
+        """Seal a template to the centre, bound to this terminal, the session and the purpose."""
+        keys = self.service_keys()
+        pub = X25519PublicKey.from_public_bytes(bytes.fromhex(keys["x25519"]))
+        raw = np.asarray(template, "<f4").reshape(-1).tobytes()
+        return base64.b64encode(seal(raw, pub, keys["kid"], SealContext(self.ident.app_id, session_id, purpose))
+                                ).decode("ascii")
+
+    def activate(self, face_seal: str, certno: str, session_id: str, msgid: str | None = None) -> Answer:
+        return self.call("ec.activate", {"data": {"certno": certno, "face_seal": face_seal,
+                                                  "session_id": session_id}}, msgid)
+
+    def authenticate(self, face_seal: str, session_id: str, *, psn_no: str = "", phone_last4: str = "",
+                     msgid: str | None = None) -> Answer:
+        return self.call("ec.auth", {"data": {"face_seal": face_seal, "session_id": session_id, "psn_no": psn_no,
+                                              "phone_last4": phone_last4}}, msgid)
+
+    def person_info(self, ec_token: str = "", certno: str = "", msgid: str | None = None) -> Answer:
+        d = {"mdtrt_cert_type": "01", "mdtrt_cert_no": ec_token} if ec_token else \
+            {"mdtrt_cert_type": "02", "mdtrt_cert_no": certno}
+        return self.call("1101", {"data": d}, msgid)
+
+    @staticmethod
+    def settle_input(head: dict[str, Any], lines: list[dict[str, Any]], pharmacy: bool) -> dict[str, Any]:
+        if pharmacy:
+            return {"druginfo": head, "drugdetail": lines}
+        return {"data": {**head, "feedetail": lines}}
+
+    def presettle(self, head: dict[str, Any], lines: list[dict[str, Any]], *, pharmacy: bool = False,
+                  msgid: str | None = None) -> Answer:
+        return self.call("2101" if pharmacy else "2206", self.settle_input(head, lines, pharmacy), msgid)
+
+    def settle(self, head: dict[str, Any], lines: list[dict[str, Any]], *, pharmacy: bool = False,
+               msgid: str | None = None) -> Answer:
+        """Commit a settlement. Keep `msgid` in the journal BEFORE calling: it is how a lost answer is resolved."""
+        return self.call("2102" if pharmacy else "2207", self.settle_input(head, lines, pharmacy), msgid)
+
+    def reverse(self, setl_id: str, psn_no: str, *, pharmacy: bool = False, msgid: str | None = None) -> Answer:
+        return self.call("2103" if pharmacy else "2208", {"data": {"setl_id": setl_id, "psn_no": psn_no}}, msgid)
+
+    def reverse_message(self, psn_no: str, omsgid: str, oinfno: str = "2207", msgid: str | None = None) -> Answer:
+        """2601: undo message `omsgid` whether or not it was applied; a late arrival is then refused."""
+        return self.call("2601", {"data": {"psn_no": psn_no, "omsgid": omsgid, "oinfno": oinfno}}, msgid)
+
+    def query(self, psn_no: str, *, setl_id: str = "", omsgid: str = "") -> Answer:
+        return self.call("5203", {"data": {"psn_no": psn_no, "setl_id": setl_id, "omsgid": omsgid}})
+
+    def mulaid_authorise(self, psn_no: str, auth_psn_no: str, auth_certno: str, relation: str,
+                         msgid: str | None = None) -> Answer:
+        return self.call("mulaid.auth", {"data": {"psn_no": psn_no, "auth_psn_no": auth_psn_no,
+                                                  "auth_certno": auth_certno, "relation": relation}}, msgid)
+
+
+class BankClient(_Client):
+    service = "bank"
+
+    def apply(self, holder: str, birth_date: str, insured_years: int, msgid: str | None = None) -> Answer:
+        return self.call("credit.apply", {"holder": holder, "birth_date": birth_date,
+                                          "insured_years": insured_years}, msgid)
+
+    def bind(self, holder: str, member: str, relation: str, consent: bool, monthly_cap: str | None = None,
+             msgid: str | None = None) -> Answer:
+        return self.call("credit.bind", {"holder": holder, "member": member, "relation": relation,
+                                         "consent": consent, "monthly_cap": monthly_cap}, msgid)
+
+    def unbind(self, holder: str, member: str, msgid: str | None = None) -> Answer:
+        return self.call("credit.unbind", {"holder": holder, "member": member}, msgid)
+
+    def line(self, payer: str) -> Answer:
+        return self.call("credit.line", {"payer": payer})
+
+    def draw(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None) -> Answer:
+        """Charge `amount` (yuan) to the line `payer` may use; `ref` is the settlement's setl_id, `key` the
+        idempotency key (same key + same draw = the first answer, never a second charge)."""
+        return self.call("credit.draw", {"payer": payer, "amount": amount, "ref": ref, "key": key}, msgid)
+
+    def reverse_draw(self, key: str, payer: str, msgid: str | None = None) -> Answer:
+        """Undo the draw made with `key` (a full refund); a draw with that key arriving later is refused."""
+        return self.call("credit.draw_reverse", {"key": key, "payer": payer}, msgid)
+
+    def hold(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None) -> Answer:
+        return self.call("credit.hold", {"payer": payer, "amount": amount, "ref": ref, "key": key}, msgid)
+
+    def capture(self, ref: str, amount: str, key: str, msgid: str | None = None) -> Answer:
+        return self.call("credit.capture", {"ref": ref, "amount": amount, "key": key}, msgid)
+
+    def release(self, ref: str, key: str, msgid: str | None = None) -> Answer:
+        return self.call("credit.release", {"ref": ref, "key": key}, msgid)
+
+    def repay(self, holder: str, amount: str, key: str, msgid: str | None = None) -> Answer:
+        return self.call("credit.repay", {"holder": holder, "amount": amount, "key": key}, msgid)
+
+    def refund(self, ref: str, amount: str, key: str, msgid: str | None = None) -> Answer:
+        return self.call("credit.refund", {"ref": ref, "amount": amount, "key": key}, msgid)
+
+    def statement(self, holder: str) -> Answer:
+        return self.call("credit.statement", {"holder": holder})
+
+    def notifications(self, holder: str, limit: int = 100) -> Answer:
+        return self.call("credit.notifications", {"holder": holder, "limit": limit})
+
+
+def register_terminal(base_url: str, admin_token: str, app_id: str, sm2_public_hex: str, fixmedins_code: str,
+                      *, app_secret: str = "", timeout: float = 10.0) -> dict[str, Any]:
+    """Operator step: register a terminal's SM2 public key; returns app_secret and the service's keys."""
+    try:
+        r = httpx.post(f"{base_url.rstrip('/')}/admin/terminals", headers={"x-admin-token": admin_token},
+                       json={"app_id": app_id, "sm2_public": sm2_public_hex, "fixmedins_code": fixmedins_code,
+                             "app_secret": app_secret}, timeout=timeout)
+        body = r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise _remote(f"cannot register terminal at {base_url}: {e}", "unreachable", False) from None
+    if body.get("infcode") != 0:
+        raise RemoteError(f"registration refused: {body.get('err_msg')}", code=str(body.get("err_code", "refused")))
+    return body["output"]
+
+
+def _now(clock: Clock) -> datetime:
+    return clock.now()

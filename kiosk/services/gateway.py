@@ -1,0 +1,253 @@
+"""The request pipeline both services share: envelope -> anti-replay -> msgid idempotency -> handler.
+
+    body bytes --open envelope (SM2 verify, SM4 decrypt; kiosk.security)--> payload
+      --timestamp fresh & nonce unused (kiosk.security ReplayGuard, DatabaseNonceStore)--> PlatformRequest
+      (pydantic)
+      --msgid claimed (kiosk.storage.IdempotencyStore)--> handler(ctx, tx, input) --> output
+      --answer stored under the msgid, same transaction--> sealed answer envelope
+
+Exactly-once: the msgid claim, the business rows and the stored answer commit in
+one transaction. A msgid seen before with the same body replays the
+first answer; with another body it is refused (infcode 1003). A refusal raised
+by a handler rolls its work back and is then stored under the msgid on its own,
+so a retry of a refused message gets the same refusal.
+
+Workers hold no state that matters: terminals and keys are cached read-only,
+everything else is in the database, so any number can serve one database.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from kiosk.clock import Clock
+from kiosk.errors import ConflictError, InputError, IntegrityError, KioskError, StorageError
+from kiosk.services import envelope as env
+from kiosk.services.protocol import InfCode, PlatformRequest, Refusal, ok, parse_model, refused
+from kiosk.security.replay import DatabaseNonceStore, ReplayGuard
+from kiosk.storage import Database, IdempotencyStore, Migration, Transaction
+
+log = logging.getLogger("kiosk.services")
+
+
+def gateway_migration(service: str) -> Migration:
+    """Per-service table of registered terminals (nonces live in kiosk.security's DatabaseNonceStore)."""
+    return Migration(f"{service}.000_gateway", [
+        f"""CREATE TABLE {service}_terminals (
+            app_id TEXT PRIMARY KEY,
+            app_secret TEXT NOT NULL,
+            sm2_public TEXT NOT NULL,
+            fixmedins_code TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+    ])
+
+
+@dataclass(frozen=True)
+class Terminal:
+    app_id: str
+    app_secret: str
+    sm2_public: str  # PEM
+    fixmedins_code: str
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What a handler knows about the message it serves."""
+
+    request: PlatformRequest
+    terminal: Terminal
+    now: datetime
+
+
+Handler = Callable[[Ctx, Transaction, Any], "dict[str, Any] | KioskError"]
+
+
+@dataclass(frozen=True)
+class Route:
+    infno: str
+    model: type[BaseModel]
+    handler: Handler
+    summary: str
+    mutating: bool = True  # read-only transactions skip the msgid store only when False
+    needs_sign_in: bool = True
+
+
+class Gateway:
+    def __init__(
+        self,
+        service: str,
+        db: Database,
+        clock: Clock,
+        keys: env.ServiceKeys,
+        routes: dict[str, Route],
+        *,
+        window_s: int = 300,
+        check_sign_no: Callable[[Terminal, str], bool] | None = None,
+    ) -> None:
+        self.service = service
+        self.db = db
+        self.clock = clock
+        self.keys = keys
+        self.routes = routes
+        self.window_s = window_s
+        self.check_sign_no = check_sign_no
+        self.idem = IdempotencyStore(f"{service}.msgid")
+        self.guard = ReplayGuard(DatabaseNonceStore(db), window_s=window_s, clock=clock)
+        self._terminals: dict[str, Terminal] = {}
+        self._lock = threading.Lock()
+        db.migrate([gateway_migration(service)])
+
+    # -- terminals -------------------------------------------------------------------------------
+    def register_terminal(self, app_id: str, app_secret: str, sm2_public_pem: str, fixmedins_code: str) -> Terminal:
+        """Register (or re-key) a terminal. Idempotent for identical values."""
+        t = Terminal(app_id, app_secret, sm2_public_pem, fixmedins_code)
+        env.check_public_key(sm2_public_pem)
+
+        def work(tx: Transaction) -> None:
+            tx.execute(
+                f"INSERT INTO {self.service}_terminals (app_id, app_secret, sm2_public, fixmedins_code, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET app_secret = excluded.app_secret, "
+                "sm2_public = excluded.sm2_public, fixmedins_code = excluded.fixmedins_code",
+                (app_id, app_secret, sm2_public_pem, fixmedins_code, self.clock.now().isoformat()),
+            )
+
+        self.db.run(work)
+        with self._lock:
+            self._terminals[app_id] = t
+        return t
+
+    def terminal(self, app_id: str) -> Terminal | None:
+        with self._lock:
+            t = self._terminals.get(app_id)
+        if t is not None:
+            return t
+        row = self.db.read(lambda tx: tx.fetch_one(
+            f"SELECT app_id, app_secret, sm2_public, fixmedins_code FROM {self.service}_terminals WHERE app_id = ?",
+            (app_id,)))
+        if row is None:
+            return None
+        t = Terminal(*row)
+        with self._lock:
+            self._terminals[app_id] = t
+        return t
+
+    # -- the pipeline ----------------------------------------------------------------------------
+    def handle(self, raw: bytes, path_infno: str | None = None) -> tuple[int, dict[str, Any]]:
+        """One HTTP body in, (HTTP status, JSON body) out. Never raises."""
+        now = self.clock.now()
+        try:
+            outer = env.parse_outer(raw)
+        except KioskError as e:
+            return 400, refused("", e, now)
+        terminal = self.terminal(outer.app_id)
+        if terminal is None:
+            return 401, refused("", Refusal(InfCode.UNKNOWN_TERMINAL, f"appId {outer.app_id!r} is not registered",
+                                            field="appId"), now)
+        try:
+            payload = env.open_request(outer, terminal, self.keys, now, self.window_s)
+            self.guard.check(f"{self.service}:{terminal.app_id}", outer.nonce, outer.ts_ms)
+        except KioskError as e:
+            code = InfCode.REPLAYED if e.code == "replayed" else InfCode.BAD_ENVELOPE
+            return 401, refused("", Refusal(code, str(e), code=e.code, field=e.field), now)
+        msgid = payload.get("msgid", "") if isinstance(payload, dict) else ""
+        msgid = msgid if isinstance(msgid, str) else ""
+        try:
+            answer = self._serve(payload, terminal, now, path_infno)
+            status = 409 if answer.get("infcode") == InfCode.MSGID_CONFLICT else 200
+        except Exception as e:  # a fault is still an answer, never a 500
+            if not isinstance(e, KioskError):
+                log.exception("%s: unexpected fault serving %s", self.service, msgid)
+                e = KioskError("internal error; the message was not applied", code="internal")
+            answer = refused(msgid, e, now)
+            status = 200
+        try:
+            return status, env.seal_response(answer, terminal, self.keys, now)
+        except KioskError as e:  # pragma: no cover - our own key failed
+            log.error("%s: cannot seal answer: %s", self.service, e)
+            return 500, refused(msgid, e, now)
+
+    def _serve(self, payload: Any, terminal: Terminal, now: datetime, path_infno: str | None = None) -> dict[str, Any]:
+        if not isinstance(payload, dict):
+            raise InputError("decrypted payload must be a JSON object", field="encData")
+        req = parse_model(PlatformRequest, payload, prefix="")
+        if path_infno is not None and req.infno != path_infno:
+            raise InputError(f"is {req.infno!r} but was posted to the route of {path_infno!r}", field="infno")
+        route = self.routes.get(req.infno)
+        if route is None:
+            raise Refusal(InfCode.UNKNOWN_TRANSACTION, f"unknown transaction {req.infno!r}", field="infno")
+        if route.needs_sign_in and self.check_sign_no is not None and not self.check_sign_no(terminal, req.sign_no):
+            return refused(req.msgid, Refusal(  # not stored: the same msgid may be retried after sign-in
+                InfCode.NOT_SIGNED_IN, "sign_no is missing or not issued to this terminal; sign in (9001) first",
+                field="sign_no"), now)
+        try:
+            data = parse_model(route.model, req.input, prefix="input")
+        except InputError as e:
+            return self._store_refusal(req, now, e)
+        ctx = Ctx(req, terminal, now)
+        request_key = {"infno": req.infno, "input": req.input}
+
+        def work(tx: Transaction) -> dict[str, Any]:
+            prior = self.idem.begin(tx, req.msgid, request_key)
+            if prior is not None:
+                return prior
+            out = route.handler(ctx, tx, data)
+            # a handler returns (not raises) a refusal whose side effects must commit (failed-attempt counts)
+            answer = refused(req.msgid, out, now) if isinstance(out, KioskError) else ok(req.msgid, out, now)
+            self.idem.finish(tx, req.msgid, answer)
+            return answer
+
+        try:
+            answer = self.db.run(work)
+        except ConflictError as e:
+            return refused(req.msgid, Refusal(InfCode.MSGID_CONFLICT, f"msgid {req.msgid} was already used for "
+                                              "a different request", code=e.code, field="msgid"), now)
+        except Refusal as e:
+            return self._store_refusal(req, now, e)
+        except (InputError, IntegrityError) as e:
+            return self._store_refusal(req, now, e)
+        return answer
+
+    def _store_refusal(self, req: PlatformRequest, now: datetime, exc: KioskError) -> dict[str, Any]:
+        answer = refused(req.msgid, exc, now)
+        request_key = {"infno": req.infno, "input": req.input}
+
+        def work(tx: Transaction) -> dict[str, Any]:
+            prior = self.idem.begin(tx, req.msgid, request_key)
+            if prior is not None:
+                return prior
+            self.idem.finish(tx, req.msgid, answer)
+            return answer
+
+        try:
+            return self.db.run(work)
+        except ConflictError as e:
+            return refused(req.msgid, Refusal(InfCode.MSGID_CONFLICT, f"msgid {req.msgid} was already used for "
+                                              "a different request", code=e.code, field="msgid"), now)
+
+
+def wait_for(url: str, seconds: float = 20.0) -> None:
+    """Block until `url` answers (used by the CLI, the load tool and tests)."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except Exception as e:  # noqa: BLE001 - retry until the deadline
+            last = e
+            time.sleep(0.1)
+    raise StorageError(f"{url} did not answer within {seconds:.0f} s: {last}", code="unavailable")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)

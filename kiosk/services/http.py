@@ -1,0 +1,153 @@
+"""FastAPI shell shared by the centre and the bank: one POST route per transaction.
+
+`POST /fsi/api/{infno}` takes the platform envelope (JSON) and answers with an
+envelope; the decrypted request and answer schemas of each transaction are
+published in the OpenAPI document under `components.schemas` (`<infno>.input`)
+and linked from each route's description. Nothing here can answer 500 for bad
+input: bodies are read raw and every refusal is an `infcode` answer.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kiosk.errors import InputError, KioskError
+from kiosk.services.gateway import Gateway
+from kiosk.services.protocol import InfCode, PlatformRequest, PlatformResponse, Refusal, refused
+
+
+class Envelope(BaseModel):
+    """The platform envelope (kiosk.security.envelope): SM4 `encData`, SM2 `signData`."""
+
+    appId: str = Field(description="the terminal's appId (at least 16 characters)")
+    encType: str = Field("SM4")
+    signType: str = Field("SM2")
+    timestamp: str = Field(description="milliseconds since the epoch; must be within the replay window")
+    version: str = Field("1.0.0")
+    encData: str = Field(description="upper-case hex SM4-ECB of the JSON request (PlatformRequest + nonce)")
+    signData: str = Field(description="Base64 SM2 signature over the sorted fields with &key=appSecret")
+
+
+class TerminalRegistration(BaseModel):
+    app_id: str = Field(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    sm2_public: str = Field(min_length=128, max_length=2048, description="hex 04||x||y or PEM")
+    fixmedins_code: str = Field(min_length=1, max_length=30)
+    app_secret: str = Field(default="", max_length=128, description="empty: the service makes one")
+
+
+def admin_token(data_dir: Path) -> str:
+    """The operator's token for /admin routes: KIOSK_SERVICES_ADMIN_TOKEN, else a 0600 file made once."""
+    env = os.environ.get("KIOSK_SERVICES_ADMIN_TOKEN")
+    if env:
+        return env
+    p = Path(data_dir) / "services" / "admin.token"
+    if not p.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) if not p.exists() else None
+        if fd is not None:
+            os.write(fd, secrets.token_urlsafe(24).encode())
+            os.close(fd)
+    return p.read_text().strip()
+
+
+def _json(status: int, body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+def build_app(title: str, gateway: Gateway, data_dir: Path, *, description: str = "",
+              extra_schemas: dict[str, type[BaseModel]] | None = None) -> FastAPI:
+    app = FastAPI(title=title, version="1.0", description=description)
+    envelope_schema = Envelope.model_json_schema()
+    token = admin_token(data_dir)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        now = gateway.clock.now()
+        return _json(400, refused("", InputError(str(first.get("msg", "invalid")), field=field), now))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        now = gateway.clock.now()
+        code = InfCode.UNKNOWN_TRANSACTION if exc.status_code == 404 else InfCode.INVALID_INPUT
+        return _json(exc.status_code, refused("", Refusal(code, str(exc.detail), code=f"http_{exc.status_code}"), now))
+
+    @app.exception_handler(Exception)
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
+        now = gateway.clock.now()
+        return _json(200, refused("", KioskError("internal error; nothing was applied", code="internal"), now))
+
+    def make(infno: str, summary: str, model: type[BaseModel]):  # noqa: ANN202
+        async def endpoint(request: Request) -> JSONResponse:
+            raw = await request.body()
+            status, body = await run_in_threadpool(gateway.handle, raw, infno)
+            return _json(status, body)
+
+        endpoint.__name__ = f"txn_{infno.replace('.', '_')}"
+        app.add_api_route(
+            f"/fsi/api/{infno}", endpoint, methods=["POST"], summary=f"{infno}: {summary}",
+            description=(f"Body: the platform envelope. Decrypted request: `PlatformRequest` with `infno` "
+                         f"\"{infno}\" and `input` = schema `{infno}.input`. Decrypted answer: `PlatformResponse`."),
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Envelope"}}}}},
+            response_model=None, tags=["transactions"])
+
+    for infno, route in gateway.routes.items():
+        make(infno, route.summary, route.model)
+
+    @app.get("/keys", tags=["keys"], summary="the service's public keys (SM2 to verify answers, X25519 to seal to)")
+    def keys() -> dict[str, str]:
+        return gateway.keys.public()
+
+    @app.get("/health", tags=["ops"])
+    def health() -> dict[str, str]:
+        return {"status": "ok", "service": gateway.service}
+
+    @app.post("/admin/terminals", tags=["admin"], summary="register or re-key a terminal (operator token)")
+    def register(reg: TerminalRegistration, x_admin_token: str = Header(default="")) -> JSONResponse:
+        now = gateway.clock.now()
+        if not hmac.compare_digest(x_admin_token.encode(), token.encode()):
+            return _json(401, refused("", Refusal(InfCode.UNKNOWN_TERMINAL, "admin token missing or wrong",
+                                                  field="x-admin-token"), now))
+        secret = reg.app_secret or secrets.token_hex(16)
+        try:
+            gateway.register_terminal(reg.app_id, secret, reg.sm2_public, reg.fixmedins_code)
+        except KioskError as e:
+            return _json(400, refused("", e, now))
+        return _json(200, {"infcode": 0, "err_msg": "", "output": {"app_id": reg.app_id, "app_secret": secret,
+                                                                     "service_keys": gateway.keys.public()}})
+
+    schemas: dict[str, Any] = {"Envelope": envelope_schema}
+    for name, model in [("PlatformRequest", PlatformRequest), ("PlatformResponse", PlatformResponse)]:
+        schemas[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for infno, route in gateway.routes.items():
+        s = route.model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for k, v in s.pop("$defs", {}).items():
+            schemas.setdefault(k, v)
+        schemas[f"{infno}.input"] = s
+    for name, model in (extra_schemas or {}).items():
+        schemas[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = base_openapi()
+        doc.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,216 @@
+"""The national platform's transaction model, shared by the centre, the bank and their clients.
+
+A request names its transaction (`infno`), carries a unique `msgid` and the
+institution's header fields, and puts the transaction's data in `input`. An
+answer carries `infcode` (0 = success), `inf_refmsgid` (the msgid answered),
+`err_msg` and `output`. Field names are the platform's, kept verbatim.
+
+Failures are answers, not HTTP errors: every refusal has a non-zero `infcode`,
+a machine `err_code` and a human `err_msg` naming the field.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kiosk.clock import SHANGHAI
+from kiosk.errors import (
+    ConflictError,
+    InputError,
+    IntegrityError,
+    KioskError,
+    RemoteError,
+    StorageError,
+)
+
+MSGID_RE = re.compile(r"^[A-Z0-9]{12}\d{14}\d{4}$")
+ADMDVS_RE = re.compile(r"^\d{6}$")
+
+
+class InfCode(IntEnum):
+    """Answer codes. 0 is success; everything else is a refusal with a reason."""
+
+    OK = 0
+    INVALID_INPUT = 1001
+    UNKNOWN_TRANSACTION = 1002
+    MSGID_CONFLICT = 1003
+    BAD_ENVELOPE = 1004
+    REPLAYED = 1005
+    NOT_SIGNED_IN = 1006
+    UNKNOWN_TERMINAL = 1007
+    NOT_FOUND = 2001
+    IDENTITY_MISMATCH = 2002
+    NOT_ACTIVATED = 2003
+    FACE_RETRY = 2004
+    LOCKED = 2005
+    FACE_NOT_MATCHED = 2006
+    ALREADY_REVERSED = 3001
+    RELATION_NOT_ALLOWED = 3002
+    NO_AUTHORISATION = 3003
+    BUSINESS_REFUSED = 3004
+    STORAGE = 9001
+    INTERNAL = 9999
+
+
+class Refusal(KioskError):
+    """A transaction refused with a platform answer code (an expected outcome at the edge)."""
+
+    def __init__(self, infcode: InfCode, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, code=code or infcode.name.lower(), field=field)
+        self.infcode = infcode
+
+
+def infcode_for(exc: BaseException) -> InfCode:
+    """Map a project fault onto an answer code."""
+    if isinstance(exc, Refusal):
+        return exc.infcode
+    if isinstance(exc, ConflictError):
+        return InfCode.MSGID_CONFLICT
+    if isinstance(exc, InputError):
+        return InfCode.INVALID_INPUT
+    if isinstance(exc, IntegrityError):
+        return InfCode.BAD_ENVELOPE
+    if isinstance(exc, StorageError):
+        return InfCode.STORAGE
+    return InfCode.INTERNAL
+
+
+def validation_message(err: ValidationError, prefix: str = "input") -> tuple[str, str]:
+    """First pydantic error as (field path, one clear sentence)."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
+    field = f"{prefix}.{loc}" if loc and prefix else (loc or prefix)
+    msg = str(first.get("msg", "is invalid"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return field, msg
+
+
+def parse_model(model: type[BaseModel], data: Any, prefix: str = "input") -> Any:
+    """Validate `data` against `model`; a failure becomes InputError naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        field, msg = validation_message(e, prefix)
+        raise InputError(msg, field=field) from None
+
+
+class PlatformRequest(BaseModel):
+    """The decrypted request: the platform's header fields and `input`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    infno: str = Field(min_length=1, max_length=32, description="transaction code, e.g. 2207")
+    msgid: str = Field(description="institution code (12) + yyyyMMddHHmmss + 4 digits = 30 characters")
+    mdtrtarea_admvs: str = Field(default="", description="area code of the place of treatment (6 digits)")
+    insuplc_admdvs: str = Field(default="", description="insured's area code (6 digits)")
+    recer_sys_code: str = Field(default="KIOSK", max_length=20)
+    dev_no: str = Field(default="", max_length=64)
+    dev_safe_info: str = Field(default="", max_length=256)
+    cainfo: str = Field(default="", max_length=1024)
+    signtype: str = Field(default="SM2")
+    infver: str = Field(default="V1.0")
+    opter_type: str = Field(default="1", max_length=3)
+    opter: str = Field(default="", max_length=30)
+    opter_name: str = Field(default="", max_length=50)
+    inf_time: str = Field(default="", description="yyyy-MM-dd HH:mm:ss")
+    fixmedins_code: str = Field(default="", max_length=30)
+    fixmedins_name: str = Field(default="", max_length=200)
+    sign_no: str = Field(default="", max_length=64)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("msgid")
+    @classmethod
+    def _msgid(cls, v: str) -> str:
+        if not MSGID_RE.match(v):
+            raise ValueError("must be 30 characters: 12 institution-code characters, yyyyMMddHHmmss and 4 digits")
+        return v
+
+    @field_validator("mdtrtarea_admvs", "insuplc_admdvs")
+    @classmethod
+    def _admdvs(cls, v: str) -> str:
+        if v and not ADMDVS_RE.match(v):
+            raise ValueError("must be a 6-digit area code")
+        return v
+
+    @field_validator("infver")
+    @classmethod
+    def _infver(cls, v: str) -> str:
+        if v != "V1.0":
+            raise ValueError("only V1.0 is spoken")
+        return v
+
+
+class PlatformResponse(BaseModel):
+    """The decrypted answer."""
+
+    infcode: int = Field(description="0 = success; anything else is a refusal")
+    inf_refmsgid: str = Field(default="", description="the msgid this answers")
+    refmsg_time: str = ""
+    respond_time: str = ""
+    err_code: str = Field(default="", description="machine reason code (empty on success)")
+    err_field: str = Field(default="", description="the input field at fault, when known")
+    err_msg: str = ""
+    output: dict[str, Any] = Field(default_factory=dict)
+
+
+def platform_time(dt: datetime) -> str:
+    return dt.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def new_msgid(institution: str, now: datetime) -> str:
+    """A fresh msgid: institution code (padded/cut to 12) + local time + 4 random digits."""
+    inst = re.sub(r"[^A-Z0-9]", "0", institution.upper())[:12].ljust(12, "0")
+    return inst + now.astimezone(SHANGHAI).strftime("%Y%m%d%H%M%S") + f"{secrets.randbelow(10000):04d}"
+
+
+def body_digest(infno: str, data: dict[str, Any]) -> str:
+    """Digest of what a message asks for: a msgid replayed with another digest is a conflict."""
+    canon = json.dumps({"infno": infno, "input": data}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def ok(req_msgid: str, output: dict[str, Any], now: datetime) -> dict[str, Any]:
+    t = platform_time(now)
+    return PlatformResponse(infcode=0, inf_refmsgid=req_msgid, refmsg_time=t, respond_time=t, output=output).model_dump()
+
+
+def refused(req_msgid: str, exc: KioskError, now: datetime) -> dict[str, Any]:
+    t = platform_time(now)
+    return PlatformResponse(
+        infcode=int(infcode_for(exc)),
+        inf_refmsgid=req_msgid,
+        refmsg_time=t,
+        respond_time=t,
+        err_code=exc.code,
+        err_field=exc.field or "",
+        err_msg=str(exc),
+    ).model_dump()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer as a client sees it; `raise_for_refusal` turns a refusal into RemoteError."""
+
+    infcode: int
+    err_code: str
+    err_msg: str
+    output: dict[str, Any]
+    msgid: str
+
+    @property
+    def ok(self) -> bool:
+        return self.infcode == 0
+
+    def raise_for_refusal(self) -> "Answer":
+        if self.infcode != 0:
+            raise RemoteError(self.err_msg or "refused", code=self.err_code or f"infcode_{self.infcode}")
+        return self
