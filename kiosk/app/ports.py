@@ -20,13 +20,19 @@ class Camera(Protocol):
         """The next BGR frame, or None when none is ready yet."""
 
 
+class Probe(Protocol):
+    """A captured face, held in memory only; leaves the device only sealed to the
+    centre for one purpose ('auth' or 'activate') of one session."""
+
+    def sealed(self, purpose: str) -> str: ...
+
+
 @dataclass(frozen=True)
 class Capture:
-    """A captured live face: reason 'ok' with `probe` (the template sealed to the
-    centre, Base64), or the reason to retry ('spoof_suspected', a quality reason)."""
+    """reason 'ok' with a `probe`, or the reason to retry ('spoof_suspected', a quality reason)."""
 
     reason: str
-    probe: str = ""
+    probe: Probe | None = None
 
 
 class Vision(Protocol):
@@ -92,9 +98,9 @@ class SettleResult:
 
 
 class Centre(Protocol):
-    def face_auth(self, probe: str, order_id: str) -> FaceAuth: ...
+    def face_auth(self, probe: Probe, session_id: str) -> FaceAuth: ...
 
-    def activate(self, probe: str, id_no: str, order_id: str) -> Activation: ...
+    def activate(self, probe: Probe, id_no: str, session_id: str) -> Activation: ...
 
     def presettle(self, person: Person, bill: dict[str, Any], order_id: str) -> SettleResult: ...
 

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kiosk.errors import ConflictError, InputError, KioskError, RemoteError, StorageError
-from kiosk.money import fen_to_yuan, yuan_to_fen
+from kiosk.money import fen_to_yuan, parse_decimal, yuan_to_fen
 from kiosk.app.pos_auth import AuthError, PosAuth
 from kiosk.app.store import OrderRow
 from kiosk.app.terminal import Terminal, order_from_request
@@ -35,21 +35,17 @@ _YUAN = r"^\d{1,9}(\.\d{1,2})?$"
 
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    code: str = Field(min_length=1, max_length=64, description="medins_list_codg")
+    code: str = Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="catalogue code (med_list_codg); the centre knows its class A/B/C")
     name: str | None = Field(default=None, max_length=80, description="shown on the screen and receipt")
-    category: Literal["A", "B", "C"] = Field(description="甲类 A / 乙类 B / 丙类 C")
     price: str = Field(pattern=r"^\d{1,8}(\.\d{1,4})?$", description="yuan per unit, up to 4 dp")
-    qty: str = Field(pattern=r"^\d{1,7}(\.\d{1,4})?$", description="quantity, up to 4 dp")
-    selfpay_prop: str | None = Field(default=None, pattern=r"^(0(\.\d{1,4})?|1(\.0{1,4})?)$")
-    price_ceiling: str | None = Field(default=None, pattern=r"^\d{1,8}(\.\d{1,4})?$")
+    qty: str = Field(pattern=r"^\d{1,7}(\.\d{1,4})?$", description="quantity, up to 4 dp, more than 0")
 
 
 class BillIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    profile: str = Field(min_length=1, max_length=64, examples=["qingdao-employee-outpatient"])
-    institution_level: Literal[1, 2, 3]
+    med_type: Literal["11", "14", "41"] = Field(default="11", description="11 outpatient, 14 chronic, 41 pharmacy")
     items: list[ItemIn] = Field(min_length=1, max_length=500)
-    conditions: list[Literal["htn", "dm"]] = Field(default_factory=list, max_length=2)
 
 
 class OrderIn(BaseModel):
@@ -131,10 +127,9 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
         if body.mode in ("outpatient", "discharge"):
             if body.bill is None:
                 raise InputError("is required for outpatient and discharge orders", field="bill")
-            from kiosk.settlement.bill import parse_bill
-
-            parse_bill({k: v for k, v in req["bill"].items() if k != "items"} | {
-                "items": [{k: v for k, v in it.items() if k != "name"} for it in req["bill"]["items"]]})
+            for i, it in enumerate(body.bill.items):
+                if parse_decimal(it.qty, f"bill.items[{i}].qty") <= 0:
+                    raise InputError("must be more than 0", field=f"bill.items[{i}].qty")
         if body.mode == "admission" and (body.deposit is None or yuan_to_fen(body.deposit, "deposit") <= 0):
             raise InputError("is required (more than 0.00) for an admission", field="deposit")
         if body.mode == "discharge":

@@ -19,7 +19,7 @@ from kiosk.money import fen_to_yuan
 from kiosk.app.flow import Machine, Snapshot, State
 from kiosk.app.idcard import valid_id_number
 from kiosk.app.prompts import REASONS
-from kiosk.app.ports import Bank, Camera, Centre, KeyEntry, Keypad, Line, Person, Printer, Split, Vision
+from kiosk.app.ports import Bank, Camera, Centre, KeyEntry, Keypad, Line, Person, Printer, Probe, Split, Vision
 
 
 @dataclass
@@ -114,6 +114,7 @@ class CounterSession:
         self.line: Line | None = None
         self.draw_amount = 0
         self._multi = 0
+        self._entries = 0
 
     # -------------------------------------------------------------- driver
     def cancel(self, by: str = "cashier") -> bool:
@@ -196,7 +197,7 @@ class CounterSession:
         else:
             self.m.prompt(reason if reason in REASONS else "face_quality")
 
-    def _capture_and_verify(self) -> str:
+    def _capture_and_verify(self) -> Probe:
         self._go(State.FACE_CAPTURE)
         spoofs = 0
         self._multi = 0
@@ -220,6 +221,7 @@ class CounterSession:
         self._go(State.MATCH)
         self._check()
         self.journal.record(self.order.order_id, "face_auth")
+        assert cap.probe is not None
         auth = self.d.centre.face_auth(cap.probe, self.session_id)
         if auth.status == "matched" and auth.person:
             self.person = auth.person
@@ -231,7 +233,7 @@ class CounterSession:
             self._fail("not_matched")
         return cap.probe
 
-    def _activate(self, probe: str) -> Person:
+    def _activate(self, probe: Probe) -> Person:
         left = self.limits.id_tries
         self._go(State.ID_ENTRY, attempts_left=left)
         while True:
@@ -258,6 +260,8 @@ class CounterSession:
     def _keys(self, on_update: Callable[[KeyEntry], None] | None = None) -> KeyEntry:
         """Run one keypad entry until it ends; cancel/timeout of the session end it too."""
         h = self.d.keypad.start(max(1.0, self.m.seconds_left()))
+        self._entries += 1
+        self.m.set_info(keypad_on=True, keypad_entry=self._entries)  # the screen (and a scripted patient) may type now
         try:
             last: KeyEntry | None = None
             while True:
@@ -281,6 +285,8 @@ class CounterSession:
                 self.d.keypad.stop(h)
             except KioskError:
                 pass
+            if not self.m.terminal:
+                self.m.set_info(keypad_on=False)
 
     def _read_id(self, left: int) -> str:
         def show(e: KeyEntry) -> None:
@@ -328,7 +334,7 @@ class CounterSession:
             a["credit_holder"] = self.line.holder_name
         return a
 
-    def _pay(self, probe: str) -> Outcome:
+    def _pay(self, probe: Probe) -> Outcome:
         assert self.person is not None
         split = self._presettle()
         self._go(State.CONFIRM)

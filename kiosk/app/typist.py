@@ -6,10 +6,9 @@ firmware-bridge simulator when the session reaches a state.
     typist.plan("confirm", "<enter>")
     runtime.listeners.append(typist.on_snapshot)
 
-Each planned entry is used once, in order, per visit of its state. Keys go
-through the simulated MCU as real KEY events over the serial link; the MCU
-drops keys while the keypad is off, so a plan is retried until all its keys
-were taken.
+Each planned entry is used once, in order, each time the session switches
+the keypad on in that state (`info.keypad_on`, `info.keypad_entry`). Keys go
+through the simulated MCU as real KEY events over the serial link.
 """
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ class Typist:
         self.retry_s = retry_s
         self._plans: dict[str, deque[str]] = defaultdict(deque)
         self._q: queue.Queue[str | None] = queue.Queue()
-        self._last: dict[str, str | None] = {}
+        self._done: set[tuple[str, Any]] = set()
         self._lock = threading.Lock()
         self.typed: list[tuple[str, str]] = []
         self.errors: list[str] = []
@@ -50,14 +49,17 @@ class Typist:
             self._plans.clear()
 
     def on_snapshot(self, snap: Any) -> None:
-        """Type the next plan of a state each time a session enters it."""
+        """Type the next plan of a state each time the session switches the keypad on in it."""
         state = getattr(snap, "state", None)
         sid = getattr(snap, "session_id", "")
+        info = getattr(snap, "info", {}) or {}
+        if not info.get("keypad_on"):
+            return
+        entry = (sid, info.get("keypad_entry"))
         with self._lock:
-            prev = self._last.get(sid)
-            self._last[sid] = state
-            if prev == state or not self._plans.get(state):
+            if entry in self._done or not self._plans.get(state):
                 return
+            self._done.add(entry)
             keys = self._plans[state].popleft()
         self._q.put(keys)
 

@@ -42,9 +42,9 @@ def device_seal():
 
     key = X25519PrivateKey.generate()
 
-    def _seal(template: np.ndarray, session_id: str) -> str:
+    def _seal(template: np.ndarray, session_id: str, purpose: str) -> str:
         blob = seal(np.asarray(template, dtype=np.float32).tobytes(), key.public_key(), "test-k1",
-                    SealContext("test-device", session_id, "face_auth"))
+                    SealContext("test-device", session_id, purpose))
         return base64.b64encode(blob).decode()
 
     return _seal

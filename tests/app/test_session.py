@@ -50,7 +50,7 @@ class Centre:
         return [s for s, _ in self.store.steps("t", "o1")]
 
     def face_auth(self, probe, session_id):
-        assert probe and "face_auth" == self._journal()[-1]
+        assert probe.sealed("auth") and "face_auth" == self._journal()[-1]
         self.calls.append(("face_auth", session_id))
         return self.auth
 

@@ -31,8 +31,25 @@ class _Observed:
         return getattr(self._pipe, name)
 
 
+class SealingProbe:
+    """The template, kept in memory, sealed on demand for one purpose of one session."""
+
+    __slots__ = ("_template", "_seal", "_session_id")
+
+    def __init__(self, template: np.ndarray, seal: Callable[[np.ndarray, str, str], str], session_id: str) -> None:
+        self._template, self._seal, self._session_id = template, seal, session_id
+
+    def sealed(self, purpose: str) -> str:
+        return self._seal(self._template, self._session_id, purpose)
+
+    def __repr__(self) -> str:  # never print a template
+        return "SealingProbe(<in memory>)"
+
+
 class PipelineVision:
-    def __init__(self, pipe: FacePipeline, seal: Callable[[np.ndarray, str], str]) -> None:
+    """`seal(template, session_id, purpose) -> Base64` seals to the centre (kiosk.security)."""
+
+    def __init__(self, pipe: FacePipeline, seal: Callable[[np.ndarray, str, str], str]) -> None:
         self.pipe = pipe
         self.seal = seal
 
@@ -40,5 +57,4 @@ class PipelineVision:
         probe = FacePipeline.probe_template(_Observed(self.pipe, on_frame), frames)  # type: ignore[arg-type]
         if not probe.ok or probe.template is None:
             return Capture(probe.reason)
-        sealed = self.seal(probe.template, session_id)
-        return Capture("ok", sealed)
+        return Capture("ok", SealingProbe(probe.template, self.seal, session_id))
