@@ -65,8 +65,10 @@ def canonical_data(payload: Mapping[str, Any]) -> str:
         v = payload[k]
         if isinstance(v, bool):
             v = "true" if v else "false"
-        elif isinstance(v, (int, float)):
-            v = json.dumps(v)
+        elif isinstance(v, int):
+            v = str(v)
+        elif isinstance(v, float):  # JavaScript's String(number) for the usual cases
+            v = str(int(v)) if v.is_integer() and abs(v) < 1e21 else repr(v)
         elif isinstance(v, list):
             v = [{kk: item[kk] for kk in sorted(item)} if isinstance(item, dict) else item for item in v]
         if _empty(v):

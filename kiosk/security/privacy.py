@@ -4,7 +4,7 @@ Used after a face session (tests, a technician check) on the data dir, logs and
 temp dir. It looks *inside* every file (SQLite pages, WAL files, logs), not just
 at names, for:
 - image containers anywhere in a file: JPEG (SOI + JFIF/Exif/DQT), PNG, GIF,
-  BMP (full header check), WebP, TIFF, NumPy .npy, and Base64-encoded JPEG/PNG;
+  BMP (full header check), WebP, TIFF, binary PGM/PPM, NumPy .npy, and Base64-encoded JPEG/PNG;
 - float vectors: >= 128 consecutive float32 (or >= 64 float64) values all finite
   with 1e-6 <= |x| < 64 at one alignment -- what an embedding looks like; random
   ciphertext passes that test per value ~10% of the time, text almost never,
@@ -35,12 +35,13 @@ _GIF = re.compile(rb"GIF8[79]a")
 _BMP = re.compile(rb"BM.{4}\x00\x00\x00\x00.{4}(?:\x0c|\x28|\x38|\x40|\x6c|\x7c)\x00\x00\x00", re.S)
 _WEBP = re.compile(rb"RIFF.{4}WEBPVP8", re.S)
 _TIFF = re.compile(rb"(?:II\x2a\x00|MM\x00\x2a)")
+_PNM = re.compile(rb"P[56][ \t\r\n]+(?:#[^\n]*\n[ \t\r\n]*)*[1-9]\d{0,4}[ \t\r\n]+[1-9]\d{0,4}[ \t\r\n]+(?:255|65535)[ \t\r\n]")
 _NPY = re.compile(rb"\x93NUMPY[\x01-\x03]\x00")
 _B64IMG = re.compile(rb"/9j/4[A-Za-z0-9+/]{40}|iVBORw0KGgo[A-Za-z0-9+/]{40}")
 _NUM = rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 _FLOAT_LIST = re.compile(rb"\[\s*" + _NUM + rb"(?:\s*,\s*" + _NUM + rb"){63,}")
 
-_SIGNATURES = (("jpeg", _JPEG), ("png", _PNG), ("gif", _GIF), ("bmp", _BMP), ("webp", _WEBP),
+_SIGNATURES = (("jpeg", _JPEG), ("png", _PNG), ("gif", _GIF), ("bmp", _BMP), ("webp", _WEBP), ("pgm_ppm", _PNM),
                ("npy", _NPY), ("base64_image", _B64IMG), ("float_list_text", _FLOAT_LIST))
 
 

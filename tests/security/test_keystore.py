@@ -1,0 +1,92 @@
+"""Device identity: permissions, encryption at rest, rotation that keeps old keys."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from kiosk.errors import ConfigError, IntegrityError
+from kiosk.security.keystore import KeyStore
+from kiosk.security.seal import SealContext, seal
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_init_creates_private_store(tmp_path: Path) -> None:
+    ks = KeyStore.init(tmp_path / "keys", device_id="KIOSK-TEST-1")
+    d = tmp_path / "keys"
+    assert _mode(d) == 0o700 and _mode(d / "keys") == 0o700
+    for f in d.rglob("*"):
+        if f.is_file():
+            assert _mode(f) == 0o600, f
+    ident = ks.public_identity()
+    assert ident["device_id"] == "KIOSK-TEST-1" and ident["kid"] == ks.current_kid
+    assert len(bytes.fromhex(ident["ed25519"])) == 32 and len(bytes.fromhex(ident["sm2"])) == 65
+    with pytest.raises(ConfigError):
+        KeyStore.init(d)  # never overwrites an identity
+
+
+def test_open_refuses_a_store_others_can_read(tmp_path: Path) -> None:
+    KeyStore.init(tmp_path / "k")
+    os.chmod(tmp_path / "k", 0o755)
+    with pytest.raises(ConfigError) as e:
+        KeyStore.open(tmp_path / "k")
+    assert e.value.code == "keystore_permissions"
+
+
+def test_keys_survive_reopen_and_sign(tmp_path: Path) -> None:
+    ks = KeyStore.init(tmp_path / "k")
+    again = KeyStore.open(tmp_path / "k")
+    assert again.public_identity() == ks.public_identity()
+    sig = again.signing_key().sign(b"m")
+    ks.signing_key().public_key().verify(sig, b"m")
+    assert again.sm2_key().d == ks.sm2_key().d
+
+
+def test_passphrase_encrypts_private_keys_at_rest(tmp_path: Path) -> None:
+    ks = KeyStore.init(tmp_path / "k", passphrase="correct horse")
+    raw = (tmp_path / "k" / "keys" / f"{ks.current_kid}.json").read_text()
+    priv = ks.signing_key().private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                          serialization.NoEncryption())
+    assert priv.hex() not in raw and ks.sm2_key().to_bytes().hex() not in raw
+    assert "private_sealed" in json.loads(raw) and "private" not in json.loads(raw)
+    assert KeyStore.open(tmp_path / "k", passphrase="correct horse").sm2_key().d == ks.sm2_key().d
+    with pytest.raises(IntegrityError, match="wrong passphrase"):
+        KeyStore.open(tmp_path / "k", passphrase="wrong").signing_key()
+    with pytest.raises(ConfigError, match="passphrase"):
+        KeyStore.open(tmp_path / "k").signing_key()
+
+
+def test_tampered_key_file_is_refused(tmp_path: Path) -> None:
+    ks = KeyStore.init(tmp_path / "k")
+    p = tmp_path / "k" / "keys" / f"{ks.current_kid}.json"
+    doc = json.loads(p.read_text())
+    doc["public"]["x25519"] = "00" * 32
+    p.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match="disagree"):
+        KeyStore.open(tmp_path / "k").agreement_key()
+
+
+def test_rotation_keeps_old_versions_for_sealed_data(tmp_path: Path) -> None:
+    ks = KeyStore.init(tmp_path / "k", passphrase="pw")
+    old_kid = ks.current_kid
+    cached = ks.encrypt_at_rest(b"\x01\x02template", purpose="enrol-cache", record_id="E1")
+    ctx = SealContext(ks.device_id, "S1", "second-factor")
+    sealed_for_us = seal(b"crop", ks.agreement_key().public_key(), old_kid, ctx)
+    new_kid = ks.rotate()
+    assert new_kid != old_kid and new_kid.startswith("v0002-") and ks.kids() == [old_kid, new_kid]
+    reopened = KeyStore.open(tmp_path / "k", passphrase="pw")
+    assert reopened.current_kid == new_kid
+    assert reopened.public_identity()["ed25519"] != reopened.public_identity(old_kid)["ed25519"]
+    assert reopened.decrypt_at_rest(cached, purpose="enrol-cache", record_id="E1") == b"\x01\x02template"
+    assert reopened.open_sealed(sealed_for_us, ctx) == b"crop"
+    fresh = reopened.encrypt_at_rest(b"t2", purpose="enrol-cache", record_id="E2")
+    assert fresh[4:4 + len(new_kid)] == new_kid.encode()
+    with pytest.raises(IntegrityError):
+        reopened.decrypt_at_rest(cached, purpose="enrol-cache", record_id="E2")  # bound to its record
