@@ -1,0 +1,82 @@
+"""`kiosk crypto envelope`, `kiosk crypto open`, `kiosk audit verify`, `kiosk keys`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kiosk.cli import main
+from kiosk.security.audit import AuditLog
+from kiosk.security.envelope import open_envelope
+from kiosk.security.keystore import KeyStore
+from kiosk.security.sm import Sm2PrivateKey
+
+APP_ID, SECRET = "43AF047BBA47FC8A1AE8EFB232BDBBCB", "4117E877F5FA0A0188891283E4B617D5"
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KIOSK_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("KIOSK_KEY_PASSPHRASE", raising=False)
+    return tmp_path
+
+
+def test_envelope_with_a_pem_key(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = Sm2PrivateKey.generate()
+    (data_dir / "k.pem").write_text(key.to_pem())
+    (data_dir / "p.json").write_text(json.dumps({"psn_no": "P1", "amt": "1.00"}))
+    assert main(["crypto", "envelope", "--app-id", APP_ID, "--app-secret", SECRET,
+                 "--sm2-key", str(data_dir / "k.pem"), str(data_dir / "p.json")]) == 0
+    env = json.loads(capsys.readouterr().out)
+    assert set(env) == {"appId", "encType", "signType", "timestamp", "version", "encData", "signData"}
+    assert open_envelope(env, app_secret=SECRET, sm2_public_key=key.public_key()).payload == {"psn_no": "P1", "amt": "1.00"}
+    (data_dir / "env.json").write_text(json.dumps(env))
+    (data_dir / "pub.pem").write_text(key.public_key().to_pem())
+    assert main(["crypto", "open", "--app-id", APP_ID, "--app-secret", SECRET, "--sm2-pub", str(data_dir / "pub.pem"),
+                 str(data_dir / "env.json")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"psn_no": "P1", "amt": "1.00"}
+    (data_dir / "env.json").write_text(json.dumps({**env, "timestamp": "1"}))
+    assert main(["crypto", "open", "--app-id", APP_ID, "--app-secret", SECRET, "--sm2-pub", str(data_dir / "pub.pem"),
+                 str(data_dir / "env.json")]) == 2
+    assert "signData" in capsys.readouterr().err
+
+
+def test_envelope_errors_are_one_line(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (data_dir / "p.json").write_text("[1, 2]")
+    assert main(["crypto", "envelope", "--app-id", APP_ID, "--app-secret", SECRET, str(data_dir / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "payload" in err
+    (data_dir / "p.json").write_text("{")
+    assert main(["crypto", "envelope", "--app-id", APP_ID, "--app-secret", SECRET, str(data_dir / "p.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    (data_dir / "p.json").write_text("{}")
+    # no --sm2-key and no key store yet
+    assert main(["crypto", "envelope", "--app-id", APP_ID, "--app-secret", SECRET, str(data_dir / "p.json")]) == 2
+    assert "keys init" in capsys.readouterr().err
+
+
+def test_keys_and_audit_verify(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "init", "--device-id", "KIOSK-CLI-1"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["device_id"] == "KIOSK-CLI-1"
+    assert main(["keys", "rotate"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["kid"] != first["kid"]
+    assert main(["keys", "show"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["versions"] == [first["kid"], second["kid"]] and "BEGIN PUBLIC KEY" in shown["sm2_pem"]
+    (data_dir / "p.json").write_text('{"a": "b"}')
+    assert main(["crypto", "envelope", "--app-id", APP_ID, "--app-secret", SECRET, str(data_dir / "p.json")]) == 0
+    capsys.readouterr()
+
+    ks = KeyStore.open(data_dir / "keys")
+    log = AuditLog(data_dir / "audit.log", ks.audit_key())
+    for i in range(4):
+        log.append("admin_action", action=f"a{i}")
+    assert main(["audit", "verify"]) == 0
+    assert "intact: 4 records" in capsys.readouterr().out
+    lines = (data_dir / "audit.log").read_bytes().splitlines(keepends=True)
+    (data_dir / "audit.log").write_bytes(lines[0] + lines[2] + lines[3])
+    assert main(["audit", "verify", str(data_dir / "audit.log")]) == 1
+    assert "record 2" in capsys.readouterr().err
