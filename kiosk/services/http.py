@@ -81,7 +81,8 @@ def build_app(title: str, gateway: Gateway, data_dir: Path, *, description: str 
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         now = gateway.clock.now()
         code = InfCode.UNKNOWN_TRANSACTION if exc.status_code == 404 else InfCode.INVALID_INPUT
-        return _json(exc.status_code, refused("", Refusal(code, str(exc.detail), code=f"http_{exc.status_code}"), now))
+        msg = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return _json(exc.status_code, refused("", Refusal(code, msg, code=f"http_{exc.status_code}"), now))
 
     @app.exception_handler(Exception)
     async def _fault(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
