@@ -135,18 +135,23 @@ class DrawResult:
 
 
 class Bank(Protocol):
+    """Draws are made for `person` (the payer) from the line they may use (own or family)."""
+
     def line_for(self, person: Person) -> Line: ...
 
-    def draw(self, line: Line, person: Person, amount_fen: int, key: str, memo: str) -> DrawResult: ...
+    def draw(self, line: Line, person: Person, amount_fen: int, key: str, ref: str) -> DrawResult:
+        """`ref` names what is paid (the settlement id); `key` makes a retry harmless."""
 
-    def reverse_draw(self, key: str) -> bool:
-        """Undo the draw made with idempotency `key` (no-op if none). True when nothing remains drawn."""
+    def reverse_draw(self, key: str, payer: str) -> bool:
+        """Undo the draw made with idempotency `key` (no-op if none was made). True when nothing remains drawn."""
 
-    def hold(self, line: Line, person: Person, amount_fen: int, key: str) -> DrawResult: ...
+    def hold(self, line: Line, person: Person, amount_fen: int, key: str, ref: str) -> DrawResult: ...
 
-    def capture(self, hold_id: str, amount_fen: int, key: str) -> DrawResult: ...
+    def capture(self, ref: str, amount_fen: int, key: str) -> DrawResult: ...
 
-    def refund(self, draw_id: str, amount_fen: int, key: str) -> bool: ...
+    def release(self, ref: str, key: str) -> bool: ...
+
+    def refund(self, ref: str, amount_fen: int, key: str) -> bool: ...
 
 
 # ---------------------------------------------------------------- keypad + printer

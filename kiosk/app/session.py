@@ -315,7 +315,10 @@ class CounterSession:
             self._fail("bill_rejected" if pre.status == "bill_rejected" else "centre_unavailable")
         assert pre.split is not None
         self.split = pre.split
-        self.line = self.d.bank.line_for(self.person) if pre.split.psn_cash_pay > 0 else Line(kind="none")
+        if self.order.mode == "discharge" and self.order.hold_id:
+            self.line = Line(kind="hold", line_id=self.order.hold_id, available=pre.split.psn_cash_pay)
+        else:
+            self.line = self.d.bank.line_for(self.person) if pre.split.psn_cash_pay > 0 else Line(kind="none")
         if self.line.kind != "none" and self.line.available < pre.split.psn_cash_pay:
             self.draw_amount = 0  # the line cannot carry it: the cash share is paid at the counter
         else:
@@ -363,23 +366,27 @@ class CounterSession:
             assert self.line is not None
             amount = min(self.draw_amount, settled.psn_cash_pay)
             key = f"{oid}:draw"
-            self.journal.record(oid, "draw", {"key": key, "amount": amount, "line_id": self.line.line_id})
+            self.journal.record(oid, "draw", {"key": key, "amount": amount, "line_id": self.line.line_id,
+                                              "payer": self.person.psn_no, "ref": settled.setl_id})
             try:
-                dr = self.d.bank.draw(self.line, self.person, amount, key, memo=f"order {oid} setl {settled.setl_id}")
+                if self.line.kind == "hold":  # discharge: capture the admission's hold
+                    dr = self.d.bank.capture(self.line.line_id, amount, key)
+                else:
+                    dr = self.d.bank.draw(self.line, self.person, amount, key, ref=settled.setl_id)
             except RemoteError:
                 dr = None
             if dr is None or dr.status != "ok":
                 reason = "bank_unavailable" if dr is None or dr.status == "unknown" else dr.status
                 if dr is None or dr.status == "unknown":
                     try:
-                        self.d.bank.reverse_draw(key)
+                        self.d.bank.reverse_draw(key, self.person.psn_no)
                     except RemoteError:
                         self.journal.record(oid, "draw_unknown", {"key": key})
                         return self._failed_after_commit(reason, keep_open=True)
                 ok = self._undo_settlement(msgid, settled.setl_id)
                 return self._failed_after_commit(reason if reason in _MONEY_REASONS else "insufficient_credit",
                                                  keep_open=not ok)
-            draw_id = dr.draw_id
+            draw_id = dr.draw_id or settled.setl_id
             self.journal.record(oid, "drawn", {"key": key, "draw_id": draw_id, "amount": amount})
         self.draw_amount = min(self.draw_amount, settled.psn_cash_pay)
         self.m.set_amounts(**self._amounts(settled))
@@ -441,20 +448,22 @@ class CounterSession:
         self._wait_confirm()
         self._go(State.SETTLING)
         key = f"{self.order.order_id}:hold"
-        self.journal.record(self.order.order_id, "hold", {"key": key, "amount": self.order.deposit_fen})
+        ref = self.order.order_id
+        self.journal.record(self.order.order_id, "hold", {"key": key, "amount": self.order.deposit_fen, "ref": ref,
+                                                         "payer": self.person.psn_no})
         try:
-            hr = self.d.bank.hold(self.line, self.person, self.order.deposit_fen, key)
+            hr = self.d.bank.hold(self.line, self.person, self.order.deposit_fen, key, ref)
         except RemoteError:
             try:
-                self.d.bank.reverse_draw(key)
+                self.d.bank.release(ref, key + ":release")
             except RemoteError:
                 return self._failed_after_commit("bank_unavailable", keep_open=True)
             return self._failed_after_commit("bank_unavailable")
         if hr.status != "ok":
             return self._failed_after_commit(hr.status if hr.status in _MONEY_REASONS else "insufficient_credit")
-        out = Outcome(status="held", hold_id=hr.draw_id, credit_draw=0, psn_no=self.person.psn_no,
+        out = Outcome(status="held", hold_id=hr.draw_id or ref, credit_draw=0, psn_no=self.person.psn_no,
                       payer="family" if self.line.kind == "family" else "self")
-        self.journal.record(self.order.order_id, "held", {"hold_id": hr.draw_id, "outcome": out.to_json()})
+        self.journal.record(self.order.order_id, "held", {"hold_id": out.hold_id, "outcome": out.to_json()})
         self._go(State.PRINTING)
         try:
             pr = self.d.printer.print_receipt(receipt_lines(self.order, self.person, out, self.line))

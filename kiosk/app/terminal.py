@@ -231,12 +231,16 @@ class Terminal:
             self.store.set_status(row.system, oid, "paid", reason="interrupted", result=result)
             return "paid"
         # anything less is put back, draw first, then the settlement
-        if "draw" in names or "hold" in names:
-            key = (data.get("draw") or data.get("hold") or {}).get("key")
-            if key:
-                j.record(oid, "reverse_draw", {"key": key})
-                self.deps.bank.reverse_draw(key)
-                j.record(oid, "draw_reversed", {"key": key})
+        if "draw" in names:
+            d = data["draw"]
+            j.record(oid, "reverse_draw", {"key": d["key"]})
+            self.deps.bank.reverse_draw(d["key"], d.get("payer", ""))
+            j.record(oid, "draw_reversed", {"key": d["key"]})
+        if "hold" in names:
+            h = data["hold"]
+            j.record(oid, "release", {"ref": h["ref"]})
+            self.deps.bank.release(h["ref"], h["key"] + ":release")
+            j.record(oid, "released", {"ref": h["ref"]})
         if "settle" in names and "reversed" not in names:
             st = data["settle"]
             msgid = st["msgid"]

@@ -98,23 +98,26 @@ class Bank:
     def line_for(self, person):
         return self.line
 
-    def draw(self, line, person, amount_fen, key, memo):
+    def draw(self, line, person, amount_fen, key, ref):
         assert [s for s, _ in self.store.steps("t", "o1")][-1] == "draw"
         self.calls.append(("draw", amount_fen))
         return DrawResult(self.draw_status, "D1" if self.draw_status == "ok" else "", amount_fen)
 
-    def reverse_draw(self, key):
+    def reverse_draw(self, key, payer):
         self.calls.append(("reverse_draw", key))
         return True
 
-    def hold(self, line, person, amount_fen, key):
+    def hold(self, line, person, amount_fen, key, ref):
         self.calls.append(("hold", amount_fen))
         return DrawResult("ok", "H1", amount_fen)
 
     def capture(self, hold_id, amount_fen, key):
         return DrawResult("ok", "D2", amount_fen)
 
-    def refund(self, draw_id, amount_fen, key):
+    def release(self, ref, key):
+        return True
+
+    def refund(self, ref, amount_fen, key):
         self.calls.append(("refund", amount_fen))
         return True
 

@@ -1,0 +1,141 @@
+"""The Centre port over the insurance centre's platform API (kiosk.services.client).
+
+Refusal codes become the reasons the flow shows; transport faults that leave
+a settlement's fate unknown become status 'unknown' so the journal resolves
+them (2601 reverses a message whether or not it was applied).
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from kiosk.errors import RemoteError
+from kiosk.money import fen_to_yuan, round_fen, yuan_to_fen
+from kiosk.services.client import CentreClient
+from kiosk.services.protocol import Answer, InfCode
+from kiosk.app.ports import Activation, FaceAuth, Person, Probe, SettleResult, Split
+
+LOCK_MINUTES = 30
+
+
+def fee_lines(bill: dict[str, Any]) -> tuple[list[dict[str, str]], int]:
+    """The POS bill's items -> the platform's fee lines (det_item_fee_sumamt = round(pric x cnt))."""
+    lines, total = [], 0
+    for i, it in enumerate(bill.get("items") or []):
+        amt = round_fen(Decimal(it["price"]) * Decimal(it["qty"]))
+        total += amt
+        lines.append({"feedetl_sn": f"{i + 1:04d}", "med_list_codg": it["code"], "medins_list_codg": it["code"],
+                      "pric": str(it["price"]), "cnt": str(it["qty"]), "det_item_fee_sumamt": fen_to_yuan(amt)})
+    return lines, total
+
+
+def split_from(output: dict[str, Any]) -> Split:
+    s = output.get("setlinfo") or {}
+
+    def f(k: str) -> int:
+        return yuan_to_fen(s.get(k, "0.00") or "0.00", f"setlinfo.{k}", allow_negative=True)
+
+    return Split(medfee_sumamt=f("medfee_sumamt"), fund_pay_sumamt=f("fund_pay_sumamt"), psn_part_amt=f("psn_part_amt"),
+                 acct_pay=f("acct_pay"), acct_mulaid_pay=f("acct_mulaid_pay"), psn_cash_pay=f("psn_cash_pay"),
+                 setl_id=str(s.get("setl_id") or ""), mdtrt_id=str(s.get("mdtrt_id") or ""), raw=dict(s))
+
+
+def _person(out: dict[str, Any]) -> Person:
+    return Person(psn_no=out["psn_no"], name=out.get("psn_name", ""), ec_token=out.get("ecToken", ""),
+                  insutype=out.get("insutype", ""))
+
+
+class CentreAdapter:
+    def __init__(self, client: CentreClient) -> None:
+        self.client = client
+        self._mulaid: dict[str, bool] = {}
+
+    def _signed_in(self) -> None:
+        if not self.client.sign_no:
+            self.client.sign_in("kiosk")
+
+    def _call(self, fn: Any, *a: Any, **kw: Any) -> Answer:
+        self._signed_in()
+        ans: Answer = fn(*a, **kw)
+        if ans.infcode == InfCode.NOT_SIGNED_IN:
+            self.client.sign_in("kiosk")
+            ans = fn(*a, **kw)
+        return ans
+
+    def new_msgid(self) -> str:
+        return self.client.new_msgid()
+
+    # -- identity ---------------------------------------------------------------------------
+    def face_auth(self, probe: Probe, session_id: str) -> FaceAuth:
+        a = self._call(self.client.authenticate, probe.sealed("auth"), session_id)
+        if a.ok:
+            return FaceAuth("matched", _person(a.output))
+        if a.infcode in (InfCode.FACE_NOT_MATCHED, InfCode.NOT_ACTIVATED):
+            return FaceAuth("not_activated")  # first visit (or not recognised): the ID number decides
+        if a.infcode == InfCode.LOCKED:
+            return FaceAuth("id_locked", minutes=LOCK_MINUTES)
+        if a.infcode == InfCode.FACE_RETRY:
+            return FaceAuth("no_match")  # ambiguous 1:N; the phone-digits step is not offered on this terminal
+        raise RemoteError(f"face authentication refused: {a.err_msg}", code=a.err_code or "refused")
+
+    def activate(self, probe: Probe, id_no: str, session_id: str) -> Activation:
+        a = self._call(self.client.activate, probe.sealed("activate"), id_no, session_id)
+        if a.ok:
+            return Activation("ok", _person(a.output))
+        if a.infcode == InfCode.IDENTITY_MISMATCH:
+            return Activation("id_mismatch")
+        if a.infcode == InfCode.LOCKED:
+            return Activation("id_locked", minutes=LOCK_MINUTES)
+        if a.infcode in (InfCode.NOT_FOUND, InfCode.INVALID_INPUT):
+            return Activation("id_mismatch")
+        raise RemoteError(f"activation refused: {a.err_msg}", code=a.err_code or "refused")
+
+    # -- settlement ---------------------------------------------------------------------------
+    def _head(self, person: Person, bill: dict[str, Any], order_id: str, total: int, mulaid: bool) -> dict[str, Any]:
+        return {"psn_no": person.psn_no, "mdtrt_cert_type": "01", "mdtrt_cert_no": person.ec_token,
+                "medfee_sumamt": fen_to_yuan(total), "insutype": person.insutype or "310", "acct_used_flag": "1",
+                "acct_mulaid_flag": "1" if mulaid else "0", "chrg_bchno": order_id[:30],
+                **({} if bill.get("med_type", "11") == "41" else {"med_type": bill.get("med_type", "11")})}
+
+    def presettle(self, person: Person, bill: dict[str, Any], order_id: str) -> SettleResult:
+        lines, total = fee_lines(bill)
+        pharmacy = bill.get("med_type") == "41"
+        a = self._call(self.client.presettle, self._head(person, bill, order_id, total, True), lines, pharmacy=pharmacy)
+        if a.infcode == InfCode.NO_AUTHORISATION:  # no relative authorised mutual aid: own account only
+            a = self._call(self.client.presettle, self._head(person, bill, order_id, total, False), lines,
+                           pharmacy=pharmacy)
+            self._mulaid[person.psn_no] = False
+        else:
+            self._mulaid[person.psn_no] = True
+        if not a.ok:
+            return SettleResult("bill_rejected", detail=a.err_msg)
+        return SettleResult("ok", split_from(a.output))
+
+    def settle(self, person: Person, bill: dict[str, Any], order_id: str, msgid: str) -> SettleResult:
+        lines, total = fee_lines(bill)
+        mulaid = self._mulaid.get(person.psn_no, False)
+        try:
+            a = self._call(self.client.settle, self._head(person, bill, order_id, total, mulaid), lines,
+                           pharmacy=bill.get("med_type") == "41", msgid=msgid)
+        except RemoteError as e:
+            return SettleResult("unknown", detail=e.code)
+        if not a.ok:
+            return SettleResult("bill_rejected", detail=a.err_msg)
+        return SettleResult("ok", split_from(a.output))
+
+    def reverse(self, person: Person, msgid: str, setl_id: str | None) -> bool:
+        """2601 by the settling msgid: reverses it if applied, tombstones it if not (a late arrival is refused)."""
+        a = self._call(self.client.reverse_message, person.psn_no, msgid, "2207")
+        if a.ok and a.output.get("result") in ("reversed", "already_reversed", "not_applied"):
+            return True
+        raise RemoteError(f"reversal refused: {a.err_msg}", code=a.err_code or "refused")
+
+    def refund(self, person: Person, setl_id: str, amount_fen: int, key: str) -> bool:
+        """Whole refund of a settlement: 2208 (2103 for a pharmacy settlement)."""
+        for pharmacy in (False, True):
+            a = self._call(self.client.reverse, setl_id, person.psn_no, pharmacy=pharmacy)
+            if a.ok or a.infcode == InfCode.ALREADY_REVERSED:
+                return True
+            if a.infcode != InfCode.INVALID_INPUT:
+                break
+        raise RemoteError(f"the centre refused the refund: {a.err_msg}", code=a.err_code or "refused")

@@ -1,0 +1,232 @@
+"""The whole system on one machine, as the demo, the end-to-end tests and the
+bench run it: the insurance centre (8710) and the bank (8720) as their own
+processes on SQLite under `data_dir`, the firmware bridge (8730) on the MCU
+simulator, and the kiosk app (8740) in this process with a simulated camera.
+
+Real parts only: services over HTTP with their envelopes, the bridge over a
+pty to the simulated MCU, the face pipeline on the shared model pack.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiosk.config import Settings, load
+from kiosk.errors import ConfigError, RemoteError
+from kiosk.app.procs import Child, python
+
+log = logging.getLogger("kiosk.app.stack")
+
+FIXMEDINS = "H37020200001"   # the demo clinic (Qingdao, level 1), seeded by kiosk.services.seed
+POS_SYSTEM = "demo-pos"
+
+
+@dataclass
+class Ports:
+    centre: int = 8710
+    bank: int = 8720
+    bridge: int = 8730
+    kiosk: int = 8740
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    settings: Settings = field(default_factory=load)
+    fixmedins: str = FIXMEDINS
+    children: dict[str, Child] = field(default_factory=dict)
+    demo_people: list[dict[str, str]] = field(default_factory=list)
+    identity: dict[str, Any] = field(default_factory=dict)
+    runtime: Any = None
+    server: Any = None
+    camera: Any = None
+    bridge: Any = None
+    centre_client: Any = None
+    bank_client: Any = None
+    pos_key: str = ""
+    pipeline: Any = None
+
+    # ------------------------------------------------------------------ processes
+    def _env(self) -> dict[str, str]:
+        return {"KIOSK_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
+
+    def url(self, what: str) -> str:
+        return f"http://127.0.0.1:{getattr(self.ports, what)}"
+
+    def start_centre(self) -> Child:
+        c = Child("insurance centre", [python(), "-m", "uvicorn", "--factory", "kiosk.services.centre.app:app_from_env",
+                                       "--host", "127.0.0.1", "--port", str(self.ports.centre), "--log-level", "warning"],
+                  health_url=self.url("centre") + "/health", log_path=self.data_dir / "logs" / "centre.log",
+                  env=self._env()).start()
+        self.children["centre"] = c
+        return c
+
+    def start_bank(self) -> Child:
+        c = Child("bank", [python(), "-m", "uvicorn", "--factory", "kiosk.services.bank.app:app_from_env",
+                           "--host", "127.0.0.1", "--port", str(self.ports.bank), "--log-level", "warning"],
+                  health_url=self.url("bank") + "/health", log_path=self.data_dir / "logs" / "bank.log",
+                  env=self._env()).start()
+        self.children["bank"] = c
+        return c
+
+    def start_bridge(self) -> Child:
+        c = Child("firmware bridge", [python(), "-m", "firmware_bridge.service", "--serial", "sim",
+                                      "--port", str(self.ports.bridge)],
+                  health_url=self.url("bridge") + "/v1/status", log_path=self.data_dir / "logs" / "bridge.log",
+                  env=self._env()).start()
+        self.children["bridge"] = c
+        return c
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, fresh: bool) -> None:
+        if fresh and self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def seed_centre(self) -> list[dict[str, str]]:
+        """Reference data and the named demo people (templates from the shared images, sealed)."""
+        from kiosk.services.centre.app import build_centre, centre_db_url
+        from kiosk.services.seed import seed_demo
+        from kiosk.storage import open_database
+
+        db = open_database(centre_db_url(self.data_dir))
+        try:
+            service, _gw = build_centre(db, self.data_dir)
+            self.demo_people = seed_demo(db, service.keys, self.settings.demo_faces, self.face_pipeline())
+        finally:
+            db.close()
+        (self.data_dir / "demo_people.json").write_text(json.dumps(self.demo_people, ensure_ascii=False, indent=1))
+        return self.demo_people
+
+    def face_pipeline(self) -> Any:
+        if self.pipeline is None:
+            from kiosk.vision.pipeline import FacePipeline
+
+            self.pipeline = FacePipeline.from_settings(self.settings)
+        return self.pipeline
+
+    def register_terminal(self) -> dict[str, Any]:
+        """The terminal's keys (kiosk.security key store) registered with both services."""
+        from kiosk.security.keystore import KeyStore
+        from kiosk.services.client import register_terminal
+        from kiosk.services.http import admin_token
+
+        ident_path = self.data_dir / "terminal.json"
+        ks = KeyStore.open_or_init(self.data_dir / "keys", device_id="KIOSK-DEMO-000001")
+        pub = ks.sm2_key().public_key().to_bytes().hex()
+        token = admin_token(self.data_dir)
+        ident: dict[str, Any] = {"app_id": ks.device_id, "fixmedins_code": self.fixmedins, "services": {}}
+        for name in ("centre", "bank"):
+            out = register_terminal(self.url(name), token, ks.device_id, pub, self.fixmedins)
+            ident["services"][name] = {"app_secret": out["app_secret"], "keys": out["service_keys"]}
+        fd = os.open(ident_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(ident, f, indent=1)
+        self.identity = ident
+        self._keystore = ks
+        return ident
+
+    def clients(self) -> tuple[Any, Any]:
+        from kiosk.services.client import BankClient, CentreClient, ServiceIdentity
+
+        def ident(name: str) -> ServiceIdentity:
+            s = self.identity["services"][name]
+            k = s["keys"]
+            return ServiceIdentity(app_id=self.identity["app_id"], app_secret=s["app_secret"],
+                                   sm2_key=self._keystore.sm2_key(), fixmedins_code=self.fixmedins,
+                                   service_sm2_public=k["sm2"], service_x25519=k["x25519"], service_kid=k["kid"])
+
+        self.centre_client = CentreClient(self.url("centre"), ident("centre"), timeout=10.0)
+        self.bank_client = BankClient(self.url("bank"), ident("bank"), timeout=10.0)
+        return self.centre_client, self.bank_client
+
+    # ------------------------------------------------------------------ kiosk
+    def build_kiosk(self, *, timeouts: dict[Any, float] | None = None, serve: bool = True) -> Any:
+        from firmware_bridge.client import BridgeClient
+        from kiosk.app.adapters.bank import BankAdapter
+        from kiosk.app.adapters.bridge import BridgeKeypad, BridgePrinter
+        from kiosk.app.adapters.camera import ImageCamera
+        from kiosk.app.adapters.centre import CentreAdapter
+        from kiosk.app.adapters.vision import PipelineVision
+        from kiosk.app.pos_auth import add_system
+        from kiosk.app.runtime import ServerThread, build
+        from kiosk.app.session import Deps
+        from kiosk.storage import open_database
+
+        centre, bank = self.centre_client, self.bank_client
+        if centre is None:
+            centre, bank = self.clients()
+        self.bridge = BridgeClient(self.url("bridge"))
+        self.camera = ImageCamera()
+        vision = PipelineVision(self.face_pipeline(), centre.seal_face)
+        deps = Deps(camera=self.camera, vision=vision, centre=CentreAdapter(centre), bank=BankAdapter(bank),
+                    keypad=BridgeKeypad(self.bridge), printer=BridgePrinter(self.bridge))
+        self.pos_key = add_system(self.data_dir, POS_SYSTEM)
+        from kiosk.app.pos_auth import load_systems
+
+        db = open_database(f"sqlite:///{self.data_dir / 'kiosk.db'}")
+        self.runtime = build(db, deps, load_systems(self.data_dir), timeouts=timeouts,
+                             status_probe=self._status)
+        self.runtime.start()
+        if serve:
+            self.server = ServerThread(self.runtime.app, port=self.ports.kiosk).start()
+        return self.runtime
+
+    def _status(self) -> dict[str, Any]:
+        try:
+            b = self.bridge.status()
+        except Exception:  # noqa: BLE001
+            b = None
+        net = True
+        for name in ("centre", "bank"):
+            try:
+                import httpx
+
+                httpx.get(self.url(name) + "/health", timeout=1.0).raise_for_status()
+            except Exception:  # noqa: BLE001
+                net = False
+        return {"bridge": b, "network_ok": net, "camera_ok": self.camera is not None}
+
+    def pos(self) -> Any:
+        from kiosk.app.pos_client import PosClient
+
+        return PosClient(self.url("kiosk"), POS_SYSTEM, self.pos_key)
+
+    def person(self, name_or_psn: str) -> dict[str, str]:
+        for p in self.demo_people:
+            if name_or_psn in (p["psn_no"], p["psn_name"]):
+                return p
+        raise ConfigError(f"no demo person {name_or_psn!r}", field="person")
+
+    def faces_of(self, person: dict[str, str], shots: tuple[int, ...] = (1, 3)) -> list[Path]:
+        """Other photos of the person than the one enrolled (a live visit, not the ID photo)."""
+        img = self.settings.demo_faces / person["image"]
+        out = []
+        for s in shots:
+            p = img.with_name(img.name.replace("_0.", f"_{s}."))
+            if p.exists() and p != img:
+                out.append(p)
+        return out or [img]
+
+    # ------------------------------------------------------------------ shutdown
+    def stop(self) -> None:
+        for fn in (lambda: self.server and self.server.stop(), lambda: self.runtime and self.runtime.stop(),
+                   lambda: self.bridge and self.bridge.close(), lambda: self.centre_client and self.centre_client.close(),
+                   lambda: self.bank_client and self.bank_client.close()):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                log.debug("stop step failed", exc_info=True)
+        for c in reversed(list(self.children.values())):
+            c.stop()
+        self.children.clear()
+
+
+def remote_ok(e: Exception) -> bool:
+    return isinstance(e, RemoteError)
