@@ -15,16 +15,18 @@ sealed to an old agreement key (their header names the key id) still open.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
 import secrets
 import stat
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -99,12 +101,15 @@ class KeyStore:
             raise ConfigError(f"key store {path} already exists", code="keystore_exists")
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path, 0o700)
-        (path / "keys").mkdir(mode=0o700, exist_ok=True)
-        os.chmod(path / "keys", 0o700)
-        dev = device_id or f"KIOSK-{uuid.uuid4().hex[:12].upper()}"
-        ks = cls(path, dev, "", _pp(passphrase))
-        _write_private(path / "audit.key", secrets.token_bytes(32))
-        ks._add_version()
+        with _locked(path):  # two provisioning processes: one creates, the other is told it exists
+            if (path / "device.json").exists():
+                raise ConfigError(f"key store {path} already exists", code="keystore_exists")
+            (path / "keys").mkdir(mode=0o700, exist_ok=True)
+            os.chmod(path / "keys", 0o700)
+            dev = device_id or f"KIOSK-{uuid.uuid4().hex[:12].upper()}"
+            ks = cls(path, dev, "", _pp(passphrase))
+            _write_private(path / "audit.key", secrets.token_bytes(32))
+            ks._add_version()
         return ks
 
     @classmethod
@@ -123,13 +128,18 @@ class KeyStore:
     @classmethod
     def open_or_init(cls, path: str | Path, **kw: Any) -> KeyStore:
         path = Path(path)
-        if (path / "device.json").exists():
-            return cls.open(path, passphrase=kw.get("passphrase"))
-        return cls.init(path, **kw)
+        if not (path / "device.json").exists():
+            try:
+                return cls.init(path, **kw)
+            except ConfigError as e:
+                if e.code != "keystore_exists":
+                    raise
+        return cls.open(path, passphrase=kw.get("passphrase"))
 
     def rotate(self) -> str:
         """New key version becomes current; old ones stay for opening old blobs."""
-        return self._add_version()
+        with _locked(self.path):
+            return self._add_version()
 
     # ------------------------------------------------------------ access
     @property
@@ -237,6 +247,16 @@ class KeyStore:
         if v.public() != doc["public"]:
             raise IntegrityError(f"key file {p.name}: private and public halves disagree", code="keystore_corrupt")
         return v
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _pp(passphrase: str | bytes | None) -> bytes | None:

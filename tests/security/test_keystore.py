@@ -90,3 +90,21 @@ def test_rotation_keeps_old_versions_for_sealed_data(tmp_path: Path) -> None:
     assert fresh[4:4 + len(new_kid)] == new_kid.encode()
     with pytest.raises(IntegrityError):
         reopened.decrypt_at_rest(cached, purpose="enrol-cache", record_id="E2")  # bound to its record
+
+
+def _init_or_open(path: str, q) -> None:
+    q.put(KeyStore.open_or_init(path).public_identity()["kid"])
+
+
+def test_concurrent_provisioning_creates_one_identity(tmp_path: Path) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    ps = [ctx.Process(target=_init_or_open, args=(str(tmp_path / "k"), q)) for _ in range(4)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(30)
+    kids = {q.get(timeout=5) for _ in ps}
+    assert len(kids) == 1 and KeyStore.open(tmp_path / "k").kids() == sorted(kids)
