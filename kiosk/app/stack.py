@@ -122,7 +122,7 @@ class Stack:
         pub = ks.sm2_key().public_key().to_bytes().hex()
         token = admin_token(self.data_dir)
         ident: dict[str, Any] = {"app_id": ks.device_id, "fixmedins_code": self.fixmedins, "services": {}}
-        for name in ("centre", "bank"):
+        for name in [n for n in ("centre", "bank") if n in self.children]:
             out = register_terminal(self.url(name), token, ks.device_id, pub, self.fixmedins)
             ident["services"][name] = {"app_secret": out["app_secret"], "keys": out["service_keys"]}
         fd = os.open(ident_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -143,7 +143,8 @@ class Stack:
                                    service_sm2_public=k["sm2"], service_x25519=k["x25519"], service_kid=k["kid"])
 
         self.centre_client = CentreClient(self.url("centre"), ident("centre"), timeout=10.0)
-        self.bank_client = BankClient(self.url("bank"), ident("bank"), timeout=10.0)
+        if "bank" in self.identity["services"]:
+            self.bank_client = BankClient(self.url("bank"), ident("bank"), timeout=10.0)
         return self.centre_client, self.bank_client
 
     # ------------------------------------------------------------------ kiosk

@@ -1,0 +1,96 @@
+"""The Bank port over the bank's credit-line API (kiosk.services.client.BankClient).
+
+Amounts cross as yuan strings. A refusal is a reason the patient can act on;
+a transport fault on a draw leaves its fate unknown ('unknown'), which the
+session resolves by reversing the draw by its idempotency key.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from kiosk.errors import RemoteError
+from kiosk.money import fen_to_yuan, yuan_to_fen
+from kiosk.services.client import BankClient
+from kiosk.services.protocol import Answer
+from kiosk.app.ports import DrawResult, Line, Person
+
+
+def _reason(a: Answer) -> str:
+    code = (a.err_code or "").lower()
+    if "overdue" in code:
+        return "credit_overdue"
+    if "cap" in code:
+        return "family_cap_exceeded"
+    if "elig" in code or "no_line" in code or "not_found" in code or "unbound" in code:
+        return "credit_not_eligible"
+    return "insufficient_credit"
+
+
+def _fen(v: Any, field: str) -> int:
+    return yuan_to_fen(str(v if v is not None else "0.00"), field)
+
+
+class BankAdapter:
+    def __init__(self, client: BankClient) -> None:
+        self.client = client
+
+    def _call(self, fn: Any, *a: Any, **kw: Any) -> Answer:
+        ans: Answer = fn(*a, **kw)
+        return ans
+
+    def line_for(self, person: Person) -> Line:
+        a = self._call(self.client.line, person.psn_no)
+        if not a.ok:
+            return Line(kind="none")
+        o = a.output
+        holder = str(o.get("holder") or o.get("holder_psn_no") or "")
+        kind = "family" if holder and holder != person.psn_no else "own"
+        if o.get("overdue"):
+            return Line(kind="none")
+        return Line(kind=kind, line_id=str(o.get("line_id") or holder or person.psn_no),
+                    holder_name=str(o.get("holder_name") or ""), available=_fen(o.get("available"), "available"))
+
+    def draw(self, line: Line, person: Person, amount_fen: int, key: str, ref: str) -> DrawResult:
+        try:
+            a = self._call(self.client.draw, person.psn_no, fen_to_yuan(amount_fen), ref, key)
+        except RemoteError:
+            return DrawResult("unknown")
+        if not a.ok:
+            return DrawResult(_reason(a))
+        return DrawResult("ok", str(a.output.get("draw_id") or ref), amount_fen)
+
+    def reverse_draw(self, key: str, payer: str) -> bool:
+        a = self._call(self.client.reverse_draw, key, payer)
+        if a.ok:
+            return True
+        code = (a.err_code or "").lower()
+        if "not_found" in code or "no_draw" in code or "already" in code:
+            return True  # nothing was drawn with this key, or it is already undone
+        raise RemoteError(f"the bank refused to reverse draw {key}: {a.err_msg}", code=a.err_code or "refused")
+
+    def hold(self, line: Line, person: Person, amount_fen: int, key: str, ref: str) -> DrawResult:
+        a = self._call(self.client.hold, person.psn_no, fen_to_yuan(amount_fen), ref, key)
+        if not a.ok:
+            return DrawResult(_reason(a))
+        return DrawResult("ok", str(a.output.get("hold_id") or ref), amount_fen)
+
+    def capture(self, ref: str, amount_fen: int, key: str) -> DrawResult:
+        try:
+            a = self._call(self.client.capture, ref, fen_to_yuan(amount_fen), key)
+        except RemoteError:
+            return DrawResult("unknown")
+        if not a.ok:
+            return DrawResult(_reason(a))
+        return DrawResult("ok", str(a.output.get("draw_id") or ref), amount_fen)
+
+    def release(self, ref: str, key: str) -> bool:
+        a = self._call(self.client.release, ref, key)
+        if a.ok or "not_found" in (a.err_code or "").lower():
+            return True
+        raise RemoteError(f"the bank refused to release hold {ref}: {a.err_msg}", code=a.err_code or "refused")
+
+    def refund(self, ref: str, amount_fen: int, key: str) -> bool:
+        a = self._call(self.client.refund, ref, fen_to_yuan(amount_fen), key)
+        if a.ok:
+            return True
+        raise RemoteError(f"the bank refused the refund: {a.err_msg}", code=a.err_code or "refused")
