@@ -28,8 +28,9 @@ MESSAGES = {
     "over_exposed": "too bright, please step out of direct light",
 }
 
-# arcface template (112x112): eyes y=51.6, nose y=71.7, mouth y=92.3 -> nose sits at 0.494 of eye->mouth
-_NOSE_T_FRONTAL = 0.494
+# arcface template puts the nose at 0.494 of eye->mouth; YuNet's nose-tip landmark sits lower: frontal NUAA
+# webcam faces give a median of 0.58, used as zero pitch
+_NOSE_T_FRONTAL = 0.58
 # nose-tip depth relative to the eye distance and to the eye->mouth height (average adult face)
 _NOSE_DEPTH_OVER_IOD = 0.6
 _NOSE_DEPTH_OVER_EYE_MOUTH = 0.5
