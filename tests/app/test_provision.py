@@ -1,0 +1,177 @@
+"""`kiosk provision` against the real centre service (F), the real key store (D), the
+shared model pack (C's loader) and the firmware-bridge simulator (E), over HTTP."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from kiosk.app.provision import Options, register_provision, run_provision
+from kiosk.app.technician import check_pin
+from kiosk.config import Settings
+from kiosk.errors import InputError
+
+from .screen.server import serve
+
+FACE = "data/faces/misc/examples_knn_examples_test_obama1.jpg"
+
+
+@pytest.fixture(scope="module")
+def centre(tmp_path_factory):
+    from kiosk.services.centre.app import create_app
+
+    d = tmp_path_factory.mktemp("centre")
+    app = create_app(f"sqlite:///{d / 'centre.db'}", data_dir=d)
+    from kiosk.services.http import admin_token
+
+    with serve(app) as url:
+        yield url, admin_token(d)
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    from firmware_bridge.bridge import Bridge
+    from firmware_bridge.service import create_app
+    from firmware_bridge.session import Link
+    from firmware_bridge.sim import Simulator
+
+    sim = Simulator().start()
+    link = Link(sim.url).start()
+    try:
+        with serve(create_app(Bridge(link), sim=sim)) as url:
+            yield url, sim
+    finally:
+        link.stop()
+        sim.close()
+
+
+@pytest.fixture
+def pack_copy(shared_dir, tmp_path):
+    """A model pack source the test may damage: symlinks to the shared files, one file copied."""
+    src = tmp_path / "pack-src"
+    for p in (shared_dir / "models").rglob("*.onnx"):
+        dst = src / p.relative_to(shared_dir / "models")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(p)
+    return src
+
+
+def opts(centre, bridge, shared_dir, **kw) -> Options:
+    base = dict(centre_url=centre[0], admin_token=centre[1], fixmedins_code="P37020200001", region="370200",
+                profile="qingdao-employee-outpatient", model_source=str(shared_dir / "models"),
+                camera=str(shared_dir / FACE), bridge_url=bridge[0])
+    base.update(kw)
+    return Options(**base)
+
+
+def settings_for(tmp_path: Path, shared_dir: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "var", model_pack=shared_dir / "models")
+
+
+def test_first_run_does_every_step_and_a_rerun_changes_nothing(centre, bridge, shared_dir, tmp_path):
+    s = settings_for(tmp_path, shared_dir)
+    out = io.StringIO()
+    st = run_provision(opts(centre, bridge, shared_dir), settings=s, out=out)
+    text = out.getvalue()
+    assert [v["status"] for v in st["steps"].values()] == ["ok"] * 7, text
+    for i, name in enumerate(["settings", "keys", "register", "models", "camera", "peripherals", "technician"], 1):
+        assert f"[{i}/7] {name}" in text
+    keys = tmp_path / "var" / "keys"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert st["device_id"].startswith("KIOSK-")
+    assert "1 face(s) in view" in st["steps"]["camera"]["summary"]
+    assert st["steps"]["models"]["detail"]["kept"] == [] and len(st["steps"]["models"]["detail"]["copied"]) >= 5
+    assert st["steps"]["peripherals"]["detail"]["firmware"]
+    creds = json.loads((tmp_path / "var" / "provision" / "centre.json").read_text())
+    assert creds["app_id"] == st["device_id"] and len(creds["app_secret"]) >= 16
+    assert stat.S_IMODE((tmp_path / "var" / "provision" / "centre.json").stat().st_mode) == 0o600
+    pin = text.split("technician PIN: ")[1].split()[0]
+    assert check_pin(tmp_path / "var", pin)
+    # nothing secret in the state file
+    raw = (tmp_path / "var" / "provision" / "state.json").read_text()
+    assert creds["app_secret"] not in raw and pin not in raw
+
+    out2 = io.StringIO()
+    st2 = run_provision(Options(admin_token=centre[1]), settings=s, out=out2)  # everything remembered
+    text2 = out2.getvalue()
+    assert all(v["status"] == "ok" for v in st2["steps"].values()), text2
+    assert st2["device_id"] == st["device_id"]
+    assert "already registered" in text2 and "technician PIN:" not in text2
+    assert st2["steps"]["models"]["detail"]["copied"] == []
+    assert json.loads((tmp_path / "var" / "provision" / "centre.json").read_text()) == creds
+    assert check_pin(tmp_path / "var", pin)
+
+
+def test_an_altered_model_file_is_refused_by_name(centre, bridge, shared_dir, tmp_path, pack_copy):
+    victim = next(pack_copy.rglob("mobilefacenet.onnx"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.unlink()
+    victim.write_bytes(bytes(data))
+    out = io.StringIO()
+    st = run_provision(opts(centre, bridge, shared_dir, model_source=str(pack_copy)),
+                       settings=settings_for(tmp_path, shared_dir), out=out)
+    m = st["steps"]["models"]
+    assert m["status"] == "failed" and "recognition/mobilefacenet.onnx" in m["summary"] and "refused" in m["summary"]
+    assert not (tmp_path / "var" / "models" / "recognition" / "mobilefacenet.onnx").exists()
+    assert "not finished: models" in out.getvalue()
+    assert st["steps"]["register"]["status"] == "ok"  # independent steps still ran
+
+
+def test_failures_name_what_to_fix_and_a_rerun_completes(centre, bridge, shared_dir, tmp_path):
+    from .screen.server import free_port
+
+    s = settings_for(tmp_path, shared_dir)
+    dead = f"http://127.0.0.1:{free_port()}"
+    out = io.StringIO()
+    st = run_provision(opts(centre, bridge, shared_dir, bridge_url=dead, admin_token="wrong"), settings=s, out=out)
+    assert st["steps"]["peripherals"]["status"] == "failed" and "not running" in st["steps"]["peripherals"]["summary"]
+    assert st["steps"]["register"]["status"] == "failed" and "operator token" in st["steps"]["register"]["summary"]
+    # paper out is caught by the self-test step
+    bridge[1].run_command("paper out")
+    try:
+        st = run_provision(Options(admin_token=centre[1], bridge_url=bridge[0], only=("register", "peripherals")),
+                           settings=s, out=out)
+        assert st["steps"]["register"]["status"] == "ok"
+        assert st["steps"]["peripherals"]["status"] == "failed" and "paper" in st["steps"]["peripherals"]["summary"]
+    finally:
+        bridge[1].run_command("paper in")
+    st = run_provision(Options(only=("peripherals",)), settings=s, out=out)
+    assert all(v["status"] == "ok" for v in st["steps"].values()), out.getvalue()
+
+
+def test_bad_input_names_the_field(centre, bridge, shared_dir, tmp_path):
+    s = settings_for(tmp_path, shared_dir)
+    with pytest.raises(InputError) as e:
+        run_provision(opts(centre, bridge, shared_dir, region="37"), settings=s, out=io.StringIO())
+    assert e.value.field == "region"
+    with pytest.raises(InputError) as e:
+        run_provision(opts(centre, bridge, shared_dir, profile="atlantis"), settings=s, out=io.StringIO())
+    assert e.value.field == "profile" and "qingdao-employee-outpatient" in str(e.value)
+
+
+def test_a_blank_camera_fails_the_camera_step(centre, bridge, shared_dir, tmp_path):
+    import cv2
+    import numpy as np
+
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    cv2.imwrite(str(blank / "f.png"), np.zeros((480, 640, 3), np.uint8))
+    st = run_provision(opts(centre, bridge, shared_dir, camera=str(blank), only=("camera",)),
+                       settings=settings_for(tmp_path, shared_dir), out=io.StringIO())
+    assert st["steps"]["camera"]["status"] == "failed" and "blank" in st["steps"]["camera"]["summary"]
+
+
+def test_the_cli_registers_and_parses():
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    register_provision(ap.add_subparsers())
+    a = ap.parse_args(["provision", "--region", "370200", "--redo", "register", "--json"])
+    assert a.region == "370200" and a.redo == ["register"] and a.json and callable(a.func)
+    with pytest.raises(SystemExit):
+        ap.parse_args(["provision", "--redo", "nope"])
