@@ -244,9 +244,9 @@ class Link:
         t = self._transport
         if t is None:
             raise DeviceError("terminal microcontroller is disconnected", code="disconnected")
+        self.ring.add("tx", raw, describe(frame) if frame else "raw bytes")  # before the answer can be logged
         with self._wlock:
             t.write(raw)
-        self.ring.add("tx", raw, describe(frame) if frame else "raw bytes")
 
     def _request(self, cmd: int, payload: bytes, exec_timeout: float | None) -> Response:
         tm = self.timing

@@ -545,6 +545,8 @@ class PtyPort(_Port):
         self.mcu.attach(write)
 
     def _unplug(self) -> None:
+        if self.link is not None:  # an unplugged USB adapter disappears from /dev; its pty number may be reused
+            self.link.unlink(missing_ok=True)
         for fd in (self.master, self.slave):
             if fd >= 0:
                 try:

@@ -93,9 +93,10 @@ def test_print_raw_and_receipt_with_paper_status(client: BridgeClient, sim: Simu
 
 def test_frames_for_the_technician_page(client: BridgeClient) -> None:
     client.buzz()
-    frames = client.frames(limit=4)
-    assert frames and frames[-1]["direction"] == "rx" and frames[-1]["hex"].startswith("a5 02")
-    assert "BUZZER" in frames[-1]["summary"]
+    frames = [f for f in client.frames(limit=10) if " BUZZER " in f["summary"]]
+    assert [f["direction"] for f in frames[-2:]] == ["tx", "rx"]
+    assert frames[-2]["hex"].startswith("a5 01") and frames[-1]["hex"].startswith("a5 02")
+    assert frames[-1]["summary"].endswith("OK")
 
 
 def test_disconnected_device_is_a_503_with_a_clear_message(client: BridgeClient, sim: Simulator, link: Link) -> None:
