@@ -1,6 +1,7 @@
 """Sub-commands of the kiosk application.
 
     kiosk demo [--serve]          the whole system on one machine + a scripted counter session
+    kiosk serve                   the kiosk app on a provisioned terminal (POS API + screen, 8740)
     kiosk pos-key add SYSTEM      create the API key of an integrating POS/HIS system
     kiosk provision ...           (G2) technician provisioning
 """
@@ -18,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--keep", action="store_true", help="keep var/demo from the last run (default: start fresh)")
     d.add_argument("--port", type=int, default=8740, help="kiosk app port (POS API + screen)")
     d.set_defaults(func=_demo)
+
+    sv = sub.add_parser("serve", help="run the kiosk app (POS API + screen) on a provisioned terminal")
+    from kiosk.app.serve import add_arguments
+
+    add_arguments(sv)
+    sv.set_defaults(func=_serve)
 
     k = sub.add_parser("pos-key", help="API keys of the POS/HIS systems allowed to send orders")
     ks = k.add_subparsers(dest="action", metavar="ACTION")
@@ -37,6 +44,12 @@ def _demo(args: argparse.Namespace) -> int:
     from kiosk.app.demo import run_demo
 
     return run_demo(serve=args.serve, fresh=not args.keep, port=args.port)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from kiosk.app.serve import serve
+
+    return serve(args)
 
 
 def _pos_key_add(args: argparse.Namespace) -> int:

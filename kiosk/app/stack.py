@@ -51,6 +51,7 @@ class Stack:
     bank_client: Any = None
     pos_key: str = ""
     pipeline: Any = None
+    client_ports: dict[str, int] = field(default_factory=dict)  # the kiosk's view (e.g. through a relay)
 
     # ------------------------------------------------------------------ processes
     def _env(self) -> dict[str, str]:
@@ -132,6 +133,32 @@ class Stack:
         self._keystore = ks
         return ident
 
+    def load_identity(self) -> dict[str, Any]:
+        """The identity a previous `register_terminal` wrote (a restarted kiosk process)."""
+        from kiosk.security.keystore import KeyStore
+
+        path = self.data_dir / "terminal.json"
+        if path.exists():
+            self.identity = json.loads(path.read_text())
+        else:  # written by `kiosk provision` (one file per registered service)
+            ident: dict[str, Any] = {"services": {}}
+            for name in ("centre", "bank"):
+                p = self.data_dir / "provision" / f"{name}.json"
+                if p.exists():
+                    d = json.loads(p.read_text())
+                    ident["app_id"] = d["app_id"]
+                    ident["services"][name] = {"app_secret": d["app_secret"], "keys": d.get("service_keys", {})}
+            state = self.data_dir / "provision" / "state.json"
+            conf = json.loads(state.read_text()).get("settings", {}) if state.exists() else {}
+            ident["fixmedins_code"] = (conf.get("outputs") or {}).get("fixmedins_code") or self.fixmedins
+            if "centre" not in ident["services"]:
+                raise ConfigError(f"no terminal identity at {path} or {self.data_dir / 'provision'}: "
+                                  "run `kiosk provision` first", field=str(path))
+            self.identity = ident
+        self.fixmedins = self.identity["fixmedins_code"]
+        self._keystore = KeyStore.open(self.data_dir / "keys")
+        return self.identity
+
     def clients(self) -> tuple[Any, Any]:
         from kiosk.services.client import BankClient, CentreClient, ServiceIdentity
 
@@ -142,13 +169,16 @@ class Stack:
                                    sm2_key=self._keystore.sm2_key(), fixmedins_code=self.fixmedins,
                                    service_sm2_public=k["sm2"], service_x25519=k["x25519"], service_kid=k["kid"])
 
-        self.centre_client = CentreClient(self.url("centre"), ident("centre"), timeout=10.0)
+        def via(name: str) -> str:
+            return f"http://127.0.0.1:{self.client_ports[name]}" if name in self.client_ports else self.url(name)
+
+        self.centre_client = CentreClient(via("centre"), ident("centre"), timeout=10.0)
         if "bank" in self.identity["services"]:
-            self.bank_client = BankClient(self.url("bank"), ident("bank"), timeout=10.0)
+            self.bank_client = BankClient(via("bank"), ident("bank"), timeout=10.0)
         return self.centre_client, self.bank_client
 
     # ------------------------------------------------------------------ kiosk
-    def build_kiosk(self, *, timeouts: dict[Any, float] | None = None, serve: bool = True) -> Any:
+    def build_kiosk(self, *, timeouts: dict[Any, float] | None = None, serve: bool = True, camera: Any = None) -> Any:
         from firmware_bridge.client import BridgeClient
         from kiosk.app.adapters.bank import BankAdapter
         from kiosk.app.adapters.bridge import BridgeKeypad, BridgePrinter
@@ -164,7 +194,7 @@ class Stack:
         if centre is None:
             centre, bank = self.clients()
         self.bridge = BridgeClient(self.url("bridge"))
-        self.camera = ImageCamera()
+        self.camera = camera if camera is not None else ImageCamera()
         vision = PipelineVision(self.face_pipeline(), centre.seal_face)
         deps = Deps(camera=self.camera, vision=vision, centre=CentreAdapter(centre), bank=BankAdapter(bank),
                     keypad=BridgeKeypad(self.bridge), printer=BridgePrinter(self.bridge))
@@ -204,16 +234,6 @@ class Stack:
             if name_or_psn in (p["psn_no"], p["psn_name"]):
                 return p
         raise ConfigError(f"no demo person {name_or_psn!r}", field="person")
-
-    def faces_of(self, person: dict[str, str], shots: tuple[int, ...] = (1, 3)) -> list[Path]:
-        """Other photos of the person than the one enrolled (a live visit, not the ID photo)."""
-        img = self.settings.demo_faces / person["image"]
-        out = []
-        for s in shots:
-            p = img.with_name(img.name.replace("_0.", f"_{s}."))
-            if p.exists() and p != img:
-                out.append(p)
-        return out or [img]
 
     # ------------------------------------------------------------------ shutdown
     def stop(self) -> None:

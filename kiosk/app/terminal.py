@@ -9,6 +9,7 @@ key, the settlement by its msgid), so a crash never leaves a half payment.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -26,12 +27,20 @@ from kiosk.app.store import OPEN, OrderRow, Store
 log = logging.getLogger("kiosk.app")
 
 
+# Fault injection for the crash tests: the process dies (no cleanup at all)
+# right after this journal step is durable, as on a power cut.
+CRASH_ENV = "KIOSK_CRASH_AFTER_STEP"
+
+
 class _Journal:
     def __init__(self, store: Store, system: str) -> None:
         self.store, self.system = store, system
+        self.crash_after = os.environ.get(CRASH_ENV) or None
 
     def record(self, order_id: str, step: str, data: dict[str, Any] | None = None) -> None:
         self.store.record(self.system, order_id, step, data)
+        if step == self.crash_after:
+            os._exit(137)
 
 
 @dataclass
