@@ -5,6 +5,8 @@ Templates are L2-normalised float32 vectors of the manifest's `embedding_dim`
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from insightface.utils.face_align import norm_crop
 
@@ -30,7 +32,9 @@ class Embedder:
         self._rgb = str(entry.get("channel_order", "RGB")).upper() == "RGB"
 
     def align(self, frame: np.ndarray, face: Face) -> np.ndarray:
-        return norm_crop(frame, face.kps, image_size=self.size)
+        with warnings.catch_warnings():  # skimage's estimate() deprecation inside insightface
+            warnings.simplefilter("ignore", FutureWarning)
+            return norm_crop(frame, face.kps, image_size=self.size)
 
     def embed_aligned(self, crop: np.ndarray) -> np.ndarray:
         x = crop[:, :, ::-1] if self._rgb else crop

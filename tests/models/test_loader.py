@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kiosk.errors import ConfigError, IntegrityError
+from models.loader import MANIFEST_PATH, check_providers, load_manifest, load_pack
+
+
+def _clone_pack(src: Path, dst: Path) -> Path:
+    """Symlink every file of the shared pack into dst (no weights copied)."""
+    for f in src.rglob("*.onnx"):
+        target = dst / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(f)
+    return dst
+
+
+def test_manifest_lists_every_model_with_digest_size_and_calibrated_thresholds():
+    m = load_manifest()
+    for key, e in m["models"].items():
+        assert re.fullmatch(r"[0-9a-f]{64}", e["sha256"]), key
+        assert len(e["input_size"]) == 2
+    t = m["thresholds"]
+    assert 0.3 < t["match_cosine"] < 0.8
+    assert 0.0 < t["liveness_live"] < 1.0
+    assert m["calibration"]["recognition"]["shipped"] == t["match_cosine"]
+    assert m["calibration"]["liveness"]["shipped"] == t["liveness_live"]
+
+
+def test_shared_pack_verifies(shared_dir):
+    pack = load_pack(shared_dir / "models")
+    assert len(pack.verify_all()) == len(pack.manifest["models"])
+
+
+def test_altered_model_file_is_refused_naming_the_file(shared_dir, tmp_path):
+    root = _clone_pack(shared_dir / "models", tmp_path / "pack")
+    victim = root / "recognition" / "mobilefacenet.onnx"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    victim.unlink()
+    victim.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as e:
+        load_pack(root)
+    assert e.value.field == "recognition/mobilefacenet.onnx"
+    assert "mobilefacenet.onnx" in str(e.value)
+
+
+def test_missing_model_file_is_a_config_error_naming_the_file(shared_dir, tmp_path):
+    root = _clone_pack(shared_dir / "models", tmp_path / "pack")
+    (root / "antispoof" / "4_0_0_80x80_MiniFASNetV1SE.onnx").unlink()
+    with pytest.raises(ConfigError) as e:
+        load_pack(root)
+    assert e.value.field == "antispoof/4_0_0_80x80_MiniFASNetV1SE.onnx"
+
+
+def test_missing_pack_dir_and_broken_manifest(tmp_path):
+    with pytest.raises(ConfigError):
+        load_pack(tmp_path / "nowhere")
+    bad = tmp_path / "manifest.json"
+    bad.write_text('{"models": {"x": {"file": "a.onnx"}}, "thresholds": {}}')
+    with pytest.raises(ConfigError) as e:
+        load_manifest(bad)
+    assert e.value.field == "models.x"
+
+
+def test_providers_are_checked_at_start_up(shared_dir):
+    assert check_providers("CPUExecutionProvider") == ["CPUExecutionProvider"]
+    with pytest.raises(ConfigError) as e:
+        load_pack(shared_dir / "models", providers="NoSuchExecutionProvider,CPUExecutionProvider")
+    assert e.value.field == "onnx_providers"
+    with pytest.raises(ConfigError):
+        check_providers(" , ")
+
+
+def test_manifest_is_in_the_repo_but_weights_are_not():
+    repo = MANIFEST_PATH.parent.parent
+    assert MANIFEST_PATH.is_file()
+    assert not list((repo / "models").rglob("*.onnx"))
