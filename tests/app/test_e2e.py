@@ -1,0 +1,357 @@
+"""End to end through the real HTTP APIs and the simulated hardware.
+
+One stack per module: the insurance centre and the bank as their own processes
+(SQLite in a temp dir), the firmware bridge process on the MCU simulator, the
+kiosk app (POS API on a free port) with a simulated camera playing the shared
+face images through the real face pipeline. The POS side signs its requests
+like an integrating system. The kiosk reaches the centre through a relay that
+can lose the network on cue.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kiosk.app.demo import DEMO_BILL, FAMILY_HOLDER, FAMILY_MEMBER, scene, seed_bank
+from kiosk.app.flow import State
+from kiosk.app.stack import Ports, Stack
+from kiosk.app.typist import Typist
+from kiosk.storage import open_database
+
+from tests.app.conftest import NUAA_SPOOF, TWO_PEOPLE, free_port
+from tests.app.netcut import NetCut
+
+HAS_BANK = importlib.util.find_spec("kiosk.services.bank.app") is not None
+ZHANG, LI, WANG, LIU, CHEN = "D370202000001", "D370202000002", "D370202000003", "D370202000004", "D370602000001"
+TIMEOUTS = {State.FACE_CAPTURE: 8.0, State.LIVENESS: 8.0, State.CONFIRM: 8.0, State.ID_ENTRY: 10.0}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Any:
+    d = tmp_path_factory.mktemp("stack")
+    st = Stack(data_dir=d, ports=Ports(centre=free_port(), bank=free_port(), bridge=free_port(), kiosk=free_port()))
+    relay = None
+    try:
+        st.prepare(fresh=True)
+        st.seed_centre()
+        st.start_centre()
+        if HAS_BANK:
+            st.start_bank()
+        st.start_bridge()
+        st.register_terminal()
+        relay = NetCut(st.ports.centre).start()
+        st.client_ports["centre"] = relay.port
+        st.clients()
+        if HAS_BANK:
+            seed_bank(st)
+        st.build_kiosk(timeouts=TIMEOUTS)
+        st.relay = relay
+        st.typist = Typist(st.bridge.sim)
+        st.runtime.listeners.append(st.typist.on_snapshot)
+        st.snaps = []
+        st.runtime.listeners.append(st.snaps.append)
+        st.pos_client = st.pos()
+        yield st
+    finally:
+        if relay:
+            relay.close()
+        st.stop()
+
+
+def pay(st: Any, order_id: str, person: str | None, *, keys: dict[str, list[str]] | None = None,
+        images: list[Path] | None = None, bill: dict[str, Any] = DEMO_BILL, timeout: float = 40.0) -> dict[str, Any]:
+    st.typist.clear()
+    for state, plans in (keys or {}).items():
+        for k in plans:
+            st.typist.plan(state, k)
+    st.camera.show(images if images is not None else scene(st, person))
+    del st.snaps[:]
+    try:
+        r = st.pos_client.create({"order_id": order_id, "bill": bill})
+        assert r.status_code == 201, r.text
+        end = time.monotonic() + timeout
+        while True:
+            got = st.pos_client.get(order_id, wait=10).json()
+            if got["status"] not in ("pending", "running") or time.monotonic() > end:
+                return got
+    finally:
+        st.camera.clear()
+
+
+def states(st: Any) -> list[str]:
+    out: list[str] = []
+    for s in st.snaps:
+        if not out or out[-1] != s.state:
+            out.append(s.state)
+    return out
+
+
+def centre_rows(st: Any, sql: str, params: tuple = ()) -> list[tuple]:
+    db = open_database(f"sqlite:///{st.data_dir / 'centre.db'}")
+    try:
+        return db.read(lambda tx: tx.fetch_all(sql, params))
+    finally:
+        db.close()
+
+
+def balance(st: Any, psn: str) -> int:
+    return int(centre_rows(st, "SELECT balc FROM centre_persons WHERE psn_no = ?", (psn,))[0][0])
+
+
+# ------------------------------------------------------------------------------------------ identity
+def test_first_visit_activation_then_repeat_payment_by_face_only(stack):
+    p = stack.person(ZHANG)
+    before = balance(stack, ZHANG)
+    got = pay(stack, "E-ACT-1", ZHANG, keys={"id_entry": [f"{p['certno']}<enter>"], "confirm": ["<enter>"]})
+    assert got["status"] == "paid", got
+    res = got["result"]
+    assert "id_entry" in states(stack) and "activation" in states(stack)
+    assert (res["medfee_sumamt"], res["fund_pay_sumamt"], res["acct_pay"]) == ("104.00", "70.00", "34.00")
+    assert res["receipt_printed"] is True and res["setl_id"].startswith("S")
+    assert balance(stack, ZHANG) == before - 3400
+    # second visit: the face alone
+    got2 = pay(stack, "E-ACT-2", ZHANG, keys={"confirm": ["<enter>"]})
+    assert got2["status"] == "paid", got2
+    assert "id_entry" not in states(stack)
+    assert balance(stack, ZHANG) == before - 6800
+    # what the centre recorded is what the POS was told
+    rows = centre_rows(stack, "SELECT setl_id, fund_pay_sumamt, acct_pay, state FROM centre_settlements "
+                              "WHERE psn_no = ? ORDER BY created_at", (ZHANG,))
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        (res["setl_id"], 7000, 3400, "settled"), (got2["result"]["setl_id"], 7000, 3400, "settled")]
+
+
+def test_spoof_is_rejected_before_anything_leaves_the_terminal(stack):
+    n = len(centre_rows(stack, "SELECT 1 FROM centre_settlements"))
+    got = pay(stack, "E-SPOOF", None, images=[NUAA_SPOOF])
+    assert (got["status"], got["reason"]) == ("failed", "spoof_suspected")
+    assert "match" not in states(stack)
+    assert len(centre_rows(stack, "SELECT 1 FROM centre_settlements")) == n
+
+
+def test_two_faces_are_rejected(stack):
+    got = pay(stack, "E-TWO", None, images=[TWO_PEOPLE])
+    assert (got["status"], got["reason"]) == ("failed", "multiple_faces")
+    assert "match" not in states(stack)
+
+
+def test_wrong_id_three_times_locks_for_a_while(stack):
+    # 刘芳 (first visit) types 陈静's ID number: the face does not match that person's photo on record
+    wrong = stack.person(CHEN)["certno"]
+    got = pay(stack, "E-LOCK-1", LIU, keys={"id_entry": [f"{wrong}<enter>"] * 3})
+    assert (got["status"], got["reason"]) == ("failed", "id_locked"), got
+    assert [s for s in states(stack) if s == "activation"] == ["activation"] * 3
+    locked = centre_rows(stack, "SELECT locked_until FROM centre_persons WHERE psn_no = ?", (CHEN,))[0][0]
+    assert locked  # the centre holds the lock
+    # a minute later the same number is still refused at once
+    got = pay(stack, "E-LOCK-2", LIU, keys={"id_entry": [f"{wrong}<enter>"]})
+    assert (got["status"], got["reason"]) == ("failed", "id_locked")
+
+
+# ------------------------------------------------------------------------------------------ POS API
+def test_pos_retry_returns_the_first_result_and_other_body_conflicts(stack):
+    first = pay(stack, "E-RETRY", ZHANG, keys={"confirm": ["<enter>"]})
+    assert first["status"] == "paid"
+    again = stack.pos_client.create({"order_id": "E-RETRY", "bill": DEMO_BILL})
+    assert again.status_code == 200 and again.json()["result"] == first["result"]
+    other = dict(DEMO_BILL, items=DEMO_BILL["items"][:1])
+    clash = stack.pos_client.create({"order_id": "E-RETRY", "bill": other})
+    assert clash.status_code == 409 and clash.json()["code"] == "order_conflict"
+    # nothing was settled twice
+    assert len(centre_rows(stack, "SELECT 1 FROM centre_settlements WHERE setl_id = ?",
+                           (first["result"]["setl_id"],))) == 1
+
+
+def test_pos_requests_must_be_signed(stack):
+    url = stack.url("kiosk")
+    r = httpx.post(f"{url}/pos/v1/orders", json={"order_id": "X", "bill": DEMO_BILL})
+    assert r.status_code == 401 and r.json()["code"] == "unauthorised"
+    from kiosk.app.pos_client import PosClient
+
+    forged = PosClient(url, "demo-pos", "0" * 64)
+    assert forged.get("E-RETRY").status_code == 401
+    unknown = PosClient(url, "someone-else", stack.pos_key)
+    assert unknown.get("E-RETRY").status_code == 401
+    forged.close()
+    unknown.close()
+
+
+def test_bad_bill_is_refused_with_the_field(stack):
+    r = stack.pos_client.create({"order_id": "E-BAD", "bill": {"items": [{"code": "F001", "price": "1.5", "qty": "0"}]}})
+    assert r.status_code == 422 and r.json()["field"] == "bill.items[0].qty"
+    r = stack.pos_client.create({"order_id": "E-BAD2", "bill": {"items": [{"code": "F001", "price": 1.5, "qty": "1"}]}})
+    assert r.status_code == 422 and "price" in r.json()["field"]
+
+
+def test_cashier_cancels_while_the_patient_hesitates(stack):
+    stack.typist.clear()
+    stack.camera.show(scene(stack, ZHANG))
+    try:
+        assert stack.pos_client.create({"order_id": "E-CANCEL", "bill": DEMO_BILL}).status_code == 201
+        end = time.monotonic() + 20
+        while not any(s.state == "confirm" for s in stack.snaps[-5:]) and time.monotonic() < end:
+            time.sleep(0.05)
+        r = stack.pos_client.cancel("E-CANCEL")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        assert r.json()["reason"] == "cancelled_by_cashier"
+    finally:
+        stack.camera.clear()
+
+
+def test_reconciliation_lists_the_days_orders(stack):
+    from kiosk.clock import SystemClock, local_day
+
+    day = local_day(SystemClock()).isoformat()
+    r = stack.pos_client.reconciliation(day)
+    assert r.status_code == 200
+    body = r.json()
+    paid = [o for o in body["orders"] if o["status"] in ("paid", "refunded", "partially_refunded")]
+    assert body["count_paid"] == len(paid) >= 1
+    total = sum(int(o["medfee_sumamt"].replace(".", "")) for o in paid)
+    assert int(body["totals"]["medfee_sumamt"].replace(".", "")) == total
+    csv = stack.pos_client.reconciliation(day, "csv")
+    assert csv.headers["content-type"].startswith("text/csv") and "E-RETRY" in csv.text
+
+
+def test_openapi_is_published(stack):
+    doc = httpx.get(stack.url("kiosk") + "/openapi.json").json()
+    assert {"/pos/v1/orders", "/pos/v1/orders/{order_id}", "/pos/v1/orders/{order_id}/cancel",
+            "/pos/v1/orders/{order_id}/refunds", "/pos/v1/reconciliation"} <= set(doc["paths"])
+
+
+# ------------------------------------------------------------------------------------------ faults
+def test_printer_out_of_paper(stack):
+    stack.bridge.sim("paper out")
+    try:
+        got = pay(stack, "E-PAPER", ZHANG, keys={"confirm": ["<enter>"]})
+    finally:
+        stack.bridge.sim("paper in")
+    assert got["status"] == "paid" and got["reason"] is None
+    assert got["result"]["receipt_printed"] is False
+    done = [s for s in stack.snaps if s.state == "done"]
+    assert done and done[-1].reason == "paper_out"
+
+
+def test_network_lost_mid_settlement_is_resolved_without_double_charge(stack):
+    before = balance(stack, ZHANG)
+    stack.relay.cut_after("POST /fsi/api/2207")  # the settlement reaches the centre, its answer is lost
+    got = pay(stack, "E-NET-1", ZHANG, keys={"confirm": ["<enter>"]})
+    assert stack.relay.fired.is_set()
+    assert (got["status"], got["reason"]) == ("reversing", "centre_unavailable"), got
+    # the centre did settle it; the terminal does not know yet
+    rows = centre_rows(stack, "SELECT state FROM centre_settlements WHERE psn_no = ? ORDER BY created_at DESC LIMIT 1",
+                       (ZHANG,))
+    assert rows[0][0] == "settled"
+    stack.relay.restore()
+    stack.runtime.terminal.recover()  # also runs by itself every few seconds when idle
+    got = stack.pos_client.get("E-NET-1").json()
+    assert (got["status"], got["reason"]) == ("failed", "centre_unavailable")
+    rows = centre_rows(stack, "SELECT state FROM centre_settlements WHERE psn_no = ? ORDER BY created_at DESC LIMIT 1",
+                       (ZHANG,))
+    assert rows[0][0] == "reversed"
+    assert balance(stack, ZHANG) == before
+    # the POS tries again with a new order: charged exactly once
+    again = pay(stack, "E-NET-2", ZHANG, keys={"confirm": ["<enter>"]})
+    assert again["status"] == "paid"
+    assert balance(stack, ZHANG) == before - 3400
+
+
+def test_crash_mid_payment_is_resolved_on_restart(stack, tmp_path):
+    """A kiosk process dies right after the centre settled (power cut); on restart the journal reverses it."""
+    before = balance(stack, ZHANG)
+    port = free_port()
+    env = {**os.environ, "KIOSK_CRASH_AFTER_STEP": "settled", "KIOSK_DATA_DIR": str(stack.data_dir)}
+    kiosk_db = tmp_path / "crash"
+    kiosk_db.mkdir()
+    # the child is a whole kiosk app on its own database; same terminal identity, services and bridge
+    for f in ("terminal.json", "pos_systems.json"):
+        (kiosk_db / f).write_bytes((stack.data_dir / f).read_bytes())
+        os.chmod(kiosk_db / f, 0o600)
+    os.symlink(stack.data_dir / "keys", kiosk_db / "keys")
+    images = [str(p) for p in scene(stack, ZHANG)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kiosk.cli", "serve", "--data-dir", str(kiosk_db), "--port", str(port),
+         "--centre-port", str(stack.ports.centre), "--bank-port", str(stack.ports.bank),
+         "--bridge-port", str(stack.ports.bridge), "--images", *images, "--keys", "confirm=<enter>"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "child.log", "wb"), start_new_session=True)
+    try:
+        from kiosk.app.pos_client import PosClient
+
+        pos = PosClient(f"http://127.0.0.1:{port}", "demo-pos", stack.pos_key, timeout=5)
+        end = time.monotonic() + 60
+        while True:
+            try:
+                if pos.http.get("/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < end and child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert pos.create({"order_id": "E-CRASH", "bill": DEMO_BILL}).status_code == 201
+        assert child.wait(60) == 137  # died on the spot, no cleanup
+    finally:
+        if child.poll() is None:
+            child.kill()
+    settled = centre_rows(stack, "SELECT state FROM centre_settlements WHERE psn_no = ? ORDER BY created_at DESC "
+                                 "LIMIT 1", (ZHANG,))
+    assert settled[0][0] == "settled" and balance(stack, ZHANG) == before - 3400
+    # restart: a new terminal on the same database resolves it before serving anything
+    from kiosk.clock import SystemClock
+    from kiosk.app.store import Store
+    from kiosk.app.terminal import Terminal
+
+    db = open_database(f"sqlite:///{kiosk_db / 'kiosk.db'}")
+    store = Store(db, SystemClock())
+    assert store.get("demo-pos", "E-CRASH").status == "running"
+    term = Terminal(store, stack.runtime.terminal.deps, SystemClock())
+    assert term.recover() == [("E-CRASH", "failed")]
+    row = store.get("demo-pos", "E-CRASH")
+    assert (row.status, row.reason) == ("failed", "interrupted")
+    steps = [s for s, _ in store.steps("demo-pos", "E-CRASH")]
+    assert steps[-3:] == ["reverse", "reversed", "recovered"]
+    db.close()
+    assert balance(stack, ZHANG) == before
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE psn_no = ? ORDER BY created_at DESC LIMIT 1",
+                       (ZHANG,))[0][0] == "reversed"
+
+
+# ------------------------------------------------------------------------------------------ money with the bank
+needs_bank = pytest.mark.skipif(not HAS_BANK, reason="kiosk.services.bank not landed yet")
+
+
+@needs_bank
+def test_part_fund_part_account_part_credit_then_refunds(stack):
+    p = stack.person(LI)
+    got = pay(stack, "E-CREDIT", LI, keys={"id_entry": [f"{p['certno']}<enter>"], "confirm": ["<enter>"]})
+    assert got["status"] == "paid", got
+    r = got["result"]
+    assert (r["medfee_sumamt"], r["fund_pay_sumamt"], r["acct_pay"], r["credit_draw"], r["cash_pay"]) == (
+        "104.00", "70.00", "15.00", "19.00", "0.00")
+    part = stack.pos_client.refund("E-CREDIT", "R1", "5.00")
+    assert part.status_code == 201 and part.json()["credit_refund"] == "5.00", part.text
+    assert stack.pos_client.refund("E-CREDIT", "R1", "5.00").json() == part.json()  # retry replays
+    assert stack.pos_client.refund("E-CREDIT", "R1", "6.00").status_code == 409
+    too_much = stack.pos_client.refund("E-CREDIT", "R2", "15.00")
+    assert too_much.status_code == 422 and too_much.json()["field"] == "amount"
+    assert stack.pos_client.get("E-CREDIT").json()["status"] == "partially_refunded"
+
+
+@needs_bank
+def test_family_pay_charges_the_relatives_line_and_notifies_them(stack):
+    p = stack.person(WANG)
+    got = pay(stack, "E-FAMILY", WANG, keys={"id_entry": [f"{p['certno']}<enter>"], "confirm": ["<enter>"]})
+    assert got["status"] == "paid", got
+    r = got["result"]
+    assert r["payer"] == "family" and r["acct_pay"] == "0.00" and r["credit_draw"] == "34.00"
+    confirm = [s for s in stack.snaps if s.state == "confirm"][-1]
+    assert confirm.amounts.get("credit_holder")
+    notes = stack.bank_client.notifications(FAMILY_HOLDER).output
+    assert "34.00" in str(notes)
