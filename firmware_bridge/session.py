@@ -331,8 +331,8 @@ class Link:
             try:
                 t = self._factory()
                 t.open()
-            except DeviceError as e:
-                self.last_error = e.message
+            except Exception as e:  # noqa: BLE001 - the supervisor must never die
+                self.last_error = e.message if isinstance(e, DeviceError) else f"cannot open {self.url}: {e!r}"
                 self._set_state(LinkState.DISCONNECTED)
                 self._stop.wait(delay)
                 delay = min(delay * 2, tm.backoff_max)
@@ -352,7 +352,8 @@ class Link:
                     if self._rehello.is_set():
                         self._rehello.clear()
                         self._handshake()
-                    elif time.monotonic() - self._last_rx >= tm.heartbeat:
+                    elif not self._pending and time.monotonic() - self._last_rx >= tm.heartbeat:
+                        # (an outstanding command is its own liveness check)
                         self._request(Cmd.PING, b"", None)
                     self._wake.wait(tm.heartbeat / 4)
                     self._wake.clear()
@@ -361,6 +362,9 @@ class Link:
             except DeviceError as e:
                 self.last_error = e.message
                 log.warning("link %s: %s", self.url, e.message)
+            except Exception as e:  # noqa: BLE001 - a bug here must not stop reconnection
+                self.last_error = f"internal error: {e!r}"
+                log.exception("link %s supervisor", self.url)
             finally:
                 alive.clear()
                 self._transport = None

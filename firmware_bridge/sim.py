@@ -624,6 +624,98 @@ class TcpPort(_Port):
         self.listener.close()
 
 
+class _PtyLines:
+    """A pty has no modem lines: accept the RFC 2217 control requests and ignore them."""
+
+    def __init__(self, ser) -> None:
+        object.__setattr__(self, "_ser", ser)
+
+    def __getattr__(self, name: str):
+        if name in ("cts", "dsr", "ri", "cd"):
+            return False
+        return getattr(self._ser, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("rts", "dtr", "break_condition"):
+            return
+        setattr(self._ser, name, value)
+
+
+class Rfc2217Server:
+    """An RFC 2217 port server in front of a pty, as a terminal server (e.g. a
+    serial-to-Ethernet box) exposes a UART: lets tests open ``rfc2217://``."""
+
+    def __init__(self, tty_path: str, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.tty_path = tty_path
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, port))
+        self.listener.listen(1)
+        self.url = f"rfc2217://{host}:{self.listener.getsockname()[1]}"
+        self.logger = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="rfc2217", daemon=True)
+
+    def start(self) -> Rfc2217Server:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=3)
+        self.listener.close()
+
+    def _serve(self) -> None:
+        import serial
+        import serial.rfc2217
+
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([self.listener], [], [], 0.05)
+                if not r:
+                    continue
+                conn, _ = self.listener.accept()
+            except (OSError, ValueError):
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ser = serial.serial_for_url(self.tty_path, timeout=0.01)
+
+            class _Conn:
+                def write(self, data: bytes) -> None:
+                    conn.sendall(data)
+
+            mgr = serial.rfc2217.PortManager(_PtyLines(ser), _Conn(), logger=self.logger)
+            alive = threading.Event()
+            alive.set()
+
+            def uart_to_net() -> None:
+                while alive.is_set():
+                    try:
+                        data = ser.read(ser.in_waiting or 1)
+                        if data:
+                            conn.sendall(b"".join(mgr.escape(data)))
+                    except (OSError, serial.SerialException, TypeError):
+                        alive.clear()
+
+            t = threading.Thread(target=uart_to_net, daemon=True)
+            t.start()
+            try:
+                while alive.is_set() and not self._stop.is_set():
+                    r, _, _ = select.select([conn], [], [], 0.05)
+                    if r:
+                        data = conn.recv(4096)
+                        if not data:
+                            break
+                        ser.write(b"".join(mgr.filter(data)))
+            except OSError:
+                pass
+            finally:
+                alive.clear()
+                t.join(timeout=1)
+                ser.close()
+                conn.close()
+
+
 class Simulator:
     """A virtual MCU plugged into a pty (default) or a TCP port."""
 

@@ -28,10 +28,15 @@ class SerialTransport:
             # a local tty is locked (flock) so a second bridge or a stray terminal program cannot steal frames
             local = "://" not in self.url
             port = serial.serial_for_url(
-                self.url, baudrate=self.baudrate, timeout=self.read_timeout, write_timeout=1.0, do_not_open=True, exclusive=True if local else None
+                self.url,
+                baudrate=self.baudrate,
+                timeout=self.read_timeout,
+                write_timeout=1.0 if local else None,  # rfc2217:// refuses a write timeout
+                do_not_open=True,
+                exclusive=True if local else None,
             )
             port.open()
-        except (serial.SerialException, OSError, ValueError) as e:
+        except (serial.SerialException, OSError, ValueError, NotImplementedError) as e:
             raise DeviceError(f"cannot open {self.url}: {e}", code="disconnected", field="serial_url") from e
         try:
             port.reset_input_buffer()

@@ -131,3 +131,18 @@ def test_bad_url_is_a_clear_error() -> None:
         with pytest.raises(DeviceError) as ei:
             link.wait_connected(0.3)
         assert "/dev/does-not-exist" in ei.value.message
+
+
+def test_rfc2217_url_through_a_port_server(sim: Simulator) -> None:
+    from firmware_bridge.sim import Rfc2217Server
+
+    server = Rfc2217Server(sim.url).start()
+    try:
+        with Link(server.url, timing=FAST) as link:
+            link.wait_connected(5)
+            for i in range(50):
+                assert link.request(Cmd.ECHO, b"%d" % i).data == b"%d" % i
+            # binary data containing the telnet IAC byte (0xFF) survives the escaping
+            assert link.request(Cmd.ECHO, b"\xff\xff\xa5\xff").data == b"\xff\xff\xa5\xff"
+    finally:
+        server.close()
