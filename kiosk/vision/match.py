@@ -68,9 +68,12 @@ class Candidate:
 
 
 class Gallery:
-    """Enrolled templates of a region; append-only in memory, ids as compact bytes."""
+    """Enrolled templates of a region; append-only in memory, ids as compact bytes.
 
-    def __init__(self, dim: int = DIM, capacity: int = 1024, *, threads: int = 1) -> None:
+    Search runs after capture, when the camera pipeline is idle, so it uses both
+    cores by default (`threads`)."""
+
+    def __init__(self, dim: int = DIM, capacity: int = 1024, *, threads: int = 2) -> None:
         self.dim = dim
         self._q = np.empty((capacity, dim), np.uint8)
         self._s = np.empty((capacity, 1), np.float32)
@@ -103,7 +106,7 @@ class Gallery:
             raise InputError("person ids must be 1-24 ASCII characters", code="person_id_invalid", field="person_id")
         with self._lock:
             self._grow(self._n + len(enc))
-            step = 65536  # quantise in chunks: no transient full-size float copy
+            step = 8192  # quantise in chunks: no transient full-size float copy
             for i in range(0, len(enc), step):
                 q, s = quantise(t[i:i + step])
                 self._q[self._n + i: self._n + i + len(q)] = q
@@ -125,6 +128,7 @@ class Gallery:
             so.intra_op_num_threads = self._threads
             so.inter_op_num_threads = 1
             so.log_severity_level = 3
+            so.enable_cpu_mem_arena = False  # intermediates (4 bytes x N) are freed after each search
             self._sess = ort.InferenceSession(_search_graph(self.dim, _K), so, providers=["CPUExecutionProvider"])
         return self._sess
 
