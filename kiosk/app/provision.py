@@ -4,7 +4,7 @@ Steps, in order, each recorded in <data_dir>/provision/state.json with its resul
 
     settings     region code, settlement profile, medical-institution code (validated)
     keys         the device identity in <data_dir>/keys (kiosk.security.keystore; never regenerated)
-    register     the public SM2 key registered with the insurance centre (POST /admin/terminals)
+    register     the public SM2 key registered with the insurance centre and the bank (POST /admin/terminals)
     models       the model pack copied to <data_dir>/models, every file checked by sha256 (models.loader)
     camera       one live frame read and judged (exposure, focus, faces) in memory, never stored
     peripherals  the firmware bridge answers, the MCU is connected, its self-test passes
@@ -39,6 +39,7 @@ from kiosk.errors import ConfigError, InputError, KioskError
 STEP_NAMES = ("settings", "keys", "register", "models", "camera", "peripherals", "technician")
 DEFAULT_CENTRE = "http://127.0.0.1:8710"
 DEFAULT_BRIDGE = "http://127.0.0.1:8730"
+DEFAULT_BANK = "http://127.0.0.1:8720"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class StepResult:
 @dataclass
 class Options:
     centre_url: str | None = None
+    bank_url: str | None = None
+    no_bank: bool = False
     admin_token: str | None = None
     fixmedins_code: str | None = None
     region: str | None = None
@@ -158,48 +161,74 @@ def step_keys(ctx: Ctx) -> StepResult:
                       {"device_id": ks.device_id, "kid": ks.current_kid, "fingerprints": fp, "created": not existed})
 
 
-def step_register(ctx: Ctx) -> StepResult:
-    import httpx
-
-    ks = ctx.keystore
+def _services(ctx: Ctx) -> list[tuple[str, str]]:
+    """The remote services this terminal registers with: the centre, and the bank unless credit pay is off."""
     centre = str(ctx.value("centre_url", DEFAULT_CENTRE)).rstrip("/")
     ctx.conf["centre_url"] = centre
-    secrets_path = ctx.data_dir / "provision" / "centre.json"
-    saved = _read_json(secrets_path)
-    sm2_public = ks.public_identity()["sm2"]
-    app_id = ks.device_id
-    inputs = {"centre_url": centre, "app_id": app_id, "sm2": sm2_public, "code": ctx.conf["fixmedins_code"]}
+    if ctx.opts.no_bank:
+        ctx.conf["bank_url"] = None
+    elif ctx.opts.bank_url:
+        ctx.conf["bank_url"] = ctx.opts.bank_url.rstrip("/")
+    elif "bank_url" not in ctx.conf:
+        ctx.conf["bank_url"] = DEFAULT_BANK
+    out = [("centre", centre)]
+    if ctx.conf["bank_url"]:
+        out.append(("bank", ctx.conf["bank_url"]))
+    return out
+
+
+def _register_inputs(ctx: Ctx, services: list[tuple[str, str]]) -> str:
+    ks = ctx.keystore
+    return _fingerprint({"services": services, "app_id": ks.device_id, "sm2": ks.public_identity()["sm2"],
+                         "code": ctx.conf.get("fixmedins_code")})
+
+
+def step_register(ctx: Ctx) -> StepResult:
+    """Register the SM2 public key with each service (kiosk.services.client.register_terminal).
+
+    Each service issues its own app_secret, kept in <data_dir>/provision/<service>.json (0600) where
+    the kiosk app reads it; a re-registration sends the saved secret back so it stays the same."""
+    from kiosk.services.client import register_terminal
+
+    ks = ctx.keystore
+    services = _services(ctx)
     prev = ctx.state.get("steps", {}).get("register", {})
-    if (prev.get("status") == "ok" and prev.get("inputs") == _fingerprint(inputs) and saved.get("app_secret")
-            and "register" not in ctx.opts.redo):
-        return StepResult("skipped", f"already registered with {centre} as {app_id}", prev.get("detail", {}))
+    saved = {name: _read_json(ctx.data_dir / "provision" / f"{name}.json") for name, _ in services}
+    if (prev.get("status") == "ok" and prev.get("inputs") == _register_inputs(ctx, services)
+            and all(saved[n].get("app_secret") for n, _ in services) and "register" not in ctx.opts.redo):
+        return StepResult("skipped", "already registered with " + ", ".join(f"{n} {u}" for n, u in services),
+                          prev.get("detail", {}))
     token = ctx.opts.admin_token or os.environ.get("KIOSK_CENTRE_ADMIN_TOKEN", "")
     if not token:
-        raise InputError("the centre's operator token is needed to register (or set KIOSK_CENTRE_ADMIN_TOKEN)",
+        raise InputError("the operator token is needed to register (or set KIOSK_CENTRE_ADMIN_TOKEN)",
                          field="admin_token")
-    body = {"app_id": app_id, "sm2_public": sm2_public, "fixmedins_code": ctx.conf["fixmedins_code"],
-            "app_secret": saved.get("app_secret", "") if saved.get("centre_url") == centre else ""}
-    try:
-        r = httpx.post(f"{centre}/admin/terminals", json=body, headers={"X-Admin-Token": token}, timeout=10)
-    except httpx.HTTPError as e:
-        return StepResult("failed", f"the centre at {centre} is not reachable ({type(e).__name__}); "
-                                    "check the network and the URL", {"centre_url": centre})
-    try:
-        ans = r.json()
-    except ValueError:
-        ans = {}
-    if r.status_code == 401:
-        return StepResult("failed", "the centre refused the operator token (X-Admin-Token)", {"centre_url": centre})
-    if r.status_code != 200 or ans.get("infcode") != 0:
-        return StepResult("failed", f"the centre refused the registration: HTTP {r.status_code} "
-                                    f"{ans.get('err_msg') or r.text[:200]}", {"centre_url": centre})
-    out = ans.get("output") or {}
-    _write_json(secrets_path, {"centre_url": centre, "app_id": out.get("app_id", app_id),
-                               "app_secret": out["app_secret"], "service_keys": out.get("service_keys", {})})
-    skeys = {k: hashlib.sha256(str(v).encode()).hexdigest()[:16] for k, v in (out.get("service_keys") or {}).items()}
-    return StepResult("ok", f"registered with {centre} as {app_id}",
-                      {"centre_url": centre, "app_id": app_id, "service_key_fingerprints": skeys,
-                       "credentials": str(secrets_path)})
+    sm2_public = ks.public_identity()["sm2"]
+    detail: dict[str, Any] = {"app_id": ks.device_id, "services": {}}
+    failed = []
+    for name, url in services:
+        old = saved[name]
+        try:
+            out = register_terminal(url, token, ks.device_id, sm2_public, ctx.conf["fixmedins_code"],
+                                    app_secret=old.get("app_secret", "") if old.get("url") == url else "")
+        except KioskError as e:
+            msg = str(e)
+            if "admin token" in msg or "x-admin-token" in msg:
+                msg = f"the {name} refused the operator token (X-Admin-Token)"
+            elif getattr(e, "code", "") == "unreachable":
+                msg = f"the {name} at {url} is not reachable; check the network and the URL"
+            failed.append(msg)
+            detail["services"][name] = {"url": url, "status": "failed"}
+            continue
+        _write_json(ctx.data_dir / "provision" / f"{name}.json",
+                    {"url": url, "app_id": out.get("app_id", ks.device_id), "app_secret": out["app_secret"],
+                     "service_keys": out.get("service_keys", {})})
+        fps = {k: hashlib.sha256(str(v).encode()).hexdigest()[:16] for k, v in (out.get("service_keys") or {}).items()}
+        detail["services"][name] = {"url": url, "status": "ok", "service_key_fingerprints": fps}
+    done = [f"{n} {u}" for n, u in services if detail["services"][n]["status"] == "ok"]
+    ok_part = "registered with " + ", ".join(done) if done else ""
+    if failed:
+        return StepResult("failed", "; ".join(failed) + (f" ({ok_part})" if ok_part else ""), detail)
+    return StepResult("ok", f"{ok_part} as {ks.device_id}", detail)
 
 
 def _sha256_file(path: Path) -> str:
@@ -416,10 +445,7 @@ def run_provision(opts: Options, *, settings: Settings | None = None, clock: Clo
         rec = {"status": "ok" if res.status == "skipped" else res.status, "summary": res.summary,
                "detail": res.detail, "at": clock.now().isoformat(timespec="seconds"), "ms": round(ms, 1)}
         if step.name == "register":
-            ks = ctx.keystore
-            rec["inputs"] = _fingerprint({"centre_url": ctx.conf.get("centre_url"), "app_id": ks.device_id,
-                                          "sm2": ks.public_identity()["sm2"], "code": ctx.conf.get("fixmedins_code")}
-                                         ) if ks is not None else None
+            rec["inputs"] = _register_inputs(ctx, _services(ctx)) if ctx.keystore is not None else None
             if res.status == "skipped":
                 rec = {**prev, "summary": res.summary, "checked_at": rec["at"]}
         state["steps"][step.name] = rec
@@ -448,7 +474,7 @@ def _prev(state: dict[str, Any], name: str) -> StepResult:
 # ----------------------------------------------------------------------------- CLI
 
 def _cmd(args: argparse.Namespace) -> int:
-    opts = Options(centre_url=args.centre, admin_token=args.admin_token, fixmedins_code=args.fixmedins_code,
+    opts = Options(centre_url=args.centre, bank_url=args.bank_url, no_bank=args.no_bank, admin_token=args.admin_token, fixmedins_code=args.fixmedins_code,
                    region=args.region, profile=args.profile, model_source=args.model_source,
                    model_dir=args.model_dir, camera=args.camera, bridge_url=args.bridge,
                    technician_pin=args.technician_pin, redo=tuple(args.redo or ()), only=tuple(args.only or ()),
@@ -466,7 +492,9 @@ def register_provision(subparsers: argparse._SubParsersAction) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="\n".join(__doc__.splitlines()[2:13]))
     p.add_argument("--centre", metavar="URL", help=f"insurance centre (default {DEFAULT_CENTRE}; remembered)")
-    p.add_argument("--admin-token", help="the centre operator's token for registration (or KIOSK_CENTRE_ADMIN_TOKEN)")
+    p.add_argument("--bank", dest="bank_url", metavar="URL", help=f"bank (credit line) service (default {DEFAULT_BANK}; remembered)")
+    p.add_argument("--no-bank", action="store_true", help="this counter offers no credit pay: register with the centre only")
+    p.add_argument("--admin-token", help="the operator's token for registration (or KIOSK_CENTRE_ADMIN_TOKEN)")
     p.add_argument("--fixmedins-code", help="medical institution code of this counter (remembered)")
     p.add_argument("--region", help="6-digit region code, e.g. 370200 (remembered)")
     p.add_argument("--profile", help="settlement profile name, e.g. qingdao-employee-outpatient (remembered)")

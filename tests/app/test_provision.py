@@ -20,14 +20,39 @@ from .screen.server import serve
 FACE = "data/faces/misc/examples_knn_examples_test_obama1.jpg"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def operator_token():
+    """One operator token for both services, as a region would configure it."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KIOSK_SERVICES_ADMIN_TOKEN", "operator-token-for-tests")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
-def centre(tmp_path_factory):
+def centre(tmp_path_factory, operator_token):
     from kiosk.services.centre.app import create_app
 
     d = tmp_path_factory.mktemp("centre")
     app = create_app(f"sqlite:///{d / 'centre.db'}", data_dir=d)
     from kiosk.services.http import admin_token
 
+    with serve(app) as url:
+        yield url, admin_token(d)
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory, operator_token):
+    """The bank service when it is built (F); None means this run registers with the centre only."""
+    try:
+        from kiosk.services.bank.app import create_app
+    except ImportError:
+        yield None
+        return
+    d = tmp_path_factory.mktemp("bank")
+    from kiosk.services.http import admin_token
+
+    app = create_app(f"sqlite:///{d / 'bank.db'}", data_dir=d)
     with serve(app) as url:
         yield url, admin_token(d)
 
@@ -60,8 +85,14 @@ def pack_copy(shared_dir, tmp_path):
     return src
 
 
-def opts(centre, bridge, shared_dir, **kw) -> Options:
-    base = dict(centre_url=centre[0], admin_token=centre[1], fixmedins_code="P37020200001", region="370200",
+@pytest.fixture
+def services(centre, bank):
+    return {"centre_url": centre[0], "admin_token": centre[1], "bank_url": bank[0] if bank else None,
+            "no_bank": bank is None}
+
+
+def opts(services, bridge, shared_dir, **kw) -> Options:
+    base = dict(**services, fixmedins_code="P37020200001", region="370200",
                 profile="qingdao-employee-outpatient", model_source=str(shared_dir / "models"),
                 camera=str(shared_dir / FACE), bridge_url=bridge[0])
     base.update(kw)
@@ -72,10 +103,10 @@ def settings_for(tmp_path: Path, shared_dir: Path) -> Settings:
     return Settings(data_dir=tmp_path / "var", model_pack=shared_dir / "models")
 
 
-def test_first_run_does_every_step_and_a_rerun_changes_nothing(centre, bridge, shared_dir, tmp_path):
+def test_first_run_does_every_step_and_a_rerun_changes_nothing(services, centre, bridge, shared_dir, tmp_path):
     s = settings_for(tmp_path, shared_dir)
     out = io.StringIO()
-    st = run_provision(opts(centre, bridge, shared_dir), settings=s, out=out)
+    st = run_provision(opts(services, bridge, shared_dir), settings=s, out=out)
     text = out.getvalue()
     assert [v["status"] for v in st["steps"].values()] == ["ok"] * 7, text
     for i, name in enumerate(["settings", "keys", "register", "models", "camera", "peripherals", "technician"], 1):
@@ -89,6 +120,10 @@ def test_first_run_does_every_step_and_a_rerun_changes_nothing(centre, bridge, s
     creds = json.loads((tmp_path / "var" / "provision" / "centre.json").read_text())
     assert creds["app_id"] == st["device_id"] and len(creds["app_secret"]) >= 16
     assert stat.S_IMODE((tmp_path / "var" / "provision" / "centre.json").stat().st_mode) == 0o600
+    registered = st["steps"]["register"]["detail"]["services"]
+    assert registered["centre"]["status"] == "ok"
+    assert ("bank" in registered) == (not services["no_bank"])
+    assert (tmp_path / "var" / "provision" / "bank.json").exists() == (not services["no_bank"])
     pin = text.split("technician PIN: ")[1].split()[0]
     assert check_pin(tmp_path / "var", pin)
     # nothing secret in the state file
@@ -106,14 +141,14 @@ def test_first_run_does_every_step_and_a_rerun_changes_nothing(centre, bridge, s
     assert check_pin(tmp_path / "var", pin)
 
 
-def test_an_altered_model_file_is_refused_by_name(centre, bridge, shared_dir, tmp_path, pack_copy):
+def test_an_altered_model_file_is_refused_by_name(services, centre, bridge, shared_dir, tmp_path, pack_copy):
     victim = next(pack_copy.rglob("mobilefacenet.onnx"))
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.unlink()
     victim.write_bytes(bytes(data))
     out = io.StringIO()
-    st = run_provision(opts(centre, bridge, shared_dir, model_source=str(pack_copy)),
+    st = run_provision(opts(services, bridge, shared_dir, model_source=str(pack_copy)),
                        settings=settings_for(tmp_path, shared_dir), out=out)
     m = st["steps"]["models"]
     assert m["status"] == "failed" and "recognition/mobilefacenet.onnx" in m["summary"] and "refused" in m["summary"]
@@ -122,13 +157,13 @@ def test_an_altered_model_file_is_refused_by_name(centre, bridge, shared_dir, tm
     assert st["steps"]["register"]["status"] == "ok"  # independent steps still ran
 
 
-def test_failures_name_what_to_fix_and_a_rerun_completes(centre, bridge, shared_dir, tmp_path):
+def test_failures_name_what_to_fix_and_a_rerun_completes(services, centre, bridge, shared_dir, tmp_path):
     from .screen.server import free_port
 
     s = settings_for(tmp_path, shared_dir)
     dead = f"http://127.0.0.1:{free_port()}"
     out = io.StringIO()
-    st = run_provision(opts(centre, bridge, shared_dir, bridge_url=dead, admin_token="wrong"), settings=s, out=out)
+    st = run_provision(opts(services, bridge, shared_dir, bridge_url=dead, admin_token="wrong"), settings=s, out=out)
     assert st["steps"]["peripherals"]["status"] == "failed" and "not running" in st["steps"]["peripherals"]["summary"]
     assert st["steps"]["register"]["status"] == "failed" and "operator token" in st["steps"]["register"]["summary"]
     # paper out is caught by the self-test step
@@ -144,24 +179,24 @@ def test_failures_name_what_to_fix_and_a_rerun_completes(centre, bridge, shared_
     assert all(v["status"] == "ok" for v in st["steps"].values()), out.getvalue()
 
 
-def test_bad_input_names_the_field(centre, bridge, shared_dir, tmp_path):
+def test_bad_input_names_the_field(services, centre, bridge, shared_dir, tmp_path):
     s = settings_for(tmp_path, shared_dir)
     with pytest.raises(InputError) as e:
-        run_provision(opts(centre, bridge, shared_dir, region="37"), settings=s, out=io.StringIO())
+        run_provision(opts(services, bridge, shared_dir, region="37"), settings=s, out=io.StringIO())
     assert e.value.field == "region"
     with pytest.raises(InputError) as e:
-        run_provision(opts(centre, bridge, shared_dir, profile="atlantis"), settings=s, out=io.StringIO())
+        run_provision(opts(services, bridge, shared_dir, profile="atlantis"), settings=s, out=io.StringIO())
     assert e.value.field == "profile" and "qingdao-employee-outpatient" in str(e.value)
 
 
-def test_a_blank_camera_fails_the_camera_step(centre, bridge, shared_dir, tmp_path):
+def test_a_blank_camera_fails_the_camera_step(services, centre, bridge, shared_dir, tmp_path):
     import cv2
     import numpy as np
 
     blank = tmp_path / "blank"
     blank.mkdir()
     cv2.imwrite(str(blank / "f.png"), np.zeros((480, 640, 3), np.uint8))
-    st = run_provision(opts(centre, bridge, shared_dir, camera=str(blank), only=("camera",)),
+    st = run_provision(opts(services, bridge, shared_dir, camera=str(blank), only=("camera",)),
                        settings=settings_for(tmp_path, shared_dir), out=io.StringIO())
     assert st["steps"]["camera"]["status"] == "failed" and "blank" in st["steps"]["camera"]["summary"]
 
