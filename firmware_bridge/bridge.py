@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import collections
 import secrets
+from pathlib import Path
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from firmware_bridge.firmware import FirmwareUpdater, SignedImage
 from firmware_bridge.keypad import EntryState, IdEntry
 from firmware_bridge.messages import BootEvent, BuzzerPattern, CardInfo, Evt, Flag, PayloadError, fmt_version
 from firmware_bridge.peripherals import Peripherals
@@ -49,8 +51,20 @@ class Bridge:
         self._lock = threading.Lock()
         self._entries: dict[str, _EntrySession] = {}
         self._active: str | None = None
+        self._fw_job: dict[str, Any] = {"state": "idle"}
         self.link.add_listener(self._on_event)
-        self.link.add_state_listener(lambda s: self._log("link", state=s.value))
+        self.link.add_state_listener(self._on_state)
+
+    def _on_state(self, s: LinkState) -> None:
+        self._log("link", state=s.value)
+        if s == LinkState.CONNECTED:  # flags may have changed while we were away
+            threading.Thread(target=self._refresh_quietly, name="bridge-refresh", daemon=True).start()
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self.refresh()
+        except DeviceError:
+            pass
 
     # --- events ------------------------------------------------------------------------
 
@@ -162,3 +176,36 @@ class Bridge:
             self.peripherals.buzz(BuzzerPattern.SHORT if state == EntryState.ACCEPTED else BuzzerPattern.DOUBLE)
         except DeviceError:
             pass  # the entry's outcome stands even if the beep is lost
+
+    # --- firmware update (technician) ------------------------------------------------------
+
+    def start_firmware_update(self, path: str) -> dict[str, Any]:
+        """Start (or resume) an update from a signed ``.kfw`` file in the background."""
+        try:
+            blob = Path(path).read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read firmware image {path}: {e.strerror}", field="path") from e
+        image = SignedImage.from_bytes(blob)  # InputError / IntegrityError name the problem
+        with self._lock:
+            if self._fw_job.get("state") == "running":
+                raise InputError("a firmware update is already running", code="busy", field="path")
+            job = {"state": "running", "version": ".".join(map(str, image.version)), "offset": 0, "size": len(image.data), "error": None, "resumed_from": None}
+            self._fw_job = job
+
+        def progress(offset: int, size: int) -> None:
+            job["offset"] = offset
+
+        def run() -> None:
+            try:
+                res = FirmwareUpdater(self.link).update(image, progress=progress)
+                job.update(state="done", offset=job["size"], resumed_from=res.resumed_from)
+                self._log("firmware", state="done", version=job["version"])
+            except DeviceError as e:
+                job.update(state="failed", error=e.message)
+                self._log("firmware", state="failed", version=job["version"])
+
+        threading.Thread(target=run, name="firmware-update", daemon=True).start()
+        return dict(job)
+
+    def firmware_job(self) -> dict[str, Any]:
+        return dict(self._fw_job)

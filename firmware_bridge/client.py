@@ -52,7 +52,7 @@ class BridgeClient:
             field = ".".join(str(x) for x in first.get("loc", [])[1:]) or None
             raise InputError(first.get("msg", "invalid request"), field=field)
         msg = err.get("message") or f"bridge answered HTTP {r.status_code}"
-        if r.status_code in (404, 422):
+        if r.status_code in (404, 409, 422):
             raise InputError(msg, code=err.get("code", "invalid_input"), field=err.get("field"))
         raise DeviceError(msg, code=err.get("code", "device_error"), field=err.get("field"))
 
@@ -110,6 +110,14 @@ class BridgeClient:
 
     def self_test(self) -> dict[str, Any]:
         return self._call("POST", "/v1/self-test")
+
+    def firmware_update(self, path: str) -> dict[str, Any]:
+        """Start (or resume) a signed firmware update from a ``.kfw`` file on the terminal."""
+        return self._call("POST", "/v1/firmware", json={"path": path})
+
+    def firmware_job(self) -> dict[str, Any]:
+        """``state``: idle|running|done|failed, ``offset``/``size``, ``error``."""
+        return self._call("GET", "/v1/firmware")
 
     def sim(self, line: str) -> str:
         """Demo only: drive the simulated MCU of a bridge started with ``--serial sim``."""

@@ -25,7 +25,7 @@ from firmware_bridge.bridge import Bridge
 from firmware_bridge.escpos import Receipt
 from firmware_bridge.messages import BuzzerPattern, LedColor, LedPattern, LightChannel
 from firmware_bridge.session import Link
-from kiosk.errors import DeviceError, InputError, KioskError
+from kiosk.errors import DeviceError, InputError, IntegrityError, KioskError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ class ReceiptReq(BaseModel):
     columns: int = Field(32, ge=24, le=64)
 
 
+class FirmwareReq(BaseModel):
+    path: str = Field(min_length=1, max_length=4096)
+
+
 class SimCommand(BaseModel):
     line: str = Field(max_length=200)
 
@@ -79,7 +83,11 @@ def create_app(bridge: Bridge, *, sim: Any = None) -> FastAPI:
 
     @app.exception_handler(InputError)
     def _input_error(_: Request, e: InputError) -> JSONResponse:
-        return _error(404 if e.code == "not_found" else 422, e)
+        return _error({"not_found": 404, "busy": 409}.get(e.code, 422), e)
+
+    @app.exception_handler(IntegrityError)
+    def _integrity_error(_: Request, e: IntegrityError) -> JSONResponse:
+        return _error(422, e)
 
     @app.get("/v1/status")
     def status() -> dict[str, Any]:
@@ -151,6 +159,15 @@ def create_app(bridge: Bridge, *, sim: Any = None) -> FastAPI:
     def self_test() -> dict[str, Any]:
         results = p.self_test()
         return {"passed": all(results.values()), "results": results}
+
+    @app.post("/v1/firmware")
+    def firmware_update(req: FirmwareReq) -> dict[str, Any]:
+        """Start or resume a signed update from a .kfw file on this machine; poll GET /v1/firmware."""
+        return bridge.start_firmware_update(req.path)
+
+    @app.get("/v1/firmware")
+    def firmware_job() -> dict[str, Any]:
+        return bridge.firmware_job()
 
     if sim is not None:
 

@@ -145,3 +145,37 @@ def test_real_service_process_with_simulated_mcu() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_firmware_update_endpoint_resumes_after_a_failure(tmp_path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from firmware_bridge.firmware import sign_image
+    from firmware_bridge.sim import VirtualMcu
+
+    key = Ed25519PrivateKey.generate()
+    image = sign_image(key, (2, 0, 0), os.urandom(5000))
+    path = tmp_path / "fw.kfw"
+    path.write_bytes(image.to_bytes())
+    with Simulator(VirtualMcu(trusted_key=key.public_key()), link=tmp_path / "mcu") as s, Link(s.url, timing=FAST) as link:
+        link.wait_connected(3)
+        with TestClient(create_app(Bridge(link))) as http:
+            c = BridgeClient("http://testserver", http=http)
+            # an earlier attempt was interrupted after two chunks (1020 bytes each)
+            from firmware_bridge.firmware import FirmwareUpdater
+
+            FirmwareUpdater(link).update(image, stop_after_chunks=2)
+            job = c.firmware_update(str(path))
+            assert job["state"] == "running" and job["size"] == 5000
+            wait_for(lambda: c.firmware_job()["state"] != "running", timeout=10, what="update finished")
+            assert c.firmware_job()["state"] == "done" and s.mcu.firmware == (2, 0, 0)
+            assert c.firmware_job()["resumed_from"] == 2040
+            assert c.status()["firmware"] == "2.0.0"
+            with pytest.raises(InputError) as ei:
+                c.firmware_update(str(tmp_path / "missing.kfw"))
+            assert ei.value.field == "path"
+            bad = tmp_path / "bad.kfw"
+            bad.write_bytes(image.to_bytes()[:-1])
+            with pytest.raises(InputError) as ei:
+                c.firmware_update(str(bad))
+            assert "truncated" in ei.value.message
