@@ -200,8 +200,8 @@ def step_register(ctx: Ctx) -> StepResult:
                           prev.get("detail", {}))
     token = ctx.opts.admin_token or os.environ.get("KIOSK_CENTRE_ADMIN_TOKEN", "")
     if not token:
-        raise InputError("the operator token is needed to register (or set KIOSK_CENTRE_ADMIN_TOKEN)",
-                         field="admin_token")
+        return StepResult("failed", "the operator token is needed to register: pass --admin-token "
+                                    "(or set KIOSK_CENTRE_ADMIN_TOKEN)", {"field": "admin_token"})
     sm2_public = ks.public_identity()["sm2"]
     detail: dict[str, Any] = {"app_id": ks.device_id, "services": {}}
     failed = []
