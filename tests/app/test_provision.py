@@ -210,3 +210,15 @@ def test_the_cli_registers_and_parses():
     assert a.region == "370200" and a.redo == ["register"] and a.json and callable(a.func)
     with pytest.raises(SystemExit):
         ap.parse_args(["provision", "--redo", "nope"])
+
+
+def test_without_an_operator_token_register_fails_and_the_rest_still_runs(services, centre, bridge, shared_dir,
+                                                                          tmp_path, monkeypatch):
+    monkeypatch.delenv("KIOSK_CENTRE_ADMIN_TOKEN", raising=False)
+    out = io.StringIO()
+    st = run_provision(opts({**services, "admin_token": None}, bridge, shared_dir, skip=("models", "camera")),
+                       settings=settings_for(tmp_path, shared_dir), out=out)
+    reg = st["steps"]["register"]
+    assert reg["status"] == "failed" and "--admin-token" in reg["summary"]
+    assert st["steps"]["peripherals"]["status"] == "ok" and st["steps"]["technician"]["status"] == "ok"
+    assert "[4/7] models       -- not run this time" in out.getvalue()
