@@ -4,12 +4,14 @@ Each concern keeps its own list (e.g. `kiosk.credit.schema.MIGRATIONS`) and call
 `db.migrate(MIGRATIONS)` when it starts. A migration runs once, in one
 transaction, and is recorded in `schema_migrations` with a checksum of its
 statements; changing a recorded migration is refused (add a new one instead).
+A statement may be a mapping {"sqlite": ..., "postgresql": ...} where the
+dialects need different text (triggers); a missing/empty entry is skipped.
 On PostgreSQL concurrent migrators are serialised by an advisory lock.
 """
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,9 +29,9 @@ class Migration:
     """`name` must be unique across the project: prefix it with the concern ("credit.001_lines")."""
 
     name: str
-    statements: tuple[str, ...]
+    statements: tuple[str | Mapping[str, str], ...]
 
-    def __init__(self, name: str, statements: Sequence[str]) -> None:
+    def __init__(self, name: str, statements: Sequence[str | Mapping[str, str]]) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "statements", tuple(statements))
 
@@ -37,7 +39,8 @@ class Migration:
     def checksum(self) -> str:
         h = hashlib.sha256()
         for s in self.statements:
-            h.update(" ".join(s.split()).encode())
+            text = s if isinstance(s, str) else "\x1e".join(f"{k}={v}" for k, v in sorted(s.items()))
+            h.update(" ".join(text.split()).encode())
             h.update(b"\0")
         return h.hexdigest()[:16]
 
@@ -66,7 +69,10 @@ def apply(db: Database, migrations: Sequence[Migration]) -> list[str]:
                         code="migration_changed")
                 continue
             for stmt in m.statements:
-                tx.execute(db.ddl(stmt))
+                if not isinstance(stmt, str):  # dialect-specific text: {"sqlite": ..., "postgresql": ...}
+                    stmt = stmt.get(db.dialect, "")
+                if stmt.strip():
+                    tx.execute(db.ddl(stmt))
             tx.execute("INSERT INTO schema_migrations (name, checksum, applied_at) VALUES (?, ?, ?)",
                        (m.name, m.checksum, utc_now_text()))
             applied.append(m.name)

@@ -1,0 +1,560 @@
+"""CreditService: the credit line on a real database.
+
+Every mutation runs in one transaction that (1) claims its idempotency key,
+(2) locks the line row (`FOR UPDATE` on PostgreSQL; SQLite serialises writers),
+(3) accrues interest up to the event's day, (4) applies the pure rule, and
+(5) appends a balanced journal entry, updates the projection and queues
+outbox notifications. A retried key replays the first Result and moves no
+money twice; two counters on one line are serialised by the line lock, so the
+limit can never be exceeded.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from kiosk.clock import Clock, local_day
+from kiosk.credit import ledger, rules
+from kiosk.credit.schema import MIGRATIONS
+from kiosk.errors import InputError, IntegrityError
+from kiosk.money import Fen, fen_to_yuan
+from kiosk.storage import Database, IdempotencyStore, Outbox, OutboxMessage, Transaction
+
+TOPIC_MEMBER_DRAW = "credit.member_draw"
+TOPIC_DUE_SOON = "credit.due_soon"
+TOPIC_OVERDUE = "credit.overdue"
+
+_LINE_COLS = ("id, holder, birth_date, insured_years, profile, opened_day, limit_fen, principal_fen, holds_fen, "
+              "interest_unpaid_fen, interest_paid_fen, refunded_cash_fen, accrued_through")
+
+
+@dataclass(frozen=True)
+class Result:
+    """An operation's outcome: a code from `rules` and details (yuan strings)."""
+
+    code: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == rules.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, **self.detail}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        d = dict(d)
+        return cls(d.pop("code"), d)
+
+
+@dataclass(frozen=True)
+class LineState:
+    holder: str | None
+    limit: Fen
+    available: Fen
+    principal_outstanding: Fen
+    holds_open: Fen
+    interest_unpaid: Fen
+    interest_paid: Fen
+    refunded_cash: Fen
+    overdue: bool
+    as_of: date
+
+    def to_json(self) -> dict[str, Any]:
+        return {"limit": fen_to_yuan(self.limit), "available": fen_to_yuan(self.available),
+                "principal_outstanding": fen_to_yuan(self.principal_outstanding),
+                "interest_unpaid": fen_to_yuan(self.interest_unpaid),
+                "interest_paid": fen_to_yuan(self.interest_paid),
+                "refunded_cash": fen_to_yuan(self.refunded_cash), "overdue": self.overdue}
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    ok: bool
+    lines: int
+    entries: int
+    postings: int
+    problems: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Line:
+    id: int
+    holder: str
+    birth_date: date
+    insured_years: int
+    profile: rules.CreditProfile
+    opened_day: date
+    limit: Fen
+    principal: Fen
+    holds: Fen
+    interest_unpaid: Fen
+    interest_paid: Fen
+    refunded_cash: Fen
+    accrued_through: date
+
+    @property
+    def available(self) -> Fen:
+        return self.limit - self.principal - self.holds
+
+    @classmethod
+    def from_row(cls, r: tuple[Any, ...]) -> _Line:
+        return cls(r[0], r[1], date.fromisoformat(r[2]), r[3], rules.profile(r[4]), date.fromisoformat(r[5]),
+                   r[6], r[7], r[8], r[9], r[10], r[11], date.fromisoformat(r[12]))
+
+
+def _positive(amount: Fen, name: str = "amount") -> Fen:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InputError("must be an integer number of fen", field=name)
+    if amount <= 0:
+        raise InputError("must be positive", field=name)
+    return amount
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise InputError("must be a non-empty string (at most 200 characters)", field=name)
+    return value
+
+
+class CreditService:
+    """Credit lines, family pay and the journal on one Database."""
+
+    def __init__(self, db: Database, clock: Clock, *, migrate: bool = True) -> None:
+        self.db = db
+        self.clock = clock
+        self.idem = IdempotencyStore("credit")
+        self.outbox = Outbox("credit.")
+        if migrate:
+            db.migrate(MIGRATIONS)
+
+    # -- plumbing -------------------------------------------------------------
+    def _today(self) -> date:
+        return local_day(self.clock)
+
+    def _mutate(self, key: str, request: dict[str, Any], work: Callable[[Transaction, date], Result]) -> Result:
+        day = self._today()
+
+        def body(tx: Transaction) -> Result:
+            prior = self.idem.begin(tx, key, request)
+            if prior is not None:
+                return Result.from_dict(prior)
+            res = work(tx, day)
+            self.idem.finish(tx, key, res.to_dict())
+            return res
+
+        return self.db.run(body)
+
+    def _line_id(self, tx: Transaction, holder: str) -> int | None:
+        return tx.scalar("SELECT id FROM credit_lines WHERE holder = ?", (holder,))
+
+    def _lock(self, tx: Transaction, line_id: int) -> _Line:
+        r = tx.fetch_one(f"SELECT {_LINE_COLS} FROM credit_lines WHERE id = ?" + tx.for_update, (line_id,))
+        if r is None:  # pragma: no cover - lines are never deleted
+            raise IntegrityError(f"credit line {line_id} vanished")
+        return _Line.from_row(r)
+
+    def _save(self, tx: Transaction, ln: _Line) -> None:
+        tx.execute("UPDATE credit_lines SET principal_fen = ?, holds_fen = ?, interest_unpaid_fen = ?, "
+                   "interest_paid_fen = ?, refunded_cash_fen = ?, accrued_through = ? WHERE id = ?",
+                   (ln.principal, ln.holds, ln.interest_unpaid, ln.interest_paid, ln.refunded_cash,
+                    ln.accrued_through.isoformat(), ln.id))
+
+    def _append(self, tx: Transaction, ln: _Line, e: ledger.Entry) -> int:
+        e.require_balanced()
+        entry_id = tx.scalar("INSERT INTO credit_entries (line_id, kind, day, ref, corrects, created_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                             (ln.id, e.kind, e.day.isoformat(), e.ref, e.corrects, self.clock.now().isoformat()))
+        if e.postings:
+            values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(e.postings))
+            params: list[Any] = []
+            for p in e.postings:
+                params += [entry_id, ln.id, p.account, p.amount, p.draw_id, p.hold_id]
+            tx.execute("INSERT INTO credit_postings (entry_id, line_id, account, amount, draw_id, hold_id) "
+                       f"VALUES {values}", params)
+        return int(entry_id)
+
+    def _open_draws(self, tx: Transaction, line_id: int) -> list[rules.OpenDraw]:
+        rows = tx.fetch_all("SELECT id, day, unpaid_fen FROM credit_draws WHERE line_id = ? AND unpaid_fen > 0 "
+                            "ORDER BY id", (line_id,))
+        return [rules.OpenDraw(r[0], date.fromisoformat(r[1]), r[2]) for r in rows]
+
+    def _oldest_unpaid_day(self, tx: Transaction, line_id: int) -> date | None:
+        # draws are inserted in event order with non-decreasing days: the first unpaid is the oldest
+        d = tx.scalar("SELECT day FROM credit_draws WHERE line_id = ? AND unpaid_fen > 0 ORDER BY id LIMIT 1",
+                      (line_id,))
+        return None if d is None else date.fromisoformat(d)
+
+    def _accrue(self, tx: Transaction, ln: _Line, day: date) -> None:
+        """Interest and notices for the days (accrued_through, day], before the day's event."""
+        if day <= ln.accrued_through:
+            return
+        p = ln.profile
+        bearing_before = day - timedelta(days=p.free_days + 1)
+        notice_before = day - timedelta(days=p.free_days - p.notice_days_before)
+        rows = tx.fetch_all("SELECT id, day, unpaid_fen, ref FROM credit_draws WHERE line_id = ? AND unpaid_fen > 0 "
+                            "AND day <= ? ORDER BY id", (ln.id, notice_before.isoformat()))
+        draws = [rules.OpenDraw(r[0], date.fromisoformat(r[1]), r[2]) for r in rows]
+        parts = rules.accrual([d for d in draws if d.day <= bearing_before], ln.accrued_through, day, p)
+        if parts:
+            self._append(tx, ln, ledger.accrual_entry(day, parts))
+            ln.interest_unpaid += sum(f for _, _, f in parts)
+        for r, d in zip(rows, draws):
+            topic = TOPIC_OVERDUE if d.day <= bearing_before else TOPIC_DUE_SOON
+            free_until = d.day + timedelta(days=p.free_days)
+            self.outbox.put(tx, topic, {"holder": ln.holder, "ref": r[3], "draw_day": d.day.isoformat(),
+                                        "free_until": free_until.isoformat(), "unpaid": fen_to_yuan(d.unpaid)},
+                            dedupe_key=f"{topic}:{d.draw_id}", created_at=self.clock.now().isoformat())
+        ln.accrued_through = day
+
+    def _resolve_payer(self, tx: Transaction, payer: str, holder: str | None) -> tuple[int | None, bool]:
+        """(line id, payer allowed). With `holder`, the payer must be the holder or bound to that line."""
+        if holder is None:
+            own = self._line_id(tx, payer)
+            if own is not None:
+                return own, True
+            lid = tx.scalar("SELECT line_id FROM credit_members WHERE member = ? AND active = 1", (payer,))
+            return lid, lid is not None
+        return self._line_id(tx, holder), True
+
+    def _member(self, tx: Transaction, ln: _Line, payer: str) -> tuple[bool, Fen | None]:
+        """(bound, monthly cap) of `payer` on the locked line; the holder is always bound, uncapped."""
+        if payer == ln.holder:
+            return True, None
+        r = tx.fetch_one("SELECT monthly_cap_fen FROM credit_members WHERE line_id = ? AND member = ? AND active = 1",
+                         (ln.id, payer))
+        return (False, None) if r is None else (True, r[0])
+
+    def _ref_free(self, tx: Transaction, ref: str) -> None:
+        used = tx.fetch_one("SELECT 1 FROM credit_draws WHERE ref = ? UNION ALL SELECT 1 FROM credit_holds WHERE ref = ?",
+                            (ref, ref))
+        if used is not None:
+            raise InputError(f"ref {ref!r} is already used by another draw or hold", field="ref")
+
+    def _new_draw(self, tx: Transaction, ln: _Line, day: date, ref: str, payer: str, amount: Fen,
+                  from_hold: bool) -> int:
+        draw_id = int(tx.scalar(
+            "INSERT INTO credit_draws (line_id, ref, payer, day, month, original_fen, unpaid_fen, from_hold) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (ln.id, ref, payer, day.isoformat(), rules.month_of(day), amount, amount, from_hold)))
+        self._append(tx, ln, ledger.draw_entry(day, ref, draw_id, amount))
+        ln.principal += amount
+        if payer != ln.holder:  # the holder is notified of every member draw
+            self.outbox.put(tx, TOPIC_MEMBER_DRAW, {"holder": ln.holder, "member": payer, "ref": ref,
+                                                    "amount": fen_to_yuan(amount), "day": day.isoformat()},
+                            dedupe_key=f"{TOPIC_MEMBER_DRAW}:{draw_id}", created_at=self.clock.now().isoformat())
+        return draw_id
+
+    # -- operations -----------------------------------------------------------
+    def open(self, key: str, holder: str, birth_date: date, insured_years: int, profile: str = "default") -> Result:
+        _text(holder, "holder")
+        if not isinstance(birth_date, date):
+            raise InputError("must be a date", field="birth_date")
+        if isinstance(insured_years, bool) or not isinstance(insured_years, int) or insured_years < 0:
+            raise InputError("must be a whole number of years >= 0", field="insured_years")
+        prof = rules.profile(profile)
+        req = {"op": "open", "holder": holder, "birth_date": birth_date.isoformat(),
+               "insured_years": insured_years, "profile": profile}
+
+        def work(tx: Transaction, day: date) -> Result:
+            if self._line_id(tx, holder) is not None:
+                return Result(rules.ALREADY_OPEN)
+            if not rules.eligible(birth_date, day, prof):
+                return Result(rules.INELIGIBLE_AGE, {"age": rules.age_on(birth_date, day)})
+            limit = rules.limit_for(insured_years, prof)
+            tx.execute("INSERT INTO credit_lines (holder, birth_date, insured_years, profile, opened_day, limit_fen, "
+                       "accrued_through) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (holder, birth_date.isoformat(), insured_years, profile, day.isoformat(), limit,
+                        day.isoformat()))
+            return Result(rules.OK, {"limit": fen_to_yuan(limit)})
+
+        return self._mutate(key, req, work)
+
+    def bind(self, key: str, holder: str, member: str, relation: str, consent: bool,
+             monthly_cap: Fen | None = None) -> Result:
+        _text(holder, "holder")
+        _text(member, "member")
+        rel = rules.relation(relation)
+        if not isinstance(consent, bool):
+            raise InputError("must be true or false", field="consent")
+        if monthly_cap is not None and (isinstance(monthly_cap, bool) or not isinstance(monthly_cap, int)
+                                        or monthly_cap < 0):
+            raise InputError("must be a non-negative amount or null", field="monthly_cap")
+        if member == holder:
+            raise InputError("the holder cannot bind themselves", field="member")
+        req = {"op": "bind", "holder": holder, "member": member, "relation": rel, "consent": consent,
+               "monthly_cap": monthly_cap}
+
+        def work(tx: Transaction, day: date) -> Result:
+            lid = self._line_id(tx, holder)
+            if lid is None:
+                return Result(rules.NO_LINE)
+            ln = self._lock(tx, lid)
+            if not consent:
+                return Result(rules.NO_CONSENT)
+            other = tx.scalar("SELECT line_id FROM credit_members WHERE member = ? AND active = 1", (member,))
+            if other is not None and other != ln.id:
+                raise InputError("is already bound to another family line", field="member")
+            if self._line_id(tx, member) is not None:
+                raise InputError("holds a credit line of their own", field="member")
+            tx.execute("UPDATE credit_members SET active = 0, unbound_day = ? WHERE line_id = ? AND member = ? "
+                       "AND active = 1", (day.isoformat(), ln.id, member))
+            tx.execute("INSERT INTO credit_members (line_id, member, relation, monthly_cap_fen, consent_at, bound_day) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       (ln.id, member, rel, monthly_cap, self.clock.now().isoformat(), day.isoformat()))
+            return Result(rules.OK)
+
+        return self._mutate(key, req, work)
+
+    def unbind(self, key: str, holder: str, member: str) -> Result:
+        _text(holder, "holder")
+        _text(member, "member")
+
+        def work(tx: Transaction, day: date) -> Result:
+            lid = self._line_id(tx, holder)
+            if lid is None:
+                return Result(rules.NO_LINE)
+            self._lock(tx, lid)
+            n = tx.execute("UPDATE credit_members SET active = 0, unbound_day = ? WHERE line_id = ? AND member = ? "
+                           "AND active = 1", (day.isoformat(), lid, member))
+            return Result(rules.OK if n else rules.NOT_BOUND)
+
+        return self._mutate(key, {"op": "unbind", "holder": holder, "member": member}, work)
+
+    def _reserve(self, op: str, key: str, payer: str, amount: Fen, ref: str, holder: str | None) -> Result:
+        _text(payer, "payer")
+        _text(ref, "ref")
+        _positive(amount)
+        req = {"op": op, "payer": payer, "amount": amount, "ref": ref, "holder": holder}
+
+        def work(tx: Transaction, day: date) -> Result:
+            lid, allowed = self._resolve_payer(tx, payer, holder)
+            if lid is None:
+                return Result(rules.NOT_BOUND if holder is None else rules.NO_LINE)
+            ln = self._lock(tx, lid)
+            self._accrue(tx, ln, day)
+            bound, cap = self._member(tx, ln, payer)
+            is_overdue = rules.overdue(self._oldest_unpaid_day(tx, ln.id), day, ln.profile)
+            month_drawn = None
+            if cap is not None:
+                month_drawn = tx.scalar("SELECT SUM(original_fen) FROM credit_draws WHERE line_id = ? AND payer = ? "
+                                        "AND month = ?", (ln.id, payer, rules.month_of(day)), default=0)
+            code = rules.draw_check(has_line=True, bound=allowed and bound, is_overdue=is_overdue, amount=amount,
+                                    available=ln.available, month_drawn=month_drawn, cap=cap)
+            if code != rules.OK:
+                self._save(tx, ln)
+                return Result(code, {"available": fen_to_yuan(ln.available)})
+            self._ref_free(tx, ref)
+            if op == "draw":
+                self._new_draw(tx, ln, day, ref, payer, amount, from_hold=False)
+            else:
+                hold_id = int(tx.scalar("INSERT INTO credit_holds (line_id, ref, payer, day, amount_fen) "
+                                        "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                                        (ln.id, ref, payer, day.isoformat(), amount)))
+                self._append(tx, ln, ledger.hold_entry(day, ref, hold_id, amount))
+                ln.holds += amount
+            self._save(tx, ln)
+            return Result(rules.OK, {"ref": ref, "amount": fen_to_yuan(amount), "available": fen_to_yuan(ln.available)})
+
+        return self._mutate(key, req, work)
+
+    def draw(self, key: str, payer: str, amount: Fen, ref: str, holder: str | None = None) -> Result:
+        """Charge `amount` fen to the line of `holder` (or the payer's own / bound line)."""
+        return self._reserve("draw", key, payer, amount, ref, holder)
+
+    def hold(self, key: str, payer: str, amount: Fen, ref: str, holder: str | None = None) -> Result:
+        """Reserve `amount` for an inpatient deposit; captured at discharge."""
+        return self._reserve("hold", key, payer, amount, ref, holder)
+
+    def _hold_for(self, tx: Transaction, ref: str, holder: str | None) -> tuple[Result | None, _Line | None, Any]:
+        if holder is not None and self._line_id(tx, holder) is None:
+            return Result(rules.NO_LINE), None, None
+        r = tx.fetch_one("SELECT line_id FROM credit_holds WHERE ref = ?", (ref,))
+        if r is None:
+            return Result(rules.UNKNOWN_REF), None, None
+        ln = self._lock(tx, r[0])
+        if holder is not None and ln.holder != holder:
+            return Result(rules.UNKNOWN_REF), None, None
+        h = tx.fetch_one("SELECT id, payer, amount_fen, status FROM credit_holds WHERE ref = ?", (ref,))
+        if h is None or h[3] != "open":
+            return Result(rules.UNKNOWN_REF), None, None
+        return None, ln, h
+
+    def capture(self, key: str, ref: str, amount: Fen, holder: str | None = None) -> Result:
+        """Discharge: draw `amount` (at most the hold) dated today and release the rest."""
+        _text(ref, "ref")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise InputError("must be a non-negative amount", field="amount")
+
+        def work(tx: Transaction, day: date) -> Result:
+            early, ln, h = self._hold_for(tx, ref, holder)
+            if early is not None or ln is None:
+                return early or Result(rules.UNKNOWN_REF)
+            self._accrue(tx, ln, day)
+            split = rules.capture_split(h[2], amount)
+            if split is None:
+                self._save(tx, ln)
+                return Result(rules.EXCEEDS_HOLD, {"hold": fen_to_yuan(h[2])})
+            drawn, released = split
+            self._append(tx, ln, ledger.hold_close_entry("capture", day, ref, h[0], h[2]))
+            ln.holds -= h[2]
+            tx.execute("UPDATE credit_holds SET status = 'captured', captured_fen = ?, closed_day = ? WHERE id = ?",
+                       (drawn, day.isoformat(), h[0]))
+            if drawn > 0:
+                self._new_draw(tx, ln, day, ref, h[1], drawn, from_hold=True)
+            self._save(tx, ln)
+            return Result(rules.OK, {"drawn": fen_to_yuan(drawn), "released": fen_to_yuan(released)})
+
+        return self._mutate(key, {"op": "capture", "ref": ref, "amount": amount, "holder": holder}, work)
+
+    def release(self, key: str, ref: str, holder: str | None = None) -> Result:
+        _text(ref, "ref")
+
+        def work(tx: Transaction, day: date) -> Result:
+            early, ln, h = self._hold_for(tx, ref, holder)
+            if early is not None or ln is None:
+                return early or Result(rules.UNKNOWN_REF)
+            self._accrue(tx, ln, day)
+            self._append(tx, ln, ledger.hold_close_entry("release", day, ref, h[0], h[2]))
+            ln.holds -= h[2]
+            tx.execute("UPDATE credit_holds SET status = 'released', captured_fen = 0, closed_day = ? WHERE id = ?",
+                       (day.isoformat(), h[0]))
+            self._save(tx, ln)
+            return Result(rules.OK, {"released": fen_to_yuan(h[2])})
+
+        return self._mutate(key, {"op": "release", "ref": ref, "holder": holder}, work)
+
+    def repay(self, key: str, holder: str, amount: Fen) -> Result:
+        """Interest first, then principal oldest draw first; more than owed is refused whole."""
+        _text(holder, "holder")
+        _positive(amount)
+
+        def work(tx: Transaction, day: date) -> Result:
+            lid = self._line_id(tx, holder)
+            if lid is None:
+                return Result(rules.NO_LINE)
+            ln = self._lock(tx, lid)
+            self._accrue(tx, ln, day)
+            draws = self._open_draws(tx, ln.id)
+            plan = rules.allocate_repayment(amount, ln.interest_unpaid, draws)
+            if plan is None:
+                self._save(tx, ln)
+                return Result(rules.OVERPAYMENT, {"owed": fen_to_yuan(ln.interest_unpaid + ln.principal)})
+            self._append(tx, ln, ledger.repay_entry(day, amount, plan.interest, plan.principal))
+            for draw_id, fen in plan.principal:
+                tx.execute("UPDATE credit_draws SET unpaid_fen = unpaid_fen - ? WHERE id = ?", (fen, draw_id))
+            paid_principal = sum(f for _, f in plan.principal)
+            ln.interest_unpaid -= plan.interest
+            ln.interest_paid += plan.interest
+            ln.principal -= paid_principal
+            self._save(tx, ln)
+            return Result(rules.OK, {"interest": fen_to_yuan(plan.interest), "principal": fen_to_yuan(paid_principal)})
+
+        return self._mutate(key, {"op": "repay", "holder": holder, "amount": amount}, work)
+
+    def refund(self, key: str, ref: str, amount: Fen, holder: str | None = None) -> Result:
+        """Credit a refunded bill: the draw's unpaid principal first, the rest back as cash."""
+        _text(ref, "ref")
+        _positive(amount)
+
+        def work(tx: Transaction, day: date) -> Result:
+            if holder is not None and self._line_id(tx, holder) is None:
+                return Result(rules.NO_LINE)
+            r = tx.fetch_one("SELECT line_id FROM credit_draws WHERE ref = ?", (ref,))
+            if r is None:
+                return Result(rules.UNKNOWN_REF)
+            ln = self._lock(tx, r[0])
+            if holder is not None and ln.holder != holder:
+                return Result(rules.UNKNOWN_REF)
+            self._accrue(tx, ln, day)
+            d = tx.fetch_one("SELECT id, original_fen, refunded_fen, unpaid_fen FROM credit_draws WHERE ref = ?", (ref,))
+            assert d is not None
+            split = rules.allocate_refund(amount, d[1], d[2], d[3])
+            if split is None:
+                self._save(tx, ln)
+                return Result(rules.EXCEEDS_ORIGINAL, {"refundable": fen_to_yuan(d[1] - d[2])})
+            principal, cash = split
+            self._append(tx, ln, ledger.refund_entry(day, ref, d[0], principal, cash))
+            tx.execute("UPDATE credit_draws SET unpaid_fen = unpaid_fen - ?, refunded_fen = refunded_fen + ? "
+                       "WHERE id = ?", (principal, amount, d[0]))
+            ln.principal -= principal
+            ln.refunded_cash += cash
+            self._save(tx, ln)
+            return Result(rules.OK, {"principal": fen_to_yuan(principal), "cash": fen_to_yuan(cash)})
+
+        return self._mutate(key, {"op": "refund", "ref": ref, "amount": amount, "holder": holder}, work)
+
+    # -- reading --------------------------------------------------------------
+    def state(self, holder: str) -> LineState:
+        """The line as of the end of today (accrues interest up to today first)."""
+        day = self._today()
+
+        def work(tx: Transaction) -> LineState:
+            lid = self._line_id(tx, holder)
+            if lid is None:
+                return LineState(None, 0, 0, 0, 0, 0, 0, 0, False, day)
+            ln = self._lock(tx, lid)
+            self._accrue(tx, ln, day)
+            self._save(tx, ln)
+            od = rules.overdue(self._oldest_unpaid_day(tx, ln.id), day, ln.profile)
+            return LineState(ln.holder, ln.limit, ln.available, ln.principal, ln.holds, ln.interest_unpaid,
+                             ln.interest_paid, ln.refunded_cash, od, day)
+
+        return self.db.run(work)
+
+    def statement(self, holder: str) -> dict[str, Any]:
+        """The holder's view: state, draws, holds, members (yuan strings)."""
+        st = self.state(holder)
+        if st.holder is None:
+            return {"code": rules.NO_LINE}
+
+        def work(tx: Transaction) -> dict[str, Any]:
+            lid = self._line_id(tx, holder)
+            draws = tx.fetch_dicts("SELECT ref, payer, day, original_fen, unpaid_fen, refunded_fen FROM credit_draws "
+                                   "WHERE line_id = ? ORDER BY id", (lid,))
+            holds = tx.fetch_dicts("SELECT ref, payer, day, amount_fen, status, captured_fen FROM credit_holds "
+                                   "WHERE line_id = ? ORDER BY id", (lid,))
+            members = tx.fetch_dicts("SELECT member, relation, monthly_cap_fen, consent_at, bound_day, unbound_day, "
+                                     "active FROM credit_members WHERE line_id = ? ORDER BY id", (lid,))
+            return {"draws": draws, "holds": holds, "members": members}
+
+        parts = self.db.read(work)
+
+        def yuanify(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{(k[:-4] if k.endswith("_fen") else k): (fen_to_yuan(v) if k.endswith("_fen") and v is not None
+                                                              else v) for k, v in r.items()} for r in rows]
+
+        return {"code": rules.OK, "holder": holder, "as_of": st.as_of.isoformat(), "state": st.to_json(),
+                **{k: yuanify(v) for k, v in parts.items()}}
+
+    def sweep(self) -> int:
+        """Daily job: accrue every line to today and queue due/overdue notices. Returns lines touched."""
+        day = self._today()
+        ids = self.db.read(lambda tx: [r[0] for r in tx.fetch_all("SELECT id FROM credit_lines ORDER BY id")])
+        for lid in ids:
+            def work(tx: Transaction, lid: int = lid) -> None:
+                ln = self._lock(tx, lid)
+                self._accrue(tx, ln, day)
+                self._save(tx, ln)
+            self.db.run(work)
+        return len(ids)
+
+    def drain_notifications(self, send: Callable[[OutboxMessage], None], limit: int = 1000) -> tuple[int, int]:
+        """Hand queued holder notifications to `send` (at least once, in order)."""
+        return self.outbox.drain(self.db, send, limit=limit)
+
+    # -- verification ----------------------------------------------------------
+    def check(self) -> CheckReport:
+        """Prove the journal balances and that the projection equals the balances it implies."""
+        from kiosk.credit.check import run_check
+
+        return self.db.read(lambda tx: run_check(tx))
+
+
+__all__ = ["CheckReport", "CreditService", "LineState", "Result"]
