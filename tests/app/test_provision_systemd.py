@@ -73,6 +73,7 @@ def test_servers_notify_readiness_and_feed_a_watchdog(name, ports):
     own = {f"/var/lib/{one(u, 'StateDirectory')}", f"/var/log/{one(u, 'LogsDirectory')}"}
     assert rw == own
     assert "@system-service" in u["Service"]["SystemCallFilter"]
+    assert one(u, "SystemCallErrorNumber") == "EPERM"  # a filtered call fails, it does not kill the service
     assert one(u, "RestrictAddressFamilies") == "AF_UNIX AF_INET AF_INET6"
     assert "0.0.0.0" not in exe  # loopback only
 
