@@ -151,7 +151,7 @@ class Bridge:
             if s.entry.state == EntryState.ACTIVE and self.clock() - s.started > s.timeout:
                 s.entry.expire()
             e = s.entry
-            out = {"session_id": sid, "state": e.state.value, "display": e.display, "length": e.length, "error": e.error, "value": e.value}
+            out = {"session_id": sid, "state": e.state.value, "display": e.display, "length": e.length, "error": e.error, "error_code": e.error_code, "value": e.value}
             finish = e.state != EntryState.ACTIVE and not s.keypad_off
             if finish:
                 s.keypad_off = True

@@ -26,24 +26,35 @@ def id_check_char(first17: str) -> str:
     return CHECK_CHARS[sum(int(c) * w for c, w in zip(first17, WEIGHTS)) % 11]
 
 
-def id_problem(value: str) -> str | None:
-    """Why ``value`` is not a valid 18-character ID number, or None when it is."""
+def check_id(value: str) -> tuple[str, str] | None:
+    """``(code, message)`` saying why ``value`` is not a valid ID number, or None when it is.
+
+    Codes: ``empty``, ``length``, ``format``, ``region``, ``birth_date``, ``checksum``.
+    """
     v = value.upper()
+    if not v:
+        return "empty", "an ID number has 18 characters, 0 entered"
     if len(v) != ID_LEN:
-        return f"an ID number has 18 characters, {len(v)} entered"
+        return "length", f"an ID number has 18 characters, {len(v)} entered"
     if not v[:17].isdigit() or not (v[17].isdigit() or v[17] == "X"):
-        return "an ID number is 17 digits followed by a digit or X"
+        return "format", "an ID number is 17 digits followed by a digit or X"
     if v[0] == "0":
-        return "the region code cannot start with 0"
+        return "region", "the region code cannot start with 0"
     try:
         born = _dt.date(int(v[6:10]), int(v[10:12]), int(v[12:14]))
     except ValueError:
-        return "the birth date in the ID number is not a real date"
+        return "birth_date", "the birth date in the ID number is not a real date"
     if born.year < 1880:
-        return "the birth date in the ID number is not plausible"
+        return "birth_date", "the birth date in the ID number is not plausible"
     if id_check_char(v[:17]) != v[17]:
-        return "the check character does not match; please check the number"
+        return "checksum", "the check character does not match; please check the number"
     return None
+
+
+def id_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid 18-character ID number, or None when it is."""
+    p = check_id(value)
+    return p[1] if p else None
 
 
 class EntryState(str, enum.Enum):
@@ -60,7 +71,8 @@ class IdEntry:
     reveal_last: int = 1  # characters left visible at the end of the masked display
     mask: str = "*"
     state: EntryState = EntryState.ACTIVE
-    error: str | None = None  # why the last ENTER was refused (shown on screen)
+    error: str | None = None  # why the last key was refused (shown on screen)
+    error_code: str | None = None  # machine-readable: see check_id, plus "too_long", "x_position"
     keys: int = 0
     _chars: list[str] = field(default_factory=list)
 
@@ -89,17 +101,21 @@ class IdEntry:
         elif key == KEY_BACKSPACE:
             if self._chars:
                 self._chars.pop()
-            self.error = None
+            self.error = self.error_code = None
         elif key == KEY_ENTER:
-            self.error = id_problem("".join(self._chars))
-            if self.error is None:
+            problem = check_id("".join(self._chars))
+            self.error_code, self.error = problem if problem else (None, None)
+            if problem is None:
                 self.state = EntryState.ACCEPTED
         elif 0x30 <= key <= 0x39 or key == ord("X"):
-            if len(self._chars) >= ID_LEN or (key == ord("X") and len(self._chars) != ID_LEN - 1):
-                self.error = "X can only be the last character" if key == ord("X") else "an ID number has 18 characters"
+            if key == ord("X") and len(self._chars) != ID_LEN - 1:
+                self.error_code, self.error = "x_position", "X can only be the last character"
+                return
+            if len(self._chars) >= ID_LEN:
+                self.error_code, self.error = "too_long", "an ID number has 18 characters"
                 return
             self._chars.append(chr(key))
-            self.error = None
+            self.error = self.error_code = None
 
     def expire(self) -> None:
         if self.state == EntryState.ACTIVE:

@@ -14,6 +14,7 @@ import argparse
 import base64
 import binascii
 import logging
+import sys
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         url = sim.url
         log.info("simulated MCU on %s", url)
     if not url:
-        print("service: no serial URL: pass --serial URL or set KIOSK_SERIAL_URL", flush=True)
+        print("service: no serial URL: pass --serial URL or set KIOSK_SERIAL_URL", file=sys.stderr)
         return 2
     link = Link(url, baudrate=a.baud).start()
     app = create_app(Bridge(link), sim=sim)

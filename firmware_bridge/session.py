@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from firmware_bridge import PROTOCOL_VERSION
-from firmware_bridge.frame import MAX_PAYLOAD, Damaged, Deframer, Frame, FrameType, NakReason, encode
+from firmware_bridge.frame import MAX_PAYLOAD, Damaged, Deframer, Frame, FrameType, NakReason
 from firmware_bridge.messages import BootEvent, Cmd, DeviceInfo, Evt, HelloReq, PayloadError, Status, fmt_version, status_text
 from firmware_bridge.transport import DEFAULT_BAUD, SerialTransport
 from kiosk.errors import DeviceError

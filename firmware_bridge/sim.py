@@ -791,8 +791,6 @@ class Simulator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cryptography.hazmat.primitives import serialization  # noqa: F401 (load_public_key uses it)
-
     from firmware_bridge.firmware import load_public_key
     from firmware_bridge.messages import parse_version
 

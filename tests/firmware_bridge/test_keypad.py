@@ -53,8 +53,10 @@ def test_entry_masks_backspaces_and_accepts_only_a_valid_number() -> None:
 
 def test_entry_with_bad_checksum_stays_open_with_an_error() -> None:
     e = IdEntry()
+    press(e, "!")
+    assert e.error_code == "empty" and e.error == "an ID number has 18 characters, 0 entered"
     press(e, "110105194912310021!")
-    assert e.state == EntryState.ACTIVE and "check character" in (e.error or "")
+    assert e.state == EntryState.ACTIVE and "check character" in (e.error or "") and e.error_code == "checksum"
     press(e, "<X!")
     assert e.state == EntryState.ACCEPTED
 
@@ -62,7 +64,7 @@ def test_entry_with_bad_checksum_stays_open_with_an_error() -> None:
 def test_x_only_in_last_place_and_cancel_clears() -> None:
     e = IdEntry(reveal_last=0)
     press(e, "X")
-    assert e.length == 0 and e.error
+    assert e.length == 0 and e.error_code == "x_position"
     press(e, "123")
     assert e.display == "***"
     press(e, "~")
