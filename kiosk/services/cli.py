@@ -57,11 +57,17 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 def db_urls(db: str, data_dir: Path) -> tuple[str, str]:
-    """(centre URL, bank URL): one PostgreSQL database for both, or one SQLite file each."""
-    if db.startswith("sqlite:///") or not db:
-        if db and not db.endswith(".db"):
+    """(centre URL, bank URL): one PostgreSQL database for both, or one SQLite file each
+    (default `<data_dir>/centre.db` and `<data_dir>/bank.db`, or KIOSK_CENTRE_DB / KIOSK_BANK_DB)."""
+    if not db:
+        from kiosk.services.bank.app import bank_db_url
+        from kiosk.services.centre.app import centre_db_url
+
+        return centre_db_url(data_dir), bank_db_url(data_dir)
+    if db.startswith("sqlite:///"):
+        if not db.endswith(".db"):
             raise InputError("a SQLite URL must name a .db file", field="--db")
-        base = db[len("sqlite:///"):-3] if db else str(data_dir / "services")
+        base = db[len("sqlite:///"):-3]
         return f"sqlite:///{base}-centre.db", f"sqlite:///{base}-bank.db"
     if db.startswith(("postgresql://", "postgres://")):
         return db, db

@@ -30,7 +30,7 @@ from kiosk.errors import KioskError, RemoteError
 from kiosk.security.seal import SealContext, seal
 from kiosk.security.sm import Sm2PrivateKey, Sm2PublicKey
 from kiosk.services import envelope as env
-from kiosk.services.protocol import Answer, new_msgid, platform_time
+from kiosk.services.protocol import Answer, MsgidSequence, platform_time
 
 CENTRE_URL = "http://127.0.0.1:8710"
 BANK_URL = "http://127.0.0.1:8720"
@@ -80,6 +80,7 @@ class _Client:
         self.sign_no = ""
         self._lock = threading.Lock()
         self._pub: Sm2PublicKey | None = None
+        self._msgids = MsgidSequence(ident.fixmedins_code)
 
     # -- keys ----------------------------------------------------------------------------------
     def service_keys(self) -> dict[str, str]:
@@ -103,7 +104,7 @@ class _Client:
 
     # -- one message -----------------------------------------------------------------------------
     def new_msgid(self) -> str:
-        return new_msgid(self.ident.fixmedins_code, self.clock.now())
+        return self._msgids.next(self.clock.now())
 
     def request(self, infno: str, data: dict[str, Any], msgid: str | None = None) -> dict[str, Any]:
         now = self.clock.now()

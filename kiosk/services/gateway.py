@@ -153,15 +153,16 @@ class Gateway:
                                             field="appId"), now)
         try:
             payload = env.open_request(outer, terminal, self.keys, now, self.window_s)
-            self.guard.check(f"{self.service}:{terminal.app_id}", outer.nonce, outer.ts_ms)
         except KioskError as e:
-            code = InfCode.REPLAYED if e.code == "replayed" else InfCode.BAD_ENVELOPE
-            return 401, refused("", Refusal(code, str(e), code=e.code, field=e.field), now)
-        msgid = payload.get("msgid", "") if isinstance(payload, dict) else ""
+            return 401, refused("", Refusal(InfCode.BAD_ENVELOPE, str(e), code=e.code, field=e.field), now)
+        msgid = payload.get("msgid", "")
         msgid = msgid if isinstance(msgid, str) else ""
+        msg = _Msg(terminal, outer.nonce, outer.ts_ms, now)
         try:
-            answer = self._serve(payload, terminal, now, path_infno)
+            answer = self._serve(payload, msg, path_infno)
             status = 409 if answer.get("infcode") == InfCode.MSGID_CONFLICT else 200
+        except _Replayed as e:
+            return 401, refused(msgid, e.refusal, now)
         except Exception as e:  # a fault is still an answer, never a 500
             if not isinstance(e, KioskError):
                 log.exception("%s: unexpected fault serving %s", self.service, msgid)
@@ -174,63 +175,92 @@ class Gateway:
             log.error("%s: cannot seal answer: %s", self.service, e)
             return 500, refused(msgid, e, now)
 
-    def _serve(self, payload: Any, terminal: Terminal, now: datetime, path_infno: str | None = None) -> dict[str, Any]:
-        if not isinstance(payload, dict):
-            raise InputError("decrypted payload must be a JSON object", field="encData")
-        req = parse_model(PlatformRequest, payload, prefix="")
-        if path_infno is not None and req.infno != path_infno:
-            raise InputError(f"is {req.infno!r} but was posted to the route of {path_infno!r}", field="infno")
-        route = self.routes.get(req.infno)
-        if route is None:
-            raise Refusal(InfCode.UNKNOWN_TRANSACTION, f"unknown transaction {req.infno!r}", field="infno")
-        if route.needs_sign_in and self.check_sign_no is not None and not self.check_sign_no(terminal, req.sign_no):
-            return refused(req.msgid, Refusal(  # not stored: the same msgid may be retried after sign-in
-                InfCode.NOT_SIGNED_IN, "sign_no is missing or not issued to this terminal; sign in (9001) first",
-                field="sign_no"), now)
+    def _claim_nonce(self, msg: "_Msg") -> None:
+        """kiosk.security's ReplayGuard; inside a transaction its nonce row joins that transaction."""
+        try:
+            self.guard.check(f"{self.service}:{msg.terminal.app_id}", msg.nonce, msg.ts_ms)
+        except IntegrityError as e:
+            code = InfCode.REPLAYED if e.code == "replayed" else InfCode.BAD_ENVELOPE
+            raise _Replayed(Refusal(code, str(e), code=e.code, field="nonce" if e.code == "replayed" else
+                                    "timestamp")) from None
+
+    def _serve(self, payload: dict[str, Any], msg: "_Msg", path_infno: str | None) -> dict[str, Any]:
+        now = msg.now
+        try:
+            req = parse_model(PlatformRequest, payload, prefix="")
+            if path_infno is not None and req.infno != path_infno:
+                raise InputError(f"is {req.infno!r} but was posted to the route of {path_infno!r}", field="infno")
+            route = self.routes.get(req.infno)
+            if route is None:
+                raise Refusal(InfCode.UNKNOWN_TRANSACTION, f"unknown transaction {req.infno!r}", field="infno")
+            if route.needs_sign_in and self.check_sign_no is not None and not self.check_sign_no(msg.terminal,
+                                                                                                  req.sign_no):
+                raise Refusal(InfCode.NOT_SIGNED_IN, "sign_no is missing or not issued to this terminal; "
+                              "sign in (9001) first", field="sign_no")
+        except KioskError as e:  # not stored under the msgid: the same msgid may be retried when fixed
+            self._claim_nonce(msg)
+            return refused(payload.get("msgid", "") if isinstance(payload.get("msgid"), str) else "", e, now)
         try:
             data = parse_model(route.model, req.input, prefix="input")
         except InputError as e:
-            return self._store_refusal(req, now, e)
-        ctx = Ctx(req, terminal, now)
+            return self._store_refusal(req, msg, e)
+        ctx = Ctx(req, msg.terminal, now)
         request_key = {"infno": req.infno, "input": req.input}
+        key = f"{msg.terminal.app_id}/{req.msgid}"
 
         def work(tx: Transaction) -> dict[str, Any]:
-            prior = self.idem.begin(tx, req.msgid, request_key)
+            self._claim_nonce(msg)
+            prior = self.idem.begin(tx, key, request_key)
             if prior is not None:
                 return prior
             out = route.handler(ctx, tx, data)
             # a handler returns (not raises) a refusal whose side effects must commit (failed-attempt counts)
             answer = refused(req.msgid, out, now) if isinstance(out, KioskError) else ok(req.msgid, out, now)
-            self.idem.finish(tx, req.msgid, answer)
-            return answer
-
-        try:
-            answer = self.db.run(work)
-        except ConflictError as e:
-            return refused(req.msgid, Refusal(InfCode.MSGID_CONFLICT, f"msgid {req.msgid} was already used for "
-                                              "a different request", code=e.code, field="msgid"), now)
-        except Refusal as e:
-            return self._store_refusal(req, now, e)
-        except (InputError, IntegrityError) as e:
-            return self._store_refusal(req, now, e)
-        return answer
-
-    def _store_refusal(self, req: PlatformRequest, now: datetime, exc: KioskError) -> dict[str, Any]:
-        answer = refused(req.msgid, exc, now)
-        request_key = {"infno": req.infno, "input": req.input}
-
-        def work(tx: Transaction) -> dict[str, Any]:
-            prior = self.idem.begin(tx, req.msgid, request_key)
-            if prior is not None:
-                return prior
-            self.idem.finish(tx, req.msgid, answer)
+            self.idem.finish(tx, key, answer)
             return answer
 
         try:
             return self.db.run(work)
         except ConflictError as e:
-            return refused(req.msgid, Refusal(InfCode.MSGID_CONFLICT, f"msgid {req.msgid} was already used for "
-                                              "a different request", code=e.code, field="msgid"), now)
+            return self._conflict(req, e, now)
+        except (Refusal, InputError, IntegrityError) as e:  # rolled back; the refusal itself is stored
+            return self._store_refusal(req, msg, e)
+
+    def _conflict(self, req: PlatformRequest, e: ConflictError, now: datetime) -> dict[str, Any]:
+        return refused(req.msgid, Refusal(InfCode.MSGID_CONFLICT, f"msgid {req.msgid} was already used for a "
+                                          "different request", code=e.code, field="msgid"), now)
+
+    def _store_refusal(self, req: PlatformRequest, msg: "_Msg", exc: KioskError) -> dict[str, Any]:
+        answer = refused(req.msgid, exc, msg.now)
+        request_key = {"infno": req.infno, "input": req.input}
+        key = f"{msg.terminal.app_id}/{req.msgid}"
+
+        def work(tx: Transaction) -> dict[str, Any]:
+            self._claim_nonce(msg)
+            prior = self.idem.begin(tx, key, request_key)
+            if prior is not None:
+                return prior
+            self.idem.finish(tx, key, answer)
+            return answer
+
+        try:
+            return self.db.run(work)
+        except ConflictError as e:
+            return self._conflict(req, e, msg.now)
+
+
+@dataclass(frozen=True)
+class _Msg:
+    terminal: Terminal
+    nonce: str
+    ts_ms: int
+    now: datetime
+
+
+class _Replayed(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
 
 
 def wait_for(url: str, seconds: float = 20.0) -> None:

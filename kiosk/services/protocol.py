@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
@@ -166,10 +167,29 @@ def platform_time(dt: datetime) -> str:
     return dt.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
 
 
+class MsgidSequence:
+    """msgids of one sender: institution code (12) + local second + a 4-digit counter.
+
+    Unique per sender for up to 10,000 messages a second (the receiver keys
+    msgids by the sender's appId); the counter starts at a random point so a
+    restarted terminal does not reuse the numbers of the same second.
+    """
+
+    def __init__(self, institution: str) -> None:
+        self.inst = re.sub(r"[^A-Z0-9]", "0", institution.upper())[:12].ljust(12, "0")
+        self._n = secrets.randbelow(10000)
+        self._lock = threading.Lock()
+
+    def next(self, now: datetime) -> str:
+        with self._lock:
+            self._n = (self._n + 1) % 10000
+            n = self._n
+        return self.inst + now.astimezone(SHANGHAI).strftime("%Y%m%d%H%M%S") + f"{n:04d}"
+
+
 def new_msgid(institution: str, now: datetime) -> str:
-    """A fresh msgid: institution code (padded/cut to 12) + local time + 4 random digits."""
-    inst = re.sub(r"[^A-Z0-9]", "0", institution.upper())[:12].ljust(12, "0")
-    return inst + now.astimezone(SHANGHAI).strftime("%Y%m%d%H%M%S") + f"{secrets.randbelow(10000):04d}"
+    """A one-off msgid (random 4 digits); a sender that sends many uses MsgidSequence."""
+    return MsgidSequence(institution).next(now)
 
 
 def body_digest(infno: str, data: dict[str, Any]) -> str:

@@ -113,7 +113,7 @@ def test_msgid_replay_returns_first_answer_and_other_body_conflicts(centre: Cent
     first = centre.client.settle(head(p, token, medfee), feedetail, msgid=msgid)
     again = centre.client.settle(head(p, token, medfee), feedetail, msgid=msgid)  # new envelope, new nonce
     assert first.ok and again.output == first.output
-    n = centre.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM centre_settlements WHERE msgid = ?", (msgid,)))
+    n = centre.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM centre_settlements WHERE msgid = ?", (f"{centre.app_id}/{msgid}",)))
     assert n == 1
     medfee2, feedetail2 = lines(("XA03", "3.20", "11"))
     other = centre.client.settle(head(p, token, medfee2), feedetail2, msgid=msgid)

@@ -50,6 +50,11 @@ FUND_TYPE = {"310": "310100", "390": "390100"}  # pooling fund paying for each i
 ACCOUNT_FUND_TYPE = "310200"
 
 
+def qmsgid(ctx: Ctx, msgid: str) -> str:
+    """A msgid is unique per sending terminal: stored qualified by its appId."""
+    return f"{ctx.terminal.app_id}/{msgid}"
+
+
 def _cat(chrgitm: str) -> Category:
     return Category(chrgitm)
 
@@ -418,7 +423,7 @@ class CentreService:
         p = people[head.psn_no]
         if head.mdtrt_cert_type == "02" and not hmac.compare_digest(p.certno, head.mdtrt_cert_no.upper()):
             raise Refusal(InfCode.IDENTITY_MISMATCH, "ID number does not belong to psn_no", field="input.mdtrt_cert_no")
-        if commit and tx.scalar("SELECT 1 FROM centre_tombstones WHERE msgid = ?", (ctx.request.msgid,)):
+        if commit and tx.scalar("SELECT 1 FROM centre_tombstones WHERE msgid = ?", (qmsgid(ctx, ctx.request.msgid),)):
             raise Refusal(InfCode.ALREADY_REVERSED, "this message was reversed (2601) before it arrived; "
                           "it is not applied", code="message_reversed", field="msgid")
         if head.insutype != p.insutype:
@@ -451,7 +456,7 @@ class CentreService:
             "INSERT INTO centre_settlements (setl_id, msgid, infno, psn_no, profile, year, fixmedins_code, mdtrt_id, "
             "state, result, medfee_sumamt, fund_pay_sumamt, acct_pay, mulaid_psn_no, acct_mulaid_pay, psn_cash_pay, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?, ?, ?, ?, ?)",
-            (setl_id, ctx.request.msgid, ctx.request.infno, p.psn_no, profile.name, year,
+            (setl_id, qmsgid(ctx, ctx.request.msgid), ctx.request.infno, p.psn_no, profile.name, year,
              ctx.terminal.fixmedins_code, head.mdtrt_id, _dumps(s.to_json()), s.medfee_sumamt, s.fund_pay_sumamt,
              s.acct_pay, mulaid_psn, s.acct_mulaid_pay, s.psn_cash_pay, now))
         if ytd_exists:
@@ -531,7 +536,7 @@ class CentreService:
         if mulaid_psn:
             self._move(tx, mulaid_psn, setl_id, s.acct_mulaid_pay, "reversal", now)
         n = tx.execute("UPDATE centre_settlements SET state = 'reversed', reversed_at = ?, rev_msgid = ? "
-                       "WHERE setl_id = ? AND state = 'settled'", (now, ctx.request.msgid, setl_id))
+                       "WHERE setl_id = ? AND state = 'settled'", (now, qmsgid(ctx, ctx.request.msgid), setl_id))
         if n != 1:  # pragma: no cover - the person lock makes this unreachable
             raise IntegrityError(f"settlement {setl_id} changed during reversal", code="reversal_race")
         neg = {k: fen_to_yuan(-v) for k, v in s.setlinfo().items() if k != "balc"}
@@ -564,12 +569,12 @@ class CentreService:
         if d.oinfno not in ("2207", "2102"):
             raise InputError("only settlement messages (2207, 2102) are reversed by message here", field="input.data.oinfno")
         self.person(tx, d.psn_no, lock=True, field="input.data.psn_no")
-        row = tx.fetch_one(f"SELECT {self._SETL_COLS}, infno FROM centre_settlements WHERE msgid = ?", (d.omsgid,))
+        row = tx.fetch_one(f"SELECT {self._SETL_COLS}, infno FROM centre_settlements WHERE msgid = ?", (qmsgid(ctx, d.omsgid),))
         if row is not None and row[1] != d.psn_no:
             raise Refusal(InfCode.NOT_FOUND, "message belongs to another person", field="input.data.omsgid")
         if row is None:
             tx.execute("INSERT INTO centre_tombstones (msgid, created_at) VALUES (?, ?) ON CONFLICT (msgid) DO NOTHING",
-                       (d.omsgid, ctx.now.isoformat()))
+                       (qmsgid(ctx, d.omsgid), ctx.now.isoformat()))
             return {"omsgid": d.omsgid, "result": "not_applied", "setl_id": ""}
         if row[4] != "settled":
             return {"omsgid": d.omsgid, "result": "already_reversed", "setl_id": row[0]}
@@ -584,14 +589,14 @@ class CentreService:
                                "centre_settlements WHERE setl_id = ?", (d.setl_id,))
         else:
             row = tx.fetch_one("SELECT setl_id, psn_no, state, result, msgid, infno, reversed_at FROM "
-                               "centre_settlements WHERE msgid = ?", (d.omsgid,))
+                               "centre_settlements WHERE msgid = ?", (qmsgid(ctx, d.omsgid),))
         if row is None or row[1] != d.psn_no:
-            if d.omsgid and tx.scalar("SELECT 1 FROM centre_tombstones WHERE msgid = ?", (d.omsgid,)):
+            if d.omsgid and tx.scalar("SELECT 1 FROM centre_tombstones WHERE msgid = ?", (qmsgid(ctx, d.omsgid),)):
                 return {"setl_state": "not_applied", "omsgid": d.omsgid}
             raise Refusal(InfCode.NOT_FOUND, "no such settlement for this person",
                           field="input.data.setl_id" if d.setl_id else "input.data.omsgid")
         res = _loads(row[3])
-        return {"setl_state": row[2], "setl_id": row[0], "omsgid": row[4], "oinfno": row[5],
+        return {"setl_state": row[2], "setl_id": row[0], "omsgid": row[4].split("/", 1)[-1], "oinfno": row[5],
                 "setlinfo": {**res["setlinfo"], "setl_id": row[0]}, "reversed_at": row[6] or ""}
 
     # ---- routes ---------------------------------------------------------------------------------------------------
