@@ -454,6 +454,10 @@ def run_provision(opts: Options, *, settings: Settings | None = None, clock: Clo
         state["updated_at"] = clock.now().isoformat(timespec="seconds")
         _write_json(sp, state)  # after every step: an interrupted run keeps what it did
     bad = [k for k, v in state["steps"].items() if v.get("status") != "ok"]
+    from kiosk.app.technician import audit
+
+    audit(data_dir, "admin_action", clock, action="provision",
+          steps={k: v.get("status") for k, v in state["steps"].items()}, device_id=state.get("device_id"))
     if ctx.new_pin:
         print(f"technician PIN: {ctx.new_pin}   (shown once; the page is http://127.0.0.1:8740/technician/)",
               file=out, flush=True)

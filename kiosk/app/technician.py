@@ -134,6 +134,23 @@ def error_ring() -> ErrorRing:
         return _ring
 
 
+# ----------------------------------------------------------------------------- audit
+
+def audit(data_dir: Path, event: str, clock: Clock | None = None, **data: Any) -> bool:
+    """Append a technician action to the device's hash-chained audit log (<data_dir>/audit.log,
+    kiosk.security). False when the terminal has no key store yet (nothing to chain with)."""
+    try:
+        from kiosk.security.audit import AuditLog
+        from kiosk.security.keystore import KeyStore
+
+        ks = KeyStore.open(Path(data_dir) / "keys")
+        AuditLog(Path(data_dir) / "audit.log", ks.audit_key(), clock).append(event, **data)
+        return True
+    except KioskError as e:
+        log.warning("audit record %s not written: %s", event, e)
+        return False
+
+
 # ----------------------------------------------------------------------------- PIN
 
 def pin_path(data_dir: Path) -> Path:
@@ -201,14 +218,16 @@ class Gate:
         with self._lock:
             return max(0.0, self._locked_until - self._now())
 
-    def login(self, pin: str) -> str | None:
-        """A session token, or None (wrong PIN, locked, or no PIN set)."""
+    def login(self, pin: str, *, record: bool = True) -> str | None:
+        """A session token, or None (wrong PIN, locked, or no PIN set). Failures are always audited;
+        a success only when `record` (not for every API call authenticated by header)."""
         if self.locked_for() > 0 or not pin_is_set(self.data_dir):
             return None
         ok = check_pin(self.data_dir, pin)
         now = self._now()
         with self._lock:
             if not ok:
+                audit(self.data_dir, "login_failed", self.clock, who="technician", page="technician")
                 self._failures = [t for t in self._failures if now - t < LOCKOUT_S] + [now]
                 if len(self._failures) >= MAX_FAILURES:
                     self._locked_until = now + LOCKOUT_S
@@ -218,6 +237,8 @@ class Gate:
                     log.warning("technician login failed (%d of %d)", len(self._failures), MAX_FAILURES)
                 return None
             self._failures.clear()
+            if record:
+                audit(self.data_dir, "admin_action", self.clock, action="technician_login")
             tok = secrets.token_urlsafe(32)
             self._sessions = {k: v for k, v in self._sessions.items() if v > now}
             self._sessions[tok] = now + SESSION_S
@@ -551,7 +572,7 @@ def build_router(cfg: TechnicianConfig, bus: Any = None, prefix: str = "/technic
             return True
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
-            return gate.login(auth[7:].strip()) is not None
+            return gate.login(auth[7:].strip(), record=False) is not None
         return False
 
     def refuse(request: Request, api: bool) -> Response:
@@ -621,6 +642,7 @@ def build_router(cfg: TechnicianConfig, bus: Any = None, prefix: str = "/technic
             return refuse(request, True)
         data = log_bundle(cfg, bus)
         log.info("technician downloaded a log bundle (%d bytes)", len(data))
+        audit(cfg.data_dir, "admin_action", cfg.clock, action="log_bundle_export", bytes=len(data))
         name = f"kiosk-logs-{cfg.clock.now().strftime('%Y%m%dT%H%M%S')}.zip"
         return Response(data, media_type="application/zip",
                         headers={**NO_STORE, "Content-Disposition": f'attachment; filename="{name}"'})

@@ -126,6 +126,15 @@ def test_first_run_does_every_step_and_a_rerun_changes_nothing(services, centre,
     assert (tmp_path / "var" / "provision" / "bank.json").exists() == (not services["no_bank"])
     pin = text.split("technician PIN: ")[1].split()[0]
     assert check_pin(tmp_path / "var", pin)
+    # the run is in the device's audit chain, which still verifies
+    from kiosk.security.audit import verify_log
+    from kiosk.security.keystore import KeyStore
+
+    audit_key = KeyStore.open(keys).audit_key()
+    assert verify_log(tmp_path / "var" / "audit.log", audit_key).ok
+    last = json.loads((tmp_path / "var" / "audit.log").read_text().splitlines()[-1])
+    assert last["event"] == "admin_action" and last["data"]["action"] == "provision"
+    assert set(last["data"]["steps"].values()) == {"ok"}
     # nothing secret in the state file
     raw = (tmp_path / "var" / "provision" / "state.json").read_text()
     assert creds["app_secret"] not in raw and pin not in raw

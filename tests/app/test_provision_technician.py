@@ -90,6 +90,14 @@ def test_everything_else_needs_the_pin_and_five_wrong_pins_lock_the_page(site):
         page = c.get("/technician/")
         assert page.status_code == 200 and "Health" in page.text and "Bridge: last raw frames" in page.text
         assert "no-store" in page.headers["cache-control"]
+        # every wrong PIN and the login are in the audit chain
+        from kiosk.security.audit import verify_log
+
+        _, _, data, _ = site
+        recs = [json.loads(line) for line in (data / "audit.log").read_text().splitlines()]
+        assert [r["event"] for r in recs].count("login_failed") == 5
+        assert recs[-1]["event"] == "admin_action" and recs[-1]["data"]["action"] == "technician_login"
+        assert verify_log(data / "audit.log", KeyStore.open(data / "keys").audit_key()).ok
         # the session expires
         clock.advance(minutes=16)
         assert "PIN" in c.get("/technician/").text and "Health" not in c.get("/technician/").text
@@ -131,6 +139,8 @@ def test_the_log_bundle_is_masked_and_holds_no_images_or_keys(site):
     man = json.loads(z.read("MANIFEST.json"))
     assert any("camera.log (binary" in s for s in man["skipped"])
     assert PIN.encode() not in blob and b"scrypt" not in blob
+    last = json.loads((data / "audit.log").read_text().splitlines()[-1])
+    assert last["data"] == {"action": "log_bundle_export", "bytes": len(r.content)}
     # nothing was written to disk for it
     assert not list(data.rglob("*.zip"))
 
