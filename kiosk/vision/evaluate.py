@@ -148,7 +148,7 @@ def verification_metrics(gen: np.ndarray, imp: np.ndarray, threshold: float, fte
 
 def liveness_score_image(pipe: FacePipeline, img: np.ndarray) -> float | None:
     img = pad_tight_crop(img)
-    faces = pipe.detect(img, max_side=min(640, max(img.shape[:2])))
+    faces = pipe.detect(img)  # the kiosk's detection size, as in the live path
     if not faces:
         return None
     t0 = time.perf_counter()
