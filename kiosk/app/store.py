@@ -194,6 +194,22 @@ class Store:
 
         return self.db.run(work)
 
+    def find_refund(self, system: str, order_id: str, refund_id: str,
+                    request: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored answer of an earlier identical refund request (a retry), else None.
+
+        The same refund id with a different request is a ConflictError."""
+        h = request_hash({"order_id": order_id, **request})
+        r = self.db.read(lambda tx: tx.fetch_one(
+            "SELECT request_hash, status, result FROM app_refunds WHERE system = ? AND refund_id = ?",
+            (system, refund_id)))
+        if r is None:
+            return None
+        if r[0] != h:
+            raise ConflictError(f"refund {refund_id!r} already exists with a different request",
+                                code="refund_conflict", field="refund_id")
+        return json.loads(r[2]) if r[2] else {"status": r[1]}
+
     def finish_refund(self, system: str, order_id: str, refund_id: str, status: str, result: dict[str, Any],
                       release_fen: int = 0) -> None:
         """Store the refund's result; a failed refund gives its reserved amount back."""

@@ -277,6 +277,9 @@ class Terminal:
         row = self.store.get(system, order_id)
         if row is None:
             raise InputError(f"no order {order_id!r}", code="not_found", field="order_id")
+        prior = self.store.find_refund(system, order_id, refund_id, {"amount": amount_fen})
+        if prior is not None:  # a retry: the first answer, whatever the order's state now
+            return prior, True
         if row.status not in ("paid", "partially_refunded") or not row.result:
             raise ConflictError(f"order {order_id!r} is {row.status}; only a paid order can be refunded",
                                 code="not_refundable", field="order_id")
@@ -299,7 +302,7 @@ class Terminal:
                 raise InputError("must be more than 0.00", field="amount")
             limit = credit + cash
         prior, replayed = self.store.begin_refund(system, order_id, refund_id, amount,
-                                                  {"amount": None if whole else amount}, limit)
+                                                  {"amount": amount_fen}, limit)
         if replayed:
             return prior or {}, True
         self.store.record(system, order_id, "refund", {"refund_id": refund_id, "amount": amount, "whole": whole})

@@ -69,7 +69,11 @@ def stack(tmp_path_factory) -> Any:
 def pay(st: Any, order_id: str, person: str | None, *, keys: dict[str, list[str]] | None = None,
         images: list[Path] | None = None, bill: dict[str, Any] = DEMO_BILL, timeout: float = 40.0) -> dict[str, Any]:
     st.typist.clear()
-    for state, plans in (keys or {}).items():
+    keys = dict(keys or {})
+    if person and "id_entry" not in keys and not centre_rows(
+            st, "SELECT activated FROM centre_persons WHERE psn_no = ?", (person,))[0][0]:
+        keys["id_entry"] = [f"{st.person(person)['certno']}<enter>"]  # first visit: the patient types the ID
+    for state, plans in keys.items():
         for k in plans:
             st.typist.plan(state, k)
     st.camera.show(images if images is not None else scene(st, person))
@@ -355,3 +359,22 @@ def test_family_pay_charges_the_relatives_line_and_notifies_them(stack):
     assert confirm.amounts.get("credit_holder")
     notes = stack.bank_client.notifications(FAMILY_HOLDER).output
     assert "34.00" in str(notes)
+
+
+def test_whole_refund_reverses_the_settlement_once(stack):
+    before = balance(stack, ZHANG)
+    got = pay(stack, "E-REFUND", ZHANG, keys={"confirm": ["<enter>"]})
+    assert got["status"] == "paid" and balance(stack, ZHANG) == before - 3400
+    r = stack.pos_client.refund("E-REFUND", "RF-1")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["status"], body["amount"], body["fund_refund"], body["account_refund"]) == (
+        "refunded", "104.00", "70.00", "34.00")
+    assert balance(stack, ZHANG) == before
+    setl = got["result"]["setl_id"]
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?", (setl,))[0][0] == "reversed"
+    again = stack.pos_client.refund("E-REFUND", "RF-1")  # a retry replays the first answer
+    assert again.status_code == 200 and again.json() == body
+    assert stack.pos_client.refund("E-REFUND", "RF-2").status_code == 409  # already refunded
+    assert stack.pos_client.get("E-REFUND").json()["status"] == "refunded"
+    assert balance(stack, ZHANG) == before
