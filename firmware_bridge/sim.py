@@ -535,11 +535,15 @@ class PtyPort(_Port):
         else:
             self.url = path
         master = self.master
+        os.set_blocking(master, False)
 
         def write(b: bytes) -> None:
             view = memoryview(b)
             while view:
-                n = os.write(master, view)
+                try:
+                    n = os.write(master, view)
+                except BlockingIOError:  # nobody reads the line: bytes fall off the wire, as on a UART
+                    return
                 view = view[n:]
 
         self.mcu.attach(write)
@@ -561,7 +565,7 @@ class PtyPort(_Port):
             try:
                 data = os.read(self.master, 65536)
             except OSError as e:
-                if e.errno == errno.EIO:
+                if e.errno in (errno.EIO, errno.EAGAIN):
                     time.sleep(0.005)
                     return
                 raise
@@ -605,12 +609,27 @@ class TcpPort(_Port):
             if r:
                 conn, _ = self.listener.accept()
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.setblocking(False)
                 self.conn = conn
-                self.mcu.attach(conn.sendall)
+
+                def write(b: bytes) -> None:
+                    view = memoryview(b)
+                    while view:
+                        try:
+                            view = view[conn.send(view) :]
+                        except BlockingIOError:  # the host stopped reading: drop, never block the MCU
+                            return
+
+                self.mcu.attach(write)
             return
         r, _, _ = select.select([self.conn], [], [], 0.01)
         if r:
-            data = self.conn.recv(65536)
+            try:
+                data = self.conn.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
             if not data:
                 self.mcu.detach()
                 self._unplug()

@@ -154,3 +154,22 @@ def test_events_survive_a_disconnect(link: Link, sim: Simulator) -> None:
 
 def test_status_values_for_device_refusals(link: Link, sim: Simulator) -> None:
     assert link.request(Cmd.FW_CHUNK, b"\x00\x00\x00\x00x").status == Status.FW_BAD_STATE
+
+
+@pytest.mark.parametrize("kind", ["pty", "tcp"])
+def test_device_never_blocks_when_nobody_reads(kind: str, sim: Simulator, tcp_sim: Simulator) -> None:
+    s = sim if kind == "pty" else tcp_sim
+    if kind == "tcp":  # a host that connects and then stops reading
+        import socket
+
+        host, port = s.url.removeprefix("socket://").split(":")
+        stalled = socket.create_connection((host, int(port)))
+        wait_for(lambda: s.mcu._write_fn is not None, what="tcp client attached")
+    t = time.monotonic()
+    s.mcu.inject(b"\x00" * 5_000_000)  # far more than any pty or socket buffer
+    assert time.monotonic() - t < 2.0
+    if kind == "tcp":
+        stalled.close()
+    with Link(s.url, timing=FAST) as link:
+        link.wait_connected(3)
+        echo(link, b"still alive")
