@@ -268,8 +268,9 @@ class BankClient(_Client):
     def statement(self, holder: str) -> Answer:
         return self.call("credit.statement", {"holder": holder})
 
-    def notifications(self, holder: str, limit: int = 100) -> Answer:
-        return self.call("credit.notifications", {"holder": holder, "limit": limit})
+    def notifications(self, limit: int = 100) -> Answer:
+        """Drain queued holder notifications (member draws, due soon, overdue); they are marked sent."""
+        return self.call("credit.notifications", {"limit": limit})
 
 
 def register_terminal(base_url: str, admin_token: str, app_id: str, sm2_public_hex: str, fixmedins_code: str,

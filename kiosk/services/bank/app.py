@@ -1,0 +1,96 @@
+"""The bank (credit-line service) as a FastAPI app (127.0.0.1:8720 by default).
+
+    uvicorn --factory kiosk.services.bank.app:app_from_env --workers 4
+
+Configuration: `KIOSK_BANK_DB` (default `sqlite:///<data_dir>/bank.db`),
+`KIOSK_DATA_DIR` (keys under `<data_dir>/services/bank-keys`), `KIOSK_REPLAY_WINDOW_S`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from kiosk.clock import Clock, SystemClock
+from kiosk.config import load
+from kiosk.services.bank.service import BankService
+from kiosk.services.envelope import ServiceKeys
+from kiosk.services.gateway import Gateway
+from kiosk.services.http import build_app
+from kiosk.storage import Database, open_database
+
+PORT = 8720
+
+
+def bank_db_url(data_dir: Path) -> str:
+    return os.environ.get("KIOSK_BANK_DB") or load().database_url or f"sqlite:///{Path(data_dir) / 'bank.db'}"
+
+
+def bank_keys(data_dir: Path) -> ServiceKeys:
+    return ServiceKeys.open_or_init(Path(data_dir) / "services" / "bank-keys", device_id="BANK-0001")
+
+
+def build_bank(db: Database, data_dir: Path, clock: Clock | None = None,
+               window_s: int = 300) -> tuple[BankService, Gateway]:
+    clock = clock or SystemClock()
+    service = BankService(db, clock)
+    gw = Gateway("bank", db, clock, bank_keys(data_dir), service.routes(), window_s=window_s)
+    return service, gw
+
+
+def create_app(db: Database | str | None = None, *, data_dir: Path | None = None, clock: Clock | None = None,
+               window_s: int | None = None) -> FastAPI:
+    data_dir = Path(data_dir or load().data_dir)
+    if not isinstance(db, Database):
+        db = open_database(db or bank_db_url(data_dir))
+    window = window_s or int(os.environ.get("KIOSK_REPLAY_WINDOW_S", "300"))
+    service, gw = build_bank(db, data_dir, clock, window)
+    app = build_app("Bank: medical-insurance credit line", gw, data_dir, description=__doc__.splitlines()[0])
+    app.state.service = service
+    app.state.gateway = gw
+    app.state.db = db
+    return app
+
+
+def app_from_env() -> FastAPI:
+    return create_app()
+
+
+def open_lines(db: Database, data_dir: Path, people: Iterable[tuple[str, str]], insured_years: int = 6,
+               clock: Clock | None = None) -> int:
+    """Open a credit line for each (psn_no, birth date) that is eligible (seeding for demos and load tests)."""
+    service, _gw = build_bank(db, data_dir, clock)
+    opened = 0
+    for psn_no, brdy in people:
+        r = service.credit.open(f"seed-line/{psn_no}", psn_no, date.fromisoformat(brdy), insured_years)
+        opened += r.ok
+    return opened
+
+
+def check_bank(db: Database, *, expect_draws: dict[str, int] | None = None,
+               refunded: Iterable[str] = ()) -> dict[str, Any]:
+    """kiosk.credit's journal check, plus (given the draws a load run saw) one draw per settlement."""
+    from kiosk.credit import CreditService
+
+    report = CreditService(db, SystemClock()).check()
+    out: dict[str, Any] = {"lines": report.lines, "entries": report.entries, "problems": report.problems[:20]}
+    balanced = report.ok
+    if expect_draws is not None:
+        rows = db.read(lambda tx: tx.fetch_all(
+            "SELECT ref, original_fen, refunded_fen FROM credit_draws"))
+        by_ref: dict[str, list[tuple[int, int]]] = {}
+        for ref, orig, ref_fen in rows:
+            by_ref.setdefault(ref, []).append((int(orig), int(ref_fen)))
+        refunded = set(refunded)
+        missing = sum(1 for ref, amt in expect_draws.items() if [o for o, _ in by_ref.get(ref, [])] != [amt])
+        missing += sum(1 for ref in refunded if ref in by_ref and any(o != r for o, r in by_ref[ref]))
+        dup = sum(len(v) - 1 for v in by_ref.values() if len(v) > 1)
+        dup += sum(1 for ref in by_ref if ref not in expect_draws and ref not in refunded)
+        out.update(missing_draws=missing, duplicate_draws=dup, draws=len(rows))
+        balanced = balanced and missing == 0 and dup == 0
+    out["balanced"] = balanced
+    return out

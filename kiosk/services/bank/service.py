@@ -1,0 +1,310 @@
+"""The bank's transactions: kiosk.credit's CreditService behind the platform envelope.
+
+| infno | input | output |
+|---|---|---|
+| credit.apply | holder, birth_date, insured_years | line opened: limit (tier) / ineligible_age |
+| credit.bind | holder, member, relation, consent, monthly_cap | bound / no_consent / no_line |
+| credit.unbind | holder, member | unbound / not_bound |
+| credit.line | payer | holder, kind own/family, limit, available, overdue |
+| credit.draw | payer, amount, ref (= setl_id), key | ref, amount, available |
+| credit.draw_reverse | key, payer | reversed / not_drawn (the key is then blocked) |
+| credit.hold / credit.capture / credit.release | payer, amount, ref, key / ref, amount, key / ref, key | ... |
+| credit.repay | holder, amount, key | interest, principal |
+| credit.refund | ref, amount, key | principal, cash |
+| credit.statement | holder | state, draws, holds, members |
+| credit.notifications | limit | messages handed to the holder-notification sender |
+
+CreditService runs inside the gateway's transaction (kiosk.storage joins nested
+transactions), so the message's msgid, the credit operation's idempotency key,
+the journal entry and the stored answer commit together. A credit refusal
+(`exceeds_available`, `line_overdue`, ...) is an answer with infcode 3004 and
+that code as `err_code`.
+"""
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kiosk.clock import Clock
+from kiosk.credit import CreditService, Result
+from kiosk.errors import ConflictError, KioskError
+from kiosk.money import yuan_to_fen
+from kiosk.services.gateway import Ctx, Route
+from kiosk.services.protocol import InfCode, Refusal
+from kiosk.storage import Database, Migration, Transaction
+
+MIGRATIONS = [
+    Migration("bank.001_draw_keys", [
+        """CREATE TABLE bank_draw_keys (
+            key TEXT PRIMARY KEY,
+            payer TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            amount BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+    ]),
+]
+
+_ID = Field(min_length=1, max_length=64)
+_KEY = Field(min_length=1, max_length=120, description="idempotency key: the same key replays the first result")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _amount(v: object, info: Any) -> str:
+    try:
+        fen = yuan_to_fen(v, info.field_name)
+    except KioskError as e:
+        raise ValueError(e.message) from None
+    if fen <= 0 and info.field_name != "monthly_cap":
+        raise ValueError("must be greater than 0")
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
+class Apply(_In):
+    holder: str = _ID
+    birth_date: date
+    insured_years: int = Field(ge=0, le=100)
+
+
+class Bind(_In):
+    holder: str = _ID
+    member: str = _ID
+    relation: Literal["spouse", "parent", "child"]
+    consent: bool
+    monthly_cap: str | None = Field(default=None, description="yuan per calendar month; null = no cap")
+
+    _cap = field_validator("monthly_cap", mode="before")(lambda v, info: None if v is None else _amount(v, info))
+
+
+class Unbind(_In):
+    holder: str = _ID
+    member: str = _ID
+
+
+class LineQuery(_In):
+    payer: str = _ID
+
+
+class Draw(_In):
+    payer: str = _ID
+    amount: str = Field(description="yuan, 2 dp")
+    ref: str = Field(min_length=1, max_length=64, description="the settlement's setl_id")
+    key: str = _KEY
+    holder: str | None = Field(default=None, max_length=64)
+
+    _amt = field_validator("amount", mode="before")(_amount)
+
+
+class DrawReverse(_In):
+    key: str = _KEY
+    payer: str = _ID
+
+
+class Capture(_In):
+    ref: str = Field(min_length=1, max_length=64)
+    amount: str
+    key: str = _KEY
+    holder: str | None = Field(default=None, max_length=64)
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _amt(cls, v: object, info: Any) -> str:
+        try:
+            fen = yuan_to_fen(v, "amount")
+        except KioskError as e:
+            raise ValueError(e.message) from None
+        return f"{fen // 100}.{fen % 100:02d}"
+
+
+class Release(_In):
+    ref: str = Field(min_length=1, max_length=64)
+    key: str = _KEY
+    holder: str | None = Field(default=None, max_length=64)
+
+
+class Repay(_In):
+    holder: str = _ID
+    amount: str
+    key: str = _KEY
+
+    _amt = field_validator("amount", mode="before")(_amount)
+
+
+class Refund(_In):
+    ref: str = Field(min_length=1, max_length=64)
+    amount: str
+    key: str = _KEY
+    holder: str | None = Field(default=None, max_length=64)
+
+    _amt = field_validator("amount", mode="before")(_amount)
+
+
+class Statement(_In):
+    holder: str = _ID
+
+
+class Notifications(_In):
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+def _fen(yuan: str) -> int:
+    return yuan_to_fen(yuan, "amount")
+
+
+def _answer(r: Result, **extra: Any) -> dict[str, Any] | Refusal:
+    if r.ok:
+        return {**r.detail, **extra}
+    return Refusal(InfCode.BUSINESS_REFUSED, _MESSAGES.get(r.code, r.code.replace("_", " ")), code=r.code)
+
+
+_MESSAGES = {
+    "ineligible_age": "the holder must be aged 18 to 60 on the day of application",
+    "already_open": "this person already has a credit line",
+    "no_line": "no credit line",
+    "no_consent": "the member's consent is required to bind them",
+    "not_bound": "the payer has no credit line and is not bound to a family line",
+    "line_overdue": "the line is overdue: repay the draws past day 59 first",
+    "exceeds_available": "the amount exceeds the credit available",
+    "member_cap_exceeded": "the amount exceeds this member's monthly cap",
+    "exceeds_hold": "the capture exceeds the hold",
+    "unknown_ref": "no draw or hold with this ref",
+    "exceeds_original": "refunds would exceed the draw's original amount",
+    "overpayment": "the repayment exceeds what is owed",
+}
+
+
+class BankService:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self.credit = CreditService(db, clock)
+        db.migrate(MIGRATIONS)
+
+    def _key(self, ctx: Ctx, key: str) -> str:
+        """Credit idempotency keys are per terminal, like msgids."""
+        return f"{ctx.terminal.app_id}/{key}"
+
+    @staticmethod
+    def _guard(fn: Any, *a: Any, **kw: Any) -> Result:
+        try:
+            return fn(*a, **kw)
+        except ConflictError as e:
+            raise Refusal(InfCode.MSGID_CONFLICT, "key was already used for a different operation",
+                          code=e.code, field="input.key") from None
+
+    def apply(self, ctx: Ctx, tx: Transaction, d: Apply) -> dict[str, Any] | Refusal:
+        r = self._guard(self.credit.open, f"{ctx.terminal.app_id}/{ctx.request.msgid}", d.holder, d.birth_date,
+                        d.insured_years)
+        return _answer(r, holder=d.holder)
+
+    def bind(self, ctx: Ctx, tx: Transaction, d: Bind) -> dict[str, Any] | Refusal:
+        cap = None if d.monthly_cap is None else _fen(d.monthly_cap)
+        r = self._guard(self.credit.bind, f"{ctx.terminal.app_id}/{ctx.request.msgid}", d.holder, d.member,
+                        d.relation, d.consent, cap)
+        return _answer(r, holder=d.holder, member=d.member, bound="1")
+
+    def unbind(self, ctx: Ctx, tx: Transaction, d: Unbind) -> dict[str, Any] | Refusal:
+        r = self._guard(self.credit.unbind, f"{ctx.terminal.app_id}/{ctx.request.msgid}", d.holder, d.member)
+        return _answer(r, holder=d.holder, member=d.member, bound="0")
+
+    def line(self, ctx: Ctx, tx: Transaction, d: LineQuery) -> dict[str, Any] | Refusal:
+        holder = tx.scalar("SELECT holder FROM credit_lines WHERE holder = ?", (d.payer,))
+        kind = "own"
+        if holder is None:
+            holder = tx.scalar("SELECT l.holder FROM credit_members m JOIN credit_lines l ON l.id = m.line_id "
+                               "WHERE m.member = ? AND m.active = 1", (d.payer,))
+            kind = "family"
+        if holder is None:
+            return Refusal(InfCode.BUSINESS_REFUSED, _MESSAGES["not_bound"], code="not_bound", field="input.payer")
+        st = self.credit.state(holder)
+        return {"payer": d.payer, "holder": holder, "line_id": holder, "kind": kind, **st.to_json()}
+
+    def draw(self, ctx: Ctx, tx: Transaction, d: Draw) -> dict[str, Any] | Refusal:
+        key = self._key(ctx, d.key)
+        row = tx.fetch_one("SELECT state, ref, amount FROM bank_draw_keys WHERE key = ?" + tx.for_update, (key,))
+        if row is not None and row[0] in ("blocked", "reversed"):
+            return Refusal(InfCode.ALREADY_REVERSED, "this draw was reversed (credit.draw_reverse); not charged",
+                           code="draw_reversed", field="input.key")
+        amount = _fen(d.amount)
+        r = self._guard(self.credit.draw, key, d.payer, amount, d.ref, d.holder)
+        if r.ok and row is None:
+            tx.execute("INSERT INTO bank_draw_keys (key, payer, ref, amount, state, created_at) "
+                       "VALUES (?, ?, ?, ?, 'drawn', ?)", (key, d.payer, d.ref, amount, ctx.now.isoformat()))
+        return _answer(r, draw_id=d.ref, payer=d.payer)
+
+    def draw_reverse(self, ctx: Ctx, tx: Transaction, d: DrawReverse) -> dict[str, Any] | Refusal:
+        key = self._key(ctx, d.key)
+        row = tx.fetch_one("SELECT state, ref, amount, payer FROM bank_draw_keys WHERE key = ?" + tx.for_update,
+                           (key,))
+        if row is None:
+            tx.execute("INSERT INTO bank_draw_keys (key, payer, ref, amount, state, created_at) "
+                       "VALUES (?, ?, '', 0, 'blocked', ?) ON CONFLICT (key) DO NOTHING",
+                       (key, d.payer, ctx.now.isoformat()))
+            return {"key": d.key, "result": "not_drawn"}
+        if row[0] != "drawn":
+            return {"key": d.key, "result": "already_reversed", "ref": row[1]}
+        r = self._guard(self.credit.refund, f"{key}/reverse", row[1], int(row[2]))
+        if not r.ok:
+            return _answer(r)
+        tx.execute("UPDATE bank_draw_keys SET state = 'reversed' WHERE key = ?", (key,))
+        return {"key": d.key, "result": "reversed", "ref": row[1], **r.detail}
+
+    def hold(self, ctx: Ctx, tx: Transaction, d: Draw) -> dict[str, Any] | Refusal:
+        r = self._guard(self.credit.hold, self._key(ctx, d.key), d.payer, _fen(d.amount), d.ref, d.holder)
+        return _answer(r, hold_id=d.ref)
+
+    def capture(self, ctx: Ctx, tx: Transaction, d: Capture) -> dict[str, Any] | Refusal:
+        r = self._guard(self.credit.capture, self._key(ctx, d.key), d.ref, _fen(d.amount), d.holder)
+        return _answer(r, ref=d.ref, draw_id=d.ref)
+
+    def release(self, ctx: Ctx, tx: Transaction, d: Release) -> dict[str, Any] | Refusal:
+        r = self._guard(self.credit.release, self._key(ctx, d.key), d.ref, d.holder)
+        return _answer(r, ref=d.ref)
+
+    def repay(self, ctx: Ctx, tx: Transaction, d: Repay) -> dict[str, Any] | Refusal:
+        r = self._guard(self.credit.repay, self._key(ctx, d.key), d.holder, _fen(d.amount))
+        return _answer(r, holder=d.holder)
+
+    def refund(self, ctx: Ctx, tx: Transaction, d: Refund) -> dict[str, Any] | Refusal:
+        r = self._guard(self.credit.refund, self._key(ctx, d.key), d.ref, _fen(d.amount), d.holder)
+        return _answer(r, ref=d.ref)
+
+    def statement(self, ctx: Ctx, tx: Transaction, d: Statement) -> dict[str, Any] | Refusal:
+        s = self.credit.statement(d.holder)
+        if s.get("code") != "ok":
+            return Refusal(InfCode.BUSINESS_REFUSED, _MESSAGES["no_line"], code="no_line", field="input.holder")
+        s.pop("code")
+        return s
+
+    def notifications(self, ctx: Ctx, tx: Transaction, d: Notifications) -> dict[str, Any]:
+        """Hand queued holder notifications to the caller (the SMS/app sender); they are marked sent."""
+        msgs = self.credit.outbox.pending(self.db, d.limit)
+        for m in msgs:
+            tx.execute("UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ? AND sent_at IS NULL",
+                       (ctx.now.isoformat(), m.id))
+        return {"messages": [{"id": m.id, "topic": m.topic, "payload": m.payload, "created_at": m.created_at}
+                             for m in msgs]}
+
+    def routes(self) -> dict[str, Route]:
+        table: list[tuple[str, type[BaseModel], Any, str]] = [
+            ("credit.apply", Apply, self.apply, "open a credit line: eligibility (18-60) and limit tier"),
+            ("credit.bind", Bind, self.bind, "bind a family member to the holder's line (consent recorded)"),
+            ("credit.unbind", Unbind, self.unbind, "unbind a family member"),
+            ("credit.line", LineQuery, self.line, "the line a payer uses (own or family) and what is available"),
+            ("credit.draw", Draw, self.draw, "charge a settlement's cash share (idempotent by key; ref = setl_id)"),
+            ("credit.draw_reverse", DrawReverse, self.draw_reverse,
+             "undo the draw made with key (full refund), or block the key if it never arrived"),
+            ("credit.hold", Draw, self.hold, "inpatient deposit: hold part of the line"),
+            ("credit.capture", Capture, self.capture, "discharge: capture the actual self-pay, release the rest"),
+            ("credit.release", Release, self.release, "release a hold"),
+            ("credit.repay", Repay, self.repay, "repay: interest first, then oldest principal"),
+            ("credit.refund", Refund, self.refund, "refund of a paid bill to its draw"),
+            ("credit.statement", Statement, self.statement, "the holder's statement"),
+            ("credit.notifications", Notifications, self.notifications, "drain the holder-notification outbox"),
+        ]
+        return {code: Route(code, model, fn, summary, needs_sign_in=False) for code, model, fn, summary in table}
