@@ -128,7 +128,10 @@ class Transaction:
             if self.dialect == SQLITE:
                 return self._conn.execute(q, p)
             cur = self._conn.cursor()
-            cur.execute(q, p)
+            if p:
+                cur.execute(q, p)
+            else:  # no parameters: psycopg must not interpret % at all
+                cur.execute(sql.encode())
             return cur
         except Exception as e:  # translated at the boundary
             raise self.db._translate(e, sql) from e

@@ -26,8 +26,8 @@ _DDL_TOKENS = {
 _TOKEN_RE = re.compile(r"\b(SERIAL_PK|BLOB)\b")
 
 
-def _scan(sql: str, on_char) -> str:
-    """Walk `sql`, calling on_char for characters outside quotes/comments."""
+def _scan(sql: str, on_char, on_quoted=lambda t: t) -> str:  # type: ignore[no-untyped-def]
+    """Walk `sql`, calling on_char for characters outside quotes/comments, on_quoted for the rest."""
     out: list[str] = []
     i, n = 0, len(sql)
     while i < n:
@@ -41,17 +41,17 @@ def _scan(sql: str, on_char) -> str:
                         continue
                     break
                 j += 1
-            out.append(sql[i:j + 1])
+            out.append(on_quoted(sql[i:j + 1]))
             i = j + 1
         elif sql.startswith("--", i):
             j = sql.find("\n", i)
             j = n if j < 0 else j
-            out.append(sql[i:j])
+            out.append(on_quoted(sql[i:j]))
             i = j
         elif sql.startswith("/*", i):
             j = sql.find("*/", i + 2)
             j = n if j < 0 else j + 2
-            out.append(sql[i:j])
+            out.append(on_quoted(sql[i:j]))
             i = j
         else:
             out.append(on_char(c))
@@ -74,7 +74,8 @@ def translate(sql: str, dialect: str) -> str:
             return "%%"
         return c
 
-    return _scan(sql, conv)
+    # psycopg reads every % (even inside literals) as a placeholder marker
+    return _scan(sql, conv, lambda t: t.replace("%", "%%"))
 
 
 def translate_ddl(sql: str, dialect: str) -> str:

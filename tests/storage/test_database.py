@@ -46,6 +46,9 @@ def test_roundtrip_types_and_returning(db: Database) -> None:
     assert bytes(data) == b"\x00\xff"
     dicts = db.read(lambda tx: tx.fetch_dicts("SELECT name, balance FROM accounts WHERE balance < ?", (0,)))
     assert dicts == [{"name": "b", "balance": -5}]
+    # a literal percent sign, with and without parameters
+    assert db.read(lambda tx: tx.fetch_one("SELECT '5%' || ?", ("x",))) == ("5%x",)
+    assert db.read(lambda tx: tx.scalar("SELECT '5%'")) == "5%"
 
 
 def test_rollback_on_exception_and_unique_violation_translated(db: Database) -> None:

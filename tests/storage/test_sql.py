@@ -7,12 +7,13 @@ def test_placeholders_become_psycopg_style_outside_quotes() -> None:
     sql = "SELECT '?', \"a?\", x FROM t WHERE a = ? AND b LIKE 'x%' AND c = ? -- why?\n/* ? */"
     assert translate(sql, SQLITE) == sql
     assert translate(sql, POSTGRESQL) == (
-        "SELECT '?', \"a?\", x FROM t WHERE a = %s AND b LIKE 'x%' AND c = %s -- why?\n/* ? */")
+        "SELECT '?', \"a?\", x FROM t WHERE a = %s AND b LIKE 'x%%' AND c = %s -- why?\n/* ? */")
 
 
 def test_percent_outside_strings_is_escaped_for_psycopg() -> None:
     assert translate("SELECT a % ? FROM t", POSTGRESQL) == "SELECT a %% %s FROM t"
     assert translate("SELECT 'it''s ?' , ?", POSTGRESQL) == "SELECT 'it''s ?' , %s"
+    assert translate("SELECT '5%' -- 1%\n", POSTGRESQL) == "SELECT '5%%' -- 1%%\n"
 
 
 def test_ddl_tokens() -> None:

@@ -1,0 +1,236 @@
+"""Golden timelines worked out by hand, run through the replay tool.
+
+Conventions: daily rate 0.05 %, rounded half-up per draw per day; day 0 is the
+draw's date, days 0..59 are free. 2026 is not a leap year: from 2026-01-01,
+day 59 is 2026-03-01 and day 60 is 2026-03-02.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiosk.credit.replay import replay
+from kiosk.storage import Database
+from kiosk.storage.testing import scratch_database
+
+
+def ev(date: str, op: str, **kw: object) -> dict[str, object]:
+    return {"date": date, "op": op, **kw}
+
+
+OPEN5 = ev("2026-01-01", "open", holder="h", birth_date="1990-06-15", insured_years=5)  # limit 20,000
+
+
+def run(events: list[dict[str, object]], as_of: str, db: Database | None = None) -> dict[str, object]:
+    scenario = {"events": events, "as_of": as_of}
+    if db is not None:
+        return replay(scenario, db)
+    with scratch_database("sqlite") as d:
+        return replay(scenario, d)
+
+
+def state(limit: str, available: str, principal: str = "0.00", i_unpaid: str = "0.00", i_paid: str = "0.00",
+          refunded: str = "0.00", overdue: bool = False) -> dict[str, object]:
+    return {"limit": limit, "available": available, "principal_outstanding": principal,
+            "interest_unpaid": i_unpaid, "interest_paid": i_paid, "refunded_cash": refunded, "overdue": overdue}
+
+
+def test_repay_on_day_59_is_free() -> None:
+    # draw 1000.00 on 01-01; repay 1000.00 on 03-01 (day 59): no interest at all, even by 03-10.
+    out = run([OPEN5, ev("2026-01-01", "draw", payer="h", amount="1000.00", ref="d1"),
+               ev("2026-03-01", "repay", holder="h", amount="1000.00")], "2026-03-10")
+    assert out == {"results": ["ok", "ok", "ok"], "state": state("20000.00", "20000.00")}
+
+
+def test_repay_on_day_60_costs_one_day() -> None:
+    # 03-02 is day 60: accrual first, 100000 fen x 0.0005 = 50 fen -> owed 1000.50.
+    # 1000.51 is refused whole; 1000.00 pays 0.50 interest + 999.50 principal, leaving 0.50 unpaid
+    # on a day-60 draw -> overdue; the last 0.50 clears it.
+    out = run([OPEN5, ev("2026-01-01", "draw", payer="h", amount="1000.00", ref="d1"),
+               ev("2026-03-02", "repay", holder="h", amount="1000.51"),
+               ev("2026-03-02", "repay", holder="h", amount="1000.00"),
+               ev("2026-03-02", "draw", payer="h", amount="1.00", ref="d2")], "2026-03-02")
+    assert out["results"] == ["ok", "ok", "overpayment", "ok", "line_overdue"]
+    assert out["state"] == state("20000.00", "19999.50", "0.50", "0.00", "0.50", overdue=True)
+    out = run([OPEN5, ev("2026-01-01", "draw", payer="h", amount="1000.00", ref="d1"),
+               ev("2026-03-02", "repay", holder="h", amount="1000.50")], "2026-03-02")
+    assert out == {"results": ["ok", "ok", "ok"], "state": state("20000.00", "20000.00", i_paid="0.50")}
+
+
+def test_partial_repayment_across_two_draws_oldest_first() -> None:
+    # limit 10,000 (3 years). d1 333.33 on 01-01, d2 200.00 on 01-02.
+    # 03-02: d1 day 60 -> round(33333 x 0.0005 = 16.6665) = 17 fen.
+    # 03-03: d1 day 61 -> 17 fen; d2 day 60 -> 20000 x 0.0005 = 10 fen. Interest 0.44.
+    # repay 400.00 on 03-03: 0.44 interest, then 333.33 to d1, 66.23 to d2 -> d2 owes 133.77 (overdue).
+    out = run([ev("2026-01-01", "open", holder="h", birth_date="1980-01-01", insured_years=3),
+               ev("2026-01-01", "draw", payer="h", amount="333.33", ref="d1"),
+               ev("2026-01-02", "draw", payer="h", amount="200.00", ref="d2"),
+               ev("2026-03-03", "repay", holder="h", amount="400.00")], "2026-03-03")
+    assert out["results"] == ["ok"] * 4
+    assert out["state"] == state("10000.00", "9866.23", "133.77", "0.00", "0.44", overdue=True)
+    # as of 03-05 two more days on d2: round(13377 x 0.0005 = 6.6885) = 7 fen per day -> 0.14
+    out = run([ev("2026-01-01", "open", holder="h", birth_date="1980-01-01", insured_years=3),
+               ev("2026-01-01", "draw", payer="h", amount="333.33", ref="d1"),
+               ev("2026-01-02", "draw", payer="h", amount="200.00", ref="d2"),
+               ev("2026-03-03", "repay", holder="h", amount="400.00")], "2026-03-05")
+    assert out["state"] == state("10000.00", "9866.23", "133.77", "0.14", "0.44", overdue=True)
+
+
+def test_partial_repayment_inside_free_period() -> None:
+    # d1 300.00 (01-01), d2 200.00 (01-10); repay 400.00 on 02-01: d1 cleared, d2 owes 100.00.
+    # d2's day 60 is 03-11: as of 03-10 nothing accrued, not overdue; as of 03-13: 3 x 5 fen.
+    evs = [ev("2026-01-01", "open", holder="h", birth_date="1980-01-01", insured_years=4),
+           ev("2026-01-01", "draw", payer="h", amount="300.00", ref="d1"),
+           ev("2026-01-10", "draw", payer="h", amount="200.00", ref="d2"),
+           ev("2026-02-01", "repay", holder="h", amount="400.00")]
+    assert run(evs, "2026-03-10")["state"] == state("10000.00", "9900.00", "100.00")
+    assert run(evs, "2026-03-13")["state"] == state("10000.00", "9900.00", "100.00", "0.15", overdue=True)
+
+
+def test_overdue_freeze_and_unfreeze() -> None:
+    # limit 2,000 (0 years). d1 100.00 on 01-01; hold placed 01-05. On 03-02 (day 60) accrue 0.05:
+    # draws and new holds are refused; capturing the existing hold is allowed. repay 100.00 pays
+    # 0.05 interest first and 99.95 principal, so d1 still owes 0.05 -> still frozen; repay 0.05 unfreezes.
+    out = run([ev("2026-01-01", "open", holder="h", birth_date="2000-01-01", insured_years=0),
+               ev("2026-01-01", "draw", payer="h", amount="100.00", ref="d1"),
+               ev("2026-01-05", "hold", payer="h", amount="300.00", ref="h1"),
+               ev("2026-03-02", "draw", payer="h", amount="50.00", ref="d2"),
+               ev("2026-03-02", "hold", payer="h", amount="50.00", ref="h2"),
+               ev("2026-03-02", "capture", ref="h1", amount="200.00"),
+               ev("2026-03-02", "repay", holder="h", amount="100.00"),
+               ev("2026-03-02", "draw", payer="h", amount="50.00", ref="d2"),
+               ev("2026-03-02", "repay", holder="h", amount="0.05"),
+               ev("2026-03-02", "draw", payer="h", amount="50.00", ref="d2")], "2026-03-02")
+    assert out["results"] == ["ok", "ok", "ok", "line_overdue", "line_overdue", "ok", "ok", "line_overdue", "ok", "ok"]
+    # owed: h1's draw 200.00 (dated 03-02) + d2 50.00
+    assert out["state"] == state("2000.00", "1750.00", "250.00", "0.00", "0.05")
+
+
+def test_hold_then_capture_below_the_hold() -> None:
+    # limit 5,000. hold 3000 (01-03) leaves 2000 available; 2500 refused, 2000 ok.
+    # capture 1800 on 01-10 draws 1800 dated 01-10 and releases 1200 -> available 1200.
+    # As of 03-10: d1 (01-04) is at day 65: days 60..65 = 6 x 1.00 = 6.00; the captured draw is at
+    # day 59 (free) - it would already accrue if it were dated at the hold (01-03).
+    out = run([ev("2026-01-01", "open", holder="h", birth_date="1990-01-01", insured_years=1),
+               ev("2026-01-03", "hold", payer="h", amount="3000.00", ref="h1"),
+               ev("2026-01-04", "draw", payer="h", amount="2500.00", ref="d1"),
+               ev("2026-01-04", "draw", payer="h", amount="2000.00", ref="d1"),
+               ev("2026-01-10", "capture", ref="h1", amount="1800.00"),
+               ev("2026-01-10", "capture", ref="h1", amount="1.00"),
+               ev("2026-01-10", "release", ref="h1"),
+               ev("2026-01-10", "capture", ref="zz", amount="1.00"),
+               ev("2026-01-11", "hold", payer="h", amount="500.00", ref="h2"),
+               ev("2026-01-11", "capture", ref="h2", amount="500.01"),
+               ev("2026-01-11", "release", ref="h2"),
+               ev("2026-01-12", "refund", ref="h2", amount="1.00")], "2026-03-10")
+    assert out["results"] == ["ok", "ok", "exceeds_available", "ok", "ok", "unknown_ref", "unknown_ref",
+                              "unknown_ref", "ok", "exceeds_hold", "ok", "unknown_ref"]
+    assert out["state"] == state("5000.00", "1200.00", "3800.00", "6.00", overdue=True)
+
+
+def test_member_cap_in_a_new_month() -> None:
+    # cap 500/month for m (spouse). Jan: 300 ok; 250 over (550); refund 100 of the 300 is not
+    # netted, so 250 is still over; 200 fits exactly (500). The holder is not capped.
+    # Feb 1 is a new month: 500 ok, then 0.01 over. No consent -> no_consent -> not_bound.
+    # After unbind m is not_bound; a second unbind is not_bound.
+    out = run([OPEN5,
+               ev("2026-01-02", "bind", holder="h", member="m", relation="spouse", consent=True, monthly_cap="500.00"),
+               ev("2026-01-20", "draw", payer="m", amount="300.00", ref="m1"),
+               ev("2026-01-25", "draw", payer="m", amount="250.00", ref="m2"),
+               ev("2026-01-25", "draw", payer="h", amount="250.00", ref="h1"),
+               ev("2026-01-26", "refund", ref="m1", amount="100.00"),
+               ev("2026-01-27", "draw", payer="m", amount="250.00", ref="m2"),
+               ev("2026-01-31", "draw", payer="m", amount="200.00", ref="m2"),
+               ev("2026-02-01", "draw", payer="m", amount="500.00", ref="m3"),
+               ev("2026-02-01", "draw", payer="m", amount="0.01", ref="m4"),
+               ev("2026-02-01", "bind", holder="h", member="p", relation="parent", consent=False, monthly_cap=None),
+               ev("2026-02-01", "draw", payer="p", amount="1.00", ref="p1"),
+               ev("2026-02-02", "unbind", holder="h", member="m"),
+               ev("2026-02-03", "draw", payer="m", amount="1.00", ref="m5"),
+               ev("2026-02-03", "unbind", holder="h", member="m")], "2026-02-03")
+    assert out["results"] == ["ok", "ok", "ok", "member_cap_exceeded", "ok", "ok", "member_cap_exceeded", "ok",
+                              "ok", "member_cap_exceeded", "no_consent", "not_bound", "ok", "not_bound", "not_bound"]
+    # owed: m1 200 + h1 250 + m2 200 + m3 500 = 1150
+    assert out["state"] == state("20000.00", "18850.00", "1150.00")
+
+
+def test_refund_larger_than_unpaid_principal() -> None:
+    # d1 1000; repay 700 leaves 300 unpaid. refund 500: 300 reduces d1, 200 back as cash.
+    # refunds of d1 may total 1000: 500.01 more is refused, 500.00 is all cash, then 0.01 is refused.
+    out = run([OPEN5, ev("2026-01-01", "draw", payer="h", amount="1000.00", ref="d1"),
+               ev("2026-01-10", "repay", holder="h", amount="700.00"),
+               ev("2026-01-11", "refund", ref="d1", amount="500.00"),
+               ev("2026-01-11", "refund", ref="d1", amount="500.01"),
+               ev("2026-01-12", "refund", ref="d1", amount="500.00"),
+               ev("2026-01-12", "refund", ref="d1", amount="0.01"),
+               ev("2026-01-12", "refund", ref="nope", amount="1.00"),
+               ev("2026-01-12", "repay", holder="h", amount="0.01")], "2026-01-31")
+    assert out["results"] == ["ok", "ok", "ok", "ok", "exceeds_original", "ok", "exceeds_original",
+                              "unknown_ref", "overpayment"]
+    assert out["state"] == state("20000.00", "20000.00", refunded="700.00")
+
+
+def test_eligibility_and_no_line() -> None:
+    # born 1965-03-02: on 2026-03-01 aged 60 (eligible); on 2026-03-02 aged 61.
+    assert run([ev("2026-03-01", "open", holder="a", birth_date="1965-03-02", insured_years=0)],
+               "2026-03-01")["state"]["limit"] == "2000.00"
+    out = run([ev("2026-03-01", "draw", payer="a", amount="1.00", ref="x"),
+               ev("2026-03-02", "open", holder="a", birth_date="1965-03-02", insured_years=9),
+               ev("2026-03-02", "draw", payer="a", amount="1.00", ref="x"),
+               ev("2026-03-02", "repay", holder="a", amount="1.00"),
+               ev("2026-03-02", "refund", ref="x", amount="1.00"),
+               ev("2026-03-02", "bind", holder="a", member="b", relation="child", consent=True, monthly_cap=None)],
+              "2026-03-03")
+    assert out["results"] == ["no_line", "ineligible_age", "no_line", "no_line", "no_line", "no_line"]
+    assert out["state"] == state("0.00", "0.00")
+    # 18th birthday on the day: eligible; the day before: not.
+    assert run([ev("2026-05-10", "open", holder="y", birth_date="2008-05-10", insured_years=1)],
+               "2026-05-10")["results"] == ["ok"]
+    assert run([ev("2026-05-09", "open", holder="y", birth_date="2008-05-10", insured_years=1)],
+               "2026-05-09")["results"] == ["ineligible_age"]
+
+
+def test_draw_result_precedence() -> None:
+    # overdue + over available + over cap: a stranger gets not_bound, a member line_overdue;
+    # on a healthy line over both the limit and the cap: exceeds_available first.
+    out = run([ev("2026-01-01", "open", holder="h", birth_date="1990-01-01", insured_years=0),
+               ev("2026-01-01", "bind", holder="h", member="c", relation="child", consent=True, monthly_cap="10.00"),
+               ev("2026-01-01", "draw", payer="c", amount="3000.00", ref="a"),
+               ev("2026-01-01", "draw", payer="c", amount="10.00", ref="a"),
+               ev("2026-03-02", "draw", payer="x", amount="3000.00", ref="b"),
+               ev("2026-03-02", "draw", payer="c", amount="3000.00", ref="b"),
+               ev("2026-03-02", "hold", payer="c", amount="3000.00", ref="b")], "2026-03-02")
+    assert out["results"] == ["ok", "ok", "exceeds_available", "ok", "not_bound", "line_overdue", "line_overdue"]
+
+
+@pytest.mark.postgres
+def test_golden_timeline_is_identical_on_postgresql(db: Database) -> None:
+    evs = [ev("2026-01-01", "open", holder="h", birth_date="1980-01-01", insured_years=3),
+           ev("2026-01-01", "draw", payer="h", amount="333.33", ref="d1"),
+           ev("2026-01-02", "draw", payer="h", amount="200.00", ref="d2"),
+           ev("2026-03-03", "repay", holder="h", amount="400.00"),
+           ev("2026-03-04", "refund", ref="d2", amount="150.00")]
+    # refund 150 of d2 (133.77 + 1 day 7 fen interest on 03-04): 133.77 principal, 16.23 cash
+    expected = {"results": ["ok"] * 5,
+                "state": state("10000.00", "10000.00", "0.00", "0.07", "0.44", "16.23")}
+    assert run(evs, "2026-03-04") == expected
+    assert run(evs, "2026-03-04", db) == expected
+
+
+def test_cli_replay_prints_json_and_names_bad_fields(tmp_path: Path) -> None:
+    scen = tmp_path / "s.json"
+    scen.write_text(json.dumps({"events": [OPEN5, ev("2026-01-01", "draw", payer="h", amount="12.34", ref="d")],
+                                "as_of": "2026-01-02"}))
+    p = subprocess.run([sys.executable, "-m", "kiosk.cli", "credit", "replay", str(scen)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"results": ["ok", "ok"], "state": state("20000.00", "19987.66", "12.34")}
+    scen.write_text(json.dumps({"events": [ev("2026-01-02", "repay", holder="h", amount="1"),
+                                           ev("2026-01-01", "repay", holder="h", amount="1")], "as_of": "2026-01-02"}))
+    p = subprocess.run([sys.executable, "-m", "kiosk.cli", "credit", "replay", str(scen)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "events[1].date" in p.stderr and "Traceback" not in p.stderr
