@@ -162,8 +162,15 @@ def run_demo(*, serve: bool = False, fresh: bool = True, port: int = 8740) -> in
         if got["status"] != "paid":
             say(f"the payment did not complete: {got['status']} ({got.get('reason')})")
         if serve:
-            say(f"up: screen http://127.0.0.1:{port}/screen/  POS API http://127.0.0.1:{port}/docs  "
-                f"(POS system {st and 'demo-pos'}, key in {st.data_dir}/pos_systems.json); Ctrl-C to stop")
+            from kiosk.app.demo_console import mount_demo_console
+
+            faces = st.settings.demo_faces
+            scenes: dict[str, list[Any]] = {p["psn_no"]: scene(st, p["psn_no"]) for p in st.demo_people}
+            scenes.update({"nobody": [], "two": [faces / "misc" / "examples_two_people.jpg"],
+                           "spoof": [faces.parent / "liveness" / "nuaa-train" / "spoof" / "0001_0001_00_00_01_116.jpg"]})
+            mount_demo_console(st.runtime.app, st, DEMO_BILL, scenes)
+            say(f"up: demo console http://127.0.0.1:{port}/demo/ (POS, camera, keypad, printer), "
+                f"screen http://127.0.0.1:{port}/screen/, POS API docs http://127.0.0.1:{port}/docs; Ctrl-C to stop")
             print(json.dumps(summary, ensure_ascii=False), flush=True)
             stop = threading.Event()
             signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -378,3 +378,36 @@ def test_whole_refund_reverses_the_settlement_once(stack):
     assert stack.pos_client.refund("E-REFUND", "RF-2").status_code == 409  # already refunded
     assert stack.pos_client.get("E-REFUND").json()["status"] == "refunded"
     assert balance(stack, ZHANG) == before
+
+
+def test_demo_console_drives_a_session_from_a_browser(stack):
+    """`kiosk demo --serve`: a person at the browser plays POS, camera and keypad through /demo/."""
+    from kiosk.app.demo_console import mount_demo_console
+
+    scenes = {p["psn_no"]: scene(stack, p["psn_no"]) for p in stack.demo_people}
+    scenes.update({"nobody": [], "two": [TWO_PEOPLE]})
+    mount_demo_console(stack.runtime.app, stack, DEMO_BILL, scenes)
+    stack.typist.clear()
+    base = stack.url("kiosk")
+    assert "Kiosk demo console" in httpx.get(base + "/demo/").text
+    assert httpx.post(base + "/demo/camera", json={"scene": "nope"}).status_code == 422
+    o = httpx.post(base + "/demo/order", json={"psn_no": ZHANG}).json()
+    assert o["http"] == 201
+    end = time.monotonic() + 30
+    while not any(s.state == "confirm" and s.info.get("keypad_on") for s in stack.snaps[-5:]):
+        assert time.monotonic() < end  # the screen shows the amounts, then the keypad lights up
+        time.sleep(0.05)
+    while True:
+        r = httpx.post(base + "/demo/keys", json={"keys": "<enter>"}).json()
+        if r["result"] == "keys sent: 1":
+            break
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    while True:
+        got = httpx.get(base + f"/demo/orders/{o['order_id']}").json()
+        if got["status"] not in ("pending", "running"):
+            break
+        assert time.monotonic() < end
+        time.sleep(0.1)
+    assert got["status"] == "paid"
+    stack.camera.clear()
