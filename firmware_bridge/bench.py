@@ -31,12 +31,63 @@ def line_ms(req_payload: int, rsp_payload: int, baud: int) -> float:
     return (2 * OVERHEAD + req_payload + rsp_payload) * 10 / baud * 1000
 
 
+def http_stage(n: int) -> None:
+    """What the kiosk app sees: BridgeClient -> bridge process (HTTP) -> pty -> simulated MCU."""
+    import socket
+
+    from firmware_bridge.client import BridgeClient
+    from kiosk.errors import DeviceError
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firmware_bridge.service", "--serial", "sim", "--port", str(port)], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        with BridgeClient(f"http://127.0.0.1:{port}", timeout=5) as c:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if c.status()["state"] == "connected":
+                        break
+                except DeviceError:
+                    pass
+                if time.monotonic() > deadline:
+                    print("http stage: bridge did not come up")
+                    return
+                time.sleep(0.1)
+            print(f"\n{'through the bridge HTTP API':<28}{'n':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+            e = c.start_id_entry()
+            calls = [
+                ("GET /v1/status (no MCU I/O)", c.status),
+                ("POST /v1/buzzer", lambda: c.buzz("short")),
+                ("GET /v1/keypad/id-entry/ID", lambda: c.id_entry(e["session_id"])),
+                ("POST /v1/print (64 B)", lambda: c.print_escpos(b"\x1b@" + b"x" * 61 + b"\n")),
+            ]
+            for name, fn in calls:
+                for _ in range(20):
+                    fn()
+                xs = []
+                for _ in range(n):
+                    t = time.perf_counter()
+                    fn()
+                    xs.append((time.perf_counter() - t) * 1000)
+                print(f"{name:<28}{n:>8}{pct(xs, 50):>9.3f}{pct(xs, 95):>9.3f}{pct(xs, 99):>9.3f}{max(xs):>9.3f}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/bench_bridge", description=__doc__)
     ap.add_argument("--frames", type=int, default=20_000, help="ECHO exchanges in the zero-loss run (each is a REQ and a RSP frame)")
     ap.add_argument("--rtt", type=int, default=3000, help="samples per latency stage")
     ap.add_argument("--baud", type=int, default=115200)
     ap.add_argument("--threads", type=int, default=4, help="concurrent callers in the pipelined run (window 8)")
+    ap.add_argument("--http", type=int, default=500, help="samples through the bridge process's HTTP API (0 = skip)")
     a = ap.parse_args(argv)
 
     sim = subprocess.Popen(
@@ -132,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = p95 <= 5.0 and lost == 0 and lost_p[0] == 0
         print(f"target: short command p95 <= 5 ms over a pty ({p95:.3f} ms), zero frames lost ({lost + lost_p[0]}): {'PASS' if ok else 'FAIL'}")
         link.stop()
+        if a.http:
+            http_stage(a.http)
         return 0 if ok else 1
     finally:
         sim.terminate()

@@ -819,10 +819,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--script", type=Path, help="run these commands (one a line) after start")
     ap.add_argument("--trust", type=Path, help="Ed25519 public key (PEM) firmware images must be signed with")
     ap.add_argument("--firmware", default="1.0.0", help="running firmware version")
+    ap.add_argument("--rfc2217", type=int, metavar="PORT", help="also serve the pty as an RFC 2217 port on 127.0.0.1:PORT (0 = any)")
     a = ap.parse_args(argv)
     key = load_public_key(a.trust.read_bytes()) if a.trust else None
     sim = Simulator(VirtualMcu(firmware=parse_version(a.firmware), trusted_key=key), tcp=a.tcp, link=a.link).start()
     print(f"URL {sim.url}", flush=True)
+    rfc = None
+    if a.rfc2217 is not None and a.tcp is None:
+        rfc = Rfc2217Server(sim.url, a.rfc2217).start()
+        print(f"RFC2217 {rfc.url}", flush=True)
     try:
         if a.script:
             for line in a.script.read_text().splitlines():
@@ -838,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if rfc is not None:
+            rfc.close()
         sim.close()
     return 0
 
