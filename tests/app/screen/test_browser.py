@@ -39,6 +39,17 @@ def face_frame(shared_dir):
     return img
 
 
+OVERFLOW_JS = """(function(){
+  var f = document.querySelector('footer').getBoundingClientRect(), bad = [];
+  document.querySelectorAll('main > *:not([hidden]), header > *:not([hidden])').forEach(function(e){
+    var r = e.getBoundingClientRect();
+    if (r.width && (r.bottom > f.top + 1 || r.right > innerWidth + 1 || r.left < -1)) bad.push(e.id || e.tagName);
+  });
+  if (f.bottom > innerHeight + 1) bad.push('footer');
+  return bad;
+})()"""
+
+
 def show(page, state: ScreenState) -> ScreenState:
     b, bus = page
     new = bus.publish(state)
@@ -65,6 +76,7 @@ def test_each_state_renders_in_chinese_and_is_screenshotted(page, face_frame, na
     else:
         assert b.eval("document.getElementById('camera').hidden")
     b.screenshot(ARTIFACTS / f"{name}.png")
+    assert b.eval(OVERFLOW_JS) == [], "content runs under the status bar or off screen"
 
     text = b.text()
     assert b.eval("document.documentElement.lang") == "zh-CN"
@@ -164,3 +176,18 @@ def test_a_peripheral_fault_shows_in_the_status_bar(page):
     assert b.eval("document.getElementById('dev-printer').title") == "paper_out"
     assert b.eval("document.getElementById('dev-network').innerText").endswith("离线")
     b.screenshot(ARTIFACTS / "status_faults.png")
+
+
+@pytest.mark.parametrize("name", ["face", "confirm_family", "success", "id_entry", "failure_locked"])
+def test_a_portrait_screen_fits_too(page, face_frame, name):
+    b, bus = page
+    b.send("Emulation.setDeviceMetricsOverride", {"width": 800, "height": 1280, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        show(page, SAMPLES[name])
+        if SAMPLES[name].camera:
+            bus.publish_frame(face_frame)
+            b.wait_for("document.getElementById('preview').naturalWidth === 640", timeout=5)
+        b.screenshot(ARTIFACTS / f"{name}.portrait.png")
+        assert b.eval(OVERFLOW_JS) == []
+    finally:
+        b.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
