@@ -191,3 +191,40 @@ def test_a_portrait_screen_fits_too(page, face_frame, name):
         assert b.eval(OVERFLOW_JS) == []
     finally:
         b.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+
+
+CONTRAST_JS = """(function(sel){
+  var out = [];
+  document.querySelectorAll(sel).forEach(function(e){
+    if (!e.offsetParent && e.tagName !== 'BODY') return;
+    var bg = 'rgba(0, 0, 0, 0)', n = e;
+    while (n && (bg === 'rgba(0, 0, 0, 0)' || bg === 'transparent')) { bg = getComputedStyle(n).backgroundColor; n = n.parentElement; }
+    out.push([e.id || e.className || e.tagName, getComputedStyle(e).color, bg, parseFloat(getComputedStyle(e).fontSize)]);
+  });
+  return out;
+})(%s)"""
+
+
+def _luminance(css: str) -> float:
+    r, g, b = (int(x) for x in re.findall(r"\d+", css)[:3])
+
+    def ch(c: int) -> float:
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * ch(r) + 0.7152 * ch(g) + 0.0722 * ch(b)
+
+
+@pytest.mark.parametrize("name", ["confirm", "failure_spoof", "id_entry", "success"])
+def test_text_is_large_and_high_contrast_for_elderly_readers(page, name):
+    import json as _json
+
+    b, _ = page
+    show(page, SAMPLES[name])
+    rows = b.eval(CONTRAST_JS % _json.dumps("#prompt, .outcome, td, .dev, #lang, .digits span, .attempts, h1"))
+    assert rows
+    for what, fg, bg, size in rows:
+        l1, l2 = sorted((_luminance(fg), _luminance(bg)), reverse=True)
+        ratio = (l1 + 0.05) / (l2 + 0.05)
+        assert ratio >= 7.0, f"{what}: contrast {ratio:.1f}:1 ({fg} on {bg}) below WCAG AAA"
+        assert size >= 20, f"{what}: {size}px text is too small"
