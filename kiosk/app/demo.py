@@ -57,10 +57,10 @@ def seed_bank(st: Stack) -> None:
 
     for holder in (DEMO_PATIENT, FAMILY_HOLDER):
         a = bank.apply(holder, birth(holder), 6)
-        if not a.ok and "exist" not in (a.err_code + a.err_msg).lower():
+        if not a.ok and "already" not in (a.err_code + a.err_msg).lower():
             raise RemoteError(f"credit line for {holder} refused: {a.err_msg}", code=a.err_code or "refused")
     a = bank.bind(FAMILY_HOLDER, FAMILY_MEMBER, "parent", True, "2000.00")
-    if not a.ok and "bound" not in (a.err_code + a.err_msg).lower():
+    if not a.ok and "already" not in (a.err_code + a.err_msg).lower():
         raise RemoteError(f"family binding refused: {a.err_msg}", code=a.err_code or "refused")
 
 

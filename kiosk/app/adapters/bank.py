@@ -21,7 +21,7 @@ def _reason(a: Answer) -> str:
         return "credit_overdue"
     if "cap" in code:
         return "family_cap_exceeded"
-    if "elig" in code or "no_line" in code or "not_found" in code or "unbound" in code:
+    if "elig" in code or "no_line" in code or "not_bound" in code or "unknown_ref" in code:
         return "credit_not_eligible"
     return "insufficient_credit"
 
@@ -43,12 +43,14 @@ class BankAdapter:
         if not a.ok:
             return Line(kind="none")
         o = a.output
-        holder = str(o.get("holder") or o.get("holder_psn_no") or "")
-        kind = "family" if holder and holder != person.psn_no else "own"
+        holder = str(o.get("holder") or "")
+        kind = "family" if o.get("kind") == "family" or (holder and holder != person.psn_no) else "own"
         if o.get("overdue"):
             return Line(kind="none")
-        return Line(kind=kind, line_id=str(o.get("line_id") or holder or person.psn_no),
-                    holder_name=str(o.get("holder_name") or ""), available=_fen(o.get("available"), "available"))
+        # the bank knows the holder by number only; the screen shows whose line it is, masked
+        label = f"家人 family …{holder[-4:]}" if kind == "family" else ""
+        return Line(kind=kind, line_id=str(o.get("line_id") or holder), holder_name=label,
+                    available=_fen(o.get("available"), "available"))
 
     def draw(self, line: Line, person: Person, amount_fen: int, key: str, ref: str) -> DrawResult:
         try:
@@ -64,8 +66,8 @@ class BankAdapter:
         if a.ok:
             return True
         code = (a.err_code or "").lower()
-        if "not_found" in code or "no_draw" in code or "already" in code:
-            return True  # nothing was drawn with this key, or it is already undone
+        if "already" in code:
+            return True  # already undone
         raise RemoteError(f"the bank refused to reverse draw {key}: {a.err_msg}", code=a.err_code or "refused")
 
     def hold(self, line: Line, person: Person, amount_fen: int, key: str, ref: str) -> DrawResult:
@@ -85,7 +87,7 @@ class BankAdapter:
 
     def release(self, ref: str, key: str) -> bool:
         a = self._call(self.client.release, ref, key)
-        if a.ok or "not_found" in (a.err_code or "").lower():
+        if a.ok or "unknown_ref" in (a.err_code or "").lower():
             return True
         raise RemoteError(f"the bank refused to release hold {ref}: {a.err_msg}", code=a.err_code or "refused")
 
