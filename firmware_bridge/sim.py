@@ -356,7 +356,7 @@ class VirtualMcu:
         return Status.OK, b""
 
     def _cmd_buzzer(self, p: bytes) -> tuple[int, bytes]:
-        if len(p) != 2 or p[0] > 4:
+        if len(p) != 2 or p[0] > 4 or not 1 <= p[1] <= 10:
             raise PayloadError("BUZZER")
         return Status.OK, b""
 
