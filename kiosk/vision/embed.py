@@ -42,5 +42,10 @@ class Embedder:
         out = self._sess.run(None, {self._input: np.ascontiguousarray(blob)})[0]
         return l2_normalise(out.reshape(-1))
 
-    def embed(self, frame: np.ndarray, face: Face) -> np.ndarray:
-        return self.embed_aligned(self.align(frame, face))
+    def embed(self, frame: np.ndarray, face: Face, *, flip: bool = False) -> np.ndarray:
+        """`flip`: also embed the mirrored crop and average (still photos; the live path averages frames)."""
+        crop = self.align(frame, face)
+        e = self.embed_aligned(crop)
+        if flip:
+            e = l2_normalise(e + self.embed_aligned(np.ascontiguousarray(crop[:, ::-1])))
+        return e
