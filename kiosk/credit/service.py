@@ -160,6 +160,11 @@ class CreditService:
             raise IntegrityError(f"credit line {line_id} vanished")
         return _Line.from_row(r)
 
+    def _lock_holder(self, tx: Transaction, holder: str) -> _Line | None:
+        """The holder's line, locked for this transaction (one round trip), or None."""
+        r = tx.fetch_one(f"SELECT {_LINE_COLS} FROM credit_lines WHERE holder = ?" + tx.for_update, (holder,))
+        return None if r is None else _Line.from_row(r)
+
     def _save(self, tx: Transaction, ln: _Line) -> None:
         tx.execute("UPDATE credit_lines SET principal_fen = ?, holds_fen = ?, interest_unpaid_fen = ?, "
                    "interest_paid_fen = ?, refunded_cash_fen = ?, accrued_through = ? WHERE id = ?",
@@ -213,15 +218,16 @@ class CreditService:
                             dedupe_key=f"{topic}:{d.draw_id}", created_at=self.clock.now().isoformat())
         ln.accrued_through = day
 
-    def _resolve_payer(self, tx: Transaction, payer: str, holder: str | None) -> tuple[int | None, bool]:
-        """(line id, payer allowed). With `holder`, the payer must be the holder or bound to that line."""
-        if holder is None:
-            own = self._line_id(tx, payer)
-            if own is not None:
-                return own, True
-            lid = tx.scalar("SELECT line_id FROM credit_members WHERE member = ? AND active = 1", (payer,))
-            return lid, lid is not None
-        return self._line_id(tx, holder), True
+    def _resolve_payer(self, tx: Transaction, payer: str, holder: str | None) -> _Line | None:
+        """The locked line the payer draws on: `holder`'s, else the payer's own, else the one
+        the payer is bound to. Membership is (re)checked by the caller under the lock."""
+        if holder is not None:
+            return self._lock_holder(tx, holder)
+        own = self._lock_holder(tx, payer)
+        if own is not None:
+            return own
+        lid = tx.scalar("SELECT line_id FROM credit_members WHERE member = ? AND active = 1", (payer,))
+        return None if lid is None else self._lock(tx, lid)
 
     def _member(self, tx: Transaction, ln: _Line, payer: str) -> tuple[bool, Fen | None]:
         """(bound, monthly cap) of `payer` on the locked line; the holder is always bound, uncapped."""
@@ -334,10 +340,9 @@ class CreditService:
         req = {"op": op, "payer": payer, "amount": amount, "ref": ref, "holder": holder}
 
         def work(tx: Transaction, day: date) -> Result:
-            lid, allowed = self._resolve_payer(tx, payer, holder)
-            if lid is None:
+            ln = self._resolve_payer(tx, payer, holder)
+            if ln is None:
                 return Result(rules.NOT_BOUND if holder is None else rules.NO_LINE)
-            ln = self._lock(tx, lid)
             self._accrue(tx, ln, day)
             bound, cap = self._member(tx, ln, payer)
             is_overdue = rules.overdue(self._oldest_unpaid_day(tx, ln.id), day, ln.profile)
@@ -345,7 +350,7 @@ class CreditService:
             if cap is not None:
                 month_drawn = tx.scalar("SELECT SUM(original_fen) FROM credit_draws WHERE line_id = ? AND payer = ? "
                                         "AND month = ?", (ln.id, payer, rules.month_of(day)), default=0)
-            code = rules.draw_check(has_line=True, bound=allowed and bound, is_overdue=is_overdue, amount=amount,
+            code = rules.draw_check(has_line=True, bound=bound, is_overdue=is_overdue, amount=amount,
                                     available=ln.available, month_drawn=month_drawn, cap=cap)
             if code != rules.OK:
                 self._save(tx, ln)
@@ -436,10 +441,9 @@ class CreditService:
         _positive(amount)
 
         def work(tx: Transaction, day: date) -> Result:
-            lid = self._line_id(tx, holder)
-            if lid is None:
+            ln = self._lock_holder(tx, holder)
+            if ln is None:
                 return Result(rules.NO_LINE)
-            ln = self._lock(tx, lid)
             self._accrue(tx, ln, day)
             draws = self._open_draws(tx, ln.id)
             plan = rules.allocate_repayment(amount, ln.interest_unpaid, draws)

@@ -202,6 +202,9 @@ class Database:
         self._shared_lock = threading.RLock()
         self._shared_conn: Any = None
         self._closed = False
+        # SQLite allows one writer: threads of this process queue on a lock instead of
+        # polling the file lock (the busy handler sleeps 1..100 ms between tries).
+        self._write_lock = threading.Lock() if dialect == SQLITE and not shared else None
 
     def __repr__(self) -> str:
         return f"Database({redact(self.url)!r})"
@@ -273,7 +276,12 @@ class Database:
         if self._local.tx is not None:
             yield self._local.tx
             return
-        lock = self._shared_lock if self._shared else contextlib.nullcontext()
+        if self._shared:
+            lock: Any = self._shared_lock
+        elif self._write_lock is not None and not readonly:
+            lock = self._write_lock
+        else:
+            lock = contextlib.nullcontext()
         with lock:
             conn = self._conn()
             begin = self._begin_sql(serializable, readonly)
