@@ -10,7 +10,8 @@
   var deadlineAt = null;   // epoch ms when the current state times out
   var camOn = false, camN = 0, camTimer = null;
   var pollTimer = null;
-  var kiosk = window.kiosk = { spoken: [], renderedAt: {}, lang: function () { return lang; } };
+  // what was shown and said, for accessibility tools and the tests (text only, never an image)
+  var kiosk = window.kiosk = { spoken: [], renderedAt: {}, history: [], lang: function () { return lang; } };
   var $ = function (id) { return document.getElementById(id); };
 
   function t(entry) { return entry ? (entry[lang] || entry.zh || "") : ""; }
@@ -175,6 +176,8 @@
     render();
     document.body.dataset.seq = String(st.seq);
     kiosk.renderedAt[st.seq] = Date.now();
+    if (!kiosk.history.length || kiosk.history[kiosk.history.length - 1].state !== st.state)
+      kiosk.history.push({ seq: st.seq, phase: st.phase, state: st.state });
   }
 
   function poll() {
