@@ -60,12 +60,15 @@ def _check(args: argparse.Namespace) -> int:
     from kiosk.vision.frames import frames, open_source
 
     pipe = _pipeline()
-    src = open_source(args.source)
+    src = open_source(args.source, loop=True)  # a still image or folder plays like a camera
     try:
         probe = pipe.probe_template(frames(src, args.frames))
     finally:
         src.close()
-    print(json.dumps({"outcome": "captured" if probe.ok else "retry", "reason": probe.reason}))
+    from kiosk.vision.pipeline import _refusal
+
+    outcome = "captured" if probe.ok else _refusal(probe.reason).outcome
+    print(json.dumps({"outcome": outcome, "reason": probe.reason}))
     return 0
 
 

@@ -41,6 +41,8 @@ class YuNetDetector:
         self.max_side = int(max_side if max_side is not None else max(entry["input_size"]))
         self._size = (int(entry["input_size"][0]), int(entry["input_size"][1]))
         try:
+            # OpenCV 5's graph engine warns once that it ignores the (default) target: not a fault
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
             self._det = cv2.FaceDetectorYN.create("onnx", data, np.empty(0, np.uint8), self._size, thr, 0.3, 50)
         except cv2.error as e:
             raise ConfigError(f"cv2.FaceDetectorYN cannot load {entry['file']}: {e}", code="model_unloadable",

@@ -7,7 +7,7 @@
     pipe.probe_template(frames)                     # template for sealing/enrolment, in process only
 
 Outcomes: matched | not_matched | retry. Reasons: ok, no_match, spoof_suspected,
-need_phone_digits, and the quality reasons (no_face, multiple_faces,
+need_phone_digits, too_few_frames (the source ended first), and the quality reasons (no_face, multiple_faces,
 face_too_small, off_centre, pose, blurred, too_dark, backlit, over_exposed).
 Similarity and liveness scores never leave this module's objects.
 """
@@ -144,7 +144,10 @@ class FacePipeline:
             if vote.ready:
                 break
         if not vote.ready:
-            reason = failures.most_common(1)[0][0] if failures else "no_face"
+            if failures:
+                reason = failures.most_common(1)[0][0]
+            else:
+                reason = "too_few_frames" if vote.scores else "no_face"
             return Probe(reason)
         if not vote.live:
             return Probe("spoof_suspected")

@@ -89,3 +89,17 @@ def test_no_images_written(pipe, data, tmp_path, monkeypatch):
     after = _images_under(tmpdir, ROOT)
     new = {p for p in after - before if tmp_path not in p.parents}
     assert new == set()
+
+
+def test_check_cli_plays_a_still_image_like_a_camera(data, capsys):
+    d = data / "liveness" / "silentface-samples"
+    assert main(["face", "check", str(d / "image_T1.jpg")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"outcome": "captured", "reason": "ok"}
+    assert main(["face", "check", str(d / "image_F2.jpg")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"outcome": "not_matched", "reason": "spoof_suspected"}
+
+
+def test_source_ending_early_is_too_few_frames(pipe, data):
+    img = load(data / "liveness" / "silentface-samples" / "image_T1.jpg")
+    assert pipe.probe_template([img]).reason == "too_few_frames"
+    assert pipe.probe_template([]).reason == "no_face"
