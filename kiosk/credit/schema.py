@@ -94,4 +94,7 @@ MIGRATIONS = [
         *_append_only("credit_entries"),
         *_append_only("credit_postings"),
     ]),
+    Migration("credit.002_unpaid_by_day", [
+        "CREATE INDEX credit_draws_unpaid_day ON credit_draws (line_id, day, id) WHERE unpaid_fen > 0",
+    ]),
 ]

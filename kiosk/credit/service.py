@@ -187,12 +187,11 @@ class CreditService:
 
     def _open_draws(self, tx: Transaction, line_id: int) -> list[rules.OpenDraw]:
         rows = tx.fetch_all("SELECT id, day, unpaid_fen FROM credit_draws WHERE line_id = ? AND unpaid_fen > 0 "
-                            "ORDER BY id", (line_id,))
+                            "ORDER BY day, id", (line_id,))  # oldest first, ties in event order
         return [rules.OpenDraw(r[0], date.fromisoformat(r[1]), r[2]) for r in rows]
 
     def _oldest_unpaid_day(self, tx: Transaction, line_id: int) -> date | None:
-        # draws are inserted in event order with non-decreasing days: the first unpaid is the oldest
-        d = tx.scalar("SELECT day FROM credit_draws WHERE line_id = ? AND unpaid_fen > 0 ORDER BY id LIMIT 1",
+        d = tx.scalar("SELECT day FROM credit_draws WHERE line_id = ? AND unpaid_fen > 0 ORDER BY day LIMIT 1",
                       (line_id,))
         return None if d is None else date.fromisoformat(d)
 
@@ -204,7 +203,7 @@ class CreditService:
         bearing_before = day - timedelta(days=p.free_days + 1)
         notice_before = day - timedelta(days=p.free_days - p.notice_days_before)
         rows = tx.fetch_all("SELECT id, day, unpaid_fen, ref FROM credit_draws WHERE line_id = ? AND unpaid_fen > 0 "
-                            "AND day <= ? ORDER BY id", (ln.id, notice_before.isoformat()))
+                            "AND day <= ? ORDER BY day, id", (ln.id, notice_before.isoformat()))
         draws = [rules.OpenDraw(r[0], date.fromisoformat(r[1]), r[2]) for r in rows]
         parts = rules.accrual([d for d in draws if d.day <= bearing_before], ln.accrued_through, day, p)
         if parts:
