@@ -413,3 +413,48 @@ def test_demo_console_drives_a_session_from_a_browser(stack):
         time.sleep(0.1)
     assert got["status"] == "paid"
     stack.camera.clear()
+
+
+@needs_bank
+def test_inpatient_admission_holds_and_discharge_settles_and_captures(stack):
+    st = stack.bank_client.call("credit.line", {"payer": LI})
+    avail0 = st.output["available"]
+    stack.typist.clear()
+    adm = pay_order(stack, {"order_id": "E-ADMIT", "mode": "admission", "deposit": "500.00"}, LI)
+    assert adm["status"] == "held", adm
+    assert adm["result"]["hold_id"]
+    held = stack.bank_client.call("credit.line", {"payer": LI}).output["available"]
+    assert _fen(avail0) - _fen(held) == 50000  # the deposit is reserved on the line
+    dis = pay_order(stack, {"order_id": "E-DISCHARGE", "mode": "discharge", "admission_order_id": "E-ADMIT",
+                            "bill": DEMO_BILL}, LI)
+    assert dis["status"] == "paid", dis
+    r = dis["result"]
+    assert _fen(r["credit_draw"]) == _fen(r["medfee_sumamt"]) - _fen(r["fund_pay_sumamt"]) - _fen(r["acct_pay"]) > 0
+    assert r["cash_pay"] == "0.00"
+    after = stack.bank_client.call("credit.line", {"payer": LI}).output["available"]
+    # the rest of the hold is released: only the captured self-pay stays drawn
+    assert _fen(avail0) - _fen(after) == _fen(r["credit_draw"])
+
+
+def _fen(y: str) -> int:
+    from kiosk.money import yuan_to_fen
+
+    return yuan_to_fen(y, "amount")
+
+
+def pay_order(st: Any, body: dict[str, Any], person: str, timeout: float = 40.0) -> dict[str, Any]:
+    st.typist.clear()
+    if not centre_rows(st, "SELECT activated FROM centre_persons WHERE psn_no = ?", (person,))[0][0]:
+        st.typist.plan("id_entry", f"{st.person(person)['certno']}<enter>")
+    st.typist.plan("confirm", "<enter>")
+    st.camera.show(scene(st, person))
+    try:
+        r = st.pos_client.create(body)
+        assert r.status_code == 201, r.text
+        end = time.monotonic() + timeout
+        while True:
+            got = st.pos_client.get(body["order_id"], wait=10).json()
+            if got["status"] not in ("pending", "running") or time.monotonic() > end:
+                return got
+    finally:
+        st.camera.clear()
