@@ -191,7 +191,8 @@ class _Local(threading.local):
 class Database:
     """A database opened by URL. Thread-safe: each thread uses its own connection."""
 
-    def __init__(self, url: str, dialect: str, connect: Callable[[], Any], *, shared: bool = False) -> None:
+    def __init__(self, url: str, dialect: str, connect: Callable[[], Any], *, shared: bool = False,
+                 lock_timeout_s: float = 30.0) -> None:
         self.url = url
         self.dialect = dialect
         self._connect = connect
@@ -205,6 +206,7 @@ class Database:
         # SQLite allows one writer: threads of this process queue on a lock instead of
         # polling the file lock (the busy handler sleeps 1..100 ms between tries).
         self._write_lock = threading.Lock() if dialect == SQLITE and not shared else None
+        self._lock_timeout_s = lock_timeout_s
 
     def __repr__(self) -> str:
         return f"Database({redact(self.url)!r})"
@@ -279,7 +281,7 @@ class Database:
         if self._shared:
             lock: Any = self._shared_lock
         elif self._write_lock is not None and not readonly:
-            lock = self._write_lock
+            lock = self._writer_slot()
         else:
             lock = contextlib.nullcontext()
         with lock:
@@ -306,6 +308,17 @@ class Database:
             except Exception as e:
                 self._rollback(conn)
                 raise self._translate(e, "COMMIT") from e
+
+    @contextlib.contextmanager
+    def _writer_slot(self) -> Iterator[None]:
+        """The in-process SQLite writer lock, bounded like busy_timeout (never an endless wait)."""
+        assert self._write_lock is not None
+        if not self._write_lock.acquire(timeout=self._lock_timeout_s):
+            raise StorageError(f"database is busy: no write slot within {self._lock_timeout_s:.0f} s", code="busy")
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     def _begin_sql(self, serializable: bool, readonly: bool) -> str:
         if self.dialect == SQLITE:
@@ -386,7 +399,8 @@ def open_database(url: str, *, busy_timeout_ms: int = 30000) -> Database:
         path = url[len("sqlite:///"):]
         if not path:
             raise StorageError("sqlite URL names no file", code="bad_url", field="database_url")
-        db = Database(url, SQLITE, _sqlite_connect(path, busy_timeout_ms), shared=(path == ":memory:"))
+        db = Database(url, SQLITE, _sqlite_connect(path, busy_timeout_ms), shared=(path == ":memory:"),
+                      lock_timeout_s=busy_timeout_ms / 1000)
     elif url.startswith(("postgresql://", "postgres://")):
         db = Database(url, POSTGRESQL, _pg_connect(url))
     else:

@@ -211,3 +211,31 @@ def test_sqlite_memory_is_shared_across_threads() -> None:
     t.join()
     assert db.read(lambda tx: tx.scalar("SELECT balance FROM accounts")) == 3
     db.close()
+
+
+def test_sqlite_writer_wait_is_bounded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = open_database(f"sqlite:///{tmp_path}/b.db", busy_timeout_ms=200)
+    db.migrate(ACCOUNTS)
+    started = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO accounts (name, balance) VALUES ('w', 1)")
+            started.set()
+            release.wait(5)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    started.wait(5)
+    try:
+        with pytest.raises(StorageError) as e:
+            db.run(lambda tx: tx.execute("INSERT INTO accounts (name, balance) VALUES ('x', 1)"), retries=0)
+        assert e.value.code == "busy"
+        # readers are not blocked by the writer (WAL)
+        assert db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM accounts")) == 0
+    finally:
+        release.set()
+        t.join()
+    assert db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM accounts")) == 1
+    db.close()
