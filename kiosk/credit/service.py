@@ -18,7 +18,7 @@ from typing import Any
 from kiosk.clock import Clock, local_day
 from kiosk.credit import ledger, rules
 from kiosk.credit.schema import MIGRATIONS
-from kiosk.errors import InputError, IntegrityError
+from kiosk.errors import InputError, IntegrityError, StorageError
 from kiosk.money import Fen, fen_to_yuan
 from kiosk.storage import Database, IdempotencyStore, Outbox, OutboxMessage, Transaction
 
@@ -173,12 +173,23 @@ class CreditService:
 
     def _append(self, tx: Transaction, ln: _Line, e: ledger.Entry) -> int:
         e.require_balanced()
+        head = (ln.id, e.kind, e.day.isoformat(), e.ref, e.corrects, self.clock.now().isoformat())
+        if tx.dialect == "postgresql" and e.postings:  # entry + postings in one round trip
+            values = ", ".join(["(?::bigint, ?, ?::bigint, ?::bigint, ?::bigint)"] * len(e.postings))
+            params: list[Any] = list(head)
+            for p in e.postings:
+                params += [ln.id, p.account, p.amount, p.draw_id, p.hold_id]
+            return int(tx.scalar(
+                "WITH e AS (INSERT INTO credit_entries (line_id, kind, day, ref, corrects, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id) "
+                "INSERT INTO credit_postings (entry_id, line_id, account, amount, draw_id, hold_id) "
+                "SELECT e.id, v.line_id, v.account, v.amount, v.draw_id, v.hold_id FROM e, "
+                f"(VALUES {values}) AS v (line_id, account, amount, draw_id, hold_id) RETURNING entry_id", params))
         entry_id = tx.scalar("INSERT INTO credit_entries (line_id, kind, day, ref, corrects, created_at) "
-                             "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                             (ln.id, e.kind, e.day.isoformat(), e.ref, e.corrects, self.clock.now().isoformat()))
+                             "VALUES (?, ?, ?, ?, ?, ?) RETURNING id", head)
         if e.postings:
             values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(e.postings))
-            params: list[Any] = []
+            params = []
             for p in e.postings:
                 params += [entry_id, ln.id, p.account, p.amount, p.draw_id, p.hold_id]
             tx.execute("INSERT INTO credit_postings (entry_id, line_id, account, amount, draw_id, hold_id) "
@@ -236,18 +247,31 @@ class CreditService:
                          (ln.id, payer))
         return (False, None) if r is None else (True, r[0])
 
-    def _ref_free(self, tx: Transaction, ref: str) -> None:
-        used = tx.fetch_one("SELECT 1 FROM credit_draws WHERE ref = ? UNION ALL SELECT 1 FROM credit_holds WHERE ref = ?",
-                            (ref, ref))
-        if used is not None:
+    @staticmethod
+    def _insert_ref(tx: Transaction, sql: str, params: tuple[Any, ...], ref: str) -> int:
+        """Insert a draw/hold row whose ref must be new across draws and holds.
+
+        The other table is checked in the same statement (NOT EXISTS); the row's
+        own table by its UNIQUE constraint."""
+        try:
+            new_id = tx.scalar(sql, params)
+        except StorageError as e:
+            if e.code == "unique_violation":
+                raise InputError(f"ref {ref!r} is already used by another draw or hold", field="ref") from None
+            raise
+        if new_id is None:
             raise InputError(f"ref {ref!r} is already used by another draw or hold", field="ref")
+        return int(new_id)
 
     def _new_draw(self, tx: Transaction, ln: _Line, day: date, ref: str, payer: str, amount: Fen,
                   from_hold: bool) -> int:
-        draw_id = int(tx.scalar(
-            "INSERT INTO credit_draws (line_id, ref, payer, day, month, original_fen, unpaid_fen, from_hold) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (ln.id, ref, payer, day.isoformat(), rules.month_of(day), amount, amount, from_hold)))
+        # a captured hold becomes a draw with the hold's ref; any other draw needs a new ref
+        guard = "" if from_hold else " WHERE NOT EXISTS (SELECT 1 FROM credit_holds WHERE ref = ?)"
+        params: tuple[Any, ...] = (ln.id, ref, payer, day.isoformat(), rules.month_of(day), amount, amount,
+                                   int(from_hold)) + (() if from_hold else (ref,))
+        draw_id = self._insert_ref(
+            tx, "INSERT INTO credit_draws (line_id, ref, payer, day, month, original_fen, unpaid_fen, from_hold) "
+            "SELECT ?, ?, ?, ?, ?, ?, ?, ?" + guard + " RETURNING id", params, ref)
         self._append(tx, ln, ledger.draw_entry(day, ref, draw_id, amount))
         ln.principal += amount
         if payer != ln.holder:  # the holder is notified of every member draw
@@ -354,13 +378,13 @@ class CreditService:
             if code != rules.OK:
                 self._save(tx, ln)
                 return Result(code, {"available": fen_to_yuan(ln.available)})
-            self._ref_free(tx, ref)
             if op == "draw":
                 self._new_draw(tx, ln, day, ref, payer, amount, from_hold=False)
             else:
-                hold_id = int(tx.scalar("INSERT INTO credit_holds (line_id, ref, payer, day, amount_fen) "
-                                        "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                                        (ln.id, ref, payer, day.isoformat(), amount)))
+                hold_id = self._insert_ref(
+                    tx, "INSERT INTO credit_holds (line_id, ref, payer, day, amount_fen) SELECT ?, ?, ?, ?, ? "
+                    "WHERE NOT EXISTS (SELECT 1 FROM credit_draws WHERE ref = ?) RETURNING id",
+                    (ln.id, ref, payer, day.isoformat(), amount, ref), ref)
                 self._append(tx, ln, ledger.hold_entry(day, ref, hold_id, amount))
                 ln.holds += amount
             self._save(tx, ln)

@@ -187,3 +187,17 @@ def test_members_belong_to_one_line_and_draw_from_it(db: Database) -> None:
     stmt = svc.statement("h1")
     assert stmt["draws"][0]["payer"] == "kid" and stmt["draws"][0]["original"] == "7.00"
     assert svc.check().ok
+
+
+def test_refs_are_unique_across_draws_and_holds(db: Database) -> None:
+    svc, _ = service(db)
+    svc.open("o", "h", date(1990, 1, 1), 5)
+    assert svc.draw("a", "h", 100, "d").ok and svc.hold("b", "h", 100, "hh").ok
+    for call in (lambda: svc.draw("c", "h", 1, "d"), lambda: svc.draw("e", "h", 1, "hh"),
+                 lambda: svc.hold("f", "h", 1, "d"), lambda: svc.hold("g", "h", 1, "hh")):
+        with pytest.raises(InputError) as e:
+            call()
+        assert e.value.field == "ref"
+    assert svc.capture("i", "hh", 60, holder="h").ok  # the captured hold keeps its ref as a draw
+    assert svc.refund("j", "hh", 60).detail == {"principal": "0.60", "cash": "0.00"}
+    assert svc.check().ok
