@@ -82,8 +82,11 @@ class StageTimer:
 
 class FacePipeline:
     def __init__(self, pack: ModelPack, *, detector: str = "yunet", max_frames: int = 30) -> None:
+        import cv2
+
         t = pack.thresholds
         self.pack = pack
+        cv2.setNumThreads(pack.intra_op_threads)  # OpenCV (YuNet, cv2.dnn) as single-threaded as onnxruntime
         self.detector = make_detector(pack, detector)
         self.liveness = LivenessModel(pack)
         self.embedder = Embedder(pack)
