@@ -1,0 +1,145 @@
+"""Model-based check: the service against a naive day-by-day simulator.
+
+The simulator below is written independently of kiosk.credit.rules: it walks
+every calendar day, accrues interest per draw per day with Decimal half-up
+rounding, and applies the events in order. Random timelines (holder only,
+draws/holds/captures/releases/repays/refunds over up to ~200 days) must give
+the same result codes and the same final state as the replay tool.
+"""
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kiosk.credit.replay import replay
+from kiosk.money import fen_to_yuan
+from kiosk.storage import open_database
+
+START = date(2026, 1, 1)
+LIMIT = 500_000  # 2 insured years
+
+
+def simulate(events: list[dict], as_of: date) -> dict:  # type: ignore[type-arg]
+    draws: list[dict] = []  # type: ignore[type-arg]
+    holds: dict[str, dict] = {}  # type: ignore[type-arg]
+    interest = paid = cash = 0
+    codes: list[str] = []
+    last = START - timedelta(days=1)
+
+    def fen(y: str) -> int:
+        return int(Decimal(y) * 100)
+
+    def advance(to: date) -> None:
+        nonlocal last, interest
+        d = last + timedelta(days=1)
+        while d <= to:
+            for dr in draws:
+                if dr["unpaid"] > 0 and (d - dr["day"]).days >= 60:
+                    interest += int((Decimal(dr["unpaid"]) * Decimal("0.0005")).quantize(Decimal(1), ROUND_HALF_UP))
+            d += timedelta(days=1)
+        last = max(last, to)
+
+    for e in events:
+        day = date.fromisoformat(e["date"])
+        advance(day)
+        op = e["op"]
+        principal = sum(d["unpaid"] for d in draws)
+        held = sum(h["amount"] for h in holds.values() if h["open"])
+        overdue = any(d["unpaid"] > 0 and (day - d["day"]).days >= 60 for d in draws)
+        code = "ok"
+        if op in ("draw", "hold"):
+            amt = fen(e["amount"])
+            if overdue:
+                code = "line_overdue"
+            elif amt > LIMIT - principal - held:
+                code = "exceeds_available"
+            elif op == "draw":
+                draws.append({"ref": e["ref"], "day": day, "unpaid": amt, "orig": amt, "refunded": 0})
+            else:
+                holds[e["ref"]] = {"amount": amt, "open": True}
+        elif op in ("capture", "release"):
+            h = holds.get(e["ref"])
+            if h is None or not h["open"]:
+                code = "unknown_ref"
+            elif op == "capture" and fen(e["amount"]) > h["amount"]:
+                code = "exceeds_hold"
+            else:
+                h["open"] = False
+                if op == "capture" and fen(e["amount"]) > 0:
+                    a = fen(e["amount"])
+                    draws.append({"ref": e["ref"], "day": day, "unpaid": a, "orig": a, "refunded": 0})
+        elif op == "repay":
+            amt = fen(e["amount"])
+            if amt > interest + principal:
+                code = "overpayment"
+            else:
+                i = min(amt, interest)
+                interest -= i
+                paid += i
+                left = amt - i
+                for d in sorted(draws, key=lambda d: d["day"]):  # stable: ties keep event order
+                    take = min(left, d["unpaid"])
+                    d["unpaid"] -= take
+                    left -= take
+        elif op == "refund":
+            amt = fen(e["amount"])
+            match = [d for d in draws if d["ref"] == e["ref"]]
+            if not match:
+                code = "unknown_ref"
+            elif match[0]["refunded"] + amt > match[0]["orig"]:
+                code = "exceeds_original"
+            else:
+                d = match[0]
+                p = min(amt, d["unpaid"])
+                d["unpaid"] -= p
+                d["refunded"] += amt
+                cash += amt - p
+        codes.append(code)
+    advance(as_of)
+    principal = sum(d["unpaid"] for d in draws)
+    held = sum(h["amount"] for h in holds.values() if h["open"])
+    overdue = any(d["unpaid"] > 0 and (as_of - d["day"]).days >= 60 for d in draws)
+    return {"results": codes, "state": {
+        "limit": fen_to_yuan(LIMIT), "available": fen_to_yuan(LIMIT - principal - held),
+        "principal_outstanding": fen_to_yuan(principal), "interest_unpaid": fen_to_yuan(interest),
+        "interest_paid": fen_to_yuan(paid), "refunded_cash": fen_to_yuan(cash), "overdue": overdue}}
+
+
+step = st.tuples(st.integers(0, 40), st.sampled_from(["draw", "draw", "hold", "capture", "release", "repay",
+                                                     "repay", "refund"]),
+                 st.integers(1, 250_000), st.integers(0, 50))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step, min_size=1, max_size=25), st.integers(0, 90))
+def test_service_matches_a_naive_daily_simulator(steps, tail) -> None:  # type: ignore[no-untyped-def]
+    day = START
+    events: list[dict] = [{"date": day.isoformat(), "op": "open", "holder": "h",  # type: ignore[type-arg]
+                           "birth_date": "1990-01-01", "insured_years": 2}]
+    made: list[str] = []
+    for i, (gap, op, amount, pick) in enumerate(steps):
+        day += timedelta(days=gap)
+        e: dict = {"date": day.isoformat(), "op": op}  # type: ignore[type-arg]
+        y = fen_to_yuan(amount)
+        if op in ("draw", "hold"):
+            e.update(payer="h", amount=y, ref=f"r{i}")
+            made.append(f"r{i}")
+        elif op in ("capture", "refund"):
+            e.update(ref=made[pick % len(made)] if made else "none", amount=y if op == "refund" else fen_to_yuan(amount // 3))
+        elif op == "release":
+            e.update(ref=made[pick % len(made)] if made else "none")
+        else:
+            e.update(holder="h", amount=y)
+        events.append(e)
+    as_of = day + timedelta(days=tail)
+    expected = simulate(events[1:], as_of)
+    expected["results"].insert(0, "ok")
+    db = open_database("sqlite:///:memory:")
+    try:
+        got = replay({"events": events, "as_of": as_of.isoformat()}, db)
+    finally:
+        db.close()
+    assert got == expected
