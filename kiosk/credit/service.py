@@ -297,10 +297,13 @@ class CreditService:
             if not rules.eligible(birth_date, day, prof):
                 return Result(rules.INELIGIBLE_AGE, {"age": rules.age_on(birth_date, day)})
             limit = rules.limit_for(insured_years, prof)
-            tx.execute("INSERT INTO credit_lines (holder, birth_date, insured_years, profile, opened_day, limit_fen, "
-                       "accrued_through) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (holder, birth_date.isoformat(), insured_years, profile, day.isoformat(), limit,
-                        day.isoformat()))
+            new_id = tx.scalar("INSERT INTO credit_lines (holder, birth_date, insured_years, profile, opened_day, "
+                               "limit_fen, accrued_through) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                               "ON CONFLICT (holder) DO NOTHING RETURNING id",
+                               (holder, birth_date.isoformat(), insured_years, profile, day.isoformat(), limit,
+                                day.isoformat()))
+            if new_id is None:  # opened concurrently under another key
+                return Result(rules.ALREADY_OPEN)
             return Result(rules.OK, {"limit": fen_to_yuan(limit)})
 
         return self._mutate(key, req, work)
