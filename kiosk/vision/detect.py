@@ -7,6 +7,7 @@ input size, 320 px) because the kiosk face is large; boxes are mapped back.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -40,6 +41,7 @@ class YuNetDetector:
         thr = float(score_threshold if score_threshold is not None else pack.thresholds.get("detection_score", 0.6))
         self.max_side = int(max_side if max_side is not None else max(entry["input_size"]))
         self._size = (int(entry["input_size"][0]), int(entry["input_size"][1]))
+        self._lock = threading.Lock()
         try:
             # OpenCV 5's graph engine warns once that it ignores the (default) target: not a fault
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -57,10 +59,11 @@ class YuNetDetector:
         else:
             small, scale = img, 1.0
         size = (small.shape[1], small.shape[0])
-        if size != self._size:
-            self._det.setInputSize(size)
-            self._size = size
-        _, out = self._det.detect(small)
+        with self._lock:  # the OpenCV detector keeps its input size: one frame at a time
+            if size != self._size:
+                self._det.setInputSize(size)
+                self._size = size
+            _, out = self._det.detect(small)
         if out is None:
             return []
         faces = []

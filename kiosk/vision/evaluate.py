@@ -80,19 +80,20 @@ def pair_scores(emb: Embeddings, *, max_impostors: int = 2_000_000, seed: int = 
     if n < 2:
         return np.empty(0, np.float32), np.empty(0, np.float32)
     n_cross = (n * (n - 1)) // 2 - int(sum(c * (c - 1) // 2 for c in np.bincount(lab)))
+    step = max(1, min(2048, (1 << 23) // n))  # rows per block: the score block stays under ~32 MB
     if n_cross <= max_impostors:
-        for i in range(0, n, 2048):
-            s = v[i:i + 2048] @ v.T
-            rows = np.arange(i, min(n, i + 2048))[:, None]
+        for i in range(0, n, step):
+            s = v[i:i + step] @ v.T
+            rows = np.arange(i, min(n, i + step))[:, None]
             upper = np.arange(n)[None, :] > rows
             same = lab[rows] == lab[None, :]
             gen.append(s[upper & same])
             imp.append(s[upper & ~same])
         return np.concatenate(gen).astype(np.float32), np.concatenate(imp).astype(np.float32)
     rng = np.random.default_rng(seed)
-    for i in range(0, n, 2048):
-        s = v[i:i + 2048] @ v.T
-        rows = np.arange(i, min(n, i + 2048))[:, None]
+    for i in range(0, n, step):
+        s = v[i:i + step] @ v.T
+        rows = np.arange(i, min(n, i + step))[:, None]
         upper = np.arange(n)[None, :] > rows
         gen.append(s[upper & (lab[rows] == lab[None, :])])
     want = max(100_000, max_impostors)

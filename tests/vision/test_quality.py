@@ -83,3 +83,34 @@ def test_profile_face_is_pose(pipe, data):
     from kiosk.vision.detect import Face
     q = assess(img, [Face(face.box, kps, face.score)], pipe.quality_cfg)
     assert q.reason == "pose"
+
+
+def test_scrfd_alternative_gives_the_same_face(pipe, data):
+    from kiosk.vision.detect import make_detector
+
+    img = load(data / "liveness" / "nuaa-train" / "live" / "0001_0001_00_00_01_0.jpg")
+    yunet = pipe.detect(img)
+    scrfd = make_detector(pipe.pack, "scrfd").detect(img)
+    assert len(yunet) == len(scrfd) == 1
+    assert scrfd[0].kps.shape == (5, 2)
+    # same eyes within a few pixels
+    assert np.abs(scrfd[0].kps[:2] - yunet[0].kps[:2]).max() < 12
+
+
+def test_pair_scores_blocks_match_a_full_matrix():
+    from kiosk.vision.embed import l2_normalise
+    from kiosk.vision.evaluate import Embeddings, pair_scores
+
+    rng = np.random.default_rng(3)
+    lab = np.repeat(np.arange(40), 3)
+    v = l2_normalise(rng.standard_normal((120, 128)))
+    gen, imp = pair_scores(Embeddings(lab, v, [], 0, 120))
+    full = v @ v.T
+    iu = np.triu_indices(120, 1)
+    same = lab[iu[0]] == lab[iu[1]]
+    assert gen.size == 40 * 3 and imp.size == len(iu[0]) - 120
+    assert np.allclose(np.sort(gen), np.sort(full[iu][same]), atol=1e-6)
+    assert np.allclose(np.sort(imp), np.sort(full[iu][~same]), atol=1e-6)
+    # above the limit: a seeded sample of at least 100,000 cross pairs
+    g2, i2 = pair_scores(Embeddings(lab, v, [], 0, 120), max_impostors=1000, seed=1)
+    assert i2.size == 100_000 and g2.size == gen.size
