@@ -37,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per bridge poll is noise
     s = load()
     st = Stack(data_dir=args.data_dir or s.data_dir, settings=s,
                ports=Ports(centre=args.centre_port, bank=args.bank_port, bridge=args.bridge_port, kiosk=args.port))
