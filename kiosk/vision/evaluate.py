@@ -143,7 +143,7 @@ def verification_metrics(gen: np.ndarray, imp: np.ndarray, threshold: float, fte
         "genuine_pairs": int(gen.size), "impostor_pairs": int(imp.size), "threshold": threshold,
         "far": round(float((imp >= threshold).mean()), 6) if imp.size else None,
         "frr": round(float((gen < threshold).mean()), 6) if gen.size else None,
-        "tar_at_far": tar, "eer": round(e, 5), "failed_to_enrol": int(fte),
+        "tar_at_far": tar, "eer": None if np.isnan(e) else round(e, 5), "failed_to_enrol": int(fte),
     }
 
 
@@ -163,7 +163,11 @@ def liveness_scores(pipe: FacePipeline, paths: Iterable[Path], transform=None) -
     scores, none = [], 0
     for p in paths:
         t0 = time.perf_counter()
-        img = read_image(p)
+        try:
+            img = read_image(p)
+        except InputError:  # unreadable: no usable face (live: a rejection; spoof: not accepted)
+            none += 1
+            continue
         pipe.timer.add("decode", t0)
         if transform is not None:
             img = transform(img)
