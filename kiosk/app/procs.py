@@ -25,6 +25,13 @@ class Child:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 60.0) -> "Child":
+        try:  # something else already answering there would be mistaken for our child
+            httpx.get(self.health_url, timeout=0.5)
+        except httpx.HTTPError:
+            pass
+        else:
+            raise ConfigError(f"{self.name}: {self.health_url} already answers; another instance is running "
+                              "(stop it, or use other ports)", code="port_in_use")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
