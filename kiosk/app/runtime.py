@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 from fastapi import FastAPI
 
 from kiosk.clock import Clock, SystemClock
+from kiosk.errors import ConfigError
 from kiosk.app.flow import State
 from kiosk.app.pos_api import create_app
 from kiosk.app.pos_auth import PosAuth
@@ -120,7 +121,8 @@ class ServerThread:
         end = time.monotonic() + timeout_s
         while not self.server.started:
             if time.monotonic() > end or not self.thread.is_alive():
-                raise RuntimeError(f"the HTTP server on port {self.config.port} did not start")
+                raise ConfigError(f"the HTTP server on {self.config.host}:{self.config.port} did not start "
+                                  "(port in use?)", code="port_in_use")
             time.sleep(0.02)
         return self
 
