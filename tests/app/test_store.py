@@ -1,0 +1,86 @@
+"""Orders, journal and refunds of the terminal on both databases kiosk.storage speaks."""
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Iterator
+
+import pytest
+
+from kiosk.clock import SHANGHAI, ManualClock
+from kiosk.errors import ConflictError, InputError
+from kiosk.storage.testing import PG_ENV, scratch_database
+from kiosk.app.store import Store
+
+BILL = {"bill": {"items": [{"code": "F001", "price": "10.00", "qty": "1"}]}}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    base = None
+    if request.param == "postgresql":
+        base = os.environ.get(PG_ENV)
+        if not base:
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(f"{PG_ENV} is not set under CI (scripts/test starts PostgreSQL)")
+            pytest.skip(f"NOT TESTED ON POSTGRESQL - {PG_ENV} not set (use ./scripts/test)")
+    with scratch_database(request.param, base) as db:
+        yield Store(db, ManualClock(datetime(2026, 3, 1, 23, 59, tzinfo=SHANGHAI)))
+
+
+def test_same_order_id_same_body_is_the_same_order(store):
+    a, created = store.create_order("pos1", "O1", BILL, "outpatient")
+    b, again = store.create_order("pos1", "O1", dict(BILL), "outpatient")
+    assert created and not again and a == b
+    # another system may use the same order id: orders are per system
+    c, created_c = store.create_order("pos2", "O1", BILL, "outpatient")
+    assert created_c and c.system == "pos2"
+
+
+def test_same_order_id_other_body_conflicts(store):
+    store.create_order("pos1", "O1", BILL, "outpatient")
+    with pytest.raises(ConflictError) as e:
+        store.create_order("pos1", "O1", {"bill": {"items": []}}, "outpatient")
+    assert e.value.field == "order_id"
+
+
+def test_status_moves_only_from_the_expected_state(store):
+    store.create_order("pos1", "O1", BILL, "outpatient")
+    assert store.set_status("pos1", "O1", "running", expect=("pending",))
+    assert not store.set_status("pos1", "O1", "cancelled", expect=("pending",))  # too late
+    assert [o.order_id for o in store.open_orders()] == ["O1"]
+    store.set_status("pos1", "O1", "paid", result={"setl_id": "S1", "psn_no": "P1", "medfee_sumamt": "10.00"})
+    row = store.get("pos1", "O1")
+    assert row.status == "paid" and row.result["setl_id"] == "S1" and store.open_orders() == []
+
+
+def test_journal_keeps_order_and_data(store):
+    store.create_order("pos1", "O1", BILL, "outpatient")
+    for step, data in [("start", {}), ("settle", {"msgid": "M1"}), ("settled", {"setl_id": "S1"})]:
+        store.record("pos1", "O1", step, data)
+    assert store.steps("pos1", "O1") == [("start", {}), ("settle", {"msgid": "M1"}), ("settled", {"setl_id": "S1"})]
+
+
+def test_refunds_are_capped_replayed_and_released_on_failure(store):
+    store.create_order("pos1", "O1", BILL, "outpatient")
+    assert store.begin_refund("pos1", "O1", "R1", 600, {"amount": 600}, 1000) == (None, False)
+    with pytest.raises(InputError):  # 600 + 500 > 1000
+        store.begin_refund("pos1", "O1", "R2", 500, {"amount": 500}, 1000)
+    store.finish_refund("pos1", "O1", "R1", "refunded", {"amount": "6.00"})
+    assert store.find_refund("pos1", "O1", "R1", {"amount": 600}) == {"amount": "6.00"}
+    with pytest.raises(ConflictError):
+        store.find_refund("pos1", "O1", "R1", {"amount": 700})
+    # a refund the bank refused gives its reservation back
+    store.begin_refund("pos1", "O1", "R3", 400, {"amount": 400}, 1000)
+    store.finish_refund("pos1", "O1", "R3", "failed", {"status": "failed"}, release_fen=400)
+    assert store.get("pos1", "O1").refunded_fen == 600
+    assert store.begin_refund("pos1", "O1", "R4", 400, {"amount": 400}, 1000) == (None, False)
+
+
+def test_reconciliation_day_is_the_shanghai_day(store):
+    store.create_order("pos1", "O1", BILL, "outpatient")  # 23:59 on 1 March in Shanghai
+    store.clock.advance(minutes=2)  # type: ignore[attr-defined]
+    store.create_order("pos1", "O2", BILL, "outpatient")  # 00:01 on 2 March
+    assert [o.order_id for o in store.orders_of_day("pos1", "2026-03-01")] == ["O1"]
+    assert [o.order_id for o in store.orders_of_day("pos1", "2026-03-02")] == ["O2"]
+    assert store.orders_of_day("pos2", "2026-03-01") == []
