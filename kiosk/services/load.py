@@ -76,8 +76,8 @@ def terminal_main(cfg: dict[str, Any]) -> dict[str, Any]:
     refunded: list[str] = []
     reversed_after_decline: list[str] = []
     declined = 0
-    activated: set[str] = set()
     people = cfg["people"]
+    activated: set[str] = {p[0] for p in people if p[4]}
     while time.time() < cfg["start_at"]:
         time.sleep(0.005)
     deadline = cfg["start_at"] + cfg["seconds"]
@@ -90,7 +90,7 @@ def terminal_main(cfg: dict[str, Any]) -> dict[str, Any]:
                           f"{getattr(a, 'err_msg', a)}")
 
     while time.time() < deadline:
-        psn_no, certno, insutype, phone = people[rng.randrange(len(people))]
+        psn_no, certno, insutype, phone, _pre = people[rng.randrange(len(people))]
         try:
             sid = secrets.token_hex(6)
             t = time.perf_counter()
@@ -110,7 +110,9 @@ def terminal_main(cfg: dict[str, Any]) -> dict[str, Any]:
                 continue
             medfee, lines = _bill(rng)
             head = {"psn_no": psn_no, "mdtrt_cert_type": "01", "mdtrt_cert_no": a.output["ecToken"],
-                    "medfee_sumamt": medfee, "insutype": insutype}
+                    "medfee_sumamt": medfee, "insutype": insutype,
+                    # most patients keep their personal account for later: the cash share goes to the credit line
+                    "acct_used_flag": "1" if rng.random() < 0.3 else "0"}
             t = time.perf_counter()
             pre = centre.presettle(head, lines)
             lat["2206"].append(time.perf_counter() - t)
@@ -168,6 +170,14 @@ def terminal_main(cfg: dict[str, Any]) -> dict[str, Any]:
             "elapsed": time.time() - cfg["start_at"]}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _pg_base() -> str:
     url = os.environ.get("KIOSK_TEST_PG_URL", "")
     if url:
@@ -190,8 +200,18 @@ def _pg_fresh(url: str) -> str:
     return f"{url}{sep}options=-csearch_path%3D{schema}"
 
 
+def preactivate(db: Any, psn_nos: set[str]) -> None:
+    """Mark people as activated earlier (as `ec.activate` would), for a realistic visit mix."""
+    def work(tx: Any) -> None:
+        for psn in sorted(psn_nos):
+            seq = tx.scalar("UPDATE centre_activation_seq SET last = last + 1 WHERE id = 1 RETURNING last")
+            tx.execute("UPDATE centre_persons SET activated = 1, activated_at = ?, activation_seq = ? "
+                       "WHERE psn_no = ?", ("2026-01-01T00:00:00+08:00", int(seq), psn))
+    db.run(work)
+
+
 def run_once(*, seconds: float, terminals: int, db: str, workers: int, people: int,
-             refund_rate: float = 0.05, verbose: bool = True) -> dict[str, Any]:
+             refund_rate: float = 0.05, pre_activated: float = 0.8, verbose: bool = True) -> dict[str, Any]:
     from kiosk.security.sm import Sm2PrivateKey
     from kiosk.services.bank.app import check_bank, open_lines
     from kiosk.services.centre.app import build_centre
@@ -207,15 +227,20 @@ def run_once(*, seconds: float, terminals: int, db: str, workers: int, people: i
     url = f"sqlite:///{tmp}/load.db" if db == "sqlite" else _pg_fresh(_pg_base())
     centre_url, bank_url = db_urls(url, tmp)
     procs: list[subprocess.Popen] = []
+    results: list[dict[str, Any]] = []
     try:
         t0 = time.perf_counter()
+        roster = synthetic_people(people, REGION)
         with open_database(centre_url) as cdb:
             service, _gw = build_centre(cdb, tmp)
             seed_region(cdb, service.keys, people, REGION)
-        roster = synthetic_people(people, REGION)
+            # most people are returning patients (face only); the rest activate on their first visit
+            pre = {p.psn_no for p in roster if random.Random(p.psn_no).random() < pre_activated}
+            preactivate(cdb, pre)
         with open_database(bank_url) as bdb:
             open_lines(bdb, tmp, [(p.psn_no, p.brdy) for p in roster])
-        procs = start_services(url, tmp, workers=workers)
+        cport, bport = _free_port(), _free_port()
+        procs = start_services(url, tmp, workers=workers, centre_port=cport, bank_port=bport)
         token = admin_token(tmp)
         cfgs = []
         start_at = time.time() + 1.0 + 0.15 * terminals
@@ -223,12 +248,12 @@ def run_once(*, seconds: float, terminals: int, db: str, workers: int, people: i
             key = Sm2PrivateKey.generate()
             app_id = f"LOADTERM{i:04d}{secrets.token_hex(4).upper()}"
             pub = key.public_key().to_bytes().hex()
-            c = register_terminal("http://127.0.0.1:8710", token, app_id, pub, INSTITUTION)
-            b = register_terminal("http://127.0.0.1:8720", token, app_id, pub, INSTITUTION)
-            mine = [(p.psn_no, p.certno, p.insutype, p.phone_last4) for p in roster[i::terminals]]
+            c = register_terminal(f"http://127.0.0.1:{cport}", token, app_id, pub, INSTITUTION)
+            b = register_terminal(f"http://127.0.0.1:{bport}", token, app_id, pub, INSTITUTION)
+            mine = [(p.psn_no, p.certno, p.insutype, p.phone_last4, p.psn_no in pre) for p in roster[i::terminals]]
             cfgs.append({"index": i, "key": key.to_bytes().hex(), "app_id": app_id, "centre_secret": c["app_secret"],
-                         "bank_secret": b["app_secret"], "centre_url": "http://127.0.0.1:8710",
-                         "bank_url": "http://127.0.0.1:8720", "people": mine, "seed": 1000 + i,
+                         "bank_secret": b["app_secret"], "centre_url": f"http://127.0.0.1:{cport}",
+                         "bank_url": f"http://127.0.0.1:{bport}", "people": mine, "seed": 1000 + i,
                          "seconds": seconds, "start_at": start_at, "refund_rate": refund_rate})
         setup_s = time.perf_counter() - t0
         with mp.get_context("spawn").Pool(terminals) as pool:
