@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kiosk.config import Settings, load
-from kiosk.errors import ConfigError, RemoteError
+from kiosk.errors import ConfigError
 from kiosk.app.procs import Child, python
 
 log = logging.getLogger("kiosk.app.stack")
@@ -201,7 +201,7 @@ class Stack:
         self.pos_key = add_system(self.data_dir, POS_SYSTEM)
         from kiosk.app.pos_auth import load_systems
 
-        db = open_database(f"sqlite:///{self.data_dir / 'kiosk.db'}")
+        db = open_database(self.settings.database_url or f"sqlite:///{self.data_dir / 'kiosk.db'}")
         self.runtime = build(db, deps, load_systems(self.data_dir), timeouts=timeouts,
                              status_probe=self._status)
         self.runtime.start()
@@ -248,6 +248,3 @@ class Stack:
             c.stop()
         self.children.clear()
 
-
-def remote_ok(e: Exception) -> bool:
-    return isinstance(e, RemoteError)

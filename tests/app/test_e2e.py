@@ -49,6 +49,9 @@ def stack(tmp_path_factory) -> Any:
         st.register_terminal()
         relay = NetCut(st.ports.centre).start()
         st.client_ports["centre"] = relay.port
+        if HAS_BANK:
+            st.bank_relay = NetCut(st.ports.bank).start()
+            st.client_ports["bank"] = st.bank_relay.port
         st.clients()
         if HAS_BANK:
             seed_bank(st)
@@ -63,6 +66,8 @@ def stack(tmp_path_factory) -> Any:
     finally:
         if relay:
             relay.close()
+        if getattr(st, "bank_relay", None):
+            st.bank_relay.close()
         st.stop()
 
 
@@ -498,3 +503,26 @@ def test_zz_no_face_data_or_id_numbers_left_on_the_terminal(stack):
     blob = b"".join(p.read_bytes() for p in files if p.name.startswith("kiosk.db"))
     for p in stack.demo_people:
         assert p["certno"].encode() not in blob
+
+
+@needs_bank
+def test_bank_lost_mid_draw_puts_everything_back(stack):
+    """The draw reaches the bank, its answer is lost, the bank stays unreachable: the order stays
+    'reversing' until the network returns, then the draw and the settlement are both undone."""
+    before = balance(stack, WANG)
+    avail = _fen(stack.bank_client.call("credit.line", {"payer": WANG}).output["available"])
+    stack.bank_relay.cut_after("POST /fsi/api/credit.draw")
+    try:
+        got = pay(stack, "E-BANKNET", WANG, keys={"confirm": ["<enter>"]})
+    finally:
+        fired = stack.bank_relay.fired.is_set()
+        stack.bank_relay.restore()
+    assert fired and (got["status"], got["reason"]) == ("reversing", "bank_unavailable"), got
+    stack.runtime.terminal.recover()
+    got = stack.pos_client.get("E-BANKNET").json()
+    assert (got["status"], got["reason"]) == ("failed", "bank_unavailable")
+    assert _fen(stack.bank_client.call("credit.line", {"payer": WANG}).output["available"]) == avail
+    assert balance(stack, WANG) == before
+    last = centre_rows(stack, "SELECT state FROM centre_settlements WHERE psn_no = ? ORDER BY created_at DESC "
+                              "LIMIT 1", (WANG,))
+    assert last[0][0] == "reversed"
