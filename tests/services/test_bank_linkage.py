@@ -1,0 +1,237 @@
+"""The bank over HTTP, and the settlement + draw linkage repaired after failures between them."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kiosk.errors import RemoteError
+from kiosk.security.sm import Sm2PrivateKey
+from kiosk.services.bank.app import check_bank, create_app as create_bank
+from kiosk.services.centre.check import check_centre
+from kiosk.services.client import BankClient
+from kiosk.services.linkage import LinkedPayment, MemoryJournal
+from kiosk.services.protocol import InfCode
+from kiosk.storage import Database, open_database
+
+from .conftest import Centre, bank_identity, head, lines, make_centre
+
+
+@dataclass
+class Bank:
+    client: BankClient
+    http: TestClient
+    db: Database
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Centre, Bank]]:
+    tmp = tmp_path_factory.mktemp("pair")
+    centre = make_centre(f"sqlite:///{tmp}/centre.db", tmp)
+    db = open_database(f"sqlite:///{tmp}/bank.db")
+    app = create_bank(db, data_dir=tmp, clock=centre.clock)
+    app.state.gateway.register_terminal(centre.app_id, centre.app_secret, centre.key.public_key().to_bytes().hex(),
+                                        "H37020200002")
+    http = TestClient(app)
+    bank = Bank(BankClient("http://testserver", bank_identity(centre.app_id, centre.app_secret, centre.key),
+                           http=http, clock=centre.clock), http, db)
+    yield centre, bank
+    http.close()
+    centre.http.close()
+    db.close()
+    centre.db.close()
+
+
+def test_apply_bind_draw_idempotent_and_reverse(pair: tuple[Centre, Bank]) -> None:
+    _c, bank = pair
+    b = bank.client
+    assert b.apply("H1", "1980-05-01", 4).output["limit"] == "10000.00"
+    old = b.apply("H2", "1950-05-01", 9)
+    assert old.infcode == InfCode.BUSINESS_REFUSED and old.err_code == "ineligible_age"
+    assert b.bind("H1", "M1", "parent", False).err_code == "no_consent"
+    assert b.bind("H1", "M1", "parent", True, "100.00").ok
+    line = b.line("M1")
+    assert line.ok and line.output["holder"] == "H1" and line.output["kind"] == "family"
+    first = b.draw("M1", "60.00", "SETL-A", "k-a")
+    again = b.draw("M1", "60.00", "SETL-A", "k-a")  # retry with the same key: first result, no second charge
+    assert first.ok and again.ok and again.output["ref"] == "SETL-A"
+    assert b.line("H1").output["available"] == "9940.00"
+    capped = b.draw("M1", "60.00", "SETL-B", "k-b")
+    assert capped.err_code == "member_cap_exceeded"
+    other = b.draw("M1", "61.00", "SETL-A", "k-a")  # same key, different draw
+    assert other.infcode == InfCode.MSGID_CONFLICT
+    msgid = b.new_msgid()
+    d1 = b.draw("H1", "10.00", "SETL-C", "k-c", msgid=msgid)
+    d2 = b.draw("H1", "10.00", "SETL-C", "k-c", msgid=msgid)  # same message retried
+    assert d1.output == d2.output
+    # the holder is told about the member's draw
+    notes = b.notifications().output["messages"]
+    assert any(n["payload"]["member"] == "M1" and n["payload"]["ref"] == "SETL-A" for n in notes)
+    # reversing a draw by key refunds it; a key that never drew is blocked
+    r = b.reverse_draw("k-a", "M1")
+    assert r.output["result"] == "reversed" and b.line("H1").output["available"] == "9990.00"
+    assert b.reverse_draw("k-a", "M1").output["result"] == "already_reversed"
+    assert b.reverse_draw("k-z", "H1").output["result"] == "not_drawn"
+    late = b.draw("H1", "5.00", "SETL-Z", "k-z")
+    assert late.infcode == InfCode.ALREADY_REVERSED and late.err_code == "draw_reversed"
+    st = b.statement("H1").output
+    assert [d["ref"] for d in st["draws"]] == ["SETL-A", "SETL-C"]
+    bad = b.call("credit.draw", {"payer": "H1", "amount": "-3", "ref": "x", "key": "y"})
+    assert bad.infcode == InfCode.INVALID_INPUT and "amount" in bad.err_msg
+    assert check_bank(bank.db)["balanced"]
+
+
+def _draws(bank: Bank, ref: str) -> int:
+    return int(bank.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM credit_draws WHERE ref = ?", (ref,))))
+
+
+class Crash(Exception):
+    pass
+
+
+def _payment(c: Centre, bank: Bank, journal: MemoryJournal, p: Any, fault: str | None = None,
+             amount: str = "400.00") -> tuple[LinkedPayment, Any]:
+    token = c.activate(p)
+    medfee, feedetail = lines(("XC02", amount, "1"))  # class C: all self-paid
+    h = head(p, token, medfee, acct_used_flag="0")  # the patient keeps the account: all goes to credit
+
+    def hook(step: str) -> None:
+        if step == fault:
+            raise Crash(step)
+
+    lp = LinkedPayment(c.client, bank.client, journal, fault=hook)
+    return lp, lp.begin(f"order-{secrets.token_hex(4)}", h, feedetail)
+
+
+def test_crash_between_settlement_and_draw_is_completed_on_resume(pair: tuple[Centre, Bank]) -> None:
+    c, bank = pair
+    p = c.people[18]
+    assert bank.client.apply(p.psn_no, p.brdy, 6).ok
+    journal = MemoryJournal()
+    lp, entry = _payment(c, bank, journal, p, fault="settle")
+    with pytest.raises(Crash):
+        lp.run(entry)  # settled at the centre, the terminal died before recording it
+    saved = journal.load(entry.order_id)
+    assert saved.state == "intent"
+    done = LinkedPayment(c.client, bank.client, journal).resume(saved)  # restart: same msgid replays
+    assert done.state == "done" and done.setl_id
+    assert _draws(bank, done.setl_id) == 1
+    # the draw answer lost after the bank committed it: resume draws again with the same key
+    lp2, e2 = _payment(c, bank, journal, p, fault="draw", amount="300.00")
+    with pytest.raises(Crash):
+        lp2.run(e2)
+    again = LinkedPayment(c.client, bank.client, journal).resume(journal.load(e2.order_id))
+    assert again.state == "done" and _draws(bank, again.setl_id) == 1
+    line = bank.client.line(p.psn_no).output
+    assert line["principal_outstanding"] == "700.00"  # both bills charged exactly once
+
+
+def test_refused_draw_reverses_the_settlement(pair: tuple[Centre, Bank]) -> None:
+    c, bank = pair
+    p = c.people[19]  # no credit line: the draw is refused
+    bal = int(c.db.read(lambda tx: tx.scalar("SELECT balc FROM centre_persons WHERE psn_no = ?", (p.psn_no,))))
+    journal = MemoryJournal()
+    lp, entry = _payment(c, bank, journal, p)
+    out = lp.run(entry)
+    assert out.state == "reversed" and "not_bound" in out.detail
+    q = c.client.query(p.psn_no, setl_id=out.setl_id)
+    assert q.output["setl_state"] == "reversed"
+    assert int(c.db.read(lambda tx: tx.scalar("SELECT balc FROM centre_persons WHERE psn_no = ?",
+                                               (p.psn_no,)))) == bal
+
+
+def test_lost_settlement_answer_is_found_or_blocked(pair: tuple[Centre, Bank]) -> None:
+    c, bank = pair
+    p = c.people[20]
+    assert bank.client.apply(p.psn_no, p.brdy, 2).ok
+    journal = MemoryJournal()
+    lp, entry = _payment(c, bank, journal, p, amount="50.00")
+    # the centre cannot be reached at all: nothing sent, journal still at intent
+    real_post = c.client.post_envelope
+
+    def down(infno: str, envelope: dict) -> Any:
+        err = RemoteError("connection refused", code="unreachable")
+        err.uncertain = False  # type: ignore[attr-defined]
+        raise err
+
+    c.client.post_envelope = down  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RemoteError):
+            lp.run(entry)
+    finally:
+        c.client.post_envelope = real_post  # type: ignore[method-assign]
+    assert journal.load(entry.order_id).state == "intent"
+
+    # the 2207 times out after the centre applied it: 5203 finds it, the draw completes
+    calls = {"n": 0}
+
+    def timeout_after_send(infno: str, envelope: dict) -> Any:
+        r = real_post(infno, envelope)
+        if infno == "2207" and calls["n"] == 0:
+            calls["n"] += 1
+            err = RemoteError("read timeout", code="timeout")
+            err.uncertain = True  # type: ignore[attr-defined]
+            raise err
+        return r
+
+    c.client.post_envelope = timeout_after_send  # type: ignore[method-assign]
+    try:
+        out = lp.run(journal.load(entry.order_id))
+    finally:
+        c.client.post_envelope = real_post  # type: ignore[method-assign]
+    assert out.state == "done" and out.history[-2:] == ["settled", "done"]
+    assert _draws(bank, out.setl_id) == 1
+    n = c.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM centre_settlements WHERE msgid = ?",
+                                       (f"{c.app_id}/{out.settle_msgid}",)))
+    assert n == 1
+
+    # the 2207 never reached the centre and the answer timed out: 2601 blocks a late arrival
+    lp3, e3 = _payment(c, bank, journal, p, amount="20.00")
+
+    def lost(infno: str, envelope: dict) -> Any:
+        if infno == "2207":
+            err = RemoteError("read timeout", code="timeout")
+            err.uncertain = True  # type: ignore[attr-defined]
+            raise err
+        return real_post(infno, envelope)
+
+    c.client.post_envelope = lost  # type: ignore[method-assign]
+    try:
+        out3 = lp3.run(e3)
+    finally:
+        c.client.post_envelope = real_post  # type: ignore[method-assign]
+    assert out3.state == "reversed" and not out3.setl_id
+    late = c.client.settle(e3.head, e3.lines, msgid=e3.settle_msgid)  # the lost message finally arrives
+    assert late.infcode == InfCode.ALREADY_REVERSED and late.err_code == "message_reversed"
+    assert check_centre(c.db)["balanced"] and check_bank(bank.db)["balanced"]
+
+
+def test_bank_openapi_lists_every_operation(pair: tuple[Centre, Bank]) -> None:
+    _c, bank = pair
+    doc = bank.http.get("/openapi.json").json()
+    ops = ["apply", "bind", "unbind", "line", "draw", "draw_reverse", "hold", "capture", "release", "repay",
+           "refund", "statement", "notifications"]
+    for op in ops:
+        assert f"/fsi/api/credit.{op}" in doc["paths"]
+        assert f"credit.{op}.input" in doc["components"]["schemas"]
+
+
+def test_hold_capture_release_repay_refund(pair: tuple[Centre, Bank]) -> None:
+    _c, bank = pair
+    b = bank.client
+    assert b.apply("H9", "1985-01-01", 1).output["limit"] == "5000.00"
+    assert b.hold("H9", "3000.00", "ADM-1", "h1").ok
+    assert b.line("H9").output["available"] == "2000.00"
+    over = b.capture("ADM-1", "3500.00", "c0")
+    assert over.err_code == "exceeds_hold"
+    cap = b.capture("ADM-1", "1200.00", "c1")
+    assert cap.ok and cap.output["drawn"] == "1200.00" and cap.output["released"] == "1800.00"
+    assert b.hold("H9", "100.00", "ADM-2", "h2").ok and b.release("ADM-2", "r2").ok
+    assert b.refund("ADM-1", "200.00", "rf1").output["principal"] == "200.00"
+    assert b.repay("H9", "5000.00", "p0").err_code == "overpayment"
+    assert b.repay("H9", "1000.00", "p1").ok
+    assert b.line("H9").output["available"] == "5000.00"
+    assert check_bank(bank.db)["balanced"]
