@@ -38,6 +38,7 @@ class Limits:
     multi_face_frames: int = 8      # consecutive frames with two faces -> reject
     id_tries: int = 3
     frame_wait_s: float = 0.03      # pause when the camera has no new frame
+    camera_stall_s: float = 5.0     # no frame at all for this long: the camera is gone
     key_poll_s: float = 0.1
 
 
@@ -130,11 +131,16 @@ class CounterSession:
                 out = self._pay(probe)
         except _Stop:
             out = Outcome(status="cancelled" if self.m.state is State.CANCELLED else "failed", reason=self.m.reason)
-        except KioskError as e:  # a party's fault before money moved (money paths catch their own)
-            if not self.m.terminal and self.m.state not in (State.SETTLING, State.PRINTING):
-                reason = {"RemoteError": "centre_unavailable", "DeviceError": "device_fault"}.get(type(e).__name__, "internal_error")
-                self.m.fail(reason)
-            out = Outcome(status="failed", reason=self.m.reason or "internal_error")
+        except KioskError as e:
+            if self.m.state in (State.SETTLING, State.PRINTING):
+                # a fault while money moves (not a party's answer: those are handled where they come):
+                # the journal knows how far it got; recovery resumes or reverses it
+                self.m.fail("interrupted")
+                out = Outcome(status="reversing", reason="interrupted")
+            else:
+                if not self.m.terminal:
+                    self.m.fail(_fault_reason(e))
+                out = Outcome(status="failed", reason=self.m.reason or "internal_error")
             self.journal.record(self.order.order_id, "failed", {"reason": out.reason, "error": e.code})
         self._tick()
         out.stage_ms = dict(self._stage_ms)
@@ -174,12 +180,16 @@ class CounterSession:
 
     def _frames(self) -> Iterator[Any]:
         """Camera frames while the session may go on (cancel and timeout checked per frame)."""
+        last = time.monotonic()
         while True:
             self._check()
             frame = self.d.camera.read()
             if frame is None:
+                if self.limits.camera_stall_s and time.monotonic() - last > self.limits.camera_stall_s:
+                    self._fail("camera_offline")
                 time.sleep(self.limits.frame_wait_s)
                 continue
+            last = time.monotonic()
             if self._on_face is not None:
                 self._on_face(frame)
             yield frame
@@ -474,6 +484,15 @@ class CounterSession:
         self._go(State.DONE, reason=None if status == "ok" else status)
         self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed, "outcome": out.to_json()})
         return out
+
+
+def _fault_reason(e: KioskError) -> str:
+    """A party's fault before money moved -> what the patient is told."""
+    if isinstance(e, RemoteError):
+        return "bank_unavailable" if "bank" in str(e).lower() else "centre_unavailable"
+    if isinstance(e, DeviceError):
+        return "keypad_offline" if e.code in ("bridge_down", "bridge_timeout", "disconnected") else "device_fault"
+    return "internal_error"
 
 
 def split_json(s: Split) -> dict[str, int]:

@@ -311,3 +311,38 @@ def test_lost_settlement_answer_is_reversed_by_recovery(rig, tmp_path):
     reversed_ = [m for c, m in rig.centre.calls if c == "reverse"]
     assert reversed_[-1] == sent[0]
     assert rig.store.get("t", "o1").status == "failed"
+
+
+def test_camera_that_gives_no_frames_is_reported(rig):
+    rig.cam.show([])
+    out = rig.run(timeouts={State.FACE_CAPTURE: 5.0}, limits=Limits(camera_stall_s=0.3, key_poll_s=0.02))
+    assert (out.status, out.reason) == ("failed", "camera_offline")
+
+
+def test_bridge_down_at_the_keypad_is_reported(rig):
+    rig.cam.show([casia(1, 0)])
+    rig.sim.run_command("mute on")  # the MCU stops answering: the bridge cannot switch the keypad on
+    try:
+        out = rig.run()
+    finally:
+        rig.sim.run_command("mute off")
+    assert out.status == "failed" and out.reason in ("keypad_offline", "device_fault")
+    assert "settle" not in [c for c, _ in rig.centre.calls]
+
+
+def test_fault_while_money_moves_is_left_to_recovery(rig):
+    class Broken:
+        def print_receipt(self, lines):
+            from kiosk.errors import StorageError
+
+            raise StorageError("disk full", code="disk_full")
+
+    rig.deps.printer = Broken()
+    rig.typist.plan("confirm", "<enter>")
+    rig.cam.show([casia(1, 0)])
+    out = rig.run()
+    assert (out.status, out.reason) == ("reversing", "interrupted")
+    # the journal shows the money fully moved: recovery reports it paid, receipt not printed
+    rig.store.set_status("t", "o1", "reversing", reason="interrupted")
+    assert Terminal(rig.store, rig.deps, SystemClock()).recover() == [("o1", "paid")]
+    assert rig.store.get("t", "o1").result["receipt_printed"] is False
