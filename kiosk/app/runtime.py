@@ -102,8 +102,26 @@ def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Cl
             mount_screen(app, bus)
         except ImportError:  # the technician page is not installed
             mount_screen(app, bus, technician=False)
+    _technician_checks(store)
     return Runtime(app=app, terminal=terminal, store=store, bus=bus, link=link, status_probe=status_probe,
                    listeners=listeners)
+
+
+def _technician_checks(store: Store) -> None:
+    """Report unfinished payments on the technician page (when it is installed)."""
+    try:
+        from kiosk.app.technician import add_health_check
+    except ImportError:
+        return
+
+    def counter() -> tuple[bool, str]:
+        rows = store.open_orders()
+        stuck = [r.order_id for r in rows if r.status == "reversing"]
+        if stuck:
+            return False, f"{len(stuck)} payment(s) waiting to be put back (party unreachable): {', '.join(stuck[:5])}"
+        return True, f"{len(rows)} order(s) open, none waiting for a reversal"
+
+    add_health_check("counter", counter)
 
 
 class ServerThread:
