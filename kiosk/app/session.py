@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from kiosk.clock import Clock
 from kiosk.errors import DeviceError, KioskError, RemoteError
@@ -51,7 +51,6 @@ class Order:
     mode: str = "outpatient"        # 'outpatient' | 'admission' | 'discharge'
     deposit_fen: int = 0            # admission: hold amount
     hold_id: str = ""               # discharge: the admission's hold
-    merchant: str = ""
 
 
 @dataclass
@@ -88,8 +87,8 @@ class _Stop(Exception):
     """Internal: the session ended early (the machine already holds the reason)."""
 
 
-class JournalPort:
-    """What the session needs from the journal (see kiosk.app.journal)."""
+class JournalPort(Protocol):
+    """What the session needs from the journal (kiosk.app.store, via kiosk.app.terminal)."""
 
     def record(self, order_id: str, step: str, data: dict[str, Any] | None = None) -> None: ...
 
@@ -349,7 +348,7 @@ class CounterSession:
 
     def _pay(self, probe: Probe) -> Outcome:
         assert self.person is not None
-        split = self._presettle()
+        self._presettle()
         self._go(State.CONFIRM)
         self._wait_confirm()
         self._go(State.SETTLING)

@@ -22,7 +22,7 @@ from kiosk.money import fen_to_yuan
 from kiosk.app.flow import Snapshot, State
 from kiosk.app.ports import Person
 from kiosk.app.session import CounterSession, Deps, Limits, Order, Outcome
-from kiosk.app.store import OPEN, OrderRow, Store
+from kiosk.app.store import OrderRow, Store
 
 log = logging.getLogger("kiosk.app")
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kiosk.app.demo import DEMO_BILL, FAMILY_HOLDER, FAMILY_MEMBER, scene, seed_bank
+from kiosk.app.demo import DEMO_BILL, FAMILY_HOLDER, scene, seed_bank
 from kiosk.app.flow import State
 from kiosk.app.stack import Ports, Stack
 from kiosk.app.typist import Typist
