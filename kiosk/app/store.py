@@ -107,19 +107,18 @@ class Store:
         now = self._now()
 
         def work(tx: Any) -> tuple[OrderRow, bool]:
+            # claim first: two POS retries racing on one order id cannot both create it
+            n = tx.execute("INSERT INTO app_orders (system, order_id, request_hash, request, mode, status, created_at, "
+                           "updated_at, day) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?) "
+                           "ON CONFLICT (system, order_id) DO NOTHING",
+                           (system, order_id, h, json.dumps(request, sort_keys=True), mode, now, now,
+                            local_day(self.clock).isoformat()))
             row = tx.fetch_one(f"SELECT {_COLS}, request_hash FROM app_orders WHERE system = ? AND order_id = ?",
                                (system, order_id))
-            if row is not None:
-                if row[10] != h:
-                    raise ConflictError(f"order {order_id!r} already exists with a different request",
-                                        code="order_conflict", field="order_id")
-                return _row(row), False
-            tx.execute("INSERT INTO app_orders (system, order_id, request_hash, request, mode, status, created_at, "
-                       "updated_at, day) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                       (system, order_id, h, json.dumps(request, sort_keys=True), mode, now, now,
-                        local_day(self.clock).isoformat()))
-            r = tx.fetch_one(f"SELECT {_COLS} FROM app_orders WHERE system = ? AND order_id = ?", (system, order_id))
-            return _row(r), True
+            if n == 0 and row[10] != h:
+                raise ConflictError(f"order {order_id!r} already exists with a different request",
+                                    code="order_conflict", field="order_id")
+            return _row(row), n == 1
 
         return self.db.run(work)
 

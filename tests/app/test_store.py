@@ -84,3 +84,26 @@ def test_reconciliation_day_is_the_shanghai_day(store):
     assert [o.order_id for o in store.orders_of_day("pos1", "2026-03-01")] == ["O1"]
     assert [o.order_id for o in store.orders_of_day("pos1", "2026-03-02")] == ["O2"]
     assert store.orders_of_day("pos2", "2026-03-01") == []
+
+
+def test_racing_retries_create_one_order(store):
+    import threading
+
+    results, errors = [], []
+    start = threading.Barrier(8)
+
+    def go() -> None:
+        try:
+            start.wait()
+            results.append(store.create_order("pos1", "RACE", BILL, "outpatient"))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(created for _, created in results) == 1
+    assert len({row.created_at for row, _ in results}) == 1
