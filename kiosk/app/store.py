@@ -172,6 +172,9 @@ class Store:
         now = self._now()
 
         def work(tx: Any) -> tuple[dict[str, Any] | None, bool]:
+            # the order row is locked first, so refunds of one order (and their total) are serialised
+            tx.fetch_one("SELECT refunded_fen FROM app_orders WHERE system = ? AND order_id = ?" + tx.for_update,
+                         (system, order_id))
             r = tx.fetch_one("SELECT request_hash, status, result FROM app_refunds WHERE system = ? AND refund_id = ?",
                              (system, refund_id))
             if r is not None:

@@ -107,3 +107,27 @@ def test_racing_retries_create_one_order(store):
     assert errors == []
     assert sum(created for _, created in results) == 1
     assert len({row.created_at for row, _ in results}) == 1
+
+
+def test_racing_refunds_never_exceed_the_limit(store):
+    import threading
+
+    store.create_order("pos1", "O9", BILL, "outpatient")
+    ok, refused = [], []
+    start = threading.Barrier(6)
+
+    def go(i: int) -> None:
+        start.wait()
+        try:
+            store.begin_refund("pos1", "O9", f"R{i}", 300, {"amount": 300}, 1000)
+            ok.append(i)
+        except InputError:
+            refused.append(i)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ok) == 3 and len(refused) == 3
+    assert store.get("pos1", "O9").refunded_fen == 900
