@@ -170,6 +170,24 @@ def terminal_main(cfg: dict[str, Any]) -> dict[str, Any]:
             "elapsed": time.time() - cfg["start_at"]}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (uvicorn workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    pids = [pid]
+    try:
+        pids += [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
 def _free_port() -> int:
     import socket
 
@@ -257,7 +275,12 @@ def run_once(*, seconds: float, terminals: int, db: str, workers: int, people: i
                          "seconds": seconds, "start_at": start_at, "refund_rate": refund_rate})
         setup_s = time.perf_counter() - t0
         with mp.get_context("spawn").Pool(terminals) as pool:
-            results = pool.map(terminal_main, cfgs)
+            pending = pool.map_async(terminal_main, cfgs)
+            while time.time() < start_at:
+                time.sleep(0.01)
+            cpu0 = [_cpu_seconds(p.pid) for p in procs]
+            results = pending.get()
+            cpu1 = [_cpu_seconds(p.pid) for p in procs]
     finally:
         stop_services(procs)
     # ---- books and cross-checks -----------------------------------------------------------------
@@ -296,6 +319,8 @@ def run_once(*, seconds: float, terminals: int, db: str, workers: int, people: i
         "errors": errors, "lost": lost, "duplicated": duplicated,
         "ledger_balanced": bool(centre_books["balanced"] and bank_books["balanced"]),
     }
+    cpu_centre, cpu_bank = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    per = 1000 * (cpu_centre + cpu_bank) / max(1, n_settlements)
     if verbose:
         print(f"# db={db} workers={workers} terminals={terminals} seconds={seconds:g} people={people} "
               f"(setup {setup_s:.1f} s)")
@@ -303,6 +328,9 @@ def run_once(*, seconds: float, terminals: int, db: str, workers: int, people: i
         for k in ("activate", "auth", "2206", "2207", "draw", "settlement", "2208", "refund"):
             v = lat.get(k, [])
             print(f"{k:<12}{len(v):>8}{_pct(v, 50) * 1000:>10.1f}{_pct(v, 95) * 1000:>10.1f}{_pct(v, 99) * 1000:>10.1f}")
+        print(f"server CPU: centre {cpu_centre:.1f} s, bank {cpu_bank:.1f} s = {per:.1f} ms per settlement "
+              f"(capacity ~{2000 / per if per else 0:.0f} settlements/s on 2 dedicated cores); load average "
+              f"{os.getloadavg()[0]:.1f}")
         print(f"settlements {n_settlements} in {elapsed:.1f} s; refunds {len(refunded)}; declined draws "
               f"{sum(r['declined'] for r in results)}; errors {errors}")
         for r in results:
