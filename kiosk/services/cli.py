@@ -126,6 +126,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.workers > 32:
         raise InputError("must be between 1 and 32", field="--workers")
     data_dir = _data_dir(args)
+    # SIGTERM (systemd stop, timeout) must take the uvicorn children down too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     procs = start_services(args.db, data_dir, workers=args.workers, host=args.host, centre_port=args.centre_port,
                            bank_port=args.bank_port, quiet=False)
     print(json.dumps({"centre": f"http://{args.host}:{args.centre_port}", "bank": f"http://{args.host}:{args.bank_port}",

@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--matrix", action="store_true",
                     help="run SQLite and PostgreSQL with 1, 2 and 4 workers; the JSON line is the last run")
     a = ap.parse_args(argv)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops the services it started
     if not (1 <= a.terminals <= 64 and 1 <= a.workers <= 16 and 0 < a.seconds <= 3600 and a.people >= a.terminals):
         print("load_services: --terminals 1-64, --workers 1-16, --seconds (0, 3600], --people >= terminals",
               file=sys.stderr)
