@@ -17,7 +17,7 @@ from kiosk.services.linkage import LinkedPayment, MemoryJournal
 from kiosk.services.protocol import InfCode
 from kiosk.storage import Database, open_database
 
-from .conftest import Centre, bank_identity, head, lines, make_centre
+from .conftest import Centre, bank_identity, fresh_pg, head, lines, make_centre, pg_url
 
 
 @dataclass
@@ -27,11 +27,18 @@ class Bank:
     db: Database
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Centre, Bank]]:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Centre, Bank]]:
     tmp = tmp_path_factory.mktemp("pair")
-    centre = make_centre(f"sqlite:///{tmp}/centre.db", tmp)
-    db = open_database(f"sqlite:///{tmp}/bank.db")
+    if request.param == "sqlite":
+        centre = make_centre(f"sqlite:///{tmp}/centre.db", tmp)
+        db = open_database(f"sqlite:///{tmp}/bank.db")
+    else:
+        url = pg_url()
+        if url is None:
+            pytest.skip("KIOSK_TEST_PG_URL not set (scripts/test provides it; required under CI)")
+        centre = make_centre(fresh_pg(url), tmp)
+        db = open_database(fresh_pg(url))
     app = create_bank(db, data_dir=tmp, clock=centre.clock)
     app.state.gateway.register_terminal(centre.app_id, centre.app_secret, centre.key.public_key().to_bytes().hex(),
                                         "H37020200002")

@@ -51,6 +51,13 @@ def build_centre(db: Database, data_dir: Path, clock: Clock | None = None,
     return service, gw
 
 
+def warm_galleries(service: CentreService, db: Database) -> None:
+    """Open the activated templates of every area before serving, not on the first face search."""
+    areas = db.read(lambda tx: [r[0] for r in tx.fetch_all("SELECT DISTINCT admdvs FROM centre_institutions")])
+    for a in areas:
+        db.read(lambda tx, a=a: service.galleries.get(tx, a))
+
+
 def create_app(db: Database | str | None = None, *, data_dir: Path | None = None, clock: Clock | None = None,
                window_s: int | None = None) -> FastAPI:
     data_dir = Path(data_dir or load().data_dir)
@@ -58,6 +65,7 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
         db = open_database(db or centre_db_url(data_dir))
     window = window_s or int(os.environ.get("KIOSK_REPLAY_WINDOW_S", "300"))
     service, gw = build_centre(db, data_dir, clock, window)
+    warm_galleries(service, db)
     app = build_app("Insurance centre (national platform transactions)", gw, data_dir,
                     description=__doc__.splitlines()[0])
     app.state.service = service
