@@ -6,6 +6,7 @@ rate is rounded half-up to fen once, at the step where it happens.
 """
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from kiosk.errors import InputError
@@ -13,6 +14,10 @@ from kiosk.errors import InputError
 Fen = int
 
 _FEN = Decimal("0.01")
+# What a bill may spell a number as: ASCII digits, one optional sign and point, an
+# optional exponent. Decimal() alone would also take "1_000" and full-width or
+# Arabic-Indic digits, which no counter system means as an amount.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def parse_decimal(value: object, field: str, *, max_dp: int = 4, allow_negative: bool = False) -> Decimal:
@@ -28,12 +33,12 @@ def parse_decimal(value: object, field: str, *, max_dp: int = 4, allow_negative:
         d = Decimal(value)
     elif isinstance(value, str):
         s = value.strip()
+        if not _NUMBER.fullmatch(s):
+            raise InputError(f"is not a number: {value!r}", field=field)
         try:
             d = Decimal(s)
-        except InvalidOperation:
+        except InvalidOperation:  # pragma: no cover - the pattern admits only what Decimal reads
             raise InputError(f"is not a number: {value!r}", field=field) from None
-        if not s or not d.is_finite():
-            raise InputError(f"is not a finite number: {value!r}", field=field)
     else:
         raise InputError(f"must be a decimal string, got {type(value).__name__}", field=field)
     if not d.is_finite():

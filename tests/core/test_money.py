@@ -30,6 +30,23 @@ def test_parse_decimal_refuses_bad_input_with_field(bad):
     assert "items[0].price" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "bad", ["1_000", "\uff11\uff12", "\u0661\u0662", "1 000", "+-1", "0x10", ".", "1e", "1.2.3", " ", "sNaN", "-Infinity"]
+)
+def test_parse_decimal_takes_only_ascii_decimal_notation(bad):
+    # Decimal() alone reads "1_000" as 1000 and full-width / Arabic-Indic digits as 12.
+    with pytest.raises(InputError) as e:
+        parse_decimal(bad, "items[0].qty")
+    assert str(e.value).startswith("items[0].qty: ")
+
+
+@pytest.mark.parametrize(
+    "text, value", [("12", "12"), (" 12.50 ", "12.50"), (".5", "0.5"), ("5.", "5"), ("+3", "3"), ("1e2", "100"), (7, "7")]
+)
+def test_parse_decimal_accepts_plain_numbers(text, value):
+    assert parse_decimal(text, "x") == Decimal(value)
+
+
 @given(st.integers(min_value=-10**12, max_value=10**12))
 def test_yuan_round_trip(fen):
     assert yuan_to_fen(fen_to_yuan(fen), "x", allow_negative=True) == fen

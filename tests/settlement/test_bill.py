@@ -75,7 +75,9 @@ BAD = [
     (("items", 2, "qty"), "1.00001", "items[2].qty", "more than 4 decimal places"),
     (("items", 2, "qty"), "-2", "items[2].qty", "negative"),
     (("items", 2, "qty"), "0", "items[2].qty", "greater than 0"),
-    (("items", 2, "qty"), "NaN", "items[2].qty", "finite"),
+    (("items", 2, "qty"), "NaN", "items[2].qty", "not a number"),
+    (("items", 2, "qty"), "1_0", "items[2].qty", "not a number"),
+    (("items", 0, "price"), "\uff11\uff12", "items[0].price", "not a number"),
     (("items", 0, "price"), "99999999", "items[0].price", "at most"),
     (("items", 1, "selfpay_prop"), "1.5", "items[1].selfpay_prop", "at most 1"),
     (("items", 1, "price_ceiling"), "-1", "items[1].price_ceiling", "negative"),
@@ -141,7 +143,8 @@ def test_profile_must_match_the_bill():
 @pytest.mark.parametrize(
     "text, words",
     [("{", "not valid JSON"), ("", "not valid JSON"), ("[1]", "JSON object"), ('{"a": NaN}', "NaN"),
-     (b"\xff\xfe{", "not valid")],
+     (b"\xff\xfe{", "not valid"), ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+     ('{"profile": "x", "institution_level": ' + "9" * 5000 + "}", "too many digits")],
 )
 def test_malformed_json(text, words):
     with pytest.raises(InputError) as e:
