@@ -279,6 +279,10 @@ def loads_request(text: str | bytes) -> SettleRequest:
         raise InputError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", field="bill") from None
     except UnicodeDecodeError:
         raise InputError("not valid UTF-8 text", field="bill") from None
+    except RecursionError:
+        raise InputError("not valid JSON: nested too deeply", field="bill") from None
+    except ValueError:  # an integer literal past Python's int digit limit (4300)
+        raise InputError("not valid JSON: a number has too many digits", field="bill") from None
     return parse_request(data)
 
 

@@ -78,6 +78,8 @@ BAD = [
     ("float price", _bill(items=_items(0, price=28.5)), "items[0].price:"),
     ("bad condition", _bill(conditions=["flu"]), "conditions[0]:"),
     ("bad balance", _bill(account_balance="1.234"), "account_balance:"),
+    ("5000-digit number", _bill(institution_level=0).replace(": 0", ": " + "9" * 5000, 1), "bill: not valid JSON"),
+    ("deep nesting", _bill(items=[]).replace("[]", "[" * 100_000 + "]" * 100_000), "bill: not valid JSON"),
 ]
 
 
