@@ -4,12 +4,24 @@ Conventions (docs platform-interface.md, "Encryption and signature"), matched to
 the platform's public client code:
 - data key: SM4-ECB(key = first 16 chars of appId, plaintext = appSecret, PKCS#7);
   the first 16 upper-case hex characters of the ciphertext, as ASCII, are the key.
-- encData: upper-case hex of SM4-ECB-PKCS#7(data key, UTF-8 JSON of the payload).
+- encData: upper-case hex of SM4-ECB-PKCS#7(data key, compact JSON of the payload
+  with every non-ASCII character as a \\uXXXX escape, as the platform's client
+  sends it; any JSON parser reads it back unchanged).
 - signData: Base64 of the SM2 signature (SM3, user id 1234567812345678, raw r||s)
   over the envelope's non-empty fields except signData/encData/extra, sorted by
-  name, as `k=v` joined by `&`, with `&key=<appSecret>` appended. The plaintext
-  payload takes part as field `data`, serialised the platform's way
-  (`canonical_data`), so a receiver decrypts first and then checks the signature.
+  name, as `k=v` joined by `&`, with `&key=<appSecret>` appended.
+
+Which fields are signed, and why the plaintext: the platform's public client
+builds the request `{appId, data, encType, signType, timestamp, version}`, signs
+it (dropping signData, encData and extra), then encrypts `data` into encData and
+removes `data`. So the signed text holds appId, encType, signType, timestamp,
+version and `data=<payload>` (serialised by `canonical_data`), never encData: the
+signature covers what the receiver acts on, a receiver decrypts first and then
+verifies, and a wrong data key or tampered encData fails as surely as a forged
+field. Checked against an independent implementation of that client (sm-crypto)
+in tests/security/test_envelope.py. The printed envelope has exactly appId,
+encType, signType, timestamp, version, encData, signData (`data` is never sent).
+`timestamp` is milliseconds since the epoch (the services' anti-replay window).
 
 Building or opening is pure computation (no I/O); time comes from an injected Clock.
 """
@@ -53,13 +65,16 @@ def data_key(app_id: str, app_secret: str) -> bytes:
 
 
 def _empty(v: Any) -> bool:
-    return v is None or v == "" or (isinstance(v, (list, dict)) and not v)
+    """What the platform's signer drops: null, "" and []. (An empty object stays,
+    as in JavaScript, where `{}` is truthy.)"""
+    return v is None or v == "" or (isinstance(v, list) and not v)
 
 
 def canonical_data(payload: Mapping[str, Any]) -> str:
     """The payload as the platform signs it: top-level keys sorted, numbers and
-    booleans as strings, empty values dropped, objects inside arrays key-sorted,
-    compact JSON without ASCII escaping (JavaScript JSON.stringify)."""
+    booleans as strings, null/""/[] dropped (an empty object stays), objects inside
+    arrays key-sorted, deeper levels untouched, compact JSON without ASCII
+    escaping (JavaScript JSON.stringify)."""
     out: dict[str, Any] = {}
     for k in sorted(payload):
         v = payload[k]
@@ -97,7 +112,7 @@ def _payload_bytes(payload: Mapping[str, Any]) -> bytes:
     if not isinstance(payload, Mapping):
         raise InputError("payload must be a JSON object", field="payload")
     try:
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return json.dumps(payload, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode("ascii")
     except (TypeError, ValueError) as e:
         raise InputError(f"payload is not JSON-serialisable: {e}", field="payload") from None
 

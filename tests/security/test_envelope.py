@@ -120,3 +120,50 @@ def test_stale_envelope_refused_when_window_set() -> None:
     max_size=8))
 def test_round_trip_property(payload: dict) -> None:
     assert _open(_env(payload)).payload == payload
+
+
+# --- Golden vectors from an independent implementation of the platform's public JS client
+# (tests/security/vectors/platform_client.js on sm-crypto 0.3.13, run by hand with node): same
+# data key, byte-identical encData (non-ASCII sent as \u escapes), the same sign text, and its
+# SM2 signature verifies here. Private key: the GB/T 32918 example d for sm2p256v1.
+REF_D = 0x3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8
+REF_DATA = {"psn_no": "37000000000000000001", "psn_name": "张三", "note": "😀", "medfee_sumamt": 268.5, "cnt": 0,
+            "acct_used_flag": False, "empty": "", "none": None, "no_items": [], "ext": {},
+            "feedetl": [{"pric": "26.85", "feedetl_sn": "0001"}], "nested": {"z": 1, "a": None}}
+REF_TEXT_DATA = ('{"acct_used_flag":"false","cnt":"0","ext":{},"feedetl":[{"feedetl_sn":"0001","pric":"26.85"}],'
+                 '"medfee_sumamt":"268.5","nested":{"z":1,"a":null},"note":"😀","psn_name":"张三",'
+                 '"psn_no":"37000000000000000001"}')
+REF_VECTORS = [  # appId, appSecret, data key, encData, signData
+    ("43AF047BBA47FC8A1AE8EFB232BDBBCB", "4117E877F5FA0A0188891283E4B617D5", "863B5F40C70B71EA",
+    "75A71648CB61AD7F269BF3FD394141A441A6A0406AAB7EAEBDDDF2A6D8034B0EB6CD16EFD9FF40B6941686043BD80FC88DD9"
+    "F831B0B651F564FA357BD892145280267A2BFC8E77F33D315FD03128FA17B8037B7CD717381E2F964BFB7E03F3F44FDD0182"
+    "9CAA4B3E0A07F22054122D1169B61948624B10988FC665F69BD7B6E6BD7199CD3C4170F4DCEB5B90435B9A3516758263FBC4"
+    "6D4DAAECD83D13B0112B2DAD7B4C0D23D8CBE71E187E40FC2C149DA0EE5E6351B56916CAD54552F4280FFEB2B2F7366F8791"
+    "7ED2E4BD0CCE77957016FF77B0202598681BDD2FE2B12EBA53E28C96B993DC89FC7A0C9ABC58985D491DA3F24FB84A7386AC"
+    "83DBA4A170F6",
+     "ugK999fWoTsORgzkf43n1Eoms8TVJXDas8ZtJKSQMzwTZfb1XHB6UULrxKc3zbMM3DdJmewpNAI4p8B+AuenRA=="),
+    ("T98HPCGN5ZVVQBS8LZQNOAEXVI9GYHKQ", "short", "5B49905A960BE22D",  # secret under one block: padded
+    "F08E4B741EF1A0F5F42D08113075343EF4E08BAAEFB8C9F1A9B1696589050067A162DAF34C063CFBD6D8B8670932D0A2EB59"
+    "B76E0EB396058FC29664D2189DD8C9B52222D79A7AF9E41AF4991435605486C66B1BEDFA31C1DF12C2433D48D445FFACA520"
+    "2DC3241BCF566B7A5A5A30A41E8125468CB844B9E9D9F8928D1B91B2C651D9D38797875B774FFA4316938F2673199C4A1E54"
+    "BEC4C02A6A03973E0D59CFD5BF6A31B02DDF6F62D75873C97F7130BA0DA163A55117BE2C46DEEC8602541FD078E555E81315"
+    "981BF7F1F504FE79AF4A23829750EEB891A04E4517DD99D6F27A26AF0C86D80D18D64AAA936E540B4B84FF5701AB9F9ECA42"
+    "5B9DFE009915",
+     "4RBYOiWYB8DGzPhUyJKF4HIbCKb2X4DSSy6daILWyavma8zMEwG9PaZuUGwXk1fxMPjYdh+7/iSHksJwob7lSA=="),
+]
+
+
+@pytest.mark.parametrize("app_id,secret,dk,enc,sig", REF_VECTORS)
+def test_matches_the_platform_client_reference(app_id: str, secret: str, dk: str, enc: str, sig: str) -> None:
+    key = Sm2PrivateKey(REF_D)
+    assert data_key(app_id, secret) == dk.encode("ascii")
+    env = build_envelope(REF_DATA, app_id=app_id, app_secret=secret, sm2_key=key, clock=CLOCK)
+    assert env["encData"] == enc
+    text = sign_text({**{k: env[k] for k in ENVELOPE_FIELDS}, "data": REF_DATA}, secret)
+    assert text == (f"appId={app_id}&data={REF_TEXT_DATA}&encType=SM4&signType=SM2&timestamp=1767196800000"
+                    f"&version=1.0.0&key={secret}")
+    # the reference's own envelope (its signature, its encData) opens here
+    ref = {**env, "signData": sig}
+    assert open_envelope(ref, app_secret=secret, sm2_public_key=key.public_key()).payload == REF_DATA
+    with pytest.raises(IntegrityError):
+        open_envelope({**ref, "version": "1.0.1"}, app_secret=secret, sm2_public_key=key.public_key())
