@@ -111,7 +111,43 @@ class Settlement:
             )
         except (KeyError, TypeError) as e:
             raise InputError(f"missing or malformed field {e}", field="settlement") from None
-        return cls(**amounts, detlcutinfo=details, ytd_after=Ytd.from_json(data["ytd_after"], "ytd_after"))
+        s = cls(**amounts, detlcutinfo=details, ytd_after=Ytd.from_json(data["ytd_after"], "ytd_after"))
+        s.check()
+        return s
+
+    def check(self) -> None:
+        """Refuse a settlement whose figures do not add up (a tampered or corrupted record).
+
+        A stored settlement is what `reverse` trusts to take the accumulators back;
+        one that breaks the rules' identities must not move them.
+        """
+        bad: list[str] = []
+        for i, d in enumerate(self.detlcutinfo):
+            if d.fulamt_ownpay_amt + d.overlmt_amt + d.preselfpay_amt + d.inscp_scp_amt != d.det_item_fee_sumamt:
+                bad.append(f"detlcutinfo[{i}] parts do not add up to det_item_fee_sumamt")
+        for total, part in (
+            ("medfee_sumamt", "det_item_fee_sumamt"),
+            ("fulamt_ownpay_amt", "fulamt_ownpay_amt"),
+            ("overlmt_selfpay", "overlmt_amt"),
+            ("preselfpay_amt", "preselfpay_amt"),
+            ("inscp_scp_amt", "inscp_scp_amt"),
+        ):
+            if getattr(self, total) != sum(getattr(d, part) for d in self.detlcutinfo):
+                bad.append(f"{total} is not the sum of detlcutinfo {part}")
+        if not self.detlcutinfo:
+            bad.append("detlcutinfo is empty")
+        if self.act_pay_dedc > self.inscp_scp_amt:
+            bad.append("act_pay_dedc exceeds inscp_scp_amt")
+        if self.fund_pay_sumamt != self.hifp_pay:
+            bad.append("fund_pay_sumamt differs from hifp_pay")
+        if self.medfee_sumamt != self.fund_pay_sumamt + self.psn_part_amt:
+            bad.append("medfee_sumamt != fund_pay_sumamt + psn_part_amt")
+        if self.psn_part_amt != self.acct_pay + self.acct_mulaid_pay + self.psn_cash_pay:
+            bad.append("psn_part_amt != acct_pay + acct_mulaid_pay + psn_cash_pay")
+        if self.ytd_after.deductible_used < self.act_pay_dedc or self.ytd_after.pool_paid < self.hifp_pay:
+            bad.append("ytd_after is below what this settlement added")
+        if bad:
+            raise IntegrityError("; ".join(bad), code="settlement_inconsistent", field="settlement")
 
 
 def split_item(item: Item, class_b_default: Decimal) -> ItemSplit:
