@@ -162,13 +162,13 @@ class Terminal:
 
     def _run(self, job: _Job) -> None:
         oid = job.order.order_id
-        if not self.store.set_status(job.system, oid, "running", expect=("pending",)):
-            return  # cancelled while queued
         journal = _Journal(self.store, job.system)
-        journal.record(oid, "start", {"mode": job.order.mode})
         s = CounterSession(job.order, self.deps, journal, self.clock, on_change=self.on_change,
                            timeouts=self.timeouts, limits=self.limits, on_face=self.on_frame)
-        self._current = (job.system, oid, s)
+        self._current = (job.system, oid, s)  # before 'running' is visible: a cancel then always finds it
+        if not self.store.set_status(job.system, oid, "running", expect=("pending",)):
+            return  # cancelled while queued
+        journal.record(oid, "start", {"mode": job.order.mode})
         out = s.run()
         self.last_outcome = out
         result = out.to_json()

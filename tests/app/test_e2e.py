@@ -202,6 +202,7 @@ def test_bad_bill_is_refused_with_the_field(stack):
 
 def test_cashier_cancels_while_the_patient_hesitates(stack):
     stack.typist.clear()
+    del stack.snaps[:]
     stack.camera.show(scene(stack, ZHANG))
     try:
         assert stack.pos_client.create({"order_id": "E-CANCEL", "bill": DEMO_BILL}).status_code == 201
@@ -243,7 +244,7 @@ def test_printer_out_of_paper(stack):
         got = pay(stack, "E-PAPER", ZHANG, keys={"confirm": ["<enter>"]})
     finally:
         stack.bridge.sim("paper in")
-    assert got["status"] == "paid" and got["reason"] is None
+    assert got["status"] == "paid" and got["reason"] is None, (got, [(x.state, x.reason) for x in stack.snaps])
     assert got["result"]["receipt_printed"] is False
     done = [s for s in stack.snaps if s.state == "done"]
     assert done and done[-1].reason == "paper_out"
@@ -423,6 +424,7 @@ def test_demo_console_drives_a_session_from_a_browser(stack):
     scenes.update({"nobody": [], "two": [TWO_PEOPLE]})
     mount_demo_console(stack.runtime.app, stack, DEMO_BILL, scenes)
     stack.typist.clear()
+    del stack.snaps[:]
     base = stack.url("kiosk")
     assert "Kiosk demo console" in httpx.get(base + "/demo/").text
     assert httpx.post(base + "/demo/camera", json={"scene": "nope"}).status_code == 422
