@@ -31,7 +31,7 @@ SPLIT = Split(medfee_sumamt=10000, fund_pay_sumamt=6000, psn_part_amt=4000, acct
               psn_cash_pay=3000, setl_id="S1", mdtrt_id="M1")
 BILL = {"items": [{"code": "X", "price": "100.00", "qty": "1"}]}
 GOOD_ID = "11010519491231002X"
-FAST = {State.FACE_CAPTURE: 4.0, State.LIVENESS: 4.0, State.CONFIRM: 4.0, State.ID_ENTRY: 6.0}
+FAST = {State.FACE_CAPTURE: 8.0, State.LIVENESS: 8.0, State.CONFIRM: 6.0, State.ID_ENTRY: 8.0}
 
 
 @dataclass
