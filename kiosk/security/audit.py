@@ -183,11 +183,30 @@ class AuditLog:
         return verify_log(self.path, self.key)
 
 
+def _read_head(path: Path, key: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(head, "") when the sidecar is present and its MAC holds, else (None, why)."""
+    if not path.exists():
+        return None, f"head file {path.name} is missing: records at the end may have been removed"
+    try:
+        head = json.loads(path.read_bytes())
+        body = {"seq": head["seq"], "hash": head["hash"]}
+        ok = isinstance(body["seq"], int) and hmac.compare_digest(str(head["mac"]), _mac(key, body))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        ok = False
+    return (head, "") if ok else (None, "head file is altered (MAC mismatch)")
+
+
 def verify_log(path: str | Path, key: bytes) -> AuditReport:
-    """Walk the chain; report the first record that is altered, missing or out of place."""
+    """Walk the chain; report the first record that is altered, missing or out of place.
+
+    The MACed head sidecar (last seq + hash) catches records cut from the end; it
+    must exist once the log has a record (AuditLog writes it on every append).
+    """
     path = Path(path)
     if not path.exists():
         return AuditReport(False, 0, 1, 1, f"log file {path} does not exist")
+    head_path = path.with_name(path.name + ".head")
+    head, head_problem = _read_head(head_path, key)
     prev, expected, n = GENESIS, 1, 0
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -210,18 +229,12 @@ def verify_log(path: str | Path, key: bytes) -> AuditReport:
             if rec.prev != prev:
                 return AuditReport(False, n, expected, lineno, "previous-record hash does not match: a record before it was removed or replaced")
             prev, expected, n = _hash(obj), expected + 1, n + 1
-    head_path = path.with_name(path.name + ".head")
-    if head_path.exists():
-        try:
-            head = json.loads(head_path.read_bytes())
-            body = {"seq": head["seq"], "hash": head["hash"]}
-            head_ok = hmac.compare_digest(str(head["mac"]), _mac(key, body))
-        except (ValueError, KeyError, TypeError):
-            head_ok = False
-        if not head_ok:
-            return AuditReport(False, n, n + 1, n + 1, "head file is altered (MAC mismatch)")
-        if head["seq"] > n:
-            return AuditReport(False, n, n + 1, n + 1, f"records {n + 1}..{head['seq']} were removed from the end")
-        if head["seq"] == n and head["hash"] != prev:
-            return AuditReport(False, n, n, n, "last record does not match the head hash")
+            if head is not None and head["seq"] == n and head["hash"] != prev:
+                return AuditReport(False, n, n, lineno, "record does not match the head hash")
+    if head is None:
+        if n == 0 and not head_path.exists():
+            return AuditReport(True, 0)  # a log that was never appended to
+        return AuditReport(False, n, n + 1, n + 1, head_problem)
+    if head["seq"] > n:
+        return AuditReport(False, n, n + 1, n + 1, f"records {n + 1}..{head['seq']} were removed from the end")
     return AuditReport(True, n)

@@ -1,13 +1,15 @@
 """Security commands.
 
-    kiosk crypto envelope --app-id ID --app-secret SECRET [--sm2-key KEY.pem] PAYLOAD.json
+    kiosk crypto envelope --app-id ID --app-secret SECRET [--sm2-key KEY.pem [--sm2-key-pass env:VAR|file:PATH]] PAYLOAD.json
     kiosk crypto open --app-id ID --app-secret SECRET --sm2-pub PUB.pem ENVELOPE.json
     kiosk audit verify [PATH] [--key-store DIR]
     kiosk keys init|rotate|show [--key-store DIR]
 
 The key store defaults to <data_dir>/keys, the audit log to <data_dir>/audit.log;
 a passphrase-protected store reads KIOSK_KEY_PASSPHRASE (never a flag: flags leak
-into `ps` and shell history).
+into `ps` and shell history). An encrypted --sm2-key PEM takes its passphrase the
+same way, named by --sm2-key-pass: `env:VAR` or `file:PATH` (first line), like
+openssl's -passin, never the passphrase itself.
 """
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--app-id", required=True)
     e.add_argument("--app-secret", required=True)
     e.add_argument("--sm2-key", metavar="KEY.pem",
-                   help="SM2 private key (PKCS#8 or SEC1 PEM); default: the device key store's SM2 key")
+                   help="SM2 private key (PKCS#8 or SEC1 PEM, plain or encrypted); default: the device key store's SM2 key")
+    e.add_argument("--sm2-key-pass", metavar="env:VAR|file:PATH",
+                   help="where the passphrase of an encrypted --sm2-key is: an environment variable or a file")
     e.add_argument("--version", default=None, help="envelope version field")
     e.add_argument("payload", metavar="PAYLOAD.json", help="JSON object, or - for stdin")
     e.set_defaults(func=_envelope)
@@ -93,6 +97,25 @@ def _json(path: str, field: str) -> Any:
         raise InputError(f"{path} is not valid JSON: {e}", field=field) from None
 
 
+def key_passphrase(source: str | None) -> str | None:
+    """The passphrase named by --sm2-key-pass (`env:VAR` or `file:PATH`)."""
+    if source is None:
+        return None
+    kind, sep, ref = source.partition(":")
+    if not sep or not ref or kind not in ("env", "file"):
+        raise InputError("must be env:VAR or file:PATH (the passphrase itself is never a flag)", field="sm2_key_pass")
+    if kind == "env":
+        if ref not in os.environ:
+            raise InputError(f"environment variable {ref} is not set", field="sm2_key_pass")
+        return os.environ[ref]
+    try:
+        lines = Path(ref).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read passphrase file {ref}: {getattr(e, 'strerror', None) or e}",
+                         field="sm2_key_pass") from None
+    return lines[0] if lines else ""
+
+
 def _print(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
@@ -106,7 +129,15 @@ def _envelope(args: argparse.Namespace) -> int:
     if not isinstance(payload, dict):
         raise InputError("the payload must be a JSON object", field="payload")
     if args.sm2_key:
-        key = load_private_pem(_read(args.sm2_key, "sm2_key"))
+        try:
+            key = load_private_pem(_read(args.sm2_key, "sm2_key"), key_passphrase(args.sm2_key_pass))
+        except InputError as e:
+            if e.code == "passphrase_required":
+                raise InputError(f"{args.sm2_key} is encrypted: name its passphrase with --sm2-key-pass env:VAR or "
+                                 "file:PATH", code=e.code, field="sm2_key") from None
+            raise
+    elif args.sm2_key_pass:
+        raise InputError("--sm2-key-pass goes with --sm2-key", field="sm2_key_pass")
     else:
         key = KeyStore.open(default_key_store(), passphrase=passphrase()).sm2_key()
     _print(build_envelope(payload, app_id=args.app_id, app_secret=args.app_secret, sm2_key=key,

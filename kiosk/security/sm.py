@@ -381,16 +381,36 @@ def _pem(label: str, der: bytes) -> str:
     return f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n"
 
 
-def _unpem(text: str) -> tuple[str, bytes]:
+def _unpem_full(text: str) -> tuple[str, dict[str, str], bytes]:
+    """(label, RFC 1421 headers such as Proc-Type/DEK-Info, DER body)."""
     lines = [ln.strip() for ln in text.strip().splitlines()]
     if len(lines) < 3 or not lines[0].startswith("-----BEGIN ") or not lines[-1].startswith("-----END "):
         raise InputError("not a PEM file", field="pem")
     label = lines[0][11:].rstrip("-")
-    body = [ln for ln in lines[1:-1] if ln and ":" not in ln]  # skip EC PARAMETERS headers
+    headers = {}
+    for ln in lines[1:-1]:
+        if ":" in ln:  # PEM headers (encryption) and EC PARAMETERS-style annotations
+            k, _, v = ln.partition(":")
+            headers[k.strip()] = v.strip()
+    body = [ln for ln in lines[1:-1] if ln and ":" not in ln]
     try:
-        return label, base64.b64decode("".join(body), validate=True)
+        return label, headers, base64.b64decode("".join(body), validate=True)
     except ValueError:
         raise InputError("PEM body is not Base64", field="pem") from None
+
+
+def _unpem(text: str) -> tuple[str, bytes]:
+    label, _, der = _unpem_full(text)
+    return label, der
+
+
+def _pem_text(text: str | bytes, field: str) -> str:
+    if isinstance(text, bytes):
+        try:
+            return text.decode("ascii")
+        except UnicodeDecodeError:
+            raise InputError("not a PEM file (binary data)", field=field) from None
+    return text
 
 
 def _check_alg(alg: bytes) -> None:
@@ -420,11 +440,24 @@ def _parse_sec1(body: bytes) -> Sm2PrivateKey:
     return key
 
 
-def load_private_pem(text: str | bytes) -> Sm2PrivateKey:
-    """SM2 private key from PKCS#8 ('PRIVATE KEY') or SEC1 ('EC PRIVATE KEY') PEM, as OpenSSL writes them."""
-    label, der = _unpem(text.decode() if isinstance(text, bytes) else text)
+def load_private_pem(text: str | bytes, passphrase: str | bytes | None = None) -> Sm2PrivateKey:
+    """SM2 private key from PEM as OpenSSL writes it: PKCS#8 ('PRIVATE KEY'), SEC1
+    ('EC PRIVATE KEY' / 'SM2 PRIVATE KEY'), and with `passphrase` their encrypted
+    forms: PKCS#8 'ENCRYPTED PRIVATE KEY' (PBES2: PBKDF2-HMAC-SHA1/2 or scrypt;
+    AES-128/192/256-CBC or SM4-CBC; `openssl pkcs8 -topk8`, `openssl pkey -aes256`)
+    and the traditional Proc-Type/DEK-Info form (`openssl ec -aes256`)."""
+    label, headers, der = _unpem_full(_pem_text(text, "sm2_key"))
+    encrypted = label == "ENCRYPTED PRIVATE KEY" or "ENCRYPTED" in headers.get("Proc-Type", "")
+    if encrypted and passphrase is None:
+        raise InputError("the SM2 private key is encrypted: a passphrase is needed", code="passphrase_required",
+                         field="sm2_key")
+    pw = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
     try:
-        if label == "EC PRIVATE KEY":
+        if label == "ENCRYPTED PRIVATE KEY":
+            der, label = _pbes2_decrypt(der, pw or b""), "PRIVATE KEY"
+        elif encrypted:
+            der = _legacy_decrypt(der, headers.get("DEK-Info", ""), pw or b"")
+        if label in ("EC PRIVATE KEY", "SM2 PRIVATE KEY"):
             return _parse_sec1(der)
         if label == "PRIVATE KEY":
             seq, _ = _der_take(der, 0x30)
@@ -433,14 +466,124 @@ def load_private_pem(text: str | bytes) -> Sm2PrivateKey:
             _check_alg(alg)
             inner, _ = _der_take(seq, 0x04)
             return _parse_sec1(inner)
+    except _Unsupported as e:
+        raise InputError(f"unsupported SM2 private key encryption: {e}", field="sm2_key") from None
     except ValueError as e:
+        if encrypted:
+            raise InputError(f"cannot decrypt the SM2 private key: wrong passphrase or damaged file ({e})",
+                             code="bad_passphrase", field="sm2_key") from None
         raise InputError(f"unusable SM2 private key: {e}", field="sm2_key") from None
-    raise InputError(f"unsupported PEM type {label!r} (need PRIVATE KEY or EC PRIVATE KEY)", field="sm2_key")
+    raise InputError(f"unsupported PEM type {label!r} (need PRIVATE KEY, EC PRIVATE KEY or ENCRYPTED PRIVATE KEY)",
+                     field="sm2_key")
+
+
+# ---------------------------------------------------------------- encrypted private keys
+
+_OID_PBES2 = bytes.fromhex("2a864886f70d01050d")
+_OID_PBKDF2 = bytes.fromhex("2a864886f70d01050c")
+_OID_SCRYPT = bytes.fromhex("2b06010401da47040b")
+_PRF = {bytes.fromhex("2a864886f70d0207"): hashes.SHA1, bytes.fromhex("2a864886f70d0208"): hashes.SHA224,
+        bytes.fromhex("2a864886f70d0209"): hashes.SHA256, bytes.fromhex("2a864886f70d020a"): hashes.SHA384,
+        bytes.fromhex("2a864886f70d020b"): hashes.SHA512}
+_CIPHERS = {  # OID -> (name, key length, cipher)
+    bytes.fromhex("608648016503040102"): ("AES-128-CBC", 16, algorithms.AES),
+    bytes.fromhex("608648016503040116"): ("AES-192-CBC", 24, algorithms.AES),
+    bytes.fromhex("60864801650304012a"): ("AES-256-CBC", 32, algorithms.AES),
+    bytes.fromhex("2a811ccf55016802"): ("SM4-CBC", 16, algorithms.SM4),
+}
+_MAX_ITER = 10_000_000  # a hostile file must not pin the CPU for hours
+
+
+class _Unsupported(ValueError):
+    """An encryption scheme this loader does not implement (not a wrong passphrase)."""
+
+
+def _der_uint(data: bytes) -> tuple[int, bytes]:
+    v, rest = _der_take(data, 0x02)
+    return int.from_bytes(v, "big"), rest
+
+
+def _cbc_decrypt(cipher: type, key: bytes, iv: bytes, ct: bytes) -> bytes:
+    if len(iv) != 16 or not ct or len(ct) % 16:
+        raise ValueError("bad IV or ciphertext length")
+    dec = Cipher(cipher(key), modes.CBC(iv)).decryptor()
+    out = dec.update(ct) + dec.finalize()
+    u = padding.PKCS7(128).unpadder()
+    try:
+        return u.update(out) + u.finalize()
+    except ValueError:
+        raise ValueError("bad padding after decryption") from None
+
+
+def _pbes2_decrypt(der: bytes, pw: bytes) -> bytes:
+    """PKCS#8 EncryptedPrivateKeyInfo with PBES2 (RFC 8018) -> PrivateKeyInfo DER."""
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    seq, _ = _der_take(der, 0x30)
+    alg, seq = _der_take(seq, 0x30)
+    ct, _ = _der_take(seq, 0x04)
+    oid, params = _der_take(alg, 0x06)
+    if oid != _OID_PBES2:
+        raise _Unsupported("only PBES2 encryption is supported (re-encrypt with `openssl pkcs8 -topk8 -v2 aes-256-cbc`)")
+    params, _ = _der_take(params, 0x30)
+    kdf, params = _der_take(params, 0x30)
+    enc, _ = _der_take(params, 0x30)
+    enc_oid, iv = _der_take(enc, 0x06)
+    if enc_oid not in _CIPHERS:
+        raise _Unsupported("unsupported cipher (AES-CBC or SM4-CBC)")
+    _, klen, cipher = _CIPHERS[enc_oid]
+    iv, _ = _der_take(iv, 0x04)
+    kdf_oid, kp = _der_take(kdf, 0x06)
+    kp, _ = _der_take(kp, 0x30)
+    salt, kp = _der_take(kp, 0x04)
+    if kdf_oid == _OID_PBKDF2:
+        iters, kp = _der_uint(kp)
+        if kp[:1] == b"\x02":  # optional keyLength
+            klen2, kp = _der_uint(kp)
+            if klen2 != klen:
+                raise ValueError("key length does not match the cipher")
+        prf = hashes.SHA1
+        if kp[:1] == b"\x30":
+            prf_oid, _ = _der_take(_der_take(kp, 0x30)[0], 0x06)
+            if prf_oid not in _PRF:
+                raise _Unsupported("unsupported PBKDF2 PRF (HMAC-SHA1/224/256/384/512)")
+            prf = _PRF[prf_oid]
+        if not 1 <= iters <= _MAX_ITER:
+            raise ValueError("unreasonable PBKDF2 iteration count")
+        key = PBKDF2HMAC(prf(), klen, salt, iters).derive(pw)
+    elif kdf_oid == _OID_SCRYPT:
+        n, kp = _der_uint(kp)
+        r, kp = _der_uint(kp)
+        p, kp = _der_uint(kp)
+        if not (1 < n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+            raise ValueError("unreasonable scrypt parameters")
+        key = Scrypt(salt, klen, n, r, p).derive(pw)
+    else:
+        raise _Unsupported("unsupported key derivation (PBKDF2 or scrypt)")
+    return _cbc_decrypt(cipher, key, iv, ct)
+
+
+def _legacy_decrypt(der: bytes, dek_info: str, pw: bytes) -> bytes:
+    """Traditional OpenSSL PEM encryption: DEK-Info cipher + IV, key = EVP_BytesToKey(MD5, salt=IV[:8])."""
+    name, _, iv_hex = dek_info.partition(",")
+    ciphers = {n: (k, c) for n, k, c in _CIPHERS.values()}
+    if name.strip().upper() not in ciphers:
+        raise _Unsupported(f"unsupported DEK-Info cipher {name.strip()!r} (AES-CBC or SM4-CBC)")
+    klen, cipher = ciphers[name.strip().upper()]
+    iv = bytes.fromhex(iv_hex.strip())
+    key, block = b"", b""
+    while len(key) < klen:
+        h = hashes.Hash(hashes.MD5())
+        h.update(block + pw + iv[:8])
+        block = h.finalize()
+        key += block
+    return _cbc_decrypt(cipher, key[:klen], iv, der)
 
 
 def load_public_pem(text: str | bytes) -> Sm2PublicKey:
     """SM2 public key from SubjectPublicKeyInfo ('PUBLIC KEY') PEM."""
-    label, der = _unpem(text.decode() if isinstance(text, bytes) else text)
+    label, der = _unpem(_pem_text(text, "sm2_public_key"))
     if label != "PUBLIC KEY":
         raise InputError(f"unsupported PEM type {label!r} (need PUBLIC KEY)", field="sm2_public_key")
     try:

@@ -140,3 +140,26 @@ def test_ordinary_fields_pass() -> None:
                    "reason": "liveness failed 3 times", "count": 3, "ok": False, "phone": "138****0000"})
     with pytest.raises(InputError):
         AuditLog("/tmp/x.log", KEY).append("Bad Event")
+
+
+def test_tail_cut_with_head_deleted_is_still_caught(tmp_path: Path) -> None:
+    """Removing the last records and the head sidecar together must not pass as intact."""
+    log = _log(tmp_path)
+    lines = _lines(log)
+    log.path.write_bytes(b"".join(lines[:-2]))
+    log.head_path.unlink()
+    r = verify_log(log.path, KEY)
+    assert not r.ok and r.first_bad_seq == len(lines) - 1 and "missing" in r.reason, r
+    # the head pins the last record's hash: a whole other chain (same key) under this head is refused
+    log.path.write_bytes(b"".join(lines))
+    AuditLog(log.path, KEY).append("admin_action", action="x")  # head now for 7 records
+    head = log.head_path.read_bytes()
+    other = _log(tmp_path / "other", 7)
+    log.path.write_bytes(other.path.read_bytes())
+    log.head_path.write_bytes(head)
+    r = verify_log(log.path, KEY)
+    assert not r.ok and r.first_bad_seq == 7 and "head hash" in r.reason, r
+    # an empty log that was never appended to is fine
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    assert verify_log(empty, KEY).ok

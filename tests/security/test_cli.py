@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ from kiosk.cli import main
 from kiosk.security.audit import AuditLog
 from kiosk.security.envelope import open_envelope
 from kiosk.security.keystore import KeyStore
-from kiosk.security.sm import Sm2PrivateKey
+from kiosk.security.sm import Sm2PrivateKey, load_private_pem
 
 APP_ID, SECRET = "43AF047BBA47FC8A1AE8EFB232BDBBCB", "4117E877F5FA0A0188891283E4B617D5"
 
@@ -80,3 +83,40 @@ def test_keys_and_audit_verify(data_dir: Path, capsys: pytest.CaptureFixture[str
     (data_dir / "audit.log").write_bytes(lines[0] + lines[2] + lines[3])
     assert main(["audit", "verify", str(data_dir / "audit.log")]) == 1
     assert "record 2" in capsys.readouterr().err
+    # tail removal through the CLI: exit 1 naming the first removed record
+    (data_dir / "audit.log").write_bytes(b"".join(lines[:3]))
+    assert main(["audit", "verify", str(data_dir / "audit.log")]) == 1
+    assert "record 4" in capsys.readouterr().err
+    # no key store to check with: a one-line error, exit 2
+    assert main(["audit", "verify", str(data_dir / "audit.log"), "--key-store", str(data_dir / "nope")]) == 2
+
+
+def test_envelope_with_an_encrypted_pem_key(data_dir: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The passphrase of an encrypted --sm2-key comes from env:VAR or file:PATH, never the command line."""
+    if shutil.which("openssl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("openssl command line is missing on the CI machine")
+        pytest.skip("needs openssl to write an encrypted PEM")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "SM2", "-aes-256-cbc", "-pass", "pass:pw 1",
+                    "-out", str(data_dir / "k.pem")], check=True, capture_output=True)
+    key = load_private_pem((data_dir / "k.pem").read_text(), "pw 1")
+    (data_dir / "p.json").write_text('{"a": "b"}')
+    (data_dir / "pw.txt").write_text("pw 1\n")
+    monkeypatch.setenv("SM2_PW", "pw 1")
+    base = ["crypto", "envelope", "--app-id", APP_ID, "--app-secret", SECRET, "--sm2-key", str(data_dir / "k.pem")]
+    for src in ("env:SM2_PW", f"file:{data_dir / 'pw.txt'}"):
+        assert main([*base, "--sm2-key-pass", src, str(data_dir / "p.json")]) == 0
+        env = json.loads(capsys.readouterr().out)
+        assert open_envelope(env, app_secret=SECRET, sm2_public_key=key.public_key()).payload == {"a": "b"}
+    for extra, words in (([], "--sm2-key-pass"), (["--sm2-key-pass", "pass:pw 1"], "env:VAR"),
+                         (["--sm2-key-pass", "env:NOT_SET_X"], "NOT_SET_X"),
+                         (["--sm2-key-pass", f"file:{data_dir / 'p.json'}"], "wrong passphrase")):
+        assert main([*base, *extra, str(data_dir / "p.json")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
+    # a binary file given as the key is a one-line error too
+    (data_dir / "bin.pem").write_bytes(bytes(range(256)))
+    assert main(["crypto", "envelope", "--app-id", APP_ID, "--app-secret", SECRET, "--sm2-key",
+                 str(data_dir / "bin.pem"), str(data_dir / "p.json")]) == 2
+    assert "sm2_key" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kiosk.errors import InputError
 from kiosk.security.envelope import ENVELOPE_FIELDS, build_envelope, data_key, sign_text
 from kiosk.security.seal import SealContext, parse_header, seal
 from kiosk.security.sm import (
@@ -124,3 +125,33 @@ def test_openssl_derives_the_seal_key(tmp_path: Path) -> None:
     key = bytes.fromhex(key_hex.decode().strip().replace(":", ""))
     aad = blob[: h.header_len] + ctx.encode()
     assert AESGCM(key).decrypt(h.nonce, blob[h.header_len:], aad) == b"template"
+
+
+@pytest.mark.parametrize("enc", [
+    ["pkey", "-aes-256-cbc"],  # PKCS#8 PBES2, PBKDF2-HMAC-SHA256, AES-256-CBC (OpenSSL 3 default)
+    ["pkcs8", "-topk8", "-v2", "sm4-cbc"],  # national-standard cipher
+    ["pkcs8", "-topk8", "-v2", "aes-128-cbc", "-v2prf", "hmacWithSHA1"],
+    ["pkcs8", "-topk8", "-scrypt"],
+    ["ec", "-aes256"],  # traditional 'SM2 PRIVATE KEY' with Proc-Type/DEK-Info
+    ["ec", "-sm4-cbc"],
+])
+def test_we_load_openssl_encrypted_keys(tmp_path: Path, enc: list[str]) -> None:
+    plain = tmp_path / "k.pem"
+    ossl("genpkey", "-algorithm", "SM2", "-out", str(plain))
+    ossl(*enc, "-in", str(plain), "-passout", "pass:s3cret pw", "-out", str(tmp_path / "e.pem"))
+    text = (tmp_path / "e.pem").read_bytes()
+    assert b"ENCRYPTED" in text
+    assert load_private_pem(text, "s3cret pw") == load_private_pem(plain.read_text())
+    with pytest.raises(InputError, match="wrong passphrase") as e:
+        load_private_pem(text, "s3cret pX")
+    assert e.value.field == "sm2_key"
+    with pytest.raises(InputError, match="passphrase is needed"):
+        load_private_pem(text)
+
+
+def test_unsupported_key_encryption_is_named(tmp_path: Path) -> None:
+    ossl("genpkey", "-algorithm", "SM2", "-out", str(tmp_path / "k.pem"))
+    ossl("pkcs8", "-topk8", "-v1", "PBE-SHA1-3DES", "-in", str(tmp_path / "k.pem"), "-passout", "pass:pw",
+         "-out", str(tmp_path / "e.pem"))
+    with pytest.raises(InputError, match="only PBES2"):
+        load_private_pem((tmp_path / "e.pem").read_text(), "pw")
