@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +53,13 @@ class Stack:
     pos_key: str = ""
     pipeline: Any = None
     client_ports: dict[str, int] = field(default_factory=dict)  # the kiosk's view (e.g. through a relay)
+    # the operator token of this run's services (passed to them; never written to disk)
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     # ------------------------------------------------------------------ processes
     def _env(self) -> dict[str, str]:
-        return {"KIOSK_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
+        return {"KIOSK_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1",
+                "KIOSK_SERVICES_ADMIN_TOKEN": self.admin_token}
 
     def url(self, what: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, what)}"
@@ -116,12 +120,11 @@ class Stack:
         """The terminal's keys (kiosk.security key store) registered with both services."""
         from kiosk.security.keystore import KeyStore
         from kiosk.services.client import register_terminal
-        from kiosk.services.http import admin_token
 
         ident_path = self.data_dir / "terminal.json"
         ks = KeyStore.open_or_init(self.data_dir / "keys", device_id="KIOSK-DEMO-000001")
         pub = ks.sm2_key().public_key().to_bytes().hex()
-        token = admin_token(self.data_dir)
+        token = self.admin_token
         ident: dict[str, Any] = {"app_id": ks.device_id, "fixmedins_code": self.fixmedins, "services": {}}
         for name in [n for n in ("centre", "bank") if n in self.children]:
             out = register_terminal(self.url(name), token, ks.device_id, pub, self.fixmedins)
