@@ -274,7 +274,7 @@ def parse_request(data: object) -> SettleRequest:
 def loads_request(text: str | bytes) -> SettleRequest:
     """Decode JSON text and parse it; malformed JSON is an InputError too."""
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", field="bill") from None
     except UnicodeDecodeError:
@@ -288,3 +288,13 @@ def loads_request(text: str | bytes) -> SettleRequest:
 
 def _no_constant(name: str) -> object:
     raise InputError(f"not valid JSON: {name} is not allowed", field="bill")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A key given twice ({"price": "1", "price": "9"}) is ambiguous: refuse it rather than keep the last."""
+    d: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in d:
+            raise InputError(f"not valid JSON: key {k!r} appears twice in one object", field="bill")
+        d[k] = v
+    return d

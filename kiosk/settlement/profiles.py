@@ -146,6 +146,13 @@ def _profile_from_dict(data: object) -> Profile:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError("must be a string", field="description")
+    placeholders = data.get("placeholders", [])  # keys whose values the rules mark * (no public figure)
+    if (
+        not isinstance(placeholders, list)
+        or not all(isinstance(k, str) and k in data and k not in ("name", "placeholders") for k in placeholders)
+        or len(set(placeholders)) != len(placeholders)
+    ):
+        raise ConfigError("must be a list of distinct value keys of this profile", field="placeholders")
     return Profile(
         name=name,
         ratio_by_level=MappingProxyType(ratios),  # type: ignore[arg-type]

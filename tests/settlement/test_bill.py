@@ -144,7 +144,8 @@ def test_profile_must_match_the_bill():
     "text, words",
     [("{", "not valid JSON"), ("", "not valid JSON"), ("[1]", "JSON object"), ('{"a": NaN}', "NaN"),
      (b"\xff\xfe{", "not valid"), ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-     ('{"profile": "x", "institution_level": ' + "9" * 5000 + "}", "too many digits")],
+     ('{"profile": "x", "institution_level": ' + "9" * 5000 + "}", "too many digits"),
+     ('{"profile": "x", "items": [{"price": "1", "price": "-9"}]}', "'price' appears twice")],
 )
 def test_malformed_json(text, words):
     with pytest.raises(InputError) as e:

@@ -60,6 +60,9 @@ def _shipped(name: str = "qingdao-employee-outpatient") -> dict:
         (lambda d: d.update(conditions=["htn"]), "conditions"),
         (lambda d: d.update(class_b_selfpay_prop="2"), "class_b_selfpay_prop"),
         (lambda d: d.update(name=""), "name"),
+        (lambda d: d.update(placeholders=["anual_cap"]), "placeholders"),
+        (lambda d: d.update(placeholders="annual_cap"), "placeholders"),
+        (lambda d: d.update(placeholders=["annual_cap", "annual_cap"]), "placeholders"),
     ],
 )
 def test_bad_profile_is_a_config_error(change, words):
