@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kiosk.money import fen_to_yuan
 from kiosk.services import seed
@@ -272,3 +274,38 @@ def test_settle_replay_and_reverse_on_postgresql(tmp_path) -> None:
     finally:
         c.http.close()
         c.db.close()
+
+
+def test_ambiguous_1_to_n_asks_for_phone_digits(centre: Centre) -> None:
+    from datetime import date
+
+    from kiosk.services.seed import SeedPerson, certno_for, insert_person, synthetic_template
+
+    p = centre.people[21]
+    centre.activate(p)
+    # a look-alike: enrolled template a hair away from p's, another phone number
+    twin_t = synthetic_template(p.psn_no) + np.float32(0.01) * synthetic_template("twin")
+    twin = SeedPerson("P370202TWIN0001", "双胞胎", certno_for("370202", date(1990, 1, 1), 7, False), "1",
+                      "1990-01-01", "310", "370202", "2015-01-01", "9999" if p.phone_last4 != "9999" else "8888",
+                      "", 1000)
+    centre.db.run(lambda tx: insert_person(tx, centre.service.keys, twin, twin_t / np.linalg.norm(twin_t)))
+    cl = centre.client
+    a = cl.activate(cl.seal_face(twin_t / np.linalg.norm(twin_t), "t1", "activate"), twin.certno, "t1")
+    assert a.ok and a.output["psn_no"] == twin.psn_no
+    probe = synthetic_template(p.psn_no)
+    amb = cl.authenticate(cl.seal_face(probe, "t2", "auth"), "t2")
+    assert amb.infcode == InfCode.FACE_RETRY and amb.err_code == "need_phone_digits"
+    ok = cl.authenticate(cl.seal_face(probe, "t3", "auth"), "t3", phone_last4=p.phone_last4)
+    assert ok.ok and ok.output["psn_no"] == p.psn_no
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(infno=st.sampled_from(sorted(__import__("kiosk.services.centre.models", fromlist=["x"]).TRANSACTIONS)),
+       data=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+                         lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+                         max_leaves=12))
+def test_any_input_is_an_answer_never_a_fault(centre: Centre, infno: str, data: object) -> None:
+    a = centre.client.call(infno, data if isinstance(data, dict) else {"data": data})
+    assert isinstance(a.infcode, int)
+    if a.infcode != 0:
+        assert a.err_msg and a.err_code != "internal", a
