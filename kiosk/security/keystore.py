@@ -122,8 +122,20 @@ class KeyStore:
         if mode & 0o077:
             raise ConfigError(f"key store {path} is accessible by group/others (mode {mode:o}); chmod 700 it",
                               code="keystore_permissions")
-        meta = json.loads(meta_path.read_text())
-        return cls(path, meta["device_id"], meta["current"], _pp(passphrase))
+        ks = cls(path, "", "", _pp(passphrase))
+        meta = ks._read_meta()
+        ks.device_id, ks._current = meta["device_id"], meta["current"]
+        return ks
+
+    def _read_meta(self) -> dict[str, str]:
+        try:
+            meta = json.loads((self.path / "device.json").read_text())
+            if not (isinstance(meta["device_id"], str) and isinstance(meta["current"], str)):
+                raise TypeError
+            return meta
+        except (OSError, ValueError, KeyError, TypeError):
+            raise IntegrityError(f"key store {self.path}: device.json is unreadable or damaged",
+                                 code="keystore_corrupt") from None
 
     @classmethod
     def open_or_init(cls, path: str | Path, **kw: Any) -> KeyStore:
@@ -137,8 +149,14 @@ class KeyStore:
         return cls.open(path, passphrase=kw.get("passphrase"))
 
     def rotate(self) -> str:
-        """New key version becomes current; old ones stay for opening old blobs."""
+        """New key version becomes current; old ones stay for opening old blobs.
+
+        The current version is unlocked first, so a passphrase-protected store is
+        never extended with a key written in clear (no passphrase given) or under
+        a mistyped passphrase."""
         with _locked(self.path):
+            self._current = self._read_meta()["current"]  # another process may have rotated
+            self.version(self._current)
             return self._add_version()
 
     # ------------------------------------------------------------ access
@@ -226,7 +244,10 @@ class KeyStore:
         p = self.path / "keys" / f"{kid}.json"
         if not p.exists():
             raise InputError(f"no key version {kid!r} in {self.path}", field="kid")
-        doc = json.loads(p.read_text())
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError):
+            raise IntegrityError(f"key file {p.name} is unreadable or damaged", code="keystore_corrupt") from None
         if "private" in doc:
             priv = doc["private"]
         else:

@@ -108,3 +108,25 @@ def test_concurrent_provisioning_creates_one_identity(tmp_path: Path) -> None:
         p.join(30)
     kids = {q.get(timeout=5) for _ in ps}
     assert len(kids) == 1 and KeyStore.open(tmp_path / "k").kids() == sorted(kids)
+
+
+def test_rotation_never_writes_a_clear_key_into_a_protected_store(tmp_path: Path) -> None:
+    KeyStore.init(tmp_path / "k", passphrase="pw")
+    for wrong in (None, "typo"):
+        with pytest.raises((ConfigError, IntegrityError)):
+            KeyStore.open(tmp_path / "k", passphrase=wrong).rotate()
+    ks = KeyStore.open(tmp_path / "k", passphrase="pw")
+    assert len(ks.kids()) == 1
+    new = ks.rotate()
+    assert "private_sealed" in json.loads((tmp_path / "k" / "keys" / f"{new}.json").read_text())
+    # a second handle opened before that rotation rotates from the true current version
+    stale = KeyStore.open(tmp_path / "k", passphrase="pw")
+    ks.rotate()
+    assert stale.rotate().startswith("v0004-") and KeyStore.open(tmp_path / "k").current_kid.startswith("v0004-")
+
+
+def test_damaged_metadata_is_a_clear_error(tmp_path: Path) -> None:
+    KeyStore.init(tmp_path / "k")
+    (tmp_path / "k" / "device.json").write_text("{not json")
+    with pytest.raises(IntegrityError, match="device.json"):
+        KeyStore.open(tmp_path / "k")
