@@ -7,6 +7,8 @@ from typing import Any, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kiosk.errors import RemoteError
 from kiosk.security.sm import Sm2PrivateKey
@@ -242,3 +244,17 @@ def test_hold_capture_release_repay_refund(pair: tuple[Centre, Bank]) -> None:
     assert b.repay("H9", "1000.00", "p1").ok
     assert b.line("H9").output["available"] == "5000.00"
     assert check_bank(bank.db)["balanced"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(op=st.sampled_from(["apply", "bind", "unbind", "line", "draw", "draw_reverse", "hold", "capture", "release",
+                           "repay", "refund", "statement", "notifications"]),
+       data=st.dictionaries(st.sampled_from(["holder", "member", "payer", "amount", "ref", "key", "relation",
+                                             "consent", "birth_date", "insured_years", "limit", "monthly_cap"]),
+                            st.none() | st.booleans() | st.integers(-5, 10**12) | st.text(max_size=12)
+                            | st.floats(allow_nan=True), max_size=6))
+def test_bank_any_input_is_an_answer_never_a_fault(pair: tuple[Centre, Bank], op: str, data: dict) -> None:
+    a = pair[1].client.call(f"credit.{op}", data)
+    assert isinstance(a.infcode, int)
+    if a.infcode != 0:
+        assert a.err_msg and a.err_code != "internal", a
