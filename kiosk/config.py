@@ -36,6 +36,8 @@ class Settings:
     # serial URL of the terminal's microcontroller (pyserial URL)
     serial_url: str = field(default_factory=lambda: _env("serial_url", ""))
     timezone: str = field(default_factory=lambda: _env("timezone", "Asia/Shanghai"))
+    # anti-replay: a signed message further than this from the receiver's clock is refused as stale
+    replay_window_s: float = field(default_factory=lambda: float(_env("replay_window_s", "300")))
 
     def db_url(self, name: str = "kiosk") -> str:
         return self.database_url or f"sqlite:///{self.data_dir / (name + '.db')}"

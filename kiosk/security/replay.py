@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from kiosk.clock import Clock, SystemClock
-from kiosk.errors import IntegrityError, StorageError
+from kiosk.errors import ConfigError, IntegrityError, StorageError
 from kiosk.security.sm import Sm2PrivateKey, Sm2PublicKey, sm2_sign, sm2_verify
 
 H_DEVICE = "X-Kiosk-Device"
@@ -198,7 +198,15 @@ class DatabaseNonceStore:
 class ReplayGuard:
     """Freshness + uniqueness of (scope, nonce) within `window_s` of the receiver's clock."""
 
-    def __init__(self, store: NonceStore | None = None, *, window_s: float = 300.0, clock: Clock | None = None) -> None:
+    def __init__(self, store: NonceStore | None = None, *, window_s: float | None = None, clock: Clock | None = None) -> None:
+        """`window_s` defaults to Settings.replay_window_s (KIOSK_REPLAY_WINDOW_S, 300 s)."""
+        if window_s is None:
+            from kiosk import config
+
+            window_s = config.load().replay_window_s
+        if not 0 < window_s <= 86400:
+            raise ConfigError(f"anti-replay window must be in (0, 86400] seconds, got {window_s:g}",
+                              code="bad_replay_window", field="replay_window_s")
         self.store = store if store is not None else MemoryNonceStore()
         self.window_ms = int(window_s * 1000)
         self.clock = clock or SystemClock()

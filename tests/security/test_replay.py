@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kiosk.clock import ManualClock
-from kiosk.errors import IntegrityError
+from kiosk.errors import ConfigError, IntegrityError
 from kiosk.security.replay import (
     HEADERS,
     H_SIGNATURE,
@@ -171,3 +171,19 @@ def test_database_store_on_postgresql() -> None:
         assert _race(store) == 1
     finally:
         db.close()
+
+
+def test_window_defaults_to_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock()
+    monkeypatch.setenv("KIOSK_REPLAY_WINDOW_S", "10")
+    guard = ReplayGuard(MemoryNonceStore(), clock=clock)
+    now = int(clock.now().timestamp() * 1000)
+    guard.check("d", "n1", now - 9_000)
+    with pytest.raises(IntegrityError) as e:
+        guard.check("d", "n2", now - 11_000)
+    assert e.value.code == "stale"
+    monkeypatch.delenv("KIOSK_REPLAY_WINDOW_S")
+    ReplayGuard(MemoryNonceStore(), clock=clock).check("d", "n3", now - 299_000)
+    for bad in (0, -5, 10**6):
+        with pytest.raises(ConfigError):
+            ReplayGuard(window_s=bad)
