@@ -301,7 +301,7 @@ def test_ambiguous_1_to_n_asks_for_phone_digits(centre: Centre) -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(infno=st.sampled_from(sorted(__import__("kiosk.services.centre.models", fromlist=["x"]).TRANSACTIONS)),
-       data=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+       data=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
                          lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=4),
                          max_leaves=12))
 def test_any_input_is_an_answer_never_a_fault(centre: Centre, infno: str, data: object) -> None:
