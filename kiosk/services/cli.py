@@ -150,8 +150,11 @@ def _seed(args: argparse.Namespace) -> int:
 
     if args.people < 0 or args.people > 2_000_000:
         raise InputError("must be between 0 and 2,000,000", field="--people")
-    if not (len(args.region) == 6 and args.region.isdigit()):
-        raise InputError("must be a 6-digit area code", field="--region")
+    from kiosk.services.seed import REGION_INSUTYPE
+
+    if args.region not in REGION_INSUTYPE:
+        raise InputError(f"no institutions or policy profiles are configured for area {args.region!r}; "
+                         f"known: {', '.join(sorted(REGION_INSUTYPE))}", field="--region")
     data_dir = _data_dir(args)
     centre_url, _ = db_urls(args.db, data_dir)
     with open_database(centre_url) as db:

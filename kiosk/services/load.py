@@ -12,6 +12,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import multiprocessing as mp
 import os
@@ -208,6 +209,19 @@ def _pg_base() -> str:
     raise RuntimeError("scripts/postgres start printed no URL")
 
 
+def _pg_drop(url: str) -> None:
+    """Drop the run's private schema (the server is a throw-away one, but keep it small)."""
+    import psycopg
+
+    schema = url.rsplit("search_path%3D", 1)[-1]
+    base = url.split("?options=")[0].split("&options=")[0]
+    try:
+        with psycopg.connect(base, autocommit=True) as c:
+            c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    except psycopg.Error:
+        pass
+
+
 def _pg_fresh(url: str) -> str:
     import psycopg
 
@@ -283,6 +297,8 @@ def run_once(*, seconds: float, terminals: int, db: str, workers: int, people: i
             cpu1 = [_cpu_seconds(p.pid) for p in procs]
     finally:
         stop_services(procs)
+        if db != "sqlite":
+            atexit.register(_pg_drop, url)
     # ---- books and cross-checks -----------------------------------------------------------------
     lat: dict[str, list[float]] = {}
     for r in results:
