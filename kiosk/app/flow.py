@@ -1,6 +1,6 @@
 """The state machine of one payment session at the counter (pure, no I/O).
 
-    bill_received -> face_capture -> liveness -> match
+    bill_received -> face_capture -> liveness -> match [-> phone_entry -> match]
         -> [first visit: id_entry -> activation] -> presettled -> confirm
         -> settling -> printing -> done
     any state before settling -> failed | cancelled
@@ -29,6 +29,7 @@ class State(StrEnum):
     FACE_CAPTURE = "face_capture"
     LIVENESS = "liveness"
     MATCH = "match"
+    PHONE_ENTRY = "phone_entry"
     ID_ENTRY = "id_entry"
     ACTIVATION = "activation"
     PRESETTLED = "presettled"
@@ -49,7 +50,8 @@ TRANSITIONS: Mapping[State, frozenset[State]] = {
     _S.BILL_RECEIVED: frozenset({_S.FACE_CAPTURE}),
     _S.FACE_CAPTURE: frozenset({_S.LIVENESS}),
     _S.LIVENESS: frozenset({_S.MATCH, _S.FACE_CAPTURE}),
-    _S.MATCH: frozenset({_S.ID_ENTRY, _S.PRESETTLED}),
+    _S.MATCH: frozenset({_S.ID_ENTRY, _S.PRESETTLED, _S.PHONE_ENTRY}),
+    _S.PHONE_ENTRY: frozenset({_S.MATCH}),
     _S.ID_ENTRY: frozenset({_S.ACTIVATION}),
     _S.ACTIVATION: frozenset({_S.PRESETTLED, _S.ID_ENTRY}),
     _S.PRESETTLED: frozenset({_S.CONFIRM}),
@@ -67,6 +69,7 @@ DEFAULT_TIMEOUTS_S: Mapping[State, float] = {
     _S.FACE_CAPTURE: 30.0,
     _S.LIVENESS: 10.0,
     _S.MATCH: 10.0,
+    _S.PHONE_ENTRY: 60.0,
     _S.ID_ENTRY: 90.0,
     _S.ACTIVATION: 15.0,
     _S.PRESETTLED: 15.0,

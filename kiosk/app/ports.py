@@ -56,7 +56,8 @@ class Person:
 
 @dataclass(frozen=True)
 class FaceAuth:
-    """status: 'matched' | 'not_activated' (first visit: ID needed) | 'no_match' | 'id_locked'."""
+    """status: 'matched' | 'not_activated' (first visit: ID needed) | 'no_match' | 'id_locked' |
+    'need_phone_digits' (1:N found look-alikes: the last 4 phone digits decide)."""
 
     status: str
     person: Person | None = None
@@ -98,7 +99,7 @@ class SettleResult:
 
 
 class Centre(Protocol):
-    def face_auth(self, probe: Probe, session_id: str) -> FaceAuth: ...
+    def face_auth(self, probe: Probe, session_id: str, phone_last4: str = "") -> FaceAuth: ...
 
     def activate(self, probe: Probe, id_no: str, session_id: str) -> Activation: ...
 
@@ -171,8 +172,9 @@ class KeyEntry:
 
 
 class Keypad(Protocol):
-    def start(self, timeout_s: float) -> str:
-        """Switch the keypad on for one entry; returns its handle."""
+    def start(self, timeout_s: float, reveal_last: int = 1) -> str:
+        """Switch the keypad on for one entry; returns its handle. `reveal_last` characters stay
+        readable in `masked` (4 for the phone digits, which are read from there)."""
 
     def poll(self, handle: str) -> KeyEntry: ...
 

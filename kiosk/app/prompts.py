@@ -24,6 +24,8 @@ STATE_PROMPTS: dict[str, Prompt] = {
     "face_capture": Prompt("请正对摄像头，保持不动", "Please face the camera and hold still."),
     "liveness": Prompt("正在进行活体检测，请保持不动", "Checking that you are present. Please hold still."),
     "match": Prompt("正在核验身份", "Verifying your identity."),
+    "phone_entry": Prompt("请在键盘上输入您手机号码的后四位，按确认键结束",
+                          "Please type the last 4 digits of your phone number, then press Enter."),
     "id_entry": Prompt("首次使用：请在键盘上输入您的身份证号码，按确认键结束",
                        "First visit: type your national ID number on the keypad, then press Enter."),
     "activation": Prompt("正在激活医保电子凭证", "Activating your insurance e-voucher."),
@@ -58,6 +60,8 @@ REASONS: dict[str, Prompt] = {
                               "Staff at the counter can help."),
     "not_matched": Prompt("未能识别您的身份，请使用医保卡或到人工窗口办理",
                        "We could not recognise you. Please use your insurance card or ask staff at the counter."),
+    "phone_mismatch": Prompt("手机号码后四位不符，请使用医保卡或到人工窗口办理",
+                             "Those phone digits do not match. Please use your insurance card or ask staff."),
     # first-time activation
     "id_invalid": Prompt("身份证号码格式不正确，请重新输入（还可尝试 {left} 次）",
                          "That ID number is not valid. Please type it again ({left} tries left)."),

@@ -232,6 +232,15 @@ class CounterSession:
         self.journal.record(self.order.order_id, "face_auth")
         assert cap.probe is not None
         auth = self.d.centre.face_auth(cap.probe, self.session_id)
+        if auth.status == "need_phone_digits":
+            self._go(State.PHONE_ENTRY)
+            digits = self._read_phone()
+            self._go(State.MATCH)
+            self._check()
+            self.journal.record(self.order.order_id, "face_auth", {"phone": True})
+            auth = self.d.centre.face_auth(cap.probe, self.session_id, phone_last4=digits)
+            if auth.status in ("no_match", "not_activated", "need_phone_digits"):
+                self._fail("phone_mismatch")
         if auth.status == "matched" and auth.person:
             self.person = auth.person
         elif auth.status == "not_activated":
@@ -266,9 +275,10 @@ class CounterSession:
                 self._fail("id_locked", minutes=act.minutes or 30)
             self._fail("not_insured")
 
-    def _keys(self, on_update: Callable[[KeyEntry], None] | None = None) -> KeyEntry:
+    def _keys(self, on_update: Callable[[KeyEntry], None] | None = None, *, reveal_last: int = 1,
+              accept: Callable[[KeyEntry], bool] | None = None) -> KeyEntry:
         """Run one keypad entry until it ends; cancel/timeout of the session end it too."""
-        h = self.d.keypad.start(max(1.0, self.m.seconds_left()))
+        h = self.d.keypad.start(max(1.0, self.m.seconds_left()), reveal_last)
         self._entries += 1
         self.m.set_info(keypad_on=True, keypad_entry=self._entries)  # the screen (and a scripted patient) may type now
         try:
@@ -283,7 +293,7 @@ class CounterSession:
                     self.m.finish_timeout()
                     self.journal.record(self.order.order_id, "timeout", {"state": str(self.m.state)})
                     raise _Stop
-                if e.state == "accepted" or e.confirmed:
+                if e.state == "accepted" or (e.confirmed and (accept is None or accept(e))):
                     return e
                 if on_update is not None and e != last:
                     on_update(e)
@@ -303,13 +313,21 @@ class CounterSession:
             if e.error and e.length:
                 self.m.prompt("id_invalid", left=left)  # a typo costs no attempt
 
-        e = self._keys(show)
+        e = self._keys(show, accept=lambda e: False)  # only a valid ID number (the bridge checks it) ends it
         return e.value or ""
+
+    def _read_phone(self) -> str:
+        """The last 4 phone digits: ENTER after exactly 4 digits (read from the revealed display)."""
+        def show(e: KeyEntry) -> None:
+            self.m.set_info(keypad_masked="*" * e.length, keypad_length=e.length)
+
+        e = self._keys(show, reveal_last=4, accept=lambda e: e.length == 4 and e.masked.isdigit())
+        return e.masked
 
     def _wait_confirm(self) -> None:
         t0 = time.perf_counter()
         try:
-            self._keys()
+            self._keys(accept=lambda e: e.length == 0)
         finally:
             self._confirm_ms = (time.perf_counter() - t0) * 1000
 

@@ -495,6 +495,42 @@ def pay_order(st: Any, body: dict[str, Any], person: str, timeout: float = 40.0)
         st.camera.clear()
 
 
+def test_zy_look_alikes_are_told_apart_by_phone_digits(stack):
+    """张伟's identical twin is enrolled and activated too: the 1:N search finds two people who look
+    the same, so the patient types the last 4 digits of the phone number on the keypad."""
+    from datetime import date
+
+    from kiosk.services.centre.app import centre_keys
+    from kiosk.services.seed import SeedPerson, certno_for, insert_person
+    from kiosk.vision.frames import read_image
+
+    zhang = stack.person(ZHANG)
+    pay(stack, "E-TWIN-0", ZHANG, keys={"confirm": ["<enter>"]})  # activated (first visit if needed)
+    img = read_image(stack.settings.demo_faces / zhang["image"])
+    tmpl = stack.face_pipeline().enrol_image(img).template
+    twin_cert = certno_for("370202", date(1978, 3, 14), 777, False)
+    twin = SeedPerson("D370202000777", "张武", twin_cert, "1", "1978-03-14", "310", "370202", "2012-01-01", "7777",
+                      "", 10_000)
+    db = open_database(f"sqlite:///{stack.data_dir / 'centre.db'}")
+    try:
+        db.run(lambda tx: insert_person(tx, centre_keys(stack.data_dir), twin, tmpl))
+    finally:
+        db.close()
+    c = stack.centre_client
+    c.sign_in("kiosk")
+    a = c.activate(c.seal_face(tmpl, "twin-session", "activate"), twin_cert, "twin-session")
+    assert a.ok, a.err_msg
+    phone = centre_rows(stack, "SELECT phone_last4 FROM centre_persons WHERE psn_no = ?", (ZHANG,))[0][0]
+    got = pay(stack, "E-TWIN-1", ZHANG, keys={"phone_entry": [f"{phone}<enter>"], "confirm": ["<enter>"]})
+    assert got["status"] == "paid", got
+    assert got["result"]["psn_no"] == ZHANG
+    assert "phone_entry" in states(stack)
+    phone_snaps = [x for x in stack.snaps if x.state == "phone_entry"]
+    assert all(phone not in str(x.to_dict()) for x in phone_snaps)  # the screen shows stars only
+    wrong = pay(stack, "E-TWIN-2", ZHANG, keys={"phone_entry": ["0000<enter>"]})
+    assert (wrong["status"], wrong["reason"]) == ("failed", "phone_mismatch")
+
+
 def test_zz_no_face_data_or_id_numbers_left_on_the_terminal(stack):
     """After every session above: the terminal's files hold no image, no template, no clear ID number."""
     from kiosk.security.privacy import scan_paths

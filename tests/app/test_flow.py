@@ -100,7 +100,9 @@ def test_deadline_restarts_on_each_state():
 @pytest.mark.parametrize("state", [s for s in State if s not in TERMINAL and s not in COMMITTING])
 def test_cancel_is_honoured_before_money_moves(state):
     m, _, _ = machine()
-    path = {State.BILL_RECEIVED: [], State.ID_ENTRY: [State.FACE_CAPTURE, State.LIVENESS, State.MATCH, State.ID_ENTRY],
+    path = {State.BILL_RECEIVED: [], State.PHONE_ENTRY: [State.FACE_CAPTURE, State.LIVENESS, State.MATCH,
+                                                         State.PHONE_ENTRY],
+            State.ID_ENTRY: [State.FACE_CAPTURE, State.LIVENESS, State.MATCH, State.ID_ENTRY],
             State.ACTIVATION: [State.FACE_CAPTURE, State.LIVENESS, State.MATCH, State.ID_ENTRY, State.ACTIVATION]}
     for s in path.get(state, HAPPY[:HAPPY.index(state) + 1] if state in HAPPY else []):
         m.go(s)

@@ -5,25 +5,26 @@ from firmware_bridge.client import BridgeClient
 from kiosk.errors import DeviceError, InputError
 from kiosk.app.ports import KeyEntry, PrintResult
 
-# The bridge's ID-entry session refuses ENTER on an empty entry with this
-# message; on the confirm step that refusal IS the confirm key.
-_EMPTY_ENTER = "0 entered"
+# The bridge's ID-entry session refuses ENTER on anything but a valid ID number
+# ("an ID number has 18 characters, N entered"); on the confirm step (N = 0) and
+# the phone-digits step (N = 4, read from the revealed display) that refusal IS
+# the ENTER key.
 
 
 class BridgeKeypad:
     def __init__(self, client: BridgeClient) -> None:
         self.client = client
 
-    def start(self, timeout_s: float) -> str:
-        e = self.client.start_id_entry(timeout_s=min(600.0, max(1.0, timeout_s)), reveal_last=1)
+    def start(self, timeout_s: float, reveal_last: int = 1) -> str:
+        e = self.client.start_id_entry(timeout_s=min(600.0, max(1.0, timeout_s)), reveal_last=reveal_last)
         return str(e["session_id"])
 
     def poll(self, handle: str) -> KeyEntry:
         e = self.client.id_entry(handle)
         err = e.get("error")
-        return KeyEntry(state=e["state"], masked=e.get("display") or "", length=int(e.get("length") or 0),
-                        error=err, value=e.get("value"),
-                        confirmed=bool(e["state"] == "active" and err and not e.get("length") and _EMPTY_ENTER in err))
+        n = int(e.get("length") or 0)
+        return KeyEntry(state=e["state"], masked=e.get("display") or "", length=n, error=err, value=e.get("value"),
+                        confirmed=bool(e["state"] == "active" and err and f"{n} entered" in err))
 
     def stop(self, handle: str) -> None:
         try:

@@ -66,16 +66,18 @@ class CentreAdapter:
         return self.client.new_msgid()
 
     # -- identity ---------------------------------------------------------------------------
-    def face_auth(self, probe: Probe, session_id: str) -> FaceAuth:
-        a = self._call(self.client.authenticate, probe.sealed("auth"), session_id)
+    def face_auth(self, probe: Probe, session_id: str, phone_last4: str = "") -> FaceAuth:
+        a = self._call(self.client.authenticate, probe.sealed("auth"), session_id, phone_last4=phone_last4)
         if a.ok:
             return FaceAuth("matched", _person(a.output))
         if a.infcode in (InfCode.FACE_NOT_MATCHED, InfCode.NOT_ACTIVATED):
+            if phone_last4:
+                return FaceAuth("no_match")  # the digits named nobody who looks like this
             return FaceAuth("not_activated")  # first visit (or not recognised): the ID number decides
         if a.infcode == InfCode.LOCKED:
             return FaceAuth("id_locked", minutes=LOCK_MINUTES)
         if a.infcode == InfCode.FACE_RETRY:
-            return FaceAuth("no_match")  # ambiguous 1:N; the phone-digits step is not offered on this terminal
+            return FaceAuth("need_phone_digits")  # look-alikes in 1:N: the last 4 phone digits decide
         raise RemoteError(f"face authentication refused: {a.err_msg}", code=a.err_code or "refused")
 
     def activate(self, probe: Probe, id_no: str, session_id: str) -> Activation:
