@@ -78,7 +78,10 @@ class Peripherals:
         return PrintResult(status == Status.OK, name, bool(flags & Flag.PAPER_OUT), bool(flags & Flag.COVER_OPEN), sent)
 
     def card(self) -> CardInfo:
-        data = self.link.request(Cmd.CARD_STATUS).check("card reader")
+        rsp = self.link.request(Cmd.CARD_STATUS)
+        if rsp.status == Status.NO_CARD:  # a reader that says "no card" instead of present=0 (docs/protocol.md §6)
+            return CardInfo(False, b"")
+        data = rsp.check("card reader")
         try:
             return CardInfo.decode(data)
         except PayloadError as e:

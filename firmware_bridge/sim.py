@@ -3,7 +3,7 @@
 The simulator uses the same ``frame``/``messages`` code as the host, so it
 speaks exactly the documented bytes. It is scriptable (key presses, paper out,
 cover open, card, tamper, unplug, corrupt/truncate/duplicate frames, garbage,
-slow responses, reboot) from Python (tests), from stdin lines or a script file
+slow responses, BUSY, peripheral faults, reboot) from Python (tests), from stdin lines or a script file
 (demo). ``python -m firmware_bridge.sim --help``.
 """
 from __future__ import annotations
@@ -65,6 +65,9 @@ class Faults:
     drop_tx_acks: int = 0  # do not send the next N ACKs
     delay: float = 0.0  # slow device: ACK at once, RSP after this many seconds
     mute: bool = False  # stop answering entirely (cable cut one way)
+    busy: int = 0  # answer BUSY to the next N commands (HELLO and PING excepted: the heartbeat must not eat them)
+    broken: set[str] = field(default_factory=set)  # "printer", "card": PERIPHERAL_FAULT, self-test bit cleared
+    no_card_status: bool = False  # CARD_STATUS with no card answers NO_CARD instead of OK present=0
 
 
 @dataclass
@@ -309,6 +312,9 @@ class VirtualMcu:
             if not self.greeted:
                 return Status.NOT_READY, b""
             self.commands.append(cmd)
+            if self.faults.busy > 0 and cmd != Cmd.PING:
+                self.faults.busy -= 1
+                return Status.BUSY, b""
             handler = _HANDLERS.get(cmd)
             if handler is None:
                 return Status.UNKNOWN_COMMAND, b""
@@ -364,6 +370,8 @@ class VirtualMcu:
         return bytes((int(self.flags) & 0x23,))
 
     def _cmd_print(self, p: bytes) -> tuple[int, bytes]:
+        if "printer" in self.faults.broken:
+            return Status.PERIPHERAL_FAULT, b""
         if self.flags & Flag.COVER_OPEN:
             return Status.COVER_OPEN, self._printer_flags()
         if self.flags & Flag.PAPER_OUT:
@@ -375,12 +383,20 @@ class VirtualMcu:
         return Status.OK, self._printer_flags()
 
     def _cmd_card(self, p: bytes) -> tuple[int, bytes]:
+        if "card" in self.faults.broken:
+            return Status.PERIPHERAL_FAULT, b""
+        if self.faults.no_card_status and not self.flags & Flag.CARD_PRESENT:
+            return Status.NO_CARD, b""
         return Status.OK, CardInfo(bool(self.flags & Flag.CARD_PRESENT), self.atr).encode()
 
     def _cmd_self_test(self, p: bytes) -> tuple[int, bytes]:
         ok = SelfTestBit.KEYPAD | SelfTestBit.CARD_READER | SelfTestBit.FILL_LIGHT | SelfTestBit.IR_LIGHT | SelfTestBit.BUZZER | SelfTestBit.LED
         if not self.flags & (Flag.PAPER_OUT | Flag.COVER_OPEN):
             ok |= SelfTestBit.PRINTER
+        if "printer" in self.faults.broken:
+            ok &= ~SelfTestBit.PRINTER
+        if "card" in self.faults.broken:
+            ok &= ~SelfTestBit.CARD_READER
         tested = 0x7F
         return Status.OK, bytes((tested, int(ok)))
 
@@ -798,6 +814,17 @@ class Simulator:
             m.faults.delay = float(arg or 0)
         elif w == "mute":
             m.faults.mute = arg != "off"
+        elif w == "busy":
+            m.faults.busy += int(arg or 1)
+        elif w == "fault":
+            if arg in ("printer", "card"):
+                m.faults.broken.add(arg)
+            elif arg in ("off", "none"):
+                m.faults.broken.clear()
+            else:
+                return f"fault: expected printer, card or off, got {arg!r}"
+        elif w == "nocard":
+            m.faults.no_card_status = arg != "off"
         elif w == "reboot":
             m.reboot()
         elif w == "sleep":
@@ -805,7 +832,7 @@ class Simulator:
         elif w == "status":
             return f"flags={m.flags!r} keypad={m.keypad} fill={m.fill} ir={m.ir} led={m.led} fw={'.'.join(map(str, m.firmware))} printed={len(m.printed)}"
         else:
-            return f"unknown command {w!r}; try: keys, paper out|in, cover open|closed, card insert [ATR]|remove, tamper open|closed, unplug S, corrupt N, truncate N, duplicate N, garbage HEX, slow S, mute on|off, reboot, sleep S, status"
+            return f"unknown command {w!r}; try: keys, paper out|in, cover open|closed, card insert [ATR]|remove, tamper open|closed, unplug S, corrupt N, truncate N, duplicate N, garbage HEX, slow S, mute on|off, busy N, fault printer|card|off, nocard on|off, reboot, sleep S, status"
         return "ok"
 
 
