@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiosk.errors import RemoteError
-from kiosk.security.sm import Sm2PrivateKey
 from kiosk.services.bank.app import check_bank, create_app as create_bank
 from kiosk.services.centre.check import check_centre
 from kiosk.services.client import BankClient
