@@ -171,6 +171,8 @@ DEMO_PEOPLE = [
     ("D370602000001", "陈静", "casia-facev5-dev/004/004_0.png", "370602", "2", "1969-07-07", 30_000, "htn,dm"),
     ("D370202000005", "Barack Obama (demo)", "misc/examples_knn_examples_train_obama_obama.jpg", "370202", "1",
      "1961-08-04", 20_000, ""),
+    ("D370202000006", "Al Pacino (demo)", "lfw-dev/images/Al_Pacino/Al_Pacino_0001.jpg", "370202", "1",
+     "1966-04-25", 5_000, ""),
 ]
 # relation rows: (psn_no, rel_psn_no, what rel is to psn)
 DEMO_RELATIONS = [
