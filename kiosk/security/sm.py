@@ -22,6 +22,7 @@ one-off key (scripts/bench_crypto).
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from dataclasses import dataclass
 from functools import lru_cache
@@ -381,18 +382,28 @@ def _pem(label: str, der: bytes) -> str:
     return f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n"
 
 
-def _unpem_full(text: str) -> tuple[str, dict[str, str], bytes]:
-    """(label, RFC 1421 headers such as Proc-Type/DEK-Info, DER body)."""
-    lines = [ln.strip() for ln in text.strip().splitlines()]
-    if len(lines) < 3 or not lines[0].startswith("-----BEGIN ") or not lines[-1].startswith("-----END "):
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
+
+
+def _unpem_full(text: str, want: str | None = None) -> tuple[str, dict[str, str], bytes]:
+    """(label, RFC 1421 headers such as Proc-Type/DEK-Info, DER body) of the first PEM
+    block whose label ends with `want` (any block if None): a file may also carry
+    'SM2 PARAMETERS' (`openssl ecparam -genkey`) or the other half of the pair."""
+    blocks = _PEM_BLOCK.findall(text)
+    if not blocks:
         raise InputError("not a PEM file", field="pem")
-    label = lines[0][11:].rstrip("-")
+    chosen = [b for b in blocks if want is None or b[0].endswith(want)]
+    if not chosen:
+        raise InputError(f"the PEM file holds no {want} (found {', '.join(b[0] for b in blocks)})", field="pem")
+    label, inner = chosen[0]
     headers = {}
-    for ln in lines[1:-1]:
-        if ":" in ln:  # PEM headers (encryption) and EC PARAMETERS-style annotations
+    body = []
+    for ln in (x.strip() for x in inner.splitlines()):
+        if ":" in ln:  # PEM headers (Proc-Type, DEK-Info)
             k, _, v = ln.partition(":")
             headers[k.strip()] = v.strip()
-    body = [ln for ln in lines[1:-1] if ln and ":" not in ln]
+        elif ln:
+            body.append(ln)
     try:
         return label, headers, base64.b64decode("".join(body), validate=True)
     except ValueError:
@@ -446,7 +457,7 @@ def load_private_pem(text: str | bytes, passphrase: str | bytes | None = None) -
     forms: PKCS#8 'ENCRYPTED PRIVATE KEY' (PBES2: PBKDF2-HMAC-SHA1/2 or scrypt;
     AES-128/192/256-CBC or SM4-CBC; `openssl pkcs8 -topk8`, `openssl pkey -aes256`)
     and the traditional Proc-Type/DEK-Info form (`openssl ec -aes256`)."""
-    label, headers, der = _unpem_full(_pem_text(text, "sm2_key"))
+    label, headers, der = _unpem_full(_pem_text(text, "sm2_key"), "PRIVATE KEY")
     encrypted = label == "ENCRYPTED PRIVATE KEY" or "ENCRYPTED" in headers.get("Proc-Type", "")
     if encrypted and passphrase is None:
         raise InputError("the SM2 private key is encrypted: a passphrase is needed", code="passphrase_required",
@@ -583,7 +594,7 @@ def _legacy_decrypt(der: bytes, dek_info: str, pw: bytes) -> bytes:
 
 def load_public_pem(text: str | bytes) -> Sm2PublicKey:
     """SM2 public key from SubjectPublicKeyInfo ('PUBLIC KEY') PEM."""
-    label, der = _unpem(_pem_text(text, "sm2_public_key"))
+    label, _, der = _unpem_full(_pem_text(text, "sm2_public_key"), "PUBLIC KEY")
     if label != "PUBLIC KEY":
         raise InputError(f"unsupported PEM type {label!r} (need PUBLIC KEY)", field="sm2_public_key")
     try:

@@ -66,13 +66,16 @@ def test_openssl_verifies_our_sm2_signature(tmp_path: Path) -> None:
     assert r.returncode != 0
 
 
-@pytest.mark.parametrize("genkey", [["genpkey", "-algorithm", "SM2"], ["ecparam", "-name", "SM2", "-genkey", "-noout"]])
+@pytest.mark.parametrize("genkey", [["genpkey", "-algorithm", "SM2"], ["ecparam", "-name", "SM2", "-genkey", "-noout"],
+                                    ["ecparam", "-name", "SM2", "-genkey"]])  # with an 'SM2 PARAMETERS' block first
 def test_we_verify_openssl_sm2_signatures_and_load_its_keys(tmp_path: Path, genkey: list[str]) -> None:
     kp = tmp_path / "k.pem"
     ossl(*genkey, "-out", str(kp))
     key = load_private_pem(kp.read_text())
     pub = load_public_pem(ossl("pkey", "-in", str(kp), "-pubout"))
     assert pub == key.public_key()
+    both = kp.read_bytes() + ossl("pkey", "-in", str(kp), "-pubout")  # one file with both halves
+    assert load_public_pem(both) == pub and load_private_pem(both) == key
     msg = b"signed by openssl"
     (tmp_path / "m").write_bytes(msg)
     sig = ossl("pkeyutl", "-sign", "-inkey", str(kp), "-rawin", "-digest", "sm3", "-pkeyopt", DISTID, "-in", str(tmp_path / "m"))
