@@ -205,8 +205,11 @@ class Stack:
         from kiosk.app.pos_auth import load_systems
 
         db = open_database(self.settings.database_url or f"sqlite:///{self.data_dir / 'kiosk.db'}")
+        from kiosk.security.audit import AuditLog
+
+        audit = AuditLog(self.data_dir / "audit.log", self._keystore.audit_key())
         self.runtime = build(db, deps, load_systems(self.data_dir), timeouts=timeouts,
-                             status_probe=self._status)
+                             status_probe=self._status, audit=audit.append)
         self.runtime.start()
         if serve:
             self.server = ServerThread(self.runtime.app, port=self.ports.kiosk).start()

@@ -55,7 +55,8 @@ class Terminal:
                  on_idle: Callable[[], None] | None = None,
                  on_frame: Callable[[Any], None] | None = None,
                  timeouts: dict[State, float] | None = None, limits: Limits = Limits(),
-                 recover_every_s: float = 5.0) -> None:
+                 recover_every_s: float = 5.0,
+                 audit: Callable[..., Any] | None = None) -> None:
         self.store = store
         self.deps = deps
         self.clock = clock
@@ -65,6 +66,7 @@ class Terminal:
         self.timeouts = timeouts
         self.limits = limits
         self.recover_every_s = recover_every_s
+        self._audit_fn = audit  # e.g. kiosk.security AuditLog(...).append: event, **fields
         self._q: queue.Queue[_Job | None] = queue.Queue()
         self._cond = threading.Condition()
         self._current: tuple[str, str, CounterSession] | None = None
@@ -175,6 +177,18 @@ class Terminal:
         result["psn_no"] = out.psn_no or None
         result["stage_ms"] = {k: round(v, 1) for k, v in out.stage_ms.items()}
         self.store.set_status(job.system, oid, out.status, reason=out.reason, result=result)
+        self._audit("payment", system=job.system, order_id=oid, mode=job.order.mode, status=out.status,
+                    reason=out.reason or "", setl_id=out.setl_id, medfee_sumamt=result["medfee_sumamt"],
+                    credit_draw=result["credit_draw"], payer=out.payer)
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        """Tamper-evident record of what the terminal did with money (ids and amounts, no person data)."""
+        if self._audit_fn is None:
+            return
+        try:
+            self._audit_fn(event, **fields)
+        except KioskError as e:  # the payment stands; the gap is logged loudly
+            log.error("audit record %s not written: %s", event, e)
 
     # ------------------------------------------------------------ recovery
     def _safe_recover(self) -> None:
@@ -221,6 +235,7 @@ class Terminal:
             j.record(oid, "recovered", {"as": status})
             self.store.set_status(row.system, oid, status, reason=None if "done" in names else "interrupted",
                                   result=result)
+            self._audit("recovery", system=row.system, order_id=oid, status=status)
             return status
         if "drawn" in names and "settled" in names:
             # every external effect happened; only the local 'paid' record is missing
@@ -238,6 +253,7 @@ class Terminal:
             }
             j.record(oid, "recovered", {"as": "paid"})
             self.store.set_status(row.system, oid, "paid", reason="interrupted", result=result)
+            self._audit("recovery", system=row.system, order_id=oid, status="paid")
             return "paid"
         # anything less is put back, draw first, then the settlement
         if "draw" in names:
@@ -264,6 +280,7 @@ class Terminal:
         j.record(oid, "recovered", {"as": "failed"})
         self.store.set_status(row.system, oid, "failed", reason=reason,
                               result={"status": "failed", "reason": reason, "receipt_printed": False})
+        self._audit("recovery", system=row.system, order_id=oid, status="failed")
         return "failed"
 
     # ------------------------------------------------------------ refunds
@@ -336,6 +353,8 @@ class Terminal:
         new_status = "refunded" if whole or row.refunded_fen + amount >= limit else "partially_refunded"
         self.store.set_status(system, order_id, new_status, reason=row.reason, result=res)
         self.store.record(system, order_id, "refunded", {"refund_id": refund_id})
+        self._audit("refund", system=system, order_id=order_id, refund_id=refund_id, amount=result["amount"],
+                    whole=whole)
         return result, False
 
 

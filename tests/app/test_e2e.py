@@ -564,3 +564,20 @@ def test_bank_lost_mid_draw_puts_everything_back(stack):
     last = centre_rows(stack, "SELECT state FROM centre_settlements WHERE psn_no = ? ORDER BY created_at DESC "
                               "LIMIT 1", (WANG,))
     assert last[0][0] == "reversed"
+
+
+def test_zz_every_payment_refund_and_recovery_is_in_the_audit_chain(stack):
+    import json
+
+    from kiosk.security.audit import verify_log
+
+    path = stack.data_dir / "audit.log"
+    report = verify_log(path, stack._keystore.audit_key())
+    assert report.ok, str(report)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    events = {(r["event"], r["data"].get("order_id")) for r in recs}
+    assert ("payment", "E-ACT-1") in events and ("refund", "E-REFUND") in events
+    assert ("recovery", "E-NET-1") in events
+    paid = {r["data"]["order_id"] for r in recs if r["event"] == "payment" and r["data"]["status"] == "paid"}
+    assert {"E-ACT-1", "E-ACT-2", "E-RETRY", "E-PAPER", "E-NET-2"} <= paid
+    assert all(p["certno"] not in path.read_text() for p in stack.demo_people)
