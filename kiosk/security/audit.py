@@ -191,7 +191,7 @@ def _read_head(path: Path, key: bytes) -> tuple[dict[str, Any] | None, str]:
         head = json.loads(path.read_bytes())
         body = {"seq": head["seq"], "hash": head["hash"]}
         ok = isinstance(body["seq"], int) and hmac.compare_digest(str(head["mac"]), _mac(key, body))
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         ok = False
     return (head, "") if ok else (None, "head file is altered (MAC mismatch)")
 
@@ -205,10 +205,16 @@ def verify_log(path: str | Path, key: bytes) -> AuditReport:
     path = Path(path)
     if not path.exists():
         return AuditReport(False, 0, 1, 1, f"log file {path} does not exist")
+    if not path.is_file():
+        raise InputError(f"{path} is not an audit log file", field="path")
     head_path = path.with_name(path.name + ".head")
     head, head_problem = _read_head(head_path, key)
     prev, expected, n = GENESIS, 1, 0
-    with path.open("rb") as f:
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}", field="path") from None
+    with f:
         for lineno, raw in enumerate(f, 1):
             try:
                 obj = json.loads(raw)

@@ -120,3 +120,13 @@ def test_envelope_with_an_encrypted_pem_key(data_dir: Path, capsys: pytest.Captu
     assert main(["crypto", "envelope", "--app-id", APP_ID, "--app-secret", SECRET, "--sm2-key",
                  str(data_dir / "bin.pem"), str(data_dir / "p.json")]) == 2
     assert "sm2_key" in capsys.readouterr().err
+
+
+def test_audit_verify_on_a_directory_is_a_one_line_error(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "init"]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "not an audit log file" in err and err.count("\n") == 1
+    assert main(["audit", "verify", str(data_dir / "none.log")]) == 1  # a missing log is a broken trail
+    assert "does not exist" in capsys.readouterr().err
