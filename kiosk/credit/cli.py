@@ -16,10 +16,15 @@ def _load_json(path: str) -> Any:
         text = sys.stdin.read() if path == "-" else p.read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}", field="scenario") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text", field="scenario") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
+                         field="scenario") from None
+    except (ValueError, RecursionError):  # a 5000-digit number, nesting deeper than the parser's stack
+        raise InputError(f"{path} is not a usable JSON document (number too long or nesting too deep)",
                          field="scenario") from None
 
 

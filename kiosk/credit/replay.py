@@ -6,13 +6,14 @@ read at the end of `as_of` (interest accrued through `as_of` inclusive).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import date, datetime, time
 from typing import Any
 
 from kiosk.clock import SHANGHAI, ManualClock
 from kiosk.credit import rules
-from kiosk.credit.service import CreditService, Result
+from kiosk.credit.service import MAX_INSURED_YEARS, CreditService, Result
 from kiosk.errors import InputError
 from kiosk.money import yuan_to_fen
 from kiosk.storage import Database
@@ -30,28 +31,31 @@ OPS: dict[str, tuple[str, ...]] = {
 }
 
 
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_YEARS = re.compile(r"[0-9]{1,3}")
+
+
 def _day(value: object, field: str) -> date:
+    # exactly YYYY-MM-DD: date.fromisoformat alone also takes "20260101" and "2026-W01-1"
     if not isinstance(value, str):
         raise InputError("must be a date string YYYY-MM-DD", field=field)
     try:
+        if not _DATE.fullmatch(value):
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:
         raise InputError(f"is not a date YYYY-MM-DD: {value!r}", field=field) from None
 
 
-def _str(ev: dict[str, Any], name: str, where: str) -> str:
-    v = ev.get(name)
-    if not isinstance(v, str) or not v.strip():
-        raise InputError("must be a non-empty string", field=f"{where}.{name}")
-    return v
-
-
 def _years(value: object, field: str) -> int:
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+    # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and full-width digits
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and _YEARS.fullmatch(value))):
         raise InputError(f"must be a whole number of years, got {value!r}", field=field)
     n = int(value)
     if n < 0:
         raise InputError("must not be negative", field=field)
+    if n > MAX_INSURED_YEARS:
+        raise InputError(f"must be at most {MAX_INSURED_YEARS}, got {n}", field=field)
     return n
 
 
@@ -85,6 +89,65 @@ def validate(scenario: object) -> tuple[list[dict[str, Any]], date]:
     return events, as_of
 
 
+def _event(svc: CreditService, ev: dict[str, Any], key: str, line_holder: str | None) -> Result:
+    """Validate and run one event; raises InputError with a field relative to the event."""
+    op = ev["op"]
+
+    def amount(name: str = "amount") -> int:
+        return yuan_to_fen(ev.get(name), name)
+
+    def positive() -> int:
+        amt = amount()
+        if amt <= 0:
+            raise InputError("must be positive", field="amount")
+        return amt
+
+    def text(name: str) -> str:
+        v = ev.get(name)
+        if not isinstance(v, str) or not v.strip():
+            raise InputError("must be a non-empty string", field=name)
+        return v
+
+    run: Callable[[], Result]
+    if op == "open":
+        holder, birth, years = text("holder"), _day(ev.get("birth_date"), "birth_date"), \
+            _years(ev.get("insured_years"), "insured_years")
+        if line_holder is not None:
+            return Result(rules.ALREADY_OPEN)
+        return svc.open(key, holder, birth, years)
+    if op == "bind":
+        cap_raw = ev.get("monthly_cap")
+        cap = None if cap_raw is None else amount("monthly_cap")
+        consent = ev.get("consent")
+        if not isinstance(consent, bool):
+            raise InputError("must be true or false", field="consent")
+        rel = rules.relation(ev.get("relation"))
+        holder, member = text("holder"), text("member")
+        run = lambda: svc.bind(key, holder, member, rel, consent, cap)  # noqa: E731
+    elif op == "unbind":
+        holder, member = text("holder"), text("member")
+        run = lambda: svc.unbind(key, holder, member)  # noqa: E731
+    elif op in ("draw", "hold"):
+        payer, ref, amt = text("payer"), text("ref"), positive()
+        fn = svc.draw if op == "draw" else svc.hold
+        run = lambda: fn(key, payer, amt, ref, holder=line_holder)  # noqa: E731
+    elif op == "capture":
+        ref, amt = text("ref"), amount()
+        run = lambda: svc.capture(key, ref, amt, holder=line_holder)  # noqa: E731
+    elif op == "release":
+        ref = text("ref")
+        run = lambda: svc.release(key, ref, holder=line_holder)  # noqa: E731
+    elif op == "repay":
+        holder, amt = text("holder"), positive()
+        run = lambda: svc.repay(key, holder, amt)  # noqa: E731
+    else:  # refund
+        ref, amt = text("ref"), positive()
+        run = lambda: svc.refund(key, ref, amt, holder=line_holder)  # noqa: E731
+    if line_holder is None:
+        return Result(rules.NO_LINE)  # any event before a successful open
+    return run()
+
+
 def replay(scenario: object, db: Database) -> dict[str, Any]:
     """Run the scenario on `db` (fresh) and return {"results": [...], "state": {...}}."""
     events, as_of = validate(scenario)
@@ -95,66 +158,13 @@ def replay(scenario: object, db: Database) -> dict[str, Any]:
     for i, ev in enumerate(events):
         where = f"events[{i}]"
         clock.set(datetime.combine(date.fromisoformat(ev["date"]), time(12), SHANGHAI))
-        key = f"replay:{i}"
-        op = ev["op"]
-
-        def amount(name: str = "amount", ev: dict[str, Any] = ev, where: str = where) -> int:
-            return yuan_to_fen(ev.get(name), f"{where}.{name}")
-
-        run: Callable[[], Result]
-        if op == "open":
-            holder = _str(ev, "holder", where)
-            birth = _day(ev.get("birth_date"), f"{where}.birth_date")
-            years = _years(ev.get("insured_years"), f"{where}.insured_years")
-            if line_holder is not None:
-                results.append(rules.ALREADY_OPEN)
-                continue
-            res = svc.open(key, holder, birth, years)
-            if res.ok:
-                line_holder = holder
-            results.append(res.code)
-            continue
-        if op == "bind":
-            cap_raw = ev.get("monthly_cap")
-            cap = None if cap_raw is None else yuan_to_fen(cap_raw, f"{where}.monthly_cap")
-            consent = ev.get("consent")
-            if not isinstance(consent, bool):
-                raise InputError("must be true or false", field=f"{where}.consent")
-            rel = rules.relation(ev.get("relation"))
-            args = (_str(ev, "holder", where), _str(ev, "member", where))
-            run = lambda: svc.bind(key, *args, rel, consent, cap)  # noqa: E731
-        elif op == "unbind":
-            args = (_str(ev, "holder", where), _str(ev, "member", where))
-            run = lambda: svc.unbind(key, *args)  # noqa: E731
-        elif op in ("draw", "hold"):
-            payer, ref, amt = _str(ev, "payer", where), _str(ev, "ref", where), amount()
-            if amt <= 0:
-                raise InputError("must be positive", field=f"{where}.amount")
-            fn = svc.draw if op == "draw" else svc.hold
-            run = lambda: fn(key, payer, amt, ref, holder=line_holder)  # noqa: E731
-        elif op == "capture":
-            ref, amt = _str(ev, "ref", where), amount()
-            run = lambda: svc.capture(key, ref, amt, holder=line_holder)  # noqa: E731
-        elif op == "release":
-            ref = _str(ev, "ref", where)
-            run = lambda: svc.release(key, ref, holder=line_holder)  # noqa: E731
-        elif op == "repay":
-            holder, amt = _str(ev, "holder", where), amount()
-            if amt <= 0:
-                raise InputError("must be positive", field=f"{where}.amount")
-            run = lambda: svc.repay(key, holder, amt)  # noqa: E731
-        else:  # refund
-            ref, amt = _str(ev, "ref", where), amount()
-            if amt <= 0:
-                raise InputError("must be positive", field=f"{where}.amount")
-            run = lambda: svc.refund(key, ref, amt, holder=line_holder)  # noqa: E731
-        if line_holder is None:
-            results.append(rules.NO_LINE)  # any event before a successful open
-            continue
         try:
-            results.append(run().code)
+            res = _event(svc, ev, f"replay:{i}", line_holder)
         except InputError as e:  # name the event, keep the field
-            raise InputError(e.message, field=f"{where}.{e.field}" if e.field else where) from None
+            raise InputError(e.message, code=e.code, field=f"{where}.{e.field}" if e.field else where) from None
+        if ev["op"] == "open" and res.ok:
+            line_holder = ev["holder"]
+        results.append(res.code)
     clock.set(datetime.combine(as_of, time(23, 59, 59), SHANGHAI))
     if line_holder is None:
         state = {"limit": "0.00", "available": "0.00", "principal_outstanding": "0.00", "interest_unpaid": "0.00",

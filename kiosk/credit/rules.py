@@ -28,6 +28,7 @@ UNKNOWN_REF = "unknown_ref"
 EXCEEDS_ORIGINAL = "exceeds_original"
 OVERPAYMENT = "overpayment"
 ALREADY_OPEN = "already_open"
+ALREADY_BOUND = "already_bound"  # the member is bound to another family line
 
 # Family pay relations (family mutual aid allows more; family pay does not).
 RELATIONS = {"spouse": "spouse", "parent": "parent", "parents": "parent", "father": "parent",

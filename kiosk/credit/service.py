@@ -26,6 +26,9 @@ TOPIC_MEMBER_DRAW = "credit.member_draw"
 TOPIC_DUE_SOON = "credit.due_soon"
 TOPIC_OVERDUE = "credit.overdue"
 
+MAX_INSURED_YEARS = 150
+MAX_CAP: Fen = 10**12  # 10 billion yuan: far above any line, far inside BIGINT
+
 _LINE_COLS = ("id, holder, birth_date, insured_years, profile, opened_day, limit_fen, principal_fen, holds_fen, "
               "interest_unpaid_fen, interest_paid_fen, refunded_cash_fen, accrued_through")
 
@@ -285,8 +288,9 @@ class CreditService:
         _text(holder, "holder")
         if not isinstance(birth_date, date):
             raise InputError("must be a date", field="birth_date")
-        if isinstance(insured_years, bool) or not isinstance(insured_years, int) or insured_years < 0:
-            raise InputError("must be a whole number of years >= 0", field="insured_years")
+        if (isinstance(insured_years, bool) or not isinstance(insured_years, int)
+                or not 0 <= insured_years <= MAX_INSURED_YEARS):
+            raise InputError(f"must be a whole number of years from 0 to {MAX_INSURED_YEARS}", field="insured_years")
         prof = rules.profile(profile)
         req = {"op": "open", "holder": holder, "birth_date": birth_date.isoformat(),
                "insured_years": insured_years, "profile": profile}
@@ -316,8 +320,8 @@ class CreditService:
         if not isinstance(consent, bool):
             raise InputError("must be true or false", field="consent")
         if monthly_cap is not None and (isinstance(monthly_cap, bool) or not isinstance(monthly_cap, int)
-                                        or monthly_cap < 0):
-            raise InputError("must be a non-negative amount or null", field="monthly_cap")
+                                        or not 0 <= monthly_cap <= MAX_CAP):
+            raise InputError(f"must be null or an amount from 0 to {fen_to_yuan(MAX_CAP)}", field="monthly_cap")
         if member == holder:
             raise InputError("the holder cannot bind themselves", field="member")
         req = {"op": "bind", "holder": holder, "member": member, "relation": rel, "consent": consent,
@@ -332,15 +336,18 @@ class CreditService:
                 return Result(rules.NO_CONSENT)
             other = tx.scalar("SELECT line_id FROM credit_members WHERE member = ? AND active = 1", (member,))
             if other is not None and other != ln.id:
-                raise InputError("is already bound to another family line", field="member")
+                return Result(rules.ALREADY_BOUND)
             if self._line_id(tx, member) is not None:
                 raise InputError("holds a credit line of their own", field="member")
             tx.execute("UPDATE credit_members SET active = 0, unbound_day = ? WHERE line_id = ? AND member = ? "
                        "AND active = 1", (day.isoformat(), ln.id, member))
-            tx.execute("INSERT INTO credit_members (line_id, member, relation, monthly_cap_fen, consent_at, bound_day) "
-                       "VALUES (?, ?, ?, ?, ?, ?)",
-                       (ln.id, member, rel, monthly_cap, self.clock.now().isoformat(), day.isoformat()))
-            return Result(rules.OK)
+            # another line binding the same member at this moment (its own line lock does not
+            # serialise with ours) loses on the one-active-binding index: a value, not a fault
+            new_id = tx.scalar("INSERT INTO credit_members (line_id, member, relation, monthly_cap_fen, consent_at, "
+                               "bound_day) VALUES (?, ?, ?, ?, ?, ?) "
+                               "ON CONFLICT (member) WHERE active = 1 DO NOTHING RETURNING id",
+                               (ln.id, member, rel, monthly_cap, self.clock.now().isoformat(), day.isoformat()))
+            return Result(rules.OK if new_id is not None else rules.ALREADY_BOUND)
 
         return self._mutate(key, req, work)
 

@@ -6,6 +6,8 @@ import sys
 from datetime import date, datetime
 from pathlib import Path
 
+import pytest
+
 from kiosk.clock import SHANGHAI, ManualClock
 from kiosk.credit import CreditService
 from kiosk.storage import open_database
@@ -34,3 +36,37 @@ def test_check_and_statement_commands(tmp_path: Path) -> None:
     assert any("draw bill-1: unpaid 1" in x for x in json.loads(p.stdout)["problems"])
     p = kiosk("credit", "check", "--db", f"sqlite:///{tmp_path / 'missing.db'}")
     assert p.returncode == 2 and "no database" in p.stderr
+
+
+OPEN = {"date": "2026-01-01", "op": "open", "holder": "h", "birth_date": "1990-01-01", "insured_years": 1}
+
+
+def bind(**kw: object) -> dict[str, object]:
+    return {"date": "2026-01-01", "op": "bind", "holder": "h", "member": "m", "relation": "spouse", "consent": True,
+            "monthly_cap": None, **kw}
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (b"\xff\xfe\x00", "scenario: "),                                         # not UTF-8
+    (b"[" * 100_000 + b"]" * 100_000, "scenario: "),                         # deeper than the parser's stack
+    (b'{"events": [], "as_of": ' + b"1" * 5000 + b"}", "scenario: "),        # int longer than Python converts
+    (json.dumps({"events": [], "as_of": "20260101"}).encode(), "as_of: "),   # fromisoformat alone takes this
+    (json.dumps({"events": [dict(OPEN, date="2026-W01-4")], "as_of": "2026-01-02"}).encode(), "events[0].date"),
+    (json.dumps({"events": [dict(OPEN, insured_years="\u00b2")], "as_of": "2026-01-02"}).encode(),
+     "events[0].insured_years"),
+    (json.dumps({"events": [dict(OPEN, insured_years=10**30)], "as_of": "2026-01-02"}).encode(),
+     "events[0].insured_years"),
+    (json.dumps({"events": [dict(OPEN, holder="x" * 201)], "as_of": "2026-01-02"}).encode(), "events[0].holder"),
+    (json.dumps({"events": [OPEN, bind(relation="sibling")], "as_of": "2026-01-02"}).encode(), "events[1].relation"),
+    (json.dumps({"events": [OPEN, bind(monthly_cap="1e30")], "as_of": "2026-01-02"}).encode(),
+     "events[1].monthly_cap"),
+])
+def test_replay_bad_input_is_one_line_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       content: bytes, needle: str) -> None:
+    from kiosk.cli import main
+
+    scen = tmp_path / "s.json"
+    scen.write_bytes(content)
+    assert main(["credit", "replay", str(scen)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"kiosk credit: {needle}"), err

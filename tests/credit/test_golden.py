@@ -234,3 +234,78 @@ def test_cli_replay_prints_json_and_names_bad_fields(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "kiosk.cli", "credit", "replay", str(scen)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "events[1].date" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_auditor_capture_while_overdue_then_refund_the_captured_hold() -> None:
+    # limit 2,000. hold H 500 + draw D 100 on 01-01. 03-02 is D's day 60: 100.00 x 0.05 % = 0.05.
+    # new hold refused (overdue); capture 600 > hold 500 -> exceeds_hold; capture 400 allowed while
+    # overdue -> draw "H" 400 dated 03-02, 100 released. Refund of H: 400.01 > original; 150 reduces H.
+    # repay 100.05 = 0.05 interest + D's 100 (oldest) -> not overdue, a new draw of 50 is ok.
+    # owed H 250 + D2 50 = 300 -> available 1,700.
+    out = run([ev("2026-01-01", "open", holder="h", birth_date="1990-01-01", insured_years=0),
+               ev("2026-01-01", "hold", payer="h", amount="500", ref="H"),
+               ev("2026-01-01", "draw", payer="h", amount="100", ref="D"),
+               ev("2026-03-02", "hold", payer="h", amount="10", ref="H2"),
+               ev("2026-03-02", "capture", ref="H", amount="600"),
+               ev("2026-03-02", "capture", ref="H", amount="400"),
+               ev("2026-03-02", "refund", ref="H", amount="400.01"),
+               ev("2026-03-02", "refund", ref="H", amount="150"),
+               ev("2026-03-02", "repay", holder="h", amount="100.05"),
+               ev("2026-03-02", "draw", payer="h", amount="50", ref="D2")], "2026-03-02")
+    assert out["results"] == ["ok", "ok", "ok", "line_overdue", "exceeds_hold", "ok", "exceeds_original", "ok",
+                              "ok", "ok"]
+    assert out["state"] == state("2000.00", "1700.00", "300.00", "0.00", "0.05")
+
+
+def test_auditor_member_hold_checked_against_cap_and_captured_in_the_next_month() -> None:
+    # cap 100/month. Jan 31: draw 80; hold 30 would make 110 -> member_cap_exceeded; hold 20 ok.
+    # Feb 1 capture 20 -> a February draw; 81 more would make 101 -> refused; 80 fits (100).
+    # unbind -> not_bound; bind without consent -> no_consent (still not bound); rebind uncapped -> 500 ok.
+    out = run([OPEN5,
+               ev("2026-01-01", "bind", holder="h", member="m", relation="child", consent=True, monthly_cap="100.00"),
+               ev("2026-01-31", "draw", payer="m", amount="80", ref="a"),
+               ev("2026-01-31", "hold", payer="m", amount="30", ref="b"),
+               ev("2026-01-31", "hold", payer="m", amount="20", ref="b"),
+               ev("2026-02-01", "capture", ref="b", amount="20"),
+               ev("2026-02-01", "draw", payer="m", amount="81", ref="c"),
+               ev("2026-02-01", "draw", payer="m", amount="80", ref="c"),
+               ev("2026-02-01", "unbind", holder="h", member="m"),
+               ev("2026-02-01", "draw", payer="m", amount="1", ref="d"),
+               ev("2026-02-01", "bind", holder="h", member="m", relation="spouse", consent=False, monthly_cap=None),
+               ev("2026-02-01", "draw", payer="m", amount="1", ref="d"),
+               ev("2026-02-01", "bind", holder="h", member="m", relation="spouse", consent=True, monthly_cap=None),
+               ev("2026-02-01", "draw", payer="m", amount="500", ref="d")], "2026-02-01")
+    assert out["results"] == ["ok", "ok", "ok", "member_cap_exceeded", "ok", "ok", "member_cap_exceeded", "ok",
+                              "ok", "not_bound", "no_consent", "not_bound", "ok", "ok"]
+    assert out["state"] == state("20000.00", "19320.00", "680.00")
+
+
+def test_auditor_interest_on_three_draws_then_exact_payoff() -> None:
+    # a 100 + b 200 on 01-01 (day 60 = 03-02), c 300 on 01-02 (day 60 = 03-03).
+    # 03-02: a 5 + b 10 fen; 03-03: a 5 + b 10 + c 15 -> 0.45. repay 150.45: 0.45, a 100, b 50.
+    # 03-04: b 150.00 x 0.05 % = 7.5 -> 8 fen (half-up), c 15 fen -> 0.23 unpaid; owed 450.23:
+    # 450.24 is refused whole, 450.23 clears everything.
+    evs = [OPEN5, ev("2026-01-01", "draw", payer="h", amount="100", ref="a"),
+           ev("2026-01-01", "draw", payer="h", amount="200", ref="b"),
+           ev("2026-01-02", "draw", payer="h", amount="300", ref="c"),
+           ev("2026-03-03", "repay", holder="h", amount="150.45")]
+    assert run(evs, "2026-03-04")["state"] == state("20000.00", "19550.00", "450.00", "0.23", "0.45", overdue=True)
+    out = run(evs + [ev("2026-03-04", "repay", holder="h", amount="450.24"),
+                     ev("2026-03-04", "repay", holder="h", amount="450.23")], "2026-03-31")
+    assert out["results"] == ["ok"] * 5 + ["overpayment", "ok"]
+    assert out["state"] == state("20000.00", "20000.00", i_paid="0.68")
+
+
+def test_auditor_leap_day_birthdays_and_tiers() -> None:
+    # born 29 Feb: in a common year the birthday counts on 1 March (documented in rules.age_on).
+    def opened(day: str, born: str, years: int = 1) -> dict[str, object]:
+        return run([ev(day, "open", holder="h", birth_date=born, insured_years=years)], day)
+
+    assert opened("2026-02-28", "2008-02-29")["results"] == ["ineligible_age"]   # 17
+    assert opened("2026-03-01", "2008-02-29")["results"] == ["ok"]               # 18
+    assert opened("2025-02-28", "1964-02-29")["results"] == ["ok"]               # 60
+    assert opened("2025-03-01", "1964-02-29")["results"] == ["ineligible_age"]   # 61
+    assert opened("2024-02-29", "2006-03-01")["results"] == ["ineligible_age"]    # 17 on a leap day
+    limits = {y: opened("2026-01-01", "1990-01-01", y)["state"]["limit"] for y in (0, 1, 2, 3, 4, 5, 40)}
+    assert limits == {0: "2000.00", 1: "5000.00", 2: "5000.00", 3: "10000.00", 4: "10000.00", 5: "20000.00",
+                      40: "20000.00"}

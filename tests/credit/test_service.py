@@ -177,8 +177,7 @@ def test_members_belong_to_one_line_and_draw_from_it(db: Database) -> None:
     svc.open("o2", "h2", date(1985, 1, 1), 0)
     assert svc.open("o3", "h2", date(1985, 1, 1), 0).code == "already_open"
     assert svc.bind("b1", "h1", "kid", "child", True, None).ok
-    with pytest.raises(InputError):
-        svc.bind("b2", "h2", "kid", "child", True, None)
+    assert svc.bind("b2", "h2", "kid", "child", True, None).code == "already_bound"
     assert svc.draw("d1", "kid", 700, "k1").ok            # resolves to h1's line
     assert svc.draw("d2", "kid", 700, "k2", holder="h2").code == "not_bound"
     assert svc.draw("d3", "stranger", 700, "k3").code == "not_bound"
@@ -201,3 +200,44 @@ def test_refs_are_unique_across_draws_and_holds(db: Database) -> None:
     assert svc.capture("i", "hh", 60, holder="h").ok  # the captured hold keeps its ref as a draw
     assert svc.refund("j", "hh", 60).detail == {"principal": "0.60", "cash": "0.00"}
     assert svc.check().ok
+
+
+def test_racing_binds_of_one_member_to_two_lines_give_one_binding(db: Database) -> None:
+    """Two lines bind the same member at once: each holds only its own line lock, so the
+    loser meets the one-active-binding index. It must get `already_bound`, not a StorageError."""
+    svc, _ = service(db)
+    assert svc.open("o1", "h1", date(1990, 1, 1), 5).ok and svc.open("o2", "h2", date(1985, 1, 1), 5).ok
+    first_inserted = threading.Event()
+    second: list[object] = []
+
+    def other_counter() -> None:
+        first_inserted.wait(10)
+        try:
+            second.append(svc.bind("b2", "h2", "kid", "child", True, None).code)
+        except BaseException as e:  # pragma: no cover - the failure this test is about
+            second.append(e)
+
+    t = threading.Thread(target=other_counter)
+    t.start()
+    with db.transaction():  # h1's bind is in but not committed while h2's runs its checks
+        assert svc.bind("b1", "h1", "kid", "child", True, 10_000).ok
+        first_inserted.set()
+        t.join(0.5)  # PostgreSQL: h2's insert now waits on our index entry; SQLite: on the write lock
+    t.join(30)
+    assert second == ["already_bound"]
+    active = db.read(lambda tx: tx.fetch_all("SELECT line_id, monthly_cap_fen FROM credit_members WHERE active = 1"))
+    assert len(active) == 1 and active[0][1] == 10_000
+    assert svc.draw("d", "kid", 100, "k").ok and svc.state("h1").principal_outstanding == 100
+    assert svc.bind("b2", "h2", "kid", "child", True, None).code == "already_bound"  # the key replays
+
+
+def test_out_of_range_numbers_are_input_errors_not_storage_faults(db: Database) -> None:
+    svc, _ = service(db)
+    with pytest.raises(InputError) as e:
+        svc.open("o", "h", date(1990, 1, 1), 10**30)
+    assert e.value.field == "insured_years"
+    assert svc.open("o", "h", date(1990, 1, 1), 5).ok
+    with pytest.raises(InputError) as e:
+        svc.bind("b", "h", "m", "spouse", True, 10**30)
+    assert e.value.field == "monthly_cap"
+    assert svc.bind("b", "h", "m", "spouse", True, 10**12).ok
