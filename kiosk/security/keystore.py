@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
 import uuid
@@ -42,6 +43,7 @@ from kiosk.security.sm import Sm2PrivateKey
 _RAW_PRIV = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 _RAW_PUB = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 _SCRYPT_N = 2**14
+_KID_RE = re.compile(r"v\d{4,}-[0-9a-f]{8}")  # what _add_version writes; never a path
 
 
 def _b64(b: bytes) -> str:
@@ -99,8 +101,12 @@ class KeyStore:
         path = Path(path)
         if (path / "device.json").exists():
             raise ConfigError(f"key store {path} already exists", code="keystore_exists")
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path, 0o700)
+        except OSError as e:
+            raise ConfigError(f"cannot create key store {path}: {e.strerror}", code="keystore_unwritable",
+                              field="key_store") from None
         with _locked(path):  # two provisioning processes: one creates, the other is told it exists
             if (path / "device.json").exists():
                 raise ConfigError(f"key store {path} already exists", code="keystore_exists")
@@ -241,6 +247,8 @@ class KeyStore:
         return kid
 
     def _load(self, kid: str) -> KeyVersion:
+        if not _KID_RE.fullmatch(kid):
+            raise InputError(f"malformed key version id {kid!r}", field="kid")
         p = self.path / "keys" / f"{kid}.json"
         if not p.exists():
             raise InputError(f"no key version {kid!r} in {self.path}", field="kid")

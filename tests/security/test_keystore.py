@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from kiosk.errors import ConfigError, IntegrityError
+from kiosk.errors import ConfigError, InputError, IntegrityError
 from kiosk.security.keystore import KeyStore
 from kiosk.security.seal import SealContext, seal
 
@@ -130,3 +130,15 @@ def test_damaged_metadata_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "k" / "device.json").write_text("{not json")
     with pytest.raises(IntegrityError, match="device.json"):
         KeyStore.open(tmp_path / "k")
+
+
+def test_bad_locations_and_key_ids_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="cannot create key store"):
+        KeyStore.init(tmp_path / "file")
+    KeyStore.init(tmp_path / "k")
+    meta = tmp_path / "k" / "device.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "current": "../../outside"}))
+    (tmp_path / "outside.json").write_text("{}")
+    with pytest.raises(InputError, match="malformed key version"):
+        KeyStore.open(tmp_path / "k").signing_key()
