@@ -74,7 +74,9 @@ def canonical_data(payload: Mapping[str, Any]) -> str:
     """The payload as the platform signs it: top-level keys sorted, numbers and
     booleans as strings, null/""/[] dropped (an empty object stays), objects inside
     arrays key-sorted, deeper levels untouched, compact JSON without ASCII
-    escaping (JavaScript JSON.stringify)."""
+    escaping (JavaScript JSON.stringify). Not copied: the JS client's treatment of
+    scalars inside arrays (it turns "ab" into {"0":"a","1":"b"}); platform
+    payloads carry arrays of objects, and scalars here stay as they are."""
     out: dict[str, Any] = {}
     for k in sorted(payload):
         v = payload[k]
