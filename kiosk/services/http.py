@@ -9,6 +9,7 @@ input: bodies are read raw and every refusal is an `infcode` answer.
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import secrets
 from pathlib import Path
@@ -22,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kiosk.errors import InputError, KioskError
+from kiosk.services.envelope import MAX_BODY
 from kiosk.services.gateway import Gateway
 from kiosk.services.protocol import InfCode, PlatformRequest, PlatformResponse, Refusal, refused
 
@@ -151,4 +153,50 @@ def build_app(title: str, gateway: Gateway, data_dir: Path, *, description: str 
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(FastPath, gateway=gateway)
     return app
+
+
+class FastPath:
+    """Pure ASGI fast path for `POST /fsi/api/{infno}`: the same gateway call as the FastAPI
+    route (which stays for OpenAPI and behaves the same), without FastAPI's per-request
+    machinery (~0.6 ms CPU a message, measured in process). Anything else goes on to FastAPI."""
+
+    PREFIX = "/fsi/api/"
+
+    def __init__(self, app: Any, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+        # SQLite serialises writers anyway: run the short pipeline on the event loop (no thread hop,
+        # ~0.35 ms CPU a message); PostgreSQL waits on the network, so a thread keeps the loop free.
+        self.inline = gateway.db.dialect == "sqlite"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if (scope["type"] != "http" or scope.get("method") != "POST" or not path.startswith(self.PREFIX)
+                or path[len(self.PREFIX):] not in self.gateway.routes):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:  # parse_outer refuses it with a clear answer; stop reading
+                chunks = [b"x" * (MAX_BODY + 1)]
+                break
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        raw, infno = b"".join(chunks), path[len(self.PREFIX):]
+        if self.inline:
+            status, body = self.gateway.handle(raw, infno)
+        else:
+            status, body = await run_in_threadpool(self.gateway.handle, raw, infno)
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
