@@ -157,6 +157,7 @@ class Link:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._rehello = threading.Event()
+        self._boot_seen: int | None = None  # boot_id of the latest BOOT event (None: none or malformed)
         self._connected = threading.Condition()
         self._supervisor: threading.Thread | None = None
         self._last_rx = 0.0
@@ -351,7 +352,10 @@ class Link:
                 while not self._stop.is_set() and alive.is_set():
                     if self._rehello.is_set():
                         self._rehello.clear()
-                        self._handshake()
+                        # a BOOT that raced our HELLO carries the boot_id we were just told: no second HELLO
+                        # (it would clear the device's response cache under a command in flight)
+                        if self.info is None or self._boot_seen != self.info.boot_id:
+                            self._handshake()
                     elif not self._pending and time.monotonic() - self._last_rx >= tm.heartbeat:
                         # (an outstanding command is its own liveness check)
                         self._request(Cmd.PING, b"", None)
@@ -442,6 +446,7 @@ class Link:
                     boot = BootEvent.decode(it.payload)
                 except PayloadError:
                     boot = None
+                self._boot_seen = boot.boot_id if boot is not None else None
                 if self.info is None or boot is None or boot.boot_id != self.info.boot_id:
                     self._rehello.set()
                     self._wake.set()

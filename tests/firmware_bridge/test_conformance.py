@@ -170,6 +170,8 @@ class DocDevice:
             if cmd != 0x01 and seq in self.cache and self.cache[seq][0] == crcf:
                 self.send(self.cache[seq][1])  # §3 duplicate: replay, never execute twice
                 return
+            if cmd == 0x01 and self.inflight:
+                self.send(self.inflight[2])  # the unacknowledged BOOT races the HELLO answer (worst case for the host)
             if cmd in (0x30, 0x60):
                 self.send(frame(ACK, seq, cmd))  # §2: slower than 10 ms, ACK first
             status, data = self.execute(cmd, payload)
@@ -363,6 +365,10 @@ def test_bridge_drives_a_doc_only_device(rig) -> None:
     st = c.status()
     assert st["state"] == "connected" and st["model"] == "DOC-MC" and st["device_serial"] == "D0001" and st["firmware"] == "1.0.0"
     wait_for(lambda: any(t == ACK and cmd == 0x80 and seq == 0 for t, seq, cmd, _ in dev.rx), what="ACK of BOOT")
+    time.sleep(0.1)
+    # the BOOT raced the HELLO and carries the boot_id of its answer: one HELLO only (a second one would
+    # clear the device's response cache under a command in flight, §4)
+    assert sum(1 for t, _, cmd, _ in dev.rx if t == REQ and cmd == 0x01) == 1
     assert not any(t in (RSP, EVT) for t, *_ in dev.rx)  # §2: the host never sends device frame types
     # heartbeat: PING when quiet
     n = len(dev.rx)
