@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,29 @@ def _load_json(path: str) -> Any:
                          field="scenario") from None
 
 
-def _open(url: str | None):  # type: ignore[no-untyped-def]
+def default_db_url() -> str:
+    """Where the credit journal lives: the bank's database (as `kiosk services run` opens it)."""
     from kiosk.config import load
-    from kiosk.storage import open_database
 
-    url = url or load().db_url()
+    s = load()
+    return os.environ.get("KIOSK_BANK_DB") or s.database_url or f"sqlite:///{s.data_dir / 'bank.db'}"
+
+
+def _open(url: str | None):  # type: ignore[no-untyped-def]
+    from kiosk.errors import StorageError
+    from kiosk.storage import open_database
+    from kiosk.storage.database import redact
+
+    url = url or default_db_url()
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:" and not Path(url[len("sqlite:///"):]).exists():
         raise InputError(f"no database at {url[len('sqlite:///'):]}", field="db")
-    return open_database(url)
+    db = open_database(url)
+    try:  # never create an empty journal and then "prove" it balances
+        db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM credit_lines"))
+    except StorageError:
+        db.close()
+        raise InputError(f"{redact(url)} holds no credit journal (the bank's database has it)", field="db") from None
+    return db
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -98,7 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--postgres", metavar="URL", help="use a scratch schema on this PostgreSQL server instead of SQLite")
     r.set_defaults(func=_replay)
     c = cs.add_parser("check", help="prove the journal balances and matches the derived state")
-    c.add_argument("--db", metavar="URL", help="database URL (default: the terminal's, from settings)")
+    c.add_argument("--db", metavar="URL", help="database URL (default: the bank's: $KIOSK_BANK_DB, "
+                   "$KIOSK_DATABASE_URL or <data_dir>/bank.db)")
     c.set_defaults(func=_check)
     s = cs.add_parser("statement", help="a holder's line, draws, holds and family members")
     s.add_argument("holder")

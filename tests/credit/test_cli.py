@@ -70,3 +70,26 @@ def test_replay_bad_input_is_one_line_naming_the_field(tmp_path: Path, capsys: p
     assert main(["credit", "replay", str(scen)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"kiosk credit: {needle}"), err
+
+
+def test_check_refuses_a_database_without_a_credit_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check` on the terminal's own database must not create empty credit tables and call them balanced."""
+    from kiosk.cli import main
+
+    url = f"sqlite:///{tmp_path / 'kiosk.db'}"
+    open_database(url).close()
+    assert main(["credit", "check", "--db", url]) == 2
+    assert "holds no credit journal" in capsys.readouterr().err
+    db = open_database(url)
+    assert db.read(lambda tx: tx.fetch_all("SELECT name FROM sqlite_master WHERE name LIKE 'credit%'")) == []
+    db.close()
+    # the default is the bank's database under the data dir
+    monkeypatch.setenv("KIOSK_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("KIOSK_BANK_DB", raising=False)
+    monkeypatch.delenv("KIOSK_DATABASE_URL", raising=False)
+    bank = open_database(f"sqlite:///{tmp_path / 'bank.db'}")
+    CreditService(bank, ManualClock(datetime(2026, 1, 1, 12, tzinfo=SHANGHAI))).open("o", "h", date(1990, 1, 1), 5)
+    bank.close()
+    assert main(["credit", "check"]) == 0
+    assert json.loads(capsys.readouterr().out)["lines"] == 1
