@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ def _load_json(path: str) -> Any:
         raise InputError(f"cannot read {path}: {e.strerror}", field="scenario") from None
     except UnicodeDecodeError:
         raise InputError(f"{path} is not UTF-8 text", field="scenario") from None
-    try:
-        return json.loads(text)
+    try:  # numbers with a point are read exactly (Decimal), never through binary floats
+        return json.loads(text, parse_float=Decimal)
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
                          field="scenario") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 from kiosk.clock import SHANGHAI, ManualClock
@@ -20,7 +21,7 @@ from kiosk.storage import Database
 
 OPS: dict[str, tuple[str, ...]] = {
     "open": ("holder", "birth_date", "insured_years"),
-    "bind": ("holder", "member", "relation", "consent", "monthly_cap"),
+    "bind": ("holder", "member", "relation", "consent"),  # monthly_cap: absent = null (no cap)
     "unbind": ("holder", "member"),
     "draw": ("payer", "amount", "ref"),
     "hold": ("payer", "amount", "ref"),
@@ -48,6 +49,9 @@ def _day(value: object, field: str) -> date:
 
 
 def _years(value: object, field: str) -> int:
+    """Whole years of continuous insurance: a fraction counts down (4.9 years are 4 whole years)."""
+    if isinstance(value, Decimal) and value.is_finite():  # a JSON number with a point (kiosk.credit.cli)
+        value = int(value) if value >= 0 else -1
     # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and full-width digits
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and _YEARS.fullmatch(value))):
         raise InputError(f"must be a whole number of years, got {value!r}", field=field)
@@ -94,7 +98,9 @@ def _event(svc: CreditService, ev: dict[str, Any], key: str, line_holder: str | 
     op = ev["op"]
 
     def amount(name: str = "amount") -> int:
-        return yuan_to_fen(ev.get(name), name)
+        v = ev.get(name)
+        # a JSON number read exactly (the CLI parses them as Decimal): the digits the file holds
+        return yuan_to_fen(str(v) if isinstance(v, Decimal) else v, name)
 
     def positive() -> int:
         amt = amount()

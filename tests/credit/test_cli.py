@@ -93,3 +93,26 @@ def test_check_refuses_a_database_without_a_credit_journal(tmp_path: Path, capsy
     bank.close()
     assert main(["credit", "check"]) == 0
     assert json.loads(capsys.readouterr().out)["lines"] == 1
+
+
+def test_replay_reads_json_numbers_exactly_and_monthly_cap_may_be_left_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 4.9 insured years are 4 whole years (10,000); amounts as JSON numbers are the digits written
+    # (12.34 + 0.1 + 1e2 = 112.44, no binary-float drift); a bind without monthly_cap is uncapped.
+    from kiosk.cli import main
+
+    scen = tmp_path / "s.json"
+    scen.write_text('{"events": [{"date": "2026-01-01", "op": "open", "holder": "h", "birth_date": "1990-01-01", '
+                    '"insured_years": 4.9}, {"date": "2026-01-01", "op": "bind", "holder": "h", "member": "m", '
+                    '"relation": "spouse", "consent": true}, '
+                    '{"date": "2026-01-01", "op": "draw", "payer": "m", "amount": 12.34, "ref": "a"}, '
+                    '{"date": "2026-01-01", "op": "draw", "payer": "m", "amount": 0.1, "ref": "b"}, '
+                    '{"date": "2026-01-01", "op": "draw", "payer": "h", "amount": 1e2, "ref": "c"}], '
+                    '"as_of": "2026-01-01"}')
+    assert main(["credit", "replay", str(scen)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["results"] == ["ok"] * 5
+    assert (out["state"]["limit"], out["state"]["principal_outstanding"]) == ("10000.00", "112.44")
+    scen.write_text(scen.read_text().replace("0.1,", "0.001,"))
+    assert main(["credit", "replay", str(scen)]) == 2
+    assert "events[3].amount: has more than 2 decimal places" in capsys.readouterr().err
