@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +242,46 @@ def test_out_of_range_numbers_are_input_errors_not_storage_faults(db: Database) 
         svc.bind("b", "h", "m", "spouse", True, 10**30)
     assert e.value.field == "monthly_cap"
     assert svc.bind("b", "h", "m", "spouse", True, 10**12).ok
+
+
+_PAYER_PROCESS = """
+import json, os, sys, time
+from datetime import datetime
+from kiosk.clock import SHANGHAI, ManualClock
+from kiosk.credit import CreditService
+from kiosk.storage import open_database
+url, payer, barrier, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+svc = CreditService(open_database(url), ManualClock(datetime(2026, 1, 1, 12, tzinfo=SHANGHAI)))
+open(os.path.join(barrier, payer), "w").close()
+deadline = time.monotonic() + 60
+while len(os.listdir(barrier)) < n and time.monotonic() < deadline:  # all connected: start together
+    time.sleep(0.001)
+t0 = time.time()
+codes = [svc.draw(f"{payer}-{i}", payer, 1_000, f"{payer}-bill-{i}").code for i in range(75)]
+print(json.dumps({"codes": codes, "span": [t0, time.time()]}))
+"""
+
+
+def test_counters_in_separate_processes_never_exceed_the_family_limit(db: Database, tmp_path: Path) -> None:
+    """Like the bank's uvicorn workers: 4 OS processes, each with its own connection, draw 10.00
+    at the same moment from one 2,000 family line (300 attempts, room for 200)."""
+    import json
+    import subprocess
+    import sys
+
+    svc, _ = service(db)
+    assert svc.open("o", "h", date(1990, 1, 1), 0).ok
+    payers = ["h", "m0", "m1", "m2"]
+    for p in payers[1:]:
+        assert svc.bind(f"b-{p}", "h", p, "parent", True, None).ok
+    procs = [subprocess.Popen([sys.executable, "-c", _PAYER_PROCESS, db.url, p, str(tmp_path), str(len(payers))],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in payers]
+    outs = [pr.communicate(timeout=120) for pr in procs]
+    assert all(pr.returncode == 0 for pr in procs), [e for _, e in outs]
+    runs = [json.loads(out) for out, _ in outs]
+    codes = [c for r in runs for c in r["codes"]]
+    assert codes.count("ok") == 200 and codes.count("exceeds_available") == 100
+    assert max(r["span"][0] for r in runs) < min(r["span"][1] for r in runs)  # they really overlapped
+    st = svc.state("h")
+    assert st.principal_outstanding == 200_000 and st.available == 0
+    assert svc.check().ok
