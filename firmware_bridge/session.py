@@ -372,10 +372,10 @@ class Link:
             finally:
                 alive.clear()
                 self._transport = None
+                self._fail_pending(self.last_error or "link closed")
+                self._set_state(LinkState.DISCONNECTED)  # before close(): pyserial's socket:// close sleeps 0.3 s
                 t.close()
                 reader.join(timeout=2)
-                self._fail_pending(self.last_error or "link closed")
-                self._set_state(LinkState.DISCONNECTED)
             if not self._stop.is_set():
                 self._stop.wait(delay)
                 delay = min(delay * 2, tm.backoff_max)
@@ -391,6 +391,7 @@ class Link:
                 if alive.is_set():
                     self.last_error = str(e.args[0] if e.args else e)
                 alive.clear()
+                self._fail_pending(self.last_error or "serial link lost")  # callers (and a heartbeat PING) stop waiting now
                 self._wake.set()
                 return
             now = time.monotonic()

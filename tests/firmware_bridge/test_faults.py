@@ -1,6 +1,7 @@
 """Fault injection through the simulator: the link heals, nothing runs twice, nothing is lost."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from firmware_bridge.frame import Frame, FrameType
 from firmware_bridge.messages import Cmd, Evt, Status
 from firmware_bridge.peripherals import Peripherals
-from firmware_bridge.session import Link, LinkState
+from firmware_bridge.session import Link, LinkState, Timing
 from firmware_bridge.sim import Simulator
 from kiosk.errors import DeviceError
 
@@ -173,3 +174,29 @@ def test_device_never_blocks_when_nobody_reads(kind: str, sim: Simulator, tcp_si
     with Link(s.url, timing=FAST) as link:
         link.wait_connected(3)
         echo(link, b"still alive")
+
+
+def test_cable_pull_fails_the_command_in_flight_and_reports_disconnected_at_once(tcp_sim: Simulator) -> None:
+    """Not after the retransmissions, nor after pyserial's 0.3 s pause in closing a socket:// port."""
+    slow_rto = Timing(rto=0.5, retries=3, exec_timeout=2.0, heartbeat=5.0, gap=0.01, backoff_min=0.5, backoff_max=1.0)
+    with Link(tcp_sim.url, timing=slow_rto) as link:
+        link.wait_connected(3)
+        tcp_sim.mcu.faults.mute = True  # the REQ goes unanswered...
+        got: list[BaseException] = []
+        t = threading.Thread(target=lambda: _capture(got, lambda: link.request(Cmd.PING)))
+        t.start()
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        tcp_sim.unplug(1.0)  # ...and the cable goes
+        wait_for(lambda: link.state == LinkState.DISCONNECTED, timeout=1, what="disconnected")
+        t.join(1)
+        elapsed = time.monotonic() - t0
+        assert isinstance(got[0], DeviceError) and got[0].code == "disconnected"
+        assert elapsed < 0.2, elapsed
+
+
+def _capture(out: list[BaseException], fn) -> None:
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001 - handed to the test thread
+        out.append(e)
