@@ -95,9 +95,13 @@ def _statement(args: argparse.Namespace) -> int:
 
 
 def _notify(args: argparse.Namespace) -> int:
-    """A minimal sender: prints each pending holder notification as one JSON line."""
+    """The daily job and a minimal sender: accrue every line to today (which queues the
+    "approaching day 59" and overdue notices of lines nobody touched), then print each
+    pending holder notification as one JSON line."""
     svc = _service(args)
     try:
+        if not args.no_sweep:
+            svc.sweep()
         sent, failed = svc.drain_notifications(
             lambda m: print(json.dumps({"id": m.id, "topic": m.topic, **m.payload}, ensure_ascii=False)))
     finally:
@@ -122,6 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("holder")
     s.add_argument("--db", metavar="URL")
     s.set_defaults(func=_statement)
-    n = cs.add_parser("notify", help="send pending holder notifications (prints them as JSON lines)")
+    n = cs.add_parser("notify", help="accrue every line to today, then send pending holder notifications "
+                      "(prints them as JSON lines)")
     n.add_argument("--db", metavar="URL")
+    n.add_argument("--no-sweep", action="store_true", help="only drain what is queued")
     n.set_defaults(func=_notify)

@@ -116,3 +116,25 @@ def test_replay_reads_json_numbers_exactly_and_monthly_cap_may_be_left_out(
     scen.write_text(scen.read_text().replace("0.1,", "0.001,"))
     assert main(["credit", "replay", str(scen)]) == 2
     assert "events[3].amount: has more than 2 decimal places" in capsys.readouterr().err
+
+
+def test_notify_queues_notices_of_lines_nobody_touched(tmp_path: Path) -> None:
+    """A draw 53 days ago (Shanghai) on an idle line: `notify` itself must find it is approaching day 59."""
+    from datetime import timedelta
+
+    from kiosk.clock import SystemClock, local_day
+
+    url = f"sqlite:///{tmp_path / 'bank.db'}"
+    day = local_day(SystemClock()) - timedelta(days=53)
+    db = open_database(url)
+    svc = CreditService(db, ManualClock(datetime(day.year, day.month, day.day, 12, tzinfo=SHANGHAI)))
+    svc.open("o", "h", date(1990, 1, 1), 5)
+    svc.draw("d", "h", 12_300, "bill-1")
+    db.close()
+    p = kiosk("credit", "notify", "--db", url, "--no-sweep")
+    assert p.returncode == 0 and p.stdout == ""
+    p = kiosk("credit", "notify", "--db", url)
+    assert p.returncode == 0, p.stderr
+    msgs = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [(m["topic"], m["ref"], m["unpaid"]) for m in msgs] == [("credit.due_soon", "bill-1", "123.00")]
+    assert kiosk("credit", "notify", "--db", url).stdout == ""  # sent once
