@@ -18,6 +18,7 @@ import sys
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -85,6 +86,17 @@ def create_app(bridge: Bridge, *, sim: Any = None) -> FastAPI:
     @app.exception_handler(InputError)
     def _input_error(_: Request, e: InputError) -> JSONResponse:
         return _error({"not_found": 404, "busy": 409}.get(e.code, 422), e)
+
+    @app.exception_handler(RequestValidationError)
+    def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+        # the documented error shape (docs/protocol.md §11), naming the first bad field, instead of FastAPI's "detail" list
+        first = (e.errors() or [{}])[0]
+        if first.get("type") == "json_invalid":
+            return _error(422, InputError("the request body is not valid JSON", code="invalid_input", field="body"))
+        loc = [str(x) for x in first.get("loc", ())[1:] if not any(c in str(x) for c in "[|")]  # no union/tuple type tags
+        field = ".".join(loc) or None
+        msg = f"{field}: {first.get('msg', 'invalid request')}" if field else str(first.get("msg", "invalid request"))
+        return _error(422, InputError(msg, code="invalid_input", field=field))
 
     @app.exception_handler(IntegrityError)
     def _integrity_error(_: Request, e: IntegrityError) -> JSONResponse:

@@ -179,3 +179,19 @@ def test_firmware_update_endpoint_resumes_after_a_failure(tmp_path) -> None:
             with pytest.raises(InputError) as ei:
                 c.firmware_update(str(bad))
             assert "truncated" in ei.value.message
+
+
+def test_bad_input_has_the_documented_error_shape(link: Link, sim: Simulator) -> None:
+    """docs/protocol.md §11: {"error": {code, message, field}} for every 422, schema errors included."""
+    with TestClient(create_app(Bridge(link), sim=sim)) as http:
+        for method, path, kw, field in [
+            ("post", "/v1/light", {"json": {"channel": "uv", "level": 5}}, "channel"),
+            ("post", "/v1/buzzer", {"json": {"pattern": "short", "repeat": 11}}, "repeat"),
+            ("post", "/v1/print/receipt", {"json": {"title": "T", "lines": [["a", "b", "c"]]}}, "lines.0"),
+            ("get", "/v1/frames?limit=abc", {}, "limit"),
+            ("post", "/v1/light", {"content": b"{not json", "headers": {"content-type": "application/json"}}, "body"),
+        ]:
+            r = getattr(http, method)(path, **kw)
+            assert r.status_code == 422, path
+            err = r.json()["error"]
+            assert err["code"] == "invalid_input" and err["field"] == field and err["message"], (path, err)
