@@ -4,7 +4,8 @@ Every movement is one entry whose postings sum to zero (debit +, credit -).
 Balances are derived from the postings; the line/draw/hold tables are a
 projection kept in the same transaction, and `check` proves they agree.
 Nothing is ever updated or deleted (database triggers refuse it); a mistake
-is fixed by a correcting entry that names the entry it corrects.
+is to be fixed by a correcting entry that names the entry it corrects
+(`Entry.corrects`; no service operation posts one yet).
 
 Accounts (per line):
     principal            receivable principal owed by the holder (draw +, repay -, refund -)
