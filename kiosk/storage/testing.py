@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from kiosk.errors import StorageError
-from kiosk.storage.database import Database, open_database
+from kiosk.storage.database import Database, open_database, redact
 
 PG_ENV = "KIOSK_TEST_PG_URL"
 
@@ -38,7 +38,9 @@ def pg_schema(base_url: str, prefix: str = "t") -> Iterator[str]:
         with psycopg.connect(base_url, autocommit=True, connect_timeout=10) as c:
             c.execute(f'CREATE SCHEMA "{schema}"')
     except psycopg.Error as e:
-        raise StorageError(f"cannot create a scratch schema on {base_url}: {e}", code="unavailable") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(f"cannot create a scratch schema on {redact(base_url)}: {first}",
+                           code="unavailable") from e
     try:
         yield pg_url_with_schema(base_url, schema)
     finally:

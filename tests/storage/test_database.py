@@ -239,3 +239,11 @@ def test_sqlite_writer_wait_is_bounded(tmp_path) -> None:  # type: ignore[no-unt
         t.join()
     assert db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM accounts")) == 1
     db.close()
+
+
+def test_scratch_schema_on_a_dead_server_is_one_line_without_the_password() -> None:
+    from kiosk.storage.testing import scratch_database
+
+    with pytest.raises(StorageError) as e, scratch_database("postgresql", "postgresql://u:s3cret@127.0.0.1:1/x"):
+        pass  # pragma: no cover
+    assert e.value.code == "unavailable" and "\n" not in str(e.value) and "s3cret" not in str(e.value)
