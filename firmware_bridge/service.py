@@ -14,6 +14,7 @@ import argparse
 import base64
 import binascii
 import logging
+import socket
 import sys
 from typing import Any, Literal
 
@@ -192,6 +193,19 @@ def create_app(bridge: Bridge, *, sim: Any = None) -> FastAPI:
     return app
 
 
+def _int_in(lo: int, hi: int):
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"must be {lo}..{hi}, got {n}")
+        return n
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
@@ -200,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m firmware_bridge.service", description="firmware bridge: serial link to the terminal MCU, local HTTP API")
     ap.add_argument("--serial", default=load().serial_url or "", help="pyserial URL (/dev/ttyUSB0, socket://h:p, rfc2217://h:p, loop://) or 'sim'")
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=DEFAULT_PORT)
-    ap.add_argument("--baud", type=int, default=115200)
+    ap.add_argument("--port", type=_int_in(1, 65535), default=DEFAULT_PORT)
+    ap.add_argument("--baud", type=_int_in(50, 4_000_000), default=115200)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sim = None
@@ -214,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         log.info("simulated MCU on %s", url)
     if not url:
         print("service: no serial URL: pass --serial URL or set KIOSK_SERIAL_URL", file=sys.stderr)
+        return 2
+    try:  # a busy or unusable address is one clear line, before any thread starts
+        with socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((a.host, a.port))
+    except OSError as e:
+        print(f"service: cannot listen on {a.host}:{a.port}: {e.strerror or e}", file=sys.stderr)
+        if sim is not None:
+            sim.close()
         return 2
     link = Link(url, baudrate=a.baud).start()
     app = create_app(Bridge(link), sim=sim)

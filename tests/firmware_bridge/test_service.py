@@ -195,3 +195,18 @@ def test_bad_input_has_the_documented_error_shape(link: Link, sim: Simulator) ->
             assert r.status_code == 422, path
             err = r.json()["error"]
             assert err["code"] == "invalid_input" and err["field"] == field and err["message"], (path, err)
+
+
+def test_service_cli_refuses_a_bad_or_busy_port_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from firmware_bridge.service import main
+
+    with pytest.raises(SystemExit) as ei:
+        main(["--serial", "socket://127.0.0.1:1", "--port", "99999"])
+    assert ei.value.code == 2 and "must be 1..65535" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["--serial", "socket://127.0.0.1:1", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"service: cannot listen on 127.0.0.1:{port}: Address already in use"]
