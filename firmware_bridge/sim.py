@@ -47,6 +47,7 @@ from firmware_bridge.messages import (
     Version,
     u32,
 )
+from kiosk.errors import KioskError
 
 EVENT_RTO = 0.1  # device retransmits an unacknowledged event after this long
 CACHE = 32  # responses kept for duplicate detection
@@ -779,7 +780,13 @@ class Simulator:
         self.port.unplug(seconds)
 
     def run_command(self, line: str) -> str:
-        """One script/stdin command; returns a short acknowledgement."""
+        """One script/stdin command; returns a short acknowledgement (or what was wrong with it)."""
+        try:
+            return self._run_command(line)
+        except ValueError as e:  # a typo in a script line must not kill the simulator
+            return f"bad arguments in {line.strip()!r}: {e}"
+
+    def _run_command(self, line: str) -> str:
         m = self.mcu
         words = line.split()
         if not words or words[0].startswith("#"):
@@ -848,16 +855,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--firmware", default="1.0.0", help="running firmware version")
     ap.add_argument("--rfc2217", type=int, metavar="PORT", help="also serve the pty as an RFC 2217 port on 127.0.0.1:PORT (0 = any)")
     a = ap.parse_args(argv)
-    key = load_public_key(a.trust.read_bytes()) if a.trust else None
-    sim = Simulator(VirtualMcu(firmware=parse_version(a.firmware), trusted_key=key), tcp=a.tcp, link=a.link).start()
+    try:
+        key = load_public_key(a.trust.read_bytes()) if a.trust else None
+        script = a.script.read_text().splitlines() if a.script else []
+        sim = Simulator(VirtualMcu(firmware=parse_version(a.firmware), trusted_key=key), tcp=a.tcp, link=a.link).start()
+    except (OSError, ValueError, OverflowError, KioskError) as e:
+        print(f"sim: {e}", file=sys.stderr)
+        return 2
     print(f"URL {sim.url}", flush=True)
     rfc = None
     if a.rfc2217 is not None and a.tcp is None:
         rfc = Rfc2217Server(sim.url, a.rfc2217).start()
         print(f"RFC2217 {rfc.url}", flush=True)
     try:
-        if a.script:
-            for line in a.script.read_text().splitlines():
+        if script:
+            for line in script:
                 out = sim.run_command(line)
                 if out:
                     print(out, flush=True)

@@ -82,3 +82,20 @@ def test_device_answers_every_well_framed_request_with_one_response(reqs: list[t
         rsps = [f for f in out if isinstance(f, Frame) and f.type == FrameType.RSP]
         assert len(rsps) == 1 and rsps[0].seq == i and rsps[0].cmd == cmd
         assert rsps[0].payload[0] in Status._value2member_map_
+
+
+def test_sim_cli_bad_arguments_are_one_line_exit_2(tmp_path, capsys) -> None:
+    from firmware_bridge.sim import main
+
+    for args, says in [(["--firmware", "abc"], "MAJOR.MINOR.PATCH"), (["--script", str(tmp_path / "none")], "No such file"),
+                       (["--tcp", "99999"], "port")]:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sim: ") and says in err[0], err
+
+
+def test_script_typo_does_not_kill_the_simulator(tcp_sim) -> None:
+    assert tcp_sim.run_command("unplug x").startswith("bad arguments in 'unplug x'")
+    assert tcp_sim.run_command("card insert ZZ").startswith("bad arguments")
+    assert tcp_sim.run_command("busy two").startswith("bad arguments")
+    assert tcp_sim.run_command("status").startswith("flags=")
