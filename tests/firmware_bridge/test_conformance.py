@@ -8,6 +8,7 @@ and the doc drift apart, these tests fail.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import random
 import re
@@ -19,6 +20,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fastapi.testclient import TestClient
 
 from firmware_bridge.bridge import Bridge
@@ -88,7 +91,10 @@ class Parser:
 class DocDevice:
     """A minimal MCU: HELLO/PING/ECHO/GET_STATUS/REBOOT/keypad/lights/LED/buzzer/printer/card/self-test."""
 
-    def __init__(self) -> None:
+    def __init__(self, trusted: Ed25519PublicKey | None = None) -> None:
+        self.fw = (1, 0, 0)
+        self.trusted = trusted  # §8: the vendor's Ed25519 public key in the boot loader
+        self.staging: dict = {"begin": None, "data": bytearray()}  # flash: survives reboots
         self.lock = threading.RLock()
         self.write = None
         self.rx: list[tuple[int, int, int, bytes]] = []  # (type, seq, cmd, payload) of every valid frame received
@@ -108,7 +114,7 @@ class DocDevice:
             self.boot_id, self.t0 = random.getrandbits(32), time.monotonic()
             self.greeted, self.cache, self.evseq, self.queue, self.inflight = False, {}, 0, [], None
             self.keypad, self.fill, self.ir, self.led = False, 0, 0, (0, 0)
-            self.event(0x80, struct.pack("<I3BB", self.boot_id, 1, 0, 0, reason))
+            self.event(0x80, struct.pack("<I3BB", self.boot_id, *self.fw, reason))
 
     def send(self, data: bytes) -> None:
         w = self.write
@@ -188,6 +194,10 @@ class DocDevice:
                 self.send(rsp)
             if cmd == 0x05 and status == 0:
                 self.boot(3)
+            if cmd == 0x52 and status == 0:
+                self.fw = self.staging["begin"][1]
+                self.staging = {"begin": None, "data": bytearray()}
+                self.boot(2)
 
     def flags(self) -> int:
         return self.paper_out * 0x01 | self.keypad * 0x10
@@ -199,7 +209,7 @@ class DocDevice:
             if p[1] < 1 or p[0] > 1:
                 return 4, b"\x01\x01"
             self.greeted, self.cache = True, {}
-            return 0, struct.pack("<BH3BI", 1, MAXP, 1, 0, 0, self.boot_id) + b"\x06DOC-MC\x05D0001"
+            return 0, struct.pack("<BH3BI", 1, MAXP, *self.fw, self.boot_id) + b"\x06DOC-MC\x05D0001"
         if not self.greeted:
             return 5, b""
         self.executed.append(cmd)
@@ -248,7 +258,54 @@ class DocDevice:
             return (9, b"") if self.no_card_status else (0, b"\x00\x00")
         if cmd == 0x60:
             return 0, b"\x7f\x7f"
+        if 0x50 <= cmd <= 0x53:
+            return self.firmware(cmd, p)
         return 1, b""
+
+    def firmware(self, cmd: int, p: bytes) -> tuple[int, bytes]:
+        """§8, from the text: FW_BEGIN (resume), FW_CHUNK (append at next_offset), FW_COMMIT (digest, signature)."""
+        st, u32 = self.staging, lambda n: struct.pack("<I", n)
+        if cmd == 0x50:
+            if len(p) != 39:
+                return 2, b""
+            size, ver, digest = struct.unpack_from("<I", p)[0], tuple(p[4:7]), p[7:39]
+            if size == 0:
+                return 2, b""
+            if ver <= self.fw:
+                return 0x0E, b""
+            if st["begin"] != (size, ver, digest):
+                self.staging = st = {"begin": (size, ver, digest), "data": bytearray()}
+            return 0, u32(len(st["data"]))
+        if cmd == 0x51:
+            if st["begin"] is None:
+                return 0x0D, u32(0)
+            if len(p) < 5:
+                return 2, b""
+            off = struct.unpack_from("<I", p)[0]
+            if off != len(st["data"]) or off + len(p) - 4 > st["begin"][0]:
+                return 0x0A, u32(len(st["data"]))
+            st["data"] += p[4:]
+            return 0, u32(len(st["data"]))
+        if cmd == 0x52:
+            if len(p) != 64:
+                return 2, b""
+            if st["begin"] is None or len(st["data"]) != st["begin"][0]:
+                return 0x0D, u32(len(st["data"]))
+            size, ver, digest = st["begin"]
+            if hashlib.sha256(st["data"]).digest() != digest:
+                self.staging = {"begin": None, "data": bytearray()}  # a failed check erases staging
+                return 0x0B, b""
+            try:
+                if self.trusted is None:
+                    raise InvalidSignature
+                self.trusted.verify(p, b"KFW1" + bytes(ver) + struct.pack("<I", size) + digest)
+            except InvalidSignature:
+                self.staging = {"begin": None, "data": bytearray()}
+                return 0x0C, b""
+            return 0, b""
+        if st["begin"] is None:
+            return 0, bytes(40)
+        return 0, u32(len(st["data"])) + u32(st["begin"][0]) + st["begin"][2]
 
 
 class TcpPort:
@@ -435,3 +492,48 @@ def test_reboot_and_unplug(rig) -> None:
         wait_for(lambda: c.status()["state"] == "connected", what="reconnected")
         c.light("fill", 6)
         assert dev.fill == 6
+
+
+KEY = Ed25519PrivateKey.generate()
+
+
+@pytest.mark.parametrize("stop", [0, 3, 6])
+def test_firmware_update_with_resume_on_a_doc_only_device(stop: int) -> None:
+    """§8: the host's updater (image built by the project's signer) against the device's reading of the doc."""
+    from firmware_bridge.firmware import FirmwareUpdater, sign_image
+
+    image = sign_image(KEY, (1, 2, 0), os.urandom(100 * 6 + 7))  # 7 chunks of 100 bytes, the last short
+    dev = DocDevice(trusted=KEY.public_key())
+    port = TcpPort(dev)
+    try:
+        with Link(port.url, timing=FAST) as link:
+            link.wait_connected(3)
+            up = FirmwareUpdater(link, chunk_size=100)
+            first = up.update(image, stop_after_chunks=stop)
+            assert not first.complete and len(dev.staging["data"]) == stop * 100
+            port.unplug()  # interruption: staging survives, the next FW_BEGIN resumes
+            wait_for(lambda: link.state.value != "connected", what="unplugged")
+            link.wait_connected(3)
+            second = up.update(image)
+            assert second.complete and second.resumed_from == stop * 100 and second.chunks_sent == 7 - stop
+            assert dev.fw == (1, 2, 0) and link.info.firmware == (1, 2, 0)
+            assert dev.executed.count(0x51) == 7  # every chunk sent exactly once
+    finally:
+        port.close()
+
+
+def test_firmware_signed_by_another_key_is_refused_and_erased() -> None:
+    from firmware_bridge.firmware import FirmwareUpdater, sign_image
+
+    image = sign_image(Ed25519PrivateKey.generate(), (1, 2, 0), os.urandom(300))
+    dev = DocDevice(trusted=KEY.public_key())
+    port = TcpPort(dev)
+    try:
+        with Link(port.url, timing=FAST) as link:
+            link.wait_connected(3)
+            with pytest.raises(DeviceError) as ei:
+                FirmwareUpdater(link).update(image)
+            assert ei.value.code == "device_fw_bad_signature"
+            assert dev.fw == (1, 0, 0) and dev.staging["begin"] is None
+    finally:
+        port.close()
