@@ -200,3 +200,22 @@ def _capture(out: list[BaseException], fn) -> None:
         fn()
     except BaseException as e:  # noqa: BLE001 - handed to the test thread
         out.append(e)
+
+
+def test_reconnect_backs_off_exponentially_up_to_the_cap() -> None:
+    """§4: reopen with backoff from backoff_min doubling to backoff_max, state disconnected meanwhile."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"socket://127.0.0.1:{s.getsockname()[1]}"
+    tm = Timing(rto=0.03, retries=3, exec_timeout=1.0, heartbeat=0.2, gap=0.01, backoff_min=0.02, backoff_max=0.16)
+    tries: list[float] = []
+    with Link(url, timing=tm) as link:
+        link.add_state_listener(lambda st: tries.append(time.monotonic()) if st == LinkState.CONNECTING else None)
+        time.sleep(1.2)
+        assert link.state == LinkState.DISCONNECTED and "cannot open" in (link.last_error or "")
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert 5 <= len(tries) <= 12, gaps  # neither a busy loop nor stuck
+    assert gaps[0] < 0.1 and gaps[3] > gaps[0] * 2, gaps  # grows...
+    assert max(gaps) < 0.16 + 0.15, gaps  # ...and stops at the cap
