@@ -7,7 +7,6 @@ and the doc drift apart, these tests fail.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import random
