@@ -153,7 +153,7 @@ class Stack:
                     ident["services"][name] = {"app_secret": d["app_secret"], "keys": d.get("service_keys", {})}
             state = self.data_dir / "provision" / "state.json"
             conf = json.loads(state.read_text()).get("settings", {}) if state.exists() else {}
-            ident["fixmedins_code"] = (conf.get("outputs") or {}).get("fixmedins_code") or self.fixmedins
+            ident["fixmedins_code"] = conf.get("fixmedins_code") or self.fixmedins
             if "centre" not in ident["services"]:
                 raise ConfigError(f"no terminal identity at {path} or {self.data_dir / 'provision'}: "
                                   "run `kiosk provision` first", field=str(path))

@@ -571,9 +571,11 @@ class CreditService:
                 **{k: yuanify(v) for k, v in parts.items()}}
 
     def sweep(self) -> int:
-        """Daily job: accrue every line to today and queue due/overdue notices. Returns lines touched."""
+        """Daily job: accrue every line to today and queue due/overdue notices. Returns lines touched
+        (lines already accrued through today are skipped, so running it often costs little)."""
         day = self._today()
-        ids = self.db.read(lambda tx: [r[0] for r in tx.fetch_all("SELECT id FROM credit_lines ORDER BY id")])
+        ids = self.db.read(lambda tx: [r[0] for r in tx.fetch_all(
+            "SELECT id FROM credit_lines WHERE accrued_through < ? ORDER BY id", (day.isoformat(),))])
         for lid in ids:
             def work(tx: Transaction, lid: int = lid) -> None:
                 ln = self._lock(tx, lid)

@@ -138,6 +138,14 @@ def test_first_run_does_every_step_and_a_rerun_changes_nothing(services, centre,
     # nothing secret in the state file
     raw = (tmp_path / "var" / "provision" / "state.json").read_text()
     assert creds["app_secret"] not in raw and pin not in raw
+    # the kiosk process reads back exactly what provisioning registered
+    from kiosk.app.stack import Stack
+
+    ident = Stack(data_dir=tmp_path / "var", fixmedins="P00000000000").load_identity()
+    assert ident["fixmedins_code"] == "P37020200001"
+    assert ident["app_id"] == st["device_id"]
+    assert ident["services"]["centre"]["app_secret"] == creds["app_secret"]
+    assert ("bank" in ident["services"]) == (not services["no_bank"])
 
     out2 = io.StringIO()
     st2 = run_provision(Options(admin_token=centre[1]), settings=s, out=out2)  # everything remembered

@@ -257,3 +257,31 @@ def test_bank_any_input_is_an_answer_never_a_fault(pair: tuple[Centre, Bank], op
     assert isinstance(a.infcode, int)
     if a.infcode != 0:
         assert a.err_msg and a.err_code != "internal", a
+
+
+def test_notifications_queue_due_soon_and_overdue_without_a_new_draw(tmp_path) -> None:
+    """The sender polling `credit.notifications` gets the day-52 reminder and the day-60 overdue
+    notice even when nobody touched the line in between (the bank runs the day's sweep first)."""
+    centre = make_centre(f"sqlite:///{tmp_path}/centre.db", tmp_path)
+    db = open_database(f"sqlite:///{tmp_path}/bank.db")
+    app = create_bank(db, data_dir=tmp_path, clock=centre.clock)
+    app.state.gateway.register_terminal(centre.app_id, centre.app_secret, centre.key.public_key().to_bytes().hex(),
+                                        "H37020200002")
+    with TestClient(app) as http:
+        b = BankClient("http://testserver", bank_identity(centre.app_id, centre.app_secret, centre.key),
+                       http=http, clock=centre.clock)
+        assert b.apply("H9", "1985-01-01", 3).ok
+        assert b.draw("H9", "100.00", "SETL-N", "k-n").ok
+        assert b.notifications().output["messages"] == []  # the holder's own draw: nothing to tell
+        centre.clock.advance(days=52)
+        due = b.notifications().output["messages"]
+        assert [(m["topic"], m["payload"]["ref"]) for m in due] == [("credit.due_soon", "SETL-N")]
+        assert b.notifications().output["messages"] == []  # handed over once
+        centre.clock.advance(days=8)
+        over = b.notifications().output["messages"]
+        assert [(m["topic"], m["payload"]["ref"]) for m in over] == [("credit.overdue", "SETL-N")]
+        assert b.statement("H9").ok
+    assert check_bank(db)["balanced"]
+    centre.http.close()
+    db.close()
+    centre.db.close()

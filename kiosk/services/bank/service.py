@@ -282,7 +282,11 @@ class BankService:
         return s
 
     def notifications(self, ctx: Ctx, tx: Transaction, d: Notifications) -> dict[str, Any]:
-        """Hand queued holder notifications to the caller (the SMS/app sender); they are marked sent."""
+        """Hand queued holder notifications to the caller (the SMS/app sender); they are marked sent.
+
+        The day's sweep runs first, so "due soon" and "overdue" notices are queued even on
+        lines nobody drew on today (a no-op for lines already accrued through today)."""
+        self.credit.sweep()
         msgs = self.credit.outbox.pending(self.db, d.limit)
         for m in msgs:
             tx.execute("UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ? AND sent_at IS NULL",
