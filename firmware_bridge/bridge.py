@@ -133,14 +133,23 @@ class Bridge:
             raise InputError("timeout_s must be 1..600", field="timeout_s")
         if not 0 <= reveal_last <= 4:
             raise InputError("reveal_last must be 0..4", field="reveal_last")
-        self.peripherals.keypad(True)
         sid = secrets.token_hex(8)
+        # the session exists before the keypad is switched on, so a key pressed the instant
+        # it lights up lands in this entry instead of being dropped
         with self._lock:
             if self._active and self._active in self._entries:
                 self._entries[self._active].entry.state = EntryState.CANCELLED
             self._entries = {k: v for k, v in self._entries.items() if v.entry.state == EntryState.ACTIVE}
             self._entries[sid] = _EntrySession(sid, IdEntry(reveal_last=reveal_last), self.clock(), timeout_s)
             self._active = sid
+        try:
+            self.peripherals.keypad(True)
+        except Exception:
+            with self._lock:
+                self._entries.pop(sid, None)
+                if self._active == sid:
+                    self._active = None
+            raise
         return self.entry(sid)
 
     def entry(self, sid: str) -> dict[str, Any]:

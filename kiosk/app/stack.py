@@ -175,9 +175,10 @@ class Stack:
         def via(name: str) -> str:
             return f"http://127.0.0.1:{self.client_ports[name]}" if name in self.client_ports else self.url(name)
 
-        self.centre_client = CentreClient(via("centre"), ident("centre"), timeout=10.0)
+        window = int(self.settings.replay_window_s)
+        self.centre_client = CentreClient(via("centre"), ident("centre"), timeout=10.0, window_s=window)
         if "bank" in self.identity["services"]:
-            self.bank_client = BankClient(via("bank"), ident("bank"), timeout=10.0)
+            self.bank_client = BankClient(via("bank"), ident("bank"), timeout=10.0, window_s=window)
         return self.centre_client, self.bank_client
 
     # ------------------------------------------------------------------ kiosk

@@ -24,7 +24,9 @@ class BridgeKeypad:
         err = e.get("error")
         n = int(e.get("length") or 0)
         return KeyEntry(state=e["state"], masked=e.get("display") or "", length=n, error=err, value=e.get("value"),
-                        confirmed=bool(e["state"] == "active" and err and f"{n} entered" in err))
+                        # ENTER on a short entry: the bridge refuses it as an ID number ("empty" /
+                        # "length"), which is exactly the confirm key (0 keys) or a 4-digit phone entry
+                        confirmed=e["state"] == "active" and e.get("error_code") in ("empty", "length"))
 
     def stop(self, handle: str) -> None:
         try:

@@ -47,7 +47,7 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
     data_dir = Path(data_dir or load().data_dir)
     if not isinstance(db, Database):
         db = open_database(db or bank_db_url(data_dir))
-    window = window_s or int(os.environ.get("KIOSK_REPLAY_WINDOW_S", "300"))
+    window = window_s or int(load().replay_window_s)
     service, gw = build_bank(db, data_dir, clock, window)
     app = build_app("Bank: medical-insurance credit line", gw, data_dir, description=__doc__.splitlines()[0])
     app.state.service = service

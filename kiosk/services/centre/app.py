@@ -63,7 +63,7 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
     data_dir = Path(data_dir or load().data_dir)
     if not isinstance(db, Database):
         db = open_database(db or centre_db_url(data_dir))
-    window = window_s or int(os.environ.get("KIOSK_REPLAY_WINDOW_S", "300"))
+    window = window_s or int(load().replay_window_s)
     service, gw = build_centre(db, data_dir, clock, window)
     warm_galleries(service, db)
     app = build_app("Insurance centre (national platform transactions)", gw, data_dir,
