@@ -129,6 +129,9 @@ class Gallery:
             so.inter_op_num_threads = 1
             so.log_severity_level = 3
             so.enable_cpu_mem_arena = False  # intermediates (4 bytes x N) are freed after each search
+            # no busy-waiting between searches: idle pool threads spinning after every run took
+            # ~half of a core from the centre's other work (measured under scripts/load_services)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._sess = ort.InferenceSession(_search_graph(self.dim, _K), so, providers=["CPUExecutionProvider"])
         return self._sess
 
