@@ -39,6 +39,9 @@ class Settings:
     # anti-replay: a signed message further than this from the receiver's clock is refused as stale
     replay_window_s: float = field(default_factory=lambda: float(_env("replay_window_s", "300")))
 
+    # SQLite durability: FULL (every commit fsynced: survives power loss) or NORMAL (benchmarks)
+    sqlite_synchronous: str = field(default_factory=lambda: _env("sqlite_synchronous", "FULL"))
+
     def db_url(self, name: str = "kiosk") -> str:
         return self.database_url or f"sqlite:///{self.data_dir / (name + '.db')}"
 

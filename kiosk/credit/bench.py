@@ -142,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(pg, autocommit=True) as c:
             sc = c.execute("SHOW synchronous_commit").fetchone()[0]
             fs = c.execute("SHOW fsync").fetchone()[0]
-        print(f"postgresql: synchronous_commit={sc} fsync={fs}; sqlite: WAL, synchronous=NORMAL")
+        print(f"postgresql: synchronous_commit={sc} fsync={fs}")
+    if "sqlite" in kinds:
+        from kiosk.config import load
+
+        print(f"sqlite: WAL, synchronous={load().sqlite_synchronous.upper()} (KIOSK_SQLITE_SYNCHRONOUS)")
     targets = {"sqlite": 1000, "postgresql": 500}
     failed = [r for r in runs if r.verified != "ok"]
     for kind, want in targets.items():

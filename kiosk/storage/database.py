@@ -364,7 +364,25 @@ class Database:
 
 
 # ---------------------------------------------------------------------------
+SQLITE_SYNC_LEVELS = ("FULL", "EXTRA", "NORMAL")
+
+
+def _sqlite_sync() -> str:
+    """`KIOSK_SQLITE_SYNCHRONOUS` (FULL by default): with WAL, FULL fsyncs the log at every
+    commit, so a payment step that committed survives a power cut, not only a crash.
+    NORMAL (faster, may lose the last commits on power loss) is for benchmarks and tests."""
+    from kiosk.config import load
+
+    level = load().sqlite_synchronous.upper()
+    if level not in SQLITE_SYNC_LEVELS:
+        raise StorageError(f"KIOSK_SQLITE_SYNCHRONOUS must be one of {', '.join(SQLITE_SYNC_LEVELS)}, "
+                           f"not {level!r}", code="bad_config", field="sqlite_synchronous")
+    return level
+
+
 def _sqlite_connect(path: str, busy_timeout_ms: int) -> Callable[[], Any]:
+    sync = _sqlite_sync()
+
     def connect() -> sqlite3.Connection:
         if path != ":memory:":
             parent = Path(path).parent
@@ -374,7 +392,7 @@ def _sqlite_connect(path: str, busy_timeout_ms: int) -> Callable[[], Any]:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if path != ":memory:":
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA synchronous = {sync}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 

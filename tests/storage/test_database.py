@@ -202,6 +202,22 @@ def test_bad_urls_are_storage_errors(tmp_path) -> None:  # type: ignore[no-untyp
     db.close()
 
 
+def test_sqlite_commits_are_fsynced_by_default_and_the_level_is_checked(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A payment step that committed must survive a power cut: WAL + synchronous=FULL (2)."""
+    monkeypatch.delenv("KIOSK_SQLITE_SYNCHRONOUS", raising=False)
+    db = open_database(f"sqlite:///{tmp_path}/full.db")
+    assert db.read(lambda tx: tx.scalar("PRAGMA synchronous")) == 2
+    db.close()
+    monkeypatch.setenv("KIOSK_SQLITE_SYNCHRONOUS", "normal")
+    db = open_database(f"sqlite:///{tmp_path}/normal.db")
+    assert db.read(lambda tx: tx.scalar("PRAGMA synchronous")) == 1
+    db.close()
+    monkeypatch.setenv("KIOSK_SQLITE_SYNCHRONOUS", "sometimes")
+    with pytest.raises(StorageError) as e:
+        open_database(f"sqlite:///{tmp_path}/bad.db")
+    assert e.value.field == "sqlite_synchronous" and "FULL" in str(e.value)
+
+
 def test_sqlite_memory_is_shared_across_threads() -> None:
     db = open_database("sqlite:///:memory:")
     db.migrate(ACCOUNTS)
