@@ -154,7 +154,7 @@ class Gateway:
         try:
             payload = env.open_request(outer, terminal, self.keys, now, self.window_s)
         except KioskError as e:
-            return 401, refused("", Refusal(InfCode.BAD_ENVELOPE, str(e), code=e.code, field=e.field), now)
+            return 401, refused("", Refusal(InfCode.BAD_ENVELOPE, e.message, code=e.code, field=e.field), now)
         msgid = payload.get("msgid", "")
         msgid = msgid if isinstance(msgid, str) else ""
         msg = _Msg(terminal, outer.nonce, outer.ts_ms, now)
@@ -181,8 +181,9 @@ class Gateway:
             self.guard.check(f"{self.service}:{msg.terminal.app_id}", msg.nonce, msg.ts_ms)
         except IntegrityError as e:
             code = InfCode.REPLAYED if e.code == "replayed" else InfCode.BAD_ENVELOPE
-            raise _Replayed(Refusal(code, str(e), code=e.code, field="nonce" if e.code == "replayed" else
-                                    "timestamp")) from None
+            # e.message, not str(e): str names kiosk.security's header (X-Kiosk-Nonce); here it is a payload field
+            raise _Replayed(Refusal(code, e.message, code=e.code, field="nonce" if e.code in ("replayed", "bad_nonce")
+                                    else "timestamp")) from None
 
     def _serve(self, payload: dict[str, Any], msg: "_Msg", path_infno: str | None) -> dict[str, Any]:
         now = msg.now

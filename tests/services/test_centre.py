@@ -308,3 +308,25 @@ def test_any_input_is_an_answer_never_a_fault(centre: Centre, infno: str, data: 
     assert isinstance(a.infcode, int)
     if a.infcode != 0:
         assert a.err_msg and a.err_code != "internal", a
+
+
+def test_envelope_refusals_name_the_field_once_and_no_header(centre: Centre) -> None:
+    """A refused envelope's err_msg is one clear sentence: the field named once, and no HTTP header
+    name from kiosk.security's header transport (the nonce travels inside the payload here)."""
+    p = centre.people[7]
+    e = _envelope(centre, "1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": p.certno}})
+    e.pop("_msgid")
+    assert centre.http.post("/fsi/api/1101", json=e).status_code == 200
+    again = centre.http.post("/fsi/api/1101", json=e).json()
+    assert again["infcode"] == InfCode.REPLAYED and again["err_field"] == "nonce"
+    assert again["err_msg"] == "nonce: nonce was already used: replayed message", again
+    e2 = _envelope(centre, "1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": p.certno}})
+    e2.pop("_msgid")
+    e2["signData"] = _envelope(centre, "1101", {"data": {}})["signData"]
+    bad = centre.http.post("/fsi/api/1101", json=e2).json()
+    assert bad["infcode"] == InfCode.BAD_ENVELOPE and bad["err_msg"].count("signData:") == 1, bad
+    e3 = _envelope(centre, "1101", {"data": {}})
+    e3.pop("_msgid")
+    del e3["encType"]
+    bad = centre.http.post("/fsi/api/1101", json=e3).json()
+    assert bad["infcode"] == InfCode.BAD_ENVELOPE and bad["err_msg"].count("encType:") == 1, bad
