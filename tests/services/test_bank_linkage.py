@@ -285,3 +285,19 @@ def test_notifications_queue_due_soon_and_overdue_without_a_new_draw(tmp_path) -
     centre.http.close()
     db.close()
     centre.db.close()
+
+
+@pytest.mark.parametrize("op,data,field", [
+    ("bind", {"holder": "HT1", "member": "MT1", "relation": "spouse", "consent": "yes"}, "input.consent"),
+    ("bind", {"holder": "HT1", "member": "MT1", "relation": "spouse", "consent": 1}, "input.consent"),
+    ("apply", {"holder": "HT2", "birth_date": "1985-01-01", "insured_years": True}, "input.insured_years"),
+    ("apply", {"holder": "HT3", "birth_date": "1985-01-01", "insured_years": "5"}, "input.insured_years"),
+    ("notifications", {"limit": "5"}, "input.limit"),
+])
+def test_bank_wrong_types_are_refused_not_coerced(pair: tuple[Centre, Bank], op: str, data: dict,
+                                                  field: str) -> None:
+    """Consent must be an explicit JSON true, counts JSON integers: "yes" or 1 is not consent."""
+    _c, bank = pair
+    assert bank.client.apply("HT1", "1985-01-01", 2).infcode in (0, InfCode.BUSINESS_REFUSED)
+    a = bank.client.call(f"credit.{op}", data)
+    assert a.infcode == InfCode.INVALID_INPUT and a.err_msg.startswith(field), a

@@ -25,7 +25,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from kiosk.clock import Clock
 from kiosk.credit import CreditService, Result
@@ -68,14 +68,14 @@ def _amount(v: object, info: Any) -> str:
 class Apply(_In):
     holder: str = _ID
     birth_date: date
-    insured_years: int = Field(ge=0, le=100)
+    insured_years: StrictInt = Field(ge=0, le=100)
 
 
 class Bind(_In):
     holder: str = _ID
     member: str = _ID
     relation: Literal["spouse", "parent", "child"]
-    consent: bool
+    consent: StrictBool = Field(description="the member's consent: JSON true (a string or 1 is refused)")
     monthly_cap: str | None = Field(default=None, description="yuan per calendar month; null = no cap")
 
     _cap = field_validator("monthly_cap", mode="before")(lambda v, info: None if v is None else _amount(v, info))
@@ -149,7 +149,7 @@ class Statement(_In):
 
 
 class Notifications(_In):
-    limit: int = Field(default=100, ge=1, le=1000)
+    limit: StrictInt = Field(default=100, ge=1, le=1000)
 
 
 def _fen(yuan: str) -> int:
