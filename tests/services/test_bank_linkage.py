@@ -1,10 +1,13 @@
 """The bank over HTTP, and the settlement + draw linkage repaired after failures between them."""
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
@@ -301,3 +304,36 @@ def test_bank_wrong_types_are_refused_not_coerced(pair: tuple[Centre, Bank], op:
     assert bank.client.apply("HT1", "1985-01-01", 2).infcode in (0, InfCode.BUSINESS_REFUSED)
     a = bank.client.call(f"credit.{op}", data)
     assert a.infcode == InfCode.INVALID_INPUT and a.err_msg.startswith(field), a
+
+
+def test_concurrent_draws_with_one_key_all_get_the_one_charge(pair: tuple[Centre, Bank]) -> None:
+    """A retry (new msgid, same key) arriving while the first draw is still in flight gets the first
+    answer, never a 9001 after the charge stood (a terminal would reverse the settlement: half-done)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kiosk.services import envelope as env
+
+    c, bank = pair
+    b = bank.client
+    gw = bank.http.app.state.gateway
+    assert b.apply("HC1", "1985-01-01", 3).infcode in (0, InfCode.BUSINESS_REFUSED)
+    before = b.line("HC1").output["principal_outstanding"]
+    rounds, n = 8, 8
+    answers = []
+    ex = ThreadPoolExecutor(n)  # one pool: each worker thread keeps one connection
+    for i in range(rounds):
+        envs = []
+        for _ in range(n):
+            req = b.request("credit.draw", {"payer": "HC1", "amount": "1.00", "ref": f"SC-{i}", "key": f"kc-{i}"})
+            envs.append((json.dumps(env.client_envelope(req, app_id=c.app_id, app_secret=c.app_secret,
+                                                        sm2_key=c.key, now=c.clock.now())).encode(), req["msgid"]))
+        outs = list(ex.map(lambda e: gw.handle(e[0], "credit.draw"), envs))
+        for (status, body), (_raw, msgid) in zip(outs, envs):
+            answers.append(b.read_answer(httpx.Response(status, json=body), msgid))
+    ex.shutdown()
+    assert [(a.infcode, a.err_code, a.err_msg) for a in answers if not a.ok] == []
+    after = b.line("HC1").output["principal_outstanding"]
+    assert Decimal(after) - Decimal(before) == rounds  # one yuan per key, however many tries
+    assert b.reverse_draw("kc-0", "HC1").output["result"] == "reversed"
+    assert b.draw("HC1", "1.00", "SC-0", "kc-0").err_code == "draw_reversed"
+    assert check_bank(bank.db)["balanced"]

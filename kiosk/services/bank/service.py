@@ -226,26 +226,32 @@ class BankService:
 
     def draw(self, ctx: Ctx, tx: Transaction, d: Draw) -> dict[str, Any] | Refusal:
         key = self._key(ctx, d.key)
-        row = tx.fetch_one("SELECT state, ref, amount FROM bank_draw_keys WHERE key = ?" + tx.for_update, (key,))
-        if row is not None and row[0] in ("blocked", "reversed"):
-            return Refusal(InfCode.ALREADY_REVERSED, "this draw was reversed (credit.draw_reverse); not charged",
-                           code="draw_reversed", field="input.key")
         amount = _fen(d.amount)
+        # Claim the key first: a concurrent draw (or draw_reverse) with this key waits here for ours to
+        # commit, then replays it or is refused. (Read-then-insert let two in-flight draws with one key
+        # both see no row; the second replayed the charge, then failed its insert with a 9001.)
+        claimed = tx.fetch_one("INSERT INTO bank_draw_keys (key, payer, ref, amount, state, created_at) "
+                               "VALUES (?, ?, ?, ?, 'drawn', ?) ON CONFLICT (key) DO NOTHING RETURNING key",
+                               (key, d.payer, d.ref, amount, ctx.now.isoformat()))
+        if claimed is None:
+            row = tx.fetch_one("SELECT state FROM bank_draw_keys WHERE key = ?" + tx.for_update, (key,))
+            if row is not None and row[0] in ("blocked", "reversed"):
+                return Refusal(InfCode.ALREADY_REVERSED, "this draw was reversed (credit.draw_reverse); not charged",
+                               code="draw_reversed", field="input.key")
         r = self._guard(self.credit.draw, key, d.payer, amount, d.ref, d.holder)
-        if r.ok and row is None:
-            tx.execute("INSERT INTO bank_draw_keys (key, payer, ref, amount, state, created_at) "
-                       "VALUES (?, ?, ?, ?, 'drawn', ?)", (key, d.payer, d.ref, amount, ctx.now.isoformat()))
+        if not r.ok and claimed is not None:  # refused: nothing drawn under this key
+            tx.execute("DELETE FROM bank_draw_keys WHERE key = ?", (key,))
         return _answer(r, draw_id=d.ref, payer=d.payer)
 
     def draw_reverse(self, ctx: Ctx, tx: Transaction, d: DrawReverse) -> dict[str, Any] | Refusal:
         key = self._key(ctx, d.key)
+        # claim first (as draw does): a draw in flight with this key is waited for, then reversed
+        if tx.fetch_one("INSERT INTO bank_draw_keys (key, payer, ref, amount, state, created_at) "
+                        "VALUES (?, ?, '', 0, 'blocked', ?) ON CONFLICT (key) DO NOTHING RETURNING key",
+                        (key, d.payer, ctx.now.isoformat())) is not None:
+            return {"key": d.key, "result": "not_drawn"}
         row = tx.fetch_one("SELECT state, ref, amount, payer FROM bank_draw_keys WHERE key = ?" + tx.for_update,
                            (key,))
-        if row is None:
-            tx.execute("INSERT INTO bank_draw_keys (key, payer, ref, amount, state, created_at) "
-                       "VALUES (?, ?, '', 0, 'blocked', ?) ON CONFLICT (key) DO NOTHING",
-                       (key, d.payer, ctx.now.isoformat()))
-            return {"key": d.key, "result": "not_drawn"}
         if row[0] != "drawn":
             return {"key": d.key, "result": "already_reversed", "ref": row[1]}
         r = self._guard(self.credit.refund, f"{key}/reverse", row[1], int(row[2]))
