@@ -14,10 +14,12 @@ from kiosk.errors import InputError
 Fen = int
 
 _FEN = Decimal("0.01")
-# What a bill may spell a number as: ASCII digits, one optional sign and point, an
-# optional exponent. Decimal() alone would also take "1_000" and full-width or
-# Arabic-Indic digits, which no counter system means as an amount.
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# What a bill may spell a number as: ASCII digits, one optional sign and point.
+# Decimal() alone would also take "1_000", "1e2", full-width or Arabic-Indic
+# digits, which no counter system means as an amount ("1e999999999" would also
+# make a billion-digit integer).
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+MAX_INT_DIGITS = 12  # below a trillion: far above any bill, far below any cost to compute
 
 
 def parse_decimal(value: object, field: str, *, max_dp: int = 4, allow_negative: bool = False) -> Decimal:
@@ -43,6 +45,9 @@ def parse_decimal(value: object, field: str, *, max_dp: int = 4, allow_negative:
         raise InputError(f"must be a decimal string, got {type(value).__name__}", field=field)
     if not d.is_finite():
         raise InputError(f"is not a finite number: {value!r}", field=field)
+    if d.adjusted() >= MAX_INT_DIGITS:
+        raise InputError(f"is too large: {str(value)[:20]!r} (at most {MAX_INT_DIGITS} digits before the point)",
+                         field=field)
     exp = d.as_tuple().exponent
     if isinstance(exp, int) and exp < -max_dp:
         raise InputError(f"has more than {max_dp} decimal places: {value!r}", field=field)
