@@ -268,9 +268,24 @@ class BankClient(_Client):
     def statement(self, holder: str) -> Answer:
         return self.call("credit.statement", {"holder": holder})
 
-    def notifications(self, limit: int = 100) -> Answer:
-        """Drain queued holder notifications (member draws, due soon, overdue); they are marked sent."""
-        return self.call("credit.notifications", {"limit": limit})
+
+
+def drain_notifications(base_url: str, admin_token: str, limit: int = 100, *,
+                        http: httpx.Client | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Operator's sender: take queued holder notifications (member draws, due soon, overdue)
+    from the bank; they are marked sent."""
+    try:
+        if http is not None:
+            r = http.post("/admin/notifications", params={"limit": limit}, headers={"x-admin-token": admin_token})
+        else:
+            r = httpx.post(f"{base_url.rstrip('/')}/admin/notifications", params={"limit": limit},
+                           headers={"x-admin-token": admin_token}, timeout=timeout)
+        body = r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise _remote(f"cannot reach the bank at {base_url}: {e}", "unreachable", True) from None
+    if body.get("infcode") != 0:
+        raise RemoteError(f"notifications refused: {body.get('err_msg')}", code=str(body.get("err_code", "refused")))
+    return list(body["output"]["messages"])
 
 
 def register_terminal(base_url: str, admin_token: str, app_id: str, sm2_public_hex: str, fixmedins_code: str,

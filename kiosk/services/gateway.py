@@ -167,6 +167,8 @@ class Gateway:
             if not isinstance(e, KioskError):
                 log.exception("%s: unexpected fault serving %s", self.service, msgid)
                 e = KioskError("internal error; the message was not applied", code="internal")
+            elif isinstance(e, StorageError):  # the terminal gets a generic sentence (protocol.refused)
+                log.error("%s: database fault serving %s: %s", self.service, msgid, e)
             answer = refused(msgid, e, now)
             status = 200
         try:

@@ -203,16 +203,22 @@ def ok(req_msgid: str, output: dict[str, Any], now: datetime) -> dict[str, Any]:
     return PlatformResponse(infcode=0, inf_refmsgid=req_msgid, refmsg_time=t, respond_time=t, output=output).model_dump()
 
 
+STORAGE_MESSAGE = ("the service's database did not answer ({code}); the message may not have been applied: "
+                   "send it again with the same msgid (a retry is never applied twice)")
+
+
 def refused(req_msgid: str, exc: KioskError, now: datetime) -> dict[str, Any]:
     t = platform_time(now)
+    # a database fault's own text names hosts, URLs and SQL: it stays in the service's log
+    storage = isinstance(exc, StorageError)
     return PlatformResponse(
         infcode=int(infcode_for(exc)),
         inf_refmsgid=req_msgid,
         refmsg_time=t,
         respond_time=t,
         err_code=exc.code,
-        err_field=exc.field or "",
-        err_msg=str(exc),
+        err_field="" if storage else exc.field or "",
+        err_msg=STORAGE_MESSAGE.format(code=exc.code) if storage else str(exc),
     ).model_dump()
 
 

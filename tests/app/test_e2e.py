@@ -391,10 +391,11 @@ def test_family_pay_charges_the_relatives_line_and_notifies_them(stack):
     assert r["payer"] == "family" and r["acct_pay"] == "0.00" and r["credit_draw"] == "34.00"
     confirm = [s for s in stack.snaps if s.state == "confirm"][-1]
     assert confirm.amounts.get("credit_holder")
-    notes = stack.bank_client.call("credit.notifications", {"limit": 1000})
-    assert notes.ok, notes.err_msg
-    mine = [m for m in notes.output["messages"] if FAMILY_HOLDER in str(m["payload"])]
-    assert any("34.00" in str(m["payload"]) or "3400" in str(m["payload"]) for m in mine), notes.output
+    from kiosk.services.client import drain_notifications
+
+    notes = drain_notifications(stack.url("bank"), stack.admin_token, 1000)
+    mine = [m for m in notes if FAMILY_HOLDER in str(m["payload"])]
+    assert any("34.00" in str(m["payload"]) or "3400" in str(m["payload"]) for m in mine), notes
 
 
 def test_whole_refund_reverses_the_settlement_once(stack):

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from kiosk.errors import RemoteError
 from kiosk.services.bank.app import check_bank, create_app as create_bank
 from kiosk.services.centre.check import check_centre
-from kiosk.services.client import BankClient
+from kiosk.services.client import BankClient, drain_notifications
+from kiosk.services.http import admin_token
 from kiosk.services.linkage import LinkedPayment, MemoryJournal
 from kiosk.services.protocol import InfCode
 from kiosk.storage import Database, open_database
@@ -29,6 +30,11 @@ class Bank:
     client: BankClient
     http: TestClient
     db: Database
+    token: str = ""
+
+    def notifications(self, limit: int = 100) -> list[dict[str, Any]]:
+        """What the operator's sender takes from the outbox."""
+        return drain_notifications("http://testserver", self.token, limit, http=self.http)
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -48,7 +54,7 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                                         "H37020200002")
     http = TestClient(app)
     bank = Bank(BankClient("http://testserver", bank_identity(centre.app_id, centre.app_secret, centre.key),
-                           http=http, clock=centre.clock), http, db)
+                           http=http, clock=centre.clock), http, db, admin_token(tmp))
     yield centre, bank
     http.close()
     centre.http.close()
@@ -79,7 +85,7 @@ def test_apply_bind_draw_idempotent_and_reverse(pair: tuple[Centre, Bank]) -> No
     d2 = b.draw("H1", "10.00", "SETL-C", "k-c", msgid=msgid)  # same message retried
     assert d1.output == d2.output
     # the holder is told about the member's draw
-    notes = b.notifications().output["messages"]
+    notes = bank.notifications()
     assert any(n["payload"]["member"] == "M1" and n["payload"]["ref"] == "SETL-A" for n in notes)
     # reversing a draw by key refunds it; a key that never drew is blocked
     r = b.reverse_draw("k-a", "M1")
@@ -224,10 +230,11 @@ def test_bank_openapi_lists_every_operation(pair: tuple[Centre, Bank]) -> None:
     _c, bank = pair
     doc = bank.http.get("/openapi.json").json()
     ops = ["apply", "bind", "unbind", "line", "draw", "draw_reverse", "hold", "capture", "release", "repay",
-           "refund", "statement", "notifications"]
+           "refund", "statement"]
     for op in ops:
         assert f"/fsi/api/credit.{op}" in doc["paths"]
         assert f"credit.{op}.input" in doc["components"]["schemas"]
+    assert "/admin/notifications" in doc["paths"] and "/fsi/api/credit.notifications" not in doc["paths"]
 
 
 def test_hold_capture_release_repay_refund(pair: tuple[Centre, Bank]) -> None:
@@ -250,7 +257,7 @@ def test_hold_capture_release_repay_refund(pair: tuple[Centre, Bank]) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(op=st.sampled_from(["apply", "bind", "unbind", "line", "draw", "draw_reverse", "hold", "capture", "release",
-                           "repay", "refund", "statement", "notifications"]),
+                           "repay", "refund", "statement"]),
        data=st.dictionaries(st.sampled_from(["holder", "member", "payer", "amount", "ref", "key", "relation",
                                              "consent", "birth_date", "insured_years", "limit", "monthly_cap"]),
                             st.none() | st.booleans() | st.integers(-5, 10**12) | st.text(max_size=12)
@@ -263,7 +270,7 @@ def test_bank_any_input_is_an_answer_never_a_fault(pair: tuple[Centre, Bank], op
 
 
 def test_notifications_queue_due_soon_and_overdue_without_a_new_draw(tmp_path) -> None:
-    """The sender polling `credit.notifications` gets the day-52 reminder and the day-60 overdue
+    """The operator's sender polling `/admin/notifications` gets the day-52 reminder and the day-60 overdue
     notice even when nobody touched the line in between (the bank runs the day's sweep first)."""
     centre = make_centre(f"sqlite:///{tmp_path}/centre.db", tmp_path)
     db = open_database(f"sqlite:///{tmp_path}/bank.db")
@@ -275,15 +282,22 @@ def test_notifications_queue_due_soon_and_overdue_without_a_new_draw(tmp_path) -
                        http=http, clock=centre.clock)
         assert b.apply("H9", "1985-01-01", 3).ok
         assert b.draw("H9", "100.00", "SETL-N", "k-n").ok
-        assert b.notifications().output["messages"] == []  # the holder's own draw: nothing to tell
+        def notes() -> list[dict[str, Any]]:
+            return drain_notifications("http://testserver", admin_token(tmp_path), http=http)
+
+        assert notes() == []  # the holder's own draw: nothing to tell
         centre.clock.advance(days=52)
-        due = b.notifications().output["messages"]
+        due = notes()
         assert [(m["topic"], m["payload"]["ref"]) for m in due] == [("credit.due_soon", "SETL-N")]
-        assert b.notifications().output["messages"] == []  # handed over once
+        assert notes() == []  # handed over once
         centre.clock.advance(days=8)
-        over = b.notifications().output["messages"]
+        over = notes()
         assert [(m["topic"], m["payload"]["ref"]) for m in over] == [("credit.overdue", "SETL-N")]
         assert b.statement("H9").ok
+        # a terminal cannot take (and so swallow) the holders' notices
+        assert b.call("credit.notifications", {"limit": 10}).infcode == InfCode.UNKNOWN_TRANSACTION
+        with pytest.raises(RemoteError):
+            drain_notifications("http://testserver", "not-the-operator", http=http)
     assert check_bank(db)["balanced"]
     centre.http.close()
     db.close()
@@ -295,7 +309,6 @@ def test_notifications_queue_due_soon_and_overdue_without_a_new_draw(tmp_path) -
     ("bind", {"holder": "HT1", "member": "MT1", "relation": "spouse", "consent": 1}, "input.consent"),
     ("apply", {"holder": "HT2", "birth_date": "1985-01-01", "insured_years": True}, "input.insured_years"),
     ("apply", {"holder": "HT3", "birth_date": "1985-01-01", "insured_years": "5"}, "input.insured_years"),
-    ("notifications", {"limit": "5"}, "input.limit"),
 ])
 def test_bank_wrong_types_are_refused_not_coerced(pair: tuple[Centre, Bank], op: str, data: dict,
                                                   field: str) -> None:

@@ -330,3 +330,19 @@ def test_envelope_refusals_name_the_field_once_and_no_header(centre: Centre) -> 
     del e3["encType"]
     bad = centre.http.post("/fsi/api/1101", json=e3).json()
     assert bad["infcode"] == InfCode.BAD_ENVELOPE and bad["err_msg"].count("encType:") == 1, bad
+
+
+def test_a_database_fault_is_a_retry_answer_that_names_no_host_or_sql(centre: Centre, monkeypatch) -> None:
+    """The terminal learns to resend with the same msgid; the URL and SQL stay in the service log."""
+    from kiosk.errors import StorageError
+
+    def down(*_a, **_k):
+        raise StorageError("cannot open postgresql://centre:pw@10.0.0.5:5432/centre: too many clients already",
+                           code="unavailable", field="database_url")
+
+    monkeypatch.setattr(centre.db, "run", down)
+    a = centre.client.call("1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": centre.people[0].certno,
+                                              "psn_cert_type": "01"}})
+    assert a.infcode == InfCode.STORAGE and a.err_code == "unavailable"
+    assert "same msgid" in a.err_msg
+    assert "postgresql" not in a.err_msg and "10.0.0.5" not in a.err_msg and "pw" not in a.err_msg

@@ -13,14 +13,18 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+import hmac
+
+from fastapi import FastAPI, Header
+from fastapi.responses import JSONResponse
 
 from kiosk.clock import Clock, SystemClock
 from kiosk.config import load
 from kiosk.services.bank.service import BankService
 from kiosk.services.envelope import ServiceKeys
 from kiosk.services.gateway import Gateway
-from kiosk.services.http import build_app
+from kiosk.services.http import admin_token, build_app
+from kiosk.services.protocol import InfCode, Refusal, refused
 from kiosk.storage import Database, open_database
 
 PORT = 8720
@@ -50,6 +54,21 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
     window = window_s or int(load().replay_window_s)
     service, gw = build_bank(db, data_dir, clock, window)
     app = build_app("Bank: medical-insurance credit line", gw, data_dir, description=__doc__.splitlines()[0])
+    token = admin_token(data_dir)
+
+    @app.post("/admin/notifications", tags=["admin"],
+              summary="the operator's sender drains holder notifications (member draws, due soon, overdue)")
+    def notifications(limit: int = 100, x_admin_token: str = Header(default="")) -> JSONResponse:
+        now = gw.clock.now()
+        if not hmac.compare_digest(x_admin_token.encode(), token.encode()):
+            return JSONResponse(refused("", Refusal(InfCode.UNKNOWN_TERMINAL, "admin token missing or wrong",
+                                                    field="x-admin-token"), now), status_code=401)
+        if not 1 <= limit <= 1000:
+            return JSONResponse(refused("", Refusal(InfCode.INVALID_INPUT, "must be 1..1000", field="limit"), now),
+                                status_code=400)
+        out = db.run(lambda tx: service.hand_over(tx, now, limit))
+        return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
+
     app.state.service = service
     app.state.gateway = gw
     app.state.db = db

@@ -12,7 +12,9 @@
 | credit.repay | holder, amount, key | interest, principal |
 | credit.refund | ref, amount, key | principal, cash |
 | credit.statement | holder | state, draws, holds, members |
-| credit.notifications | limit | messages handed to the holder-notification sender |
+
+Holder notifications are not a terminal transaction: the operator's sender drains
+them through `POST /admin/notifications` (operator token), see `hand_over`.
 
 CreditService runs inside the gateway's transaction (kiosk.storage joins nested
 transactions), so the message's msgid, the credit operation's idempotency key,
@@ -146,10 +148,6 @@ class Refund(_In):
 
 class Statement(_In):
     holder: str = _ID
-
-
-class Notifications(_In):
-    limit: StrictInt = Field(default=100, ge=1, le=1000)
 
 
 def _fen(yuan: str) -> int:
@@ -287,16 +285,17 @@ class BankService:
         s.pop("code")
         return s
 
-    def notifications(self, ctx: Ctx, tx: Transaction, d: Notifications) -> dict[str, Any]:
-        """Hand queued holder notifications to the caller (the SMS/app sender); they are marked sent.
+    def hand_over(self, tx: Transaction, now: Any, limit: int = 100) -> dict[str, Any]:
+        """Hand queued holder notifications to the operator's sender (SMS/app); they are marked sent.
 
         The day's sweep runs first, so "due soon" and "overdue" notices are queued even on
-        lines nobody drew on today (a no-op for lines already accrued through today)."""
+        lines nobody drew on today (a no-op for lines already accrued through today). Only the
+        operator may call this (a terminal could otherwise swallow every holder's notices)."""
         self.credit.sweep()
-        msgs = self.credit.outbox.pending(self.db, d.limit)
+        msgs = self.credit.outbox.pending(self.db, limit)
         for m in msgs:
             tx.execute("UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ? AND sent_at IS NULL",
-                       (ctx.now.isoformat(), m.id))
+                       (now.isoformat(), m.id))
         return {"messages": [{"id": m.id, "topic": m.topic, "payload": m.payload, "created_at": m.created_at}
                              for m in msgs]}
 
@@ -315,6 +314,5 @@ class BankService:
             ("credit.repay", Repay, self.repay, "repay: interest first, then oldest principal"),
             ("credit.refund", Refund, self.refund, "refund of a paid bill to its draw"),
             ("credit.statement", Statement, self.statement, "the holder's statement"),
-            ("credit.notifications", Notifications, self.notifications, "drain the holder-notification outbox"),
         ]
         return {code: Route(code, model, fn, summary, needs_sign_in=False) for code, model, fn, summary in table}
