@@ -125,6 +125,10 @@ class LinkedPayment:
         self.fault("draw")
         if a.ok:
             self._save(e, "done", f"draw {a.output.get('draw_id', '')}")
+        elif a.infcode in (InfCode.STORAGE, InfCode.INTERNAL):
+            # the bank applied nothing and asks for a retry: completing beats reversing
+            raise RemoteError(f"the bank could not take the draw now ({a.err_code}); resume retries it",
+                              code=a.err_code or "bank_fault")
         else:
             self._save(e, "reversing", f"draw refused: {a.err_code}")
 

@@ -160,6 +160,26 @@ def test_refused_draw_reverses_the_settlement(pair: tuple[Centre, Bank]) -> None
                                                (p.psn_no,)))) == bal
 
 
+def test_a_bank_fault_answer_is_retried_not_taken_for_a_decline(pair: tuple[Centre, Bank], monkeypatch) -> None:
+    """9001 means "nothing applied, send again": the payment is completed on resume, not reversed."""
+    from kiosk.services.protocol import Answer
+
+    c, bank = pair
+    p = c.people[21]
+    assert bank.client.apply(p.psn_no, p.brdy, 6).ok
+    journal = MemoryJournal()
+    lp, entry = _payment(c, bank, journal, p, amount="120.00")
+    real = bank.client.draw
+    monkeypatch.setattr(bank.client, "draw", lambda *a, **k: Answer(9001, "unavailable", "retry", {}, "m"))
+    with pytest.raises(RemoteError):
+        lp.run(entry)
+    assert journal.load(entry.order_id).state == "settled"  # kept for resume, not reversing
+    monkeypatch.setattr(bank.client, "draw", real)
+    done = LinkedPayment(c.client, bank.client, journal).resume(journal.load(entry.order_id))
+    assert done.state == "done" and _draws(bank, done.setl_id) == 1
+    assert c.client.query(p.psn_no, setl_id=done.setl_id).output["setl_state"] == "settled"
+
+
 def test_lost_settlement_answer_is_found_or_blocked(pair: tuple[Centre, Bank]) -> None:
     c, bank = pair
     p = c.people[20]

@@ -11,7 +11,7 @@ from typing import Any
 from kiosk.errors import RemoteError
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.services.client import BankClient
-from kiosk.services.protocol import Answer
+from kiosk.services.protocol import Answer, InfCode
 from kiosk.app.ports import DrawResult, Line, Person
 
 
@@ -57,6 +57,8 @@ class BankAdapter:
             a = self._call(self.client.draw, person.psn_no, fen_to_yuan(amount_fen), ref, key)
         except RemoteError:
             return DrawResult("unknown")
+        if a.infcode in (InfCode.STORAGE, InfCode.INTERNAL):
+            return DrawResult("unknown")  # a bank fault is not a decline: resolved by key like a lost answer
         if not a.ok:
             return DrawResult(_reason(a))
         return DrawResult("ok", str(a.output.get("draw_id") or ref), amount_fen)
@@ -81,6 +83,8 @@ class BankAdapter:
             a = self._call(self.client.capture, ref, fen_to_yuan(amount_fen), key)
         except RemoteError:
             return DrawResult("unknown")
+        if a.infcode in (InfCode.STORAGE, InfCode.INTERNAL):
+            return DrawResult("unknown")  # a bank fault is not a decline: resolved by key like a lost answer
         if not a.ok:
             return DrawResult(_reason(a))
         return DrawResult("ok", str(a.output.get("draw_id") or ref), amount_fen)
