@@ -35,6 +35,10 @@ RELATIONS = {"spouse": "spouse", "parent": "parent", "parents": "parent", "fathe
              "mother": "parent", "child": "child", "children": "child", "son": "child", "daughter": "child"}
 
 
+# "Never above 20,000 yuan (the reported maximum)": a ceiling on every profile, not a default.
+CEILING: Fen = 2_000_000
+
+
 @dataclass(frozen=True)
 class CreditProfile:
     """Region values are configuration: the shipped default profile."""
@@ -47,10 +51,12 @@ class CreditProfile:
     # (insured years strictly below, limit): y<1 -> 2,000; y<3 -> 5,000; y<5 -> 10,000; else 20,000 yuan
     tiers: tuple[tuple[int, Fen], ...] = ((1, 200_000), (3, 500_000), (5, 1_000_000))
     top_limit: Fen = 2_000_000
-    max_limit: Fen = 2_000_000  # never above 20,000 yuan
+    max_limit: Fen = CEILING  # never above 20,000 yuan (refused above CEILING)
     notice_days_before: int = 7  # "approaching day 59" notice on day 52
 
     def __post_init__(self) -> None:
+        if self.max_limit > CEILING:
+            raise ConfigError(f"profile {self.name}: max_limit is above 20,000 yuan", field="max_limit")
         if self.top_limit > self.max_limit or any(lim > self.max_limit for _, lim in self.tiers):
             raise ConfigError(f"profile {self.name}: a limit tier is above the maximum", field="tiers")
 

@@ -309,3 +309,128 @@ def test_auditor_leap_day_birthdays_and_tiers() -> None:
     limits = {y: opened("2026-01-01", "1990-01-01", y)["state"]["limit"] for y in (0, 1, 2, 3, 4, 5, 40)}
     assert limits == {0: "2000.00", 1: "5000.00", 2: "5000.00", 3: "10000.00", 4: "10000.00", 5: "20000.00",
                       40: "20000.00"}
+
+
+# -- second audit: four more timelines worked out by hand from settlement-rules.md ("Credit line") --
+
+def test_audit2_refunds_unfreeze_an_overdue_line_and_interest_stays_owed() -> None:
+    # limit 5,000 (2 years). d1 1234.56 on 04-10 (day 60 = 06-09): 123456 x 0.05 % = 61.728 -> 62 fen/day.
+    # d2 10.00 on 04-20 (day 60 = 06-19): 1000 x 0.05 % = 0.5 -> 1 fen/day (half-up).
+    # 06-10: accrue 06-09 + 06-10 on d1 = 1.24. refund 1000 -> d1 owes 234.56, still overdue.
+    # refund 300 more would total 1300 > 1234.56; refund 234.56 clears d1 (no cash): oldest unpaid is
+    # now d2 at day 51 -> not overdue, a draw is ok although 1.24 interest is still unpaid.
+    # 06-19, 06-20: d2 accrues 1 fen each -> 1.26. repay 11.26: interest, then d2; d3 (1.00) is left.
+    evs = [ev("2026-04-10", "open", holder="h", birth_date="1990-01-01", insured_years=2),
+           ev("2026-04-10", "draw", payer="h", amount="1234.56", ref="d1"),
+           ev("2026-04-20", "draw", payer="h", amount="10.00", ref="d2"),
+           ev("2026-06-10", "refund", ref="d1", amount="1000.00"),
+           ev("2026-06-10", "draw", payer="h", amount="1.00", ref="d3"),
+           ev("2026-06-10", "refund", ref="d1", amount="300.00"),
+           ev("2026-06-10", "refund", ref="d1", amount="234.56"),
+           ev("2026-06-10", "draw", payer="h", amount="1.00", ref="d3")]
+    out = run(evs, "2026-06-20")
+    assert out["results"] == ["ok", "ok", "ok", "ok", "line_overdue", "exceeds_original", "ok", "ok"]
+    assert out["state"] == state("5000.00", "4989.00", "11.00", "1.26", overdue=True)
+    # owed 1.26 + 10.00 + 1.00 = 12.26: 12.27 is refused whole
+    out = run(evs + [ev("2026-06-20", "repay", holder="h", amount="12.27"),
+                     ev("2026-06-20", "repay", holder="h", amount="11.26"),
+                     ev("2026-06-20", "repay", holder="h", amount="1.01")], "2026-06-20")
+    assert out["results"][8:] == ["overpayment", "ok", "overpayment"]
+    assert out["state"] == state("5000.00", "4999.00", "1.00", "0.00", "1.26")
+
+
+AUDIT2_MONTH = [ev("2026-02-27", "open", holder="h", birth_date="2008-02-27", insured_years=0),
+                ev("2026-02-27", "bind", holder="h", member="m", relation="parent", consent=True, monthly_cap="1000.00"),
+                ev("2026-02-28", "draw", payer="m", amount="600.00", ref="m1"),
+                ev("2026-02-28", "hold", payer="m", amount="500.00", ref="H"),
+                ev("2026-02-28", "hold", payer="m", amount="400.00", ref="H"),
+                ev("2026-02-28", "draw", payer="h", amount="900.00", ref="h1"),
+                ev("2026-03-01", "draw", payer="m", amount="200.00", ref="m2"),
+                ev("2026-03-01", "capture", ref="H", amount="350.00"),
+                ev("2026-03-01", "draw", payer="m", amount="150.00", ref="m2"),
+                ev("2026-03-01", "repay", holder="h", amount="1000.00"),
+                ev("2026-03-02", "draw", payer="m", amount="600.00", ref="m3"),
+                ev("2026-03-02", "draw", payer="m", amount="500.00", ref="m3"),
+                ev("2026-03-02", "unbind", holder="h", member="m"),
+                ev("2026-03-02", "draw", payer="m", amount="10000.00", ref="m4"),
+                ev("2026-03-02", "refund", ref="H", amount="350.00")]
+
+
+def test_audit2_member_cap_and_capture_across_the_february_march_boundary() -> None:
+    # holder turns 18 on the day she opens (eligible); limit 2,000 (0 years); parent m capped 1,000/month.
+    # 02-28: m draws 600; a hold of 500 would make 1,100 -> cap; hold 400 ok; holder draws 900 -> available 100.
+    # 03-01 (new month): m's 200 exceeds available (100) first; capture 350 of the 400 hold -> a March draw
+    # "H" (50 released) -> available 150; m draws 150 (March: 500). repay 1,000 pays m's 600 then 400 of
+    # the holder's 900 (same day, event order). 03-02: m 600 -> March 1,100 > cap; 500 fits (1,000).
+    # unbound m over the limit -> not_bound first. refund H 350 reduces H's unpaid to 0.
+    evs = AUDIT2_MONTH
+    out = run(evs, "2026-03-31")
+    assert out["results"] == ["ok", "ok", "ok", "member_cap_exceeded", "ok", "ok", "exceeds_available", "ok", "ok",
+                              "ok", "member_cap_exceeded", "ok", "ok", "not_bound", "ok"]
+    # owed: h1 500 (02-28) + m2 150 (03-01) + m3 500 (03-02) = 1,150
+    assert out["state"] == state("2000.00", "850.00", "1150.00")
+    # day 60: 02-28 -> 04-29, 03-01 -> 04-30, 03-02 -> 05-01. As of 05-01:
+    # h1 3 x 25 fen + m2 2 x round(7.5) = 2 x 8 fen + m3 1 x 25 fen = 1.16
+    assert run(evs, "2026-05-01")["state"] == state("2000.00", "850.00", "1150.00", "1.16", overdue=True)
+
+
+def test_audit2_holds_are_not_owed_and_same_day_draws_repay_in_event_order() -> None:
+    # limit 20,000 (10 years). a 5,000 and b 3,000 on 01-15 (day 59 = 03-15, day 60 = 03-16), hold 12,000:
+    # available exactly 0, so 0.01 more is refused for a draw and for a hold. 03-15: 8,000.01 is more than
+    # the 8,000 owed (a hold is not owed) -> refused whole; release H.
+    # 03-17: accrue 03-16 + 03-17: a 2.50 + b 1.50 a day -> 8.00. repay 4,000: 8.00 interest, 3,992 to a
+    # (the earlier event of the day) -> a owes 1,008.00; still overdue.
+    # 03-18: a round(100800 x 0.05 %) = 50 fen + b 1.50 = 2.00. repay 1,010 clears interest and a; b is
+    # still unpaid at day 62 -> a new hold is refused; refunding b whole unfreezes; hold 1.00 ok.
+    out = run([ev("2026-01-15", "open", holder="h", birth_date="1970-05-05", insured_years=10),
+               ev("2026-01-15", "draw", payer="h", amount="5000.00", ref="a"),
+               ev("2026-01-15", "draw", payer="h", amount="3000.00", ref="b"),
+               ev("2026-01-15", "hold", payer="h", amount="12000.00", ref="H"),
+               ev("2026-01-16", "draw", payer="h", amount="0.01", ref="c"),
+               ev("2026-01-16", "hold", payer="h", amount="0.01", ref="H2"),
+               ev("2026-03-15", "repay", holder="h", amount="8000.01"),
+               ev("2026-03-15", "release", ref="H"),
+               ev("2026-03-17", "repay", holder="h", amount="4000.00"),
+               ev("2026-03-17", "draw", payer="h", amount="1.00", ref="c"),
+               ev("2026-03-18", "repay", holder="h", amount="1010.00"),
+               ev("2026-03-18", "hold", payer="h", amount="1.00", ref="H3"),
+               ev("2026-03-18", "refund", ref="b", amount="3000.00"),
+               ev("2026-03-18", "hold", payer="h", amount="1.00", ref="H3")], "2026-03-31")
+    assert out["results"] == ["ok", "ok", "ok", "ok", "exceeds_available", "exceeds_available", "overpayment", "ok",
+                              "ok", "line_overdue", "ok", "line_overdue", "ok", "ok"]
+    assert out["state"] == state("20000.00", "19999.00", "0.00", "0.00", "10.00")
+
+
+def test_audit2_refund_after_day_60_then_cash_and_payoff() -> None:
+    # holder 18 on the day; limit 5,000 (1 year). d1 2,000 on 10-01 (day 60 = 11-30); d2 999.99 on 10-20
+    # (day 60 = 12-19): round(99999 x 0.05 % = 49.9995) = 50 fen/day.
+    # 11-29 (d1 day 59) repay 1,500: free, d1 owes 500. 12-01: accrue 11-30 + 12-01 on 500 = 2 x 25 fen.
+    # refund 800 of d1: 500 principal + 300 cash. repay 0.51: 0.50 interest + 0.01 of d2 (999.98 left).
+    # refund 1,200.01 would total 2,000.01 > 2,000; 1,200.00 is all cash (refunded cash 1,500).
+    evs = [ev("2026-10-01", "open", holder="h", birth_date="2008-10-01", insured_years=1),
+           ev("2026-10-01", "draw", payer="h", amount="2000.00", ref="d1"),
+           ev("2026-10-20", "draw", payer="h", amount="999.99", ref="d2"),
+           ev("2026-11-29", "repay", holder="h", amount="1500.00"),
+           ev("2026-12-01", "refund", ref="d1", amount="800.00"),
+           ev("2026-12-01", "repay", holder="h", amount="0.51"),
+           ev("2026-12-01", "refund", ref="d1", amount="1200.01"),
+           ev("2026-12-01", "refund", ref="d1", amount="1200.00")]
+    out = run(evs, "2026-12-18")
+    assert out["results"] == ["ok", "ok", "ok", "ok", "ok", "ok", "exceeds_original", "ok"]
+    assert out["state"] == state("5000.00", "4000.02", "999.98", "0.00", "0.50", "1500.00")
+    # 12-19 is d2's day 60: round(99998 x 0.05 % = 49.999) = 50 fen -> overdue at the end of the day
+    assert run(evs, "2026-12-19")["state"] == state("5000.00", "4000.02", "999.98", "0.50", "0.50", "1500.00",
+                                                    overdue=True)
+    # 12-20: one more 0.50 -> owed 999.98 + 1.00; a fen more is refused whole
+    out = run(evs + [ev("2026-12-20", "repay", holder="h", amount="1000.99"),
+                     ev("2026-12-20", "repay", holder="h", amount="1000.98")], "2026-12-31")
+    assert out["results"][8:] == ["overpayment", "ok"]
+    assert out["state"] == state("5000.00", "5000.00", "0.00", "0.00", "1.50", "1500.00")
+
+
+@pytest.mark.postgres
+def test_audit2_month_boundary_timeline_is_identical_on_postgresql(db: Database) -> None:
+    out = run(AUDIT2_MONTH, "2026-05-01", db)
+    assert out["results"] == ["ok", "ok", "ok", "member_cap_exceeded", "ok", "ok", "exceeds_available", "ok", "ok",
+                              "ok", "member_cap_exceeded", "ok", "ok", "not_bound", "ok"]
+    assert out["state"] == state("2000.00", "850.00", "1150.00", "1.16", overdue=True)

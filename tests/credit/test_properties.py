@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kiosk.clock import SHANGHAI, ManualClock
 from kiosk.credit import CreditService, ledger, rules
+from kiosk.errors import ConfigError
 from kiosk.storage import open_database
 
 P = rules.CreditProfile()
@@ -140,3 +142,12 @@ def test_rule_tables() -> None:
     assert rules.daily_interest(9_999, P) == 5 and rules.daily_interest(9_998, P) == 5
     assert rules.daily_interest(9_990, P) == 5 and rules.daily_interest(9_989, P) == 5
     assert rules.daily_interest(8_999, P) == 4
+
+
+def test_no_profile_can_configure_a_limit_above_20000_yuan() -> None:
+    # the rules' "never above 20,000 yuan" is a ceiling on configuration too, not only a default
+    for kw in ({"max_limit": 5_000_000, "top_limit": 5_000_000}, {"max_limit": 2_000_001},
+               {"top_limit": 2_000_001}, {"tiers": ((1, 2_000_001),)}):
+        with pytest.raises(ConfigError):
+            rules.CreditProfile(name="x", **kw)  # type: ignore[arg-type]
+    assert rules.limit_for(99, rules.CreditProfile(name="low", max_limit=1_500_000, top_limit=1_500_000)) == 1_500_000
