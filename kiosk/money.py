@@ -33,6 +33,8 @@ def parse_decimal(value: object, field: str, *, max_dp: int = 4, allow_negative:
         raise InputError("must be given as a string (e.g. \"12.50\"), not a JSON float", field=field)
     if isinstance(value, int):
         d = Decimal(value)
+    elif isinstance(value, Decimal):  # a JSON number read exactly (json.loads(parse_float=Decimal))
+        d = value
     elif isinstance(value, str):
         s = value.strip()
         if not _NUMBER.fullmatch(s):

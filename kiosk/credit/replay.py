@@ -51,7 +51,7 @@ def _day(value: object, field: str) -> date:
 def _years(value: object, field: str) -> int:
     """Whole years of continuous insurance: a fraction counts down (4.9 years are 4 whole years)."""
     if isinstance(value, Decimal) and value.is_finite():  # a JSON number with a point (kiosk.credit.cli)
-        value = int(value) if value >= 0 else -1
+        value = -1 if value < 0 else int(value) if value.adjusted() < 4 else 9999  # 1e999999999: no huge int
     # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and full-width digits
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and _YEARS.fullmatch(value))):
         raise InputError(f"must be a whole number of years, got {value!r}", field=field)
@@ -100,7 +100,7 @@ def _event(svc: CreditService, ev: dict[str, Any], key: str, line_holder: str | 
     def amount(name: str = "amount") -> int:
         v = ev.get(name)
         # a JSON number read exactly (the CLI parses them as Decimal): the digits the file holds
-        return yuan_to_fen(str(v) if isinstance(v, Decimal) else v, name)
+        return yuan_to_fen(v, name)
 
     def positive() -> int:
         amt = amount()

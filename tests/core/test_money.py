@@ -32,7 +32,8 @@ def test_parse_decimal_refuses_bad_input_with_field(bad):
 
 @pytest.mark.parametrize(
     "bad", ["1_000", "\uff11\uff12", "\u0661\u0662", "1 000", "+-1", "0x10", ".", "1e", "1.2.3", " ", "sNaN", "-Infinity", "1e2",
-            "1E+999999999", "9" * 13, 10 ** 13]
+            "1E+999999999", "9" * 13, 10 ** 13,
+            Decimal("1E+999999999"), Decimal("NaN")]
 )
 def test_parse_decimal_takes_only_ascii_decimal_notation(bad):
     # Decimal() alone reads "1_000" as 1000 and full-width / Arabic-Indic digits as 12.
@@ -42,7 +43,8 @@ def test_parse_decimal_takes_only_ascii_decimal_notation(bad):
 
 
 @pytest.mark.parametrize(
-    "text, value", [("12", "12"), (" 12.50 ", "12.50"), (".5", "0.5"), ("5.", "5"), ("+3", "3"), ("999999999999.99", "999999999999.99"), (7, "7")]
+    "text, value", [("12", "12"), (" 12.50 ", "12.50"), (".5", "0.5"), ("5.", "5"), ("+3", "3"), ("999999999999.99", "999999999999.99"), (7, "7"),
+                      (Decimal("1E+2"), "100")]
 )
 def test_parse_decimal_accepts_plain_numbers(text, value):
     assert parse_decimal(text, "x") == Decimal(value)
