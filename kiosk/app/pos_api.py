@@ -68,7 +68,7 @@ class RefundIn(BaseModel):
 class OrderOut(BaseModel):
     order_id: str
     mode: str
-    status: str = Field(description="pending | running | paid | held | failed | cancelled | reversing | refunded | partially_refunded")
+    status: str = Field(description="pending | running | paid | held | captured (an admission whose hold a discharge settled) | failed | cancelled | reversing | refunded | partially_refunded")
     reason: str | None = Field(default=None, description="reason code when not paid (or a warning such as paper_out)")
     result: dict[str, Any] | None = None
     created_at: str

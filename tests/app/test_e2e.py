@@ -470,6 +470,11 @@ def test_inpatient_admission_holds_and_discharge_settles_and_captures(stack):
     after = stack.bank_client.call("credit.line", {"payer": LI}).output["available"]
     # the rest of the hold is released: only the captured self-pay stays drawn
     assert _fen(avail0) - _fen(after) == _fen(r["credit_draw"])
+    # the hold is spent: the admission says so and a second discharge is refused before any session starts
+    assert stack.pos_client.get("E-ADMIT").json()["status"] == "captured"
+    again = stack.pos_client.create({"order_id": "E-DISCHARGE-2", "mode": "discharge",
+                                     "admission_order_id": "E-ADMIT", "bill": DEMO_BILL})
+    assert again.status_code == 409 and again.json()["code"] == "no_hold", again.text
 
 
 def _fen(y: str) -> int:
