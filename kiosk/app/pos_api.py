@@ -60,13 +60,15 @@ class OrderIn(BaseModel):
 class RefundIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     refund_id: str = Field(pattern=_ID, description="the POS's id for this refund; retries reuse it")
-    amount: str | None = Field(default=None, pattern=_YUAN, description="yuan; absent = refund the whole order")
+    amount: str | None = Field(default=None, pattern=_YUAN,
+                               description="yuan; absent = refund the whole order. A partial refund returns only "
+                                           "the personal share (credit draw first, then cash), up to credit + cash")
 
 
 class OrderOut(BaseModel):
     order_id: str
     mode: str
-    status: str = Field(description="pending | running | paid | held | failed | cancelled | reversing | refunded | partially_refunded")
+    status: str = Field(description="pending | running | paid | held | captured (an admission whose hold a discharge settled) | failed | cancelled | reversing | refunded | partially_refunded")
     reason: str | None = Field(default=None, description="reason code when not paid (or a warning such as paper_out)")
     result: dict[str, Any] | None = None
     created_at: str
@@ -121,7 +123,10 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
     async def health() -> dict[str, Any]:
         return {"ok": True}
 
-    @app.post("/pos/v1/orders", response_model=OrderOut, status_code=201, tags=["pos"], responses=responses)
+    @app.post("/pos/v1/orders", response_model=OrderOut, status_code=201, tags=["pos"], responses=responses,
+              description="Creates a payment order (201). A retry with the same order_id and the same body "
+                          "returns the first answer (200; its result once known); the same order_id with "
+                          "another body is 409 order_conflict.")
     async def create_order(body: OrderIn, sysid: str = Depends(system)) -> Any:
         req = body.model_dump(exclude_none=True)
         if body.mode in ("outpatient", "discharge"):
@@ -159,7 +164,13 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
         row = await asyncio.to_thread(terminal.cancel, sysid, order_id)
         return out(row)
 
-    @app.post("/pos/v1/orders/{order_id}/refunds", tags=["pos"], responses=responses)
+    @app.post("/pos/v1/orders/{order_id}/refunds", tags=["pos"], responses=responses,
+              description="Whole refund (no amount): the centre reverses the settlement (fund and personal "
+                          "account return) and the bank refunds the credit draw. Partial refund (amount): "
+                          "returns only the personal share - the credit draw first, then cash handed back at "
+                          "the counter - never the fund or account share, and a whole refund is refused once "
+                          "a partial one was made. Idempotent per refund_id (retry: 200 with the first "
+                          "answer; another body: 409 refund_conflict).")
     async def refund(order_id: str, body: RefundIn, sysid: str = Depends(system)) -> Any:
         amount = yuan_to_fen(body.amount, "amount") if body.amount is not None else None
         result, replayed = await asyncio.to_thread(terminal.refund, sysid, order_id, body.refund_id, amount)

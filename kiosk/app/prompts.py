@@ -74,6 +74,8 @@ REASONS: dict[str, Prompt] = {
     "bill_rejected": Prompt("账单无法结算，请联系收费员", "This bill cannot be settled. Please ask the cashier."),
     "insufficient_credit": Prompt("信用额度不足或不可用，请改用现金支付个人自付部分",
                               "The credit line cannot pay this. Please pay your share in cash at the counter."),
+    "credit_not_eligible": Prompt("暂不能使用信用支付，未扣款；请改用现金支付个人自付部分",
+                                  "Credit pay is not available to you; nothing was charged. Please pay your share in cash."),
     "credit_overdue": Prompt("信用支付已逾期，请先还款或改用现金支付",
                              "Your credit line is overdue. Please repay it first or pay in cash."),
     "family_cap_exceeded": Prompt("亲情付本月额度已用完，请联系绑定的亲属或改用现金",

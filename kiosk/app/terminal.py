@@ -177,9 +177,18 @@ class Terminal:
         result["psn_no"] = out.psn_no or None
         result["stage_ms"] = {k: round(v, 1) for k, v in out.stage_ms.items()}
         self.store.set_status(job.system, oid, out.status, reason=out.reason, result=result)
+        if out.status == "paid":
+            self._discharged(job.system, oid)
         self._audit("payment", system=job.system, order_id=oid, mode=job.order.mode, status=out.status,
                     reason=out.reason or "", setl_id=out.setl_id, medfee_sumamt=result["medfee_sumamt"],
                     credit_draw=result["credit_draw"], payer=out.payer)
+
+    def _discharged(self, system: str, order_id: str) -> None:
+        """A paid discharge captured its admission's hold: the admission is 'captured' (no second discharge)."""
+        row = self.store.get(system, order_id)
+        adm = (row.request.get("admission_order_id") if row and row.mode == "discharge" else None)
+        if adm:
+            self.store.set_status(system, adm, "captured", expect=("held",))
 
     def _audit(self, event: str, **fields: Any) -> None:
         """Tamper-evident record of what the terminal did with money (ids and amounts, no person data)."""
@@ -235,6 +244,8 @@ class Terminal:
             j.record(oid, "recovered", {"as": status})
             self.store.set_status(row.system, oid, status, reason=None if "done" in names else "interrupted",
                                   result=result)
+            if status == "paid":
+                self._discharged(row.system, oid)
             self._audit("recovery", system=row.system, order_id=oid, status=status)
             return status
         if "drawn" in names and "settled" in names:
@@ -253,6 +264,7 @@ class Terminal:
             }
             j.record(oid, "recovered", {"as": "paid"})
             self.store.set_status(row.system, oid, "paid", reason="interrupted", result=result)
+            self._discharged(row.system, oid)
             self._audit("recovery", system=row.system, order_id=oid, status="paid")
             return "paid"
         # anything less is put back, draw first, then the settlement

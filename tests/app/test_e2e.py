@@ -277,10 +277,11 @@ def test_network_lost_mid_settlement_is_resolved_without_double_charge(stack):
 @pytest.mark.parametrize("crash_after, outcome", [
     ("settle", "failed"),    # journal written, the 2207 never left: 2601 tombstones the msgid
     ("settled", "failed"),   # the centre settled, nothing else: reversed by msgid
-] + ([("drawn", "paid")] if HAS_BANK else []))  # all money moved, only the local record missing: resumed
+] + ([("draw", "failed"),  # the draw never reached the bank: reversed by its key, then the settlement
+       ("drawn", "paid")] if HAS_BANK else []))  # all money moved, only the local record missing: resumed
 def test_crash_mid_payment_is_resolved_on_restart(stack, tmp_path, crash_after, outcome):
     """A kiosk process dies right after a journal step (power cut); on restart the journal resumes or reverses."""
-    person = LI if crash_after == "drawn" else ZHANG
+    person = LI if crash_after in ("draw", "drawn") else ZHANG  # LI pays part by credit
     before = balance(stack, person)
     n_before = len(centre_rows(stack, "SELECT 1 FROM centre_settlements WHERE psn_no = ?", (person,)))
     port = free_port()
@@ -470,6 +471,11 @@ def test_inpatient_admission_holds_and_discharge_settles_and_captures(stack):
     after = stack.bank_client.call("credit.line", {"payer": LI}).output["available"]
     # the rest of the hold is released: only the captured self-pay stays drawn
     assert _fen(avail0) - _fen(after) == _fen(r["credit_draw"])
+    # the hold is spent: the admission says so and a second discharge is refused before any session starts
+    assert stack.pos_client.get("E-ADMIT").json()["status"] == "captured"
+    again = stack.pos_client.create({"order_id": "E-DISCHARGE-2", "mode": "discharge",
+                                     "admission_order_id": "E-ADMIT", "bill": DEMO_BILL})
+    assert again.status_code == 409 and again.json()["code"] == "no_hold", again.text
 
 
 def _fen(y: str) -> int:

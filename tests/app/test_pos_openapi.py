@@ -74,3 +74,12 @@ def session():
 def test_no_server_errors(case, pos_server, session):
     _app, url = pos_server
     case.call_and_validate(base_url=url, session=session, checks=[not_a_server_error])
+
+
+def test_the_published_contract_states_retries_conflicts_and_what_a_partial_refund_returns():
+    doc = APP.openapi()
+    create = doc["paths"]["/pos/v1/orders"]["post"]["description"]
+    assert "same order_id" in create and "409" in create
+    refund = doc["paths"]["/pos/v1/orders/{order_id}/refunds"]["post"]["description"]
+    assert "only the personal share" in refund and "credit draw first, then cash" in refund
+    assert "personal share" in doc["components"]["schemas"]["RefundIn"]["properties"]["amount"]["description"]

@@ -195,3 +195,17 @@ def test_the_wrapper_reports_ready_pings_while_healthy_and_stops_when_the_server
         if wrapper.poll() is None:
             wrapper.kill()
             wrapper.wait(5)
+
+
+def test_the_bridge_unit_is_hardened_restarts_and_feeds_a_watchdog():
+    u = parse_unit(UNITS / "kiosk-bridge.service")
+    assert one(u, "User") == "kiosk" and one(u, "Restart") == "on-failure"
+    for key, want in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"),
+                      ("ProtectHome", "yes"), ("Type", "notify"), ("NotifyAccess", "main")]:
+        assert one(u, key) == want, key
+    assert 5 <= int(one(u, "WatchdogSec")) <= 120
+    exe = one(u, "ExecStart")
+    assert "-m kiosk.app.technician_watchdog --health http://127.0.0.1:8730/v1/status --" in exe
+    assert exe.endswith("-m firmware_bridge.service --host 127.0.0.1 --port 8730")
+    assert "ReadWritePaths" not in u["Service"]  # it writes nothing: the whole file system stays read-only
+    assert one(u, "CapabilityBoundingSet") == ""

@@ -346,3 +346,35 @@ def test_fault_while_money_moves_is_left_to_recovery(rig):
     rig.store.set_status("t", "o1", "reversing", reason="interrupted")
     assert Terminal(rig.store, rig.deps, SystemClock()).recover() == [("o1", "paid")]
     assert rig.store.get("t", "o1").result["receipt_printed"] is False
+
+
+def test_every_reason_the_session_can_give_has_patient_text():
+    """A reason code without a prompt turns into an IntegrityError mid-session (the patient
+    would read 'system fault', or a declined draw would be left 'reversing')."""
+    import re
+    from pathlib import Path
+
+    from kiosk.app import session as session_mod
+    from kiosk.app.prompts import REASONS
+
+    src = Path(session_mod.__file__).read_text()
+    used = set(re.findall(r'_fail\("([a-z_]+)"', src)) | set(session_mod._MONEY_REASONS)
+    assert used - set(REASONS) == set()
+
+
+def test_credit_not_eligible_draw_is_reversed_and_told(rig):
+    rig.bank.draw_status = "credit_not_eligible"
+    rig.typist.plan("confirm", "<enter>")
+    rig.cam.show([casia(1, 0)])
+    out = rig.run()
+    assert (out.status, out.reason) == ("failed", "credit_not_eligible")
+    assert [c for c, _ in rig.centre.calls][-2:] == ["settle", "reverse"]
+    assert "Please" in rig.snaps[-1].reason_en
+
+
+def test_admission_without_a_credit_line_is_told_why(rig):
+    rig.bank.line = Line(kind="none")
+    rig.cam.show([casia(1, 0)])
+    out = rig.run(Order("o1", {}, mode="admission", deposit_fen=50000))
+    assert (out.status, out.reason) == ("failed", "credit_not_eligible")
+    assert rig.bank.calls == []
