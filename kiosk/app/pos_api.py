@@ -154,7 +154,7 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
     @app.get("/pos/v1/orders/{order_id}", response_model=OrderOut, tags=["pos"], responses=responses)
     async def get_order(order_id: str, wait: float = Query(0, ge=0, le=60, description="seconds to wait for a result"),
                         sysid: str = Depends(system)) -> Any:
-        row = await asyncio.to_thread(terminal.wait, sysid, order_id, wait) if wait else terminal.store.get(sysid, order_id)
+        row = await terminal.wait_async(sysid, order_id, wait) if wait else terminal.store.get(sysid, order_id)
         if row is None:
             raise InputError(f"no order {order_id!r}", code="not_found", field="order_id")
         return out(row)

@@ -69,6 +69,7 @@ class Terminal:
         self._audit_fn = audit  # e.g. kiosk.security AuditLog(...).append: event, **fields
         self._q: queue.Queue[_Job | None] = queue.Queue()
         self._cond = threading.Condition()
+        self.changes = 0  # bumped by _notify: the async long-poll re-reads when it moves
         self._current: tuple[str, str, CounterSession] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -134,7 +135,29 @@ class Terminal:
 
     def _notify(self) -> None:
         with self._cond:
+            self.changes += 1
             self._cond.notify_all()
+
+    async def wait_async(self, system: str, order_id: str, timeout_s: float) -> OrderRow | None:
+        """`wait` for the event loop: a long-poll holds no worker thread (several POS systems
+        waiting up to 60 s each would otherwise fill the small default pool and stall every
+        other request). Re-reads the order when the worker signals a change, and every 0.5 s."""
+        import asyncio
+
+        end = time.monotonic() + max(0.0, timeout_s)
+        seen, read_at = -1, 0.0
+        row: OrderRow | None = None
+        while True:
+            now = time.monotonic()
+            if self.changes != seen or now - read_at >= 0.5:
+                seen, read_at = self.changes, now
+                row = await asyncio.to_thread(self.store.get, system, order_id)
+                if row is None or row.status not in ("pending", "running"):
+                    return row
+            left = end - time.monotonic()
+            if left <= 0:
+                return row
+            await asyncio.sleep(min(left, 0.02))
 
     # ------------------------------------------------------------ worker
     def _worker(self) -> None:
