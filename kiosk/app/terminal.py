@@ -117,8 +117,12 @@ class Terminal:
             return row
         if row.status in ("failed",):
             return row
-        raise ConflictError(f"order {order_id!r} is {row.status}; a paid order is refunded, not cancelled",
-                            code="not_cancellable", field="order_id")
+        why = {
+            "running": "the patient has confirmed and the payment is being settled; query it and refund it if needed",
+            "reversing": "the terminal is undoing it (nothing will stay charged); query it until it is failed",
+            "held": "an admission's hold is settled by its discharge order, which releases what is not used",
+        }.get(row.status, "a paid order is refunded, not cancelled")
+        raise ConflictError(f"order {order_id!r} is {row.status}: {why}", code="not_cancellable", field="order_id")
 
     def wait(self, system: str, order_id: str, timeout_s: float) -> OrderRow | None:
         """Block until the order leaves pending/running (or the timeout)."""
