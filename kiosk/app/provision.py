@@ -506,7 +506,7 @@ def register_provision(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-dir", metavar="DIR", help="where it is installed (default <data_dir>/models)")
     p.add_argument("--camera", help="camera index, video file or image folder (default 0; remembered)")
     p.add_argument("--bridge", metavar="URL", help=f"firmware bridge API (default {DEFAULT_BRIDGE})")
-    p.add_argument("--technician-pin", help="set this PIN (6-12 digits) instead of generating one")
+    p.add_argument("--technician-pin", help="set this PIN (6-12 digits) instead of generating one; prefer KIOSK_TECHNICIAN_PIN in the environment (a command-line argument is visible in ps)")
     p.add_argument("--redo", action="append", choices=STEP_NAMES, help="run a done step again (repeatable)")
     p.add_argument("--only", action="append", choices=STEP_NAMES, help="run only these steps (repeatable)")
     p.add_argument("--skip", action="append", choices=STEP_NAMES, help="leave these steps out (repeatable)")
