@@ -59,7 +59,7 @@ class OrderIn(BaseModel):
 
 class RefundIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    refund_id: str = Field(pattern=_ID, description="the POS's id for this refund; retries reuse it")
+    refund_id: str = Field(pattern=_ID, description="the POS's id for this refund; retries reuse it (a refund that failed, or was cut off by a restart, is attempted again by the same request)")
     amount: str | None = Field(default=None, pattern=_YUAN,
                                description="yuan; absent = refund the whole order. A partial refund returns only "
                                            "the personal share (credit draw first, then cash), up to credit + cash")

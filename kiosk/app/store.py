@@ -10,6 +10,7 @@ steps carry ids and amounts only.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +58,11 @@ MIGRATIONS = [
             day TEXT NOT NULL,
             PRIMARY KEY (system, refund_id))""",
     ]),
+    # when the current attempt of a refund started: a failed or abandoned (crash) attempt is
+    # taken up again by a retry with the same refund id
+    Migration("app.002_refund_attempts", ["ALTER TABLE app_refunds ADD COLUMN attempt_at TEXT"]),
 ]
+REFUND_STALE_S = 60  # a 'running' refund attempt older than this was cut off (crash): a retry resumes it
 
 OPEN = ("pending", "running", "reversing")  # 'reversing': money may have moved; recovery puts it back
 FINAL = ("paid", "held", "failed", "cancelled", "refunded", "partially_refunded", "captured")
@@ -175,23 +180,31 @@ class Store:
             # the order row is locked first, so refunds of one order (and their total) are serialised
             tx.fetch_one("SELECT refunded_fen FROM app_orders WHERE system = ? AND order_id = ?" + tx.for_update,
                          (system, order_id))
-            r = tx.fetch_one("SELECT request_hash, status, result FROM app_refunds WHERE system = ? AND refund_id = ?",
-                             (system, refund_id))
+            r = tx.fetch_one("SELECT request_hash, status, result, COALESCE(attempt_at, created_at) FROM app_refunds "
+                             "WHERE system = ? AND refund_id = ?", (system, refund_id))
+            reserve = amount_fen
             if r is not None:
                 if r[0] != h:
                     raise ConflictError(f"refund {refund_id!r} already exists with a different request",
                                         code="refund_conflict", field="refund_id")
-                return (json.loads(r[2]) if r[2] else {"status": r[1]}), True
+                if not self._retryable(r[1], r[3]):
+                    return (json.loads(r[2]) if r[2] else {"status": r[1]}), True
+                reserve = amount_fen if r[1] == "failed" else 0  # a cut-off attempt still holds its reservation
             done = tx.scalar("SELECT refunded_fen FROM app_orders WHERE system = ? AND order_id = ?",
                              (system, order_id), default=0)
-            if done + amount_fen > limit_fen:
+            if done + reserve > limit_fen:
                 raise InputError(f"refunds would total more than the refundable {limit_fen / 100:.2f}",
                                  field="amount")
-            tx.execute("INSERT INTO app_refunds (system, refund_id, order_id, request_hash, amount_fen, status, "
-                       "created_at, day) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-                       (system, refund_id, order_id, h, amount_fen, now, local_day(self.clock).isoformat()))
-            tx.execute("UPDATE app_orders SET refunded_fen = refunded_fen + ?, updated_at = ? "
-                       "WHERE system = ? AND order_id = ?", (amount_fen, now, system, order_id))
+            if r is None:
+                tx.execute("INSERT INTO app_refunds (system, refund_id, order_id, request_hash, amount_fen, status, "
+                           "created_at, day, attempt_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                           (system, refund_id, order_id, h, amount_fen, now, local_day(self.clock).isoformat(), now))
+            else:  # the same request again after a failed or cut-off attempt: try again (keys make it safe)
+                tx.execute("UPDATE app_refunds SET status = 'running', result = NULL, attempt_at = ? "
+                           "WHERE system = ? AND refund_id = ?", (now, system, refund_id))
+            if reserve:
+                tx.execute("UPDATE app_orders SET refunded_fen = refunded_fen + ?, updated_at = ? "
+                           "WHERE system = ? AND order_id = ?", (reserve, now, system, order_id))
             return None, False
 
         return self.db.run(work)
@@ -203,14 +216,25 @@ class Store:
         The same refund id with a different request is a ConflictError."""
         h = request_hash({"order_id": order_id, **request})
         r = self.db.read(lambda tx: tx.fetch_one(
-            "SELECT request_hash, status, result FROM app_refunds WHERE system = ? AND refund_id = ?",
-            (system, refund_id)))
+            "SELECT request_hash, status, result, COALESCE(attempt_at, created_at) FROM app_refunds "
+            "WHERE system = ? AND refund_id = ?", (system, refund_id)))
         if r is None:
             return None
         if r[0] != h:
             raise ConflictError(f"refund {refund_id!r} already exists with a different request",
                                 code="refund_conflict", field="refund_id")
+        if self._retryable(r[1], r[3]):
+            return None  # begin_refund takes it up again
         return json.loads(r[2]) if r[2] else {"status": r[1]}
+
+    def _retryable(self, status: str, attempt_at: str) -> bool:
+        """A failed attempt, or one left 'running' by a crash, is tried again by the same request."""
+        if status == "failed":
+            return True
+        if status != "running":
+            return False
+        started = datetime.fromisoformat(attempt_at)
+        return (self.clock.now() - started).total_seconds() > REFUND_STALE_S
 
     def finish_refund(self, system: str, order_id: str, refund_id: str, status: str, result: dict[str, Any],
                       release_fen: int = 0) -> None:

@@ -418,6 +418,27 @@ def test_whole_refund_reverses_the_settlement_once(stack):
     assert balance(stack, ZHANG) == before
 
 
+def test_a_refund_that_failed_is_completed_by_the_same_refund_id(stack):
+    """The centre is unreachable during the refund: the POS is told it failed, and the same
+    request later completes it (no new refund id needed, nothing refunded twice)."""
+    before = balance(stack, ZHANG)
+    got = pay(stack, "E-REFUND-NET", ZHANG, keys={"confirm": ["<enter>"]})
+    assert got["status"] == "paid" and balance(stack, ZHANG) == before - 3400
+    stack.relay.cut_after("POST /fsi/api/2208")  # the reversal reaches the centre, its answer is lost
+    try:
+        failed = stack.pos_client.refund("E-REFUND-NET", "RF-NET")
+        assert stack.relay.fired.is_set()
+    finally:
+        stack.relay.restore()
+    assert failed.status_code >= 400, failed.text
+    done = stack.pos_client.refund("E-REFUND-NET", "RF-NET")
+    assert done.status_code == 201, done.text
+    assert (done.json()["status"], done.json()["amount"]) == ("refunded", "104.00")
+    assert balance(stack, ZHANG) == before  # the account came back exactly once
+    assert stack.pos_client.get("E-REFUND-NET").json()["status"] == "refunded"
+    assert stack.pos_client.refund("E-REFUND-NET", "RF-NET").json() == done.json()
+
+
 def test_demo_console_drives_a_session_from_a_browser(stack):
     """`kiosk demo --serve`: a person at the browser plays POS, camera and keypad through /demo/."""
     from kiosk.app.demo_console import mount_demo_console

@@ -77,6 +77,27 @@ def test_refunds_are_capped_replayed_and_released_on_failure(store):
     assert store.begin_refund("pos1", "O1", "R4", 400, {"amount": 400}, 1000) == (None, False)
 
 
+def test_a_failed_or_cut_off_refund_is_taken_up_again_by_the_same_request(store):
+    """The POS retries with the same refund id: a failed attempt runs again (reserving again), a
+    fresh 'running' one is reported as running, one cut off by a crash resumes after a minute."""
+    store.create_order("pos1", "O2", BILL, "outpatient")
+    assert store.begin_refund("pos1", "O2", "R1", 700, {"amount": 700}, 1000) == (None, False)
+    store.finish_refund("pos1", "O2", "R1", "failed", {"status": "failed"}, release_fen=700)
+    assert store.get("pos1", "O2").refunded_fen == 0
+    assert store.find_refund("pos1", "O2", "R1", {"amount": 700}) is None  # not a replay: try again
+    assert store.begin_refund("pos1", "O2", "R1", 700, {"amount": 700}, 1000) == (None, False)
+    assert store.get("pos1", "O2").refunded_fen == 700  # reserved again, once
+    # in flight: a concurrent identical request is told it is running, and reserves nothing
+    assert store.begin_refund("pos1", "O2", "R1", 700, {"amount": 700}, 1000) == ({"status": "running"}, True)
+    with pytest.raises(InputError):  # the reservation still counts against other refunds
+        store.begin_refund("pos1", "O2", "R2", 400, {"amount": 400}, 1000)
+    store.clock.advance(seconds=61)  # the attempt was cut off (the terminal restarted)
+    assert store.begin_refund("pos1", "O2", "R1", 700, {"amount": 700}, 1000) == (None, False)
+    assert store.get("pos1", "O2").refunded_fen == 700  # its reservation is not taken twice
+    store.finish_refund("pos1", "O2", "R1", "refunded", {"amount": "7.00"})
+    assert store.begin_refund("pos1", "O2", "R1", 700, {"amount": 700}, 1000) == ({"amount": "7.00"}, True)
+
+
 def test_reconciliation_day_is_the_shanghai_day(store):
     store.create_order("pos1", "O1", BILL, "outpatient")  # 23:59 on 1 March in Shanghai
     store.clock.advance(minutes=2)  # type: ignore[attr-defined]
