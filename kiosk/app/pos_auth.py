@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Mapping
 from kiosk.errors import ConfigError, KioskError
 
 WINDOW_S = 300
+_TS = re.compile(r"\d{1,12}")
+_SIG = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class AuthError(KioskError):
@@ -56,13 +59,12 @@ class PosAuth:
         key = self.systems.get(system)
         if key is None:
             raise AuthError(f"unknown system {system!r}", field="X-Pos-System")
-        try:
-            t = int(ts)
-        except ValueError:
-            raise AuthError("must be unix seconds", field="X-Pos-Timestamp") from None
-        if abs((now if now is not None else time.time()) - t) > self.window_s:
+        if not _TS.fullmatch(ts):  # digits only: no sign, spaces or 4000-digit numbers
+            raise AuthError("must be unix seconds", field="X-Pos-Timestamp")
+        if abs((now if now is not None else time.time()) - int(ts)) > self.window_s:
             raise AuthError(f"more than {self.window_s} s from the terminal's clock", field="X-Pos-Timestamp")
-        if not hmac.compare_digest(sign(key, ts, method, path, body), sig.lower()):
+        if not _SIG.fullmatch(sig) or not hmac.compare_digest(sign(key, ts, method, path, body).encode(),
+                                                               sig.lower().encode()):
             raise AuthError("signature does not match the request", field="X-Pos-Signature")
         return system
 
@@ -75,6 +77,10 @@ def load_systems(data_dir: Path) -> dict[str, str]:
     p = systems_file(data_dir)
     if not p.exists():
         return {}
+    mode = p.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(f"holds API keys but is accessible by group/others (mode {mode:o}); chmod 600 it",
+                          field=str(p))
     try:
         data = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -93,6 +99,7 @@ def add_system(data_dir: Path, system: str) -> str:
         p = systems_file(data_dir)
         tmp = p.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode through O_CREAT
         with os.fdopen(fd, "w") as f:
             json.dump(systems, f, indent=1, sort_keys=True)
         os.replace(tmp, p)

@@ -71,8 +71,9 @@ class Runtime:
 def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Clock | None = None,
           timeouts: dict[State, float] | None = None, limits: Limits = Limits(), with_screen: bool = True,
           status_probe: Callable[[], dict[str, Any]] | None = None,
-          audit: Callable[..., Any] | None = None) -> Runtime:
-    """`status_probe()` -> {"bridge": bridge /v1/status or None, "network_ok": bool, "camera_ok": bool}."""
+          audit: Callable[..., Any] | None = None, technician: Any = None) -> Runtime:
+    """`status_probe()` -> {"bridge": bridge /v1/status or None, "network_ok": bool, "camera_ok": bool}.
+    `technician`: the technician page's TechnicianConfig (the terminal's data dir: PIN, audit log, logs)."""
     clock = clock or SystemClock()
     store = Store(db, clock)
     bus = None
@@ -100,7 +101,7 @@ def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Cl
         from kiosk.app.screen import mount_screen
 
         try:
-            mount_screen(app, bus)
+            mount_screen(app, bus, technician_config=technician)
         except ImportError:  # the technician page is not installed
             mount_screen(app, bus, technician=False)
     _technician_checks(store)

@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ class Stack:
         if fresh and self.data_dir.exists():
             shutil.rmtree(self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)  # keys, databases, logs and the audit log: the service user only
 
     def seed_centre(self) -> list[dict[str, str]]:
         """Reference data and the named demo people (templates from the shared images, sealed)."""
@@ -209,8 +210,11 @@ class Stack:
         from kiosk.security.audit import AuditLog
 
         audit = AuditLog(self.data_dir / "audit.log", self._keystore.audit_key())
+        from kiosk.app.technician import TechnicianConfig
+
+        tech = TechnicianConfig(settings=replace(self.settings, data_dir=self.data_dir), bridge_url=self.url("bridge"))
         self.runtime = build(db, deps, load_systems(self.data_dir), timeouts=timeouts,
-                             status_probe=self._status, audit=audit.append)
+                             status_probe=self._status, audit=audit.append, technician=tech)
         self.runtime.start()
         if serve:
             self.server = ServerThread(self.runtime.app, port=self.ports.kiosk).start()

@@ -62,7 +62,10 @@ NO_STORE = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Po
 # ----------------------------------------------------------------------------- masking
 
 _ID18 = re.compile(r"(?<![0-9A-Za-z])(\d{6})(\d{8})(\d{3}[0-9Xx])(?![0-9A-Za-z])")
-_PHONE = re.compile(r"(?<!\d)(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
+_ID15 = re.compile(r"(?<![0-9A-Za-z*])(\d{6})(\d{5})(\d{4})(?![0-9A-Za-z*])")  # pre-1999 ID numbers
+_PHONE = re.compile(r"(?<!\d)((?:86)?1[3-9]\d)(\d{4})(\d{4})(?!\d)")
+_CJK_NAME = r"([\u3400-\u9fff])([\u3400-\u9fff\u00b7]{1,15})"
+_NAME_KV = re.compile(r"(?i)(\w*name[\"']?\s*[:=]\s*[\"']?)" + _CJK_NAME)
 _SECRET_KV = re.compile(r"(?i)((?:app_?secret|secret|token|password|passphrase|pin|x-admin-token|authorization)"
                         r"[\"']?\s*[:=]\s*[\"']?)([^\s\"',;&}]+)")
 _BLOB = re.compile(r"[A-Za-z0-9+/=_-]{80,}")
@@ -70,22 +73,31 @@ _URL_CRED = re.compile(r"(\w+://[^:/@\s]+:)([^@\s]+)(@)")
 
 
 def mask_text(s: str) -> str:
-    """Mask what a log must not carry: ID numbers (first 6 + last 4 kept), phone numbers,
-    secrets in key=value form, credentials in URLs, and long opaque blobs (templates, keys)."""
+    """Mask what a log must not carry: ID numbers (18 or 15 digits; first 6 + last 4 kept), phone numbers,
+    Chinese personal names in name fields (first character kept), secrets in key=value form,
+    credentials in URLs, and long opaque blobs (templates, keys)."""
     s = _URL_CRED.sub(r"\1***\3", s)
     s = _SECRET_KV.sub(r"\1***", s)
     s = _BLOB.sub(lambda m: f"[blob {len(m.group(0))} chars]", s)
     s = _ID18.sub(lambda m: m.group(1) + "*" * 8 + m.group(3), s)
+    s = _ID15.sub(lambda m: m.group(1) + "*" * 5 + m.group(3), s)
     s = _PHONE.sub(r"\1****\3", s)
+    s = _NAME_KV.sub(lambda m: m.group(1) + m.group(2) + "*" * len(m.group(3)), s)  # a person's name: 张*
     return s
+
+
+def _mask_name(v: str) -> str:
+    m = re.fullmatch(_CJK_NAME, v.strip())
+    return m.group(1) + "*" * len(m.group(2)) if m else mask_text(v)
 
 
 def mask_obj(o: Any) -> Any:
     if isinstance(o, str):
         return mask_text(o)
     if isinstance(o, dict):
-        return {k: ("***" if re.search(r"(?i)secret|token|password|passphrase|pin_hash|salt", str(k)) else mask_obj(v))
-                for k, v in o.items()}
+        return {k: ("***" if re.search(r"(?i)secret|token|password|passphrase|pin_hash|salt", str(k))
+                    else _mask_name(v) if isinstance(v, str) and str(k).lower().endswith("name")
+                    else mask_obj(v)) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
         return [mask_obj(v) for v in o]
     return o
@@ -207,6 +219,8 @@ class Gate:
         self.data_dir = data_dir
         self.clock = clock
         self._lock = threading.Lock()
+        # one PIN check at a time: parallel guesses cannot all start before the lock engages
+        self._checking = threading.Lock()
         self._sessions: dict[str, float] = {}
         self._failures: list[float] = []
         self._locked_until = 0.0
@@ -221,6 +235,10 @@ class Gate:
     def login(self, pin: str, *, record: bool = True) -> str | None:
         """A session token, or None (wrong PIN, locked, or no PIN set). Failures are always audited;
         a success only when `record` (not for every API call authenticated by header)."""
+        with self._checking:
+            return self._login(pin, record)
+
+    def _login(self, pin: str, record: bool) -> str | None:
         if self.locked_for() > 0 or not pin_is_set(self.data_dir):
             return None
         ok = check_pin(self.data_dir, pin)
@@ -497,7 +515,8 @@ def log_bundle(cfg: TechnicianConfig, bus: Any = None, *, max_file_bytes: int = 
             included.append(str(rel))
         z.writestr("MANIFEST.json", json.dumps({
             "created": cfg.clock.now().isoformat(timespec="seconds"), "logs": included, "skipped": skipped,
-            "masking": "ID numbers (first 6 + last 4), phone numbers, secrets, URL credentials, blobs >= 80 chars",
+            "masking": "ID numbers (first 6 + last 4), phone numbers, names, secrets, URL credentials, "
+                       "blobs >= 80 chars",
             "face_data": "none: no images, crops or templates are ever bundled"}, indent=2))
     return buf.getvalue()
 

@@ -106,8 +106,8 @@ class Terminal:
             self.store.record(system, order_id, "cancelled", {"by": "cashier"})
             self._notify()
             return self.store.get(system, order_id)  # type: ignore[return-value]
-        cur = self._current
-        if row.status == "running" and cur and cur[0] == system and cur[1] == order_id:
+        cur = self._current  # 'pending' too: the counter may have picked the order up since the read
+        if row.status in ("pending", "running") and cur and cur[0] == system and cur[1] == order_id:
             if cur[2].cancel("cashier"):
                 self.wait(system, order_id, 10.0)
                 return self.store.get(system, order_id)  # type: ignore[return-value]

@@ -20,12 +20,16 @@ __all__ = [
 ]
 
 
-def mount_screen(app: FastAPI, bus: ScreenBus, *, technician: bool = True, prefix: str = "/screen") -> None:
-    """Mount the patient's screen (and, unless told not to, the technician page) on `app`."""
+def mount_screen(app: FastAPI, bus: ScreenBus, *, technician: bool = True, prefix: str = "/screen",
+                 technician_config: object = None) -> None:
+    """Mount the patient's screen (and, unless told not to, the technician page) on `app`.
+
+    `technician_config` (a `kiosk.app.technician.TechnicianConfig`) names the terminal's data dir
+    and bridge; by default they come from the environment (KIOSK_DATA_DIR)."""
     from kiosk.app.screen.routes import mount
 
     mount(app, bus, prefix)
     if technician:
         from kiosk.app.technician import mount_technician
 
-        mount_technician(app, bus=bus)
+        mount_technician(app, bus=bus, config=technician_config)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -34,8 +34,18 @@ def sse_message(bus: ScreenBus) -> bytes:
     return f"id: {st.seq}\nevent: state\ndata: {st.model_dump_json()}\n\n".encode()
 
 
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def loopback_only(request: Request) -> None:
+    """The screen carries the live camera preview and the patient's amounts: it is for the kiosk
+    browser on this machine, even when the app is bound wider for a POS on the shop's network."""
+    if not request.client or request.client.host not in LOOPBACK:
+        raise HTTPException(403, "the patient's screen answers on loopback only")
+
+
 def build_router(bus: ScreenBus, prefix: str = "/screen") -> APIRouter:
-    r = APIRouter(prefix=prefix, tags=["screen"])
+    r = APIRouter(prefix=prefix, tags=["screen"], dependencies=[Depends(loopback_only)])
     strings = catalogue()
 
     @r.get("", include_in_schema=False)
