@@ -280,6 +280,17 @@ class Terminal:
                 self._discharged(row.system, oid)
             self._audit("recovery", system=row.system, order_id=oid, status=status)
             return status
+        if row.mode == "discharge" and "draw" in names and "settled" in names and "drawn" not in names:
+            # a capture cannot be undone by its key (the hold is closed by it): send it again, idempotent by
+            # that key - it replays one that landed before the crash, or completes the discharge now
+            d = data["draw"]
+            cr = self.deps.bank.capture(d["line_id"], d["amount"], d["key"])
+            if cr.status == "unknown":
+                raise RemoteError("the bank did not answer the capture", code="bank_unavailable")
+            if cr.status == "ok":
+                data["drawn"] = {"key": d["key"], "draw_id": cr.draw_id or d["line_id"], "amount": d["amount"]}
+                j.record(oid, "drawn", data["drawn"])
+                names.append("drawn")
         if "drawn" in names and "settled" in names:
             # every external effect happened; only the local 'paid' record is missing
             split = data["settled"].get("split", {})

@@ -232,7 +232,8 @@ def test_discharge_crash_is_resolved_on_restart(stack, tmp_path, crash_after):
     finally:
         db.close()
     new = settlements(stack, LI)[len(setl0):]
-    if crash_after in MOVED:
+    # 'draw': the capture cannot be undone by its key, so recovery sends it again (idempotent): resumed
+    if crash_after in MOVED | {"draw"}:
         assert resolved == [(oid, "paid")]
         assert (row.status, row.reason) == ("paid", None if crash_after == "done" else "interrupted")
         r = row.result
@@ -252,7 +253,7 @@ def test_discharge_crash_is_resolved_on_restart(stack, tmp_path, crash_after):
         assert hold(stack, adm) == (50000, "open", None)  # the deposit stays held for the next discharge
         assert available(stack, LI) == avail_held
         assert adm_row.status == "held"
-        if crash_after in ("settled", "draw"):
+        if crash_after == "settled":
             assert new == [(data["settled"]["setl_id"], "reversed")]
             assert steps[-3:] == ["reverse", "reversed", "recovered"]
         else:
@@ -289,3 +290,46 @@ def test_whole_refund_crash_is_completed_on_restart(stack, tmp_path, crash_after
     assert available(stack, WANG) == avail0 and balance(stack, WANG) == acct0
     services_check(stack)
 
+
+def test_discharge_capture_that_landed_before_the_crash_is_not_lost(stack, tmp_path):
+    """Power lost while the capture was on the wire: the journal ends at 'draw' (as in the 'draw' case
+    above) but the bank did capture the hold. Recovery must not reverse the settlement and leave the
+    capture standing (the patient's line charged for a bill the centre no longer has)."""
+    adm, adm_request = held_admission(stack)
+    avail_held, acct0, setl0 = available(stack, LI), balance(stack, LI), settlements(stack, LI)
+    avail0 = avail_held + 50000
+
+    def seed(d: Path) -> None:
+        from kiosk.app.store import Store
+        from kiosk.clock import SystemClock
+
+        with open_database(f"sqlite:///{d / 'kiosk.db'}") as db:
+            s = Store(db, SystemClock())
+            s.create_order(SYSTEM, adm, adm_request, "admission")
+            s.set_status(SYSTEM, adm, "held", result=stack.runtime.terminal.store.get(SYSTEM, adm).result)
+
+    oid = "E-CR-DIS-INFLIGHT"
+    kiosk_db = crash_kiosk(stack, tmp_path, "draw", LI, {"order_id": oid, "mode": "discharge",
+                                                          "admission_order_id": adm, "bill": DEMO_BILL}, seed=seed)
+    with open_database(f"sqlite:///{kiosk_db / 'kiosk.db'}") as db:
+        from kiosk.app.store import Store
+        from kiosk.clock import SystemClock
+
+        d = dict(Store(db, SystemClock()).steps(SYSTEM, oid))["draw"]
+    # the capture that was on the wire lands at the bank
+    assert stack.runtime.terminal.deps.bank.capture(d["line_id"], d["amount"], d["key"]).status == "ok"
+    store, resolved, db = restart(stack, kiosk_db, oid)
+    try:
+        row, adm_row = store.get(SYSTEM, oid), store.get(SYSTEM, adm)
+    finally:
+        db.close()
+    new = settlements(stack, LI)[len(setl0):]
+    assert resolved == [(oid, "paid")]  # every external effect happened: resumed
+    assert (row.status, row.reason) == ("paid", "interrupted")
+    credit = yuan_to_fen(row.result["credit_draw"], "credit_draw")
+    assert credit == d["amount"] and new == [(row.result["setl_id"], "settled")]
+    assert balance(stack, LI) == acct0 - yuan_to_fen(row.result["acct_pay"], "acct_pay")
+    assert hold(stack, adm) == (50000, "captured", credit) and draws(stack, adm) == [(credit, credit, 0)]
+    assert available(stack, LI) == avail0 - credit
+    assert adm_row.status == "captured"
+    services_check(stack)
