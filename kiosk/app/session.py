@@ -373,7 +373,8 @@ class CounterSession:
         oid = self.order.order_id
         msgid = self.d.centre.new_msgid()
         self.journal.record(oid, "settle", {"msgid": msgid, "psn_no": self.person.psn_no,
-                                            "draw_amount": self.draw_amount, "line_id": self.line.line_id if self.line else ""})
+                                            "draw_amount": self.draw_amount, "line_id": self.line.line_id if self.line else "",
+                                            "line_kind": self.line.kind if self.line else "none"})
         try:
             res = self.d.centre.settle(self.person, self.order.bill, oid, msgid)
         except RemoteError:

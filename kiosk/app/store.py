@@ -247,6 +247,12 @@ class Store:
                            (release_fen, system, order_id))
         self.db.run(work)
 
+    def running_refunds(self) -> list[tuple[str, str, str, int]]:
+        """(system, refund_id, order_id, amount_fen) of every refund attempt still marked running."""
+        return [(r[0], r[1], r[2], int(r[3])) for r in self.db.read(lambda tx: tx.fetch_all(
+            "SELECT system, refund_id, order_id, amount_fen FROM app_refunds WHERE status = 'running' "
+            "ORDER BY created_at"))]
+
     def refunds_of_day(self, system: str, day: str) -> list[dict[str, Any]]:
         rows = self.db.read(lambda tx: tx.fetch_all(
             "SELECT refund_id, order_id, amount_fen, status, created_at FROM app_refunds "

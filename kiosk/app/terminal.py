@@ -74,6 +74,7 @@ class Terminal:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.last_outcome: Outcome | None = None
+        self._live_refunds: set[tuple[str, str]] = set()  # refunds being run by this process now
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -252,6 +253,10 @@ class Terminal:
                 continue
             if status:
                 done.append((row.order_id, status))
+        try:
+            done += self._resolve_refunds()
+        except RemoteError as e:
+            log.warning("refunds: cannot resolve yet (%s)", e)
         if done:
             self._notify()
         return done
@@ -275,6 +280,17 @@ class Terminal:
                 self._discharged(row.system, oid)
             self._audit("recovery", system=row.system, order_id=oid, status=status)
             return status
+        if row.mode == "discharge" and "draw" in names and "settled" in names and "drawn" not in names:
+            # a capture cannot be undone by its key (the hold is closed by it): send it again, idempotent by
+            # that key - it replays one that landed before the crash, or completes the discharge now
+            d = data["draw"]
+            cr = self.deps.bank.capture(d["line_id"], d["amount"], d["key"])
+            if cr.status == "unknown":
+                raise RemoteError("the bank did not answer the capture", code="bank_unavailable")
+            if cr.status == "ok":
+                data["drawn"] = {"key": d["key"], "draw_id": cr.draw_id or d["line_id"], "amount": d["amount"]}
+                j.record(oid, "drawn", data["drawn"])
+                names.append("drawn")
         if "drawn" in names and "settled" in names:
             # every external effect happened; only the local 'paid' record is missing
             split = data["settled"].get("split", {})
@@ -288,6 +304,8 @@ class Terminal:
                 "credit_draw": fen_to_yuan(draw.get("amount", 0)),
                 "cash_pay": fen_to_yuan(split.get("psn_cash_pay", 0) - draw.get("amount", 0)),
                 "draw_id": draw.get("draw_id"), "receipt_printed": False, "psn_no": data["settle"].get("psn_no"),
+                "payer": "family" if draw.get("amount") and _line_kind(data["settle"], row.mode) == "family" else "self",
+                "hold_id": None,
             }
             j.record(oid, "recovered", {"as": "paid"})
             self.store.set_status(row.system, oid, "paid", reason="interrupted", result=result)
@@ -357,44 +375,103 @@ class Terminal:
             if amount <= 0:
                 raise InputError("must be more than 0.00", field="amount")
             limit = credit + cash
-        prior, replayed = self.store.begin_refund(system, order_id, refund_id, amount,
-                                                  {"amount": amount_fen}, limit)
-        if replayed:
-            return prior or {}, True
-        self.store.record(system, order_id, "refund", {"refund_id": refund_id, "amount": amount, "whole": whole})
+        self._live_refunds.add((system, refund_id))  # before the claim: recovery leaves it alone
         try:
-            person = Person(psn_no=res.get("psn_no") or "", name="")
-            credit_back = 0
-            if whole:
-                if res.get("setl_id"):
-                    self.deps.centre.refund(person, res["setl_id"], total, f"{system}:{refund_id}")
-                credit_back = credit
-            else:
-                already = row.refunded_fen  # partial refunds so far (credit first)
-                credit_left = max(0, credit - already)
-                credit_back = min(amount, credit_left)
-            if credit_back and res.get("draw_id"):
-                self.deps.bank.refund(res["draw_id"], credit_back, f"{system}:{refund_id}")
+            prior, replayed = self.store.begin_refund(system, order_id, refund_id, amount,
+                                                      {"amount": amount_fen}, limit)
+            if replayed:
+                return prior or {}, True
+            plan = self._refund_plan(system, order_id, refund_id)  # a retry of a cut-off attempt: the same calls
+            if plan is None:
+                credit_back = credit if whole else min(amount, max(0, credit - row.refunded_fen))  # credit first
+                plan = {"refund_id": refund_id, "amount": amount, "whole": whole, "psn_no": res.get("psn_no") or "",
+                        "total": total, "setl_id": res.get("setl_id") or "", "draw_id": res.get("draw_id") or "",
+                        "credit_back": credit_back}
+            return self._refund_run(system, order_id, plan, limit), False
+        finally:
+            self._live_refunds.discard((system, refund_id))
+
+    def _refund_plan(self, system: str, order_id: str, refund_id: str) -> dict[str, Any] | None:
+        plans = [d for s, d in self.store.steps(system, order_id) if s == "refund" and d.get("refund_id") == refund_id]
+        return plans[-1] if plans and "credit_back" in plans[-1] else None
+
+    def _refund_run(self, system: str, order_id: str, plan: dict[str, Any], limit: int) -> dict[str, Any]:
+        """The refund's external calls, each announced in the journal first (both idempotent by the
+        refund's key, so recovery re-runs them after a crash), then its result."""
+        j = _Journal(self.store, system)
+        refund_id, amount, whole, credit_back = plan["refund_id"], plan["amount"], plan["whole"], plan["credit_back"]
+        key = f"{system}:{refund_id}"
+        j.record(order_id, "refund", plan)
+        try:
+            if whole and plan["setl_id"]:
+                self.deps.centre.refund(Person(psn_no=plan["psn_no"], name=""), plan["setl_id"], plan["total"], key)
+                j.record(order_id, "refund_reversed", {"refund_id": refund_id})
+            if credit_back and plan["draw_id"]:
+                self.deps.bank.refund(plan["draw_id"], credit_back, key)
+                j.record(order_id, "refund_credited", {"refund_id": refund_id})
         except KioskError as e:
             self.store.finish_refund(system, order_id, refund_id, "failed", {"status": "failed", "error": e.code},
                                      release_fen=amount)
             raise RemoteError(f"refund not completed: {e.message}", code="refund_failed") from None
+        row = self.store.get(system, order_id)
+        assert row is not None and row.result is not None
+        res = row.result
         result = {"refund_id": refund_id, "order_id": order_id, "status": "refunded",
                   "amount": fen_to_yuan(amount), "credit_refund": fen_to_yuan(credit_back),
                   "cash_refund": fen_to_yuan(0 if whole else amount - credit_back),
                   "whole": whole}
         if whole:
+            from kiosk.money import yuan_to_fen
+
             result["fund_refund"] = res["fund_pay_sumamt"]
             result["account_refund"] = fen_to_yuan(yuan_to_fen(res["acct_pay"], "acct_pay")
                                                    + yuan_to_fen(res["acct_mulaid_pay"], "acct_mulaid_pay"))
             result["cash_refund"] = res["cash_pay"]
         self.store.finish_refund(system, order_id, refund_id, "refunded", result)
-        new_status = "refunded" if whole or row.refunded_fen + amount >= limit else "partially_refunded"
+        new_status = "refunded" if whole or row.refunded_fen >= limit else "partially_refunded"  # reserved, this one too
         self.store.set_status(system, order_id, new_status, reason=row.reason, result=res)
-        self.store.record(system, order_id, "refunded", {"refund_id": refund_id})
+        j.record(order_id, "refunded", {"refund_id": refund_id})
         self._audit("refund", system=system, order_id=order_id, refund_id=refund_id, amount=result["amount"],
                     whole=whole)
-        return result, False
+        return result
+
+    def _resolve_refunds(self) -> list[tuple[str, str]]:
+        """Refunds a crash cut off (running, and not live in this process): completed from the journal
+        (the centre's reversal and the bank's credit refund are idempotent by the refund's key), or
+        given back when nothing was sent yet."""
+        from kiosk.money import yuan_to_fen
+
+        done: list[tuple[str, str]] = []
+        for system, refund_id, order_id, amount in self.store.running_refunds():
+            if (system, refund_id) in self._live_refunds:
+                continue
+            plan = self._refund_plan(system, order_id, refund_id)
+            row = self.store.get(system, order_id)
+            if plan is None or row is None or not row.result:
+                self.store.finish_refund(system, order_id, refund_id, "failed", {"status": "failed",
+                                         "error": "interrupted"}, release_fen=amount)  # nothing was sent
+                done.append((order_id, "refund_failed"))
+                continue
+            res = row.result
+            limit = (yuan_to_fen(res["medfee_sumamt"], "medfee_sumamt") if plan["whole"] else
+                     yuan_to_fen(res["credit_draw"], "credit_draw") + yuan_to_fen(res["cash_pay"], "cash_pay"))
+            try:
+                self._refund_run(system, order_id, plan, limit)
+            except RemoteError as e:
+                log.warning("refund %s: not completed yet (%s)", refund_id, e)
+                continue
+            done.append((order_id, "refunded"))
+        return done
+
+
+def _line_kind(settle: dict[str, Any], mode: str) -> str:
+    """The line a journaled payment drew on (older journals: a line not the patient's own is a relative's)."""
+    if settle.get("line_kind"):
+        return str(settle["line_kind"])
+    if mode == "discharge":
+        return "hold"
+    line = settle.get("line_id") or ""
+    return "family" if line and line != settle.get("psn_no") else "own"
 
 
 def order_from_request(order_id: str, req: dict[str, Any]) -> Order:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -93,6 +93,63 @@ def pay(st: Any, order_id: str, person: str | None, *, keys: dict[str, list[str]
                 return got
     finally:
         st.camera.clear()
+
+
+def crash_kiosk(st: Any, tmp_path: Path, crash_after: str, person: str, body: dict[str, Any], *,
+                seed: Callable[[Path], None] | None = None, refund: dict[str, Any] | None = None) -> Path:
+    """Run a whole kiosk app in its own process on its own database (same terminal identity, services
+    and bridge) with KIOSK_CRASH_AFTER_STEP=crash_after, send it the order `body` (and, once that order
+    is paid, the `refund` request), and wait until it dies on the spot after that journal step.
+    `seed(dir)` may prepare the child's data dir first. Returns the child's data dir (kiosk.db)."""
+    port = free_port()
+    env = {**os.environ, "KIOSK_CRASH_AFTER_STEP": crash_after, "KIOSK_DATA_DIR": str(st.data_dir)}
+    kiosk_db = tmp_path / "crash"
+    kiosk_db.mkdir()
+    for f in ("terminal.json", "pos_systems.json"):
+        (kiosk_db / f).write_bytes((st.data_dir / f).read_bytes())
+        os.chmod(kiosk_db / f, 0o600)
+    os.symlink(st.data_dir / "keys", kiosk_db / "keys")
+    if seed is not None:
+        seed(kiosk_db)
+    images = [str(p) for p in scene(st, person)]
+    keys = ["--keys", "confirm=<enter>"]
+    if not centre_rows(st, "SELECT activated FROM centre_persons WHERE psn_no = ?", (person,))[0][0]:
+        keys += ["--keys", f"id_entry={st.person(person)['certno']}<enter>"]
+    log = tmp_path / "child.log"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kiosk.cli", "serve", "--data-dir", str(kiosk_db), "--port", str(port),
+         "--centre-port", str(st.ports.centre), "--bank-port", str(st.ports.bank),
+         "--bridge-port", str(st.ports.bridge), "--images", *images, *keys],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), start_new_session=True)
+    try:
+        from kiosk.app.pos_client import PosClient
+
+        pos = PosClient(f"http://127.0.0.1:{port}", "demo-pos", st.pos_key, timeout=5)
+        end = time.monotonic() + 60
+        while True:
+            try:
+                if pos.http.get("/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < end and child.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert pos.create(body).status_code == 201
+        if refund is not None:
+            got = pos.get(body["order_id"], wait=30).json()
+            assert got["status"] == "paid", (got, log.read_text()[-3000:])
+            try:
+                pos.refund(body["order_id"], refund["refund_id"], refund.get("amount"))
+            except httpx.HTTPError:
+                pass  # the process died under the request
+        try:
+            assert child.wait(60) == 137  # died on the spot, no cleanup
+        except subprocess.TimeoutExpired:
+            pytest.fail("the kiosk never reached the crash point:\n" + log.read_text()[-3000:])
+    finally:
+        if child.poll() is None:
+            child.kill()
+    return kiosk_db
 
 
 def states(st: Any) -> list[str]:
@@ -284,46 +341,8 @@ def test_crash_mid_payment_is_resolved_on_restart(stack, tmp_path, crash_after, 
     person = LI if crash_after in ("draw", "drawn") else ZHANG  # LI pays part by credit
     before = balance(stack, person)
     n_before = len(centre_rows(stack, "SELECT 1 FROM centre_settlements WHERE psn_no = ?", (person,)))
-    port = free_port()
-    env = {**os.environ, "KIOSK_CRASH_AFTER_STEP": crash_after, "KIOSK_DATA_DIR": str(stack.data_dir)}
-    kiosk_db = tmp_path / "crash"
-    kiosk_db.mkdir()
-    # the child is a whole kiosk app on its own database; same terminal identity, services and bridge
-    for f in ("terminal.json", "pos_systems.json"):
-        (kiosk_db / f).write_bytes((stack.data_dir / f).read_bytes())
-        os.chmod(kiosk_db / f, 0o600)
-    os.symlink(stack.data_dir / "keys", kiosk_db / "keys")
-    images = [str(p) for p in scene(stack, person)]
-    keys = ["--keys", "confirm=<enter>"]
-    if not centre_rows(stack, "SELECT activated FROM centre_persons WHERE psn_no = ?", (person,))[0][0]:
-        keys += ["--keys", f"id_entry={stack.person(person)['certno']}<enter>"]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "kiosk.cli", "serve", "--data-dir", str(kiosk_db), "--port", str(port),
-         "--centre-port", str(stack.ports.centre), "--bank-port", str(stack.ports.bank),
-         "--bridge-port", str(stack.ports.bridge), "--images", *images, *keys],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "child.log", "wb"), start_new_session=True)
-    try:
-        from kiosk.app.pos_client import PosClient
-
-        pos = PosClient(f"http://127.0.0.1:{port}", "demo-pos", stack.pos_key, timeout=5)
-        end = time.monotonic() + 60
-        while True:
-            try:
-                if pos.http.get("/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < end and child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
-            time.sleep(0.2)
-        oid = f"E-CRASH-{crash_after}"
-        assert pos.create({"order_id": oid, "bill": DEMO_BILL}).status_code == 201
-        try:
-            assert child.wait(60) == 137  # died on the spot, no cleanup
-        except subprocess.TimeoutExpired:
-            pytest.fail("the kiosk never reached the crash point:\n" + (tmp_path / "child.log").read_text()[-3000:])
-    finally:
-        if child.poll() is None:
-            child.kill()
+    oid = f"E-CRASH-{crash_after}"
+    kiosk_db = crash_kiosk(stack, tmp_path, crash_after, person, {"order_id": oid, "bill": DEMO_BILL})
     rows = centre_rows(stack, "SELECT state FROM centre_settlements WHERE psn_no = ? ORDER BY created_at DESC",
                        (person,))
     if crash_after == "settle":
