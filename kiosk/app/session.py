@@ -403,6 +403,17 @@ class CounterSession:
                     dr = self.d.bank.draw(self.line, self.person, amount, key, ref=settled.setl_id)
             except RemoteError:
                 dr = None
+            if self.line.kind == "hold" and (dr is None or dr.status == "unknown"):
+                # a capture cannot be undone by its key (it closes the hold): ask again under the same key
+                # (a capture that landed is replayed); still no answer -> recovery re-sends it, never
+                # reverses the settlement behind a hold that may be captured already
+                try:
+                    dr = self.d.bank.capture(self.line.line_id, amount, key)
+                except RemoteError:
+                    dr = None
+                if dr is None or dr.status == "unknown":
+                    self.journal.record(oid, "draw_unknown", {"key": key})
+                    return self._failed_after_commit("bank_unavailable", keep_open=True)
             if dr is None or dr.status != "ok":
                 reason = "bank_unavailable" if dr is None or dr.status == "unknown" else dr.status
                 if dr is None or dr.status == "unknown":

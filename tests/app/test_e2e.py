@@ -518,6 +518,39 @@ def test_inpatient_admission_holds_and_discharge_settles_and_captures(stack):
     assert again.status_code == 409 and again.json()["code"] == "no_hold", again.text
 
 
+@needs_bank
+def test_discharge_whose_capture_answer_is_lost_is_completed_not_reversed(stack):
+    """The capture reaches the bank but its answer is lost: the settlement stands and recovery
+    completes the discharge by the capture's key (reversing it would leave a captured hold
+    with no settlement behind it)."""
+    avail0 = _fen(stack.bank_client.call("credit.line", {"payer": LI}).output["available"])
+    adm = pay_order(stack, {"order_id": "E-ADMIT-NET", "mode": "admission", "deposit": "300.00"}, LI)
+    assert adm["status"] == "held", adm
+    import threading
+
+    stack.bank_relay.cut_after("POST /fsi/api/credit.capture")
+    # only that one answer is lost: the bank is reachable again at once (a timeout, not an outage)
+    healer = threading.Thread(target=lambda: stack.bank_relay.fired.wait(60) and stack.bank_relay.restore())
+    healer.start()
+    try:
+        dis = pay_order(stack, {"order_id": "E-DISCHARGE-NET", "mode": "discharge",
+                                "admission_order_id": "E-ADMIT-NET", "bill": DEMO_BILL}, LI)
+        assert stack.bank_relay.fired.is_set()
+    finally:
+        stack.bank_relay.restore()
+        healer.join(1)
+    if dis["status"] != "paid":  # the retried capture may have been answered at once
+        assert (dis["status"], dis["reason"]) == ("reversing", "bank_unavailable"), dis
+        stack.runtime.terminal.recover()
+    got = stack.pos_client.get("E-DISCHARGE-NET").json()
+    assert got["status"] == "paid", got
+    setl = got["result"]["setl_id"]
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?", (setl,))[0][0] == "settled"
+    after = _fen(stack.bank_client.call("credit.line", {"payer": LI}).output["available"])
+    assert avail0 - after == _fen(got["result"]["credit_draw"]) > 0  # captured once, the rest released
+    assert stack.pos_client.get("E-ADMIT-NET").json()["status"] == "captured"
+
+
 def _fen(y: str) -> int:
     from kiosk.money import yuan_to_fen
 
