@@ -28,7 +28,12 @@ class FrameSource(Protocol):
 def decode_image(data: bytes | np.ndarray, *, name: str = "image") -> np.ndarray:
     """Decode encoded image bytes to a 3-channel BGR array (greyscale is expanded)."""
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    img = None
+    if buf.size:  # cv2.imdecode asserts (cv2.error) on an empty buffer
+        try:
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        except cv2.error:
+            img = None
     if img is None:
         raise InputError(f"cannot decode {name} as an image", code="image_undecodable", field=name)
     return img

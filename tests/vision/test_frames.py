@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from kiosk.errors import InputError
-from kiosk.vision.frames import ImageFolderSource, VideoFileSource, decode_image, frames, open_source
+from kiosk.vision.frames import (ImageFolderSource, VideoFileSource, decode_image, frames, open_source,
+                                 read_image)
 
 
 def test_image_folder_plays_files_as_frames(data):
@@ -37,3 +38,13 @@ def test_bad_inputs_are_input_errors(tmp_path):
         VideoFileSource(tmp_path / "missing.avi")
     with pytest.raises(InputError):
         ImageFolderSource(tmp_path)  # empty folder
+
+
+def test_empty_file_is_an_input_error_not_a_cv2_crash(tmp_path):
+    # cv2.imdecode asserts on an empty buffer (cv2.error); an empty image file is unusable input
+    with pytest.raises(InputError):
+        decode_image(b"")
+    p = tmp_path / "empty.png"
+    p.write_bytes(b"")
+    with pytest.raises(InputError):
+        read_image(p)
