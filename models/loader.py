@@ -107,8 +107,10 @@ class ModelPack:
         return self._bytes[key]
 
     def verify_all(self) -> list[str]:
-        """Check every file in the manifest; return the verified relative paths."""
-        return [self.entry(k)["file"] for k in self.manifest["models"] if self.read(k) is not None]
+        """Check every file in the manifest; return the verified relative paths. A `dev_only` file
+        (non-commercial weights, e.g. SCRFD) may be absent from a production pack; present, it is checked."""
+        return [self.entry(k)["file"] for k in self.manifest["models"]
+                if not (self.entry(k).get("dev_only") and not self.path(k).exists()) and self.read(k) is not None]
 
     def session(self, key: str) -> Any:
         """An onnxruntime session for the model, single-threaded unless configured otherwise."""

@@ -254,6 +254,8 @@ def step_models(ctx: Ctx) -> StepResult:
             kept.append(e["file"])
             continue
         src = source / e["file"]
+        if e.get("dev_only") and not src.is_file():
+            continue  # non-commercial dev/test weights (SCRFD): a licensed pack leaves them out
         if not src.is_file():
             return StepResult("failed", f"{e['file']} is not in the pack at {source}", {"file": e["file"]})
         data = src.read_bytes()
@@ -271,7 +273,8 @@ def step_models(ctx: Ctx) -> StepResult:
         copied.append(e["file"])
     pack = load_pack(target, verify=True)  # the loader's own check, and every model must load
     for key in man["models"]:
-        if man["models"][key].get("engine") != "cv2.FaceDetectorYN":
+        e = man["models"][key]
+        if e.get("engine") != "cv2.FaceDetectorYN" and not (e.get("dev_only") and not pack.path(key).exists()):
             pack.session(key)
     ctx.pack = pack
     versions = {k: e["sha256"][:12] for k, e in man["models"].items()}

@@ -174,6 +174,18 @@ def test_an_altered_model_file_is_refused_by_name(services, centre, bridge, shar
     assert st["steps"]["register"]["status"] == "ok"  # independent steps still ran
 
 
+def test_a_licensed_pack_without_the_dev_only_scrfd_installs(services, centre, bridge, shared_dir, tmp_path,
+                                                              pack_copy):
+    # det_500m is non-commercial (manifest dev_only): a production pack leaves it out, provisioning still passes
+    next(pack_copy.rglob("det_500m.onnx")).unlink()
+    st = run_provision(opts(services, bridge, shared_dir, model_source=str(pack_copy)),
+                       settings=settings_for(tmp_path, shared_dir), out=io.StringIO())
+    m = st["steps"]["models"]
+    assert m["status"] == "ok", m["summary"]
+    assert "detection/det_500m.onnx" not in m["detail"]["copied"]
+    assert not (tmp_path / "var" / "models" / "detection" / "det_500m.onnx").exists()
+
+
 def test_failures_name_what_to_fix_and_a_rerun_completes(services, centre, bridge, shared_dir, tmp_path):
     from .screen.server import free_port
 

@@ -79,3 +79,23 @@ def test_manifest_is_in_the_repo_but_weights_are_not():
     repo = MANIFEST_PATH.parent.parent
     assert MANIFEST_PATH.is_file()
     assert not list((repo / "models").rglob("*.onnx"))
+
+
+def test_production_pack_without_the_dev_only_scrfd_loads(shared_dir, tmp_path):
+    # det_500m is non-commercial (tests/dev only): a licensed terminal's pack leaves it out and must still
+    # load with the default YuNet detector; present but altered, it is still refused
+    from kiosk.vision.pipeline import FacePipeline
+
+    root = _clone_pack(shared_dir / "models", tmp_path / "pack")
+    scrfd = root / "detection" / "det_500m.onnx"
+    scrfd.unlink()
+    pack = load_pack(root)
+    assert "detection/det_500m.onnx" not in pack.verify_all()
+    FacePipeline(pack)  # yunet by default
+    with pytest.raises(ConfigError) as e:
+        FacePipeline(pack, detector="scrfd")
+    assert e.value.field == "detection/det_500m.onnx"
+    scrfd.write_bytes(b"not the weights")
+    with pytest.raises(IntegrityError) as e:
+        load_pack(root)
+    assert e.value.field == "detection/det_500m.onnx"
