@@ -114,3 +114,25 @@ def test_pair_scores_blocks_match_a_full_matrix():
     # above the limit: a seeded sample of at least 100,000 cross pairs
     g2, i2 = pair_scores(Embeddings(lab, v, [], 0, 120), max_impostors=1000, seed=1)
     assert i2.size == 100_000 and g2.size == gen.size
+
+
+def test_pitched_face_is_pose(pipe, data):
+    # the data holds no face pitched past 30 degrees: nose moved up/down the eye->mouth line on a real detection
+    from kiosk.vision.detect import Face
+
+    img = load(data / "liveness" / "silentface-samples" / "image_T1.jpg")
+    face = pipe.detect(img)[0]
+    eye_y = (face.kps[0, 1] + face.kps[1, 1]) / 2
+    mouth_y = (face.kps[3, 1] + face.kps[4, 1]) / 2
+    for t in (0.15, 0.98):  # chin up / chin down
+        kps = face.kps.copy()
+        kps[2, 1] = eye_y + t * (mouth_y - eye_y)
+        q = assess(img, [Face(face.box, kps, face.score)], pipe.quality_cfg)
+        assert q.reason == "pose" and abs(q.pitch) > 30, (t, q.pitch)
+
+
+def test_real_turned_head_is_pose(pipe, data):
+    img = load(data / "faces" / "lfw-dev" / "images" / "Peter_Mugyeni" / "Peter_Mugyeni_0001.jpg")
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[40:440, 120:520] = cv2.resize(img, (400, 400))  # a kiosk-sized, centred face turned ~50 degrees
+    assert _reason(pipe, frame) == "pose"
