@@ -109,7 +109,7 @@ class LivenessVote:
 
     threshold: float
     frames: int = 3
-    scores: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list, repr=False)  # never in a log line
 
     def add(self, score: float) -> None:
         self.scores.append(float(score))

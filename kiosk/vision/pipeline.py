@@ -46,8 +46,8 @@ class Decision:
 @dataclass(frozen=True)
 class FrameResult:
     quality: Quality
-    live_score: float | None = None
-    template: np.ndarray | None = None
+    live_score: float | None = field(default=None, repr=False)  # never in a log line or message
+    template: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Probe:
     """A captured person: `template` is set when `reason` is "ok"."""
 
     reason: str
-    template: np.ndarray | None = None
+    template: np.ndarray | None = field(default=None, repr=False)  # never in a log line or message
 
     @property
     def ok(self) -> bool:

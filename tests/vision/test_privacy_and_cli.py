@@ -103,3 +103,20 @@ def test_source_ending_early_is_too_few_frames(pipe, data):
     img = load(data / "liveness" / "silentface-samples" / "image_T1.jpg")
     assert pipe.probe_template([img]).reason == "too_few_frames"
     assert pipe.probe_template([]).reason == "no_face"
+
+
+def test_reprs_of_returned_objects_show_no_score_or_template(pipe, data):
+    # a log line or exception message that formats one of these must not carry a template or a score
+    from kiosk.vision.liveness import LivenessVote
+    from kiosk.vision.pipeline import FrameResult, Probe
+
+    img = load(data / "liveness" / "silentface-samples" / "image_T1.jpg")
+    r = pipe.analyse(img)
+    assert r.quality.ok and r.live_score is not None and r.template is not None
+    probe = Probe("ok", r.template)
+    vote = LivenessVote(0.35)
+    vote.add(r.live_score)
+    for obj in (r, probe, vote):
+        text = repr(obj) + str(obj)
+        assert "template=" not in text and "live_score" not in text and "scores=" not in text, text
+        assert str(r.live_score) not in text and np.array2string(r.template[:3])[1:8] not in text, text
