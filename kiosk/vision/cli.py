@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -52,7 +53,15 @@ def _eval(args: argparse.Namespace) -> int:
         raise InputError("must be at least 100000", code="invalid_argument", field="max-impostors")
     result = run_eval(_pipeline(args.detector), args.identities, args.liveness, report=args.report,
                       max_impostors=args.max_impostors, seed=args.seed)
+    # stdout is exactly the structure; the extras (report paths, images without a face) go to stderr
+    report = result.pop("report", None)
+    liv = result.get("liveness") or {}
+    no_face = {k: liv.pop(k) for k in ("live_no_face", "spoof_no_face") if k in liv}
     print(json.dumps(result, indent=2))
+    if no_face:
+        print(f"liveness images without a face (counted as rejected): {json.dumps(no_face)}", file=sys.stderr)
+    if report:
+        print(f"report: {', '.join(report)}", file=sys.stderr)
     return 0
 
 

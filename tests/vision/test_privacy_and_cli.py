@@ -52,7 +52,15 @@ def test_eval_cli_small_subset(data, tmp_path, capsys, monkeypatch):
     rc = main(["face", "eval", "--identities", str(ids), "--liveness", str(liv), "--json",
                "--report", str(tmp_path / "report")])
     assert rc == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    # exactly the structure the issue gives (a strict consumer may reject unknown keys)
+    assert set(out) == {"verification", "liveness", "latency_ms"}
+    assert set(out["verification"]) == {"genuine_pairs", "impostor_pairs", "threshold", "far", "frr",
+                                        "tar_at_far", "eer", "failed_to_enrol"}
+    assert set(out["liveness"]) == {"threshold", "apcer", "bpcer", "live", "spoof"}
+    assert all(set(x) == {"p50", "p95"} for x in out["latency_ms"].values())
+    assert "liveness_hist.png" in captured.err  # where the report went is said on stderr
     v = out["verification"]
     assert v["failed_to_enrol"] == 1  # the blank image, counted not crashed
     assert v["genuine_pairs"] == 4 * 3  # 4 people x C(3,2)
