@@ -91,8 +91,19 @@ def _read(path: str, field: str) -> bytes:
 
 
 def _json(path: str, field: str) -> Any:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # {"amt": "1", "amt": "9"} is ambiguous: refuse it rather than sign whichever came last.
+        d: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in d:
+                raise InputError(f"{path} is not valid JSON: key {k!r} appears twice in one object", field=field)
+            d[k] = v
+        return d
+
     try:
-        return json.loads(_read(path, field))
+        return json.loads(_read(path, field), object_pairs_hook=no_duplicates)
+    except RecursionError:
+        raise InputError(f"{path} is not valid JSON: nested too deeply", field=field) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"{path} is not valid JSON: {e}", field=field) from None
 

@@ -130,3 +130,19 @@ def test_audit_verify_on_a_directory_is_a_one_line_error(data_dir: Path, capsys:
     assert "not an audit log file" in err and err.count("\n") == 1
     assert main(["audit", "verify", str(data_dir / "none.log")]) == 1  # a missing log is a broken trail
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[" * 100_000, "nested too deeply"),  # was a RecursionError traceback
+    ('{"amt": "1.00", "amt": "9.00"}', "twice"),  # was silently last-wins
+    ('{"a": {"b": 1, "b": 2}}', "twice"),
+])
+def test_envelope_payload_nested_too_deep_or_with_duplicate_keys_is_one_line(
+        data_dir: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str) -> None:
+    key = Sm2PrivateKey.generate()
+    (data_dir / "k.pem").write_text(key.to_pem())
+    (data_dir / "p.json").write_text(text)
+    assert main(["crypto", "envelope", "--app-id", APP_ID, "--app-secret", SECRET,
+                 "--sm2-key", str(data_dir / "k.pem"), str(data_dir / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "payload" in err and expected in err
