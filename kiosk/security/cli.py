@@ -189,8 +189,15 @@ def _keys_init(args: argparse.Namespace) -> int:
 def _keys_rotate(args: argparse.Namespace) -> int:
     from kiosk.security.keystore import KeyStore
 
-    ks = KeyStore.open(args.key_store or default_key_store(), passphrase=passphrase())
-    ks.rotate()
+    from kiosk.security.audit import AuditLog
+
+    store = Path(args.key_store) if args.key_store else default_key_store()
+    ks = KeyStore.open(store, passphrase=passphrase())
+    old = ks.current_kid
+    new = ks.rotate()
+    # Key rotation is a security event (issue: audit trail). The log sits beside the store
+    # (<data_dir>/audit.log for the default <data_dir>/keys), chained with that store's audit key.
+    AuditLog(store.parent / "audit.log", ks.audit_key()).append("key_rotation", old_kid=old, new_kid=new)
     _print(ks.public_identity())
     return 0
 

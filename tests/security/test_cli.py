@@ -78,15 +78,15 @@ def test_keys_and_audit_verify(data_dir: Path, capsys: pytest.CaptureFixture[str
     for i in range(4):
         log.append("admin_action", action=f"a{i}")
     assert main(["audit", "verify"]) == 0
-    assert "intact: 4 records" in capsys.readouterr().out
+    assert "intact: 5 records" in capsys.readouterr().out  # the rotation's key_rotation record + 4
     lines = (data_dir / "audit.log").read_bytes().splitlines(keepends=True)
-    (data_dir / "audit.log").write_bytes(lines[0] + lines[2] + lines[3])
+    (data_dir / "audit.log").write_bytes(lines[0] + lines[1] + lines[3] + lines[4])
     assert main(["audit", "verify", str(data_dir / "audit.log")]) == 1
-    assert "record 2" in capsys.readouterr().err
+    assert "record 3" in capsys.readouterr().err
     # tail removal through the CLI: exit 1 naming the first removed record
-    (data_dir / "audit.log").write_bytes(b"".join(lines[:3]))
+    (data_dir / "audit.log").write_bytes(b"".join(lines[:4]))
     assert main(["audit", "verify", str(data_dir / "audit.log")]) == 1
-    assert "record 4" in capsys.readouterr().err
+    assert "record 5" in capsys.readouterr().err
     # no key store to check with: a one-line error, exit 2
     assert main(["audit", "verify", str(data_dir / "audit.log"), "--key-store", str(data_dir / "nope")]) == 2
 
@@ -146,3 +146,14 @@ def test_envelope_payload_nested_too_deep_or_with_duplicate_keys_is_one_line(
                  "--sm2-key", str(data_dir / "k.pem"), str(data_dir / "p.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "payload" in err and expected in err
+
+
+def test_keys_rotate_writes_a_key_rotation_audit_record(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "init", "--device-id", "D-ROT"]) == 0
+    old = KeyStore.open(data_dir / "keys").current_kid
+    assert main(["keys", "rotate"]) == 0
+    new = KeyStore.open(data_dir / "keys").current_kid
+    capsys.readouterr()
+    lines = [json.loads(x) for x in (data_dir / "audit.log").read_text().splitlines()]
+    assert [(r["event"], r["data"]) for r in lines][-1] == ("key_rotation", {"old_kid": old, "new_kid": new})
+    assert main(["audit", "verify"]) == 0
