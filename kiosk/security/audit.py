@@ -32,6 +32,8 @@ GENESIS = "0" * 64
 EVENTS = ("activation", "payment", "refund", "key_rotation", "liveness_failed", "admin_action", "login_failed")
 _EVENT_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _ID_RE = re.compile(r"(?<![0-9A-Za-z])(\d{17}[\dXx]|\d{15})(?![0-9A-Za-z])")
+# The same number grouped as on forms: 6 (region) - 8 (birth date) - 4, by one space or dash.
+_ID_GROUPED_RE = re.compile(r"(?<![0-9A-Za-z])\d{6}[ -]\d{8}[ -]\d{3}[\dXx](?![0-9A-Za-z])")
 _B64_RE = re.compile(r"^[A-Za-z0-9+/=_-]{200,}$")
 _HEX_RE = re.compile(r"^[0-9A-Fa-f]{256,}$")
 _FORBIDDEN_KEY = re.compile(r"image|photo|picture|crop|frame|template|embedding|feature|biometric|face_data|jpeg|png", re.I)
@@ -60,6 +62,8 @@ def check_privacy(data: Any, path: str = "data") -> None:
         for k, v in data.items():
             if not isinstance(k, str):
                 raise bad("a non-string key", path)
+            if _ID_RE.search(k) or _ID_GROUPED_RE.search(k):
+                raise bad("an unmasked ID number as a key (use mask_id_number)", path)
             if _FORBIDDEN_KEY.search(k):
                 raise bad(f"field {k!r} (image/template-like name)", f"{path}.{k}")
             check_privacy(v, f"{path}.{k}")
@@ -69,10 +73,12 @@ def check_privacy(data: Any, path: str = "data") -> None:
         for i, v in enumerate(data):
             check_privacy(v, f"{path}[{i}]")
     elif isinstance(data, str):
-        if _ID_RE.search(data):
+        if _ID_RE.search(data) or _ID_GROUPED_RE.search(data):
             raise bad("an unmasked ID number (use mask_id_number)", path)
         if _B64_RE.match(data) or _HEX_RE.match(data) or data.startswith("data:image"):
             raise bad("a long encoded blob (looks like an image or template)", path)
+    elif isinstance(data, int) and not isinstance(data, bool) and _ID_RE.fullmatch(str(data)):
+        raise bad("an unmasked ID number given as an integer (use mask_id_number)", path)
     elif data is None or isinstance(data, (bool, int, float)):
         return
     else:

@@ -91,8 +91,19 @@ def _read(path: str, field: str) -> bytes:
 
 
 def _json(path: str, field: str) -> Any:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # {"amt": "1", "amt": "9"} is ambiguous: refuse it rather than sign whichever came last.
+        d: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in d:
+                raise InputError(f"{path} is not valid JSON: key {k!r} appears twice in one object", field=field)
+            d[k] = v
+        return d
+
     try:
-        return json.loads(_read(path, field))
+        return json.loads(_read(path, field), object_pairs_hook=no_duplicates)
+    except RecursionError:
+        raise InputError(f"{path} is not valid JSON: nested too deeply", field=field) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"{path} is not valid JSON: {e}", field=field) from None
 
@@ -178,8 +189,15 @@ def _keys_init(args: argparse.Namespace) -> int:
 def _keys_rotate(args: argparse.Namespace) -> int:
     from kiosk.security.keystore import KeyStore
 
-    ks = KeyStore.open(args.key_store or default_key_store(), passphrase=passphrase())
-    ks.rotate()
+    from kiosk.security.audit import AuditLog
+
+    store = Path(args.key_store) if args.key_store else default_key_store()
+    ks = KeyStore.open(store, passphrase=passphrase())
+    old = ks.current_kid
+    new = ks.rotate()
+    # Key rotation is a security event (issue: audit trail). The log sits beside the store
+    # (<data_dir>/audit.log for the default <data_dir>/keys), chained with that store's audit key.
+    AuditLog(store.parent / "audit.log", ks.audit_key()).append("key_rotation", old_kid=old, new_kid=new)
     _print(ks.public_identity())
     return 0
 

@@ -163,3 +163,23 @@ def test_tail_cut_with_head_deleted_is_still_caught(tmp_path: Path) -> None:
     empty = tmp_path / "empty.log"
     empty.write_bytes(b"")
     assert verify_log(empty, KEY).ok
+
+
+@pytest.mark.parametrize("fields", [
+    {"id": 110101199003071234},  # an ID number given as a JSON integer
+    {"id": 110101900307123},  # 15-digit (first-generation) card as an integer
+    {"by_id": {"110101199003071234": "ok"}},  # as a key inside a mapping
+    {"note": "ID 110101 19900307 1234 at counter"},  # grouped 6-8-4 as printed on forms
+    {"note": "110101-19900307-123X"},
+])
+def test_privacy_refuses_id_numbers_as_integers_keys_or_grouped(tmp_path: Path, fields: dict) -> None:
+    log = AuditLog(tmp_path / "a.log", KEY)
+    with pytest.raises(InputError) as e:
+        log.append("payment", **fields)
+    assert e.value.code == "privacy_violation"
+    assert not (tmp_path / "a.log").exists() or b"1234" not in (tmp_path / "a.log").read_bytes()
+
+
+def test_ids_and_amounts_the_terminal_logs_still_pass() -> None:
+    check_privacy({"amount_fen": 1230, "ts_ms": 1796212546873, "setl_id": "S20261202A1B2C3D4E5F60718",
+                   "by_order": {"O-20260101-0001": "paid"}, "phone": "138 0013 8000"})

@@ -78,15 +78,15 @@ def test_keys_and_audit_verify(data_dir: Path, capsys: pytest.CaptureFixture[str
     for i in range(4):
         log.append("admin_action", action=f"a{i}")
     assert main(["audit", "verify"]) == 0
-    assert "intact: 4 records" in capsys.readouterr().out
+    assert "intact: 5 records" in capsys.readouterr().out  # the rotation's key_rotation record + 4
     lines = (data_dir / "audit.log").read_bytes().splitlines(keepends=True)
-    (data_dir / "audit.log").write_bytes(lines[0] + lines[2] + lines[3])
+    (data_dir / "audit.log").write_bytes(lines[0] + lines[1] + lines[3] + lines[4])
     assert main(["audit", "verify", str(data_dir / "audit.log")]) == 1
-    assert "record 2" in capsys.readouterr().err
+    assert "record 3" in capsys.readouterr().err
     # tail removal through the CLI: exit 1 naming the first removed record
-    (data_dir / "audit.log").write_bytes(b"".join(lines[:3]))
+    (data_dir / "audit.log").write_bytes(b"".join(lines[:4]))
     assert main(["audit", "verify", str(data_dir / "audit.log")]) == 1
-    assert "record 4" in capsys.readouterr().err
+    assert "record 5" in capsys.readouterr().err
     # no key store to check with: a one-line error, exit 2
     assert main(["audit", "verify", str(data_dir / "audit.log"), "--key-store", str(data_dir / "nope")]) == 2
 
@@ -130,3 +130,30 @@ def test_audit_verify_on_a_directory_is_a_one_line_error(data_dir: Path, capsys:
     assert "not an audit log file" in err and err.count("\n") == 1
     assert main(["audit", "verify", str(data_dir / "none.log")]) == 1  # a missing log is a broken trail
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[" * 100_000, "nested too deeply"),  # was a RecursionError traceback
+    ('{"amt": "1.00", "amt": "9.00"}', "twice"),  # was silently last-wins
+    ('{"a": {"b": 1, "b": 2}}', "twice"),
+])
+def test_envelope_payload_nested_too_deep_or_with_duplicate_keys_is_one_line(
+        data_dir: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str) -> None:
+    key = Sm2PrivateKey.generate()
+    (data_dir / "k.pem").write_text(key.to_pem())
+    (data_dir / "p.json").write_text(text)
+    assert main(["crypto", "envelope", "--app-id", APP_ID, "--app-secret", SECRET,
+                 "--sm2-key", str(data_dir / "k.pem"), str(data_dir / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "payload" in err and expected in err
+
+
+def test_keys_rotate_writes_a_key_rotation_audit_record(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "init", "--device-id", "D-ROT"]) == 0
+    old = KeyStore.open(data_dir / "keys").current_kid
+    assert main(["keys", "rotate"]) == 0
+    new = KeyStore.open(data_dir / "keys").current_kid
+    capsys.readouterr()
+    lines = [json.loads(x) for x in (data_dir / "audit.log").read_text().splitlines()]
+    assert [(r["event"], r["data"]) for r in lines][-1] == ("key_rotation", {"old_kid": old, "new_kid": new})
+    assert main(["audit", "verify"]) == 0
