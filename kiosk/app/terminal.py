@@ -207,9 +207,22 @@ class Terminal:
         self.store.set_status(job.system, oid, out.status, reason=out.reason, result=result)
         if out.status == "paid":
             self._discharged(job.system, oid)
+        self._audit_identity(job.system, oid, out)
         self._audit("payment", system=job.system, order_id=oid, mode=job.order.mode, status=out.status,
                     reason=out.reason or "", setl_id=out.setl_id, medfee_sumamt=result["medfee_sumamt"],
                     credit_draw=result["credit_draw"], payer=out.payer)
+
+    def _audit_identity(self, system: str, oid: str, out: Any) -> None:
+        """Security events of the session before the money: a spoof that ended it, and an
+        activation (ID number typed at the keypad) with its outcome. Ids and codes only."""
+        if out.reason == "spoof_suspected":
+            self._audit("liveness_failed", system=system, order_id=oid)
+        names = [n for n, _ in self.store.steps(system, oid)]
+        tries = names.count("activate")
+        if tries:
+            ok = "presettle" in names[names.index("activate"):]
+            self._audit("activation", system=system, order_id=oid, result="ok" if ok else "refused",
+                        reason="" if ok else (out.reason or ""), attempts=tries)
 
     def _discharged(self, system: str, order_id: str) -> None:
         """A paid discharge captured its admission's hold: the admission is 'captured' (no second discharge)."""

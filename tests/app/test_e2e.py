@@ -661,3 +661,9 @@ def test_zz_every_payment_refund_and_recovery_is_in_the_audit_chain(stack):
     paid = {r["data"]["order_id"] for r in recs if r["event"] == "payment" and r["data"]["status"] == "paid"}
     assert {"E-ACT-1", "E-ACT-2", "E-RETRY", "E-PAPER", "E-NET-2"} <= paid
     assert all(p["certno"] not in path.read_text() for p in stack.demo_people)
+    # the security events before the money: the spoof, the first-visit activation, the ID lock-out
+    assert ("liveness_failed", "E-SPOOF") in events
+    acts = {r["data"]["order_id"]: r["data"] for r in recs if r["event"] == "activation"}
+    assert acts["E-ACT-1"]["result"] == "ok" and acts["E-ACT-1"]["attempts"] == 1
+    assert acts["E-LOCK-1"]["result"] == "refused" and acts["E-LOCK-1"]["reason"] == "id_locked"
+    assert acts["E-LOCK-1"]["attempts"] == 3
