@@ -91,3 +91,25 @@ def test_bridge_down_error_says_how_to_start_it() -> None:
             c.status()
         assert ei.value.code == "bridge_down"
         assert "kiosk-bridge" in ei.value.message, ei.value.message
+
+
+def test_id_entry_survives_an_mcu_reboot(link: Link, sim: Simulator) -> None:
+    """A device boots with the keypad off (protocol.md §4): an entry in progress must switch it on again,
+    or the patient's key presses vanish and the entry just times out."""
+    from fastapi.testclient import TestClient
+
+    from firmware_bridge.bridge import Bridge
+    from firmware_bridge.service import create_app
+
+    from .conftest import wait_for
+
+    with TestClient(create_app(Bridge(link), sim=sim)) as http:
+        client = BridgeClient("http://testserver", http=http)
+        e = client.start_id_entry(timeout_s=30)
+        sim.mcu.press_keys("110105")
+        wait_for(lambda: client.id_entry(e["session_id"])["length"] == 6, what="6 keys")
+        sim.mcu.reboot()
+        wait_for(lambda: sim.mcu.keypad, what="keypad switched on again after the reboot")
+        sim.mcu.press_keys("19491231002X\r")
+        done = client.wait_id_entry(e["session_id"], poll=0.01, timeout=3)
+        assert done["state"] == "accepted" and done["value"] == "11010519491231002X"
