@@ -210,11 +210,10 @@ class Link:
         a non-OK status is returned as a value (``Response.check`` raises).
         """
         if self.state != LinkState.CONNECTED:
-            raise DeviceError(
-                f"terminal microcontroller is disconnected ({self.last_error or 'not connected'}); "
-                "check the cable to the terminal controller: the bridge keeps trying to reconnect",
-                code="disconnected",
-            )
+            why = self.last_error or "not connected"
+            todo = "" if "no common protocol version" in why else (  # that error carries its own remedy
+                "; check the cable to the terminal controller: the bridge keeps trying to reconnect")
+            raise DeviceError(f"terminal microcontroller is disconnected ({why}){todo}", code="disconnected")
         rsp = self._request(cmd, payload, exec_timeout)
         if rsp.status == Status.NOT_READY and cmd != Cmd.HELLO:  # device rebooted under us
             self._handshake()

@@ -69,7 +69,10 @@ def test_incompatible_version_error_names_both_ranges_and_what_to_do(sim: Simula
             link.wait_connected(0.5)
         err = link.last_error or ""
         assert "2..3" in err and "1..1" in err, err
-        assert "update" in err, err
+        assert "update the bridge software" in err, err
+        with pytest.raises(DeviceError) as ei:
+            link.request(Cmd.PING)
+        assert "2..3" in ei.value.message and "cable" not in ei.value.message, ei.value.message
 
 
 def test_disconnected_error_says_what_to_do(sim: Simulator) -> None:
