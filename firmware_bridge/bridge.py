@@ -65,6 +65,24 @@ class Bridge:
             self.refresh()
         except DeviceError:
             pass
+        self._rearm_keypad(None)
+
+    def _rearm_keypad(self, boot_id: int | None) -> None:
+        """Switch the keypad on again for an active ID entry, once the link has greeted ``boot_id``."""
+        deadline = time.monotonic() + 3.0
+        while boot_id is not None and time.monotonic() < deadline:
+            info = self.link.info
+            if info is not None and info.boot_id == boot_id and self.link.state == LinkState.CONNECTED:
+                break
+            time.sleep(0.01)
+        with self._lock:
+            active = self._active is not None and self._entries.get(self._active) is not None
+            active = active and self._entries[self._active].entry.state == EntryState.ACTIVE
+        if active:
+            try:
+                self.peripherals.keypad(True)
+            except DeviceError:
+                pass  # the link is down again: the next reconnect re-arms it
 
     # --- events ------------------------------------------------------------------------
 
@@ -99,6 +117,8 @@ class Bridge:
             elif code == Evt.BOOT:
                 boot = BootEvent.decode(payload)
                 self._log("boot", firmware=fmt_version(boot.firmware), reason=boot.reason.name.lower())
+                # the device boots with its keypad off (protocol.md §4): an entry in progress needs it back
+                threading.Thread(target=self._rearm_keypad, args=(boot.boot_id,), name="bridge-rearm", daemon=True).start()
         except PayloadError:
             self._log("malformed_event", code=code)
 

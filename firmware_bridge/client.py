@@ -39,7 +39,8 @@ class BridgeClient:
         except httpx.TimeoutException as e:
             raise DeviceError(f"the firmware bridge at {self.base_url} did not answer in time", code="bridge_timeout") from e
         except httpx.TransportError as e:
-            raise DeviceError(f"the firmware bridge is not running at {self.base_url} ({type(e).__name__})", code="bridge_down") from e
+            raise DeviceError(f"the firmware bridge is not running at {self.base_url} ({type(e).__name__}); "
+                "start it: systemctl start kiosk-bridge (logs: journalctl -u kiosk-bridge)", code="bridge_down") from e
         if r.status_code < 400:
             return r.json()
         try:

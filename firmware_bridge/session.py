@@ -210,7 +210,10 @@ class Link:
         a non-OK status is returned as a value (``Response.check`` raises).
         """
         if self.state != LinkState.CONNECTED:
-            raise DeviceError(f"terminal microcontroller is disconnected ({self.last_error or 'not connected'})", code="disconnected")
+            why = self.last_error or "not connected"
+            todo = "" if "no common protocol version" in why else (  # that error carries its own remedy
+                "; check the cable to the terminal controller: the bridge keeps trying to reconnect")
+            raise DeviceError(f"terminal microcontroller is disconnected ({why}){todo}", code="disconnected")
         rsp = self._request(cmd, payload, exec_timeout)
         if rsp.status == Status.NOT_READY and cmd != Cmd.HELLO:  # device rebooted under us
             self._handshake()
@@ -302,7 +305,12 @@ class Link:
     def _handshake(self) -> DeviceInfo:
         rsp = self._request(Cmd.HELLO, HelloReq(PROTO_MIN, PROTO_MAX).encode(), None)
         if rsp.status == Status.UNSUPPORTED_VERSION:
-            raise DeviceError(f"device speaks no protocol version in {PROTO_MIN}..{PROTO_MAX}", code="unsupported_version")
+            dev = f"{rsp.data[0]}..{rsp.data[1]}" if len(rsp.data) >= 2 else "an unknown range"
+            fix = "update the bridge software" if len(rsp.data) >= 2 and rsp.data[0] > PROTO_MAX else "update the terminal controller's firmware"
+            raise DeviceError(
+                f"no common protocol version: the terminal controller speaks {dev}, this bridge {PROTO_MIN}..{PROTO_MAX}; {fix}",
+                code="unsupported_version",
+            )
         try:
             info = DeviceInfo.decode(rsp.check("HELLO"))
         except PayloadError as e:

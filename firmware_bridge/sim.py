@@ -265,10 +265,11 @@ class VirtualMcu:
                 self._pump_events()
             return
         if it.type == FrameType.NAK:
-            if it.seq in self.cache:
-                self._send_raw(self.cache[it.seq][1])
-            elif self.evt_out is not None and self.evt_out[0] == it.seq:
+            # EVT and REQ SEQs are numbered independently: the NAK's CMD says which frame it means
+            if self.evt_out is not None and self.evt_out[0] == it.seq and self.evt_out[1].cmd == it.cmd:
                 self._send(self.evt_out[1])
+            elif it.seq in self.cache and self.cache[it.seq][1][3] == it.cmd:
+                self._send_raw(self.cache[it.seq][1])
             return
         if it.type != FrameType.REQ:
             return
@@ -303,6 +304,8 @@ class VirtualMcu:
         try:
             if cmd == Cmd.HELLO:
                 req = HelloReq.decode(p)
+                if req.proto_min > req.proto_max:  # protocol.md §4: BAD_PAYLOAD, not UNSUPPORTED_VERSION
+                    return Status.BAD_PAYLOAD, b""
                 lo, hi = max(req.proto_min, self.protocols[0]), min(req.proto_max, self.protocols[1])
                 if lo > hi:
                     return Status.UNSUPPORTED_VERSION, bytes((self.protocols[0], self.protocols[1]))
