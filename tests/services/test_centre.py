@@ -346,3 +346,59 @@ def test_a_database_fault_is_a_retry_answer_that_names_no_host_or_sql(centre: Ce
     assert a.infcode == InfCode.STORAGE and a.err_code == "unavailable"
     assert "same msgid" in a.err_msg
     assert "postgresql" not in a.err_msg and "10.0.0.5" not in a.err_msg and "pw" not in a.err_msg
+
+
+def _mulaid_patient(centre: Centre):
+    """Patient people[23] whose spouse people[22] (psn_no sorts first) pays through mutual aid."""
+    a, spouse = centre.people[23], centre.people[22]
+    assert spouse.psn_no < a.psn_no
+    assert centre.client.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "spouse").ok
+    return a, spouse
+
+
+def test_reversals_lock_people_in_psn_no_order_like_settlement(centre: Centre, monkeypatch) -> None:
+    # A settlement locks (relative, patient) in psn_no order; a 2208/2601 that locked the patient first and
+    # then the relative deadlocked with it on PostgreSQL (measured: 14 deadlocks in 15 rounds, 1-3 s stalls).
+    a, spouse = _mulaid_patient(centre)
+    token = centre.activate(a)
+    order: list[str] = []
+    real = centre.service.person
+
+    def spy(tx, psn_no, *, lock=False, field="psn_no"):
+        if lock and psn_no not in order:
+            order.append(psn_no)
+        return real(tx, psn_no, lock=lock, field=field)
+
+    monkeypatch.setattr(centre.service, "person", spy)
+    medfee, feedetail = lines(("XC02", f"{balance(centre, a.psn_no) // 100 + 30}.00", "1"))
+    for how in ("2208", "2601"):
+        msgid = centre.client.new_msgid()
+        st = centre.client.settle(head(a, token, medfee, acct_mulaid_flag="1"), feedetail, msgid=msgid)
+        assert st.ok and st.output["setlinfo"]["acct_mulaid_pay"] != "0.00", st
+        order.clear()
+        r = (centre.client.reverse(st.output["setlinfo"]["setl_id"], a.psn_no) if how == "2208"
+             else centre.client.reverse_message(a.psn_no, msgid))
+        assert r.ok, r
+        assert order == sorted(order) == [spouse.psn_no, a.psn_no], (how, order)
+    assert check_centre(centre.db)["balanced"]
+
+
+def test_mutual_aid_revoked_while_a_settlement_waits_for_the_lock_is_not_charged(centre: Centre,
+                                                                                   monkeypatch) -> None:
+    # The settlement reads the authorisation, then waits for the person locks; a revoke that commits in
+    # that gap must win: the relative's account is not charged after they withdrew consent.
+    a, spouse = centre.people[9], centre.people[8]
+    assert centre.client.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "spouse").ok
+    token = centre.activate(a)
+    bal_s = balance(centre, spouse.psn_no)
+    real = centre.service._lock_people
+
+    def revoke_meanwhile(tx, *psn_nos):
+        tx.execute("DELETE FROM centre_mulaid WHERE psn_no = ?", (a.psn_no,))  # as a revoke committed just now
+        return real(tx, *psn_nos)
+
+    monkeypatch.setattr(centre.service, "_lock_people", revoke_meanwhile)
+    medfee, feedetail = lines(("XC02", f"{balance(centre, a.psn_no) // 100 + 30}.00", "1"))
+    st = centre.client.settle(head(a, token, medfee, acct_mulaid_flag="1"), feedetail)
+    assert st.infcode == InfCode.NO_AUTHORISATION, st
+    assert balance(centre, spouse.psn_no) == bal_s

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from kiosk.clock import SHANGHAI, local_day
-from kiosk.errors import InputError, IntegrityError, KioskError
+from kiosk.errors import InputError, IntegrityError, KioskError, StorageError
 from kiosk.money import fen_to_yuan, round_fen
 from kiosk.security.seal import SealContext
 from kiosk.services.centre import models as m
@@ -347,7 +347,7 @@ class CentreService:
         d = data.data
         if d.psn_no == d.auth_psn_no:
             raise InputError("a person cannot authorise their own account", field="input.data.auth_psn_no")
-        patient = self.person(tx, d.psn_no, field="input.data.psn_no")
+        patient = self.person(tx, d.psn_no, lock=True, field="input.data.psn_no")  # vs a settlement in flight
         rel = self.person(tx, d.auth_psn_no, field="input.data.auth_psn_no")
         if not hmac.compare_digest(rel.certno, d.auth_certno):
             raise Refusal(InfCode.IDENTITY_MISMATCH, "the ID number typed is not the authorising relative's",
@@ -373,6 +373,8 @@ class CentreService:
         return {"psn_no": d.psn_no, "auth_psn_no": d.auth_psn_no, "relation": d.relation, "authorised": "1"}
 
     def mulaid_revoke(self, ctx: Ctx, tx: Transaction, data: m.MutualAidRevoke) -> dict[str, Any]:
+        tx.fetch_one("SELECT 1 FROM centre_persons WHERE psn_no = ?" + tx.for_update,  # waits for a settlement
+                     (data.data.psn_no,))                                                # in flight
         n = tx.execute("DELETE FROM centre_mulaid WHERE psn_no = ? AND auth_psn_no = ?",
                        (data.data.psn_no, data.data.auth_psn_no))
         if n == 0:
@@ -420,6 +422,13 @@ class CentreService:
                               field="input.acct_mulaid_flag")
         people = (self._lock_people(tx, head.psn_no, *( [mulaid_psn] if mulaid_psn else []))
                   if commit else {p: self.person(tx, p) for p in [head.psn_no] + ([mulaid_psn] if mulaid_psn else [])})
+        if commit and mulaid_psn:  # authorisation re-read under the patient's lock (auth/revoke take it too)
+            now_auth = tx.scalar("SELECT auth_psn_no FROM centre_mulaid WHERE psn_no = ?", (head.psn_no,))
+            if now_auth is None:
+                raise Refusal(InfCode.NO_AUTHORISATION, "the relative withdrew the mutual-aid authorisation",
+                              field="input.acct_mulaid_flag")
+            if now_auth != mulaid_psn:  # another relative was authorised meanwhile: start again, locking them
+                raise StorageError("mutual-aid relative changed while locking", code="serialization_failure")
         p = people[head.psn_no]
         if head.mdtrt_cert_type == "02" and not hmac.compare_digest(p.certno, head.mdtrt_cert_no.upper()):
             raise Refusal(InfCode.IDENTITY_MISMATCH, "ID number does not belong to psn_no", field="input.mdtrt_cert_no")
@@ -546,30 +555,32 @@ class CentreService:
 
     _SETL_COLS = "setl_id, psn_no, profile, year, state, result, mulaid_psn_no"
 
-    def _lock_for_settlement(self, tx: Transaction, psn_no: str, setl_row: tuple[Any, ...] | None) -> None:
-        extra = [setl_row[6]] if setl_row and setl_row[6] else []
+    def _locked_settlement(self, tx: Transaction, psn_no: str, where: str, value: str) -> tuple[Any, ...] | None:
+        """The settlement row (+ infno), read again once the patient and any mutual-aid relative are locked
+        in psn_no order - the order a settlement locks them in (any other order deadlocks with it)."""
+        self.person(tx, psn_no, field="input.data.psn_no")
+        sql = f"SELECT {self._SETL_COLS}, infno FROM centre_settlements WHERE {where} = ?"
+        row = tx.fetch_one(sql, (value,))
+        extra = [row[6]] if row is not None and row[1] == psn_no and row[6] else []  # never changes once set
         self._lock_people(tx, psn_no, *extra)
+        return tx.fetch_one(sql, (value,))
 
     def reverse_settlement(self, ctx: Ctx, tx: Transaction, data: m.Reversal2208) -> dict[str, Any]:
         d = data.data
-        self.person(tx, d.psn_no, lock=True, field="input.data.psn_no")
-        row = tx.fetch_one(f"SELECT {self._SETL_COLS}, infno FROM centre_settlements WHERE setl_id = ?",
-                           (d.setl_id,))
+        row = self._locked_settlement(tx, d.psn_no, "setl_id", d.setl_id)
         if row is None or row[1] != d.psn_no:
             raise Refusal(InfCode.NOT_FOUND, f"no settlement {d.setl_id} for this person", field="input.data.setl_id")
         want = {"2208": "2207", "2103": "2102"}[ctx.request.infno]
         if row[7] != want:
             raise InputError(f"settlement {d.setl_id} was made by {row[7]}; reverse it with "
                              f"{'2208' if row[7] == '2207' else '2103'}", field="infno")
-        self._lock_for_settlement(tx, d.psn_no, row)
         return self._reverse_row(ctx, tx, row[:7])
 
     def reverse_message(self, ctx: Ctx, tx: Transaction, data: m.MessageReversal2601) -> dict[str, Any]:
         d = data.data
         if d.oinfno not in ("2207", "2102"):
             raise InputError("only settlement messages (2207, 2102) are reversed by message here", field="input.data.oinfno")
-        self.person(tx, d.psn_no, lock=True, field="input.data.psn_no")
-        row = tx.fetch_one(f"SELECT {self._SETL_COLS}, infno FROM centre_settlements WHERE msgid = ?", (qmsgid(ctx, d.omsgid),))
+        row = self._locked_settlement(tx, d.psn_no, "msgid", qmsgid(ctx, d.omsgid))
         if row is not None and row[1] != d.psn_no:
             raise Refusal(InfCode.NOT_FOUND, "message belongs to another person", field="input.data.omsgid")
         if row is None:
@@ -578,7 +589,6 @@ class CentreService:
             return {"omsgid": d.omsgid, "result": "not_applied", "setl_id": ""}
         if row[4] != "settled":
             return {"omsgid": d.omsgid, "result": "already_reversed", "setl_id": row[0]}
-        self._lock_for_settlement(tx, d.psn_no, row)
         out = self._reverse_row(ctx, tx, row[:7])
         return {"omsgid": d.omsgid, "result": "reversed", "setl_id": row[0], "setlinfo": out["setlinfo"]}
 
