@@ -27,6 +27,7 @@ TOPIC_DUE_SOON = "credit.due_soon"
 TOPIC_OVERDUE = "credit.overdue"
 
 MAX_INSURED_YEARS = 150
+_REF_LOCK_CLASS = 0x6B72  # advisory-lock namespace of credit refs ("kr")
 MAX_CAP: Fen = 10**12  # 10 billion yuan: far above any line, far inside BIGINT
 
 _LINE_COLS = ("id, holder, birth_date, insured_years, profile, opened_day, limit_fen, principal_fen, holds_fen, "
@@ -255,7 +256,12 @@ class CreditService:
         """Insert a draw/hold row whose ref must be new across draws and holds.
 
         The other table is checked in the same statement (NOT EXISTS); the row's
-        own table by its UNIQUE constraint."""
+        own table by its UNIQUE constraint. NOT EXISTS cannot see another line's
+        uncommitted row (READ COMMITTED; its line lock is not ours), so on PostgreSQL
+        the ref itself is locked first: a racing draw/hold with this ref waits for us
+        to commit and then sees our row."""
+        if tx.dialect == "postgresql":
+            tx.scalar("SELECT pg_advisory_xact_lock(?::int, hashtext(?))::text", (_REF_LOCK_CLASS, ref))
         try:
             new_id = tx.scalar(sql, params)
         except StorageError as e:

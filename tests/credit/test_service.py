@@ -285,3 +285,33 @@ def test_counters_in_separate_processes_never_exceed_the_family_limit(db: Databa
     st = svc.state("h")
     assert st.principal_outstanding == 200_000 and st.available == 0
     assert svc.check().ok
+
+
+def test_a_hold_and_a_draw_on_two_lines_racing_for_one_ref_do_not_both_win(db: Database) -> None:
+    """Refs are unique across draws and holds. The hold's table is checked by NOT EXISTS, which
+    under READ COMMITTED does not see another line's uncommitted hold (the line locks differ), so
+    both won on PostgreSQL and the hold could then never be captured (its draw's ref was taken)."""
+    svc, _ = service(db)
+    assert svc.open("o1", "h1", date(1990, 1, 1), 5).ok and svc.open("o2", "h2", date(1985, 1, 1), 5).ok
+    hold_in = threading.Event()
+    second: list[object] = []
+
+    def other_counter() -> None:
+        hold_in.wait(10)
+        try:
+            second.append(svc.draw("d", "h2", 500, "bill-x").code)
+        except InputError as e:
+            second.append(e.field)
+
+    t = threading.Thread(target=other_counter)
+    t.start()
+    with db.transaction():  # h1's hold is in but not committed while h2's draw runs its checks
+        assert svc.hold("h", "h1", 1_000, "bill-x").ok
+        hold_in.set()
+        t.join(0.5)
+    t.join(30)
+    assert second == ["ref"]
+    assert svc.state("h2").principal_outstanding == 0
+    assert svc.capture("c", "bill-x", 600).ok and svc.state("h1").principal_outstanding == 600
+    assert svc.check().ok
+
