@@ -389,9 +389,6 @@ class CreditService:
             if cap is not None:
                 month_drawn = tx.scalar("SELECT SUM(original_fen) FROM credit_draws WHERE line_id = ? AND payer = ? "
                                         "AND month = ?", (ln.id, payer, rules.month_of(day)), default=0)
-                # the member's open holds too: their capture is always allowed and becomes a draw
-                month_drawn += tx.scalar("SELECT SUM(amount_fen) FROM credit_holds WHERE line_id = ? AND payer = ? "
-                                         "AND status = 'open'", (ln.id, payer), default=0)
             code = rules.draw_check(has_line=True, bound=bound, is_overdue=is_overdue, amount=amount,
                                     available=ln.available, month_drawn=month_drawn, cap=cap)
             if code != rules.OK:

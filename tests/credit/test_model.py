@@ -56,7 +56,6 @@ def simulate(events: list[dict], as_of: date, limit: int = LIMIT) -> dict:  # ty
             payer = e["payer"]
             month = sum(d["orig"] for d in draws if d["payer"] == payer and d["day"].strftime("%Y%m") ==
                         day.strftime("%Y%m"))
-            month += sum(h["amount"] for h in holds.values() if h["open"] and h["payer"] == payer)  # captured later
             if payer != "h" and payer not in bound:
                 code = "not_bound"
             elif overdue:
