@@ -39,8 +39,11 @@ REASONS: dict[str, Text] = {
     "backlit": Text(zh="背光太强，请稍微转身避开强光", en="Too much light behind you. Please turn away from the bright light"),
     "occluded": Text(zh="请摘下口罩、墨镜或帽子", en="Please take off your mask, sunglasses or hat"),
     # liveness / match outcomes (never a score)
-    "spoof_suspected": Text(zh="未能确认是本人在场，请本人正对摄像头重试，不要使用照片或屏幕",
-                            en="We could not confirm a live person. Please face the camera yourself; photos or screens are not accepted"),
+    # a manual channel for people who cannot pass liveness (the face-payment rules): always named
+    "spoof_suspected": Text(zh="未能确认是本人在场，本次没有扣款。请本人正对摄像头重试（不要使用照片或屏幕），"
+                               "或使用医保卡、联系收银员办理",
+                            en="We could not confirm a live person. Nothing was charged. Please face the camera yourself "
+                               "and try again (no photos or screens), or use your insurance card or ask the cashier"),
     "not_matched": Text(zh="未能识别您的身份，请重试，或使用医保卡/医保码支付",
                         en="We could not recognise you. Please try again, or pay with your insurance card or code"),
     "not_activated": Text(zh="您的医保码尚未激活，请输入身份证号码激活", en="Your insurance code is not activated yet. Please type your ID number to activate it"),

@@ -67,3 +67,14 @@ def test_failure_reasons_tell_the_patient_what_to_do():
     for key, t in REASONS.items():
         assert "请" in t.zh or "您" in t.zh, key
         assert "lease" in t.en or "You" in t.en, key
+
+
+def test_people_who_cannot_pass_the_face_check_are_told_the_other_way_to_pay():
+    """Face must not be the only way to pay: a spoof verdict (an elderly person, a disability) or a
+    face not recognised names the insurance card or the cashier, in both languages."""
+    from kiosk.app.screen.texts import REASONS
+
+    for code in ("spoof_suspected", "not_matched", "camera_offline"):
+        t = REASONS[code]
+        assert "医保卡" in t.zh or "收银员" in t.zh, code
+        assert "card" in t.en or "cashier" in t.en, code
