@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from kiosk.clock import Clock
 from kiosk.errors import ConflictError, InputError, KioskError, RemoteError
-from kiosk.money import fen_to_yuan
+from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.app.flow import Snapshot, State
 from kiosk.app.ports import Person
 from kiosk.app.session import CounterSession, Deps, Limits, Order, Outcome
@@ -371,23 +371,19 @@ class Terminal:
             raise ConflictError(f"order {order_id!r} is {row.status}; only a paid order can be refunded",
                                 code="not_refundable", field="order_id")
         res = row.result
-        from kiosk.money import yuan_to_fen
-
         total = yuan_to_fen(res["medfee_sumamt"], "medfee_sumamt")
         credit = yuan_to_fen(res["credit_draw"], "credit_draw")
-        cash = yuan_to_fen(res["cash_pay"], "cash_pay")
         whole = amount_fen is None
+        limit = _refundable(res, whole)
         if whole:
             if row.refunded_fen:
                 raise ConflictError("a partial refund was already made; refund the rest partially",
                                     code="not_refundable", field="amount")
             amount = total
-            limit = total
         else:
             amount = int(amount_fen or 0)
             if amount <= 0:
                 raise InputError("must be more than 0.00", field="amount")
-            limit = credit + cash
         self._live_refunds.add((system, refund_id))  # before the claim: recovery leaves it alone
         try:
             prior, replayed = self.store.begin_refund(system, order_id, refund_id, amount,
@@ -434,8 +430,6 @@ class Terminal:
                   "cash_refund": fen_to_yuan(0 if whole else amount - credit_back),
                   "whole": whole}
         if whole:
-            from kiosk.money import yuan_to_fen
-
             result["fund_refund"] = res["fund_pay_sumamt"]
             result["account_refund"] = fen_to_yuan(yuan_to_fen(res["acct_pay"], "acct_pay")
                                                    + yuan_to_fen(res["acct_mulaid_pay"], "acct_mulaid_pay"))
@@ -452,8 +446,6 @@ class Terminal:
         """Refunds a crash cut off (running, and not live in this process): completed from the journal
         (the centre's reversal and the bank's credit refund are idempotent by the refund's key), or
         given back when nothing was sent yet."""
-        from kiosk.money import yuan_to_fen
-
         done: list[tuple[str, str]] = []
         for system, refund_id, order_id, amount in self.store.running_refunds():
             if (system, refund_id) in self._live_refunds:
@@ -465,16 +457,21 @@ class Terminal:
                                          "error": "interrupted"}, release_fen=amount)  # nothing was sent
                 done.append((order_id, "refund_failed"))
                 continue
-            res = row.result
-            limit = (yuan_to_fen(res["medfee_sumamt"], "medfee_sumamt") if plan["whole"] else
-                     yuan_to_fen(res["credit_draw"], "credit_draw") + yuan_to_fen(res["cash_pay"], "cash_pay"))
             try:
-                self._refund_run(system, order_id, plan, limit)
+                self._refund_run(system, order_id, plan, _refundable(row.result, plan["whole"]))
             except RemoteError as e:
                 log.warning("refund %s: not completed yet (%s)", refund_id, e)
                 continue
             done.append((order_id, "refunded"))
         return done
+
+
+def _refundable(res: dict[str, Any], whole: bool) -> int:
+    """Fen a paid order's refunds may total: the whole bill, or (partial) its personal share
+    paid by credit and cash."""
+    if whole:
+        return yuan_to_fen(res["medfee_sumamt"], "medfee_sumamt")
+    return yuan_to_fen(res["credit_draw"], "credit_draw") + yuan_to_fen(res["cash_pay"], "cash_pay")
 
 
 def _line_kind(settle: dict[str, Any], mode: str) -> str:
@@ -488,8 +485,6 @@ def _line_kind(settle: dict[str, Any], mode: str) -> str:
 
 
 def order_from_request(order_id: str, req: dict[str, Any]) -> Order:
-    from kiosk.money import yuan_to_fen
-
     return Order(order_id=order_id, bill=req.get("bill") or {}, mode=req.get("mode", "outpatient"),
                  deposit_fen=yuan_to_fen(req["deposit"], "deposit") if req.get("deposit") else 0,
                  hold_id=req.get("hold_id") or "")

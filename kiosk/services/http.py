@@ -62,6 +62,14 @@ def admin_token(data_dir: Path) -> str:
     return p.read_text().strip()
 
 
+def admin_refusal(given: str, token: str, now: Any) -> JSONResponse | None:
+    """The 401 answer of an /admin route when the operator token is missing or wrong, else None."""
+    if hmac.compare_digest(given.encode(), token.encode()):
+        return None
+    return _json(401, refused("", Refusal(InfCode.UNKNOWN_TERMINAL, "admin token missing or wrong",
+                                          field="x-admin-token"), now))
+
+
 def _json(status: int, body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
@@ -120,9 +128,9 @@ def build_app(title: str, gateway: Gateway, data_dir: Path, *, description: str 
     @app.post("/admin/terminals", tags=["admin"], summary="register or re-key a terminal (operator token)")
     def register(reg: TerminalRegistration, x_admin_token: str = Header(default="")) -> JSONResponse:
         now = gateway.clock.now()
-        if not hmac.compare_digest(x_admin_token.encode(), token.encode()):
-            return _json(401, refused("", Refusal(InfCode.UNKNOWN_TERMINAL, "admin token missing or wrong",
-                                                  field="x-admin-token"), now))
+        denied = admin_refusal(x_admin_token, token, now)
+        if denied is not None:
+            return denied
         secret = reg.app_secret or secrets.token_hex(16)
         try:
             gateway.register_terminal(reg.app_id, secret, reg.sm2_public, reg.fixmedins_code)

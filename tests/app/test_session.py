@@ -276,14 +276,16 @@ def test_first_visit_activation_then_pays(rig):
     assert all(GOOD_ID not in str(s.to_dict()) for s in rig.snaps)
 
 
-def test_credit_declined_reverses_the_settlement(rig):
-    rig.bank.draw_status = "insufficient_credit"
+@pytest.mark.parametrize("declined", ["insufficient_credit", "credit_not_eligible"])
+def test_credit_declined_reverses_the_settlement_and_tells_the_patient(rig, declined):
+    rig.bank.draw_status = declined
     rig.typist.plan("confirm", "<enter>")
     rig.cam.show([casia(1, 0)])
     out = rig.run()
-    assert (out.status, out.reason) == ("failed", "insufficient_credit")
+    assert (out.status, out.reason) == ("failed", declined)
     assert [c for c, _ in rig.centre.calls][-2:] == ["settle", "reverse"]
     assert rig.steps()[-3:] == ["reverse", "reversed", "failed"]
+    assert "Please" in rig.snaps[-1].reason_en
 
 
 def test_printer_out_of_paper_still_completes_the_payment(rig):
@@ -361,15 +363,6 @@ def test_every_reason_the_session_can_give_has_patient_text():
     used = set(re.findall(r'_fail\("([a-z_]+)"', src)) | set(session_mod._MONEY_REASONS)
     assert used - set(REASONS) == set()
 
-
-def test_credit_not_eligible_draw_is_reversed_and_told(rig):
-    rig.bank.draw_status = "credit_not_eligible"
-    rig.typist.plan("confirm", "<enter>")
-    rig.cam.show([casia(1, 0)])
-    out = rig.run()
-    assert (out.status, out.reason) == ("failed", "credit_not_eligible")
-    assert [c for c, _ in rig.centre.calls][-2:] == ["settle", "reverse"]
-    assert "Please" in rig.snaps[-1].reason_en
 
 
 def test_admission_without_a_credit_line_is_told_why(rig):

@@ -13,8 +13,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import hmac
-
 from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 
@@ -23,7 +21,7 @@ from kiosk.config import load
 from kiosk.services.bank.service import BankService
 from kiosk.services.envelope import ServiceKeys
 from kiosk.services.gateway import Gateway
-from kiosk.services.http import admin_token, build_app
+from kiosk.services.http import admin_refusal, admin_token, build_app
 from kiosk.services.protocol import InfCode, Refusal, refused
 from kiosk.storage import Database, open_database
 
@@ -60,9 +58,9 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
               summary="the operator's sender drains holder notifications (member draws, due soon, overdue)")
     def notifications(limit: int = 100, x_admin_token: str = Header(default="")) -> JSONResponse:
         now = gw.clock.now()
-        if not hmac.compare_digest(x_admin_token.encode(), token.encode()):
-            return JSONResponse(refused("", Refusal(InfCode.UNKNOWN_TERMINAL, "admin token missing or wrong",
-                                                    field="x-admin-token"), now), status_code=401)
+        denied = admin_refusal(x_admin_token, token, now)
+        if denied is not None:
+            return denied
         if not 1 <= limit <= 1000:
             return JSONResponse(refused("", Refusal(InfCode.INVALID_INPUT, "must be 1..1000", field="limit"), now),
                                 status_code=400)
