@@ -31,6 +31,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping
 
 from kiosk.clock import Clock, SystemClock
@@ -53,7 +54,19 @@ _UNSIGNED = frozenset({"signData", "encData", "extra"})
 
 
 def data_key(app_id: str, app_secret: str) -> bytes:
-    """The 16-byte SM4 data key derived from appId and appSecret."""
+    """The 16-byte SM4 data key derived from appId and appSecret (cached: every message of a
+    terminal uses the same one, and the derivation is an SM4 operation of its own)."""
+    if isinstance(app_id, str) and isinstance(app_secret, str):
+        return _data_key(app_id, app_secret)
+    return _derive_data_key(app_id, app_secret)
+
+
+@lru_cache(maxsize=4096)
+def _data_key(app_id: str, app_secret: str) -> bytes:
+    return _derive_data_key(app_id, app_secret)
+
+
+def _derive_data_key(app_id: Any, app_secret: Any) -> bytes:
     if not isinstance(app_id, str) or len(app_id) < 16:
         raise InputError("appId must have at least 16 characters (its first 16 key the data-key derivation)", field="appId")
     if not isinstance(app_secret, str) or not app_secret:

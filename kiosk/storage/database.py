@@ -111,10 +111,17 @@ def translate_error(e: BaseException, dialect: str, context: str = "") -> Storag
 class Transaction:
     """One unit of work on one connection. SQL uses `?` placeholders."""
 
-    def __init__(self, db: Database, conn: Any) -> None:
+    def __init__(self, db: Database, conn: Any, begin: str | None = None) -> None:
         self.db = db
         self.dialect = db.dialect
         self._conn = conn
+        # PostgreSQL: BEGIN travels with the first statement (one round trip, not two)
+        self._begin = begin
+
+    @property
+    def started(self) -> bool:
+        """False while a PostgreSQL transaction has sent nothing yet (COMMIT/ROLLBACK have nothing to do)."""
+        return self._begin is None
 
     @property
     def for_update(self) -> str:
@@ -128,13 +135,31 @@ class Transaction:
             if self.dialect == SQLITE:
                 return self._conn.execute(q, p)
             cur = self._conn.cursor()
-            if p:
-                cur.execute(q, p)
-            else:  # no parameters: psycopg must not interpret % at all
-                cur.execute(sql.encode())
+            if self._begin is not None:
+                begin, self._begin = self._begin, None
+                with self._conn.pipeline():
+                    self._conn.execute(begin)
+                    self._pg_execute(cur, sql, q, p)
+            else:
+                self._pg_execute(cur, sql, q, p)
             return cur
         except Exception as e:  # translated at the boundary
             raise self.db._translate(e, sql) from e
+
+    @staticmethod
+    def _pg_execute(cur: Any, sql: str, q: str, p: tuple[Any, ...]) -> None:
+        if p:
+            cur.execute(q, p)
+        else:  # no parameters: psycopg must not interpret % at all
+            cur.execute(sql.encode())
+
+    def _send_begin(self) -> None:
+        if self._begin is not None:
+            begin, self._begin = self._begin, None
+            try:
+                self._conn.execute(begin)
+            except Exception as e:
+                raise self.db._translate(e, begin) from e
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; returns the affected row count."""
@@ -150,6 +175,7 @@ class Transaction:
             if self.dialect == SQLITE:
                 self._conn.executemany(q, data)
             else:
+                self._send_begin()
                 with self._conn.cursor() as cur:
                     cur.executemany(q, data)
         except Exception as e:
@@ -287,27 +313,36 @@ class Database:
         with lock:
             conn = self._conn()
             begin = self._begin_sql(serializable, readonly)
-            try:
-                conn.execute(begin)
-            except Exception as e:
-                err = self._translate(e, begin)
-                if err.code == "unavailable" or self.dialect == POSTGRESQL and conn.closed:
-                    self._discard()
-                raise err from e
-            tx = Transaction(self, conn)
+            if self.dialect == POSTGRESQL and conn.closed:
+                self._discard()
+                conn = self._conn()
+            if self.dialect == SQLITE:  # takes the write lock now; in-process, no round trip
+                try:
+                    conn.execute(begin)
+                except Exception as e:
+                    raise self._translate(e, begin) from e
+                tx = Transaction(self, conn)
+            else:
+                tx = Transaction(self, conn, begin)
             self._local.tx = tx
             try:
                 yield tx
             except BaseException:
                 self._local.tx = None
-                self._rollback(conn)
+                if tx.started:
+                    self._rollback(conn)
                 raise
             self._local.tx = None
+            if not tx.started:
+                return
             try:
                 conn.execute("COMMIT")
             except Exception as e:
                 self._rollback(conn)
-                raise self._translate(e, "COMMIT") from e
+                err = self._translate(e, "COMMIT")
+                if err.code == "unavailable" or self.dialect == POSTGRESQL and conn.closed:
+                    self._discard()
+                raise err from e
 
     @contextlib.contextmanager
     def _writer_slot(self) -> Iterator[None]:
