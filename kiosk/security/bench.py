@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     env = build_envelope(payload, app_id=app_id, app_secret=secret, sm2_key=sm2)
     msg = b"x" * 512
     sig = sm2.sign(msg)
+    cold = iter([(k.public_key(), k.sign(msg)) for k in  # one key per call, each verified once
+                 (Sm2PrivateKey.generate() for _ in range(n + max(5, n // 20)))])
+
+    def verify_cold() -> bool:
+        key, signature = next(cold)
+        return sm2_verify(key, msg, signature)
     rec = X25519PrivateKey.generate()
     ctx = SealContext("KIOSK-0001", "S-20260101-0001", "face-template")
     template = os.urandom(2048)  # 512 float32
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         _row("sm4-ecb encrypt (1 KiB)", _time(lambda: sm4_ecb_encrypt(b"0123456789ABCDEF", msg * 2), n)),
         _row("sm2 sign", _time(lambda: sm2.sign(msg), n)),
         _row("sm2 verify (known key)", _time(lambda: sm2_verify(pub, msg, sig), n)),
+        _row("sm2 verify (one-off key)", _time(verify_cold, n)),
         _row("envelope build (SM4+SM2)", _time(lambda: build_envelope(payload, app_id=app_id, app_secret=secret, sm2_key=sm2), n)),
         _row("envelope open (SM4+SM2)", _time(lambda: open_envelope(env, app_secret=secret, sm2_public_key=pub), n)),
         _row("seal 2 KiB template", _time(lambda: seal(template, rec.public_key(), "v0001-aa", ctx), n)),

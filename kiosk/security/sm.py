@@ -1,10 +1,12 @@
 """Chinese national-standard primitives: SM4 (GB/T 32907), SM3 (GB/T 32905), SM2 signatures (GB/T 32918.2).
 
 SM4 and SM3 come from `cryptography` (OpenSSL underneath). `cryptography` has no
-SM2, so SM2 signing is implemented here, *on top of* vetted elliptic-curve
-arithmetic: python-ecdsa's `PointJacobi` (maintained by the tlsfuzzer project,
-fuzzed and Wycheproof-tested, pure Python, optional gmpy2 acceleration). This
-module only adds what SM2 specifies beyond ECDSA: the curve constants, the
+SM2, so SM2 signing is implemented here, on python-ecdsa's `PointJacobi`
+(maintained by the tlsfuzzer project, fuzzed and Wycheproof-tested, pure Python,
+optional gmpy2 acceleration) as the reference arithmetic, with the two hot
+multiplications (k*G when signing, s*G + t*P when verifying) done by fixed-base
+window tables in kiosk.security.sm2_ec and property-tested against python-ecdsa.
+This module adds what SM2 specifies beyond ECDSA: the curve constants, the
 user-identity digest Z_A, and the SM2 sign/verify equations. It is checked
 against the GB/T 32918.2 Annex A example (Fp-256 test curve, fixed k) and
 against OpenSSL's own SM2 (tests/security/test_openssl_interop.py).
@@ -15,9 +17,18 @@ predictable k reveals the private key) and is slow; `gmalg` and the GmSSL
 wrappers are young single-author packages with little use. OpenSSL via ctypes
 would tie the code to the system libcrypto ABI. Here k comes from `secrets`.
 
-Speed: with the fixed-base table of G, a signature costs ~0.5-0.8 ms; verifying
-~0.8 ms once the public key's table is cached (a key used 3+ times), ~2 ms for a
-one-off key (scripts/bench_crypto).
+Speed (old -> new in one process, `scripts/bench_sm2_before_after`, 2-core VM
+under load): sign 0.22 -> 0.07 ms, verify of a hot key (seen 3+ times)
+0.38 -> 0.13 ms, of a one-off key 0.81 -> 0.73 ms. The arithmetic behind it is
+kiosk.security.sm2_ec: k*G and s*G + t*P are sums of precomputed *affine* points,
+accumulated with mixed Jacobian+affine additions and no doublings. G's table (w = 8:
+32 windows x 255 multiples, ~1.5 MB) is built lazily once per process and curve in
+~40 ms; a hot public key gets a signed-digit table (w = 5: 52 windows x 16 multiples,
+~113 KB, ~3 ms to build), at most 512 keys in an LRU. Both are made affine with
+Montgomery's batch inversion. python-ecdsa stays: it computes t*P for a cold key
+(a table would cost more than it saves for a key used once or twice), the public
+key d*G, `Sm2PublicKey.point`, and is the reference the tables are tested against
+(tests/security/test_sm2_tables.py); a curve with no usable table falls back to it.
 """
 from __future__ import annotations
 
@@ -32,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from ecdsa.ellipticcurve import INFINITY, CurveFp, PointJacobi
 
 from kiosk.errors import InputError, IntegrityError
+from kiosk.security import sm2_ec
 
 DEFAULT_USER_ID = b"1234567812345678"
 
@@ -166,6 +178,25 @@ def _verify_point(curve: Sm2Curve, x: int, y: int) -> PointJacobi:
     return PointJacobi(curve.curve, x, y, 1, curve.n)
 
 
+@lru_cache(maxsize=512)
+def _key_table(curve: Sm2Curve, x: int, y: int) -> object:
+    """A hot key's window table (~146 KB, ~5 ms to build); at most 512 keys (~75 MB)."""
+    _check_point(curve, x, y)
+    return sm2_ec.key_table(curve, x, y)
+
+
+def _hot_table(curve: Sm2Curve, x: int, y: int) -> object:
+    """The key's window table once it has been seen `_HOT_AFTER` times, else None."""
+    k = (curve, x, y)
+    n = _USES.get(k, 0) + 1
+    if n >= _HOT_AFTER:
+        return _key_table(curve, x, y)
+    if len(_USES) > 4096:
+        _USES.clear()
+    _USES[k] = n
+    return None
+
+
 @dataclass(frozen=True)
 class Sm2PublicKey:
     x: int
@@ -266,8 +297,8 @@ def sm2_sign(key: Sm2PrivateKey, message: bytes, user_id: bytes = DEFAULT_USER_I
     inv = pow(1 + d, -1, c.n)
     while True:
         k = _k if _k is not None else secrets.randbelow(c.n - 1) + 1
-        x1 = (c.g * k).x()
-        r = (e + x1) % c.n
+        x1 = _x_of_kg(c, k)
+        r = (e + x1) % c.n if x1 is not None else 0
         if r == 0 or r + k == c.n:
             if _k is not None:
                 raise InputError("fixed k gives a degenerate signature", field="k")
@@ -293,10 +324,35 @@ def sm2_verify(pub: Sm2PublicKey, message: bytes, signature: bytes, user_id: byt
     if t == 0:
         return False
     e = _digest(pub, message, user_id)
-    pt = c.g.mul_add(s, pub.point, t)
-    if pt == INFINITY:
+    x1 = _x_of_mul_add(c, s, pub.x, pub.y, t)
+    if x1 is None:  # the point at infinity
         return False
-    return (e + pt.x()) % c.n == r
+    return (e + x1) % c.n == r
+
+
+def _x_of_kg(c: Sm2Curve, k: int) -> int | None:
+    """Affine x of k*G (None for infinity): G's window table (sm2_ec), or python-ecdsa
+    where no table can be built."""
+    pt = sm2_ec.mul_g(c, k)
+    if pt is None:
+        return (c.g * k).x()
+    return sm2_ec.affine_x(c.p, pt)
+
+
+def _x_of_mul_add(c: Sm2Curve, s: int, x: int, y: int, t: int) -> int | None:
+    """Affine x of s*G + t*P (None for infinity). A hot key (seen `_HOT_AFTER` times)
+    has its own window table; for a cold one python-ecdsa computes t*P (building a
+    table costs ~5 ms, a dozen plain multiplications)."""
+    table = _hot_table(c, x, y)
+    if table is not None:
+        pt = sm2_ec.mul_add(c, s, table, t)
+    else:
+        tp = PointJacobi(c.curve, x, y, 1, c.n) * t
+        pt = sm2_ec.mul_add(c, s, None, t, None if tp == INFINITY else (tp.x(), tp.y()))
+    if pt is None:  # no G table for this curve: the reference path
+        ref = c.g.mul_add(s, PointJacobi(c.curve, x, y, 1, c.n), t)
+        return None if ref == INFINITY else ref.x()
+    return sm2_ec.affine_x(c.p, pt)
 
 
 def decode_signature(signature: bytes) -> tuple[int, int]:
