@@ -20,7 +20,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Union
+from typing import Any, Callable, Mapping, Protocol, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -177,22 +177,30 @@ class DatabaseNonceStore:
 
     def add(self, scope: str, nonce: str, now_ms: int, ttl_ms: int) -> bool:
         def work(tx: object) -> bool:
-            got = tx.fetch_one(  # type: ignore[attr-defined]
-                "INSERT INTO security_nonces (scope, nonce, expires_ms) VALUES (?, ?, ?) "
-                "ON CONFLICT (scope, nonce) DO NOTHING RETURNING nonce", (scope, nonce, now_ms + ttl_ms))
-            if got is not None:
-                return True
-            # taken: reusable only once it has expired (claim it atomically)
-            n = tx.execute(  # type: ignore[attr-defined]
-                "UPDATE security_nonces SET expires_ms = ? WHERE scope = ? AND nonce = ? AND expires_ms <= ?",
-                (now_ms + ttl_ms, scope, nonce, now_ms))
-            return n == 1
+            sql, params = self.claim_statement(scope, nonce, now_ms, ttl_ms)
+            return self.resolve(tx, tx.fetch_one(sql, params), scope, nonce, now_ms, ttl_ms)  # type: ignore[attr-defined]
 
-        fresh = self.db.run(work)  # type: ignore[attr-defined]
+        return bool(self.db.run(work))  # type: ignore[attr-defined]
+
+    @staticmethod
+    def claim_statement(scope: str, nonce: str, now_ms: int, ttl_ms: int) -> tuple[str, tuple[Any, ...]]:
+        """The claim as (sql, params), for a caller that sends it with other statements in one
+        round trip (kiosk.storage `Transaction.fetch_each`); hand its row to `resolve`."""
+        return ("INSERT INTO security_nonces (scope, nonce, expires_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (scope, nonce) DO NOTHING RETURNING nonce", (scope, nonce, now_ms + ttl_ms))
+
+    def resolve(self, tx: Any, claimed: Any, scope: str, nonce: str, now_ms: int, ttl_ms: int) -> bool:
+        """True when the nonce is ours: newly claimed, or taken before but expired (re-claimed
+        atomically here). Every 1000th claim also purges expired nonces."""
+        fresh = claimed is not None
+        if not fresh:
+            n = tx.execute("UPDATE security_nonces SET expires_ms = ? WHERE scope = ? AND nonce = ? AND expires_ms <= ?",
+                           (now_ms + ttl_ms, scope, nonce, now_ms))
+            fresh = n == 1
         self._adds += 1
         if self._adds % 1000 == 0:
-            self.db.run(lambda tx: tx.execute("DELETE FROM security_nonces WHERE expires_ms <= ?", (now_ms,)))  # type: ignore[attr-defined]
-        return bool(fresh)
+            tx.execute("DELETE FROM security_nonces WHERE expires_ms <= ?", (now_ms,))
+        return fresh
 
 
 class ReplayGuard:
@@ -213,6 +221,13 @@ class ReplayGuard:
 
     def check(self, scope: str, nonce: str, ts_ms: int) -> None:
         """Raises IntegrityError code 'stale' or 'replayed'; returns None for a fresh message."""
+        now = self.fresh(nonce, ts_ms)
+        if not self.store.add(scope, nonce, now, self.ttl_ms):
+            raise self.replayed()
+
+    def fresh(self, nonce: str, ts_ms: int) -> int:
+        """The checks before the nonce store: a usable nonce and a timestamp inside the window
+        (IntegrityError 'bad_nonce' / 'stale'); returns the receiver's now in ms."""
         if not nonce or len(nonce) > 128:
             raise IntegrityError("nonce is empty or longer than 128 characters", code="bad_nonce", field=H_NONCE)
         now = _now_ms(self.clock)
@@ -221,8 +236,16 @@ class ReplayGuard:
                 f"message timestamp is {abs(now - ts_ms) / 1000:.0f} s from now, outside the {self.window_ms / 1000:g} s window",
                 code="stale", field=H_TIMESTAMP,
             )
-        if not self.store.add(scope, nonce, now, 2 * self.window_ms):
-            raise IntegrityError("nonce was already used: replayed message", code="replayed", field=H_NONCE)
+        return now
+
+    @property
+    def ttl_ms(self) -> int:
+        """How long a nonce is remembered: twice the window (a timestamp may be early or late)."""
+        return 2 * self.window_ms
+
+    @staticmethod
+    def replayed() -> IntegrityError:
+        return IntegrityError("nonce was already used: replayed message", code="replayed", field=H_NONCE)
 
 
 KeyResolver = Callable[[str, str], "PublicKey | None"]

@@ -100,7 +100,8 @@ class Gateway:
         self.window_s = window_s
         self.check_sign_no = check_sign_no
         self.idem = IdempotencyStore(f"{service}.msgid")
-        self.guard = ReplayGuard(DatabaseNonceStore(db), window_s=window_s, clock=clock)
+        self.nonces = DatabaseNonceStore(db)
+        self.guard = ReplayGuard(self.nonces, window_s=window_s, clock=clock)
         self._terminals: dict[str, Terminal] = {}
         self._lock = threading.Lock()
         db.migrate([gateway_migration(service)])
@@ -180,12 +181,33 @@ class Gateway:
     def _claim_nonce(self, msg: "_Msg") -> None:
         """kiosk.security's ReplayGuard; inside a transaction its nonce row joins that transaction."""
         try:
-            self.guard.check(f"{self.service}:{msg.terminal.app_id}", msg.nonce, msg.ts_ms)
+            self.guard.check(self._nonce_scope(msg), msg.nonce, msg.ts_ms)
         except IntegrityError as e:
-            code = InfCode.REPLAYED if e.code == "replayed" else InfCode.BAD_ENVELOPE
-            # e.message, not str(e): str names kiosk.security's header (X-Kiosk-Nonce); here it is a payload field
-            raise _Replayed(Refusal(code, e.message, code=e.code, field="nonce" if e.code in ("replayed", "bad_nonce")
-                                    else "timestamp")) from None
+            raise self._replayed(e) from None
+
+    def _nonce_scope(self, msg: "_Msg") -> str:
+        return f"{self.service}:{msg.terminal.app_id}"
+
+    @staticmethod
+    def _replayed(e: IntegrityError) -> "_Replayed":
+        code = InfCode.REPLAYED if e.code == "replayed" else InfCode.BAD_ENVELOPE
+        # e.message, not str(e): str names kiosk.security's header (X-Kiosk-Nonce); here it is a payload field
+        return _Replayed(Refusal(code, e.message, code=e.code, field="nonce" if e.code in ("replayed", "bad_nonce")
+                                 else "timestamp"))
+
+    def _claim(self, tx: Transaction, msg: "_Msg", key: str, request_key: dict[str, Any]) -> dict[str, Any] | None:
+        """The nonce (anti-replay) and the msgid (exactly-once) claimed together, in one round trip
+        on PostgreSQL; returns the stored answer of an earlier identical message, else None."""
+        try:
+            now_ms = self.guard.fresh(msg.nonce, msg.ts_ms)
+        except IntegrityError as e:
+            raise self._replayed(e) from None
+        scope, ttl = self._nonce_scope(msg), self.guard.ttl_ms
+        k_sql, k_params, h = self.idem.claim_statement(key, request_key)
+        n_row, k_row = tx.fetch_each([self.nonces.claim_statement(scope, msg.nonce, now_ms, ttl), (k_sql, k_params)])
+        if not self.nonces.resolve(tx, n_row, scope, msg.nonce, now_ms, ttl):
+            raise self._replayed(self.guard.replayed())
+        return self.idem.resolve(tx, key, h, k_row)
 
     def _serve(self, payload: dict[str, Any], msg: "_Msg", path_infno: str | None) -> dict[str, Any]:
         now = msg.now
@@ -212,14 +234,13 @@ class Gateway:
         key = f"{msg.terminal.app_id}/{req.msgid}"
 
         def work(tx: Transaction) -> dict[str, Any]:
-            self._claim_nonce(msg)
-            prior = self.idem.begin(tx, key, request_key)
+            prior = self._claim(tx, msg, key, request_key)
             if prior is not None:
                 return prior
             out = route.handler(ctx, tx, data)
             # a handler returns (not raises) a refusal whose side effects must commit (failed-attempt counts)
             answer = refused(req.msgid, out, now) if isinstance(out, KioskError) else ok(req.msgid, out, now)
-            self.idem.finish(tx, key, answer)
+            self.idem.finish(tx, key, answer, at_commit=True)
             return answer
 
         try:
@@ -239,11 +260,10 @@ class Gateway:
         key = f"{msg.terminal.app_id}/{req.msgid}"
 
         def work(tx: Transaction) -> dict[str, Any]:
-            self._claim_nonce(msg)
-            prior = self.idem.begin(tx, key, request_key)
+            prior = self._claim(tx, msg, key, request_key)
             if prior is not None:
                 return prior
-            self.idem.finish(tx, key, answer)
+            self.idem.finish(tx, key, answer, at_commit=True)
             return answer
 
         try:

@@ -117,11 +117,27 @@ class Transaction:
         self._conn = conn
         # PostgreSQL: BEGIN travels with the first statement (one round trip, not two)
         self._begin = begin
+        self._at_commit: list[tuple[str, Sequence[Any]]] = []
 
     @property
     def started(self) -> bool:
         """False while a PostgreSQL transaction has sent nothing yet (COMMIT/ROLLBACK have nothing to do)."""
         return self._begin is None
+
+    def _commit(self) -> None:
+        """COMMIT (PostgreSQL: with the statements kept for it, in one round trip)."""
+        if not self._at_commit:
+            self._conn.execute("COMMIT")
+            return
+        pending, self._at_commit = self._at_commit, []
+        with self._conn.pipeline():
+            if self._begin is not None:
+                begin, self._begin = self._begin, None
+                self._conn.execute(begin)
+            for sql, params in pending:
+                self._pg_execute(self._conn.cursor(), sql, translate(sql, self.dialect),
+                                 tuple(_param(v) for v in params))
+            self._conn.execute("COMMIT")
 
     @property
     def for_update(self) -> str:
@@ -165,6 +181,34 @@ class Transaction:
         """Run a statement; returns the affected row count."""
         cur = self._cursor(sql, params)
         return int(cur.rowcount)
+
+    def fetch_each(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Row | None]:
+        """Run independent statements in order; the first row of each (None when it has none).
+        On PostgreSQL they travel in one round trip (pipeline), with BEGIN if not yet sent."""
+        if self.dialect == SQLITE or len(statements) < 2:
+            return [_row(self._cursor(sql, params).fetchone()) for sql, params in statements]
+        curs = []
+        try:
+            with self._conn.pipeline():
+                if self._begin is not None:
+                    begin, self._begin = self._begin, None
+                    self._conn.execute(begin)
+                for sql, params in statements:
+                    cur = self._conn.cursor()
+                    self._pg_execute(cur, sql, translate(sql, self.dialect), tuple(_param(v) for v in params))
+                    curs.append(cur)
+            return [_row(c.fetchone()) if c.description else None for c in curs]
+        except Exception as e:
+            raise self.db._translate(e, statements[0][0]) from e
+
+    def execute_at_commit(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A write nothing later in this transaction reads (e.g. the stored answer of a message):
+        on PostgreSQL it is sent with COMMIT, in the same round trip; on SQLite it runs now.
+        If it fails, the transaction does not commit."""
+        if self.dialect == SQLITE:
+            self._cursor(sql, params)
+        else:
+            self._at_commit.append((sql, params))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         q = translate(sql, self.dialect)
@@ -333,10 +377,10 @@ class Database:
                     self._rollback(conn)
                 raise
             self._local.tx = None
-            if not tx.started:
+            if not tx.started and not tx._at_commit:
                 return
             try:
-                conn.execute("COMMIT")
+                tx._commit()
             except Exception as e:
                 self._rollback(conn)
                 err = self._translate(e, "COMMIT")

@@ -31,13 +31,21 @@ class IdempotencyStore:
     def begin(self, tx: Transaction, key: str, request: Any) -> Any | None:
         """Claim `key` for `request`. Returns the stored response of an earlier
         identical request (replay), or None when the caller must do the work."""
+        sql, params, h = self.claim_statement(key, request)
+        return self.resolve(tx, key, h, tx.fetch_one(sql, params))
+
+    def claim_statement(self, key: str, request: Any) -> tuple[str, tuple[Any, ...], str]:
+        """The claim as (sql, params, request hash), for a caller that sends it together with
+        other statements (`Transaction.fetch_each`); hand its row to `resolve`."""
         if not isinstance(key, str) or not key.strip() or len(key) > 200:
             raise InputError("must be a non-empty string of at most 200 characters", field="idempotency_key")
         h = request_hash(request)
         now = datetime.now(timezone.utc).isoformat()
-        claimed = tx.fetch_one(
-            "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (scope, key) DO NOTHING RETURNING key", (self.scope, key, h, now))
+        return ("INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (scope, key) DO NOTHING RETURNING key", (self.scope, key, h, now), h)
+
+    def resolve(self, tx: Transaction, key: str, h: str, claimed: Any) -> Any | None:
+        """After the claim statement: None (ours: do the work) or the earlier answer (replay)."""
         if claimed is not None:
             return None
         row = tx.fetch_one("SELECT request_hash, response FROM idempotency_keys WHERE scope = ? AND key = ?",
@@ -52,10 +60,15 @@ class IdempotencyStore:
                                 code="idempotency_in_progress", field="idempotency_key")
         return json.loads(row[1])
 
-    def finish(self, tx: Transaction, key: str, response: Any) -> None:
-        """Store the response for `key` (same transaction as `begin`)."""
-        tx.execute("UPDATE idempotency_keys SET response = ? WHERE scope = ? AND key = ?",
-                   (dumps(response), self.scope, key))
+    def finish(self, tx: Transaction, key: str, response: Any, *, at_commit: bool = False) -> None:
+        """Store the response for `key` (same transaction as `begin`); `at_commit` when the
+        caller reads nothing more of this key: it then travels with COMMIT."""
+        args = ("UPDATE idempotency_keys SET response = ? WHERE scope = ? AND key = ?",
+                (dumps(response), self.scope, key))
+        if at_commit:
+            tx.execute_at_commit(*args)
+        else:
+            tx.execute(*args)
 
     def execute(self, db: Database, key: str, request: Any,
                 work: Callable[[Transaction], Any]) -> tuple[Any, bool]:
