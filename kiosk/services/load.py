@@ -189,6 +189,33 @@ def _cpu_seconds(pid: int) -> float:
     return total / tick
 
 
+def _proc_cpu(pid: int | str) -> float:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _cpu_of_others(exclude: set[int]) -> dict[str, float]:
+    """CPU seconds so far of this run's terminal processes (our children other than the services)
+    and of every PostgreSQL process on the machine (the test server's backends)."""
+    me = os.getpid()
+    try:
+        kids = [int(x) for x in Path(f"/proc/{me}/task/{me}/children").read_text().split()]
+    except OSError:
+        kids = []
+    out = {"terminals": sum(_proc_cpu(k) for k in kids if k not in exclude), "postgres": 0.0}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() in ("postgres", "postmaster"):
+                    out["postgres"] += _proc_cpu(d.name)
+            except OSError:
+                pass
+    return out
+
+
 def _free_port() -> int:
     import socket
 
@@ -293,8 +320,10 @@ def run_once(*, seconds: float, terminals: int, db: str, workers: int, people: i
             while time.time() < start_at:
                 time.sleep(0.01)
             cpu0 = [_cpu_seconds(p.pid) for p in procs]
+            other0 = _cpu_of_others({p.pid for p in procs})
             results = pending.get()
             cpu1 = [_cpu_seconds(p.pid) for p in procs]
+            other1 = _cpu_of_others({p.pid for p in procs})
     finally:
         stop_services(procs)
         if db != "sqlite":
@@ -337,6 +366,10 @@ def run_once(*, seconds: float, terminals: int, db: str, workers: int, people: i
     }
     cpu_centre, cpu_bank = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     per = 1000 * (cpu_centre + cpu_bank) / max(1, n_settlements)
+    n1 = max(1, n_settlements)
+    split = {"terminals": other1["terminals"] - other0["terminals"], "centre": cpu_centre, "bank": cpu_bank,
+             "postgres": (other1["postgres"] - other0["postgres"]) if db != "sqlite" else 0.0}
+    total = sum(split.values())
     if verbose:
         print(f"# db={db} workers={workers} terminals={terminals} seconds={seconds:g} people={people} "
               f"(setup {setup_s:.1f} s)")
@@ -347,6 +380,9 @@ def run_once(*, seconds: float, terminals: int, db: str, workers: int, people: i
         print(f"server CPU: centre {cpu_centre:.1f} s, bank {cpu_bank:.1f} s = {per:.1f} ms per settlement "
               f"(capacity ~{2000 / per if per else 0:.0f} settlements/s on 2 dedicated cores); load average "
               f"{os.getloadavg()[0]:.1f}")
+        print("CPU per settlement: " + ", ".join(f"{k} {1000 * v / n1:.1f} ms" for k, v in split.items())
+              + f" = {1000 * total / n1:.1f} ms (all on this machine: ~{2 * n1 / total if total else 0:.0f} "
+              "settlements/s if the 2 cores did nothing else)")
         print(f"settlements {n_settlements} in {elapsed:.1f} s; refunds {len(refunded)}; declined draws "
               f"{sum(r['declined'] for r in results)}; errors {errors}")
         for r in results:

@@ -16,6 +16,7 @@ from kiosk.services.protocol import InfCode
 from kiosk.settlement.bill import Bill, Category, Item, Ytd
 from kiosk.settlement.engine import SETLINFO_FIELDS, settle
 from kiosk.settlement.profiles import get_profile
+from kiosk.storage import Transaction
 
 from .conftest import Centre, head, lines
 
@@ -362,14 +363,15 @@ def test_reversals_lock_people_in_psn_no_order_like_settlement(centre: Centre, m
     a, spouse = _mulaid_patient(centre)
     token = centre.activate(a)
     order: list[str] = []
-    real = centre.service.person
+    real = Transaction.fetch_each
 
-    def spy(tx, psn_no, *, lock=False, field="psn_no"):
-        if lock and psn_no not in order:
-            order.append(psn_no)
-        return real(tx, psn_no, lock=lock, field=field)
+    def spy(tx, statements):  # people are locked through fetch_each (one round trip), in statement order
+        for sql, params in statements:
+            if "FROM centre_persons WHERE psn_no = ?" in sql and params[0] not in order:
+                order.append(params[0])
+        return real(tx, statements)
 
-    monkeypatch.setattr(centre.service, "person", spy)
+    monkeypatch.setattr(Transaction, "fetch_each", spy)
     medfee, feedetail = lines(("XC02", f"{balance(centre, a.psn_no) // 100 + 30}.00", "1"))
     for how in ("2208", "2601"):
         msgid = centre.client.new_msgid()
@@ -393,9 +395,9 @@ def test_mutual_aid_revoked_while_a_settlement_waits_for_the_lock_is_not_charged
     bal_s = balance(centre, spouse.psn_no)
     real = centre.service._lock_people
 
-    def revoke_meanwhile(tx, *psn_nos):
+    def revoke_meanwhile(tx, *psn_nos, **kw):
         tx.execute("DELETE FROM centre_mulaid WHERE psn_no = ?", (a.psn_no,))  # as a revoke committed just now
-        return real(tx, *psn_nos)
+        return real(tx, *psn_nos, **kw)
 
     monkeypatch.setattr(centre.service, "_lock_people", revoke_meanwhile)
     medfee, feedetail = lines(("XC02", f"{balance(centre, a.psn_no) // 100 + 30}.00", "1"))

@@ -228,10 +228,21 @@ class CentreService:
             raise Refusal(InfCode.NOT_FOUND, f"no insured person {psn_no!r}", field=field)
         return p
 
-    def _lock_people(self, tx: Transaction, *psn_nos: str) -> dict[str, Person]:
-        out: dict[str, Person] = {}
-        for p in sorted(set(psn_nos)):
-            out[p] = self.person(tx, p, lock=True)
+    def _lock_people(self, tx: Transaction, *psn_nos: str,
+                     also: tuple[str, tuple[Any, ...]] | None = None) -> dict[str, Person]:
+        """Lock the people's rows (always in psn_no order: no deadlock between two settlements);
+        `also`, a read that needs no lock, travels in the same round trip: its row is under key ""."""
+        order = sorted(set(psn_nos))
+        stmts = [(f"SELECT {_PERSON_COLS} FROM centre_persons WHERE psn_no = ?" + tx.for_update, (p,)) for p in order]
+        rows = tx.fetch_each(stmts + ([also] if also else []))
+        out: dict[str, Any] = {}
+        for p, row in zip(order, rows):
+            person = _person(row)
+            if person is None:
+                raise Refusal(InfCode.NOT_FOUND, f"no insured person {p!r}", field="psn_no")
+            out[p] = person
+        if also:
+            out[""] = rows[-1]
         return out
 
     # ---- 9001 -------------------------------------------------------------------------------------------
@@ -420,8 +431,14 @@ class CentreService:
             if mulaid_psn is None:
                 raise Refusal(InfCode.NO_AUTHORISATION, "no relative has authorised mutual aid for this person",
                               field="input.acct_mulaid_flag")
-        people = (self._lock_people(tx, head.psn_no, *( [mulaid_psn] if mulaid_psn else []))
-                  if commit else {p: self.person(tx, p) for p in [head.psn_no] + ([mulaid_psn] if mulaid_psn else [])})
+        tombstone = None
+        if commit:  # the 2601 tombstone is read with the locks, in one round trip (checked below, in order)
+            people = self._lock_people(tx, head.psn_no, *([mulaid_psn] if mulaid_psn else []),
+                                       also=("SELECT 1 FROM centre_tombstones WHERE msgid = ?",
+                                             (qmsgid(ctx, ctx.request.msgid),)))
+            tombstone = people.pop("")
+        else:
+            people = {p: self.person(tx, p) for p in [head.psn_no] + ([mulaid_psn] if mulaid_psn else [])}
         if commit and mulaid_psn:  # authorisation re-read under the patient's lock (auth/revoke take it too)
             now_auth = tx.scalar("SELECT auth_psn_no FROM centre_mulaid WHERE psn_no = ?", (head.psn_no,))
             if now_auth is None:
@@ -432,7 +449,7 @@ class CentreService:
         p = people[head.psn_no]
         if head.mdtrt_cert_type == "02" and not hmac.compare_digest(p.certno, head.mdtrt_cert_no.upper()):
             raise Refusal(InfCode.IDENTITY_MISMATCH, "ID number does not belong to psn_no", field="input.mdtrt_cert_no")
-        if commit and tx.scalar("SELECT 1 FROM centre_tombstones WHERE msgid = ?", (qmsgid(ctx, ctx.request.msgid),)):
+        if commit and tombstone is not None:
             raise Refusal(InfCode.ALREADY_REVERSED, "this message was reversed (2601) before it arrived; "
                           "it is not applied", code="message_reversed", field="msgid")
         if head.insutype != p.insutype:
@@ -461,7 +478,9 @@ class CentreService:
     def _commit(self, ctx: Ctx, tx: Transaction, s: Settlement, setl_id: str, p: Person, profile: Profile,
                 year: int, head: m._SettleHead, mulaid_psn: str | None, ytd_exists: bool) -> None:
         now = ctx.now.isoformat()
-        tx.execute(
+        # the settlement row and the accumulators are read by nothing later in this transaction: they
+        # travel with COMMIT (one PostgreSQL round trip); the account moves check their row count now
+        tx.execute_at_commit(
             "INSERT INTO centre_settlements (setl_id, msgid, infno, psn_no, profile, year, fixmedins_code, mdtrt_id, "
             "state, result, medfee_sumamt, fund_pay_sumamt, acct_pay, mulaid_psn_no, acct_mulaid_pay, psn_cash_pay, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -469,13 +488,13 @@ class CentreService:
              ctx.terminal.fixmedins_code, head.mdtrt_id, _dumps(s.to_json()), s.medfee_sumamt, s.fund_pay_sumamt,
              s.acct_pay, mulaid_psn, s.acct_mulaid_pay, s.psn_cash_pay, now))
         if ytd_exists:
-            tx.execute("UPDATE centre_ytd SET deductible_used = ?, pool_paid = ? WHERE psn_no = ? AND profile = ? "
-                       "AND year = ?", (s.ytd_after.deductible_used, s.ytd_after.pool_paid, p.psn_no, profile.name,
-                                        year))
+            tx.execute_at_commit("UPDATE centre_ytd SET deductible_used = ?, pool_paid = ? WHERE psn_no = ? AND "
+                                 "profile = ? AND year = ?", (s.ytd_after.deductible_used, s.ytd_after.pool_paid,
+                                                              p.psn_no, profile.name, year))
         else:
-            tx.execute("INSERT INTO centre_ytd (psn_no, profile, year, deductible_used, pool_paid) "
-                       "VALUES (?, ?, ?, ?, ?)",
-                       (p.psn_no, profile.name, year, s.ytd_after.deductible_used, s.ytd_after.pool_paid))
+            tx.execute_at_commit("INSERT INTO centre_ytd (psn_no, profile, year, deductible_used, pool_paid) "
+                                 "VALUES (?, ?, ?, ?, ?)",
+                                 (p.psn_no, profile.name, year, s.ytd_after.deductible_used, s.ytd_after.pool_paid))
         self._move(tx, p.psn_no, setl_id, -s.acct_pay, "acct_pay", now)
         if mulaid_psn:
             self._move(tx, mulaid_psn, setl_id, -s.acct_mulaid_pay, "acct_mulaid_pay", now)
