@@ -93,6 +93,10 @@ def canonical_data(payload: Mapping[str, Any]) -> str:
     out: dict[str, Any] = {}
     for k in sorted(payload):
         v = payload[k]
+        if type(v) is str:  # the common case, decided without the checks below (same result)
+            if v:
+                out[k] = v
+            continue
         if isinstance(v, bool):
             v = "true" if v else "false"
         elif isinstance(v, int):
@@ -114,6 +118,10 @@ def sign_text(fields: Mapping[str, Any], app_secret: str) -> str:
         if k in _UNSIGNED:
             continue
         v = fields[k]
+        if type(v) is str:
+            if v:
+                parts.append(f"{k}={v}")
+            continue
         if k == "data" and isinstance(v, Mapping):
             v = canonical_data(v)
         if _empty(v):
