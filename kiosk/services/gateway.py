@@ -7,7 +7,9 @@
       --answer stored under the msgid, same transaction--> sealed answer envelope
 
 Exactly-once: the msgid claim, the business rows and the stored answer commit in
-one transaction. A msgid seen before with the same body replays the
+one transaction. On PostgreSQL that transaction costs few round trips: BEGIN, the
+nonce claim and the msgid claim travel together (`Transaction.fetch_each`), and the
+stored answer travels with COMMIT (`Transaction.execute_at_commit`). A msgid seen before with the same body replays the
 first answer; with another body it is refused (infcode 1003). A refusal raised
 by a handler rolls its work back and is then stored under the msgid on its own,
 so a retry of a refused message gets the same refusal.
