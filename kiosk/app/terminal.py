@@ -247,6 +247,16 @@ class Terminal:
         except KioskError as e:
             log.warning("recovery pass incomplete: %s", e)
 
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once no session is running (a session's order is its own until it ends: `recover`
+        skips it). For a manual recovery pass right after a session reported its outcome."""
+        deadline = time.monotonic() + timeout
+        while self._current is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def recover(self) -> list[tuple[str, str]]:
         """Resolve every order left running/reversing by a crash or a lost answer.
 

@@ -21,6 +21,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,6 +35,10 @@ _EVENT_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _ID_RE = re.compile(r"(?<![0-9A-Za-z])(\d{17}[\dXx]|\d{15})(?![0-9A-Za-z])")
 # The same number grouped as on forms: 6 (region) - 8 (birth date) - 4, by one space or dash.
 _ID_GROUPED_RE = re.compile(r"(?<![0-9A-Za-z])\d{6}[ -]\d{8}[ -]\d{3}[\dXx](?![0-9A-Za-z])")
+# Glued to letters ("psn110101199003074514"): only a valid GB 11643 number with a real birth date
+# counts, so hex digests and tokens (which can hold 18 digits in a row) are not mistaken for one.
+_ID_GLUED_RE = re.compile(r"(?<!\d)(\d{17}[\dXx])(?!\d)")
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _B64_RE = re.compile(r"^[A-Za-z0-9+/=_-]{200,}$")
 _HEX_RE = re.compile(r"^[0-9A-Fa-f]{256,}$")
 _FORBIDDEN_KEY = re.compile(r"image|photo|picture|crop|frame|template|embedding|feature|biometric|face_data|jpeg|png", re.I)
@@ -45,6 +50,22 @@ def mask_id_number(id_number: str) -> str:
     if len(s) <= 10:
         raise InputError("ID number too short to mask", field="id_number")
     return s[:6] + "*" * (len(s) - 10) + s[-4:]
+
+
+def _real_id_number(s: str) -> bool:
+    """GB 11643: mod-11 check character and a birth date (digits 7-14) that exists."""
+    if "10X98765432"[sum(int(c) * w for c, w in zip(s, _ID_WEIGHTS)) % 11] != s[17].upper():
+        return False
+    try:
+        born = datetime.strptime(s[6:14], "%Y%m%d")
+    except ValueError:
+        return False
+    return 1900 <= born.year <= 2100
+
+
+def _has_id_number(text: str) -> bool:
+    return bool(_ID_RE.search(text) or _ID_GROUPED_RE.search(text)
+                or any(_real_id_number(m.group(1)) for m in _ID_GLUED_RE.finditer(text)))
 
 
 def check_privacy(data: Any, path: str = "data") -> None:
@@ -62,7 +83,7 @@ def check_privacy(data: Any, path: str = "data") -> None:
         for k, v in data.items():
             if not isinstance(k, str):
                 raise bad("a non-string key", path)
-            if _ID_RE.search(k) or _ID_GROUPED_RE.search(k):
+            if _has_id_number(k):
                 raise bad("an unmasked ID number as a key (use mask_id_number)", path)
             if _FORBIDDEN_KEY.search(k):
                 raise bad(f"field {k!r} (image/template-like name)", f"{path}.{k}")
@@ -73,7 +94,7 @@ def check_privacy(data: Any, path: str = "data") -> None:
         for i, v in enumerate(data):
             check_privacy(v, f"{path}[{i}]")
     elif isinstance(data, str):
-        if _ID_RE.search(data) or _ID_GROUPED_RE.search(data):
+        if _has_id_number(data):
             raise bad("an unmasked ID number (use mask_id_number)", path)
         if _B64_RE.match(data) or _HEX_RE.match(data) or data.startswith("data:image"):
             raise bad("a long encoded blob (looks like an image or template)", path)

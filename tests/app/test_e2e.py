@@ -318,6 +318,7 @@ def test_network_lost_mid_settlement_is_resolved_without_double_charge(stack):
                        (ZHANG,))
     assert rows[0][0] == "settled"
     stack.relay.restore()
+    assert stack.runtime.terminal.wait_idle()
     stack.runtime.terminal.recover()  # also runs by itself every few seconds when idle
     got = stack.pos_client.get("E-NET-1").json()
     assert (got["status"], got["reason"]) == ("failed", "centre_unavailable")
@@ -541,6 +542,7 @@ def test_discharge_whose_capture_answer_is_lost_is_completed_not_reversed(stack)
         healer.join(1)
     if dis["status"] != "paid":  # the retried capture may have been answered at once
         assert (dis["status"], dis["reason"]) == ("reversing", "bank_unavailable"), dis
+        assert stack.runtime.terminal.wait_idle()
         stack.runtime.terminal.recover()
     got = stack.pos_client.get("E-DISCHARGE-NET").json()
     assert got["status"] == "paid", got
@@ -636,6 +638,7 @@ def test_bank_lost_mid_draw_puts_everything_back(stack):
         fired = stack.bank_relay.fired.is_set()
         stack.bank_relay.restore()
     assert fired and (got["status"], got["reason"]) == ("reversing", "bank_unavailable"), got
+    assert stack.runtime.terminal.wait_idle()
     stack.runtime.terminal.recover()
     got = stack.pos_client.get("E-BANKNET").json()
     assert (got["status"], got["reason"]) == ("failed", "bank_unavailable")

@@ -183,3 +183,24 @@ def test_privacy_refuses_id_numbers_as_integers_keys_or_grouped(tmp_path: Path, 
 def test_ids_and_amounts_the_terminal_logs_still_pass() -> None:
     check_privacy({"amount_fen": 1230, "ts_ms": 1796212546873, "setl_id": "S20261202A1B2C3D4E5F60718",
                    "by_order": {"O-20260101-0001": "paid"}, "phone": "138 0013 8000"})
+
+
+@pytest.mark.parametrize("text", [
+    "psn110101199003071233",  # glued to letters before
+    "110101199003071233abc",  # and after
+    "cert=11010119900301006x;",  # check character X, lower case
+    "ID:440304200112314566",
+])
+def test_privacy_refuses_a_real_id_number_glued_to_letters(text: str) -> None:
+    with pytest.raises(InputError) as e:
+        check_privacy({"note": text})
+    assert e.value.code == "privacy_violation"
+    with pytest.raises(InputError):
+        check_privacy({text: "as a key"})
+
+
+def test_digit_runs_that_are_no_id_number_pass_when_glued() -> None:
+    # hex digests and tokens can hold 18 digits in a row: refused only as a real GB 11643 number
+    check_privacy({"hash": "ab110101199003071238cd",  # wrong check character
+                   "token": "x123456789012345678y",  # no real birth date (digits 7-14: 78901234)
+                   "sha": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"})
