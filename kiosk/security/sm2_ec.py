@@ -265,14 +265,7 @@ def _p_points(ctx: _Ctx, t: _Table, k: int, xs: list[mpz], ys: list[mpz]) -> Non
 
 def mul_g(c: Sm2Curve, k: int) -> Jac | None:
     """k*G (Jacobian), None when there is no table for this curve."""
-    t = g_table(c)
-    if t is None:
-        return None
-    ctx = _ctx(c)
-    xs: list[mpz] = []
-    ys: list[mpz] = []
-    _g_points(c, t, int(k) % c.n, xs, ys)
-    return _sum_affine(ctx.p, ctx.a, xs, ys)
+    return mul_add(c, k, None, 0)
 
 
 def mul_add(c: Sm2Curve, s: int, ptab: _Table | None, t: int, extra: tuple[int, int] | None = None) -> Jac | None:

@@ -171,25 +171,8 @@ def terminal_main(cfg: dict[str, Any]) -> dict[str, Any]:
             "elapsed": time.time() - cfg["start_at"]}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its children (uvicorn workers), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    pids = [pid]
-    try:
-        pids += [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(f[11]) + int(f[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / tick
-
-
 def _proc_cpu(pid: int | str) -> float:
+    """CPU seconds (user + system) of one process so far, from /proc; 0 once it is gone."""
     try:
         f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
@@ -197,15 +180,22 @@ def _proc_cpu(pid: int | str) -> float:
         return 0.0
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (uvicorn workers)."""
+    return sum(_proc_cpu(p) for p in [pid, *_children(pid)])
+
+
 def _cpu_of_others(exclude: set[int]) -> dict[str, float]:
     """CPU seconds so far of this run's terminal processes (our children other than the services)
     and of every PostgreSQL process on the machine (the test server's backends)."""
-    me = os.getpid()
-    try:
-        kids = [int(x) for x in Path(f"/proc/{me}/task/{me}/children").read_text().split()]
-    except OSError:
-        kids = []
-    out = {"terminals": sum(_proc_cpu(k) for k in kids if k not in exclude), "postgres": 0.0}
+    out = {"terminals": sum(_proc_cpu(k) for k in _children(os.getpid()) if k not in exclude), "postgres": 0.0}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:

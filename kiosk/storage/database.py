@@ -130,14 +130,28 @@ class Transaction:
             self._conn.execute("COMMIT")
             return
         pending, self._at_commit = self._at_commit, []
+        self._pg_send(pending, commit=True)
+
+    def _pg_send(self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False) -> list[Any]:
+        """PostgreSQL: a BEGIN not yet sent, the statements and (if asked) COMMIT in one round trip;
+        returns a cursor per statement. Driver errors are the caller's to translate."""
+        begin, self._begin = self._begin, None
+        if begin is None and len(statements) == 1 and not commit:  # nothing to batch
+            sql, params = statements[0]
+            cur = self._conn.cursor()
+            self._pg_execute(cur, sql, translate(sql, self.dialect), tuple(_param(v) for v in params))
+            return [cur]
+        curs = []
         with self._conn.pipeline():
-            if self._begin is not None:
-                begin, self._begin = self._begin, None
+            if begin is not None:
                 self._conn.execute(begin)
-            for sql, params in pending:
-                self._pg_execute(self._conn.cursor(), sql, translate(sql, self.dialect),
-                                 tuple(_param(v) for v in params))
-            self._conn.execute("COMMIT")
+            for sql, params in statements:
+                cur = self._conn.cursor()
+                self._pg_execute(cur, sql, translate(sql, self.dialect), tuple(_param(v) for v in params))
+                curs.append(cur)
+            if commit:
+                self._conn.execute("COMMIT")
+        return curs
 
     @property
     def for_update(self) -> str:
@@ -145,20 +159,10 @@ class Transaction:
         return " FOR UPDATE" if self.dialect == POSTGRESQL else ""
 
     def _cursor(self, sql: str, params: Sequence[Any]) -> Any:
-        q = translate(sql, self.dialect)
-        p = tuple(_param(v) for v in params)
         try:
             if self.dialect == SQLITE:
-                return self._conn.execute(q, p)
-            cur = self._conn.cursor()
-            if self._begin is not None:
-                begin, self._begin = self._begin, None
-                with self._conn.pipeline():
-                    self._conn.execute(begin)
-                    self._pg_execute(cur, sql, q, p)
-            else:
-                self._pg_execute(cur, sql, q, p)
-            return cur
+                return self._conn.execute(translate(sql, self.dialect), tuple(_param(v) for v in params))
+            return self._pg_send([(sql, params)])[0]
         except Exception as e:  # translated at the boundary
             raise self.db._translate(e, sql) from e
 
@@ -187,17 +191,8 @@ class Transaction:
         On PostgreSQL they travel in one round trip (pipeline), with BEGIN if not yet sent."""
         if self.dialect == SQLITE or len(statements) < 2:
             return [_row(self._cursor(sql, params).fetchone()) for sql, params in statements]
-        curs = []
         try:
-            with self._conn.pipeline():
-                if self._begin is not None:
-                    begin, self._begin = self._begin, None
-                    self._conn.execute(begin)
-                for sql, params in statements:
-                    cur = self._conn.cursor()
-                    self._pg_execute(cur, sql, translate(sql, self.dialect), tuple(_param(v) for v in params))
-                    curs.append(cur)
-            return [_row(c.fetchone()) if c.description else None for c in curs]
+            return [_row(c.fetchone()) if c.description else None for c in self._pg_send(statements)]
         except Exception as e:
             raise self.db._translate(e, statements[0][0]) from e
 
