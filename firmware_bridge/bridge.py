@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from firmware_bridge.access import FirmwareUnavailable, read_firmware_file
 from firmware_bridge.firmware import FirmwareUpdater, SignedImage
 from firmware_bridge.keypad import EntryState, IdEntry
 from firmware_bridge.messages import BootEvent, BuzzerPattern, CardInfo, Evt, Flag, PayloadError, fmt_version
@@ -41,6 +42,9 @@ class Bridge:
     link: Link
     clock: Any = time.monotonic
     events_kept: int = 500
+    # the only place firmware images are read from (None: firmware updates are refused)
+    firmware_dir: Path | None = None
+    firmware_max_bytes: int = 8 << 20
     peripherals: Peripherals = field(init=False)
     state: PeripheralState = field(default_factory=PeripheralState)
 
@@ -208,16 +212,19 @@ class Bridge:
 
     # --- firmware update (technician) ------------------------------------------------------
 
-    def start_firmware_update(self, path: str) -> dict[str, Any]:
-        """Start (or resume) an update from a signed ``.kfw`` file in the background."""
-        try:
-            blob = Path(path).read_bytes()
-        except OSError as e:
-            raise InputError(f"cannot read firmware image {path}: {e.strerror}", field="path") from e
+    def start_firmware_update(self, name: str) -> dict[str, Any]:
+        """Start (or resume) an update from the signed ``.kfw`` file ``name`` in the firmware directory.
+
+        Any file the bridge may not read (not there, outside the directory, a link,
+        a FIFO, a device, too big) is the same FirmwareUnavailable.
+        """
+        if self.firmware_dir is None:
+            raise FirmwareUnavailable()
+        blob = read_firmware_file(self.firmware_dir, name, self.firmware_max_bytes)
         image = SignedImage.from_bytes(blob)  # InputError / IntegrityError name the problem
         with self._lock:
             if self._fw_job.get("state") == "running":
-                raise InputError("a firmware update is already running", code="busy", field="path")
+                raise InputError("a firmware update is already running", code="busy", field="name")
             job = {"state": "running", "version": ".".join(map(str, image.version)), "offset": 0, "size": len(image.data), "error": None, "resumed_from": None}
             self._fw_job = job
 

@@ -2,27 +2,45 @@
 
 Every failure becomes a DeviceError with a message a counter clerk can act on:
 ``bridge_down`` when the bridge process is not running, ``disconnected`` when
-the MCU cable is out, the device's own status code otherwise.
+the MCU cable is out, ``bridge_unauthorized`` when the bridge refuses the
+token, the device's own status code otherwise.
+
+Every call carries the bridge's per-boot token (``X-Bridge-Token``), read from
+the token file the bridge writes at start (KIOSK_BRIDGE_TOKEN_FILE); after a
+refusal the file is read again once, since a restarted bridge has a new one.
 """
 from __future__ import annotations
 
 import base64
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from firmware_bridge import DEFAULT_PORT
+from firmware_bridge.access import TOKEN_HEADER, read_token_file
 from kiosk.errors import DeviceError, InputError
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 class BridgeClient:
-    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 5.0, http: httpx.Client | None = None) -> None:
-        """``http``: an existing client (e.g. FastAPI's TestClient) instead of a new one."""
+    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 5.0, http: httpx.Client | None = None,
+                 token: str | None = None, token_file: Path | str | None = None) -> None:
+        """``http``: an existing client (e.g. FastAPI's TestClient) instead of a new one.
+
+        ``token``: the bridge's secret; else it is read from ``token_file`` (default:
+        the configured KIOSK_BRIDGE_TOKEN_FILE). ``GET /v1/status`` works without one.
+        """
         self.base_url = base_url
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
+        if token is None and token_file is None:
+            from kiosk.config import load
+
+            token_file = load().bridge_token_path()
+        self.token_file = Path(token_file) if token_file is not None else None
+        self._token = token if token is not None else read_token_file(self.token_file)
 
     def close(self) -> None:
         self._http.close()
@@ -34,13 +52,29 @@ class BridgeClient:
         self.close()
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
+        r = self._send(method, path, **kw)
+        if r.status_code == 401 and self.token_file is not None:
+            fresh = read_token_file(self.token_file)
+            if fresh is not None and fresh != self._token:  # the bridge restarted with a new secret
+                self._token = fresh
+                r = self._send(method, path, **kw)
+        if r.status_code == 401:
+            raise DeviceError(f"the firmware bridge at {self.base_url} refused this caller: it needs the bridge's "
+                              f"token ({self.token_file or 'none given'}; readable by the kiosk user only)",
+                              code="bridge_unauthorized")
+        return self._answer(r)
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {TOKEN_HEADER: self._token} if self._token else {}
         try:
-            r = self._http.request(method, path, **kw)
+            return self._http.request(method, path, headers=headers, **kw)
         except httpx.TimeoutException as e:
             raise DeviceError(f"the firmware bridge at {self.base_url} did not answer in time", code="bridge_timeout") from e
         except httpx.TransportError as e:
             raise DeviceError(f"the firmware bridge is not running at {self.base_url} ({type(e).__name__}); "
                 "start it: systemctl start kiosk-bridge (logs: journalctl -u kiosk-bridge)", code="bridge_down") from e
+
+    def _answer(self, r: httpx.Response) -> Any:
         if r.status_code < 400:
             return r.json()
         try:
@@ -112,9 +146,9 @@ class BridgeClient:
     def self_test(self) -> dict[str, Any]:
         return self._call("POST", "/v1/self-test")
 
-    def firmware_update(self, path: str) -> dict[str, Any]:
-        """Start (or resume) a signed firmware update from a ``.kfw`` file on the terminal."""
-        return self._call("POST", "/v1/firmware", json={"path": path})
+    def firmware_update(self, name: str) -> dict[str, Any]:
+        """Start (or resume) a signed update from the ``.kfw`` file ``name`` in the bridge's firmware directory."""
+        return self._call("POST", "/v1/firmware", json={"name": name})
 
     def firmware_job(self) -> dict[str, Any]:
         """``state``: idle|running|done|failed, ``offset``/``size``, ``error``."""

@@ -5,6 +5,11 @@ app or of the bridge does not take the other down. FastAPI endpoints are plain
 ``def``: they run in the server's thread pool and block on ``Link.request``,
 which is thread-safe; the serial link itself is served by the Link's threads.
 
+Every call but ``GET /v1/status`` needs the per-boot token the bridge writes
+to ``--token-file`` at start (firmware_bridge/access.py): the keypad, frames,
+printer, firmware and simulator belong to the kiosk app, not to whatever else
+runs on the machine.
+
     python -m firmware_bridge.service --serial /dev/ttyUSB0
     python -m firmware_bridge.service --serial sim     # in-process simulator (demo), adds /v1/sim
 """
@@ -13,9 +18,13 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
+import json
 import logging
 import socket
 import sys
+from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -24,6 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from firmware_bridge import DEFAULT_PORT
+from firmware_bridge.access import TOKEN_HEADER, new_token, read_token_file, token_matches, write_token_file
 from firmware_bridge.bridge import Bridge
 from firmware_bridge.escpos import Receipt
 from firmware_bridge.messages import BuzzerPattern, LedColor, LedPattern, LightChannel
@@ -65,7 +75,8 @@ class ReceiptReq(BaseModel):
 
 
 class FirmwareReq(BaseModel):
-    path: str = Field(min_length=1, max_length=4096)
+    # a bare file name in the bridge's firmware directory (KIOSK_BRIDGE_FIRMWARE_DIR), e.g. "mcu-2.1.0.kfw"
+    name: str = Field(min_length=1, max_length=255)
 
 
 class SimCommand(BaseModel):
@@ -76,8 +87,55 @@ def _error(status: int, e: KioskError) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": e.to_dict()})
 
 
-def create_app(bridge: Bridge, *, sim: Any = None) -> FastAPI:
-    app = FastAPI(title="kiosk firmware bridge", version="1")
+# the one call anyone on the machine may make: the systemd watchdog's and the technician page's liveness probe
+OPEN_PATHS = frozenset({("GET", "/v1/status"), ("HEAD", "/v1/status")})
+_REFUSED = json.dumps({"error": {"code": "bridge_unauthorized", "message":
+                                 f"this call needs the kiosk app's bridge token ({TOKEN_HEADER})"}}).encode()
+
+
+class TokenGate:
+    """ASGI middleware: every request but OPEN_PATHS carries the per-boot token, or gets 401 and nothing else.
+
+    It runs before routing, so a refused caller learns nothing: not whether an
+    entry or route exists, and the entry in progress is neither cancelled nor read.
+    """
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app, self.token = app, token
+        self._header = TOKEN_HEADER.lower().encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        presented = None
+        for k, v in scope.get("headers") or ():
+            if k == self._header:
+                presented = v.decode("latin-1")
+                break
+        if token_matches(presented, self.token):
+            return await self.app(scope, receive, send)
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(_REFUSED)).encode())]})
+        await send({"type": "http.response.body", "body": _REFUSED})
+
+
+def create_app(bridge: Bridge, *, sim: Any = None, token: str | None = None,
+               on_stop: Callable[[], None] | None = None) -> FastAPI:
+    """``token``: the secret callers must present (a fresh one when None; it is ``app.state.token``).
+
+    ``on_stop`` runs when the server shuts down (uvicorn re-raises SIGTERM after
+    its shutdown, so code after ``uvicorn.run`` does not run under systemd).
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_stop is not None:
+            on_stop()
+
+    app = FastAPI(title="kiosk firmware bridge", version="1", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.token = token or new_token()
+    app.add_middleware(TokenGate, token=app.state.token)
     p = bridge.peripherals
 
     @app.exception_handler(DeviceError)
@@ -86,7 +144,7 @@ def create_app(bridge: Bridge, *, sim: Any = None) -> FastAPI:
 
     @app.exception_handler(InputError)
     def _input_error(_: Request, e: InputError) -> JSONResponse:
-        return _error({"not_found": 404, "busy": 409}.get(e.code, 422), e)
+        return _error({"not_found": 404, "firmware_unavailable": 404, "busy": 409}.get(e.code, 422), e)
 
     @app.exception_handler(RequestValidationError)
     def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -176,8 +234,8 @@ def create_app(bridge: Bridge, *, sim: Any = None) -> FastAPI:
 
     @app.post("/v1/firmware")
     def firmware_update(req: FirmwareReq) -> dict[str, Any]:
-        """Start or resume a signed update from a .kfw file on this machine; poll GET /v1/firmware."""
-        return bridge.start_firmware_update(req.path)
+        """Start or resume a signed update from a .kfw file in the firmware directory; poll GET /v1/firmware."""
+        return bridge.start_firmware_update(req.name)
 
     @app.get("/v1/firmware")
     def firmware_job() -> dict[str, Any]:
@@ -211,11 +269,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from kiosk.config import load
 
+    settings = load()
     ap = argparse.ArgumentParser(prog="python -m firmware_bridge.service", description="firmware bridge: serial link to the terminal MCU, local HTTP API")
-    ap.add_argument("--serial", default=load().serial_url or "", help="pyserial URL (/dev/ttyUSB0, socket://h:p, rfc2217://h:p, loop://) or 'sim'")
+    ap.add_argument("--serial", default=settings.serial_url or "", help="pyserial URL (/dev/ttyUSB0, socket://h:p, rfc2217://h:p, loop://) or 'sim'")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=_int_in(1, 65535), default=DEFAULT_PORT)
     ap.add_argument("--baud", type=_int_in(50, 4_000_000), default=115200)
+    ap.add_argument("--token-file", type=Path, default=settings.bridge_token_path(),
+                    help="where to write this run's API secret for the kiosk app (KIOSK_BRIDGE_TOKEN_FILE)")
+    ap.add_argument("--firmware-dir", type=Path, default=settings.bridge_firmware_path(),
+                    help="the only directory firmware images are installed from (KIOSK_BRIDGE_FIRMWARE_DIR)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sim = None
@@ -238,11 +301,28 @@ def main(argv: list[str] | None = None) -> int:
         if sim is not None:
             sim.close()
         return 2
+    token = new_token()
+    try:
+        write_token_file(a.token_file, token)
+        a.firmware_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        print(f"service: cannot write the API token {a.token_file} or make {a.firmware_dir}: {e.strerror or e}",
+              file=sys.stderr)
+        if sim is not None:
+            sim.close()
+        return 2
     link = Link(url, baudrate=a.baud).start()
-    app = create_app(Bridge(link), sim=sim)
+
+    def forget_token() -> None:  # a secret of a bridge no longer running is of no use to anyone
+        if read_token_file(a.token_file) == token:
+            a.token_file.unlink(missing_ok=True)
+
+    app = create_app(Bridge(link, firmware_dir=a.firmware_dir, firmware_max_bytes=settings.bridge_firmware_max_bytes),
+                     sim=sim, token=token, on_stop=forget_token)
     try:
         uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
     finally:
+        forget_token()
         link.stop()
         if sim is not None:
             sim.close()

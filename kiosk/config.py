@@ -39,11 +39,25 @@ class Settings:
     # anti-replay: a signed message further than this from the receiver's clock is refused as stale
     replay_window_s: float = field(default_factory=lambda: float(_env("replay_window_s", "300")))
 
+    # firmware bridge (firmware_bridge.service): its per-boot API secret, written 0600 by the bridge and read by
+    # the kiosk app (systemd: /run/kiosk-bridge/token), and the only directory firmware images are installed
+    # from (systemd: /var/lib/kiosk-bridge/firmware); empty: <data_dir>/bridge/token and <data_dir>/bridge/firmware
+    bridge_token_file: str = field(default_factory=lambda: _env("bridge_token_file", ""))
+    bridge_firmware_dir: str = field(default_factory=lambda: _env("bridge_firmware_dir", ""))
+    # the largest .kfw the bridge reads (header + signature + image); a bigger file is refused unread
+    bridge_firmware_max_bytes: int = field(default_factory=lambda: int(_env("bridge_firmware_max_bytes", str(8 << 20))))
+
     # SQLite durability: FULL (every commit fsynced: survives power loss) or NORMAL (benchmarks)
     sqlite_synchronous: str = field(default_factory=lambda: _env("sqlite_synchronous", "FULL"))
 
     def db_url(self, name: str = "kiosk") -> str:
         return self.database_url or f"sqlite:///{self.data_dir / (name + '.db')}"
+
+    def bridge_token_path(self) -> Path:
+        return Path(self.bridge_token_file) if self.bridge_token_file else self.data_dir / "bridge" / "token"
+
+    def bridge_firmware_path(self) -> Path:
+        return Path(self.bridge_firmware_dir) if self.bridge_firmware_dir else self.data_dir / "bridge" / "firmware"
 
     def as_dict(self) -> dict[str, str]:
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}

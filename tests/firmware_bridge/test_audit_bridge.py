@@ -106,8 +106,9 @@ def test_id_entry_survives_an_mcu_reboot(link: Link, sim: Simulator) -> None:
 
     from .conftest import wait_for
 
-    with TestClient(create_app(Bridge(link), sim=sim)) as http:
-        client = BridgeClient("http://testserver", http=http)
+    app = create_app(Bridge(link), sim=sim)
+    with TestClient(app) as http:
+        client = BridgeClient("http://testserver", http=http, token=app.state.token)
         e = client.start_id_entry(timeout_s=30)
         sim.mcu.press_keys("110105")
         wait_for(lambda: client.id_entry(e["session_id"])["length"] == 6, what="6 keys")

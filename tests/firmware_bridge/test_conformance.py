@@ -396,8 +396,9 @@ def rig(request: pytest.FixtureRequest) -> Iterator[tuple[DocDevice, object, Lin
     try:
         with Link(port.url, timing=FAST) as link:
             link.wait_connected(3)
-            with TestClient(create_app(Bridge(link))) as http:
-                yield dev, port, link, BridgeClient("http://testserver", http=http)
+            app = create_app(Bridge(link))
+            with TestClient(app) as http:
+                yield dev, port, link, BridgeClient("http://testserver", http=http, token=app.state.token)
     finally:
         port.close()
 

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from firmware_bridge.bridge import Bridge
 from firmware_bridge.client import BridgeClient
 from firmware_bridge.escpos import Receipt
+from firmware_bridge.access import TOKEN_HEADER
 from firmware_bridge.service import create_app
 from firmware_bridge.session import Link
 from firmware_bridge.sim import Simulator
@@ -26,8 +27,9 @@ from .conftest import FAST, wait_for
 
 @pytest.fixture
 def client(link: Link, sim: Simulator) -> Iterator[BridgeClient]:
-    with TestClient(create_app(Bridge(link), sim=sim)) as http:
-        yield BridgeClient("http://testserver", http=http)
+    app = create_app(Bridge(link), sim=sim)
+    with TestClient(app) as http:
+        yield BridgeClient("http://testserver", http=http, token=app.state.token)
 
 
 def test_status_reports_connection_and_firmware(client: BridgeClient) -> None:
@@ -117,18 +119,19 @@ def test_bridge_down_is_a_device_error() -> None:
     assert ei.value.code == "bridge_down" and "not running" in ei.value.message
 
 
-def test_real_service_process_with_simulated_mcu() -> None:
+def test_real_service_process_with_simulated_mcu(tmp_path) -> None:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "firmware_bridge.service", "--serial", "sim", "--port", str(port)],
+        [sys.executable, "-m", "firmware_bridge.service", "--serial", "sim", "--port", str(port),
+         "--token-file", str(tmp_path / "run" / "token"), "--firmware-dir", str(tmp_path / "fw")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        with BridgeClient(f"http://127.0.0.1:{port}", timeout=2) as c:
+        with BridgeClient(f"http://127.0.0.1:{port}", timeout=2, token_file=tmp_path / "run" / "token") as c:
             deadline = time.monotonic() + 20
             while True:
                 try:
@@ -138,6 +141,8 @@ def test_real_service_process_with_simulated_mcu() -> None:
                     pass
                 assert time.monotonic() < deadline and proc.poll() is None, "bridge did not come up"
                 time.sleep(0.1)
+            assert (tmp_path / "run" / "token").stat().st_mode & 0o777 == 0o600  # the kiosk user's only
+            assert (tmp_path / "fw").is_dir()
             e = c.start_id_entry()
             assert c.sim("keys 440524188001010014<enter>") == "keys sent: 19"
             assert c.wait_id_entry(e["session_id"], poll=0.02, timeout=5)["value"] == "440524188001010014"
@@ -145,6 +150,7 @@ def test_real_service_process_with_simulated_mcu() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+    assert not (tmp_path / "run" / "token").exists()  # a stopped bridge leaves no secret behind
 
 
 def test_firmware_update_endpoint_resumes_after_a_failure(tmp_path) -> None:
@@ -155,35 +161,37 @@ def test_firmware_update_endpoint_resumes_after_a_failure(tmp_path) -> None:
 
     key = Ed25519PrivateKey.generate()
     image = sign_image(key, (2, 0, 0), os.urandom(5000))
-    path = tmp_path / "fw.kfw"
-    path.write_bytes(image.to_bytes())
+    fw_dir = tmp_path / "firmware"
+    fw_dir.mkdir()
+    (fw_dir / "fw.kfw").write_bytes(image.to_bytes())
     with Simulator(VirtualMcu(trusted_key=key.public_key()), link=tmp_path / "mcu") as s, Link(s.url, timing=FAST) as link:
         link.wait_connected(3)
-        with TestClient(create_app(Bridge(link))) as http:
-            c = BridgeClient("http://testserver", http=http)
+        app = create_app(Bridge(link, firmware_dir=fw_dir))
+        with TestClient(app) as http:
+            c = BridgeClient("http://testserver", http=http, token=app.state.token)
             # an earlier attempt was interrupted after two chunks (1020 bytes each)
             from firmware_bridge.firmware import FirmwareUpdater
 
             FirmwareUpdater(link).update(image, stop_after_chunks=2)
-            job = c.firmware_update(str(path))
+            job = c.firmware_update("fw.kfw")
             assert job["state"] == "running" and job["size"] == 5000
             wait_for(lambda: c.firmware_job()["state"] != "running", timeout=10, what="update finished")
             assert c.firmware_job()["state"] == "done" and s.mcu.firmware == (2, 0, 0)
             assert c.firmware_job()["resumed_from"] == 2040
             assert c.status()["firmware"] == "2.0.0"
             with pytest.raises(InputError) as ei:
-                c.firmware_update(str(tmp_path / "missing.kfw"))
-            assert ei.value.field == "path"
-            bad = tmp_path / "bad.kfw"
-            bad.write_bytes(image.to_bytes()[:-1])
+                c.firmware_update("missing.kfw")
+            assert ei.value.field == "name" and ei.value.code == "firmware_unavailable"
+            (fw_dir / "bad.kfw").write_bytes(image.to_bytes()[:-1])
             with pytest.raises(InputError) as ei:
-                c.firmware_update(str(bad))
+                c.firmware_update("bad.kfw")
             assert "truncated" in ei.value.message
 
 
 def test_bad_input_has_the_documented_error_shape(link: Link, sim: Simulator) -> None:
     """docs/protocol.md §11: {"error": {code, message, field}} for every 422, schema errors included."""
-    with TestClient(create_app(Bridge(link), sim=sim)) as http:
+    app = create_app(Bridge(link), sim=sim)
+    with TestClient(app, headers={TOKEN_HEADER: app.state.token}) as http:
         for method, path, kw, field in [
             ("post", "/v1/light", {"json": {"channel": "uv", "level": 5}}, "channel"),
             ("post", "/v1/buzzer", {"json": {"pattern": "short", "repeat": 11}}, "repeat"),

@@ -17,8 +17,9 @@ from kiosk.errors import DeviceError
 
 @pytest.fixture
 def client(link: Link, sim: Simulator) -> Iterator[BridgeClient]:
-    with TestClient(create_app(Bridge(link), sim=sim)) as http:
-        yield BridgeClient("http://testserver", http=http)
+    app = create_app(Bridge(link), sim=sim)
+    with TestClient(app) as http:
+        yield BridgeClient("http://testserver", http=http, token=app.state.token)
 
 
 def test_busy_is_an_answer_not_a_link_failure(client: BridgeClient, sim: Simulator, link: Link) -> None:
