@@ -39,7 +39,7 @@ class BridgeClient:
             from kiosk.config import load
 
             token_file = load().bridge_token_path()
-        self.token_file = Path(token_file) if token_file is not None else None
+        self.token_file = Path(token_file) if token_file else None  # "": none (status only)
         self._token = token if token is not None else read_token_file(self.token_file)
 
     def close(self) -> None:

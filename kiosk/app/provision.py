@@ -62,6 +62,7 @@ class Options:
     model_dir: str | None = None
     camera: str | None = None
     bridge_url: str | None = None
+    bridge_token_file: str | None = None  # default: KIOSK_BRIDGE_TOKEN_FILE (the self-test needs the bridge's token)
     technician_pin: str | None = None
     redo: tuple[str, ...] = ()
     only: tuple[str, ...] = ()
@@ -337,8 +338,11 @@ def step_peripherals(ctx: Ctx) -> StepResult:
 
     url = str(ctx.value("bridge_url", DEFAULT_BRIDGE))
     ctx.conf["bridge_url"] = url
+    token_file = str(ctx.value("bridge_token_file") or ctx.settings.bridge_token_path())
+    if ctx.opts.bridge_token_file:
+        ctx.conf["bridge_token_file"] = token_file  # remembered like --bridge
     try:
-        with BridgeClient(url, timeout=5.0) as c:
+        with BridgeClient(url, timeout=5.0, token_file=token_file) as c:
             st = c.status()
             if st.get("state") != "connected":
                 return StepResult("failed", f"the bridge runs but the MCU is {st.get('state')}: check the serial "
@@ -483,7 +487,7 @@ def _prev(state: dict[str, Any], name: str) -> StepResult:
 def _cmd(args: argparse.Namespace) -> int:
     opts = Options(centre_url=args.centre, bank_url=args.bank_url, no_bank=args.no_bank, admin_token=args.admin_token, fixmedins_code=args.fixmedins_code,
                    region=args.region, profile=args.profile, model_source=args.model_source,
-                   model_dir=args.model_dir, camera=args.camera, bridge_url=args.bridge,
+                   model_dir=args.model_dir, camera=args.camera, bridge_url=args.bridge, bridge_token_file=args.bridge_token_file,
                    technician_pin=args.technician_pin, redo=tuple(args.redo or ()), only=tuple(args.only or ()),
                    skip=tuple(args.skip or ()))
     state = run_provision(opts, out=sys.stderr if args.json else sys.stdout)
@@ -509,6 +513,8 @@ def register_provision(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-dir", metavar="DIR", help="where it is installed (default <data_dir>/models)")
     p.add_argument("--camera", help="camera index, video file or image folder (default 0; remembered)")
     p.add_argument("--bridge", metavar="URL", help=f"firmware bridge API (default {DEFAULT_BRIDGE})")
+    p.add_argument("--bridge-token-file", metavar="FILE",
+                   help="the bridge's API token file (default KIOSK_BRIDGE_TOKEN_FILE; remembered); run as the kiosk user or root")
     p.add_argument("--technician-pin", help="set this PIN (6-12 digits) instead of generating one; prefer KIOSK_TECHNICIAN_PIN in the environment (a command-line argument is visible in ps)")
     p.add_argument("--redo", action="append", choices=STEP_NAMES, help="run a done step again (repeatable)")
     p.add_argument("--only", action="append", choices=STEP_NAMES, help="run only these steps (repeatable)")

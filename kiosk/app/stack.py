@@ -80,9 +80,15 @@ class Stack:
         self.children["bank"] = c
         return c
 
+    def bridge_token_file(self) -> Path:
+        """Where the bridge writes its per-boot API secret: this run's data dir for a bridge we start."""
+        return replace(self.settings, data_dir=self.data_dir).bridge_token_path()
+
     def start_bridge(self) -> Child:
+        s = replace(self.settings, data_dir=self.data_dir)
         c = Child("firmware bridge", [python(), "-m", "firmware_bridge.service", "--serial", "sim",
-                                      "--port", str(self.ports.bridge)],
+                                      "--port", str(self.ports.bridge), "--token-file", str(s.bridge_token_path()),
+                                      "--firmware-dir", str(s.bridge_firmware_path())],
                   health_url=self.url("bridge") + "/v1/status", log_path=self.data_dir / "logs" / "bridge.log",
                   env=self._env()).start()
         self.children["bridge"] = c
@@ -198,7 +204,7 @@ class Stack:
         centre, bank = self.centre_client, self.bank_client
         if centre is None:
             centre, bank = self.clients()
-        self.bridge = BridgeClient(self.url("bridge"))
+        self.bridge = BridgeClient(self.url("bridge"), token_file=self.bridge_token_file())
         self.camera = camera if camera is not None else ImageCamera()
         vision = PipelineVision(self.face_pipeline(), centre.seal_face)
         deps = Deps(camera=self.camera, vision=vision, centre=CentreAdapter(centre), bank=BankAdapter(bank),

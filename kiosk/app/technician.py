@@ -358,17 +358,17 @@ def _bridge_status(url: str) -> dict[str, Any] | None:
     try:
         from firmware_bridge.client import BridgeClient
 
-        with BridgeClient(url, timeout=1.0) as c:
+        with BridgeClient(url, timeout=1.0, token_file="") as c:  # status is open: no token needed
             return c.status()
     except Exception as e:  # noqa: BLE001 - any failure means "not reachable" here
         return {"state": "unreachable", "last_error": str(e)}
 
 
-def _bridge_frames(url: str, limit: int = 50) -> list[dict[str, Any]]:
+def _bridge_frames(url: str, token_file: Path, limit: int = 50) -> list[dict[str, Any]]:
     try:
         from firmware_bridge.client import BridgeClient
 
-        with BridgeClient(url, timeout=1.0) as c:
+        with BridgeClient(url, timeout=1.0, token_file=token_file) as c:  # raw frames need the bridge's token
             frames = c.frames(limit)
     except Exception as e:  # noqa: BLE001
         return [{"error": mask_text(str(e))}]
@@ -479,7 +479,7 @@ def status(cfg: TechnicianConfig, bus: Any = None) -> dict[str, Any]:
     return mask_obj({"at": cfg.clock.now().isoformat(timespec="seconds"), "health": health(cfg, bus),
                      "versions": versions(cfg), "provisioning": rec,
                      "last_errors": list(error_ring().records)[::-1],
-                     "bridge_frames": _bridge_frames(cfg.bridge_url)})
+                     "bridge_frames": _bridge_frames(cfg.bridge_url, cfg.settings.bridge_token_path())})
 
 
 def log_bundle(cfg: TechnicianConfig, bus: Any = None, *, max_file_bytes: int = 1_000_000) -> bytes:

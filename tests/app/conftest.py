@@ -64,8 +64,9 @@ def bridge() -> Iterator[tuple[object, object]]:
     sim = Simulator().start()
     link = Link(sim.url).start()
     port = free_port()
-    server = ServerThread(create_app(Bridge(link), sim=sim), port=port).start()
-    client = BridgeClient(f"http://127.0.0.1:{port}")
+    app = create_app(Bridge(link), sim=sim)
+    server = ServerThread(app, port=port).start()
+    client = BridgeClient(f"http://127.0.0.1:{port}", token=app.state.token)
     try:
         yield client, sim
     finally:

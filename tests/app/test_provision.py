@@ -58,7 +58,8 @@ def bank(tmp_path_factory, operator_token):
 
 
 @pytest.fixture(scope="module")
-def bridge():
+def bridge(tmp_path_factory):
+    from firmware_bridge.access import write_token_file
     from firmware_bridge.bridge import Bridge
     from firmware_bridge.service import create_app
     from firmware_bridge.session import Link
@@ -67,8 +68,10 @@ def bridge():
     sim = Simulator().start()
     link = Link(sim.url).start()
     try:
-        with serve(create_app(Bridge(link), sim=sim)) as url:
-            yield url, sim
+        app = create_app(Bridge(link), sim=sim)
+        token_file = write_token_file(tmp_path_factory.mktemp("bridge-run") / "token", app.state.token)
+        with serve(app) as url:
+            yield url, sim, str(token_file)
     finally:
         link.stop()
         sim.close()
@@ -94,7 +97,7 @@ def services(centre, bank):
 def opts(services, bridge, shared_dir, **kw) -> Options:
     base = dict(**services, fixmedins_code="P37020200001", region="370200",
                 profile="qingdao-employee-outpatient", model_source=str(shared_dir / "models"),
-                camera=str(shared_dir / FACE), bridge_url=bridge[0])
+                camera=str(shared_dir / FACE), bridge_url=bridge[0], bridge_token_file=bridge[2])
     base.update(kw)
     return Options(**base)
 
@@ -198,7 +201,7 @@ def test_failures_name_what_to_fix_and_a_rerun_completes(services, centre, bridg
     # paper out is caught by the self-test step
     bridge[1].run_command("paper out")
     try:
-        st = run_provision(Options(admin_token=centre[1], bridge_url=bridge[0], only=("register", "peripherals")),
+        st = run_provision(Options(admin_token=centre[1], bridge_url=bridge[0], bridge_token_file=bridge[2], only=("register", "peripherals")),
                            settings=s, out=out)
         assert st["steps"]["register"]["status"] == "ok"
         assert st["steps"]["peripherals"]["status"] == "failed" and "paper" in st["steps"]["peripherals"]["summary"]

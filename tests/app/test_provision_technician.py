@@ -26,6 +26,7 @@ ID = "37020219800101123X"
 
 @pytest.fixture(scope="module")
 def bridge_url():
+    from firmware_bridge.access import TOKEN_HEADER
     from firmware_bridge.bridge import Bridge
     from firmware_bridge.service import create_app
     from firmware_bridge.session import Link
@@ -34,9 +35,11 @@ def bridge_url():
     sim = Simulator().start()
     link = Link(sim.url).start()
     try:
-        with serve(create_app(Bridge(link), sim=sim)) as url:
-            httpx.post(url + "/v1/led", json={"color": "green"}, timeout=5)  # some traffic for the frame log
-            yield url
+        app = create_app(Bridge(link), sim=sim)
+        with serve(app) as url:
+            httpx.post(url + "/v1/led", json={"color": "green"}, headers={TOKEN_HEADER: app.state.token},
+                       timeout=5)  # some traffic for the frame log
+            yield url, app.state.token
     finally:
         link.stop()
         sim.close()
@@ -44,7 +47,11 @@ def bridge_url():
 
 @pytest.fixture
 def site(tmp_path, shared_dir, bridge_url):
+    from firmware_bridge.access import write_token_file
+
+    bridge_url, token = bridge_url
     data = tmp_path / "var"
+    write_token_file(data / "bridge" / "token", token)  # what the bridge writes where the kiosk app reads it
     KeyStore.init(data / "keys")
     set_pin(data, PIN)
     (data / "logs").mkdir(parents=True)
