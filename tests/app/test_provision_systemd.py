@@ -209,3 +209,29 @@ def test_the_bridge_unit_is_hardened_restarts_and_feeds_a_watchdog():
     assert exe.endswith("-m firmware_bridge.service --host 127.0.0.1 --port 8730")
     assert "ReadWritePaths" not in u["Service"]  # it writes nothing: the whole file system stays read-only
     assert one(u, "CapabilityBoundingSet") == ""
+
+
+def _size(v: str) -> int:
+    return int(v[:-1]) << {"K": 10, "M": 20, "G": 30}[v[-1]] if v[-1] in "KMG" else int(v)
+
+
+@pytest.mark.parametrize("name", OURS + ["kiosk-bridge.service"])
+def test_every_unit_has_resource_limits(name):
+    """A FIFO, /dev/zero or a request flood must hit the unit's own ceiling, not starve the terminal."""
+    u = parse_unit(UNITS / name)
+    assert 0 < _size(one(u, "MemoryHigh")) < _size(one(u, "MemoryMax"))
+    assert one(u, "MemorySwapMax") == "0"
+    assert 0 < int(one(u, "TasksMax")) <= 1024
+    assert 0 < int(one(u, "LimitNOFILE")) <= 8192
+    assert one(u, "LimitCORE") == "0"  # no core dumps of processes holding ID numbers, faces or keys
+
+
+def test_the_bridge_token_lives_in_its_runtime_dir_and_the_app_reads_it_there():
+    b, a = parse_unit(UNITS / "kiosk-bridge.service"), parse_unit(UNITS / "kiosk-app.service")
+    assert _size(one(b, "MemoryMax")) <= 256 << 20 and int(one(b, "TasksMax")) <= 128
+    assert one(b, "RuntimeDirectory") == "kiosk-bridge" and one(b, "RuntimeDirectoryMode") == "0700"
+    assert one(b, "StateDirectory") == "kiosk-bridge" and one(b, "StateDirectoryMode") == "0700"
+    env = lambda u: dict(kv.split("=", 1) for line in u["Service"]["Environment"] for kv in line.split())  # noqa: E731
+    assert env(b)["KIOSK_BRIDGE_TOKEN_FILE"] == env(a)["KIOSK_BRIDGE_TOKEN_FILE"] == "/run/kiosk-bridge/token"
+    assert env(b)["KIOSK_BRIDGE_FIRMWARE_DIR"] == "/var/lib/kiosk-bridge/firmware"
+    assert one(a, "User") == one(b, "User")  # the token file (0600) is readable by the kiosk app's user only
