@@ -42,12 +42,17 @@ def http_stage(n: int) -> None:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
+    import tempfile
+
+    run_dir = tempfile.TemporaryDirectory(prefix="bench-bridge-")
+    token_file = Path(run_dir.name) / "token"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "firmware_bridge.service", "--serial", "sim", "--port", str(port)], cwd=ROOT,
+        [sys.executable, "-m", "firmware_bridge.service", "--serial", "sim", "--port", str(port),
+         "--token-file", str(token_file), "--firmware-dir", str(Path(run_dir.name) / "firmware")], cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        with BridgeClient(f"http://127.0.0.1:{port}", timeout=5) as c:
+        with BridgeClient(f"http://127.0.0.1:{port}", timeout=5, token_file=token_file) as c:
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -79,6 +84,7 @@ def http_stage(n: int) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        run_dir.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
