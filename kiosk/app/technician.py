@@ -422,8 +422,12 @@ def health(cfg: TechnicianConfig, bus: Any = None) -> list[dict[str, Any]]:
 
     def bridge() -> tuple[bool, str]:
         st = _bridge_status(cfg.bridge_url) or {}
-        return st.get("state") == "connected", f"{st.get('state')}; firmware {st.get('firmware')}; " \
-                                                f"last error {st.get('last_error')}"
+        detail = f"{st.get('state')}; firmware {st.get('firmware')}; last error {st.get('last_error')}"
+        if st.get("state") == "connected":
+            probe = _bridge_frames(cfg.bridge_url, cfg.settings.bridge_token_path(), limit=1)
+            if probe and "error" in probe[0]:  # it runs, but the app could not use keypad or printer
+                return False, f"{detail}; {probe[0]['error']}"
+        return st.get("state") == "connected", detail
 
     def centre() -> tuple[bool, str]:
         url = cfg.centre_url or ((rec.get("steps") or {}).get("register", {}).get("detail", {}).get("centre_url"))

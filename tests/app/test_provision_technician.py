@@ -129,6 +129,17 @@ def test_status_reports_health_versions_errors_and_frames(site):
     assert frames and all(len(f["hex"].split("…")[0].split()) <= 16 for f in frames)
 
 
+def test_a_bridge_that_refuses_the_apps_token_is_unhealthy(site):
+    """The bridge answers its open status, but the app could not use the keypad: the page must say so."""
+    from firmware_bridge.access import new_token, write_token_file
+
+    url, _, data, _ = site
+    write_token_file(data / "bridge" / "token", new_token())  # a stale or foreign secret
+    r = httpx.get(url + "/technician/api/status", headers={"Authorization": f"Bearer {PIN}"}, timeout=30)
+    health = {h["name"]: h for h in r.json()["health"]}
+    assert not health["bridge"]["ok"] and "token" in health["bridge"]["detail"]
+
+
 def test_the_log_bundle_is_masked_and_holds_no_images_or_keys(site):
     url, clock, data, _ = site
     r = httpx.get(url + "/technician/bundle.zip", headers={"Authorization": f"Bearer {PIN}"}, timeout=30)
