@@ -50,6 +50,15 @@ class Settings:
     # SQLite durability: FULL (every commit fsynced: survives power loss) or NORMAL (benchmarks)
     sqlite_synchronous: str = field(default_factory=lambda: _env("sqlite_synchronous", "FULL"))
 
+    # POS orders refused at the door (kiosk.app.bill_check), before the patient starts a session:
+    # an admission deposit above this (yuan) -- never above the credit line's 20,000-yuan ceiling,
+    # since the deposit is a hold on that line --, a bill above this total (yuan), more lines than this
+    pos_max_deposit: str = field(default_factory=lambda: _env("pos_max_deposit", "20000.00"))
+    pos_max_bill: str = field(default_factory=lambda: _env("pos_max_bill", "1000000.00"))
+    pos_max_lines: int = field(default_factory=lambda: int(_env("pos_max_lines", "500")))
+    # the centre's catalogue (1312) cached in the data dir is fetched again when older than this
+    catalogue_max_age_s: float = field(default_factory=lambda: float(_env("catalogue_max_age_s", "86400")))
+
     def db_url(self, name: str = "kiosk") -> str:
         return self.database_url or f"sqlite:///{self.data_dir / (name + '.db')}"
 

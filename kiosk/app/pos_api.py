@@ -24,22 +24,26 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kiosk.errors import ConflictError, InputError, KioskError, RemoteError, StorageError
-from kiosk.money import fen_to_yuan, parse_decimal, yuan_to_fen
+from kiosk.money import fen_to_yuan, yuan_to_fen
+from kiosk.app.bill_check import Catalogue, OrderLimits, check_codes, check_order
 from kiosk.app.pos_auth import AuthError, PosAuth
 from kiosk.app.store import OrderRow
 from kiosk.app.terminal import Terminal, order_from_request
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
-_YUAN = r"^\d{1,9}(\.\d{1,2})?$"
+_YUAN = r"^[0-9]{1,9}(\.[0-9]{1,2})?$"  # [0-9], not \d: the regex engine's \d takes "１０" and other digits
 
 
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     code: str = Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$",
-                      description="catalogue code (med_list_codg); the centre knows its class A/B/C")
+                      description="catalogue code (med_list_codg); the centre knows its class A/B/C. A code "
+                                  "not in the centre's catalogue is refused (422 unknown_code)")
     name: str | None = Field(default=None, max_length=80, description="shown on the screen and receipt")
-    price: str = Field(pattern=r"^\d{1,8}(\.\d{1,4})?$", description="yuan per unit, up to 4 dp")
-    qty: str = Field(pattern=r"^\d{1,7}(\.\d{1,4})?$", description="quantity, up to 4 dp, more than 0")
+    price: str = Field(pattern=r"^[0-9]{1,8}(\.[0-9]{1,4})?$",
+                       description="yuan per unit, up to 4 dp, more than 0 (at most 10,000,000)")
+    qty: str = Field(pattern=r"^[0-9]{1,7}(\.[0-9]{1,4})?$",
+                     description="quantity, up to 4 dp, more than 0 (at most 1,000,000); price x qty at least 0.01")
 
 
 class BillIn(BaseModel):
@@ -53,7 +57,9 @@ class OrderIn(BaseModel):
     order_id: str = Field(pattern=_ID, description="the POS's own id; retries reuse it")
     mode: Literal["outpatient", "admission", "discharge"] = "outpatient"
     bill: BillIn | None = Field(default=None, description="required for outpatient and discharge")
-    deposit: str | None = Field(default=None, pattern=_YUAN, description="admission: amount to hold on the line")
+    deposit: str | None = Field(default=None, pattern=_YUAN,
+                                description="admission only: amount to hold on the line, more than 0.00 and at "
+                                            "most what a credit line can hold (20,000.00, or KIOSK_POS_MAX_DEPOSIT)")
     admission_order_id: str | None = Field(default=None, pattern=_ID, description="discharge: the admission order")
 
 
@@ -89,7 +95,11 @@ def _err(e: KioskError) -> JSONResponse:
     return JSONResponse(e.to_dict(), status_code=status)
 
 
-def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS API") -> FastAPI:
+def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS API",
+               catalogue: Catalogue | None = None, limits: OrderLimits | None = None) -> FastAPI:
+    """`catalogue`: the centre's, to refuse unknown codes at once (None: codes are left to the centre).
+    `limits`: from the settings by default (kiosk.app.bill_check)."""
+    limits = limits or OrderLimits.from_settings()
     app = FastAPI(title=title, version="1.0.0",
                   description="Payment orders from the pharmacy/hospital system to the face-pay terminal. "
                               "Amounts are yuan strings with two decimals. Requests are signed with the "
@@ -126,17 +136,16 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
     @app.post("/pos/v1/orders", response_model=OrderOut, status_code=201, tags=["pos"], responses=responses,
               description="Creates a payment order (201). A retry with the same order_id and the same body "
                           "returns the first answer (200; its result once known); the same order_id with "
-                          "another body is 409 order_conflict.")
+                          "another body is 409 order_conflict. An order that could never settle is refused "
+                          "at once, before any patient session and with nothing stored: 422 naming the "
+                          "field (amounts in ASCII digits, more than 0, bounded; codes in the centre's "
+                          "catalogue; a deposit a credit line can hold).")
     async def create_order(body: OrderIn, sysid: str = Depends(system)) -> Any:
         req = body.model_dump(exclude_none=True)
-        if body.mode in ("outpatient", "discharge"):
-            if body.bill is None:
-                raise InputError("is required for outpatient and discharge orders", field="bill")
-            for i, it in enumerate(body.bill.items):
-                if parse_decimal(it.qty, f"bill.items[{i}].qty") <= 0:
-                    raise InputError("must be more than 0", field=f"bill.items[{i}].qty")
-        if body.mode == "admission" and (body.deposit is None or yuan_to_fen(body.deposit, "deposit") <= 0):
-            raise InputError("is required (more than 0.00) for an admission", field="deposit")
+        check_order(body.mode, body.bill.items if body.bill else None, body.deposit, body.admission_order_id,
+                    limits)
+        if catalogue is not None and body.bill is not None and terminal.store.get(sysid, body.order_id) is None:
+            await asyncio.to_thread(check_codes, [it.code for it in body.bill.items], catalogue)
         if body.mode == "discharge":
             if not body.admission_order_id:
                 raise InputError("is required for a discharge", field="admission_order_id")

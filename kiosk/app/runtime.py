@@ -71,9 +71,10 @@ class Runtime:
 def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Clock | None = None,
           timeouts: dict[State, float] | None = None, limits: Limits = Limits(), with_screen: bool = True,
           status_probe: Callable[[], dict[str, Any]] | None = None,
-          audit: Callable[..., Any] | None = None, technician: Any = None) -> Runtime:
+          audit: Callable[..., Any] | None = None, technician: Any = None, catalogue: Any = None) -> Runtime:
     """`status_probe()` -> {"bridge": bridge /v1/status or None, "network_ok": bool, "camera_ok": bool}.
-    `technician`: the technician page's TechnicianConfig (the terminal's data dir: PIN, audit log, logs)."""
+    `technician`: the technician page's TechnicianConfig (the terminal's data dir: PIN, audit log, logs).
+    `catalogue`: the centre's catalogue (kiosk.app.bill_check.Catalogue) the POS API checks codes against."""
     clock = clock or SystemClock()
     store = Store(db, clock)
     bus = None
@@ -96,7 +97,7 @@ def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Cl
 
     terminal = Terminal(store, deps, clock, on_change=on_change, on_idle=link.idle if link else None,
                         on_frame=link.frame if link else None, timeouts=timeouts, limits=limits, audit=audit)
-    app = create_app(terminal, PosAuth(pos_systems))
+    app = create_app(terminal, PosAuth(pos_systems), catalogue=catalogue)
     if bus is not None:
         from kiosk.app.screen import mount_screen
 

@@ -219,8 +219,12 @@ class Stack:
         from kiosk.app.technician import TechnicianConfig
 
         tech = TechnicianConfig(settings=replace(self.settings, data_dir=self.data_dir), bridge_url=self.url("bridge"))
+        from kiosk.app.bill_check import Catalogue
+
+        catalogue = Catalogue(self.data_dir, deps.centre, max_age_s=self.settings.catalogue_max_age_s)
+        catalogue.warm()
         self.runtime = build(db, deps, load_systems(self.data_dir), timeouts=timeouts,
-                             status_probe=self._status, audit=audit.append, technician=tech)
+                             status_probe=self._status, audit=audit.append, technician=tech, catalogue=catalogue)
         self.runtime.start()
         if serve:
             self.server = ServerThread(self.runtime.app, port=self.ports.kiosk).start()

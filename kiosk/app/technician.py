@@ -13,7 +13,8 @@ Mounted by `mount_screen` on the kiosk app (127.0.0.1:8740) under /technician/:
 Every route but healthz answers only to loopback clients and, except the login
 form, only with a valid session cookie or `Authorization: Bearer <PIN>`. The PIN
 is set by `kiosk provision` and stored as an scrypt hash (0600); five wrong PINs
-lock the page for five minutes.
+lock the page for five minutes, and the count and the lock live in the data dir
+(provision/technician-lockout.json, 0600), so restarting the app does not reset them.
 """
 from __future__ import annotations
 
@@ -212,8 +213,74 @@ def check_pin(data_dir: Path, pin: str) -> bool:
     return hmac.compare_digest(want, got)
 
 
+LOCKOUT_FILE = "technician-lockout.json"
+
+
+def lockout_path(data_dir: Path) -> Path:
+    return Path(data_dir) / "provision" / LOCKOUT_FILE
+
+
+class Lockout:
+    """Wrong-PIN count and lock-until, kept in the terminal's data dir so a restart (or a crash
+    the guesser provokes) does not clear them. Written atomically, 0600. A file that cannot be
+    read or makes no sense fails closed: the page is locked for LOCKOUT_S from the moment that is
+    noticed (and the file is rewritten, so the lock ends rather than bricking the page)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = lockout_path(data_dir)
+        self._mem_until = 0.0  # a lock that could not be written down still holds in this process
+
+    def load(self, now: float) -> tuple[list[float], float]:
+        """(failure times within the window, locked-until), both epoch seconds."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return [], self._mem_until
+        except OSError as e:
+            return self._corrupt(now, f"unreadable: {e.strerror or e}")
+        try:
+            rec = json.loads(raw)
+            fails, until = rec["failures"], rec["locked_until"]
+            if not (isinstance(fails, list) and len(fails) <= MAX_FAILURES
+                    and all(_finite(t) for t in fails) and _finite(until)):
+                raise ValueError("unexpected content")
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            return self._corrupt(now, f"invalid ({type(e).__name__})")
+        # a clock set back must not stretch a lock: never more than LOCKOUT_S from now
+        if until > now + LOCKOUT_S:
+            until = now + LOCKOUT_S
+            self.save([], until, now)
+        fails = [float(t) for t in fails if abs(now - float(t)) < LOCKOUT_S]
+        return fails, max(until, self._mem_until)
+
+    def save(self, failures: list[float], locked_until: float, now: float) -> None:
+        try:
+            _write_0600(self.path, json.dumps({"failures": failures, "locked_until": locked_until}).encode())
+        except OSError as e:  # cannot remember the count: lock now rather than allow unlimited guesses
+            log.error("technician lockout state not written (%s): page locked for %d s", e.strerror or e, LOCKOUT_S)
+            self._mem_until = max(self._mem_until, now + LOCKOUT_S)
+
+    def _corrupt(self, now: float, why: str) -> tuple[list[float], float]:
+        log.warning("technician lockout file %s is %s: failing closed, page locked for %d s", self.path, why,
+                    LOCKOUT_S)
+        until = now + LOCKOUT_S
+        try:
+            if self.path.is_symlink() or self.path.is_dir():
+                raise OSError("not a regular file")
+            self.save([], until, now)
+        except OSError:
+            pass
+        self._mem_until = max(self._mem_until, until)
+        return [], until
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) < 1e12
+
+
 class Gate:
-    """Sessions and lockout for the page (process memory; a restart logs everyone out)."""
+    """Sessions (process memory: a restart logs everyone out) and the wrong-PIN lockout
+    (the data dir: a restart keeps it, see `Lockout`)."""
 
     def __init__(self, data_dir: Path, clock: Clock) -> None:
         self.data_dir = data_dir
@@ -222,15 +289,15 @@ class Gate:
         # one PIN check at a time: parallel guesses cannot all start before the lock engages
         self._checking = threading.Lock()
         self._sessions: dict[str, float] = {}
-        self._failures: list[float] = []
-        self._locked_until = 0.0
+        self.lockout = Lockout(data_dir)
 
     def _now(self) -> float:
         return self.clock.now().timestamp()
 
     def locked_for(self) -> float:
+        now = self._now()
         with self._lock:
-            return max(0.0, self._locked_until - self._now())
+            return max(0.0, self.lockout.load(now)[1] - now)
 
     def login(self, pin: str, *, record: bool = True) -> str | None:
         """A session token, or None (wrong PIN, locked, or no PIN set). Failures are always audited;
@@ -244,17 +311,21 @@ class Gate:
         ok = check_pin(self.data_dir, pin)
         now = self._now()
         with self._lock:
+            failures, until = self.lockout.load(now)
+            if until > now:  # locked by another process meanwhile
+                return None
             if not ok:
                 audit(self.data_dir, "login_failed", self.clock, who="technician", page="technician")
-                self._failures = [t for t in self._failures if now - t < LOCKOUT_S] + [now]
-                if len(self._failures) >= MAX_FAILURES:
-                    self._locked_until = now + LOCKOUT_S
-                    self._failures.clear()
+                failures.append(now)
+                if len(failures) >= MAX_FAILURES:
+                    self.lockout.save([], now + LOCKOUT_S, now)
                     log.warning("technician page locked for %d s after %d wrong PINs", LOCKOUT_S, MAX_FAILURES)
                 else:
-                    log.warning("technician login failed (%d of %d)", len(self._failures), MAX_FAILURES)
+                    self.lockout.save(failures, 0.0, now)
+                    log.warning("technician login failed (%d of %d)", len(failures), MAX_FAILURES)
                 return None
-            self._failures.clear()
+            if failures:
+                self.lockout.save([], 0.0, now)
             if record:
                 audit(self.data_dir, "admin_action", self.clock, action="technician_login")
             tok = secrets.token_urlsafe(32)

@@ -172,10 +172,22 @@ def _register(args: argparse.Namespace) -> int:
     from kiosk.services.centre.app import build_centre
     from kiosk.storage import open_database
 
+    from kiosk.services.gateway import check_registration
+
     pub = args.sm2_public
     if os.path.exists(pub):
-        pub = Path(pub).read_text()
+        try:
+            if Path(pub).stat().st_size > 16 * 1024:
+                raise InputError(f"{pub} is too large for a PEM public key", field="--sm2-public")
+            pub = Path(pub).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read {pub} as a PEM file: {getattr(e, 'strerror', None) or e}",
+                             field="--sm2-public") from None
     secret = args.app_secret or secrets.token_hex(16)
+    try:  # before either service stores anything
+        check_registration(args.app_id, secret, pub, args.fixmedins_code)
+    except InputError as e:
+        raise InputError(e.message, field="--" + (e.field or "app-id").replace("_", "-")) from None
     data_dir = _data_dir(args)
     centre_url, bank_url = db_urls(args.db, data_dir)
     out = {}

@@ -279,6 +279,10 @@ class CentreClient(_Client):
     def query(self, psn_no: str, *, setl_id: str = "", omsgid: str = "") -> Answer:
         return self.call("5203", {"data": {"psn_no": psn_no, "setl_id": setl_id, "omsgid": omsgid}})
 
+    def catalogue_page(self, page_num: int = 1, page_size: int = 1000) -> Answer:
+        """1312: one page of the centre's catalogue (hilist_code, hilist_name, chrgitm_lv)."""
+        return self.call("1312", {"data": {"page_num": page_num, "page_size": page_size}})
+
     def mulaid_authorise(self, psn_no: str, auth_psn_no: str, auth_certno: str, relation: str,
                          msgid: str | None = None) -> Answer:
         return self.call("mulaid.auth", {"data": {"psn_no": psn_no, "auth_psn_no": auth_psn_no,

@@ -16,7 +16,6 @@ same `msgid`: it replays the first answer instead of being refused.
 """
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 from dataclasses import dataclass
@@ -31,11 +30,13 @@ from kiosk.security.envelope import build_envelope, open_envelope
 from kiosk.security.keystore import KeyStore
 from kiosk.security.seal import SealContext
 from kiosk.security.sm import Sm2PrivateKey, Sm2PublicKey
+from kiosk.services.protocol import loads_json
 
 if TYPE_CHECKING:
     from kiosk.services.gateway import Terminal
 
 MAX_BODY = 256 * 1024
+MAX_APP_ID = 64  # what registration allows (kiosk.services.gateway.check_registration)
 
 
 @dataclass
@@ -110,15 +111,14 @@ def _fixed_clock(now: datetime) -> ManualClock:
 def parse_outer(raw: bytes) -> Outer:
     if len(raw) > MAX_BODY:
         raise InputError(f"body larger than {MAX_BODY} bytes", field="body")
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InputError("body is not JSON (expected the platform envelope)", field="body") from None
+    doc = loads_json(raw, "body")  # UTF-8, bounded depth and numbers: InputError (HTTP 400), never a fault
     if not isinstance(doc, dict):
         raise InputError("body must be a JSON object (the platform envelope)", field="body")
     app_id = doc.get("appId")
     if not isinstance(app_id, str) or not app_id:
         raise InputError("is missing", field="appId")
+    if len(app_id) > MAX_APP_ID:
+        raise InputError(f"is longer than {MAX_APP_ID} characters (no terminal has such an appId)", field="appId")
     return Outer(app_id, doc)
 
 

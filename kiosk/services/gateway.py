@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,16 @@ from pydantic import BaseModel
 from kiosk.clock import Clock
 from kiosk.errors import ConflictError, InputError, IntegrityError, KioskError, StorageError
 from kiosk.services import envelope as env
-from kiosk.services.protocol import InfCode, PlatformRequest, Refusal, ok, parse_model, refused
+from kiosk.services.protocol import (
+    MAX_JSON_DEPTH,
+    InfCode,
+    PlatformRequest,
+    Refusal,
+    check_json_shape,
+    ok,
+    parse_model,
+    refused,
+)
 from kiosk.security.replay import DatabaseNonceStore, ReplayGuard
 from kiosk.storage import Database, IdempotencyStore, Migration, Transaction
 
@@ -50,6 +60,37 @@ def gateway_migration(service: str) -> Migration:
             fixmedins_code TEXT NOT NULL,
             created_at TEXT NOT NULL)""",
     ])
+
+
+# appId: the envelope keys the data key with its first 16 characters (kiosk.security.envelope.data_key
+# refuses fewer, or non-ASCII ones) and signs it as `appId=<v>&...`, so it must have at least 16
+# characters and none that could read as a separator ('&', '=', spaces); the services key msgids and
+# nonces by it. Letters, digits, '_' and '-' (KeyStore device ids, the platform's hex ids) fit.
+APP_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# appSecret: the end of the signed text (`&key=<secret>`) and the data key's plaintext; printable
+# ASCII without spaces, long enough not to be guessed.
+APP_SECRET_RE = re.compile(r"[!-~]{16,128}")
+# fixmedins_code: the platform's 12-character institution code, H (medical institution) or
+# P (retail pharmacy) and 11 digits, the first 6 its area code (H37020200001).
+FIXMEDINS_RE = re.compile(r"[HP]\d{11}")
+
+
+def check_registration(app_id: object, app_secret: object, sm2_public: object, fixmedins_code: object) -> None:
+    """Refuse (InputError naming the field) a terminal registration that could never talk on the wire."""
+    if not isinstance(app_id, str) or not APP_ID_RE.fullmatch(app_id):
+        raise InputError("must be 16 to 64 characters, letters, digits, '_' or '-' (the envelope keys its "
+                         "data key with the first 16)", field="app_id")
+    if not isinstance(app_secret, str) or not APP_SECRET_RE.fullmatch(app_secret):
+        raise InputError("must be 16 to 128 printable ASCII characters without spaces", field="app_secret")
+    if not isinstance(fixmedins_code, str) or not FIXMEDINS_RE.fullmatch(fixmedins_code):
+        raise InputError("must be the platform's 12-character institution code: H or P and 11 digits "
+                         "(e.g. H37020200001)", field="fixmedins_code")
+    if not isinstance(sm2_public, str) or not 128 <= len(sm2_public.strip()) <= 2048:
+        raise InputError("must be an SM2 public key: hex 04||x||y (130 hex digits) or a PEM", field="sm2_public")
+    try:
+        env.check_public_key(sm2_public)
+    except KioskError as e:  # not hex/PEM, wrong length, not a point on the curve
+        raise InputError(f"is not a usable SM2 public key ({e.message})", field="sm2_public") from None
 
 
 @dataclass(frozen=True)
@@ -110,9 +151,10 @@ class Gateway:
 
     # -- terminals -------------------------------------------------------------------------------
     def register_terminal(self, app_id: str, app_secret: str, sm2_public_pem: str, fixmedins_code: str) -> Terminal:
-        """Register (or re-key) a terminal. Idempotent for identical values."""
+        """Register (or re-key) a terminal. Idempotent for identical values. InputError naming the
+        field when a value could never work on the wire (`check_registration`); nothing is stored then."""
+        check_registration(app_id, app_secret, sm2_public_pem, fixmedins_code)
         t = Terminal(app_id, app_secret, sm2_public_pem, fixmedins_code)
-        env.check_public_key(sm2_public_pem)
 
         def work(tx: Transaction) -> None:
             tx.execute(
@@ -158,6 +200,9 @@ class Gateway:
             payload = env.open_request(outer, terminal, self.keys, now, self.window_s)
         except KioskError as e:
             return 401, refused("", Refusal(InfCode.BAD_ENVELOPE, e.message, code=e.code, field=e.field), now)
+        except RecursionError:  # decrypts to JSON too deep to read or to verify: not a usable envelope
+            return 400, refused("", InputError(f"decrypts to JSON nested more than {MAX_JSON_DEPTH} levels deep",
+                                               field="encData"), now)
         msgid = payload.get("msgid", "")
         msgid = msgid if isinstance(msgid, str) else ""
         msg = _Msg(terminal, outer.nonce, outer.ts_ms, now)
@@ -214,6 +259,7 @@ class Gateway:
     def _serve(self, payload: dict[str, Any], msg: "_Msg", path_infno: str | None) -> dict[str, Any]:
         now = msg.now
         try:
+            check_json_shape(payload, "")  # depth and numbers, before any recursive walk of the payload
             req = parse_model(PlatformRequest, payload, prefix="")
             if path_infno is not None and req.infno != path_infno:
                 raise InputError(f"is {req.infno!r} but was posted to the route of {path_infno!r}", field="infno")

@@ -18,14 +18,22 @@ from typing import Any
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kiosk.errors import InputError, KioskError
 from kiosk.services.envelope import MAX_BODY
 from kiosk.services.gateway import Gateway
-from kiosk.services.protocol import InfCode, PlatformRequest, PlatformResponse, Refusal, refused
+from kiosk.services.protocol import (
+    InfCode,
+    PlatformRequest,
+    PlatformResponse,
+    Refusal,
+    loads_json,
+    parse_model,
+    refused,
+)
 
 
 class Envelope(BaseModel):
@@ -41,10 +49,20 @@ class Envelope(BaseModel):
 
 
 class TerminalRegistration(BaseModel):
-    app_id: str = Field(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    sm2_public: str = Field(min_length=128, max_length=2048, description="hex 04||x||y or PEM")
-    fixmedins_code: str = Field(min_length=1, max_length=30)
-    app_secret: str = Field(default="", max_length=128, description="empty: the service makes one")
+    """Checked again, whole, by kiosk.services.gateway.check_registration (the CLI's path too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: str = Field(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                        description="at least 16 characters: the envelope keys its data key with the first 16")
+    sm2_public: str = Field(min_length=128, max_length=2048, description="hex 04||x||y or PEM: a point on SM2")
+    fixmedins_code: str = Field(min_length=12, max_length=12, pattern=r"^[HP][0-9]{11}$",
+                                description="the platform's institution code, e.g. H37020200001")
+    app_secret: str = Field(default="", max_length=128, description="empty: the service makes one; else 16-128 "
+                            "printable ASCII characters without spaces")
+
+
+MAX_ADMIN_BODY = 16 * 1024
 
 
 def admin_token(data_dir: Path) -> str:
@@ -125,22 +143,37 @@ def build_app(title: str, gateway: Gateway, data_dir: Path, *, description: str 
     def health() -> dict[str, str]:
         return {"status": "ok", "service": gateway.service}
 
-    @app.post("/admin/terminals", tags=["admin"], summary="register or re-key a terminal (operator token)")
-    def register(reg: TerminalRegistration, x_admin_token: str = Header(default="")) -> JSONResponse:
+    @app.post("/admin/terminals", tags=["admin"], summary="register or re-key a terminal (operator token)",
+              description="Body: `TerminalRegistration`. 200 with the app_secret and the service's keys; "
+                          "422 (infcode 1001, `err_field`) for a value that could never work on the wire "
+                          "(appId under 16 characters or with separators, a key that is not an SM2 point, "
+                          "an institution code not of the platform's form); 400 for a body that is not JSON.",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"$ref": "#/components/schemas/TerminalRegistration"}}}}})
+    async def register(request: Request, x_admin_token: str = Header(default="")) -> JSONResponse:
         now = gateway.clock.now()
         denied = admin_refusal(x_admin_token, token, now)
         if denied is not None:
             return denied
-        secret = reg.app_secret or secrets.token_hex(16)
+        raw = await request.body()
         try:
-            gateway.register_terminal(reg.app_id, secret, reg.sm2_public, reg.fixmedins_code)
-        except KioskError as e:
+            if len(raw) > MAX_ADMIN_BODY:
+                raise InputError(f"larger than {MAX_ADMIN_BODY} bytes", field="body")
+            doc = loads_json(raw, "body")
+        except InputError as e:
             return _json(400, refused("", e, now))
+        try:
+            reg = parse_model(TerminalRegistration, doc, prefix="")
+            secret = reg.app_secret or secrets.token_hex(16)
+            await run_in_threadpool(gateway.register_terminal, reg.app_id, secret, reg.sm2_public, reg.fixmedins_code)
+        except InputError as e:
+            return _json(422, refused("", e, now))
         return _json(200, {"infcode": 0, "err_msg": "", "output": {"app_id": reg.app_id, "app_secret": secret,
                                                                      "service_keys": gateway.keys.public()}})
 
     schemas: dict[str, Any] = {"Envelope": envelope_schema}
-    for name, model in [("PlatformRequest", PlatformRequest), ("PlatformResponse", PlatformResponse)]:
+    for name, model in [("PlatformRequest", PlatformRequest), ("PlatformResponse", PlatformResponse),
+                        ("TerminalRegistration", TerminalRegistration)]:
         schemas[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
     for infno, route in gateway.routes.items():
         s = route.model.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 import threading
@@ -102,6 +103,79 @@ def parse_model(model: type[BaseModel], data: Any, prefix: str = "input") -> Any
     except ValidationError as e:
         field, msg = validation_message(e, prefix)
         raise InputError(msg, field=field) from None
+
+
+# What a platform message can hold. Real requests nest 4 levels deep (input.data.feedetail[i].pric);
+# anything far deeper, or numbers no amount needs, is hostile or broken and is refused at the door
+# (Python's JSON reader would otherwise raise RecursionError deep inside, and each later
+# json.dumps/pydantic walk would recurse as deep again).
+MAX_JSON_DEPTH = 32
+MAX_JSON_INT = 10**18  # far above any amount in fen, below where big-integer arithmetic gets costly
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_json(raw: bytes, field: str, prefix: str = "") -> Any:
+    """Strict JSON from bytes: UTF-8 only, no NaN/Infinity, bounded depth and numbers. A failure is
+    an InputError naming `field` (the whole text) or the path below `prefix` of the value at fault;
+    never RecursionError or UnicodeDecodeError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("is not UTF-8 text", field=field) from None
+    try:
+        doc = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise InputError(f"is nested more than {MAX_JSON_DEPTH} levels deep", field=field) from None
+    except ValueError:  # JSONDecodeError, NaN/Infinity, an integer past Python's digit limit
+        raise InputError("is not valid JSON", field=field) from None
+    check_json_shape(doc, prefix)
+    return doc
+
+
+def _key(k: object) -> str:
+    s = str(k)
+    return s if len(s) <= 40 and s.isprintable() else repr(s[:40]) + "..."
+
+
+def _utf8(s: str) -> bool:
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def check_json_shape(doc: Any, field: str) -> None:
+    """Iterative (no recursion of our own): depth at most MAX_JSON_DEPTH, finite numbers, integers
+    below MAX_JSON_INT, text that is valid Unicode (JSON's \\ud800 escapes can spell lone surrogates,
+    which no database or UTF-8 encoder takes). InputError names the path (below `field`) of the first offending value."""
+    stack: list[tuple[Any, str, int]] = [(doc, field, 0)]
+    while stack:
+        v, path, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise InputError(f"is nested more than {MAX_JSON_DEPTH} levels deep", field=path)
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            for k, x in items:
+                if type(x) is str and x.isascii() and (type(k) is int or k.isascii()):
+                    continue  # the common case, decided here
+                sub = f"{path}[{k}]" if isinstance(v, list) else (f"{path}.{_key(k)}" if path else _key(k))
+                if isinstance(k, str) and not _utf8(k):
+                    raise InputError("has a name that is not valid Unicode (a lone surrogate)", field=sub)
+                stack.append((x, sub, depth + 1))
+        elif isinstance(v, str):
+            if not _utf8(v):
+                raise InputError("is not valid Unicode (a lone surrogate)", field=path)
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise InputError("is not a finite number", field=path)
+        elif isinstance(v, int) and not isinstance(v, bool) and not -MAX_JSON_INT < v < MAX_JSON_INT:
+            raise InputError("is too large a number", field=path)
 
 
 class PlatformRequest(BaseModel):

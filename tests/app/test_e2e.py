@@ -255,6 +255,11 @@ def test_bad_bill_is_refused_with_the_field(stack):
     assert r.status_code == 422 and r.json()["field"] == "bill.items[0].qty"
     r = stack.pos_client.create({"order_id": "E-BAD2", "bill": {"items": [{"code": "F001", "price": 1.5, "qty": "1"}]}})
     assert r.status_code == 422 and "price" in r.json()["field"]
+    # the terminal checks codes against its copy of the centre's catalogue (1312), before any session
+    r = stack.pos_client.create({"order_id": "E-BAD3", "bill": {"items": [{"code": "NOPE01", "price": "1.50",
+                                                                           "qty": "1"}]}})
+    assert r.status_code == 422 and r.json()["field"] == "bill.items[0].code", r.text
+    assert stack.pos_client.get("E-BAD3").status_code == 404
 
 
 def test_cashier_cancels_while_the_patient_hesitates(stack):

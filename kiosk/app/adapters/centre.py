@@ -65,6 +65,20 @@ class CentreAdapter:
     def new_msgid(self) -> str:
         return self.client.new_msgid()
 
+    def catalogue(self, max_pages: int = 1000) -> dict[str, str]:
+        """The centre's whole catalogue (1312, page by page): code -> chrgitm_lv (01/02/03)."""
+        codes: dict[str, str] = {}
+        page = 1
+        while True:
+            a = self._call(self.client.catalogue_page, page)
+            if not a.ok:
+                raise RemoteError(f"catalogue query refused: {a.err_msg}", code=a.err_code or "refused")
+            for row in a.output.get("data") or []:
+                codes[str(row["hilist_code"])] = str(row.get("chrgitm_lv", ""))
+            if page >= int(a.output.get("pages") or 0) or page >= max_pages:
+                return codes
+            page += 1
+
     # -- identity ---------------------------------------------------------------------------
     def face_auth(self, probe: Probe, session_id: str, phone_last4: str = "") -> FaceAuth:
         a = self._call(self.client.authenticate, probe.sealed("auth"), session_id, phone_last4=phone_last4)

@@ -249,6 +249,17 @@ class SettlementQuery5203(_Strict):
     data: SettlementQueryData
 
 
+class CatalogueQueryData(_Strict):
+    page_num: int = Field(default=1, ge=1, le=100_000)
+    page_size: int = Field(default=500, ge=1, le=1000)
+
+
+class CatalogueQuery1312(_Strict):
+    """1312 catalogue query (医保目录信息查询), paged: what a terminal checks a POS bill's codes against."""
+
+    data: CatalogueQueryData = Field(default_factory=CatalogueQueryData)
+
+
 # transaction code -> (input model, summary)
 TRANSACTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "9001": (SignIn9001, "sign-in of a terminal operator; returns sign_no"),
@@ -265,4 +276,5 @@ TRANSACTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "2103": (Reversal2208, "pharmacy settlement reversal"),
     "2601": (MessageReversal2601, "reversal of a message whose answer was lost (2207/2102)"),
     "5203": (SettlementQuery5203, "settlement query by setl_id or by the settling msgid"),
+    "1312": (CatalogueQuery1312, "catalogue query, paged (code, name, chrgitm_lv): terminals check bills against it"),
 }

@@ -629,13 +629,23 @@ class CentreService:
                 "setlinfo": {**res["setlinfo"], "setl_id": row[0]}, "reversed_at": row[6] or ""}
 
     # ---- routes ---------------------------------------------------------------------------------------------------
+    def query_catalogue(self, ctx: Ctx, tx: Transaction, data: m.CatalogueQuery1312) -> dict[str, Any]:
+        """1312: one page of the catalogue, by code (read-only; terminals cache it to check POS bills)."""
+        page, size = data.data.page_num, data.data.page_size
+        total = int(tx.scalar("SELECT COUNT(*) FROM centre_catalogue") or 0)
+        rows = tx.fetch_all("SELECT code, name, category FROM centre_catalogue ORDER BY code LIMIT ? OFFSET ?",
+                            (size, (page - 1) * size))
+        return {"pageNum": page, "pageSize": size, "recordCounts": total, "pages": -(-total // size),
+                "data": [{"hilist_code": r[0], "hilist_name": r[1], "chrgitm_lv": _cat(r[2]).chrgitm_lv}
+                         for r in rows]}
+
     def routes(self) -> dict[str, Route]:
         h = {
             "9001": self.sign_in, "1101": self.person_info, "ec.activate": self.activate,
             "ec.auth": self.authenticate, "mulaid.auth": self.mulaid_auth, "mulaid.revoke": self.mulaid_revoke,
             "2206": self.presettle_outpatient, "2207": self.settle_outpatient, "2208": self.reverse_settlement,
             "2101": self.presettle_pharmacy, "2102": self.settle_pharmacy, "2103": self.reverse_settlement,
-            "2601": self.reverse_message, "5203": self.query_settlement,
+            "2601": self.reverse_message, "5203": self.query_settlement, "1312": self.query_catalogue,
         }
         return {code: Route(code, m.TRANSACTIONS[code][0], fn, m.TRANSACTIONS[code][1],
                             needs_sign_in=(code != "9001"))
