@@ -102,7 +102,8 @@ def crash_kiosk(st: Any, tmp_path: Path, crash_after: str, person: str, body: di
     is paid, the `refund` request), and wait until it dies on the spot after that journal step.
     `seed(dir)` may prepare the child's data dir first. Returns the child's data dir (kiosk.db)."""
     port = free_port()
-    env = {**os.environ, "KIOSK_CRASH_AFTER_STEP": crash_after, "KIOSK_DATA_DIR": str(st.data_dir)}
+    env = {**os.environ, "KIOSK_CRASH_AFTER_STEP": crash_after, "KIOSK_DATA_DIR": str(st.data_dir),
+           "KIOSK_BRIDGE_TOKEN_FILE": str(st.bridge_token_file())}  # the same bridge: its per-boot token
     kiosk_db = tmp_path / "crash"
     kiosk_db.mkdir()
     for f in ("terminal.json", "pos_systems.json"):
