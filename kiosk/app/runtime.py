@@ -71,9 +71,11 @@ class Runtime:
 def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Clock | None = None,
           timeouts: dict[State, float] | None = None, limits: Limits = Limits(), with_screen: bool = True,
           status_probe: Callable[[], dict[str, Any]] | None = None,
-          audit: Callable[..., Any] | None = None, technician: Any = None) -> Runtime:
+          audit: Callable[..., Any] | None = None, technician: Any = None,
+          institution: str | None = None) -> Runtime:
     """`status_probe()` -> {"bridge": bridge /v1/status or None, "network_ok": bool, "camera_ok": bool}.
-    `technician`: the technician page's TechnicianConfig (the terminal's data dir: PIN, audit log, logs)."""
+    `technician`: the technician page's TechnicianConfig (the terminal's data dir: PIN, audit log, logs).
+    `institution`: the terminal's fixmedins_code (default: the one its centre client is registered for)."""
     clock = clock or SystemClock()
     store = Store(db, clock)
     bus = None
@@ -95,7 +97,8 @@ def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Cl
                 log.exception("state listener failed")
 
     terminal = Terminal(store, deps, clock, on_change=on_change, on_idle=link.idle if link else None,
-                        on_frame=link.frame if link else None, timeouts=timeouts, limits=limits, audit=audit)
+                        on_frame=link.frame if link else None, timeouts=timeouts, limits=limits, audit=audit,
+                        institution=institution)
     app = create_app(terminal, PosAuth(pos_systems))
     if bus is not None:
         from kiosk.app.screen import mount_screen

@@ -214,7 +214,8 @@ class Stack:
 
         tech = TechnicianConfig(settings=replace(self.settings, data_dir=self.data_dir), bridge_url=self.url("bridge"))
         self.runtime = build(db, deps, load_systems(self.data_dir), timeouts=timeouts,
-                             status_probe=self._status, audit=audit.append, technician=tech)
+                             status_probe=self._status, audit=audit.append, technician=tech,
+                             institution=self.fixmedins)
         self.runtime.start()
         if serve:
             self.server = ServerThread(self.runtime.app, port=self.ports.kiosk).start()
