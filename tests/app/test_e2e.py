@@ -796,6 +796,23 @@ def test_bank_lost_mid_draw_puts_everything_back(stack):
     assert last[0][0] == "reversed"
 
 
+def test_zz_the_centre_the_bank_and_the_kiosk_agree_after_every_session_above(stack):
+    """`kiosk check parties` over this stack's three books after every payment, refund, lost answer
+    and recovery above: no draw without its settlement, nothing reversed but not refunded, every
+    order's state what both parties say."""
+    from kiosk.app.crosscheck import check_parties
+    from kiosk.services.bank.app import bank_db_url
+
+    assert stack.runtime.terminal.wait_idle()
+    stack.runtime.terminal.recover()
+    with open_database(f"sqlite:///{stack.data_dir / 'centre.db'}") as c, \
+            open_database(bank_db_url(stack.data_dir)) as b, \
+            open_database(f"sqlite:///{stack.data_dir / 'kiosk.db'}") as k:
+        rep = check_parties(c, b, [k])
+    assert rep.balanced, rep.table()
+    assert rep.counted["orders"] >= 10 and rep.counted["draws"] >= 3
+
+
 def test_zz_every_payment_refund_and_recovery_is_in_the_audit_chain(stack):
     import json
 
