@@ -124,7 +124,11 @@ def _technician_checks(store: Store) -> None:
         stuck = [r.order_id for r in rows if r.status == "reversing"]
         if stuck:
             return False, f"{len(stuck)} payment(s) waiting to be put back (party unreachable): {', '.join(stuck[:5])}"
-        return True, f"{len(rows)} order(s) open, none waiting for a reversal"
+        waiting = [r[2] for r in store.open_refunds() if r[4] == "pending"]
+        if waiting:
+            return False, (f"{len(waiting)} refund(s) waiting for a party's answer (completed automatically): "
+                           f"{', '.join(waiting[:5])}")
+        return True, f"{len(rows)} order(s) open, none waiting for a reversal or a refund"
 
     add_health_check("counter", counter)
 
