@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_parties(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from kiosk.app.crosscheck import check_parties, format_report, open_books
+    from kiosk.app.crosscheck import check_parties, format_report, is_kiosk_db, open_books
 
     settings = load()
     data_dir = Path(args.data_dir) if args.data_dir else Path(settings.data_dir)
@@ -82,13 +82,15 @@ def _check_parties(args: argparse.Namespace) -> int:
 
         centre_url, bank_url = args.centre_db or centre_db_url(data_dir), args.bank_db or bank_db_url(data_dir)
     kiosks = list(args.kiosk_db)
-    if not kiosks:
+    implicit = not kiosks
+    if implicit:
         own = settings.database_url or str(data_dir / "kiosk.db")
         if "://" in own or Path(own).exists():
             kiosks = [own]
     dbs = open_books([centre_url, bank_url, *kiosks])
     try:
-        rep = check_parties(dbs[0], dbs[1], dbs[2:])
+        books = [db for db in dbs[2:] if not implicit or is_kiosk_db(db)]  # a default that holds no orders: skipped
+        rep = check_parties(dbs[0], dbs[1], books)
     finally:
         for db in dbs:
             db.close()

@@ -165,7 +165,7 @@ def _bank(db: Database) -> tuple[dict[str, _Draw], dict[str, tuple[str, int]], l
     # the message (under 'appId/msgid') names the ref and the split it refunded
     refunds: list[tuple[str, str, int]] = []
     for key, resp in _rows(db, "SELECT key, response FROM idempotency_keys WHERE scope = 'bank.msgid' "
-                               "AND response IS NOT NULL") or []:
+                               "AND response LIKE ?", ('%"principal"%',)) or []:
         try:
             a = json.loads(resp)
             out = a.get("output") or {}
@@ -329,6 +329,10 @@ def _parties(s: _Setl | None, d: _Draw | None) -> str:
 
 def format_report(rep: PartiesReport, as_json: bool) -> str:
     return json.dumps(rep.to_json(), ensure_ascii=False, indent=1) if as_json else rep.table()
+
+
+def is_kiosk_db(db: Database) -> bool:
+    return _rows(db, "SELECT 1 FROM app_orders WHERE 1 = 0") is not None
 
 
 def open_books(urls: Iterable[str]) -> list[Database]:

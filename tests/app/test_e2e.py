@@ -811,6 +811,9 @@ def test_zz_the_centre_the_bank_and_the_kiosk_agree_after_every_session_above(st
         rep = check_parties(c, b, [k])
     assert rep.balanced, rep.table()
     assert rep.counted["orders"] >= 10 and rep.counted["draws"] >= 3
+    from kiosk.cli import main  # the operator's command on this data dir's books: the same verdict
+
+    assert main(["check", "parties", "--data-dir", str(stack.data_dir), "--json"]) == 0
 
 
 def test_zz_every_payment_refund_and_recovery_is_in_the_audit_chain(stack):
