@@ -810,7 +810,6 @@ def test_zz_the_centre_the_bank_and_the_kiosk_agree_after_every_session_above(st
             open_database(f"sqlite:///{stack.data_dir / 'kiosk.db'}") as k:
         rep = check_parties(c, b, [k])
     assert rep.balanced, rep.table()
-    assert rep.counted["orders"] >= 10 and rep.counted["draws"] >= 3
     from kiosk.cli import main  # the operator's command on this data dir's books: the same verdict
 
     assert main(["check", "parties", "--data-dir", str(stack.data_dir), "--json"]) == 0
