@@ -24,7 +24,7 @@ from kiosk.security.sm import Sm2PrivateKey
 from kiosk.services.bank.app import build_bank, check_bank
 from kiosk.services.centre.check import check_centre
 from kiosk.services.protocol import ok
-from kiosk.storage import Database, open_database, request_hash
+from kiosk.storage import open_database, request_hash
 
 from tests.services.conftest import INSTITUTION, fresh_pg, head, lines, make_centre, pg_url
 
