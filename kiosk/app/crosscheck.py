@@ -158,7 +158,7 @@ def _bank(db: Database) -> tuple[dict[str, _Draw], dict[str, tuple[str, int]], l
             continue
         d.drawer = _appid(r[0])
         if not d.institution:
-            d.institution = str(r[3]) if own_col and r[3] else terms.get(d.drawer, "")
+            d.institution = str(r[3]) if own_col and r[3] else _institution_of(d.drawer, terms)
         d.reversed_by_key = d.reversed_by_key or r[2] == "reversed"
     holds = {r[0]: (r[1], int(r[2] or 0)) for r in _rows(db, "SELECT ref, status, captured_fen FROM credit_holds") or []}
     # who refunded what: credit.refund leaves no actor in the credit journal; the bank's stored answer to
@@ -173,7 +173,13 @@ def _bank(db: Database) -> tuple[dict[str, _Draw], dict[str, tuple[str, int]], l
                 refunds.append((_appid(key), str(out["ref"]), _fen(out["principal"]) + _fen(out["cash"])))
         except (ValueError, TypeError, AttributeError, KioskError):
             continue
-    return draws, holds, [(terms.get(app, app), ref, amt) for app, ref, amt in refunds]
+    return draws, holds, [(_institution_of(app, terms) or app, ref, amt) for app, ref, amt in refunds]
+
+
+def _institution_of(prefix: str, terms: dict[str, str]) -> str:
+    """The institution behind a key's owner prefix: a registered terminal's appId (keys scoped per
+    terminal), or an institution code itself (keys scoped per institution)."""
+    return terms.get(prefix) or (prefix if prefix in set(terms.values()) else "")
 
 
 def _fen(v: Any) -> int:
