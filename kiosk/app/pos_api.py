@@ -3,7 +3,8 @@
     POST /pos/v1/orders                          create a payment order with the itemised bill
     GET  /pos/v1/orders/{order_id}?wait=S        query (long-poll up to S seconds for the result)
     POST /pos/v1/orders/{order_id}/cancel        cancel before money moves
-    POST /pos/v1/orders/{order_id}/refunds       refund whole (no amount) or partial
+    POST /pos/v1/orders/{order_id}/refunds       refund whole (no amount) or partial: 201 refunded,
+                                                 202 refund_pending (completes by itself), 409 refund_failed
     GET  /pos/v1/reconciliation?day=YYYY-MM-DD   the day's orders and refunds, JSON or CSV
 
 Every /pos request is signed per integrating system (kiosk.app.pos_auth).
