@@ -545,6 +545,28 @@ def test_a_reversal_by_key_touches_only_its_own_orders_draw(stack):
 
 
 @needs_bank
+def test_two_pos_systems_admissions_with_one_order_id_hold_separately(stack):
+    """The hold's reference at the bank was the bare order id: a second system's admission with the
+    same id was refused, and its release by that reference could free the first system's deposit.
+    Now each admission holds under its own order's reference."""
+    from kiosk.app.pos_client import PosClient
+
+    other = PosClient(stack.url("kiosk"), OTHER_POS, stack.other_pos_key)
+    try:
+        a = pay_order(stack, {"order_id": "E-ADM-SAME", "mode": "admission", "deposit": "100.00"}, LI)
+        assert a["status"] == "held", a
+        b = pay_order(stack, {"order_id": "E-ADM-SAME", "mode": "admission", "deposit": "100.00"}, LI, pos=other)
+        assert b["status"] == "held", b
+        refs = [a["result"]["hold_id"], b["result"]["hold_id"]]
+        assert refs[0] != refs[1] and "E-ADM-SAME" not in refs
+        held = _bank_rows(stack, "SELECT ref, amount_fen, status FROM credit_holds WHERE ref IN (?, ?) ORDER BY ref",
+                          tuple(refs))
+        assert sorted((r[1], r[2]) for r in held) == [(10000, "open"), (10000, "open")]
+    finally:
+        other.close()  # the deposits stay held, as the orders say (the cross-party check at the end agrees)
+
+
+@needs_bank
 @pytest.mark.parametrize("amount", [None, "5.00"], ids=["whole", "partial"])
 def test_a_refund_with_the_bank_stalled_is_pending_until_recovery_completes_it(stack, amount):
     """The bank takes the credit refund but its answer never comes back (it stalls): the POS gets 202
@@ -706,18 +728,19 @@ def _fen(y: str) -> int:
     return yuan_to_fen(y, "amount")
 
 
-def pay_order(st: Any, body: dict[str, Any], person: str, timeout: float = 40.0) -> dict[str, Any]:
+def pay_order(st: Any, body: dict[str, Any], person: str, timeout: float = 40.0, pos: Any = None) -> dict[str, Any]:
+    pos = pos or st.pos_client
     st.typist.clear()
     if not centre_rows(st, "SELECT activated FROM centre_persons WHERE psn_no = ?", (person,))[0][0]:
         st.typist.plan("id_entry", f"{st.person(person)['certno']}<enter>")
     st.typist.plan("confirm", "<enter>")
     st.camera.show(scene(st, person))
     try:
-        r = st.pos_client.create(body)
+        r = pos.create(body)
         assert r.status_code == 201, r.text
         end = time.monotonic() + timeout
         while True:
-            got = st.pos_client.get(body["order_id"], wait=10).json()
+            got = pos.get(body["order_id"], wait=10).json()
             if got["status"] not in ("pending", "running") or time.monotonic() > end:
                 return got
     finally:
