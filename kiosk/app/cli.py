@@ -3,6 +3,7 @@
     kiosk demo [--serve]          the whole system on one machine + a scripted counter session
     kiosk serve                   the kiosk app on a provisioned terminal (POS API + screen, 8740)
     kiosk pos-key add SYSTEM      create the API key of an integrating POS/HIS system
+    kiosk check parties           the centre, the bank and the kiosks' orders agree (exit 1 naming each mismatch)
     kiosk provision ...           (G2) technician provisioning
 """
 from __future__ import annotations
@@ -33,6 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("system")
     a.set_defaults(func=_pos_key_add)
 
+    c = sub.add_parser("check", help="checks across parties (each ledger alone: kiosk services check)")
+    cs = c.add_subparsers(dest="check_command", metavar="WHAT")
+    cs.required = True
+    pc = cs.add_parser("parties", help="every draw on a standing settlement of the same institution within its "
+                                       "cash share, every reversal refunded, every kiosk order matching both "
+                                       "parties; exit 0 balanced, 1 naming each mismatch")
+    pc.add_argument("--kiosk-db", action="append", default=[], metavar="URL|PATH",
+                    help="a kiosk's database (repeatable; default: this data dir's kiosk.db if there is one)")
+    pc.add_argument("--centre-db", default="", metavar="URL|PATH", help="default: the data dir's centre database")
+    pc.add_argument("--bank-db", default="", metavar="URL|PATH", help="default: the data dir's bank database")
+    pc.add_argument("--data-dir", default="")
+    pc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pc.set_defaults(func=_check_parties)
+
     try:
         from kiosk.app.provision import register_provision
     except ImportError:
@@ -50,6 +65,37 @@ def _serve(args: argparse.Namespace) -> int:
     from kiosk.app.serve import serve
 
     return serve(args)
+
+
+def _check_parties(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kiosk.app.crosscheck import check_parties, format_report, is_kiosk_db, open_books
+
+    settings = load()
+    data_dir = Path(args.data_dir) if args.data_dir else Path(settings.data_dir)
+    if args.centre_db and args.bank_db:
+        centre_url, bank_url = args.centre_db, args.bank_db
+    else:
+        from kiosk.services.bank.app import bank_db_url
+        from kiosk.services.centre.app import centre_db_url
+
+        centre_url, bank_url = args.centre_db or centre_db_url(data_dir), args.bank_db or bank_db_url(data_dir)
+    kiosks = list(args.kiosk_db)
+    implicit = not kiosks
+    if implicit:
+        own = settings.database_url or str(data_dir / "kiosk.db")
+        if "://" in own or Path(own).exists():
+            kiosks = [own]
+    dbs = open_books([centre_url, bank_url, *kiosks])
+    try:
+        books = [db for db in dbs[2:] if not implicit or is_kiosk_db(db)]  # a default that holds no orders: skipped
+        rep = check_parties(dbs[0], dbs[1], books)
+    finally:
+        for db in dbs:
+            db.close()
+    print(format_report(rep, args.json))
+    return 0 if rep.balanced else 1
 
 
 def _pos_key_add(args: argparse.Namespace) -> int:

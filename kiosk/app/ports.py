@@ -98,6 +98,17 @@ class SettleResult:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class RefundResult:
+    """A party's answer to a refund step. status: 'ok' (done, or done before: a replay) |
+    'refused' (a definitive refusal, `code` says why) | 'unknown' (no answer, a lost answer or
+    a party fault such as 9001/9999: it may or may not have applied; resolved by its key)."""
+
+    status: str
+    code: str = ""
+    message: str = ""
+
+
 class Centre(Protocol):
     def face_auth(self, probe: Probe, session_id: str, phone_last4: str = "") -> FaceAuth: ...
 
@@ -112,7 +123,10 @@ class Centre(Protocol):
     def reverse(self, person: Person, msgid: str, setl_id: str | None) -> bool:
         """Undo the settlement sent as `msgid` (no-op if it never happened). True when settled-state is 'reversed'."""
 
-    def refund(self, person: Person, setl_id: str, amount_fen: int, key: str) -> bool: ...
+    def refund(self, person: Person, setl_id: str, amount_fen: int, key: str, *, msgid: str = "",
+               pharmacy: bool | None = None) -> RefundResult:
+        """Whole refund: reverse the settlement (2208, or 2103 for a pharmacy one). `msgid`, journaled
+        before the call, makes a retry the same message (the centre replays its first answer)."""
 
 
 # ---------------------------------------------------------------- bank
@@ -152,7 +166,8 @@ class Bank(Protocol):
 
     def release(self, ref: str, key: str) -> bool: ...
 
-    def refund(self, ref: str, amount_fen: int, key: str) -> bool: ...
+    def refund(self, ref: str, amount_fen: int, key: str) -> RefundResult:
+        """Refund `amount_fen` to the draw `ref`; `key` makes a retry a replay."""
 
 
 # ---------------------------------------------------------------- keypad + printer

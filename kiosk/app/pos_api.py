@@ -3,7 +3,8 @@
     POST /pos/v1/orders                          create a payment order with the itemised bill
     GET  /pos/v1/orders/{order_id}?wait=S        query (long-poll up to S seconds for the result)
     POST /pos/v1/orders/{order_id}/cancel        cancel before money moves
-    POST /pos/v1/orders/{order_id}/refunds       refund whole (no amount) or partial
+    POST /pos/v1/orders/{order_id}/refunds       refund whole (no amount) or partial: 201 refunded,
+                                                 202 refund_pending (completes by itself), 409 refund_failed
     GET  /pos/v1/reconciliation?day=YYYY-MM-DD   the day's orders and refunds, JSON or CSV
 
 Every /pos request is signed per integrating system (kiosk.app.pos_auth).
@@ -27,7 +28,7 @@ from kiosk.errors import ConflictError, InputError, KioskError, RemoteError, Sto
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.app.bill_check import Catalogue, OrderLimits, check_codes, check_order
 from kiosk.app.pos_auth import AuthError, PosAuth
-from kiosk.app.store import OrderRow
+from kiosk.app.store import REFUND_VIEW, OrderRow
 from kiosk.app.terminal import Terminal, order_from_request
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -74,7 +75,7 @@ class RefundIn(BaseModel):
 class OrderOut(BaseModel):
     order_id: str
     mode: str
-    status: str = Field(description="pending | running | paid | held | captured (an admission whose hold a discharge settled) | failed | cancelled | reversing | refunded | partially_refunded")
+    status: str = Field(description="pending | running | paid | held | captured (an admission whose hold a discharge settled) | failed | cancelled | reversing | refunded | partially_refunded | refund_pending (a refund's outcome at a party is not known yet; it completes by itself) | refund_failed (a party refused a refund after the other applied its part: see reason)")
     reason: str | None = Field(default=None, description="reason code when not paid (or a warning such as paper_out)")
     result: dict[str, Any] | None = None
     created_at: str
@@ -87,6 +88,7 @@ class ErrorOut(BaseModel):
     field: str | None = None
 
 
+PAID_STATES = ("paid", "refunded", "partially_refunded", "refund_pending", "refund_failed")  # money moved once
 _STATUS = {InputError: 422, ConflictError: 409, RemoteError: 502, StorageError: 503, AuthError: 401}
 
 
@@ -179,10 +181,16 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
                           "returns only the personal share - the credit draw first, then cash handed back at "
                           "the counter - never the fund or account share, and a whole refund is refused once "
                           "a partial one was made. Idempotent per refund_id (retry: 200 with the first "
-                          "answer; another body: 409 refund_conflict).")
+                          "answer; another body: 409 refund_conflict). 201 refunded; 202 refund_pending: a "
+                          "party's answer is not known yet (lost or late), the order says refund_pending too and "
+                          "the terminal completes it by itself by the refund's keys (query the order, or send the "
+                          "same request again: never hand the money back another way meanwhile); 409 "
+                          "refund_failed: a party definitively refused (the message names it and why).")
     async def refund(order_id: str, body: RefundIn, sysid: str = Depends(system)) -> Any:
         amount = yuan_to_fen(body.amount, "amount") if body.amount is not None else None
         result, replayed = await asyncio.to_thread(terminal.refund, sysid, order_id, body.refund_id, amount)
+        if result.get("status") == "refund_pending":
+            return JSONResponse(result, status_code=202)
         return JSONResponse(result, status_code=200 if replayed else 201)
 
     @app.get("/pos/v1/reconciliation", tags=["pos"], responses=responses)
@@ -193,15 +201,21 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
         rows = []
         for o in orders:
             r = o.result or {}
+            by_state = {"refunded": 0, "refund_pending": 0}  # each refund by its true state
+            for f in (terminal.store.refunds_of_order(sysid, o.order_id) if o.refunded_fen else []):
+                view = REFUND_VIEW.get(f["status"], f["status"])
+                if view in by_state:
+                    by_state[view] += f["amount_fen"]
             rows.append({"order_id": o.order_id, "mode": o.mode, "status": o.status, "reason": o.reason or "",
                          "setl_id": r.get("setl_id") or "", "medfee_sumamt": r.get("medfee_sumamt", "0.00"),
                          "fund_pay_sumamt": r.get("fund_pay_sumamt", "0.00"), "acct_pay": r.get("acct_pay", "0.00"),
                          "acct_mulaid_pay": r.get("acct_mulaid_pay", "0.00"),
                          "credit_draw": r.get("credit_draw", "0.00"), "cash_pay": r.get("cash_pay", "0.00"),
-                         "refunded": fen_to_yuan(o.refunded_fen)})
-        paid = [r for r in rows if r["status"] in ("paid", "refunded", "partially_refunded")]
+                         "refunded": fen_to_yuan(by_state["refunded"]),
+                         "refund_pending": fen_to_yuan(by_state["refund_pending"])})
+        paid = [r for r in rows if r["status"] in PAID_STATES]
         totals = {k: _sum(paid, k) for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "acct_mulaid_pay",
-                                             "credit_draw", "cash_pay", "refunded")}
+                                             "credit_draw", "cash_pay", "refunded", "refund_pending")}
         if format == "csv":
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()) if rows else ["order_id"])
@@ -209,7 +223,8 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
             w.writerows(rows)
             return Response(buf.getvalue(), media_type="text/csv; charset=utf-8")
         return {"day": day.isoformat(), "system": sysid, "orders": rows, "refunds": [
-            {**{k: v for k, v in x.items() if k != "amount_fen"}, "amount": fen_to_yuan(x["amount_fen"])} for x in refunds], "totals": totals,
+            {**{k: v for k, v in x.items() if k not in ("amount_fen", "status")}, "amount": fen_to_yuan(x["amount_fen"]),
+             "status": REFUND_VIEW.get(x["status"], x["status"])} for x in refunds], "totals": totals,
             "count_paid": len(paid)}
 
     return app

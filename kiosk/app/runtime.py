@@ -71,10 +71,12 @@ class Runtime:
 def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Clock | None = None,
           timeouts: dict[State, float] | None = None, limits: Limits = Limits(), with_screen: bool = True,
           status_probe: Callable[[], dict[str, Any]] | None = None,
-          audit: Callable[..., Any] | None = None, technician: Any = None, catalogue: Any = None) -> Runtime:
+          audit: Callable[..., Any] | None = None, technician: Any = None, catalogue: Any = None,
+          institution: str | None = None) -> Runtime:
     """`status_probe()` -> {"bridge": bridge /v1/status or None, "network_ok": bool, "camera_ok": bool}.
     `technician`: the technician page's TechnicianConfig (the terminal's data dir: PIN, audit log, logs).
-    `catalogue`: the centre's catalogue (kiosk.app.bill_check.Catalogue) the POS API checks codes against."""
+    `catalogue`: the centre's catalogue (kiosk.app.bill_check.Catalogue) the POS API checks codes against.
+    `institution`: the terminal's fixmedins_code (default: the one its centre client is registered for)."""
     clock = clock or SystemClock()
     store = Store(db, clock)
     bus = None
@@ -96,7 +98,8 @@ def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Cl
                 log.exception("state listener failed")
 
     terminal = Terminal(store, deps, clock, on_change=on_change, on_idle=link.idle if link else None,
-                        on_frame=link.frame if link else None, timeouts=timeouts, limits=limits, audit=audit)
+                        on_frame=link.frame if link else None, timeouts=timeouts, limits=limits, audit=audit,
+                        institution=institution)
     app = create_app(terminal, PosAuth(pos_systems), catalogue=catalogue)
     if bus is not None:
         from kiosk.app.screen import mount_screen
@@ -122,7 +125,11 @@ def _technician_checks(store: Store) -> None:
         stuck = [r.order_id for r in rows if r.status == "reversing"]
         if stuck:
             return False, f"{len(stuck)} payment(s) waiting to be put back (party unreachable): {', '.join(stuck[:5])}"
-        return True, f"{len(rows)} order(s) open, none waiting for a reversal"
+        waiting = [r[2] for r in store.open_refunds() if r[4] == "pending"]
+        if waiting:
+            return False, (f"{len(waiting)} refund(s) waiting for a party's answer (completed automatically): "
+                           f"{', '.join(waiting[:5])}")
+        return True, f"{len(rows)} order(s) open, none waiting for a reversal or a refund"
 
     add_health_check("counter", counter)
 

@@ -18,6 +18,7 @@ from kiosk.errors import DeviceError, KioskError, RemoteError
 from kiosk.money import fen_to_yuan
 from kiosk.app.flow import Machine, Snapshot, State
 from kiosk.app.idcard import valid_id_number
+from kiosk.app.order_key import scoped_key
 from kiosk.app.prompts import REASONS
 from kiosk.app.ports import Bank, Camera, Centre, KeyEntry, Keypad, Line, Person, Printer, Probe, Split, Vision
 
@@ -51,6 +52,12 @@ class Order:
     mode: str = "outpatient"        # 'outpatient' | 'admission' | 'discharge'
     deposit_fen: int = 0            # admission: hold amount
     hold_id: str = ""               # discharge: the admission's hold
+    system: str = ""                # the POS system that sent it (set by the terminal)
+    institution: str = ""           # the terminal's fixmedins_code (set by the terminal)
+
+    def key(self, *step: str) -> str:
+        """The key (or reference) of one external step of this order (kiosk.app.order_key)."""
+        return scoped_key(self.institution, self.system, self.order_id, *step)
 
 
 @dataclass
@@ -393,7 +400,7 @@ class CounterSession:
         if self.draw_amount > 0:
             assert self.line is not None
             amount = min(self.draw_amount, settled.psn_cash_pay)
-            key = f"{oid}:draw"
+            key = self.order.key("draw")
             self.journal.record(oid, "draw", {"key": key, "amount": amount, "line_id": self.line.line_id,
                                               "payer": self.person.psn_no, "ref": settled.setl_id})
             try:
@@ -486,8 +493,8 @@ class CounterSession:
         self._go(State.CONFIRM)
         self._wait_confirm()
         self._go(State.SETTLING)
-        key = f"{self.order.order_id}:hold"
-        ref = self.order.order_id
+        key = self.order.key("hold")
+        ref = self.order.key("hold-ref")  # the hold's reference at the bank: this order's, nobody else's
         self.journal.record(self.order.order_id, "hold", {"key": key, "amount": self.order.deposit_fen, "ref": ref,
                                                          "payer": self.person.psn_no})
         try:

@@ -224,7 +224,8 @@ class Stack:
         catalogue = Catalogue(self.data_dir, deps.centre, max_age_s=self.settings.catalogue_max_age_s)
         catalogue.warm()
         self.runtime = build(db, deps, load_systems(self.data_dir), timeouts=timeouts,
-                             status_probe=self._status, audit=audit.append, technician=tech, catalogue=catalogue)
+                             status_probe=self._status, audit=audit.append, technician=tech, catalogue=catalogue,
+                             institution=self.fixmedins)
         self.runtime.start()
         if serve:
             self.server = ServerThread(self.runtime.app, port=self.ports.kiosk).start()

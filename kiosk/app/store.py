@@ -61,11 +61,26 @@ MIGRATIONS = [
     # when the current attempt of a refund started: a failed or abandoned (crash) attempt is
     # taken up again by a retry with the same refund id
     Migration("app.002_refund_attempts", ["ALTER TABLE app_refunds ADD COLUMN attempt_at TEXT"]),
+    # recovery looks refunds up by state on every idle pass, and an order's refunds decide its state
+    Migration("app.003_refund_lookups", [
+        "CREATE INDEX IF NOT EXISTS app_refunds_status ON app_refunds (status)",
+        "CREATE INDEX IF NOT EXISTS app_refunds_order ON app_refunds (system, order_id)",
+    ]),
 ]
 REFUND_STALE_S = 60  # a 'running' refund attempt older than this was cut off (crash): a retry resumes it
 
 OPEN = ("pending", "running", "reversing")  # 'reversing': money may have moved; recovery puts it back
 FINAL = ("paid", "held", "failed", "cancelled", "refunded", "partially_refunded", "captured")
+# A paid order while a refund is under way: 'refund_pending' (a party's answer is not known yet;
+# recovery resolves it by key), 'refund_failed' (a party definitively refused after another applied
+# its part: the parties disagree and an operator must look; the cross-party check names it).
+REFUND_STATES = ("refund_pending", "refund_failed")
+
+# app_refunds.status: 'running' (an attempt in progress), 'pending' (a party's answer unknown;
+# reserved amount kept), 'refunded', 'failed' (refused before anything applied; reservation given
+# back), 'refused' (refused after the other party applied; reservation kept). What the POS reads:
+REFUND_VIEW = {"running": "refund_pending", "pending": "refund_pending", "refunded": "refunded",
+               "failed": "refund_failed", "refused": "refund_failed"}
 
 
 @dataclass(frozen=True)
@@ -188,8 +203,8 @@ class Store:
                     raise ConflictError(f"refund {refund_id!r} already exists with a different request",
                                         code="refund_conflict", field="refund_id")
                 if not self._retryable(r[1], r[3]):
-                    return (json.loads(r[2]) if r[2] else {"status": r[1]}), True
-                reserve = amount_fen if r[1] == "failed" else 0  # a cut-off attempt still holds its reservation
+                    return (json.loads(r[2]) if r[2] else {"status": REFUND_VIEW.get(r[1], r[1])}), True
+                reserve = amount_fen if r[1] == "failed" else 0  # pending/cut off/refused: still reserved
             done = tx.scalar("SELECT refunded_fen FROM app_orders WHERE system = ? AND order_id = ?",
                              (system, order_id), default=0)
             if done + reserve > limit_fen:
@@ -199,7 +214,7 @@ class Store:
                 tx.execute("INSERT INTO app_refunds (system, refund_id, order_id, request_hash, amount_fen, status, "
                            "created_at, day, attempt_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
                            (system, refund_id, order_id, h, amount_fen, now, local_day(self.clock).isoformat(), now))
-            else:  # the same request again after a failed or cut-off attempt: try again (keys make it safe)
+            else:  # the same request again after a failed, pending or cut-off attempt: keys make it safe
                 tx.execute("UPDATE app_refunds SET status = 'running', result = NULL, attempt_at = ? "
                            "WHERE system = ? AND refund_id = ?", (now, system, refund_id))
             if reserve:
@@ -225,11 +240,17 @@ class Store:
                                 code="refund_conflict", field="refund_id")
         if self._retryable(r[1], r[3]):
             return None  # begin_refund takes it up again
-        return json.loads(r[2]) if r[2] else {"status": r[1]}
+        return json.loads(r[2]) if r[2] else {"status": REFUND_VIEW.get(r[1], r[1])}
+
+    def refund_status(self, system: str, refund_id: str) -> str | None:
+        """The stored status of a refund id of this system (None: never asked for)."""
+        return self.db.read(lambda tx: tx.scalar("SELECT status FROM app_refunds WHERE system = ? AND refund_id = ?",
+                                                 (system, refund_id)))
 
     def _retryable(self, status: str, attempt_at: str) -> bool:
-        """A failed attempt, or one left 'running' by a crash, is tried again by the same request."""
-        if status == "failed":
+        """A failed, refused or pending attempt, or one left 'running' by a crash, is tried again by the
+        same request (every call is keyed: a step that applied is replayed, never applied twice)."""
+        if status in ("failed", "refused", "pending"):
             return True
         if status != "running":
             return False
@@ -247,11 +268,27 @@ class Store:
                            (release_fen, system, order_id))
         self.db.run(work)
 
-    def running_refunds(self) -> list[tuple[str, str, str, int]]:
-        """(system, refund_id, order_id, amount_fen) of every refund attempt still marked running."""
-        return [(r[0], r[1], r[2], int(r[3])) for r in self.db.read(lambda tx: tx.fetch_all(
-            "SELECT system, refund_id, order_id, amount_fen FROM app_refunds WHERE status = 'running' "
-            "ORDER BY created_at"))]
+    def open_refunds(self) -> list[tuple[str, str, str, int, str]]:
+        """(system, refund_id, order_id, amount_fen, status) of every refund still running or pending."""
+        return [(r[0], r[1], r[2], int(r[3]), r[4]) for r in self.db.read(lambda tx: tx.fetch_all(
+            "SELECT system, refund_id, order_id, amount_fen, status FROM app_refunds "
+            "WHERE status IN ('running', 'pending') ORDER BY created_at, refund_id"))]
+
+    def retake_refund(self, system: str, refund_id: str) -> bool:
+        """Claim a running (cut off) or pending refund for a recovery attempt; False when it has
+        moved on meanwhile (e.g. the POS's retry resolved it)."""
+        now = self._now()
+        return self.db.run(lambda tx: tx.execute(
+            "UPDATE app_refunds SET status = 'running', attempt_at = ? WHERE system = ? AND refund_id = ? "
+            "AND status IN ('running', 'pending')", (now, system, refund_id))) > 0
+
+    def refunds_of_order(self, system: str, order_id: str) -> list[dict[str, Any]]:
+        """Every refund of one order: refund_id, status (as stored), amount_fen, result."""
+        rows = self.db.read(lambda tx: tx.fetch_all(
+            "SELECT refund_id, status, amount_fen, result FROM app_refunds WHERE system = ? AND order_id = ? "
+            "ORDER BY created_at, refund_id", (system, order_id)))
+        return [{"refund_id": r[0], "status": r[1], "amount_fen": int(r[2]),
+                 "result": json.loads(r[3]) if r[3] else None} for r in rows]
 
     def refunds_of_day(self, system: str, day: str) -> list[dict[str, Any]]:
         rows = self.db.read(lambda tx: tx.fetch_all(

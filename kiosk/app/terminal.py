@@ -13,16 +13,17 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from kiosk.clock import Clock
 from kiosk.errors import ConflictError, InputError, KioskError, RemoteError
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.app.flow import Snapshot, State
-from kiosk.app.ports import Person
+from kiosk.app.order_key import scoped_key
+from kiosk.app.ports import Person, RefundResult
 from kiosk.app.session import CounterSession, Deps, Limits, Order, Outcome
-from kiosk.app.store import OrderRow, Store
+from kiosk.app.store import REFUND_STATES, OrderRow, Store
 
 log = logging.getLogger("kiosk.app")
 
@@ -56,8 +57,10 @@ class Terminal:
                  on_frame: Callable[[Any], None] | None = None,
                  timeouts: dict[State, float] | None = None, limits: Limits = Limits(),
                  recover_every_s: float = 5.0,
-                 audit: Callable[..., Any] | None = None) -> None:
+                 audit: Callable[..., Any] | None = None, institution: str | None = None) -> None:
         self.store = store
+        # the fixmedins_code this terminal acts for: with the POS system and the order id, an order's identity
+        self.institution = institution if institution is not None else str(getattr(deps.centre, "institution", ""))
         self.deps = deps
         self.clock = clock
         self.on_change = on_change
@@ -193,12 +196,13 @@ class Terminal:
     def _run(self, job: _Job) -> None:
         oid = job.order.order_id
         journal = _Journal(self.store, job.system)
-        s = CounterSession(job.order, self.deps, journal, self.clock, on_change=self.on_change,
+        order = replace(job.order, system=job.system, institution=self.institution)  # its keys: owner-scoped
+        s = CounterSession(order, self.deps, journal, self.clock, on_change=self.on_change,
                            timeouts=self.timeouts, limits=self.limits, on_face=self.on_frame)
         self._current = (job.system, oid, s)  # before 'running' is visible: a cancel then always finds it
         if not self.store.set_status(job.system, oid, "running", expect=("pending",)):
             return  # cancelled while queued
-        journal.record(oid, "start", {"mode": job.order.mode})
+        journal.record(oid, "start", {"mode": job.order.mode, "institution": self.institution})
         out = s.run()
         self.last_outcome = out
         result = out.to_json()
@@ -370,23 +374,32 @@ class Terminal:
         Whole: the centre reverses the settlement (fund and accounts return) and
         the bank refunds the credit draw. Partial: the personal share only, the
         credit draw first (the bank reduces that draw's principal), the rest
-        as cash the counter hands back."""
+        as cash the counter hands back.
+
+        result["status"] is 'refunded', or 'refund_pending' when a party's answer is not known (no
+        answer, a lost answer, a 9001/9999): the order says 'refund_pending' too, and recovery (or the
+        same request again) resolves it by the refund's keys. A definitive refusal by a party is a
+        ConflictError `refund_failed` naming the party and its reason."""
         row = self.store.get(system, order_id)
         if row is None:
             raise InputError(f"no order {order_id!r}", code="not_found", field="order_id")
         prior = self.store.find_refund(system, order_id, refund_id, {"amount": amount_fen})
         if prior is not None:  # a retry: the first answer, whatever the order's state now
             return prior, True
-        if row.status not in ("paid", "partially_refunded") or not row.result:
-            raise ConflictError(f"order {order_id!r} is {row.status}; only a paid order can be refunded",
-                                code="not_refundable", field="order_id")
+        again = self.store.refund_status(system, refund_id) is not None  # a pending/failed one, tried again
+        if not (row.status in ("paid", "partially_refunded") or (again and row.status in REFUND_STATES)) \
+                or not row.result:
+            why = ("a refund of it is pending (a party has not answered yet; it completes by itself): query the "
+                   "order" if row.status == "refund_pending" else "only a paid order can be refunded")
+            raise ConflictError(f"order {order_id!r} is {row.status}; {why}", code="not_refundable",
+                                field="order_id")
         res = row.result
         total = yuan_to_fen(res["medfee_sumamt"], "medfee_sumamt")
         credit = yuan_to_fen(res["credit_draw"], "credit_draw")
         whole = amount_fen is None
         limit = _refundable(res, whole)
         if whole:
-            if row.refunded_fen:
+            if row.refunded_fen and not again:
                 raise ConflictError("a partial refund was already made; refund the rest partially",
                                     code="not_refundable", field="amount")
             amount = total
@@ -400,38 +413,56 @@ class Terminal:
                                                       {"amount": amount_fen}, limit)
             if replayed:
                 return prior or {}, True
-            plan = self._refund_plan(system, order_id, refund_id)  # a retry of a cut-off attempt: the same calls
+            plan = self._refund_plan(system, order_id, refund_id)  # tried before: the same calls, same keys
+            new = plan is None
             if plan is None:
                 credit_back = credit if whole else min(amount, max(0, credit - row.refunded_fen))  # credit first
+                setl_id = res.get("setl_id") or ""
                 plan = {"refund_id": refund_id, "amount": amount, "whole": whole, "psn_no": res.get("psn_no") or "",
-                        "total": total, "setl_id": res.get("setl_id") or "", "draw_id": res.get("draw_id") or "",
-                        "credit_back": credit_back}
-            return self._refund_run(system, order_id, plan, limit), False
+                        "total": total, "setl_id": setl_id, "draw_id": res.get("draw_id") or "",
+                        "credit_back": credit_back,
+                        "key": scoped_key(self.institution, system, order_id, "refund", refund_id),
+                        "centre_msgid": self.deps.centre.new_msgid() if whole and setl_id else "",
+                        "pharmacy": (row.request.get("bill") or {}).get("med_type") == "41"}
+            result = self._refund_run(system, order_id, plan, new=new)
         finally:
             self._live_refunds.discard((system, refund_id))
+        if result["status"] == "refund_failed":
+            raise ConflictError(f"the {result['refused_by']} refused the refund ({result['reason']}): "
+                                f"{result.get('message') or 'definitive refusal'}", code="refund_failed",
+                                field="refund_id")
+        return result, False
 
     def _refund_plan(self, system: str, order_id: str, refund_id: str) -> dict[str, Any] | None:
         plans = [d for s, d in self.store.steps(system, order_id) if s == "refund" and d.get("refund_id") == refund_id]
         return plans[-1] if plans and "credit_back" in plans[-1] else None
 
-    def _refund_run(self, system: str, order_id: str, plan: dict[str, Any], limit: int) -> dict[str, Any]:
-        """The refund's external calls, each announced in the journal first (both idempotent by the
-        refund's key, so recovery re-runs them after a crash), then its result."""
+    def _refund_run(self, system: str, order_id: str, plan: dict[str, Any], *, new: bool = True,
+                    quiet: bool = False) -> dict[str, Any]:
+        """The refund's external calls, each announced in the journal first and keyed (the centre's by
+        the journaled msgid, the bank's by the refund's key), so any retry replays what applied; then
+        its state: refunded, pending (a party's answer unknown) or failed (a definitive refusal).
+        `quiet`: a recovery pass over a refund already pending writes nothing while nothing changed."""
         j = _Journal(self.store, system)
         refund_id, amount, whole, credit_back = plan["refund_id"], plan["amount"], plan["whole"], plan["credit_back"]
-        key = f"{system}:{refund_id}"
-        j.record(order_id, "refund", plan)
-        try:
-            if whole and plan["setl_id"]:
-                self.deps.centre.refund(Person(psn_no=plan["psn_no"], name=""), plan["setl_id"], plan["total"], key)
-                j.record(order_id, "refund_reversed", {"refund_id": refund_id})
-            if credit_back and plan["draw_id"]:
-                self.deps.bank.refund(plan["draw_id"], credit_back, key)
-                j.record(order_id, "refund_credited", {"refund_id": refund_id})
-        except KioskError as e:
-            self.store.finish_refund(system, order_id, refund_id, "failed", {"status": "failed", "error": e.code},
-                                     release_fen=amount)
-            raise RemoteError(f"refund not completed: {e.message}", code="refund_failed") from None
+        key = plan.get("key") or f"{system}:{refund_id}"  # refunds journaled before scoped keys keep theirs
+        if new:
+            j.record(order_id, "refund", plan)
+        done = {s for s, d in self.store.steps(system, order_id)
+                if s in ("refund_reversed", "refund_credited") and d.get("refund_id") == refund_id}
+        person = Person(psn_no=plan["psn_no"], name="")
+        if whole and plan["setl_id"] and "refund_reversed" not in done:
+            extra = {"msgid": plan["centre_msgid"], "pharmacy": plan["pharmacy"]} if "pharmacy" in plan else {}
+            r = self.deps.centre.refund(person, plan["setl_id"], plan["total"], key, **extra)
+            if r.status != "ok":
+                return self._refund_open(system, order_id, plan, "centre", r, applied=bool(done), quiet=quiet)
+            j.record(order_id, "refund_reversed", {"refund_id": refund_id})
+            done.add("refund_reversed")
+        if credit_back and plan["draw_id"] and "refund_credited" not in done:
+            r = self.deps.bank.refund(plan["draw_id"], credit_back, key)
+            if r.status != "ok":
+                return self._refund_open(system, order_id, plan, "bank", r, applied=bool(done), quiet=quiet)
+            j.record(order_id, "refund_credited", {"refund_id": refund_id})
         row = self.store.get(system, order_id)
         assert row is not None and row.result is not None
         res = row.result
@@ -445,34 +476,96 @@ class Terminal:
                                                    + yuan_to_fen(res["acct_mulaid_pay"], "acct_mulaid_pay"))
             result["cash_refund"] = res["cash_pay"]
         self.store.finish_refund(system, order_id, refund_id, "refunded", result)
-        new_status = "refunded" if whole or row.refunded_fen >= limit else "partially_refunded"  # reserved, this one too
-        self.store.set_status(system, order_id, new_status, reason=row.reason, result=res)
+        self._order_after_refunds(system, order_id)
         j.record(order_id, "refunded", {"refund_id": refund_id})
         self._audit("refund", system=system, order_id=order_id, refund_id=refund_id, amount=result["amount"],
                     whole=whole)
+        self._notify()
         return result
 
+    def _refund_open(self, system: str, order_id: str, plan: dict[str, Any], party: str, r: RefundResult, *,
+                     applied: bool, quiet: bool) -> dict[str, Any]:
+        """A party did not confirm a refund step: pending when its answer is unknown (kept reserved,
+        resolved by key later), failed when it definitively refused (the reservation is given back
+        unless the other party already applied its part: then the parties disagree, 'refund_failed')."""
+        refund_id, amount = plan["refund_id"], plan["amount"]
+        base = {"refund_id": refund_id, "order_id": order_id, "amount": fen_to_yuan(amount), "whole": plan["whole"]}
+        if r.status == "unknown":
+            result = {**base, "status": "refund_pending", "reason": f"{party}_unavailable", "waiting_for": party}
+            if quiet:  # already pending for this reason: nothing new to write
+                self.store.finish_refund(system, order_id, refund_id, "pending", result)
+                return result
+            self.store.finish_refund(system, order_id, refund_id, "pending", result)
+            self._order_after_refunds(system, order_id, reason=result["reason"])
+            _Journal(self.store, system).record(order_id, "refund_pending", {"refund_id": refund_id,
+                                                                              "waiting_for": party, "code": r.code})
+            self._audit("refund_pending", system=system, order_id=order_id, refund_id=refund_id, party=party,
+                        code=r.code)
+            self._notify()
+            return result
+        result = {**base, "status": "refund_failed", "reason": r.code, "refused_by": party, "message": r.message,
+                  "applied": applied}
+        self.store.finish_refund(system, order_id, refund_id, "refused" if applied else "failed", result,
+                                 release_fen=0 if applied else amount)
+        self._order_after_refunds(system, order_id, reason=f"{party}:{r.code}")
+        _Journal(self.store, system).record(order_id, "refund_refused", {"refund_id": refund_id, "party": party,
+                                                                          "code": r.code, "applied": applied})
+        self._audit("refund_refused", system=system, order_id=order_id, refund_id=refund_id, party=party,
+                    code=r.code, applied=applied)
+        self._notify()
+        return result
+
+    def _order_after_refunds(self, system: str, order_id: str, reason: str | None = None) -> str:
+        """The order's state from its refunds: pending while any is pending, refund_failed while one was
+        refused after the other party applied, else refunded / partially_refunded / paid by what completed."""
+        row = self.store.get(system, order_id)
+        assert row is not None and row.result is not None
+        refunds = self.store.refunds_of_order(system, order_id)
+        states = {r["status"] for r in refunds}
+        done = [r for r in refunds if r["status"] == "refunded"]
+        total = sum(r["amount_fen"] for r in done)
+        if "pending" in states:
+            status = "refund_pending"
+        elif "refused" in states:
+            status = "refund_failed"
+        elif any((r["result"] or {}).get("whole") for r in done) or (done and total >= _refundable(row.result, False)):
+            status = "refunded"
+        else:
+            status = "partially_refunded" if done else "paid"
+        if status not in REFUND_STATES:
+            reason = row.result.get("reason")  # the payment's own (e.g. a receipt not printed), as before
+        self.store.set_status(system, order_id, status, reason=reason, result=row.result,
+                              expect=("paid", "partially_refunded", "refunded") + REFUND_STATES)
+        return status
+
     def _resolve_refunds(self) -> list[tuple[str, str]]:
-        """Refunds a crash cut off (running, and not live in this process): completed from the journal
-        (the centre's reversal and the bank's credit refund are idempotent by the refund's key), or
-        given back when nothing was sent yet."""
+        """Refunds a crash cut off (running, and not live in this process) or left pending by a party
+        that did not answer: completed from the journal by the same keys (a step that applied is
+        replayed, never applied twice), or given back when nothing was sent yet."""
         done: list[tuple[str, str]] = []
-        for system, refund_id, order_id, amount in self.store.running_refunds():
+        for system, refund_id, order_id, amount, status in self.store.open_refunds():
             if (system, refund_id) in self._live_refunds:
                 continue
             plan = self._refund_plan(system, order_id, refund_id)
             row = self.store.get(system, order_id)
             if plan is None or row is None or not row.result:
-                self.store.finish_refund(system, order_id, refund_id, "failed", {"status": "failed",
-                                         "error": "interrupted"}, release_fen=amount)  # nothing was sent
-                done.append((order_id, "refund_failed"))
+                if status == "running":
+                    self.store.finish_refund(system, order_id, refund_id, "failed", {
+                        "status": "refund_failed", "reason": "interrupted"}, release_fen=amount)  # nothing sent
+                    done.append((order_id, "refund_failed"))
                 continue
+            self._live_refunds.add((system, refund_id))
             try:
-                self._refund_run(system, order_id, plan, _refundable(row.result, plan["whole"]))
-            except RemoteError as e:
-                log.warning("refund %s: not completed yet (%s)", refund_id, e)
-                continue
-            done.append((order_id, "refunded"))
+                if not self.store.retake_refund(system, refund_id):
+                    continue  # resolved meanwhile (the POS's retry)
+                result = self._refund_run(system, order_id, plan, new=False, quiet=status == "pending")
+            finally:
+                self._live_refunds.discard((system, refund_id))
+            if result["status"] == "refund_pending":
+                log.warning("refund %s: still waiting for the %s", refund_id, result["waiting_for"])
+                if status == "pending":
+                    continue
+            done.append((order_id, result["status"]))
         return done
 
 

@@ -87,6 +87,13 @@ def restart(st: Any, kiosk_db: Path, oid: str) -> tuple[Any, list[tuple[str, str
     return store, resolved, db
 
 
+def hold_ref(st: Any, oid: str) -> str:
+    """The bank's reference of an admission's hold: the order's own (institution, POS system, order id)."""
+    from kiosk.app.order_key import scoped_key
+
+    return scoped_key(st.fixmedins, SYSTEM, oid, "hold-ref")
+
+
 def steps_of(store: Any, oid: str) -> list[str]:
     return [s for s, _ in store.steps(SYSTEM, oid)]
 
@@ -160,22 +167,26 @@ def test_admission_crash_is_resolved_on_restart(stack, tmp_path, crash_after):
     store, resolved, db = restart(stack, kiosk_db, oid)
     try:
         row = store.get(SYSTEM, oid)
+        data = dict(store.steps(SYSTEM, oid))
     finally:
         db.close()
+    ref = hold_ref(stack, oid)
+    if "hold" in data:
+        assert data["hold"]["ref"] == ref  # journaled before the call, scoped by its owner
     assert settlements(stack, LI) == setl0  # an admission settles nothing
     if crash_after in ("held", "done"):
         assert resolved == [(oid, "held")]
         assert (row.status, row.reason) == ("held", None if crash_after == "done" else "interrupted")
-        assert row.result["hold_id"] == oid
-        assert hold(stack, oid) == (50000, "open", None)  # held once
+        assert row.result["hold_id"] == ref
+        assert hold(stack, ref) == (50000, "open", None)  # held once
         assert available(stack, LI) == avail0 - 50000
-        release = bank_rows(stack, "SELECT 1 FROM credit_holds WHERE ref = ? AND status <> 'open'", (oid,))
+        release = bank_rows(stack, "SELECT 1 FROM credit_holds WHERE ref = ? AND status <> 'open'", (ref,))
         assert release == []
-        _release_for_next(stack, oid)
+        _release_for_next(stack, ref)
     else:
         assert resolved == [(oid, "failed")]
         assert (row.status, row.reason) == ("failed", "interrupted")
-        assert hold(stack, oid) is None or hold(stack, oid)[1] == "released"
+        assert hold(stack, ref) is None or hold(stack, ref)[1] == "released"
         assert available(stack, LI) == avail0
     services_check(stack)
 
@@ -193,7 +204,7 @@ _admissions: list[tuple[str, dict[str, Any]]] = []
 
 def held_admission(st: Any) -> tuple[str, dict[str, Any]]:
     """An admission (through the main kiosk) whose hold is still open: reused while discharges fail."""
-    if _admissions and hold(st, _admissions[-1][0])[1] == "open":
+    if _admissions and hold(st, hold_ref(st, _admissions[-1][0]))[1] == "open":
         return _admissions[-1]
     oid = f"E-CR-ADMIT-{len(_admissions)}"
     got = pay_order(st, {"order_id": oid, "mode": "admission", "deposit": "500.00"}, LI)
@@ -242,15 +253,15 @@ def test_discharge_crash_is_resolved_on_restart(stack, tmp_path, crash_after):
         assert credit + acct == 3400 and credit > 0 and r["cash_pay"] == "0.00"
         assert r["receipt_printed"] is (crash_after == "done")
         assert new == [(r["setl_id"], "settled")] and balance(stack, LI) == acct0 - acct
-        assert hold(stack, adm) == (50000, "captured", credit)  # captured once, the rest released
-        assert draws(stack, adm) == [(credit, credit, 0)]
+        assert hold(stack, hold_ref(stack, adm)) == (50000, "captured", credit)  # captured once, the rest released
+        assert draws(stack, hold_ref(stack, adm)) == [(credit, credit, 0)]
         assert available(stack, LI) == avail0 - credit
         assert adm_row.status == "captured"  # no second discharge on that admission
     else:
         assert resolved == [(oid, "failed")]
         assert (row.status, row.reason) == ("failed", "interrupted")
         assert balance(stack, LI) == acct0
-        assert hold(stack, adm) == (50000, "open", None)  # the deposit stays held for the next discharge
+        assert hold(stack, hold_ref(stack, adm)) == (50000, "open", None)  # the deposit stays held for the next discharge
         assert available(stack, LI) == avail_held
         assert adm_row.status == "held"
         if crash_after == "settled":
@@ -329,7 +340,8 @@ def test_discharge_capture_that_landed_before_the_crash_is_not_lost(stack, tmp_p
     credit = yuan_to_fen(row.result["credit_draw"], "credit_draw")
     assert credit == d["amount"] and new == [(row.result["setl_id"], "settled")]
     assert balance(stack, LI) == acct0 - yuan_to_fen(row.result["acct_pay"], "acct_pay")
-    assert hold(stack, adm) == (50000, "captured", credit) and draws(stack, adm) == [(credit, credit, 0)]
+    ref = hold_ref(stack, adm)
+    assert hold(stack, ref) == (50000, "captured", credit) and draws(stack, ref) == [(credit, credit, 0)]
     assert available(stack, LI) == avail0 - credit
     assert adm_row.status == "captured"
     services_check(stack)

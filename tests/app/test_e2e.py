@@ -31,6 +31,7 @@ from tests.app.netcut import NetCut
 
 HAS_BANK = importlib.util.find_spec("kiosk.services.bank.app") is not None
 ZHANG, LI, WANG, LIU, CHEN = "D370202000001", "D370202000002", "D370202000003", "D370202000004", "D370602000001"
+OTHER_POS = "other-pos"
 TIMEOUTS = {State.FACE_CAPTURE: 8.0, State.LIVENESS: 8.0, State.CONFIRM: 8.0, State.ID_ENTRY: 10.0}
 
 
@@ -55,6 +56,9 @@ def stack(tmp_path_factory) -> Any:
         st.clients()
         if HAS_BANK:
             seed_bank(st)
+        from kiosk.app.pos_auth import add_system
+
+        st.other_pos_key = add_system(d, OTHER_POS)  # a second POS/HIS system at the same counter
         st.build_kiosk(timeouts=TIMEOUTS)
         st.relay = relay
         st.typist = Typist(st.bridge.sim)
@@ -72,7 +76,9 @@ def stack(tmp_path_factory) -> Any:
 
 
 def pay(st: Any, order_id: str, person: str | None, *, keys: dict[str, list[str]] | None = None,
-        images: list[Path] | None = None, bill: dict[str, Any] = DEMO_BILL, timeout: float = 40.0) -> dict[str, Any]:
+        images: list[Path] | None = None, bill: dict[str, Any] = DEMO_BILL, timeout: float = 40.0,
+        pos: Any = None) -> dict[str, Any]:
+    pos = pos or st.pos_client
     st.typist.clear()
     keys = dict(keys or {})
     if person and "id_entry" not in keys and not centre_rows(
@@ -84,11 +90,11 @@ def pay(st: Any, order_id: str, person: str | None, *, keys: dict[str, list[str]
     st.camera.show(images if images is not None else scene(st, person))
     del st.snaps[:]
     try:
-        r = st.pos_client.create({"order_id": order_id, "bill": bill})
+        r = pos.create({"order_id": order_id, "bill": bill})
         assert r.status_code == 201, r.text
         end = time.monotonic() + timeout
         while True:
-            got = st.pos_client.get(order_id, wait=10).json()
+            got = pos.get(order_id, wait=10).json()
             if got["status"] not in ("pending", "running") or time.monotonic() > end:
                 return got
     finally:
@@ -444,25 +450,188 @@ def test_whole_refund_reverses_the_settlement_once(stack):
     assert balance(stack, ZHANG) == before
 
 
-def test_a_refund_that_failed_is_completed_by_the_same_refund_id(stack):
-    """The centre is unreachable during the refund: the POS is told it failed, and the same
-    request later completes it (no new refund id needed, nothing refunded twice)."""
+def test_a_refund_whose_answer_was_lost_is_pending_and_completed_by_the_same_refund_id(stack):
+    """The centre's answer to the reversal is lost: the POS is told the refund is pending (never
+    that it failed: the centre did reverse it), and the same request completes it by the journaled
+    msgid (no new refund id needed, nothing refunded twice)."""
     before = balance(stack, ZHANG)
     got = pay(stack, "E-REFUND-NET", ZHANG, keys={"confirm": ["<enter>"]})
     assert got["status"] == "paid" and balance(stack, ZHANG) == before - 3400
     stack.relay.cut_after("POST /fsi/api/2208")  # the reversal reaches the centre, its answer is lost
     try:
-        failed = stack.pos_client.refund("E-REFUND-NET", "RF-NET")
+        pending = stack.pos_client.refund("E-REFUND-NET", "RF-NET")
         assert stack.relay.fired.is_set()
+        assert stack.pos_client.get("E-REFUND-NET").json()["status"] == "refund_pending"
     finally:
         stack.relay.restore()
-    assert failed.status_code >= 400, failed.text
+    assert pending.status_code == 202, pending.text
+    assert (pending.json()["status"], pending.json()["waiting_for"]) == ("refund_pending", "centre")
+    assert balance(stack, ZHANG) == before  # the centre did apply it
     done = stack.pos_client.refund("E-REFUND-NET", "RF-NET")
-    assert done.status_code == 201, done.text
+    assert done.status_code in (200, 201), done.text  # 200: the idle recovery pass completed it first
     assert (done.json()["status"], done.json()["amount"]) == ("refunded", "104.00")
     assert balance(stack, ZHANG) == before  # the account came back exactly once
     assert stack.pos_client.get("E-REFUND-NET").json()["status"] == "refunded"
     assert stack.pos_client.refund("E-REFUND-NET", "RF-NET").json() == done.json()
+
+
+def _bank_rows(st: Any, sql: str, params: tuple = ()) -> list[tuple]:
+    from kiosk.services.bank.app import bank_db_url
+
+    db = open_database(bank_db_url(st.data_dir))
+    try:
+        return db.read(lambda tx: tx.fetch_all(sql, params))
+    finally:
+        db.close()
+
+
+def _draws(st: Any, ref: str) -> list[tuple[int, int, int]]:
+    """(original, unpaid, refunded) of the bank's draws on this settlement."""
+    return [(int(r[0]), int(r[1]), int(r[2])) for r in _bank_rows(
+        st, "SELECT original_fen, unpaid_fen, refunded_fen FROM credit_draws WHERE ref = ?", (ref,))]
+
+
+def _setl_state(st: Any, setl_id: str) -> str:
+    return centre_rows(st, "SELECT state FROM centre_settlements WHERE setl_id = ?", (setl_id,))[0][0]
+
+
+@needs_bank
+def test_two_pos_systems_with_one_order_id_both_pay(stack):
+    """Two POS systems at one counter both use order id E-SAME-1: each pays its own bill (the second
+    was refused as 'insufficient_credit' when the bank's draw key was the order id alone)."""
+    from kiosk.app.pos_client import PosClient
+
+    other = PosClient(stack.url("kiosk"), OTHER_POS, stack.other_pos_key)
+    try:
+        a = pay(stack, "E-SAME-1", WANG, keys={"confirm": ["<enter>"]})
+        assert a["status"] == "paid" and a["result"]["credit_draw"] == "34.00", a
+        b = pay(stack, "E-SAME-1", WANG, keys={"confirm": ["<enter>"]}, pos=other)
+        assert (b["status"], b["reason"]) == ("paid", None), b
+        sa, sb = a["result"]["setl_id"], b["result"]["setl_id"]
+        assert sa != sb and _draws(stack, sa) == [(3400, 3400, 0)] and _draws(stack, sb) == [(3400, 3400, 0)]
+        assert stack.pos_client.get("E-SAME-1").json()["result"] == a["result"]  # each system sees its own
+        assert other.get("E-SAME-1").json()["result"] == b["result"]
+    finally:
+        other.close()
+
+
+@needs_bank
+def test_a_reversal_by_key_touches_only_its_own_orders_draw(stack):
+    """The bank's answer to the second system's draw (same order id as the first system's paid order)
+    is lost: recovery reverses that draw by its key - its own, never the first system's: the first
+    order stays paid, its settlement and its draw intact."""
+    from kiosk.app.pos_client import PosClient
+
+    other = PosClient(stack.url("kiosk"), OTHER_POS, stack.other_pos_key)
+    try:
+        c = pay(stack, "E-SAME-2", WANG, keys={"confirm": ["<enter>"]})
+        assert c["status"] == "paid", c
+        sc = c["result"]["setl_id"]
+        stack.bank_relay.cut_after("POST /fsi/api/credit.draw")  # the draw lands, its answer is lost
+        try:
+            d = pay(stack, "E-SAME-2", WANG, keys={"confirm": ["<enter>"]}, pos=other)
+        finally:
+            fired = stack.bank_relay.fired.is_set()
+            stack.bank_relay.restore()
+        assert fired and (d["status"], d["reason"]) == ("reversing", "bank_unavailable"), d
+        assert stack.runtime.terminal.wait_idle()
+        stack.runtime.terminal.recover()
+        d = other.get("E-SAME-2").json()
+        assert (d["status"], d["reason"]) == ("failed", "bank_unavailable"), d
+        # the first system's payment is untouched at both parties
+        assert stack.pos_client.get("E-SAME-2").json()["result"] == c["result"]
+        assert _setl_state(stack, sc) == "settled" and _draws(stack, sc) == [(3400, 3400, 0)]
+        # the second system's own draw was the one undone, and its settlement reversed
+        sd = centre_rows(stack, "SELECT setl_id FROM centre_settlements WHERE psn_no = ? ORDER BY created_at DESC "
+                                "LIMIT 1", (WANG,))[0][0]
+        assert sd != sc and _setl_state(stack, sd) == "reversed"
+        assert _draws(stack, sd) == [(3400, 0, 3400)]  # its own draw landed, then was undone by its key
+    finally:
+        other.close()
+
+
+@needs_bank
+def test_two_pos_systems_admissions_with_one_order_id_hold_separately(stack):
+    """The hold's reference at the bank was the bare order id: a second system's admission with the
+    same id was refused, and its release by that reference could free the first system's deposit.
+    Now each admission holds under its own order's reference."""
+    from kiosk.app.pos_client import PosClient
+
+    other = PosClient(stack.url("kiosk"), OTHER_POS, stack.other_pos_key)
+    try:
+        a = pay_order(stack, {"order_id": "E-ADM-SAME", "mode": "admission", "deposit": "100.00"}, LI)
+        assert a["status"] == "held", a
+        b = pay_order(stack, {"order_id": "E-ADM-SAME", "mode": "admission", "deposit": "100.00"}, LI, pos=other)
+        assert b["status"] == "held", b
+        refs = [a["result"]["hold_id"], b["result"]["hold_id"]]
+        assert refs[0] != refs[1] and "E-ADM-SAME" not in refs
+        held = _bank_rows(stack, "SELECT ref, amount_fen, status FROM credit_holds WHERE ref IN (?, ?) ORDER BY ref",
+                          tuple(refs))
+        assert sorted((r[1], r[2]) for r in held) == [(10000, "open"), (10000, "open")]
+    finally:
+        other.close()  # the deposits stay held, as the orders say (the cross-party check at the end agrees)
+
+
+@needs_bank
+@pytest.mark.parametrize("amount", [None, "5.00"], ids=["whole", "partial"])
+def test_a_refund_with_the_bank_stalled_is_pending_until_recovery_completes_it(stack, amount):
+    """The bank takes the credit refund but its answer never comes back (it stalls): the POS gets 202
+    refund_pending, the order and the day's reconciliation say pending; a recovery pass while the bank
+    is still away keeps it pending; once the bank is back recovery completes it by the same key -
+    refunded once, the retry of the same refund id replays it, the reconciliation counts it."""
+    from kiosk.clock import SystemClock, local_day
+
+    oid, rid = f"E-RF-STALL-{amount or 'whole'}", f"RF-STALL-{amount or 'whole'}"
+    got = pay(stack, oid, WANG, keys={"confirm": ["<enter>"]})
+    assert got["status"] == "paid" and got["result"]["credit_draw"] == "34.00", got
+    setl = got["result"]["setl_id"]
+    avail = _fen(stack.bank_client.call("credit.line", {"payer": WANG}).output["available"])
+    back = 3400 if amount is None else 500
+    day = local_day(SystemClock()).isoformat()
+    stack.bank_relay.cut_after("POST /fsi/api/credit.refund")
+    try:
+        r = stack.pos_client.refund(oid, rid, amount)
+        assert stack.bank_relay.fired.is_set()
+        assert r.status_code == 202, r.text  # was 502 refund_failed although the bank applied it
+        assert (r.json()["status"], r.json()["waiting_for"]) == ("refund_pending", "bank")
+        assert stack.pos_client.get(oid).json()["status"] == "refund_pending"
+        assert _draws(stack, setl) == [(3400, 3400 - back, back)]  # the bank did apply it
+        rec = stack.pos_client.reconciliation(day).json()
+        mine = [x for x in rec["refunds"] if x["refund_id"] == rid]
+        assert [x["status"] for x in mine] == ["refund_pending"]
+        row = [o for o in rec["orders"] if o["order_id"] == oid][0]
+        assert (row["status"], row["refunded"], row["refund_pending"]) == (
+            "refund_pending", "0.00", "104.00" if amount is None else "5.00")
+        other = stack.pos_client.refund(oid, rid + "-B", "1.00")  # no second refund while one is pending
+        assert other.status_code == 409 and other.json()["code"] == "not_refundable"
+        assert stack.runtime.terminal.wait_idle()
+        stack.runtime.terminal.recover()  # the bank is still away: nothing changes, nothing twice
+        assert stack.pos_client.get(oid).json()["status"] == "refund_pending"
+    finally:
+        stack.bank_relay.restore()
+    stack.runtime.terminal.recover()  # (also runs by itself every few seconds when idle)
+    end = time.monotonic() + 20
+    while stack.pos_client.get(oid).json()["status"] == "refund_pending" and time.monotonic() < end:
+        time.sleep(0.2)
+    order = stack.pos_client.get(oid).json()
+    assert order["status"] == ("refunded" if amount is None else "partially_refunded"), order
+    assert _draws(stack, setl) == [(3400, 3400 - back, back)]  # refunded exactly once
+    assert _fen(stack.bank_client.call("credit.line", {"payer": WANG}).output["available"]) == avail + back
+    assert _setl_state(stack, setl) == ("reversed" if amount is None else "settled")
+    again = stack.pos_client.refund(oid, rid, amount)  # the POS retries: the stored answer, nothing new
+    assert again.status_code == 200 and again.json()["status"] == "refunded", again.text
+    assert again.json()["credit_refund"] == _yuan(back)
+    assert _draws(stack, setl) == [(3400, 3400 - back, back)]
+    rec = stack.pos_client.reconciliation(day).json()
+    assert [x["status"] for x in rec["refunds"] if x["refund_id"] == rid] == ["refunded"]
+    row = [o for o in rec["orders"] if o["order_id"] == oid][0]
+    assert (row["refunded"], row["refund_pending"]) == ("104.00" if amount is None else "5.00", "0.00")
+
+
+def _yuan(fen: int) -> str:
+    from kiosk.money import fen_to_yuan
+
+    return fen_to_yuan(fen)
 
 
 def test_demo_console_drives_a_session_from_a_browser(stack):
@@ -565,18 +734,19 @@ def _fen(y: str) -> int:
     return yuan_to_fen(y, "amount")
 
 
-def pay_order(st: Any, body: dict[str, Any], person: str, timeout: float = 40.0) -> dict[str, Any]:
+def pay_order(st: Any, body: dict[str, Any], person: str, timeout: float = 40.0, pos: Any = None) -> dict[str, Any]:
+    pos = pos or st.pos_client
     st.typist.clear()
     if not centre_rows(st, "SELECT activated FROM centre_persons WHERE psn_no = ?", (person,))[0][0]:
         st.typist.plan("id_entry", f"{st.person(person)['certno']}<enter>")
     st.typist.plan("confirm", "<enter>")
     st.camera.show(scene(st, person))
     try:
-        r = st.pos_client.create(body)
+        r = pos.create(body)
         assert r.status_code == 201, r.text
         end = time.monotonic() + timeout
         while True:
-            got = st.pos_client.get(body["order_id"], wait=10).json()
+            got = pos.get(body["order_id"], wait=10).json()
             if got["status"] not in ("pending", "running") or time.monotonic() > end:
                 return got
     finally:
@@ -653,6 +823,25 @@ def test_bank_lost_mid_draw_puts_everything_back(stack):
     last = centre_rows(stack, "SELECT state FROM centre_settlements WHERE psn_no = ? ORDER BY created_at DESC "
                               "LIMIT 1", (WANG,))
     assert last[0][0] == "reversed"
+
+
+def test_zz_the_centre_the_bank_and_the_kiosk_agree_after_every_session_above(stack):
+    """`kiosk check parties` over this stack's three books after every payment, refund, lost answer
+    and recovery above: no draw without its settlement, nothing reversed but not refunded, every
+    order's state what both parties say."""
+    from kiosk.app.crosscheck import check_parties
+    from kiosk.services.bank.app import bank_db_url
+
+    assert stack.runtime.terminal.wait_idle()
+    stack.runtime.terminal.recover()
+    with open_database(f"sqlite:///{stack.data_dir / 'centre.db'}") as c, \
+            open_database(bank_db_url(stack.data_dir)) as b, \
+            open_database(f"sqlite:///{stack.data_dir / 'kiosk.db'}") as k:
+        rep = check_parties(c, b, [k])
+    assert rep.balanced, rep.table()
+    from kiosk.cli import main  # the operator's command on this data dir's books: the same verdict
+
+    assert main(["check", "parties", "--data-dir", str(stack.data_dir), "--json"]) == 0
 
 
 def test_zz_every_payment_refund_and_recovery_is_in_the_audit_chain(stack):

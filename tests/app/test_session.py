@@ -18,7 +18,7 @@ from kiosk.app.adapters.bridge import BridgeKeypad, BridgePrinter
 from kiosk.app.adapters.camera import ImageCamera
 from kiosk.app.adapters.vision import PipelineVision
 from kiosk.app.flow import State
-from kiosk.app.ports import Activation, DrawResult, FaceAuth, Line, Person, SettleResult, Split
+from kiosk.app.ports import Activation, DrawResult, FaceAuth, Line, Person, RefundResult, SettleResult, Split
 from kiosk.app.session import CounterSession, Deps, Limits, Order
 from kiosk.app.store import Store
 from kiosk.app.terminal import Terminal
@@ -83,9 +83,9 @@ class Centre:
             raise RemoteError("still unreachable", code="centre_unreachable")
         return True
 
-    def refund(self, person, setl_id, amount_fen, key):
+    def refund(self, person, setl_id, amount_fen, key, msgid="", pharmacy=None):
         self.calls.append(("refund", setl_id))
-        return True
+        return RefundResult("ok")
 
 
 @dataclass
@@ -119,7 +119,7 @@ class Bank:
 
     def refund(self, ref, amount_fen, key):
         self.calls.append(("refund", amount_fen))
-        return True
+        return RefundResult("ok")
 
 
 @pytest.fixture

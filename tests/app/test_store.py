@@ -87,8 +87,8 @@ def test_a_failed_or_cut_off_refund_is_taken_up_again_by_the_same_request(store)
     assert store.find_refund("pos1", "O2", "R1", {"amount": 700}) is None  # not a replay: try again
     assert store.begin_refund("pos1", "O2", "R1", 700, {"amount": 700}, 1000) == (None, False)
     assert store.get("pos1", "O2").refunded_fen == 700  # reserved again, once
-    # in flight: a concurrent identical request is told it is running, and reserves nothing
-    assert store.begin_refund("pos1", "O2", "R1", 700, {"amount": 700}, 1000) == ({"status": "running"}, True)
+    # in flight: a concurrent identical request is told its outcome is pending, and reserves nothing
+    assert store.begin_refund("pos1", "O2", "R1", 700, {"amount": 700}, 1000) == ({"status": "refund_pending"}, True)
     with pytest.raises(InputError):  # the reservation still counts against other refunds
         store.begin_refund("pos1", "O2", "R2", 400, {"amount": 400}, 1000)
     store.clock.advance(seconds=61)  # the attempt was cut off (the terminal restarted)
@@ -96,6 +96,26 @@ def test_a_failed_or_cut_off_refund_is_taken_up_again_by_the_same_request(store)
     assert store.get("pos1", "O2").refunded_fen == 700  # its reservation is not taken twice
     store.finish_refund("pos1", "O2", "R1", "refunded", {"amount": "7.00"})
     assert store.begin_refund("pos1", "O2", "R1", 700, {"amount": 700}, 1000) == ({"amount": "7.00"}, True)
+
+
+@pytest.mark.parametrize("state", ["pending", "refused"])
+def test_a_pending_or_refused_refund_is_tried_again_keeping_its_reservation(store, state):
+    """A party did not answer (pending) or refused after the other applied its part (refused): the money
+    may have moved, so the reservation stays; the same request tries again and reserves nothing more,
+    and recovery can claim it (once) while the POS cannot see a stored answer for it."""
+    store.create_order("pos1", "O3", BILL, "outpatient")
+    assert store.begin_refund("pos1", "O3", "R1", 700, {"amount": 700}, 1000) == (None, False)
+    store.finish_refund("pos1", "O3", "R1", state, {"status": "refund_pending"})
+    assert store.refund_status("pos1", "R1") == state and store.refund_status("pos1", "R9") is None
+    assert store.find_refund("pos1", "O3", "R1", {"amount": 700}) is None  # not a replay: try again
+    assert [r[1:] for r in store.open_refunds()] == ([("R1", "O3", 700, "pending")] if state == "pending" else [])
+    assert store.begin_refund("pos1", "O3", "R1", 700, {"amount": 700}, 1000) == (None, False)
+    assert store.get("pos1", "O3").refunded_fen == 700  # still reserved once
+    assert store.retake_refund("pos1", "R1")  # running now (e.g. cut off): recovery may claim it
+    store.finish_refund("pos1", "O3", "R1", "refunded", {"amount": "7.00"})
+    assert not store.retake_refund("pos1", "R1")  # done: nothing to take up
+    assert [(r["refund_id"], r["status"], r["amount_fen"]) for r in store.refunds_of_order("pos1", "O3")] == [
+        ("R1", "refunded", 700)]
 
 
 def test_reconciliation_day_is_the_shanghai_day(store):

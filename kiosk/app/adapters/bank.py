@@ -12,7 +12,21 @@ from kiosk.errors import RemoteError
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.services.client import BankClient
 from kiosk.services.protocol import Answer, InfCode
-from kiosk.app.ports import DrawResult, Line, Person
+from kiosk.app.ports import DrawResult, Line, Person, RefundResult
+
+# answers that say nothing about whether a message applied: a party fault (9001 storage, 9999
+# internal) or an envelope the party could not take at that moment (stale, replayed, signed out)
+UNKNOWN_INFCODES = (InfCode.STORAGE, InfCode.INTERNAL, InfCode.BAD_ENVELOPE, InfCode.REPLAYED,
+                    InfCode.NOT_SIGNED_IN)
+
+
+def refund_result(a: Answer) -> RefundResult:
+    """A party's answer to a refund step as ok / refused (definitive) / unknown."""
+    if a.ok:
+        return RefundResult("ok")
+    if a.infcode in UNKNOWN_INFCODES:
+        return RefundResult("unknown", a.err_code or f"infcode_{a.infcode}", a.err_msg)
+    return RefundResult("refused", a.err_code or f"infcode_{a.infcode}", a.err_msg)
 
 
 def _reason(a: Answer) -> str:
@@ -95,8 +109,9 @@ class BankAdapter:
             return True
         raise RemoteError(f"the bank refused to release hold {ref}: {a.err_msg}", code=a.err_code or "refused")
 
-    def refund(self, ref: str, amount_fen: int, key: str) -> bool:
-        a = self._call(self.client.refund, ref, fen_to_yuan(amount_fen), key)
-        if a.ok:
-            return True
-        raise RemoteError(f"the bank refused the refund: {a.err_msg}", code=a.err_code or "refused")
+    def refund(self, ref: str, amount_fen: int, key: str) -> RefundResult:
+        try:
+            a = self._call(self.client.refund, ref, fen_to_yuan(amount_fen), key)
+        except RemoteError as e:  # not answered: it may have applied; the same key resolves it
+            return RefundResult("unknown", e.code, e.message)
+        return refund_result(a)

@@ -13,7 +13,8 @@ from kiosk.errors import RemoteError
 from kiosk.money import fen_to_yuan, round_fen, yuan_to_fen
 from kiosk.services.client import CentreClient
 from kiosk.services.protocol import Answer, InfCode
-from kiosk.app.ports import Activation, FaceAuth, Person, Probe, SettleResult, Split
+from kiosk.app.adapters.bank import refund_result
+from kiosk.app.ports import Activation, FaceAuth, Person, Probe, RefundResult, SettleResult, Split
 
 LOCK_MINUTES = 30
 
@@ -61,6 +62,11 @@ class CentreAdapter:
             self.client.sign_in("kiosk")
             ans = fn(*a, **kw)
         return ans
+
+    @property
+    def institution(self) -> str:
+        """The fixmedins_code this terminal is registered for (part of every order's identity)."""
+        return self.client.ident.fixmedins_code
 
     def new_msgid(self) -> str:
         return self.client.new_msgid()
@@ -146,12 +152,20 @@ class CentreAdapter:
             return True
         raise RemoteError(f"reversal refused: {a.err_msg}", code=a.err_code or "refused")
 
-    def refund(self, person: Person, setl_id: str, amount_fen: int, key: str) -> bool:
-        """Whole refund of a settlement: 2208 (2103 for a pharmacy settlement)."""
-        for pharmacy in (False, True):
-            a = self._call(self.client.reverse, setl_id, person.psn_no, pharmacy=pharmacy)
+    def refund(self, person: Person, setl_id: str, amount_fen: int, key: str, *, msgid: str = "",
+               pharmacy: bool | None = None) -> RefundResult:
+        """Whole refund of a settlement: 2208 (2103 for a pharmacy settlement). With the journaled
+        `msgid` a retry is the same message: the centre replays the answer of one that landed.
+        Without `pharmacy` (older journals) 2208 is tried first, then 2103, each with a new msgid."""
+        kinds = [pharmacy] if pharmacy is not None else [False, True]
+        for ph in kinds:
+            try:
+                a = self._call(self.client.reverse, setl_id, person.psn_no, pharmacy=ph,
+                               msgid=msgid if pharmacy is not None and msgid else None)
+            except RemoteError as e:  # not answered: it may have applied; the same msgid resolves it
+                return RefundResult("unknown", e.code, e.message)
             if a.ok or a.infcode == InfCode.ALREADY_REVERSED:
-                return True
-            if a.infcode != InfCode.INVALID_INPUT:
+                return RefundResult("ok")
+            if a.infcode != InfCode.INVALID_INPUT or pharmacy is not None:
                 break
-        raise RemoteError(f"the centre refused the refund: {a.err_msg}", code=a.err_code or "refused")
+        return refund_result(a)
