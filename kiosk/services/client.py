@@ -276,6 +276,12 @@ class CentreClient(_Client):
         """2601: undo message `omsgid` whether or not it was applied; a late arrival is then refused."""
         return self.call("2601", {"data": {"psn_no": psn_no, "omsgid": omsgid, "oinfno": oinfno}}, msgid)
 
+    def pay_auth(self, psn_no: str, ec_token: str, amount: str, ref: str, purpose: str = "hold",
+                 msgid: str | None = None) -> Answer:
+        """ec.payauth: the centre's signed authorisation of a payment with no settlement (a deposit hold)."""
+        return self.call("ec.payauth", {"data": {"psn_no": psn_no, "mdtrt_cert_type": "01", "mdtrt_cert_no": ec_token,
+                                                 "purpose": purpose, "amount": amount, "ref": ref}}, msgid)
+
     def query(self, psn_no: str, *, setl_id: str = "", omsgid: str = "") -> Answer:
         return self.call("5203", {"data": {"psn_no": psn_no, "setl_id": setl_id, "omsgid": omsgid}})
 
@@ -303,17 +309,23 @@ class BankClient(_Client):
     def line(self, payer: str) -> Answer:
         return self.call("credit.line", {"payer": payer})
 
-    def draw(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None) -> Answer:
+    def draw(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None, *,
+             pay_auth: str = "") -> Answer:
         """Charge `amount` (yuan) to the line `payer` may use; `ref` is the settlement's setl_id, `key` the
-        idempotency key (same key + same draw = the first answer, never a second charge)."""
-        return self.call("credit.draw", {"payer": payer, "amount": amount, "ref": ref, "key": key}, msgid)
+        idempotency key (same key + same draw = the first answer, never a second charge), `pay_auth` the
+        centre's authorisation from the settlement's answer (the bank refuses a draw without one)."""
+        return self.call("credit.draw", _with_auth({"payer": payer, "amount": amount, "ref": ref, "key": key},
+                                                   pay_auth), msgid)
 
     def reverse_draw(self, key: str, payer: str, msgid: str | None = None) -> Answer:
         """Undo the draw made with `key` (a full refund); a draw with that key arriving later is refused."""
         return self.call("credit.draw_reverse", {"key": key, "payer": payer}, msgid)
 
-    def hold(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None) -> Answer:
-        return self.call("credit.hold", {"payer": payer, "amount": amount, "ref": ref, "key": key}, msgid)
+    def hold(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None, *,
+             pay_auth: str = "") -> Answer:
+        """Hold a deposit; `pay_auth` from the centre's ec.payauth (purpose hold, same ref and amount)."""
+        return self.call("credit.hold", _with_auth({"payer": payer, "amount": amount, "ref": ref, "key": key},
+                                                   pay_auth), msgid)
 
     def capture(self, ref: str, amount: str, key: str, msgid: str | None = None) -> Answer:
         return self.call("credit.capture", {"ref": ref, "amount": amount, "key": key}, msgid)
@@ -330,6 +342,10 @@ class BankClient(_Client):
     def statement(self, holder: str) -> Answer:
         return self.call("credit.statement", {"holder": holder})
 
+
+
+def _with_auth(data: dict[str, Any], pay_auth: str) -> dict[str, Any]:
+    return {**data, "pay_auth": pay_auth} if pay_auth else data
 
 
 def drain_notifications(base_url: str, admin_token: str, limit: int = 100, *,

@@ -3,12 +3,16 @@
     uvicorn --factory kiosk.services.bank.app:app_from_env --workers 4
 
 Configuration: `KIOSK_BANK_DB` (default `sqlite:///<data_dir>/bank.db`),
-`KIOSK_DATA_DIR` (keys under `<data_dir>/services/bank-keys`), `KIOSK_REPLAY_WINDOW_S`.
+`KIOSK_DATA_DIR` (keys under `<data_dir>/services/bank-keys`), `KIOSK_REPLAY_WINDOW_S`,
+`KIOSK_CENTRE_SM2_PUBLIC` (hex 04||x||y: the insurance centre's key pay_auths are checked
+with; default: `<data_dir>/services/centre-public.json`, which the centre writes at start).
 """
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,8 @@ from fastapi.responses import JSONResponse
 from kiosk.clock import Clock, SystemClock
 from kiosk.config import load
 from kiosk.services.bank.service import BankService
+from kiosk.security.sm import Sm2PublicKey
+from kiosk.services import envelope as env
 from kiosk.services.envelope import ServiceKeys
 from kiosk.services.gateway import Gateway
 from kiosk.services.http import admin_refusal, admin_token, build_app
@@ -36,21 +42,46 @@ def bank_keys(data_dir: Path) -> ServiceKeys:
     return ServiceKeys.open_or_init(Path(data_dir) / "services" / "bank-keys", device_id="BANK-0001")
 
 
+def centre_key(data_dir: Path, sm2_public: str | None = None) -> Callable[[], Sm2PublicKey | None]:
+    """The insurance centre's SM2 public key, pinned on first sight: given here, from
+    `KIOSK_CENTRE_SM2_PUBLIC`, or from the file the centre publishes in the shared data directory
+    (read when first needed, so the bank may start before the centre). Never re-read once pinned."""
+    pinned: list[Sm2PublicKey] = []
+    lock = threading.Lock()
+
+    def get() -> Sm2PublicKey | None:
+        with lock:
+            if pinned:
+                return pinned[0]
+            text = sm2_public or os.environ.get("KIOSK_CENTRE_SM2_PUBLIC", "")
+            if not text:
+                from kiosk.services.centre.app import centre_public_path
+
+                try:
+                    text = json.loads(centre_public_path(data_dir).read_text())["sm2"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    return None
+            pinned.append(env.public_key(text))
+            return pinned[0]
+
+    return get
+
+
 def build_bank(db: Database, data_dir: Path, clock: Clock | None = None,
-               window_s: int = 300) -> tuple[BankService, Gateway]:
+               window_s: int = 300, centre_sm2_public: str | None = None) -> tuple[BankService, Gateway]:
     clock = clock or SystemClock()
-    service = BankService(db, clock)
+    service = BankService(db, clock, centre_key(data_dir, centre_sm2_public))
     gw = Gateway("bank", db, clock, bank_keys(data_dir), service.routes(), window_s=window_s)
     return service, gw
 
 
 def create_app(db: Database | str | None = None, *, data_dir: Path | None = None, clock: Clock | None = None,
-               window_s: int | None = None) -> FastAPI:
+               window_s: int | None = None, centre_sm2_public: str | None = None) -> FastAPI:
     data_dir = Path(data_dir or load().data_dir)
     if not isinstance(db, Database):
         db = open_database(db or bank_db_url(data_dir))
     window = window_s or int(load().replay_window_s)
-    service, gw = build_bank(db, data_dir, clock, window)
+    service, gw = build_bank(db, data_dir, clock, window, centre_sm2_public)
     app = build_app("Bank: medical-insurance credit line", gw, data_dir, description=__doc__.splitlines()[0])
     token = admin_token(data_dir)
 

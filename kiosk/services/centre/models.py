@@ -249,6 +249,32 @@ class SettlementQuery5203(_Strict):
     data: SettlementQueryData
 
 
+class PayAuthData(_Strict):
+    """A payment with no settlement yet (an admission's deposit hold): the face-proved person's ecToken."""
+
+    psn_no: str = Field(min_length=1, max_length=30, description="the payer (the patient)")
+    mdtrt_cert_type: Literal["01"] = Field(default="01", description="only the ecToken: the face proves the payer")
+    mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the ecToken from face authentication")
+    purpose: Literal["hold"] = Field(description="hold: an inpatient deposit (draws are authorised by 2207/2102)")
+    amount: str = Field(description="yuan, 2 dp, greater than 0")
+    ref: str = Field(min_length=1, max_length=64, description="the admission id the hold is placed under")
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _dec2(cls, v: object, info) -> str:  # type: ignore[no-untyped-def]
+        try:
+            out = _yuan(v, info.field_name, 2)
+        except Exception as e:
+            raise ValueError(getattr(e, "message", str(e))) from None
+        if Decimal(out) <= 0:
+            raise ValueError("must be greater than 0")
+        return out
+
+
+class PayAuthRequest(_Strict):
+    data: PayAuthData
+
+
 # transaction code -> (input model, summary)
 TRANSACTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "9001": (SignIn9001, "sign-in of a terminal operator; returns sign_no"),
@@ -265,4 +291,5 @@ TRANSACTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "2103": (Reversal2208, "pharmacy settlement reversal"),
     "2601": (MessageReversal2601, "reversal of a message whose answer was lost (2207/2102)"),
     "5203": (SettlementQuery5203, "settlement query by setl_id or by the settling msgid"),
+    "ec.payauth": (PayAuthRequest, "the signed pay_auth for a deposit hold (ecToken of the payer)"),
 }
