@@ -636,7 +636,7 @@ class CentreService:
     def reverse_settlement(self, ctx: Ctx, tx: Transaction, data: m.Reversal2208) -> dict[str, Any]:
         d = data.data
         row = self._locked_settlement(tx, d.psn_no, "setl_id", d.setl_id, ctx.terminal.fixmedins_code)
-        missing = Refusal(InfCode.NOT_FOUND, f"no settlement {d.setl_id} for this person", field="input.data.setl_id")
+        missing = Refusal(InfCode.NOT_FOUND, "no such settlement for this person", field="input.data.setl_id")
         if row is not None and row[8] != ctx.terminal.fixmedins_code:
             return self._not_yours(ctx, tx, d.setl_id, missing)  # type: ignore[return-value]
         if row is None or row[1] != d.psn_no:
