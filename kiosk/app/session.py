@@ -388,7 +388,7 @@ class CounterSession:
             return self._failed_after_commit("bill_rejected")
         settled = res.split
         self.journal.record(oid, "settled", {"msgid": msgid, "setl_id": settled.setl_id, "mdtrt_id": settled.mdtrt_id,
-                                             "split": split_json(settled)})
+                                             "split": split_json(settled), "pay_auth": settled.pay_auth})
         draw_id = ""
         if self.draw_amount > 0:
             assert self.line is not None
@@ -400,7 +400,8 @@ class CounterSession:
                 if self.line.kind == "hold":  # discharge: capture the admission's hold
                     dr = self.d.bank.capture(self.line.line_id, amount, key)
                 else:
-                    dr = self.d.bank.draw(self.line, self.person, amount, key, ref=settled.setl_id)
+                    dr = self.d.bank.draw(self.line, self.person, amount, key, ref=settled.setl_id,
+                                          auth=settled.pay_auth)
             except RemoteError:
                 dr = None
             if self.line.kind == "hold" and (dr is None or dr.status == "unknown"):
@@ -488,10 +489,16 @@ class CounterSession:
         self._go(State.SETTLING)
         key = f"{self.order.order_id}:hold"
         ref = self.order.order_id
+        try:  # the bank holds nothing without the centre's word that this face-proved person agreed
+            auth = self.d.centre.hold_auth(self.person, self.order.deposit_fen, ref)
+        except RemoteError:
+            auth = ""
+        if not auth:
+            return self._failed_after_commit("centre_unavailable")  # nothing moved yet
         self.journal.record(self.order.order_id, "hold", {"key": key, "amount": self.order.deposit_fen, "ref": ref,
                                                          "payer": self.person.psn_no})
         try:
-            hr = self.d.bank.hold(self.line, self.person, self.order.deposit_fen, key, ref)
+            hr = self.d.bank.hold(self.line, self.person, self.order.deposit_fen, key, ref, auth=auth)
         except RemoteError:
             try:
                 self.d.bank.release(ref, key + ":release")

@@ -87,6 +87,10 @@ class Centre:
         self.calls.append(("refund", setl_id))
         return True
 
+    def hold_auth(self, person, amount_fen, ref):
+        self.calls.append(("hold_auth", amount_fen))
+        return "PA1.fake.auth"
+
 
 @dataclass
 class Bank:
@@ -98,7 +102,7 @@ class Bank:
     def line_for(self, person):
         return self.line
 
-    def draw(self, line, person, amount_fen, key, ref):
+    def draw(self, line, person, amount_fen, key, ref, auth=""):
         assert [s for s, _ in self.store.steps("t", "o1")][-1] == "draw"
         self.calls.append(("draw", amount_fen))
         return DrawResult(self.draw_status, "D1" if self.draw_status == "ok" else "", amount_fen)
@@ -107,7 +111,7 @@ class Bank:
         self.calls.append(("reverse_draw", key))
         return True
 
-    def hold(self, line, person, amount_fen, key, ref):
+    def hold(self, line, person, amount_fen, key, ref, auth=""):
         self.calls.append(("hold", amount_fen))
         return DrawResult("ok", "H1", amount_fen)
 
