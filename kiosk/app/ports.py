@@ -148,8 +148,9 @@ class Bank(Protocol):
         """`ref` names what is paid (the settlement id); `key` makes a retry harmless; `auth` is the
         centre's pay_auth from the settlement (the bank charges nothing without it)."""
 
-    def reverse_draw(self, key: str, payer: str) -> bool:
-        """Undo the draw made with idempotency `key` (no-op if none was made). True when nothing remains drawn."""
+    def reverse_draw(self, key: str, payer: str, ref: str = "") -> bool:
+        """Undo the draw made with idempotency `key` (no-op if none was made). True when nothing remains drawn.
+        `ref`: the settlement the draw was for; the bank leaves a draw for another ref alone."""
 
     def hold(self, line: Line, person: Person, amount_fen: int, key: str, ref: str, auth: str = "") -> DrawResult: ...
 

@@ -419,7 +419,7 @@ class CounterSession:
                 reason = "bank_unavailable" if dr is None or dr.status == "unknown" else dr.status
                 if dr is None or dr.status == "unknown":
                     try:
-                        self.d.bank.reverse_draw(key, self.person.psn_no)
+                        self.d.bank.reverse_draw(key, self.person.psn_no, ref=settled.setl_id)
                     except RemoteError:
                         self.journal.record(oid, "draw_unknown", {"key": key})
                         return self._failed_after_commit(reason, keep_open=True)

@@ -317,9 +317,10 @@ class BankClient(_Client):
         return self.call("credit.draw", _with_auth({"payer": payer, "amount": amount, "ref": ref, "key": key},
                                                    pay_auth), msgid)
 
-    def reverse_draw(self, key: str, payer: str, msgid: str | None = None) -> Answer:
-        """Undo the draw made with `key` (a full refund); a draw with that key arriving later is refused."""
-        return self.call("credit.draw_reverse", {"key": key, "payer": payer}, msgid)
+    def reverse_draw(self, key: str, payer: str, msgid: str | None = None, *, ref: str = "") -> Answer:
+        """Undo the draw made with `key` (a full refund); a draw with that key arriving later is refused.
+        With `ref` (the setl_id the draw was for), a key that drew for another ref is left alone."""
+        return self.call("credit.draw_reverse", {"key": key, "payer": payer, **({"ref": ref} if ref else {})}, msgid)
 
     def hold(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None, *,
              pay_auth: str = "") -> Answer:

@@ -108,7 +108,7 @@ class Bank:
         self.auths = getattr(self, "auths", []) + [auth]
         return DrawResult(self.draw_status, "D1" if self.draw_status == "ok" else "", amount_fen)
 
-    def reverse_draw(self, key, payer):
+    def reverse_draw(self, key, payer, ref=""):
         self.calls.append(("reverse_draw", key))
         return True
 

@@ -328,3 +328,22 @@ def test_linkage_resumes_a_draw_after_its_pay_auth_expired(world: World) -> None
         assert journal.load("order-exp").pay_auth
     finally:
         w.c.clock.advance(minutes=-12)
+
+
+def test_a_reversal_by_key_never_touches_a_draw_for_another_ref(world: World) -> None:
+    """Two orders that ended up with one key (two POS systems, one order id): the second order's
+    reversal names its own settlement and leaves the first order's paid draw alone."""
+    w = world
+    p = w.c.people[17]
+    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    first = _settle(w, p, "90.00")
+    first_id = first.output["setlinfo"]["setl_id"]
+    assert w.bank.draw(p.psn_no, "90.00", first_id, "ORDER-7:draw", pay_auth=first.output.get("pay_auth", "")).ok
+    second = _settle(w, p, "12.00")
+    r = w.bank.reverse_draw("ORDER-7:draw", p.psn_no, ref=second.output["setlinfo"]["setl_id"])
+    assert r.err_code == "key_ref_mismatch"
+    principal = w.bank.line(p.psn_no).output["principal_outstanding"]
+    assert w.bank_db.read(lambda tx: tx.scalar("SELECT refunded_fen FROM credit_draws WHERE ref = ?",
+                                               (first_id,))) == 0
+    assert w.bank.reverse_draw("ORDER-7:draw", p.psn_no, ref=first_id).output["result"] == "reversed"
+    assert w.bank.line(p.psn_no).output["principal_outstanding"] != principal

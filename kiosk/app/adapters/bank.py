@@ -63,13 +63,15 @@ class BankAdapter:
             return DrawResult(_reason(a))
         return DrawResult("ok", str(a.output.get("draw_id") or ref), amount_fen)
 
-    def reverse_draw(self, key: str, payer: str) -> bool:
-        a = self._call(self.client.reverse_draw, key, payer)
+    def reverse_draw(self, key: str, payer: str, ref: str = "") -> bool:
+        a = self._call(self.client.reverse_draw, key, payer, ref=ref)
         if a.ok:
             return True
         code = (a.err_code or "").lower()
         if "already" in code:
             return True  # already undone
+        if code == "key_ref_mismatch":
+            return True  # the key holds another order's draw: ours never happened under it (a late one conflicts)
         raise RemoteError(f"the bank refused to reverse draw {key}: {a.err_msg}", code=a.err_code or "refused")
 
     def hold(self, line: Line, person: Person, amount_fen: int, key: str, ref: str, auth: str = "") -> DrawResult:

@@ -7,7 +7,7 @@
 | credit.unbind | holder, member | unbound / not_bound |
 | credit.line | payer | holder, kind own/family, limit, available, overdue |
 | credit.draw | payer, amount, ref (= setl_id), key, pay_auth | ref, amount, available |
-| credit.draw_reverse | key, payer | reversed / not_drawn (the key is then blocked) |
+| credit.draw_reverse | key, payer, ref? | reversed / not_drawn (the key is then blocked) / key_ref_mismatch |
 | credit.hold / credit.capture / credit.release | payer, amount, ref, key, pay_auth / ref, amount, key / ref, key | ... |
 | credit.repay | holder, amount, key | interest, principal |
 | credit.refund | ref, amount, key | principal, cash |
@@ -130,6 +130,8 @@ class Draw(_In):
 class DrawReverse(_In):
     key: str = _KEY
     payer: str = _ID
+    ref: str = Field(default="", max_length=64, description="the ref the draw was for (setl_id): a key that "
+                     "drew for another ref is not reversed (key_ref_mismatch)")
 
 
 class Capture(_In):
@@ -324,6 +326,9 @@ class BankService:
                            (key,))
         if row[0] != "drawn":
             return {"key": d.key, "result": "already_reversed", "ref": row[1]}
+        if d.ref and d.ref != row[1]:  # two orders under one key (e.g. two POS systems): never the other's
+            return Refusal(InfCode.BUSINESS_REFUSED, "this key drew for another ref; nothing was reversed",
+                           code="key_ref_mismatch", field="input.ref")
         # what is left of this draw (a partial refund may have come first): never more
         left = tx.fetch_one("SELECT original_fen - refunded_fen FROM credit_draws WHERE ref = ?", (row[1],))
         detail: dict[str, Any] = {}
