@@ -299,9 +299,11 @@ class BankClient(_Client):
                                           "insured_years": insured_years}, msgid)
 
     def bind(self, holder: str, member: str, relation: str, consent: bool, monthly_cap: str | None = None,
-             msgid: str | None = None) -> Answer:
-        return self.call("credit.bind", {"holder": holder, "member": member, "relation": relation,
-                                         "consent": consent, "monthly_cap": monthly_cap}, msgid)
+             msgid: str | None = None, *, pay_auth: str = "") -> Answer:
+        """Lend the holder's line to `member`: `pay_auth` is the holder's (centre ec.payauth, purpose bind,
+        ref = member, amount = monthly_cap or 0.00)."""
+        return self.call("credit.bind", _with_auth({"holder": holder, "member": member, "relation": relation,
+                                                    "consent": consent, "monthly_cap": monthly_cap}, pay_auth), msgid)
 
     def unbind(self, holder: str, member: str, msgid: str | None = None) -> Answer:
         return self.call("credit.unbind", {"holder": holder, "member": member}, msgid)
@@ -347,6 +349,24 @@ class BankClient(_Client):
 
 def _with_auth(data: dict[str, Any], pay_auth: str) -> dict[str, Any]:
     return {**data, "pay_auth": pay_auth} if pay_auth else data
+
+
+def operator_bind(base_url: str, admin_token: str, holder: str, member: str, relation: str, consent: bool,
+                  monthly_cap: str | None, key: str, *, http: httpx.Client | None = None,
+                  timeout: float = 10.0) -> dict[str, Any]:
+    """The bank's own channel: record a family binding the holder made there (operator token)."""
+    body = {"holder": holder, "member": member, "relation": relation, "consent": consent,
+            "monthly_cap": monthly_cap, "key": key}
+    try:
+        if http is not None:
+            r = http.post("/admin/bind", json=body, headers={"x-admin-token": admin_token})
+        else:
+            r = httpx.post(f"{base_url.rstrip('/')}/admin/bind", json=body, headers={"x-admin-token": admin_token},
+                           timeout=timeout)
+        out = r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise _remote(f"cannot reach the bank at {base_url}: {e}", "unreachable", True) from None
+    return dict(out)
 
 
 def drain_notifications(base_url: str, admin_token: str, limit: int = 100, *,

@@ -14,6 +14,10 @@ the patient), `fixmedins_code` (the payee institution), `app_id` (the terminal),
 `amount` (fen), `purpose` (draw | hold), `exp` (Unix seconds), `kid` (the centre key's id).
 It is not secret (the terminal journals it), only bound: a copy is useless at another
 terminal, for another amount or settlement, after it expires, or once used.
+
+Purpose `bind` is the line holder's word that a family member may draw on the line
+(`ec.payauth` with the holder's ecToken; ref = the member's psn_no, amount = the monthly cap
+in fen, 0 = no cap): a terminal cannot lend anyone's line to anyone on its own.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from kiosk.errors import IntegrityError
 from kiosk.security.sm import Sm2PrivateKey, Sm2PublicKey, sm2_sign, sm2_verify
 
 PREFIX = "PA1"
-PURPOSES = ("draw", "hold")
+PURPOSES = ("draw", "hold", "bind")
 MAX_LEN = 2048
 USER_ID = b"kiosk-pay-auth"  # SM2 signer id: a pay_auth signature is never valid as an envelope's
 
@@ -57,8 +61,8 @@ def _unb64(s: str) -> bytes:
 
 
 def sign(auth: PayAuth, key: Sm2PrivateKey) -> str:
-    if auth.purpose not in PURPOSES or auth.amount <= 0:
-        raise ValueError("pay_auth needs a purpose of draw/hold and a positive amount")
+    if auth.purpose not in PURPOSES or auth.amount < 0 or (auth.amount == 0 and auth.purpose != "bind"):
+        raise ValueError("pay_auth needs a purpose of draw/hold/bind and a positive amount (bind: the cap, 0 = none)")
     text = json.dumps(asdict(auth), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return f"{PREFIX}.{_b64(text)}.{_b64(sm2_sign(key, text, USER_ID))}"
 

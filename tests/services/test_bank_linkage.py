@@ -68,8 +68,10 @@ def test_apply_bind_draw_idempotent_and_reverse(pair: tuple[Centre, Bank]) -> No
     assert b.apply("H1", "1980-05-01", 4).output["limit"] == "10000.00"
     old = b.apply("H2", "1950-05-01", 9)
     assert old.infcode == InfCode.BUSINESS_REFUSED and old.err_code == "ineligible_age"
-    assert b.bind("H1", "M1", "parent", False).err_code == "no_consent"
-    assert b.bind("H1", "M1", "parent", True, "100.00").ok
+    assert b.bind("H1", "M1", "parent", False,
+                  pay_auth=pay_auth(c, "H1", "M1", "0.00", purpose="bind")).err_code == "no_consent"
+    assert b.bind("H1", "M1", "parent", True, "100.00").err_code == "pay_auth_required"  # not without the holder
+    assert b.bind("H1", "M1", "parent", True, "100.00", pay_auth=pay_auth(c, "H1", "M1", "100.00", purpose="bind")).ok
     line = b.line("M1")
     assert line.ok and line.output["holder"] == "H1" and line.output["kind"] == "family"
     auth_a = pay_auth(c, "M1", "SETL-A", "60.00")

@@ -33,6 +33,7 @@ class World:
     other_centre: CentreClient  # a terminal of another institution, registered at both
     other_bank: BankClient
     other_app_id: str
+    admin_token: str = ""
 
 
 def _answer_fields(a: Answer) -> tuple[Any, ...]:
@@ -67,7 +68,9 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     other_centre.sign_in("intruder")
     other_bank = BankClient("http://testserver", ServiceIdentity(app2, secret2, key2, OTHER), http=bhttp,
                             clock=c.clock)
-    yield World(c, bank, bdb, other_centre, other_bank, app2)
+    from kiosk.services.http import admin_token
+
+    yield World(c, bank, bdb, other_centre, other_bank, app2, admin_token(tmp))
     bhttp.close()
     c.http.close()
     bdb.close()
@@ -221,7 +224,9 @@ def test_a_member_draws_on_a_family_line_only_with_their_own_authorisation(world
     w = world
     holder, member = w.c.people[10], w.c.people[11]
     assert w.bank.apply(holder.psn_no, holder.brdy, 6).ok
-    assert w.bank.bind(holder.psn_no, member.psn_no, "spouse", True, "2000.00").ok
+    holder_ok = w.c.client.pay_auth(holder.psn_no, w.c.activate(holder), "2000.00", member.psn_no, purpose="bind")
+    assert w.bank.bind(holder.psn_no, member.psn_no, "spouse", True, "2000.00",
+                       pay_auth=holder_ok.output.get("pay_auth", "")).ok
     # the rogue: a member draw with no face behind it, and one dressed as the holder's
     assert w.other_bank.draw(member.psn_no, "1800.00", "x", "rg1").infcode == InfCode.INVALID_INPUT
     st = _settle(w, member, "180.00")
@@ -347,3 +352,46 @@ def test_a_reversal_by_key_never_touches_a_draw_for_another_ref(world: World) ->
                                                (first_id,))) == 0
     assert w.bank.reverse_draw("ORDER-7:draw", p.psn_no, ref=first_id).output["result"] == "reversed"
     assert w.bank.line(p.psn_no).output["principal_outstanding"] != principal
+
+
+def test_a_terminal_cannot_lend_a_line_without_the_holders_face(world: World) -> None:
+    """A rogue terminal binding its accomplice to a victim's line, then drawing on it as that
+    member, was the way round pay_auth: a binding needs the holder's own authorisation."""
+    w = world
+    victim, accomplice = w.c.people[18], w.c.people[19]
+    assert w.bank.apply(victim.psn_no, victim.brdy, 6).ok
+    plain = w.other_bank.bind(victim.psn_no, accomplice.psn_no, "spouse", True, None)
+    assert plain.infcode == InfCode.NO_AUTHORISATION and plain.err_code == "pay_auth_required"
+    # the accomplice's own face at the rogue terminal authorises nothing on the victim's line
+    token = w.other_centre.activate(w.other_centre.seal_face(w.c.capture(accomplice.psn_no), "s-acc", "activate"),
+                                    accomplice.certno, "s-acc")
+    assert token.ok
+    own = w.other_centre.pay_auth(accomplice.psn_no, token.output["ecToken"], "0.00", accomplice.psn_no,
+                                  purpose="bind")
+    assert own.ok
+    as_victim = w.other_centre.pay_auth(victim.psn_no, token.output["ecToken"], "0.00", accomplice.psn_no,
+                                        purpose="bind")
+    assert as_victim.infcode == InfCode.IDENTITY_MISMATCH  # the token is the accomplice's
+    forged = w.other_bank.bind(victim.psn_no, accomplice.psn_no, "spouse", True, None,
+                               pay_auth=own.output["pay_auth"])
+    assert forged.err_code == "pay_auth_mismatch"
+    assert w.bank.line(accomplice.psn_no).err_code == "not_bound"
+
+
+def test_the_banks_own_channel_binds_only_with_the_operator_token(world: World) -> None:
+    from kiosk.services.client import operator_bind
+
+    w = world
+    holder, member = w.c.people[20], w.c.people[21]
+    assert w.bank.apply(holder.psn_no, holder.brdy, 6).ok
+    http = w.bank.http
+    denied = operator_bind("http://testserver", "not-the-operator", holder.psn_no, member.psn_no, "spouse", True,
+                           "10.00", "k-op", http=http)
+    assert denied["infcode"] == InfCode.UNKNOWN_TERMINAL
+    assert w.bank.line(member.psn_no).err_code == "not_bound"
+    bad = operator_bind("http://testserver", w.admin_token, holder.psn_no, member.psn_no, "spouse", "yes", "10.00",
+                        "k-op", http=http)
+    assert bad["infcode"] == InfCode.INVALID_INPUT and bad["err_field"] == "consent"
+    ok = operator_bind("http://testserver", w.admin_token, holder.psn_no, member.psn_no, "spouse", True, "10.00",
+                       "k-op", http=http)
+    assert ok["infcode"] == 0 and w.bank.line(member.psn_no).output["holder"] == holder.psn_no

@@ -17,18 +17,19 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header
+from fastapi import Body, FastAPI, Header
 from fastapi.responses import JSONResponse
 
 from kiosk.clock import Clock, SystemClock
 from kiosk.config import load
-from kiosk.services.bank.service import BankService
+from kiosk.errors import ConflictError, KioskError
+from kiosk.services.bank.service import BankService, OperatorBind
 from kiosk.security.sm import Sm2PublicKey
 from kiosk.services import envelope as env
 from kiosk.services.envelope import ServiceKeys
 from kiosk.services.gateway import Gateway
 from kiosk.services.http import admin_refusal, admin_token, build_app
-from kiosk.services.protocol import InfCode, Refusal, refused
+from kiosk.services.protocol import InfCode, Refusal, parse_model, refused
 from kiosk.storage import Database, open_database
 
 PORT = 8720
@@ -96,6 +97,26 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
             return JSONResponse(refused("", Refusal(InfCode.INVALID_INPUT, "must be 1..1000", field="limit"), now),
                                 status_code=400)
         out = db.run(lambda tx: service.hand_over(tx, now, limit))
+        return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
+
+    @app.post("/admin/bind", tags=["admin"],
+              summary="record a family binding the holder made in the bank's own channel (operator token); "
+                      "terminals bind only with the holder's pay_auth (credit.bind)")
+    def operator_bind(body: dict[str, Any] = Body(...), x_admin_token: str = Header(default="")) -> JSONResponse:
+        now = gw.clock.now()
+        denied = admin_refusal(x_admin_token, token, now)
+        if denied is not None:
+            return denied
+        try:
+            d = parse_model(OperatorBind, body, prefix="")
+            out = service.bind_by_operator(d)
+        except ConflictError as e:
+            return JSONResponse(refused("", Refusal(InfCode.MSGID_CONFLICT, "key was already used for a different "
+                                                    "binding", code=e.code, field="key"), now), status_code=409)
+        except KioskError as e:
+            return JSONResponse(refused("", e, now), status_code=400)
+        if isinstance(out, Refusal):
+            return JSONResponse(refused("", out, now))
         return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
 
     app.state.service = service

@@ -3,7 +3,7 @@
 | infno | input | output |
 |---|---|---|
 | credit.apply | holder, birth_date, insured_years | line opened: limit (tier) / ineligible_age |
-| credit.bind | holder, member, relation, consent, monthly_cap | bound / no_consent / no_line |
+| credit.bind | holder, member, relation, consent, monthly_cap, pay_auth (the holder's, purpose bind) | bound / no_consent / no_line |
 | credit.unbind | holder, member | unbound / not_bound |
 | credit.line | payer | holder, kind own/family, limit, available, overdue |
 | credit.draw | payer, amount, ref (= setl_id), key, pay_auth | ref, amount, available |
@@ -101,8 +101,17 @@ class Bind(_In):
     relation: Literal["spouse", "parent", "child"]
     consent: StrictBool = Field(description="the member's consent: JSON true (a string or 1 is refused)")
     monthly_cap: str | None = Field(default=None, description="yuan per calendar month; null = no cap")
+    pay_auth: str | None = Field(default=None, max_length=payauth.MAX_LEN,
+                                 description="the holder's authorisation from the centre's ec.payauth (purpose bind, "
+                                             "ref = member, amount = the cap, 0.00 = none); required")
 
     _cap = field_validator("monthly_cap", mode="before")(lambda v, info: None if v is None else _amount(v, info))
+
+
+class OperatorBind(Bind):
+    """`POST /admin/bind`: a binding the holder made in the bank's own channel (operator token)."""
+
+    key: str = _KEY
 
 
 class Unbind(_In):
@@ -221,25 +230,29 @@ class BankService:
     def _owner(ctx: Ctx) -> Owner:
         return Owner(ctx.terminal.fixmedins_code, ctx.terminal.app_id)
 
-    def _authorised(self, ctx: Ctx, tx: Transaction, d: Draw, purpose: str, key: str) -> tuple[bool, str]:
-        """Check the payment's pay_auth and claim it for `key`; (newly claimed, auth id). Raises a
-        Refusal (everything rolls back) when the centre's signature, the binding (payer, terminal,
+    def _authorised(self, ctx: Ctx, tx: Transaction, token: str | None, purpose: str, key: str, *, psn_no: str,
+                    ref: str, amount: int) -> tuple[bool, str]:
+        """Check the act's pay_auth and claim it for `key`; (newly claimed, auth id). Raises a Refusal
+        (everything rolls back) when the centre's signature, the binding (person, terminal,
         institution, ref, amount, purpose), the expiry or single use fails."""
+        if not token:
+            raise Refusal(InfCode.NO_AUTHORISATION, "the insurance centre's pay_auth for this act is required",
+                          code="pay_auth_required", field="input.pay_auth")
         pub = self.centre_key()
         if pub is None:
             raise Refusal(InfCode.INTERNAL, "the bank does not know the insurance centre's public key; nothing "
                           "was charged", code="centre_key_unknown", field="input.pay_auth")
         try:
-            a = payauth.verify(d.pay_auth, pub)
+            a = payauth.verify(token, pub)
         except IntegrityError as e:
             raise Refusal(InfCode.NO_AUTHORISATION, e.message, code="pay_auth_invalid",
                           field="input.pay_auth") from None
         t = ctx.terminal
         wrong = ("purpose" if a.purpose != purpose else
                  "terminal" if a.app_id != t.app_id or a.fixmedins_code != t.fixmedins_code else
-                 "payer" if a.psn_no != d.payer else
-                 "ref" if a.ref != d.ref else
-                 "amount" if a.amount != _fen(d.amount) else "")
+                 "person" if a.psn_no != psn_no else
+                 "ref" if a.ref != ref else
+                 "amount" if a.amount != amount else "")
         if wrong:
             raise Refusal(InfCode.NO_AUTHORISATION, f"pay_auth does not authorise this {purpose}: its {wrong} "
                           "differs", code="pay_auth_mismatch", field="input.pay_auth")
@@ -271,9 +284,22 @@ class BankService:
         return _answer(r, holder=d.holder)
 
     def bind(self, ctx: Ctx, tx: Transaction, d: Bind) -> dict[str, Any] | Refusal:
+        """A family binding lends the holder's line: only with the holder's own authorisation (the centre's
+        pay_auth of purpose bind, from the holder's face at this terminal) for this member and cap."""
         cap = None if d.monthly_cap is None else _fen(d.monthly_cap)
-        r = self._guard(self.credit.bind, f"{ctx.terminal.app_id}/{ctx.request.msgid}", d.holder, d.member,
-                        d.relation, d.consent, cap)
+        key = f"{ctx.terminal.app_id}/{ctx.request.msgid}"
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "bind", self._key(ctx, f"bind/{ctx.request.msgid}"),
+                                             psn_no=d.holder, ref=d.member, amount=cap or 0)
+        r = self._guard(self.credit.bind, key, d.holder, d.member, d.relation, d.consent, cap)
+        if not r.ok and auth_new:
+            tx.execute("DELETE FROM bank_pay_auths WHERE auth_id = ?", (auth_id,))
+        return _answer(r, holder=d.holder, member=d.member, bound="1")
+
+    def bind_by_operator(self, d: OperatorBind) -> dict[str, Any] | Refusal:
+        """The bank's own channel (the holder authenticated by the bank, e.g. its app or branch): the
+        operator records a binding the holder made there (seeding, demos)."""
+        cap = None if d.monthly_cap is None else _fen(d.monthly_cap)
+        r = self.credit.bind(f"operator/{d.key}", d.holder, d.member, d.relation, d.consent, cap)
         return _answer(r, holder=d.holder, member=d.member, bound="1")
 
     def unbind(self, ctx: Ctx, tx: Transaction, d: Unbind) -> dict[str, Any] | Refusal:
@@ -306,7 +332,8 @@ class BankService:
             if row is not None and row[0] in ("blocked", "reversed"):
                 return Refusal(InfCode.ALREADY_REVERSED, "this draw was reversed (credit.draw_reverse); not charged",
                                code="draw_reversed", field="input.key")
-        auth_new, auth_id = self._authorised(ctx, tx, d, "draw", key)
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "draw", key, psn_no=d.payer, ref=d.ref,
+                                             amount=amount)
         r = self._guard(self.credit.draw, key, d.payer, amount, d.ref, d.holder, owner=self._owner(ctx))
         if not r.ok:  # refused: nothing drawn under this key, and the authorisation is not spent
             if claimed is not None:
@@ -343,7 +370,8 @@ class BankService:
 
     def hold(self, ctx: Ctx, tx: Transaction, d: Draw) -> dict[str, Any] | Refusal:
         key = self._key(ctx, d.key)
-        auth_new, auth_id = self._authorised(ctx, tx, d, "hold", key)
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "hold", key, psn_no=d.payer, ref=d.ref,
+                                             amount=_fen(d.amount))
         r = self._guard(self.credit.hold, key, d.payer, _fen(d.amount), d.ref, d.holder, owner=self._owner(ctx))
         if not r.ok and auth_new:
             tx.execute("DELETE FROM bank_pay_auths WHERE auth_id = ?", (auth_id,))

@@ -255,9 +255,10 @@ class PayAuthData(_Strict):
     psn_no: str = Field(min_length=1, max_length=30, description="the payer (the patient)")
     mdtrt_cert_type: Literal["01"] = Field(default="01", description="only the ecToken: the face proves the payer")
     mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the ecToken from face authentication")
-    purpose: Literal["hold"] = Field(description="hold: an inpatient deposit (draws are authorised by 2207/2102)")
-    amount: str = Field(description="yuan, 2 dp, greater than 0")
-    ref: str = Field(min_length=1, max_length=64, description="the admission id the hold is placed under")
+    purpose: Literal["hold", "bind"] = Field(description="hold: an inpatient deposit; bind: the line holder lets "
+                                             "a family member draw (draws are authorised by 2207/2102)")
+    amount: str = Field(description="yuan, 2 dp: the deposit (> 0); bind: the member's monthly cap (0.00 = none)")
+    ref: str = Field(min_length=1, max_length=64, description="hold: the admission id; bind: the member's psn_no")
 
     @field_validator("amount", mode="before")
     @classmethod
@@ -266,9 +267,15 @@ class PayAuthData(_Strict):
             out = _yuan(v, info.field_name, 2)
         except Exception as e:
             raise ValueError(getattr(e, "message", str(e))) from None
-        if Decimal(out) <= 0:
-            raise ValueError("must be greater than 0")
+        if Decimal(out) < 0:
+            raise ValueError("must not be negative")
         return out
+
+    @model_validator(mode="after")
+    def _positive_hold(self) -> "PayAuthData":
+        if self.purpose == "hold" and Decimal(self.amount) <= 0:
+            raise ValueError("amount must be greater than 0 for a hold")
+        return self
 
 
 class PayAuthRequest(_Strict):

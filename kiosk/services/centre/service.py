@@ -198,16 +198,18 @@ class CentreService:
         return payauth.sign(auth, self.keys.sm2), exp
 
     def request_pay_auth(self, ctx: Ctx, tx: Transaction, data: m.PayAuthRequest) -> dict[str, Any]:
-        """ec.payauth: a deposit hold has no settlement to carry its authorisation; the payer's ecToken
-        (face authentication at this terminal) is the proof instead."""
+        """ec.payauth: a deposit hold has no settlement to carry its authorisation, and a family binding
+        lends the holder's line; the person's ecToken (face authentication at this terminal) is the proof."""
         d = data.data
         who = self.token_psn(ctx.terminal, d.mdtrt_cert_no, ctx.now, "input.data.mdtrt_cert_no")
         if who != d.psn_no:
             raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
                           field="input.data.mdtrt_cert_no")
         self.person(tx, d.psn_no, field="input.data.psn_no")
+        if d.purpose == "bind":
+            self.person(tx, d.ref, field="input.data.ref")  # the member: an insured person
         amount = yuan_to_fen(d.amount, "input.data.amount")
-        auth_id = "PH" + secrets.token_hex(12).upper()
+        auth_id = ("PH" if d.purpose == "hold" else "PB") + secrets.token_hex(12).upper()
         token, exp = self._pay_auth(ctx, tx, auth_id, d.psn_no, d.ref, amount, d.purpose)
         return {"pay_auth": token, "auth_id": auth_id, "purpose": d.purpose, "ref": d.ref,
                 "amount": fen_to_yuan(amount), "exp": str(exp)}
