@@ -59,9 +59,13 @@ def seed_bank(st: Stack) -> None:
         a = bank.apply(holder, birth(holder), 6)
         if not a.ok and "already" not in (a.err_code + a.err_msg).lower():
             raise RemoteError(f"credit line for {holder} refused: {a.err_msg}", code=a.err_code or "refused")
-    a = bank.bind(FAMILY_HOLDER, FAMILY_MEMBER, "parent", True, "2000.00")
-    if not a.ok and "already" not in (a.err_code + a.err_msg).lower():
-        raise RemoteError(f"family binding refused: {a.err_msg}", code=a.err_code or "refused")
+    # the holder made the binding in the bank's own channel (a terminal binds only with the holder's face)
+    from kiosk.services.client import operator_bind
+
+    b = operator_bind(st.url("bank"), st.admin_token, FAMILY_HOLDER, FAMILY_MEMBER, "parent", True, "2000.00",
+                      key=f"demo-family/{FAMILY_HOLDER}/{FAMILY_MEMBER}")
+    if b.get("infcode") != 0 and "already" not in f"{b.get('err_code', '')} {b.get('err_msg', '')}".lower():
+        raise RemoteError(f"family binding refused: {b.get('err_msg')}", code=str(b.get("err_code") or "refused"))
 
 
 def start_stack(port: int, fresh: bool) -> Stack:

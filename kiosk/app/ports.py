@@ -87,6 +87,7 @@ class Split:
     setl_id: str = ""
     mdtrt_id: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    pay_auth: str = ""  # the centre's signed authorisation to draw psn_cash_pay (settlements only)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,9 @@ class Centre(Protocol):
         """Whole refund: reverse the settlement (2208, or 2103 for a pharmacy one). `msgid`, journaled
         before the call, makes a retry the same message (the centre replays its first answer)."""
 
+    def hold_auth(self, person: Person, amount_fen: int, ref: str) -> str:
+        """The centre's signed authorisation of a deposit hold for the face-proved `person` ("" if refused)."""
+
 
 # ---------------------------------------------------------------- bank
 @dataclass(frozen=True)
@@ -154,13 +158,15 @@ class Bank(Protocol):
 
     def line_for(self, person: Person) -> Line: ...
 
-    def draw(self, line: Line, person: Person, amount_fen: int, key: str, ref: str) -> DrawResult:
-        """`ref` names what is paid (the settlement id); `key` makes a retry harmless."""
+    def draw(self, line: Line, person: Person, amount_fen: int, key: str, ref: str, auth: str = "") -> DrawResult:
+        """`ref` names what is paid (the settlement id); `key` makes a retry harmless; `auth` is the
+        centre's pay_auth from the settlement (the bank charges nothing without it)."""
 
-    def reverse_draw(self, key: str, payer: str) -> bool:
-        """Undo the draw made with idempotency `key` (no-op if none was made). True when nothing remains drawn."""
+    def reverse_draw(self, key: str, payer: str, ref: str = "") -> bool:
+        """Undo the draw made with idempotency `key` (no-op if none was made). True when nothing remains drawn.
+        `ref`: the settlement the draw was for; the bank leaves a draw for another ref alone."""
 
-    def hold(self, line: Line, person: Person, amount_fen: int, key: str, ref: str) -> DrawResult: ...
+    def hold(self, line: Line, person: Person, amount_fen: int, key: str, ref: str, auth: str = "") -> DrawResult: ...
 
     def capture(self, ref: str, amount_fen: int, key: str) -> DrawResult: ...
 

@@ -395,7 +395,7 @@ class CounterSession:
             return self._failed_after_commit("bill_rejected")
         settled = res.split
         self.journal.record(oid, "settled", {"msgid": msgid, "setl_id": settled.setl_id, "mdtrt_id": settled.mdtrt_id,
-                                             "split": split_json(settled)})
+                                             "split": split_json(settled), "pay_auth": settled.pay_auth})
         draw_id = ""
         if self.draw_amount > 0:
             assert self.line is not None
@@ -407,7 +407,8 @@ class CounterSession:
                 if self.line.kind == "hold":  # discharge: capture the admission's hold
                     dr = self.d.bank.capture(self.line.line_id, amount, key)
                 else:
-                    dr = self.d.bank.draw(self.line, self.person, amount, key, ref=settled.setl_id)
+                    dr = self.d.bank.draw(self.line, self.person, amount, key, ref=settled.setl_id,
+                                          auth=settled.pay_auth)
             except RemoteError:
                 dr = None
             if self.line.kind == "hold" and (dr is None or dr.status == "unknown"):
@@ -425,7 +426,7 @@ class CounterSession:
                 reason = "bank_unavailable" if dr is None or dr.status == "unknown" else dr.status
                 if dr is None or dr.status == "unknown":
                     try:
-                        self.d.bank.reverse_draw(key, self.person.psn_no)
+                        self.d.bank.reverse_draw(key, self.person.psn_no, ref=settled.setl_id)
                     except RemoteError:
                         self.journal.record(oid, "draw_unknown", {"key": key})
                         return self._failed_after_commit(reason, keep_open=True)
@@ -495,10 +496,16 @@ class CounterSession:
         self._go(State.SETTLING)
         key = self.order.key("hold")
         ref = self.order.key("hold-ref")  # the hold's reference at the bank: this order's, nobody else's
+        try:  # the bank holds nothing without the centre's word that this face-proved person agreed
+            auth = self.d.centre.hold_auth(self.person, self.order.deposit_fen, ref)
+        except RemoteError:
+            auth = ""
+        if not auth:
+            return self._failed_after_commit("centre_unavailable")  # nothing moved yet
         self.journal.record(self.order.order_id, "hold", {"key": key, "amount": self.order.deposit_fen, "ref": ref,
                                                          "payer": self.person.psn_no})
         try:
-            hr = self.d.bank.hold(self.line, self.person, self.order.deposit_fen, key, ref)
+            hr = self.d.bank.hold(self.line, self.person, self.order.deposit_fen, key, ref, auth=auth)
         except RemoteError:
             try:
                 self.d.bank.release(ref, key + ":release")

@@ -343,7 +343,7 @@ class Terminal:
         if "draw" in names:
             d = data["draw"]
             j.record(oid, "reverse_draw", {"key": d["key"]})
-            self.deps.bank.reverse_draw(d["key"], d.get("payer", ""))
+            self.deps.bank.reverse_draw(d["key"], d.get("payer", ""), ref=d.get("ref", ""))
             j.record(oid, "draw_reversed", {"key": d["key"]})
         if "hold" in names:
             h = data["hold"]

@@ -97,4 +97,12 @@ MIGRATIONS = [
     Migration("credit.002_unpaid_by_day", [
         "CREATE INDEX credit_draws_unpaid_day ON credit_draws (line_id, day, id) WHERE unpaid_fen > 0",
     ]),
+    Migration("credit.003_owner", [
+        # who made each draw and hold (the payee institution and its terminal): a refund, capture or
+        # release is taken only from that institution; NULL on rows from before (no owner recorded)
+        "ALTER TABLE credit_draws ADD COLUMN fixmedins_code TEXT",
+        "ALTER TABLE credit_draws ADD COLUMN app_id TEXT",
+        "ALTER TABLE credit_holds ADD COLUMN fixmedins_code TEXT",
+        "ALTER TABLE credit_holds ADD COLUMN app_id TEXT",
+    ]),
 ]

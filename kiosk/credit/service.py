@@ -55,6 +55,15 @@ class Result:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """Who made a draw or hold: the payee institution (fixmedins_code) and its terminal (appId).
+    Only that institution may refund, capture or release it; to anyone else it does not exist."""
+
+    institution: str
+    app_id: str = ""
+
+
+@dataclass(frozen=True)
 class LineState:
     holder: str | None
     limit: Fen
@@ -273,14 +282,15 @@ class CreditService:
         return int(new_id)
 
     def _new_draw(self, tx: Transaction, ln: _Line, day: date, ref: str, payer: str, amount: Fen,
-                  from_hold: bool) -> int:
+                  from_hold: bool, owner: Owner | None = None) -> int:
         # a captured hold becomes a draw with the hold's ref; any other draw needs a new ref
         guard = "" if from_hold else " WHERE NOT EXISTS (SELECT 1 FROM credit_holds WHERE ref = ?)"
         params: tuple[Any, ...] = (ln.id, ref, payer, day.isoformat(), rules.month_of(day), amount, amount,
-                                   int(from_hold)) + (() if from_hold else (ref,))
+                                   int(from_hold), owner.institution if owner else None,
+                                   owner.app_id if owner else None) + (() if from_hold else (ref,))
         draw_id = self._insert_ref(
-            tx, "INSERT INTO credit_draws (line_id, ref, payer, day, month, original_fen, unpaid_fen, from_hold) "
-            "SELECT ?, ?, ?, ?, ?, ?, ?, ?" + guard + " RETURNING id", params, ref)
+            tx, "INSERT INTO credit_draws (line_id, ref, payer, day, month, original_fen, unpaid_fen, from_hold, "
+            "fixmedins_code, app_id) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?" + guard + " RETURNING id", params, ref)
         self._append(tx, ln, ledger.draw_entry(day, ref, draw_id, amount))
         ln.principal += amount
         if payer != ln.holder:  # the holder is notified of every member draw
@@ -372,11 +382,14 @@ class CreditService:
 
         return self._mutate(key, {"op": "unbind", "holder": holder, "member": member}, work)
 
-    def _reserve(self, op: str, key: str, payer: str, amount: Fen, ref: str, holder: str | None) -> Result:
+    def _reserve(self, op: str, key: str, payer: str, amount: Fen, ref: str, holder: str | None,
+                 owner: Owner | None = None) -> Result:
         _text(payer, "payer")
         _text(ref, "ref")
         _positive(amount)
         req = {"op": op, "payer": payer, "amount": amount, "ref": ref, "holder": holder}
+        if owner is not None:  # only then: the keys of requests without an owner keep their digest
+            req["owner"] = [owner.institution, owner.app_id]
 
         def work(tx: Transaction, day: date) -> Result:
             ln = self._resolve_payer(tx, payer, holder)
@@ -395,12 +408,13 @@ class CreditService:
                 self._save(tx, ln)
                 return Result(code, {"available": fen_to_yuan(ln.available)})
             if op == "draw":
-                self._new_draw(tx, ln, day, ref, payer, amount, from_hold=False)
+                self._new_draw(tx, ln, day, ref, payer, amount, from_hold=False, owner=owner)
             else:
                 hold_id = self._insert_ref(
-                    tx, "INSERT INTO credit_holds (line_id, ref, payer, day, amount_fen) SELECT ?, ?, ?, ?, ? "
-                    "WHERE NOT EXISTS (SELECT 1 FROM credit_draws WHERE ref = ?) RETURNING id",
-                    (ln.id, ref, payer, day.isoformat(), amount, ref), ref)
+                    tx, "INSERT INTO credit_holds (line_id, ref, payer, day, amount_fen, fixmedins_code, app_id) "
+                    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM credit_draws WHERE ref = ?) "
+                    "RETURNING id", (ln.id, ref, payer, day.isoformat(), amount, owner.institution if owner else None,
+                                     owner.app_id if owner else None, ref), ref)
                 self._append(tx, ln, ledger.hold_entry(day, ref, hold_id, amount))
                 ln.holds += amount
             self._save(tx, ln)
@@ -408,36 +422,47 @@ class CreditService:
 
         return self._mutate(key, req, work)
 
-    def draw(self, key: str, payer: str, amount: Fen, ref: str, holder: str | None = None) -> Result:
+    def draw(self, key: str, payer: str, amount: Fen, ref: str, holder: str | None = None, *,
+             owner: Owner | None = None) -> Result:
         """Charge `amount` fen to the line of `holder` (or the payer's own / bound line)."""
-        return self._reserve("draw", key, payer, amount, ref, holder)
+        return self._reserve("draw", key, payer, amount, ref, holder, owner)
 
-    def hold(self, key: str, payer: str, amount: Fen, ref: str, holder: str | None = None) -> Result:
+    def hold(self, key: str, payer: str, amount: Fen, ref: str, holder: str | None = None, *,
+             owner: Owner | None = None) -> Result:
         """Reserve `amount` for an inpatient deposit; captured at discharge."""
-        return self._reserve("hold", key, payer, amount, ref, holder)
+        return self._reserve("hold", key, payer, amount, ref, holder, owner)
 
-    def _hold_for(self, tx: Transaction, ref: str, holder: str | None) -> tuple[Result | None, _Line | None, Any]:
+    @staticmethod
+    def _scoped(req: dict[str, Any], institution: str | None) -> dict[str, Any]:
+        if institution is not None:
+            req["institution"] = institution
+        return req
+
+    def _hold_for(self, tx: Transaction, ref: str, holder: str | None,
+                  institution: str | None = None) -> tuple[Result | None, _Line | None, Any]:
         if holder is not None and self._line_id(tx, holder) is None:
             return Result(rules.NO_LINE), None, None
-        r = tx.fetch_one("SELECT line_id FROM credit_holds WHERE ref = ?", (ref,))
-        if r is None:
+        r = tx.fetch_one("SELECT line_id, fixmedins_code FROM credit_holds WHERE ref = ?", (ref,))
+        if r is None or (institution is not None and r[1] != institution):  # another's: as if it did not exist
             return Result(rules.UNKNOWN_REF), None, None
         ln = self._lock(tx, r[0])
         if holder is not None and ln.holder != holder:
             return Result(rules.UNKNOWN_REF), None, None
-        h = tx.fetch_one("SELECT id, payer, amount_fen, status FROM credit_holds WHERE ref = ?", (ref,))
+        h = tx.fetch_one("SELECT id, payer, amount_fen, status, fixmedins_code, app_id FROM credit_holds "
+                         "WHERE ref = ?", (ref,))
         if h is None or h[3] != "open":
             return Result(rules.UNKNOWN_REF), None, None
         return None, ln, h
 
-    def capture(self, key: str, ref: str, amount: Fen, holder: str | None = None) -> Result:
+    def capture(self, key: str, ref: str, amount: Fen, holder: str | None = None, *,
+                institution: str | None = None) -> Result:
         """Discharge: draw `amount` (at most the hold) dated today and release the rest."""
         _text(ref, "ref")
         if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
             raise InputError("must be a non-negative amount", field="amount")
 
         def work(tx: Transaction, day: date) -> Result:
-            early, ln, h = self._hold_for(tx, ref, holder)
+            early, ln, h = self._hold_for(tx, ref, holder, institution)
             if early is not None or ln is None:
                 return early or Result(rules.UNKNOWN_REF)
             self._accrue(tx, ln, day)
@@ -451,17 +476,19 @@ class CreditService:
             tx.execute("UPDATE credit_holds SET status = 'captured', captured_fen = ?, closed_day = ? WHERE id = ?",
                        (drawn, day.isoformat(), h[0]))
             if drawn > 0:
-                self._new_draw(tx, ln, day, ref, h[1], drawn, from_hold=True)
+                self._new_draw(tx, ln, day, ref, h[1], drawn, from_hold=True,
+                               owner=Owner(h[4], h[5] or "") if h[4] is not None else None)
             self._save(tx, ln)
             return Result(rules.OK, {"drawn": fen_to_yuan(drawn), "released": fen_to_yuan(released)})
 
-        return self._mutate(key, {"op": "capture", "ref": ref, "amount": amount, "holder": holder}, work)
+        return self._mutate(key, self._scoped({"op": "capture", "ref": ref, "amount": amount, "holder": holder},
+                                              institution), work)
 
-    def release(self, key: str, ref: str, holder: str | None = None) -> Result:
+    def release(self, key: str, ref: str, holder: str | None = None, *, institution: str | None = None) -> Result:
         _text(ref, "ref")
 
         def work(tx: Transaction, day: date) -> Result:
-            early, ln, h = self._hold_for(tx, ref, holder)
+            early, ln, h = self._hold_for(tx, ref, holder, institution)
             if early is not None or ln is None:
                 return early or Result(rules.UNKNOWN_REF)
             self._accrue(tx, ln, day)
@@ -472,7 +499,7 @@ class CreditService:
             self._save(tx, ln)
             return Result(rules.OK, {"released": fen_to_yuan(h[2])})
 
-        return self._mutate(key, {"op": "release", "ref": ref, "holder": holder}, work)
+        return self._mutate(key, self._scoped({"op": "release", "ref": ref, "holder": holder}, institution), work)
 
     def repay(self, key: str, holder: str, amount: Fen) -> Result:
         """Interest first, then principal oldest draw first; more than owed is refused whole."""
@@ -501,16 +528,18 @@ class CreditService:
 
         return self._mutate(key, {"op": "repay", "holder": holder, "amount": amount}, work)
 
-    def refund(self, key: str, ref: str, amount: Fen, holder: str | None = None) -> Result:
-        """Credit a refunded bill: the draw's unpaid principal first, the rest back as cash."""
+    def refund(self, key: str, ref: str, amount: Fen, holder: str | None = None, *,
+               institution: str | None = None) -> Result:
+        """Credit a refunded bill: the draw's unpaid principal first, the rest back as cash; never above
+        what is left of that one draw. With `institution`, only a draw that institution made."""
         _text(ref, "ref")
         _positive(amount)
 
         def work(tx: Transaction, day: date) -> Result:
             if holder is not None and self._line_id(tx, holder) is None:
                 return Result(rules.NO_LINE)
-            r = tx.fetch_one("SELECT line_id FROM credit_draws WHERE ref = ?", (ref,))
-            if r is None:
+            r = tx.fetch_one("SELECT line_id, fixmedins_code FROM credit_draws WHERE ref = ?", (ref,))
+            if r is None or (institution is not None and r[1] != institution):  # another's: as if none
                 return Result(rules.UNKNOWN_REF)
             ln = self._lock(tx, r[0])
             if holder is not None and ln.holder != holder:
@@ -531,7 +560,8 @@ class CreditService:
             self._save(tx, ln)
             return Result(rules.OK, {"principal": fen_to_yuan(principal), "cash": fen_to_yuan(cash)})
 
-        return self._mutate(key, {"op": "refund", "ref": ref, "amount": amount, "holder": holder}, work)
+        return self._mutate(key, self._scoped({"op": "refund", "ref": ref, "amount": amount, "holder": holder},
+                                              institution), work)
 
     # -- reading --------------------------------------------------------------
     def state(self, holder: str) -> LineState:
@@ -602,4 +632,4 @@ class CreditService:
         return self.db.read(lambda tx: run_check(tx))
 
 
-__all__ = ["CheckReport", "CreditService", "LineState", "Result"]
+__all__ = ["CheckReport", "CreditService", "LineState", "Owner", "Result"]

@@ -276,6 +276,12 @@ class CentreClient(_Client):
         """2601: undo message `omsgid` whether or not it was applied; a late arrival is then refused."""
         return self.call("2601", {"data": {"psn_no": psn_no, "omsgid": omsgid, "oinfno": oinfno}}, msgid)
 
+    def pay_auth(self, psn_no: str, ec_token: str, amount: str, ref: str, purpose: str = "hold",
+                 msgid: str | None = None) -> Answer:
+        """ec.payauth: the centre's signed authorisation of a payment with no settlement (a deposit hold)."""
+        return self.call("ec.payauth", {"data": {"psn_no": psn_no, "mdtrt_cert_type": "01", "mdtrt_cert_no": ec_token,
+                                                 "purpose": purpose, "amount": amount, "ref": ref}}, msgid)
+
     def query(self, psn_no: str, *, setl_id: str = "", omsgid: str = "") -> Answer:
         return self.call("5203", {"data": {"psn_no": psn_no, "setl_id": setl_id, "omsgid": omsgid}})
 
@@ -297,9 +303,11 @@ class BankClient(_Client):
                                           "insured_years": insured_years}, msgid)
 
     def bind(self, holder: str, member: str, relation: str, consent: bool, monthly_cap: str | None = None,
-             msgid: str | None = None) -> Answer:
-        return self.call("credit.bind", {"holder": holder, "member": member, "relation": relation,
-                                         "consent": consent, "monthly_cap": monthly_cap}, msgid)
+             msgid: str | None = None, *, pay_auth: str = "") -> Answer:
+        """Lend the holder's line to `member`: `pay_auth` is the holder's (centre ec.payauth, purpose bind,
+        ref = member, amount = monthly_cap or 0.00)."""
+        return self.call("credit.bind", _with_auth({"holder": holder, "member": member, "relation": relation,
+                                                    "consent": consent, "monthly_cap": monthly_cap}, pay_auth), msgid)
 
     def unbind(self, holder: str, member: str, msgid: str | None = None) -> Answer:
         return self.call("credit.unbind", {"holder": holder, "member": member}, msgid)
@@ -307,17 +315,24 @@ class BankClient(_Client):
     def line(self, payer: str) -> Answer:
         return self.call("credit.line", {"payer": payer})
 
-    def draw(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None) -> Answer:
+    def draw(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None, *,
+             pay_auth: str = "") -> Answer:
         """Charge `amount` (yuan) to the line `payer` may use; `ref` is the settlement's setl_id, `key` the
-        idempotency key (same key + same draw = the first answer, never a second charge)."""
-        return self.call("credit.draw", {"payer": payer, "amount": amount, "ref": ref, "key": key}, msgid)
+        idempotency key (same key + same draw = the first answer, never a second charge), `pay_auth` the
+        centre's authorisation from the settlement's answer (the bank refuses a draw without one)."""
+        return self.call("credit.draw", _with_auth({"payer": payer, "amount": amount, "ref": ref, "key": key},
+                                                   pay_auth), msgid)
 
-    def reverse_draw(self, key: str, payer: str, msgid: str | None = None) -> Answer:
-        """Undo the draw made with `key` (a full refund); a draw with that key arriving later is refused."""
-        return self.call("credit.draw_reverse", {"key": key, "payer": payer}, msgid)
+    def reverse_draw(self, key: str, payer: str, msgid: str | None = None, *, ref: str = "") -> Answer:
+        """Undo the draw made with `key` (a full refund); a draw with that key arriving later is refused.
+        With `ref` (the setl_id the draw was for), a key that drew for another ref is left alone."""
+        return self.call("credit.draw_reverse", {"key": key, "payer": payer, **({"ref": ref} if ref else {})}, msgid)
 
-    def hold(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None) -> Answer:
-        return self.call("credit.hold", {"payer": payer, "amount": amount, "ref": ref, "key": key}, msgid)
+    def hold(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None, *,
+             pay_auth: str = "") -> Answer:
+        """Hold a deposit; `pay_auth` from the centre's ec.payauth (purpose hold, same ref and amount)."""
+        return self.call("credit.hold", _with_auth({"payer": payer, "amount": amount, "ref": ref, "key": key},
+                                                   pay_auth), msgid)
 
     def capture(self, ref: str, amount: str, key: str, msgid: str | None = None) -> Answer:
         return self.call("credit.capture", {"ref": ref, "amount": amount, "key": key}, msgid)
@@ -334,6 +349,28 @@ class BankClient(_Client):
     def statement(self, holder: str) -> Answer:
         return self.call("credit.statement", {"holder": holder})
 
+
+
+def _with_auth(data: dict[str, Any], pay_auth: str) -> dict[str, Any]:
+    return {**data, "pay_auth": pay_auth} if pay_auth else data
+
+
+def operator_bind(base_url: str, admin_token: str, holder: str, member: str, relation: str, consent: bool,
+                  monthly_cap: str | None, key: str, *, http: httpx.Client | None = None,
+                  timeout: float = 10.0) -> dict[str, Any]:
+    """The bank's own channel: record a family binding the holder made there (operator token)."""
+    body = {"holder": holder, "member": member, "relation": relation, "consent": consent,
+            "monthly_cap": monthly_cap, "key": key}
+    try:
+        if http is not None:
+            r = http.post("/admin/bind", json=body, headers={"x-admin-token": admin_token})
+        else:
+            r = httpx.post(f"{base_url.rstrip('/')}/admin/bind", json=body, headers={"x-admin-token": admin_token},
+                           timeout=timeout)
+        out = r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise _remote(f"cannot reach the bank at {base_url}: {e}", "unreachable", True) from None
+    return dict(out)
 
 
 def drain_notifications(base_url: str, admin_token: str, limit: int = 100, *,

@@ -263,6 +263,11 @@ class Gateway:
             req = parse_model(PlatformRequest, payload, prefix="")
             if path_infno is not None and req.infno != path_infno:
                 raise InputError(f"is {req.infno!r} but was posted to the route of {path_infno!r}", field="infno")
+            if req.fixmedins_code != msg.terminal.fixmedins_code:
+                # the institution a message acts for is the one its terminal is registered with, never
+                # what the message says; a message that says otherwise is refused, not silently re-labelled
+                raise Refusal(InfCode.INVALID_INPUT, "is not the institution this terminal is registered for",
+                              code="institution_mismatch", field="fixmedins_code")
             route = self.routes.get(req.infno)
             if route is None:
                 raise Refusal(InfCode.UNKNOWN_TRANSACTION, f"unknown transaction {req.infno!r}", field="infno")

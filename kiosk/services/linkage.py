@@ -4,9 +4,14 @@ The terminal writes each step to its journal BEFORE the call it prepares, and
 every call is idempotent by a key fixed in the journal:
 
     intent    msgid M of the 2207/2102, draw key K = "draw-" + M    (journaled first)
-    settle    2207(M)            -> setl_id, psn_cash_pay           (retry = same M)
-    draw      credit.draw(K, ref=setl_id, amount=psn_cash_pay)      (retry = same K)
+    settle    2207(M)            -> setl_id, psn_cash_pay, pay_auth (retry = same M)
+    draw      credit.draw(K, ref=setl_id, amount=psn_cash_pay, pay_auth)  (retry = same K)
     done
+
+The pay_auth (the centre's signed, single-use authorisation of this draw: payer, terminal,
+institution, setl_id, amount) is journaled with the settlement: it is not secret, and a
+draw re-sent after a crash carries it again. Expired by then (10 minutes), the terminal
+asks the centre for it again by 5203 (same authorisation id: the bank still draws once).
 
 Repair (`resume`), from whatever step the journal holds:
 - no answer to 2207: 5203 by omsgid M; settled -> go on to the draw; otherwise
@@ -48,6 +53,7 @@ class PaymentEntry:
     setl_id: str = ""
     cash_fen: int = 0
     cash_yuan: str = "0.00"
+    pay_auth: str = ""  # the centre's authorisation of the draw (2207/2102 answer, or 5203)
     detail: str = ""
     history: list[str] = field(default_factory=list)
 
@@ -100,6 +106,7 @@ class LinkedPayment:
             s = a.output["setlinfo"]
             e.setl_id, e.cash_yuan = s["setl_id"], s["psn_cash_pay"]
             e.cash_fen = yuan_to_fen(s["psn_cash_pay"], "psn_cash_pay")
+            e.pay_auth = str(a.output.get("pay_auth") or "")
             self._save(e, "settled")
         elif a.err_code == "message_reversed":
             self._save(e, "reversed", a.err_msg)
@@ -113,6 +120,7 @@ class LinkedPayment:
             s = q.output["setlinfo"]
             e.setl_id, e.cash_yuan = s["setl_id"], s["psn_cash_pay"]
             e.cash_fen = yuan_to_fen(s["psn_cash_pay"], "psn_cash_pay")
+            e.pay_auth = str(q.output.get("pay_auth") or "")
             self._save(e, "settled", "answer lost; found by 5203")
             return
         self._save(e, "reversing", "answer lost; reversing by message (2601)")
@@ -121,7 +129,14 @@ class LinkedPayment:
         if e.cash_fen == 0:
             self._save(e, "done", "no cash share")
             return
-        a = self.bank.draw(e.payer, e.cash_yuan, e.setl_id, e.draw_key)  # uncertain -> raises; resume retries
+        a = self.bank.draw(e.payer, e.cash_yuan, e.setl_id, e.draw_key, pay_auth=e.pay_auth)  # uncertain -> raises
+        if a.err_code == "pay_auth_expired" or (not e.pay_auth and a.infcode == InfCode.INVALID_INPUT):
+            # a draw resumed long after its settlement: the centre signs the same authorisation anew
+            q = self.centre.query(e.psn_no, setl_id=e.setl_id)
+            if q.ok and q.output.get("pay_auth"):
+                e.pay_auth = str(q.output["pay_auth"])
+                self.journal.save(e)
+                a = self.bank.draw(e.payer, e.cash_yuan, e.setl_id, e.draw_key, pay_auth=e.pay_auth)
         self.fault("draw")
         if a.ok:
             self._save(e, "done", f"draw {a.output.get('draw_id', '')}")

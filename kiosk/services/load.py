@@ -132,7 +132,7 @@ def terminal_main(cfg: dict[str, Any]) -> dict[str, Any]:
             setl_id, cash = s["setl_id"], s["psn_cash_pay"]
             cash_fen = int(Decimal(cash) * 100)
             if cash_fen > 0:
-                d = bank.draw(psn_no, cash, setl_id, f"draw-{msgid}")
+                d = bank.draw(psn_no, cash, setl_id, f"draw-{msgid}", pay_auth=st.output.get("pay_auth", ""))
                 t2 = time.perf_counter()
                 lat["draw"].append(t2 - t1)
                 if not d.ok:

@@ -28,7 +28,7 @@ from tests.app.conftest import NUAA_SPOOF, TWO_PEOPLE, casia
 
 ALICE = Person(psn_no="P001", name="王小华", ec_token="tok")
 SPLIT = Split(medfee_sumamt=10000, fund_pay_sumamt=6000, psn_part_amt=4000, acct_pay=1000, acct_mulaid_pay=0,
-              psn_cash_pay=3000, setl_id="S1", mdtrt_id="M1")
+              psn_cash_pay=3000, setl_id="S1", mdtrt_id="M1", pay_auth="PA1.settled.S1")
 BILL = {"items": [{"code": "X", "price": "100.00", "qty": "1"}]}
 GOOD_ID = "11010519491231002X"
 FAST = {State.FACE_CAPTURE: 8.0, State.LIVENESS: 8.0, State.CONFIRM: 6.0, State.ID_ENTRY: 8.0}
@@ -87,6 +87,10 @@ class Centre:
         self.calls.append(("refund", setl_id))
         return RefundResult("ok")
 
+    def hold_auth(self, person, amount_fen, ref):
+        self.calls.append(("hold_auth", amount_fen))
+        return "PA1.fake.auth"
+
 
 @dataclass
 class Bank:
@@ -98,17 +102,19 @@ class Bank:
     def line_for(self, person):
         return self.line
 
-    def draw(self, line, person, amount_fen, key, ref):
+    def draw(self, line, person, amount_fen, key, ref, auth=""):
         assert [s for s, _ in self.store.steps("t", "o1")][-1] == "draw"
         self.calls.append(("draw", amount_fen))
+        self.auths = getattr(self, "auths", []) + [auth]
         return DrawResult(self.draw_status, "D1" if self.draw_status == "ok" else "", amount_fen)
 
-    def reverse_draw(self, key, payer):
+    def reverse_draw(self, key, payer, ref=""):
         self.calls.append(("reverse_draw", key))
         return True
 
-    def hold(self, line, person, amount_fen, key, ref):
+    def hold(self, line, person, amount_fen, key, ref, auth=""):
         self.calls.append(("hold", amount_fen))
+        self.auths = getattr(self, "auths", []) + [auth]
         return DrawResult("ok", "H1", amount_fen)
 
     def capture(self, hold_id, amount_fen, key):
@@ -371,3 +377,32 @@ def test_admission_without_a_credit_line_is_told_why(rig):
     out = rig.run(Order("o1", {}, mode="admission", deposit_fen=50000))
     assert (out.status, out.reason) == ("failed", "credit_not_eligible")
     assert rig.bank.calls == []
+
+
+def test_the_settlements_pay_auth_is_journaled_and_carried_into_the_draw(rig):
+    """The bank draws only with the centre's pay_auth: it comes from the settlement's answer, is kept
+    with the 'settled' step (a crash-recovery re-send carries it again) and goes into the draw."""
+    rig.cam.show([casia(1, 0)])
+    rig.typist.plan("confirm", "<enter>")
+    out = rig.run()
+    assert out.status == "paid", (out, rig.reasons())
+    assert rig.bank.auths == ["PA1.settled.S1"]
+    settled = dict(rig.store.steps("t", "o1"))["settled"]
+    assert settled["pay_auth"] == "PA1.settled.S1"
+
+
+def test_admission_asks_the_centre_for_the_holds_pay_auth_first(rig):
+    rig.cam.show([casia(1, 0)])
+    rig.typist.plan("confirm", "<enter>")
+    out = rig.run(Order("o1", {}, mode="admission", deposit_fen=50000))
+    assert out.status == "held", (out, rig.reasons())
+    assert ("hold_auth", 50000) in rig.centre.calls and rig.bank.auths == ["PA1.fake.auth"]
+
+
+def test_admission_without_the_centres_authorisation_holds_nothing(rig, monkeypatch):
+    monkeypatch.setattr(rig.centre, "hold_auth", lambda person, amount_fen, ref: "")
+    rig.cam.show([casia(1, 0)])
+    rig.typist.plan("confirm", "<enter>")
+    out = rig.run(Order("o1", {}, mode="admission", deposit_fen=50000))
+    assert (out.status, out.reason) == ("failed", "centre_unavailable")
+    assert [c for c in rig.bank.calls if c[0] == "hold"] == []

@@ -22,7 +22,7 @@ from kiosk.services.linkage import LinkedPayment, MemoryJournal
 from kiosk.services.protocol import InfCode
 from kiosk.storage import Database, open_database
 
-from .conftest import Centre, bank_identity, fresh_pg, head, lines, make_centre, pg_url
+from .conftest import Centre, bank_identity, fresh_pg, head, lines, make_centre, pay_auth, pg_url
 
 
 @dataclass
@@ -63,26 +63,30 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_apply_bind_draw_idempotent_and_reverse(pair: tuple[Centre, Bank]) -> None:
-    _c, bank = pair
+    c, bank = pair
     b = bank.client
     assert b.apply("H1", "1980-05-01", 4).output["limit"] == "10000.00"
     old = b.apply("H2", "1950-05-01", 9)
     assert old.infcode == InfCode.BUSINESS_REFUSED and old.err_code == "ineligible_age"
-    assert b.bind("H1", "M1", "parent", False).err_code == "no_consent"
-    assert b.bind("H1", "M1", "parent", True, "100.00").ok
+    assert b.bind("H1", "M1", "parent", False,
+                  pay_auth=pay_auth(c, "H1", "M1", "0.00", purpose="bind")).err_code == "no_consent"
+    assert b.bind("H1", "M1", "parent", True, "100.00").err_code == "pay_auth_required"  # not without the holder
+    assert b.bind("H1", "M1", "parent", True, "100.00", pay_auth=pay_auth(c, "H1", "M1", "100.00", purpose="bind")).ok
     line = b.line("M1")
     assert line.ok and line.output["holder"] == "H1" and line.output["kind"] == "family"
-    first = b.draw("M1", "60.00", "SETL-A", "k-a")
-    again = b.draw("M1", "60.00", "SETL-A", "k-a")  # retry with the same key: first result, no second charge
+    auth_a = pay_auth(c, "M1", "SETL-A", "60.00")
+    first = b.draw("M1", "60.00", "SETL-A", "k-a", pay_auth=auth_a)
+    again = b.draw("M1", "60.00", "SETL-A", "k-a", pay_auth=auth_a)  # retry, same key: first result, no 2nd charge
     assert first.ok and again.ok and again.output["ref"] == "SETL-A"
     assert b.line("H1").output["available"] == "9940.00"
-    capped = b.draw("M1", "60.00", "SETL-B", "k-b")
+    capped = b.draw("M1", "60.00", "SETL-B", "k-b", pay_auth=pay_auth(c, "M1", "SETL-B", "60.00"))
     assert capped.err_code == "member_cap_exceeded"
-    other = b.draw("M1", "61.00", "SETL-A", "k-a")  # same key, different draw
+    other = b.draw("M1", "61.00", "SETL-A", "k-a", pay_auth=pay_auth(c, "M1", "SETL-A", "61.00"))  # same key, other draw
     assert other.infcode == InfCode.MSGID_CONFLICT
     msgid = b.new_msgid()
-    d1 = b.draw("H1", "10.00", "SETL-C", "k-c", msgid=msgid)
-    d2 = b.draw("H1", "10.00", "SETL-C", "k-c", msgid=msgid)  # same message retried
+    auth_c = pay_auth(c, "H1", "SETL-C", "10.00")
+    d1 = b.draw("H1", "10.00", "SETL-C", "k-c", msgid=msgid, pay_auth=auth_c)
+    d2 = b.draw("H1", "10.00", "SETL-C", "k-c", msgid=msgid, pay_auth=auth_c)  # same message retried
     assert d1.output == d2.output
     # the holder is told about the member's draw
     notes = bank.notifications()
@@ -92,7 +96,7 @@ def test_apply_bind_draw_idempotent_and_reverse(pair: tuple[Centre, Bank]) -> No
     assert r.output["result"] == "reversed" and b.line("H1").output["available"] == "9990.00"
     assert b.reverse_draw("k-a", "M1").output["result"] == "already_reversed"
     assert b.reverse_draw("k-z", "H1").output["result"] == "not_drawn"
-    late = b.draw("H1", "5.00", "SETL-Z", "k-z")
+    late = b.draw("H1", "5.00", "SETL-Z", "k-z", pay_auth=pay_auth(c, "H1", "SETL-Z", "5.00"))
     assert late.infcode == InfCode.ALREADY_REVERSED and late.err_code == "draw_reversed"
     st = b.statement("H1").output
     assert [d["ref"] for d in st["draws"]] == ["SETL-A", "SETL-C"]
@@ -258,16 +262,17 @@ def test_bank_openapi_lists_every_operation(pair: tuple[Centre, Bank]) -> None:
 
 
 def test_hold_capture_release_repay_refund(pair: tuple[Centre, Bank]) -> None:
-    _c, bank = pair
+    c, bank = pair
     b = bank.client
     assert b.apply("H9", "1985-01-01", 1).output["limit"] == "5000.00"
-    assert b.hold("H9", "3000.00", "ADM-1", "h1").ok
+    assert b.hold("H9", "3000.00", "ADM-1", "h1", pay_auth=pay_auth(c, "H9", "ADM-1", "3000.00", purpose="hold")).ok
     assert b.line("H9").output["available"] == "2000.00"
     over = b.capture("ADM-1", "3500.00", "c0")
     assert over.err_code == "exceeds_hold"
     cap = b.capture("ADM-1", "1200.00", "c1")
     assert cap.ok and cap.output["drawn"] == "1200.00" and cap.output["released"] == "1800.00"
-    assert b.hold("H9", "100.00", "ADM-2", "h2").ok and b.release("ADM-2", "r2").ok
+    assert b.hold("H9", "100.00", "ADM-2", "h2", pay_auth=pay_auth(c, "H9", "ADM-2", "100.00", purpose="hold")).ok
+    assert b.release("ADM-2", "r2").ok
     assert b.refund("ADM-1", "200.00", "rf1").output["principal"] == "200.00"
     assert b.repay("H9", "5000.00", "p0").err_code == "overpayment"
     assert b.repay("H9", "1000.00", "p1").ok
@@ -301,7 +306,7 @@ def test_notifications_queue_due_soon_and_overdue_without_a_new_draw(tmp_path) -
         b = BankClient("http://testserver", bank_identity(centre.app_id, centre.app_secret, centre.key),
                        http=http, clock=centre.clock)
         assert b.apply("H9", "1985-01-01", 3).ok
-        assert b.draw("H9", "100.00", "SETL-N", "k-n").ok
+        assert b.draw("H9", "100.00", "SETL-N", "k-n", pay_auth=pay_auth(centre, "H9", "SETL-N", "100.00")).ok
         def notes() -> list[dict[str, Any]]:
             return drain_notifications("http://testserver", admin_token(tmp_path), http=http)
 
@@ -356,8 +361,10 @@ def test_concurrent_draws_with_one_key_all_get_the_one_charge(pair: tuple[Centre
     ex = ThreadPoolExecutor(n)  # one pool: each worker thread keeps one connection
     for i in range(rounds):
         envs = []
+        auth = pay_auth(c, "HC1", f"SC-{i}", "1.00")
         for _ in range(n):
-            req = b.request("credit.draw", {"payer": "HC1", "amount": "1.00", "ref": f"SC-{i}", "key": f"kc-{i}"})
+            req = b.request("credit.draw", {"payer": "HC1", "amount": "1.00", "ref": f"SC-{i}", "key": f"kc-{i}",
+                                            "pay_auth": auth})
             envs.append((json.dumps(env.client_envelope(req, app_id=c.app_id, app_secret=c.app_secret,
                                                         sm2_key=c.key, now=c.clock.now())).encode(), req["msgid"]))
         outs = list(ex.map(lambda e: gw.handle(e[0], "credit.draw"), envs))
@@ -368,5 +375,5 @@ def test_concurrent_draws_with_one_key_all_get_the_one_charge(pair: tuple[Centre
     after = b.line("HC1").output["principal_outstanding"]
     assert Decimal(after) - Decimal(before) == rounds  # one yuan per key, however many tries
     assert b.reverse_draw("kc-0", "HC1").output["result"] == "reversed"
-    assert b.draw("HC1", "1.00", "SC-0", "kc-0").err_code == "draw_reversed"
+    assert b.draw("HC1", "1.00", "SC-0", "kc-0", pay_auth=pay_auth(c, "HC1", "SC-0", "1.00")).err_code == "draw_reversed"
     assert check_bank(bank.db)["balanced"]

@@ -132,7 +132,7 @@ def _envelope(c: Centre, infno: str, data: dict) -> dict:
 
 def test_tampered_envelope_and_replayed_nonce_are_refused(centre: Centre) -> None:
     p = centre.people[7]
-    e = _envelope(centre, "1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": p.certno}})
+    e = _envelope(centre, "1101", {"data": {"mdtrt_cert_type": "01", "mdtrt_cert_no": centre.activate(p)}})
     msgid = e.pop("_msgid")
     r1 = centre.http.post("/fsi/api/1101", json=e)
     assert r1.status_code == 200 and centre.client.read_answer(r1, msgid).ok

@@ -56,7 +56,8 @@ def test_two_workers_share_state_through_the_database(tmp_path: Path) -> None:
         assert all(x.output == answers[0].output for x in answers) and answers[0].ok
         setl = answers[0].output["setlinfo"]
         key_ = f"draw-{msgid}"
-        draws = [bank.draw(p.psn_no, setl["psn_cash_pay"], setl["setl_id"], key_) for _ in range(4)]
+        draws = [bank.draw(p.psn_no, setl["psn_cash_pay"], setl["setl_id"], key_,
+                           pay_auth=answers[0].output["pay_auth"]) for _ in range(4)]
         assert all(d.ok for d in draws)
         assert bank.line(p.psn_no).output["principal_outstanding"] == "88.00"
         auth = centre.authenticate(centre.seal_face(synthetic_capture(p.psn_no, rng), "s2", "auth"), "s2")

@@ -66,9 +66,9 @@ class BankAdapter:
         return Line(kind=kind, line_id=str(o.get("line_id") or holder), holder_name=label,
                     available=_fen(o.get("available"), "available"))
 
-    def draw(self, line: Line, person: Person, amount_fen: int, key: str, ref: str) -> DrawResult:
+    def draw(self, line: Line, person: Person, amount_fen: int, key: str, ref: str, auth: str = "") -> DrawResult:
         try:
-            a = self._call(self.client.draw, person.psn_no, fen_to_yuan(amount_fen), ref, key)
+            a = self._call(self.client.draw, person.psn_no, fen_to_yuan(amount_fen), ref, key, pay_auth=auth)
         except RemoteError:
             return DrawResult("unknown")
         if a.infcode in (InfCode.STORAGE, InfCode.INTERNAL):
@@ -77,17 +77,19 @@ class BankAdapter:
             return DrawResult(_reason(a))
         return DrawResult("ok", str(a.output.get("draw_id") or ref), amount_fen)
 
-    def reverse_draw(self, key: str, payer: str) -> bool:
-        a = self._call(self.client.reverse_draw, key, payer)
+    def reverse_draw(self, key: str, payer: str, ref: str = "") -> bool:
+        a = self._call(self.client.reverse_draw, key, payer, ref=ref)
         if a.ok:
             return True
         code = (a.err_code or "").lower()
         if "already" in code:
             return True  # already undone
+        if code == "key_ref_mismatch":
+            return True  # the key holds another order's draw: ours never happened under it (a late one conflicts)
         raise RemoteError(f"the bank refused to reverse draw {key}: {a.err_msg}", code=a.err_code or "refused")
 
-    def hold(self, line: Line, person: Person, amount_fen: int, key: str, ref: str) -> DrawResult:
-        a = self._call(self.client.hold, person.psn_no, fen_to_yuan(amount_fen), ref, key)
+    def hold(self, line: Line, person: Person, amount_fen: int, key: str, ref: str, auth: str = "") -> DrawResult:
+        a = self._call(self.client.hold, person.psn_no, fen_to_yuan(amount_fen), ref, key, pay_auth=auth)
         if not a.ok:
             return DrawResult(_reason(a))
         return DrawResult("ok", str(a.output.get("hold_id") or ref), amount_fen)

@@ -38,7 +38,8 @@ def split_from(output: dict[str, Any]) -> Split:
 
     return Split(medfee_sumamt=f("medfee_sumamt"), fund_pay_sumamt=f("fund_pay_sumamt"), psn_part_amt=f("psn_part_amt"),
                  acct_pay=f("acct_pay"), acct_mulaid_pay=f("acct_mulaid_pay"), psn_cash_pay=f("psn_cash_pay"),
-                 setl_id=str(s.get("setl_id") or ""), mdtrt_id=str(s.get("mdtrt_id") or ""), raw=dict(s))
+                 setl_id=str(s.get("setl_id") or ""), mdtrt_id=str(s.get("mdtrt_id") or ""), raw=dict(s),
+                 pay_auth=str(output.get("pay_auth") or ""))
 
 
 def _person(out: dict[str, Any]) -> Person:
@@ -151,6 +152,11 @@ class CentreAdapter:
         if a.ok and a.output.get("result") in ("reversed", "already_reversed", "not_applied"):
             return True
         raise RemoteError(f"reversal refused: {a.err_msg}", code=a.err_code or "refused")
+
+    def hold_auth(self, person: Person, amount_fen: int, ref: str) -> str:
+        """ec.payauth: the signed authorisation of an admission's deposit hold (the person's ecToken)."""
+        a = self._call(self.client.pay_auth, person.psn_no, person.ec_token, fen_to_yuan(amount_fen), ref)
+        return str(a.output.get("pay_auth") or "") if a.ok else ""
 
     def refund(self, person: Person, setl_id: str, amount_fen: int, key: str, *, msgid: str = "",
                pharmacy: bool | None = None) -> RefundResult:

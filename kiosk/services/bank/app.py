@@ -3,26 +3,33 @@
     uvicorn --factory kiosk.services.bank.app:app_from_env --workers 4
 
 Configuration: `KIOSK_BANK_DB` (default `sqlite:///<data_dir>/bank.db`),
-`KIOSK_DATA_DIR` (keys under `<data_dir>/services/bank-keys`), `KIOSK_REPLAY_WINDOW_S`.
+`KIOSK_DATA_DIR` (keys under `<data_dir>/services/bank-keys`), `KIOSK_REPLAY_WINDOW_S`,
+`KIOSK_CENTRE_SM2_PUBLIC` (hex 04||x||y: the insurance centre's key pay_auths are checked
+with; default: `<data_dir>/services/centre-public.json`, which the centre writes at start).
 """
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header
+from fastapi import Body, FastAPI, Header
 from fastapi.responses import JSONResponse
 
 from kiosk.clock import Clock, SystemClock
 from kiosk.config import load
-from kiosk.services.bank.service import BankService
+from kiosk.errors import ConflictError, KioskError
+from kiosk.services.bank.service import BankService, OperatorBind
+from kiosk.security.sm import Sm2PublicKey
+from kiosk.services import envelope as env
 from kiosk.services.envelope import ServiceKeys
 from kiosk.services.gateway import Gateway
 from kiosk.services.http import admin_refusal, admin_token, build_app
-from kiosk.services.protocol import InfCode, Refusal, refused
+from kiosk.services.protocol import InfCode, Refusal, parse_model, refused
 from kiosk.storage import Database, open_database
 
 PORT = 8720
@@ -36,21 +43,46 @@ def bank_keys(data_dir: Path) -> ServiceKeys:
     return ServiceKeys.open_or_init(Path(data_dir) / "services" / "bank-keys", device_id="BANK-0001")
 
 
+def centre_key(data_dir: Path, sm2_public: str | None = None) -> Callable[[], Sm2PublicKey | None]:
+    """The insurance centre's SM2 public key, pinned on first sight: given here, from
+    `KIOSK_CENTRE_SM2_PUBLIC`, or from the file the centre publishes in the shared data directory
+    (read when first needed, so the bank may start before the centre). Never re-read once pinned."""
+    pinned: list[Sm2PublicKey] = []
+    lock = threading.Lock()
+
+    def get() -> Sm2PublicKey | None:
+        with lock:
+            if pinned:
+                return pinned[0]
+            text = sm2_public or os.environ.get("KIOSK_CENTRE_SM2_PUBLIC", "")
+            if not text:
+                from kiosk.services.centre.app import centre_public_path
+
+                try:
+                    text = json.loads(centre_public_path(data_dir).read_text())["sm2"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    return None
+            pinned.append(env.public_key(text))
+            return pinned[0]
+
+    return get
+
+
 def build_bank(db: Database, data_dir: Path, clock: Clock | None = None,
-               window_s: int = 300) -> tuple[BankService, Gateway]:
+               window_s: int = 300, centre_sm2_public: str | None = None) -> tuple[BankService, Gateway]:
     clock = clock or SystemClock()
-    service = BankService(db, clock)
+    service = BankService(db, clock, centre_key(data_dir, centre_sm2_public))
     gw = Gateway("bank", db, clock, bank_keys(data_dir), service.routes(), window_s=window_s)
     return service, gw
 
 
 def create_app(db: Database | str | None = None, *, data_dir: Path | None = None, clock: Clock | None = None,
-               window_s: int | None = None) -> FastAPI:
+               window_s: int | None = None, centre_sm2_public: str | None = None) -> FastAPI:
     data_dir = Path(data_dir or load().data_dir)
     if not isinstance(db, Database):
         db = open_database(db or bank_db_url(data_dir))
     window = window_s or int(load().replay_window_s)
-    service, gw = build_bank(db, data_dir, clock, window)
+    service, gw = build_bank(db, data_dir, clock, window, centre_sm2_public)
     app = build_app("Bank: medical-insurance credit line", gw, data_dir, description=__doc__.splitlines()[0])
     token = admin_token(data_dir)
 
@@ -65,6 +97,26 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
             return JSONResponse(refused("", Refusal(InfCode.INVALID_INPUT, "must be 1..1000", field="limit"), now),
                                 status_code=400)
         out = db.run(lambda tx: service.hand_over(tx, now, limit))
+        return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
+
+    @app.post("/admin/bind", tags=["admin"],
+              summary="record a family binding the holder made in the bank's own channel (operator token); "
+                      "terminals bind only with the holder's pay_auth (credit.bind)")
+    def operator_bind(body: dict[str, Any] = Body(...), x_admin_token: str = Header(default="")) -> JSONResponse:
+        now = gw.clock.now()
+        denied = admin_refusal(x_admin_token, token, now)
+        if denied is not None:
+            return denied
+        try:
+            d = parse_model(OperatorBind, body, prefix="")
+            out = service.bind_by_operator(d)
+        except ConflictError as e:
+            return JSONResponse(refused("", Refusal(InfCode.MSGID_CONFLICT, "key was already used for a different "
+                                                    "binding", code=e.code, field="key"), now), status_code=409)
+        except KioskError as e:
+            return JSONResponse(refused("", e, now), status_code=400)
+        if isinstance(out, Refusal):
+            return JSONResponse(refused("", out, now))
         return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
 
     app.state.service = service

@@ -3,12 +3,12 @@
 | infno | input | output |
 |---|---|---|
 | credit.apply | holder, birth_date, insured_years | line opened: limit (tier) / ineligible_age |
-| credit.bind | holder, member, relation, consent, monthly_cap | bound / no_consent / no_line |
+| credit.bind | holder, member, relation, consent, monthly_cap, pay_auth (the holder's, purpose bind) | bound / no_consent / no_line |
 | credit.unbind | holder, member | unbound / not_bound |
 | credit.line | payer | holder, kind own/family, limit, available, overdue |
-| credit.draw | payer, amount, ref (= setl_id), key | ref, amount, available |
-| credit.draw_reverse | key, payer | reversed / not_drawn (the key is then blocked) |
-| credit.hold / credit.capture / credit.release | payer, amount, ref, key / ref, amount, key / ref, key | ... |
+| credit.draw | payer, amount, ref (= setl_id), key, pay_auth | ref, amount, available |
+| credit.draw_reverse | key, payer, ref? | reversed / not_drawn (the key is then blocked) / key_ref_mismatch |
+| credit.hold / credit.capture / credit.release | payer, amount, ref, key, pay_auth / ref, amount, key / ref, key | ... |
 | credit.repay | holder, amount, key | interest, principal |
 | credit.refund | ref, amount, key | principal, cash |
 | credit.statement | holder | state, draws, holds, members |
@@ -21,18 +21,27 @@ transactions), so the message's msgid, the credit operation's idempotency key,
 the journal entry and the stored answer commit together. A credit refusal
 (`exceeds_available`, `line_overdue`, ...) is an answer with infcode 3004 and
 that code as `err_code`.
+
+Who may act on what (docs/remote-parties.md): a draw or hold needs the centre's signed
+`pay_auth` for exactly this payer, terminal, institution, ref and amount, unexpired and
+unused (kiosk.services.payauth); a refund, capture, release or draw_reverse reaches only a
+draw or hold the caller's institution made, and anything else answers as if it did not
+exist. Idempotency keys are scoped by the caller's institution and terminal.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from kiosk.clock import Clock
-from kiosk.credit import CreditService, Result
-from kiosk.errors import ConflictError, KioskError
+from kiosk.credit import CreditService, Owner, Result
+from kiosk.errors import ConflictError, IntegrityError, KioskError
 from kiosk.money import yuan_to_fen
+from kiosk.security.sm import Sm2PublicKey
+from kiosk.services import payauth
 from kiosk.services.gateway import Ctx, Route
 from kiosk.services.protocol import InfCode, Refusal
 from kiosk.storage import Database, Migration, Transaction
@@ -46,6 +55,19 @@ MIGRATIONS = [
             amount BIGINT NOT NULL,
             state TEXT NOT NULL,
             created_at TEXT NOT NULL)""",
+    ]),
+    Migration("bank.002_pay_auths", [
+        # each centre pay_auth the bank accepted, with the key of the payment that used it (single use)
+        """CREATE TABLE bank_pay_auths (
+            auth_id TEXT PRIMARY KEY,
+            key TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            psn_no TEXT NOT NULL,
+            amount BIGINT NOT NULL,
+            fixmedins_code TEXT NOT NULL,
+            app_id TEXT NOT NULL,
+            used_at TEXT NOT NULL)""",
     ]),
 ]
 
@@ -79,8 +101,17 @@ class Bind(_In):
     relation: Literal["spouse", "parent", "child"]
     consent: StrictBool = Field(description="the member's consent: JSON true (a string or 1 is refused)")
     monthly_cap: str | None = Field(default=None, description="yuan per calendar month; null = no cap")
+    pay_auth: str | None = Field(default=None, max_length=payauth.MAX_LEN,
+                                 description="the holder's authorisation from the centre's ec.payauth (purpose bind, "
+                                             "ref = member, amount = the cap, 0.00 = none); required")
 
     _cap = field_validator("monthly_cap", mode="before")(lambda v, info: None if v is None else _amount(v, info))
+
+
+class OperatorBind(Bind):
+    """`POST /admin/bind`: a binding the holder made in the bank's own channel (operator token)."""
+
+    key: str = _KEY
 
 
 class Unbind(_In):
@@ -98,6 +129,9 @@ class Draw(_In):
     ref: str = Field(min_length=1, max_length=64, description="the settlement's setl_id")
     key: str = _KEY
     holder: str | None = Field(default=None, max_length=64)
+    pay_auth: str = Field(min_length=1, max_length=payauth.MAX_LEN,
+                          description="the insurance centre's signed authorisation of this payment (2207/2102 "
+                                      "answer for a draw, ec.payauth for a hold)")
 
     _amt = field_validator("amount", mode="before")(_amount)
 
@@ -105,6 +139,8 @@ class Draw(_In):
 class DrawReverse(_In):
     key: str = _KEY
     payer: str = _ID
+    ref: str = Field(default="", max_length=64, description="the ref the draw was for (setl_id): a key that "
+                     "drew for another ref is not reversed (key_ref_mismatch)")
 
 
 class Capture(_In):
@@ -177,15 +213,62 @@ _MESSAGES = {
 
 
 class BankService:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock,
+                 centre_key: Callable[[], Sm2PublicKey | None] | None = None) -> None:
         self.db = db
         self.clock = clock
         self.credit = CreditService(db, clock)
+        self.centre_key = centre_key or (lambda: None)
         db.migrate(MIGRATIONS)
 
     def _key(self, ctx: Ctx, key: str) -> str:
-        """Credit idempotency keys are per terminal, like msgids."""
-        return f"{ctx.terminal.app_id}/{key}"
+        """Credit idempotency keys are the caller's: scoped by its institution and terminal, so two
+        institutions' (or terminals') equal keys never meet, and no one can replay or reverse another's."""
+        return f"{ctx.terminal.fixmedins_code}/{ctx.terminal.app_id}/{key}"
+
+    @staticmethod
+    def _owner(ctx: Ctx) -> Owner:
+        return Owner(ctx.terminal.fixmedins_code, ctx.terminal.app_id)
+
+    def _authorised(self, ctx: Ctx, tx: Transaction, token: str | None, purpose: str, key: str, *, psn_no: str,
+                    ref: str, amount: int) -> tuple[bool, str]:
+        """Check the act's pay_auth and claim it for `key`; (newly claimed, auth id). Raises a Refusal
+        (everything rolls back) when the centre's signature, the binding (person, terminal,
+        institution, ref, amount, purpose), the expiry or single use fails."""
+        if not token:
+            raise Refusal(InfCode.NO_AUTHORISATION, "the insurance centre's pay_auth for this act is required",
+                          code="pay_auth_required", field="input.pay_auth")
+        pub = self.centre_key()
+        if pub is None:
+            raise Refusal(InfCode.INTERNAL, "the bank does not know the insurance centre's public key; nothing "
+                          "was charged", code="centre_key_unknown", field="input.pay_auth")
+        try:
+            a = payauth.verify(token, pub)
+        except IntegrityError as e:
+            raise Refusal(InfCode.NO_AUTHORISATION, e.message, code="pay_auth_invalid",
+                          field="input.pay_auth") from None
+        t = ctx.terminal
+        wrong = ("purpose" if a.purpose != purpose else
+                 "terminal" if a.app_id != t.app_id or a.fixmedins_code != t.fixmedins_code else
+                 "person" if a.psn_no != psn_no else
+                 "ref" if a.ref != ref else
+                 "amount" if a.amount != amount else "")
+        if wrong:
+            raise Refusal(InfCode.NO_AUTHORISATION, f"pay_auth does not authorise this {purpose}: its {wrong} "
+                          "differs", code="pay_auth_mismatch", field="input.pay_auth")
+        claimed = tx.fetch_one(
+            "INSERT INTO bank_pay_auths (auth_id, key, purpose, ref, psn_no, amount, fixmedins_code, app_id, used_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (auth_id) DO NOTHING RETURNING auth_id",
+            (a.id, key, purpose, a.ref, a.psn_no, a.amount, a.fixmedins_code, a.app_id, ctx.now.isoformat()))
+        if claimed is None:
+            if tx.scalar("SELECT key FROM bank_pay_auths WHERE auth_id = ?", (a.id,)) != key:
+                raise Refusal(InfCode.NO_AUTHORISATION, "pay_auth was already used for another payment",
+                              code="pay_auth_used", field="input.pay_auth")
+            return False, a.id  # the same payment again (same key): its first answer is replayed
+        if a.expired(ctx.now):
+            raise Refusal(InfCode.NO_AUTHORISATION, "pay_auth has expired; ask the insurance centre again "
+                          "(5203 re-issues a settlement's)", code="pay_auth_expired", field="input.pay_auth")
+        return True, a.id
 
     @staticmethod
     def _guard(fn: Any, *a: Any, **kw: Any) -> Result:
@@ -201,9 +284,22 @@ class BankService:
         return _answer(r, holder=d.holder)
 
     def bind(self, ctx: Ctx, tx: Transaction, d: Bind) -> dict[str, Any] | Refusal:
+        """A family binding lends the holder's line: only with the holder's own authorisation (the centre's
+        pay_auth of purpose bind, from the holder's face at this terminal) for this member and cap."""
         cap = None if d.monthly_cap is None else _fen(d.monthly_cap)
-        r = self._guard(self.credit.bind, f"{ctx.terminal.app_id}/{ctx.request.msgid}", d.holder, d.member,
-                        d.relation, d.consent, cap)
+        key = f"{ctx.terminal.app_id}/{ctx.request.msgid}"
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "bind", self._key(ctx, f"bind/{ctx.request.msgid}"),
+                                             psn_no=d.holder, ref=d.member, amount=cap or 0)
+        r = self._guard(self.credit.bind, key, d.holder, d.member, d.relation, d.consent, cap)
+        if not r.ok and auth_new:
+            tx.execute("DELETE FROM bank_pay_auths WHERE auth_id = ?", (auth_id,))
+        return _answer(r, holder=d.holder, member=d.member, bound="1")
+
+    def bind_by_operator(self, d: OperatorBind) -> dict[str, Any] | Refusal:
+        """The bank's own channel (the holder authenticated by the bank, e.g. its app or branch): the
+        operator records a binding the holder made there (seeding, demos)."""
+        cap = None if d.monthly_cap is None else _fen(d.monthly_cap)
+        r = self.credit.bind(f"operator/{d.key}", d.holder, d.member, d.relation, d.consent, cap)
         return _answer(r, holder=d.holder, member=d.member, bound="1")
 
     def unbind(self, ctx: Ctx, tx: Transaction, d: Unbind) -> dict[str, Any] | Refusal:
@@ -236,13 +332,18 @@ class BankService:
             if row is not None and row[0] in ("blocked", "reversed"):
                 return Refusal(InfCode.ALREADY_REVERSED, "this draw was reversed (credit.draw_reverse); not charged",
                                code="draw_reversed", field="input.key")
-        r = self._guard(self.credit.draw, key, d.payer, amount, d.ref, d.holder)
-        if not r.ok and claimed is not None:  # refused: nothing drawn under this key
-            tx.execute("DELETE FROM bank_draw_keys WHERE key = ?", (key,))
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "draw", key, psn_no=d.payer, ref=d.ref,
+                                             amount=amount)
+        r = self._guard(self.credit.draw, key, d.payer, amount, d.ref, d.holder, owner=self._owner(ctx))
+        if not r.ok:  # refused: nothing drawn under this key, and the authorisation is not spent
+            if claimed is not None:
+                tx.execute("DELETE FROM bank_draw_keys WHERE key = ?", (key,))
+            if auth_new:
+                tx.execute("DELETE FROM bank_pay_auths WHERE auth_id = ?", (auth_id,))
         return _answer(r, draw_id=d.ref, payer=d.payer)
 
     def draw_reverse(self, ctx: Ctx, tx: Transaction, d: DrawReverse) -> dict[str, Any] | Refusal:
-        key = self._key(ctx, d.key)
+        key = self._key(ctx, d.key)  # the caller's own keys only: another's draw cannot be named
         # claim first (as draw does): a draw in flight with this key is waited for, then reversed
         if tx.fetch_one("INSERT INTO bank_draw_keys (key, payer, ref, amount, state, created_at) "
                         "VALUES (?, ?, '', 0, 'blocked', ?) ON CONFLICT (key) DO NOTHING RETURNING key",
@@ -252,22 +353,39 @@ class BankService:
                            (key,))
         if row[0] != "drawn":
             return {"key": d.key, "result": "already_reversed", "ref": row[1]}
-        r = self._guard(self.credit.refund, f"{key}/reverse", row[1], int(row[2]))
-        if not r.ok:
-            return _answer(r)
+        if d.ref and d.ref != row[1]:  # two orders under one key (e.g. two POS systems): never the other's
+            return Refusal(InfCode.BUSINESS_REFUSED, "this key drew for another ref; nothing was reversed",
+                           code="key_ref_mismatch", field="input.ref")
+        # what is left of this draw (a partial refund may have come first): never more
+        left = tx.fetch_one("SELECT original_fen - refunded_fen FROM credit_draws WHERE ref = ?", (row[1],))
+        detail: dict[str, Any] = {}
+        if left is not None and int(left[0]) > 0:
+            r = self._guard(self.credit.refund, f"{key}/reverse", row[1], int(left[0]),
+                            institution=ctx.terminal.fixmedins_code)
+            if not r.ok:
+                return _answer(r)
+            detail = r.detail
         tx.execute("UPDATE bank_draw_keys SET state = 'reversed' WHERE key = ?", (key,))
-        return {"key": d.key, "result": "reversed", "ref": row[1], **r.detail}
+        return {"key": d.key, "result": "reversed", "ref": row[1], **detail}
 
     def hold(self, ctx: Ctx, tx: Transaction, d: Draw) -> dict[str, Any] | Refusal:
-        r = self._guard(self.credit.hold, self._key(ctx, d.key), d.payer, _fen(d.amount), d.ref, d.holder)
+        key = self._key(ctx, d.key)
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "hold", key, psn_no=d.payer, ref=d.ref,
+                                             amount=_fen(d.amount))
+        r = self._guard(self.credit.hold, key, d.payer, _fen(d.amount), d.ref, d.holder, owner=self._owner(ctx))
+        if not r.ok and auth_new:
+            tx.execute("DELETE FROM bank_pay_auths WHERE auth_id = ?", (auth_id,))
         return _answer(r, hold_id=d.ref)
 
     def capture(self, ctx: Ctx, tx: Transaction, d: Capture) -> dict[str, Any] | Refusal:
-        r = self._guard(self.credit.capture, self._key(ctx, d.key), d.ref, _fen(d.amount), d.holder)
+        """Discharge: only the institution that placed the hold, never above it (kiosk.credit)."""
+        r = self._guard(self.credit.capture, self._key(ctx, d.key), d.ref, _fen(d.amount), d.holder,
+                        institution=ctx.terminal.fixmedins_code)
         return _answer(r, ref=d.ref, draw_id=d.ref)
 
     def release(self, ctx: Ctx, tx: Transaction, d: Release) -> dict[str, Any] | Refusal:
-        r = self._guard(self.credit.release, self._key(ctx, d.key), d.ref, d.holder)
+        r = self._guard(self.credit.release, self._key(ctx, d.key), d.ref, d.holder,
+                        institution=ctx.terminal.fixmedins_code)
         return _answer(r, ref=d.ref)
 
     def repay(self, ctx: Ctx, tx: Transaction, d: Repay) -> dict[str, Any] | Refusal:
@@ -275,7 +393,9 @@ class BankService:
         return _answer(r, holder=d.holder)
 
     def refund(self, ctx: Ctx, tx: Transaction, d: Refund) -> dict[str, Any] | Refusal:
-        r = self._guard(self.credit.refund, self._key(ctx, d.key), d.ref, _fen(d.amount), d.holder)
+        """Only the institution that drew, only its own draw, never above what is left of it."""
+        r = self._guard(self.credit.refund, self._key(ctx, d.key), d.ref, _fen(d.amount), d.holder,
+                        institution=ctx.terminal.fixmedins_code)
         return _answer(r, ref=d.ref)
 
     def statement(self, ctx: Ctx, tx: Transaction, d: Statement) -> dict[str, Any] | Refusal:

@@ -8,6 +8,7 @@ Configuration (environment, so every uvicorn worker builds the same app):
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 
 from kiosk.clock import Clock, SystemClock
 from kiosk.config import load
+from kiosk.errors import ConfigError
 from kiosk.services.centre.schema import MIGRATIONS
 from kiosk.services.centre.service import CentreService
 from kiosk.services.envelope import ServiceKeys
@@ -41,10 +43,31 @@ def centre_keys(data_dir: Path) -> ServiceKeys:
     return ServiceKeys.open_or_init(Path(data_dir) / "services" / "centre-keys", device_id="CENTRE-0001")
 
 
+def centre_public_path(data_dir: Path) -> Path:
+    return Path(data_dir) / "services" / "centre-public.json"
+
+
+def publish_public_key(keys: ServiceKeys, data_dir: Path) -> None:
+    """Put the centre's public keys where a bank sharing this data directory pins them from
+    (the bank checks pay_auth signatures with the SM2 key; GET /keys serves the same)."""
+    path = centre_public_path(data_dir)
+    text = json.dumps({k: v for k, v in keys.public().items() if k in ("kid", "sm2", "x25519")}, sort_keys=True)
+    try:
+        if path.exists() and path.read_text() == text:
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ConfigError(f"cannot publish the centre's public key at {path}: {e.strerror}",
+                          code="centre_key_unwritable", field="data_dir") from None
+
+
 def build_centre(db: Database, data_dir: Path, clock: Clock | None = None,
                  window_s: int = 300) -> tuple[CentreService, Gateway]:
     db.migrate(MIGRATIONS)
     keys = centre_keys(data_dir)
+    publish_public_key(keys, data_dir)
     service = CentreService(db, keys, match_rule())
     gw = Gateway("centre", db, clock or SystemClock(), keys, service.routes(), window_s=window_s,
                  check_sign_no=service.check_sign_no)

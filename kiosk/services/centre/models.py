@@ -258,6 +258,37 @@ class CatalogueQuery1312(_Strict):
     """1312 catalogue query (医保目录信息查询), paged: what a terminal checks a POS bill's codes against."""
 
     data: CatalogueQueryData = Field(default_factory=CatalogueQueryData)
+class PayAuthData(_Strict):
+    """A payment with no settlement yet (an admission's deposit hold): the face-proved person's ecToken."""
+
+    psn_no: str = Field(min_length=1, max_length=30, description="the payer (the patient)")
+    mdtrt_cert_type: Literal["01"] = Field(default="01", description="only the ecToken: the face proves the payer")
+    mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the ecToken from face authentication")
+    purpose: Literal["hold", "bind"] = Field(description="hold: an inpatient deposit; bind: the line holder lets "
+                                             "a family member draw (draws are authorised by 2207/2102)")
+    amount: str = Field(description="yuan, 2 dp: the deposit (> 0); bind: the member's monthly cap (0.00 = none)")
+    ref: str = Field(min_length=1, max_length=64, description="hold: the admission id; bind: the member's psn_no")
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _dec2(cls, v: object, info) -> str:  # type: ignore[no-untyped-def]
+        try:
+            out = _yuan(v, info.field_name, 2)
+        except Exception as e:
+            raise ValueError(getattr(e, "message", str(e))) from None
+        if Decimal(out) < 0:
+            raise ValueError("must not be negative")
+        return out
+
+    @model_validator(mode="after")
+    def _positive_hold(self) -> "PayAuthData":
+        if self.purpose == "hold" and Decimal(self.amount) <= 0:
+            raise ValueError("amount must be greater than 0 for a hold")
+        return self
+
+
+class PayAuthRequest(_Strict):
+    data: PayAuthData
 
 
 # transaction code -> (input model, summary)
@@ -277,4 +308,5 @@ TRANSACTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "2601": (MessageReversal2601, "reversal of a message whose answer was lost (2207/2102)"),
     "5203": (SettlementQuery5203, "settlement query by setl_id or by the settling msgid"),
     "1312": (CatalogueQuery1312, "catalogue query, paged (code, name, chrgitm_lv): terminals check bills against it"),
+    "ec.payauth": (PayAuthRequest, "the signed pay_auth for a deposit hold (ecToken of the payer)"),
 }

@@ -108,4 +108,27 @@ MIGRATIONS = [
             msgid TEXT PRIMARY KEY,
             created_at TEXT NOT NULL)""",
     ]),
+    Migration("centre.002_ownership", [
+        # every pay_auth the centre signed (ids and amounts; the token itself is not kept)
+        """CREATE TABLE centre_pay_auths (
+            auth_id TEXT PRIMARY KEY,
+            purpose TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            psn_no TEXT NOT NULL,
+            amount BIGINT NOT NULL,
+            fixmedins_code TEXT NOT NULL,
+            app_id TEXT NOT NULL,
+            issued_at TEXT NOT NULL)""",
+        "CREATE INDEX centre_pay_auths_ref ON centre_pay_auths (ref)",
+        # requests refused because the object belongs to another institution (ids only, no person data)
+        """CREATE TABLE centre_audit (
+            id SERIAL_PK,
+            at TEXT NOT NULL,
+            event TEXT NOT NULL,
+            app_id TEXT NOT NULL,
+            fixmedins_code TEXT NOT NULL,
+            infno TEXT NOT NULL,
+            msgid TEXT NOT NULL,
+            object_id TEXT NOT NULL)""",
+    ]),
 ]

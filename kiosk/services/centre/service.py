@@ -28,8 +28,9 @@ import numpy as np
 
 from kiosk.clock import SHANGHAI, local_day
 from kiosk.errors import InputError, IntegrityError, KioskError, StorageError
-from kiosk.money import fen_to_yuan, round_fen
+from kiosk.money import fen_to_yuan, round_fen, yuan_to_fen
 from kiosk.security.seal import SealContext
+from kiosk.services import payauth
 from kiosk.services.centre import models as m
 from kiosk.services.envelope import ServiceKeys
 from kiosk.services.gateway import Ctx, Route, Terminal
@@ -41,6 +42,7 @@ from kiosk.storage import Database, Transaction
 from kiosk.vision.match import DIM, Gallery, MatchRule
 
 TOKEN_TTL = timedelta(minutes=15)
+PAY_AUTH_TTL = timedelta(minutes=10)  # a settlement's cash share is drawn seconds later; 5203 re-issues it
 MAX_FAILED_ACTIVATIONS = 3
 LOCK_FOR = timedelta(minutes=30)
 TEMPLATE_PURPOSE = "enrolled-face-template"
@@ -180,6 +182,47 @@ class CentreService:
                           code="token_expired", field=field)
         return parts[1]
 
+    # ---- pay_auth: the signed word the bank charges a line on (kiosk.services.payauth) ---------------
+    def _pay_auth(self, ctx: Ctx, tx: Transaction, auth_id: str, psn_no: str, ref: str, amount: int,
+                  purpose: str, *, app_id: str | None = None, record: bool = True) -> tuple[str, int]:
+        """Sign a pay_auth for this terminal and institution (recorded once per auth id); (token, exp)."""
+        exp = int((ctx.now + PAY_AUTH_TTL).timestamp())
+        auth = payauth.PayAuth(id=auth_id, psn_no=psn_no, fixmedins_code=ctx.terminal.fixmedins_code,
+                               app_id=app_id or ctx.terminal.app_id, ref=ref, amount=amount, purpose=purpose,
+                               exp=exp, kid=self.keys.store.current_kid)
+        if record:
+            tx.execute_at_commit(
+                "INSERT INTO centre_pay_auths (auth_id, purpose, ref, psn_no, amount, fixmedins_code, app_id, "
+                "issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (auth_id) DO NOTHING",
+                (auth_id, purpose, ref, psn_no, amount, auth.fixmedins_code, auth.app_id, ctx.now.isoformat()))
+        return payauth.sign(auth, self.keys.sm2), exp
+
+    def request_pay_auth(self, ctx: Ctx, tx: Transaction, data: m.PayAuthRequest) -> dict[str, Any]:
+        """ec.payauth: a deposit hold has no settlement to carry its authorisation, and a family binding
+        lends the holder's line; the person's ecToken (face authentication at this terminal) is the proof."""
+        d = data.data
+        who = self.token_psn(ctx.terminal, d.mdtrt_cert_no, ctx.now, "input.data.mdtrt_cert_no")
+        if who != d.psn_no:
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
+                          field="input.data.mdtrt_cert_no")
+        self.person(tx, d.psn_no, field="input.data.psn_no")
+        if d.purpose == "bind":
+            self.person(tx, d.ref, field="input.data.ref")  # the member: an insured person
+        amount = yuan_to_fen(d.amount, "input.data.amount")
+        auth_id = ("PH" if d.purpose == "hold" else "PB") + secrets.token_hex(12).upper()
+        token, exp = self._pay_auth(ctx, tx, auth_id, d.psn_no, d.ref, amount, d.purpose)
+        return {"pay_auth": token, "auth_id": auth_id, "purpose": d.purpose, "ref": d.ref,
+                "amount": fen_to_yuan(amount), "exp": str(exp)}
+
+    def _not_yours(self, ctx: Ctx, tx: Transaction, object_id: str, refusal: Refusal) -> Refusal:
+        """The answer for an object of another institution: the very refusal "not found" gets (returned,
+        not raised, so the audit row commits with it). Ids only: no person data."""
+        tx.execute("INSERT INTO centre_audit (at, event, app_id, fixmedins_code, infno, msgid, object_id) "
+                   "VALUES (?, 'foreign_object', ?, ?, ?, ?, ?)",
+                   (ctx.now.isoformat(), ctx.terminal.app_id, ctx.terminal.fixmedins_code, ctx.request.infno,
+                    ctx.request.msgid, object_id))
+        return refusal
+
     # ---- small read-mostly tables, cached per worker ------------------------------------------
     def _cached(self, key: str, load) -> Any:  # noqa: ANN001
         now = time.monotonic()
@@ -256,25 +299,26 @@ class CentreService:
 
     # ---- 1101 -------------------------------------------------------------------------------------------
     def person_info(self, ctx: Ctx, tx: Transaction, data: m.PersonInfo1101) -> dict[str, Any]:
+        """Only for the ecToken this terminal's face authentication issued: a typed ID number proves
+        nothing about who is at the counter. Every other case gets one and the same refusal, and
+        the answer holds what a counter needs to greet the person, not their birth date, balance
+        or conditions (kiosk.app itself does not use 1101)."""
         d = data.data
-        if d.mdtrt_cert_type == "01":
-            p = self.person(tx, self.token_psn(ctx.terminal, d.mdtrt_cert_no, ctx.now, "input.data.mdtrt_cert_no"))
-        else:
-            row = tx.fetch_one(f"SELECT {_PERSON_COLS} FROM centre_persons WHERE certno = ?", (d.mdtrt_cert_no,))
-            p = _person(row)
-            if p is None:
-                raise Refusal(InfCode.NOT_FOUND, "no insured person with this ID number",
-                              field="input.data.mdtrt_cert_no")
-        born = datetime.strptime(p.brdy, "%Y-%m-%d").date()
-        today = local_day(ctx.now)
-        age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        refusal = Refusal(InfCode.IDENTITY_MISMATCH, "person data is given only for an e-voucher token from this "
+                          "terminal's face authentication", code="face_auth_required", field="input.data.mdtrt_cert_no")
+        if d.mdtrt_cert_type != "01":
+            raise refusal
+        try:
+            psn_no = self.token_psn(ctx.terminal, d.mdtrt_cert_no, ctx.now, "input.data.mdtrt_cert_no")
+        except Refusal:
+            raise refusal from None
+        p = self.person(tx, psn_no)
         return {
             "baseinfo": {"psn_no": p.psn_no, "psn_cert_type": "01", "certno": m.mask_certno(p.certno),
-                         "psn_name": p.psn_name, "gend": p.gend, "brdy": p.brdy, "age": str(age)},
-            "insuinfo": [{"balc": fen_to_yuan(p.balc), "insutype": p.insutype, "psn_type": p.psn_type,
-                          "psn_insu_stas": "1", "psn_insu_date": p.insu_date, "insuplc_admdvs": p.admdvs,
-                          "ec_activated": "1" if p.activated else "0"}],
-            "idetinfo": [{"psn_idet_type": c} for c in p.conditions.split(",") if c],
+                         "psn_name": p.psn_name},
+            "insuinfo": [{"insutype": p.insutype, "psn_type": p.psn_type, "psn_insu_stas": "1",
+                          "insuplc_admdvs": p.admdvs, "ec_activated": "1" if p.activated else "0"}],
+            "idetinfo": [],
         }
 
     # ---- face activation / authentication ---------------------------------------------------------------
@@ -473,7 +517,11 @@ class CentreService:
             setl_id = "S" + ctx.now.astimezone(SHANGHAI).strftime("%Y%m%d") + secrets.token_hex(8).upper()
             self._commit(ctx, tx, s, setl_id, p, profile, year, head, mulaid_psn if s.acct_mulaid_pay else None,
                          yrow is not None)
-        return self._answer(s, setl_id, p, head, profile)
+        out = self._answer(s, setl_id, p, head, profile)
+        if commit and s.psn_cash_pay > 0 and head.mdtrt_cert_type == "01":
+            # the face proved the payer (ecToken): the cash share may be drawn on credit, once, here
+            out["pay_auth"], _exp = self._pay_auth(ctx, tx, "PD" + setl_id, p.psn_no, setl_id, s.psn_cash_pay, "draw")
+        return out
 
     def _commit(self, ctx: Ctx, tx: Transaction, s: Settlement, setl_id: str, p: Person, profile: Profile,
                 year: int, head: m._SettleHead, mulaid_psn: str | None, ytd_exists: bool) -> None:
@@ -572,23 +620,29 @@ class CentreService:
         return {"setlinfo": {**neg, "setl_id": setl_id, "psn_no": psn_no, "balc": fen_to_yuan(int(balc)),
                              "rev_state": "reversed"}}
 
-    _SETL_COLS = "setl_id, psn_no, profile, year, state, result, mulaid_psn_no"
+    _SETL_COLS = "setl_id, psn_no, profile, year, state, result, mulaid_psn_no"  # + infno, fixmedins_code
 
-    def _locked_settlement(self, tx: Transaction, psn_no: str, where: str, value: str) -> tuple[Any, ...] | None:
+    def _locked_settlement(self, tx: Transaction, psn_no: str, where: str, value: str,
+                           mine: str) -> tuple[Any, ...] | None:
         """The settlement row (+ infno), read again once the patient and any mutual-aid relative are locked
         in psn_no order - the order a settlement locks them in (any other order deadlocks with it)."""
         self.person(tx, psn_no, field="input.data.psn_no")
-        sql = f"SELECT {self._SETL_COLS}, infno FROM centre_settlements WHERE {where} = ?"
+        sql = f"SELECT {self._SETL_COLS}, infno, fixmedins_code FROM centre_settlements WHERE {where} = ?"
         row = tx.fetch_one(sql, (value,))
+        if row is not None and row[8] != mine:
+            return row  # another institution's: refused by the caller, nothing locked
         extra = [row[6]] if row is not None and row[1] == psn_no and row[6] else []  # never changes once set
         self._lock_people(tx, psn_no, *extra)
         return tx.fetch_one(sql, (value,))
 
     def reverse_settlement(self, ctx: Ctx, tx: Transaction, data: m.Reversal2208) -> dict[str, Any]:
         d = data.data
-        row = self._locked_settlement(tx, d.psn_no, "setl_id", d.setl_id)
+        row = self._locked_settlement(tx, d.psn_no, "setl_id", d.setl_id, ctx.terminal.fixmedins_code)
+        missing = Refusal(InfCode.NOT_FOUND, "no such settlement for this person", field="input.data.setl_id")
+        if row is not None and row[8] != ctx.terminal.fixmedins_code:
+            return self._not_yours(ctx, tx, d.setl_id, missing)  # type: ignore[return-value]
         if row is None or row[1] != d.psn_no:
-            raise Refusal(InfCode.NOT_FOUND, f"no settlement {d.setl_id} for this person", field="input.data.setl_id")
+            raise missing
         want = {"2208": "2207", "2103": "2102"}[ctx.request.infno]
         if row[7] != want:
             raise InputError(f"settlement {d.setl_id} was made by {row[7]}; reverse it with "
@@ -599,9 +653,14 @@ class CentreService:
         d = data.data
         if d.oinfno not in ("2207", "2102"):
             raise InputError("only settlement messages (2207, 2102) are reversed by message here", field="input.data.oinfno")
-        row = self._locked_settlement(tx, d.psn_no, "msgid", qmsgid(ctx, d.omsgid))
+        # the msgid is this terminal's own (qmsgid); its institution is checked too (a terminal re-registered
+        # for another institution keeps its appId but not the old institution's settlements)
+        row = self._locked_settlement(tx, d.psn_no, "msgid", qmsgid(ctx, d.omsgid), ctx.terminal.fixmedins_code)
+        other = Refusal(InfCode.NOT_FOUND, "message belongs to another person", field="input.data.omsgid")
+        if row is not None and row[8] != ctx.terminal.fixmedins_code:
+            return self._not_yours(ctx, tx, d.omsgid, other)  # type: ignore[return-value]
         if row is not None and row[1] != d.psn_no:
-            raise Refusal(InfCode.NOT_FOUND, "message belongs to another person", field="input.data.omsgid")
+            raise other
         if row is None:
             tx.execute("INSERT INTO centre_tombstones (msgid, created_at) VALUES (?, ?) ON CONFLICT (msgid) DO NOTHING",
                        (qmsgid(ctx, d.omsgid), ctx.now.isoformat()))
@@ -613,20 +672,31 @@ class CentreService:
 
     def query_settlement(self, ctx: Ctx, tx: Transaction, data: m.SettlementQuery5203) -> dict[str, Any]:
         d = data.data
+        cols = ("SELECT s.setl_id, s.psn_no, s.state, s.result, s.msgid, s.infno, s.reversed_at, s.fixmedins_code, "
+                "s.psn_cash_pay, a.app_id FROM centre_settlements s LEFT JOIN centre_pay_auths a "
+                "ON a.auth_id = 'PD' || s.setl_id WHERE ")
         if d.setl_id:
-            row = tx.fetch_one("SELECT setl_id, psn_no, state, result, msgid, infno, reversed_at FROM "
-                               "centre_settlements WHERE setl_id = ?", (d.setl_id,))
+            row = tx.fetch_one(cols + "s.setl_id = ?", (d.setl_id,))
         else:
-            row = tx.fetch_one("SELECT setl_id, psn_no, state, result, msgid, infno, reversed_at FROM "
-                               "centre_settlements WHERE msgid = ?", (qmsgid(ctx, d.omsgid),))
-        if row is None or row[1] != d.psn_no:
+            row = tx.fetch_one(cols + "s.msgid = ?", (qmsgid(ctx, d.omsgid),))
+        foreign = row is not None and row[7] != ctx.terminal.fixmedins_code
+        if foreign or row is None or row[1] != d.psn_no:
             if d.omsgid and tx.scalar("SELECT 1 FROM centre_tombstones WHERE msgid = ?", (qmsgid(ctx, d.omsgid),)):
                 return {"setl_state": "not_applied", "omsgid": d.omsgid}
-            raise Refusal(InfCode.NOT_FOUND, "no such settlement for this person",
-                          field="input.data.setl_id" if d.setl_id else "input.data.omsgid")
+            missing = Refusal(InfCode.NOT_FOUND, "no such settlement for this person",
+                              field="input.data.setl_id" if d.setl_id else "input.data.omsgid")
+            if foreign:
+                return self._not_yours(ctx, tx, d.setl_id or d.omsgid, missing)  # type: ignore[return-value]
+            raise missing
         res = _loads(row[3])
-        return {"setl_state": row[2], "setl_id": row[0], "omsgid": row[4].split("/", 1)[-1], "oinfno": row[5],
-                "setlinfo": {**res["setlinfo"], "setl_id": row[0]}, "reversed_at": row[6] or ""}
+        out = {"setl_state": row[2], "setl_id": row[0], "omsgid": row[4].split("/", 1)[-1], "oinfno": row[5],
+               "setlinfo": {**res["setlinfo"], "setl_id": row[0]}, "reversed_at": row[6] or ""}
+        if row[2] == "settled" and row[9] == ctx.terminal.app_id and int(row[8]) > 0:
+            # the terminal that settled it lost the answer (or let its pay_auth expire): the same
+            # authorisation again (same id: the bank still draws once), newly signed and dated
+            out["pay_auth"], _exp = self._pay_auth(ctx, tx, "PD" + row[0], row[1], row[0], int(row[8]), "draw",
+                                                   record=False)
+        return out
 
     # ---- routes ---------------------------------------------------------------------------------------------------
     def query_catalogue(self, ctx: Ctx, tx: Transaction, data: m.CatalogueQuery1312) -> dict[str, Any]:
@@ -646,6 +716,7 @@ class CentreService:
             "2206": self.presettle_outpatient, "2207": self.settle_outpatient, "2208": self.reverse_settlement,
             "2101": self.presettle_pharmacy, "2102": self.settle_pharmacy, "2103": self.reverse_settlement,
             "2601": self.reverse_message, "5203": self.query_settlement, "1312": self.query_catalogue,
+            "ec.payauth": self.request_pay_auth,
         }
         return {code: Route(code, m.TRANSACTIONS[code][0], fn, m.TRANSACTIONS[code][1],
                             needs_sign_in=(code != "9001"))

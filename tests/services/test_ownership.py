@@ -1,0 +1,397 @@
+"""Who may act on what: a second institution's terminal at the centre, a rogue registered terminal
+at the bank. Each test is an attack that worked before ownership was checked where the object is
+stored (settlements by institution, draws and holds by institution, draws only with the centre's
+pay_auth)."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kiosk.security.sm import Sm2PrivateKey
+from kiosk.services import payauth
+from kiosk.services.bank.app import check_bank, create_app as create_bank
+from kiosk.services.centre.check import check_centre
+from kiosk.services.client import BankClient, CentreClient, ServiceIdentity
+from kiosk.services.linkage import LinkedPayment, MemoryJournal
+from kiosk.services.protocol import Answer, InfCode
+from kiosk.storage import Database, open_database
+
+from .conftest import INSTITUTION, Centre, fresh_pg, head, lines, make_centre, pay_auth, pg_url
+
+OTHER = "H37020200001"  # another institution of the same area (the demo clinic)
+
+
+@dataclass
+class World:
+    c: Centre                 # the centre, and the hospital's terminal (INSTITUTION) as c.client
+    bank: BankClient          # the hospital's terminal at the bank
+    bank_db: Database
+    other_centre: CentreClient  # a terminal of another institution, registered at both
+    other_bank: BankClient
+    other_app_id: str
+    admin_token: str = ""
+
+
+def _answer_fields(a: Answer) -> tuple[Any, ...]:
+    return a.infcode, a.err_code, a.err_msg, a.output
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("own")
+    if request.param == "sqlite":
+        c = make_centre(f"sqlite:///{tmp}/centre.db", tmp)
+        bdb = open_database(f"sqlite:///{tmp}/bank.db")
+    else:
+        url = pg_url()
+        if url is None:
+            pytest.skip("KIOSK_TEST_PG_URL not set (scripts/test provides it; required under CI)")
+        c = make_centre(fresh_pg(url), tmp)
+        bdb = open_database(fresh_pg(url))
+    app = create_bank(bdb, data_dir=tmp, clock=c.clock)
+    bgw = app.state.gateway
+    bgw.register_terminal(c.app_id, c.app_secret, c.key.public_key().to_bytes().hex(), INSTITUTION)
+    bhttp = TestClient(app)
+    bank = BankClient("http://testserver", ServiceIdentity(c.app_id, c.app_secret, c.key, INSTITUTION),
+                      http=bhttp, clock=c.clock)
+    # another institution's terminal, properly registered with both services
+    key2 = Sm2PrivateKey.generate()
+    app2, secret2 = "KIOSKOTHER" + secrets.token_hex(5).upper(), secrets.token_hex(16)
+    c.gateway.register_terminal(app2, secret2, key2.public_key().to_bytes().hex(), OTHER)
+    bgw.register_terminal(app2, secret2, key2.public_key().to_bytes().hex(), OTHER)
+    ident2 = ServiceIdentity(app2, secret2, key2, OTHER)
+    other_centre = CentreClient("http://testserver", ident2, http=c.http, clock=c.clock)
+    other_centre.sign_in("intruder")
+    other_bank = BankClient("http://testserver", ServiceIdentity(app2, secret2, key2, OTHER), http=bhttp,
+                            clock=c.clock)
+    from kiosk.services.http import admin_token
+
+    yield World(c, bank, bdb, other_centre, other_bank, app2, admin_token(tmp))
+    bhttp.close()
+    c.http.close()
+    bdb.close()
+    c.db.close()
+
+
+def _settle(w: World, p: Any, amount: str = "500.00") -> Answer:
+    """A face-authenticated settlement at the hospital (class C: all of it is the cash share)."""
+    token = w.c.activate(p)
+    medfee, feedetail = lines(("XC02", amount, "1"))
+    a = w.c.client.settle(head(p, token, medfee, acct_used_flag="0"), feedetail)
+    assert a.ok, a
+    return a
+
+
+def _audit_rows(w: World) -> list[tuple[Any, ...]]:
+    return w.c.db.read(lambda tx: tx.fetch_all("SELECT app_id, fixmedins_code, infno, object_id FROM centre_audit"))
+
+
+# ---- the centre: settlements belong to the institution whose terminal made them ----------------------
+def test_another_institution_gets_not_found_for_a_settlement_it_does_not_own(world: World) -> None:
+    w = world
+    p = w.c.people[3]
+    st = _settle(w, p)
+    setl_id = st.output["setlinfo"]["setl_id"]
+    missing_id = "S" + setl_id[1:9] + "0" * 16  # same shape, never issued
+
+    # 5203, 2208 and 2103 by setl_id: the very answer a setl_id that does not exist gets
+    for call in (lambda sid: w.other_centre.query(p.psn_no, setl_id=sid),
+                 lambda sid: w.other_centre.reverse(sid, p.psn_no),
+                 lambda sid: w.other_centre.reverse(sid, p.psn_no, pharmacy=True)):
+        theirs, none = call(setl_id), call(missing_id)
+        assert theirs.infcode == InfCode.NOT_FOUND
+        assert _answer_fields(theirs) == _answer_fields(none)  # no existence oracle
+    # the settlement stands, untouched
+    q = w.c.client.query(p.psn_no, setl_id=setl_id)
+    assert q.ok and q.output["setl_state"] == "settled"
+    # each refusal of another's object is audited: ids only, never the person
+    rows = [r for r in _audit_rows(w) if r[3] == setl_id]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        (w.other_app_id, OTHER, infno, setl_id) for infno in ("5203", "2208", "2103")]
+    assert all(p.psn_no not in map(str, r) for r in rows)
+    assert check_centre(w.c.db)["balanced"]
+
+
+def test_msgids_are_the_sending_terminals_own(world: World) -> None:
+    """2601 and 5203 by omsgid reach only the asking terminal's own messages."""
+    w = world
+    p = w.c.people[4]
+    st = _settle(w, p, "80.00")
+    omsgid = st.msgid
+    q = w.other_centre.query(p.psn_no, omsgid=omsgid)
+    assert q.infcode == InfCode.NOT_FOUND
+    r = w.other_centre.reverse_message(p.psn_no, omsgid, "2207")
+    assert r.ok and r.output["result"] == "not_applied"  # its own (empty) msgid space: nothing of ours moves
+    mine = w.c.client.query(p.psn_no, omsgid=omsgid)
+    assert mine.ok and mine.output["setl_state"] == "settled"
+
+
+def test_the_declared_institution_must_be_the_registered_one(world: World) -> None:
+    w = world
+    liar = CentreClient("http://testserver", ServiceIdentity(w.other_app_id, w.other_centre.ident.app_secret,
+                                                              w.other_centre.ident.sm2_key, INSTITUTION),
+                        http=w.c.http, clock=w.c.clock)
+    liar.sign_no = w.other_centre.sign_no
+    a = liar.query(w.c.people[4].psn_no, setl_id="S2026031000000000000000000")
+    assert a.infcode == InfCode.INVALID_INPUT and a.err_code == "institution_mismatch"
+    assert "fixmedins_code" in a.err_msg
+
+
+# ---- 1101: person data only for the face-proved person, at the terminal that proved it ------------
+def test_person_info_needs_this_terminals_face_token(world: World) -> None:
+    w = world
+    p = w.c.people[5]
+    token = w.c.activate(p)
+    own = w.c.client.person_info(ec_token=token)
+    assert own.ok and own.output["baseinfo"]["psn_no"] == p.psn_no
+    flat = repr(own.output)
+    for secret in (p.brdy, p.certno, "balc", "idet"):  # nothing the counter does not need
+        assert secret not in flat or secret == "idet" and own.output["idetinfo"] == []
+    typed = w.c.client.person_info(certno=p.certno)  # a typed ID number proves nothing
+    elsewhere = w.other_centre.person_info(ec_token=token)  # another institution's terminal, our token
+    nobody = w.other_centre.person_info(certno=p.certno)
+    assert typed.infcode == InfCode.IDENTITY_MISMATCH and not typed.output
+    assert _answer_fields(typed) == _answer_fields(elsewhere) == _answer_fields(nobody)
+
+
+# ---- the bank: a line is charged only with the centre's pay_auth for this payment -------------------
+def test_a_draw_needs_the_centres_pay_auth_for_exactly_this_payment(world: World) -> None:
+    w = world
+    p = w.c.people[6]
+    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    st = _settle(w, p, "300.00")
+    setl_id, auth = st.output["setlinfo"]["setl_id"], st.output["pay_auth"]
+    claims = payauth.verify(auth, w.c.service.keys.sm2.public_key())
+    assert (claims.psn_no, claims.ref, claims.amount, claims.purpose, claims.app_id, claims.fixmedins_code) == (
+        p.psn_no, setl_id, 30000, "draw", w.c.app_id, INSTITUTION)
+    avail = w.bank.line(p.psn_no).output["available"]
+
+    # the rogue terminal: no authorisation, a forged one, a made-up ref, and the hospital's own (copied)
+    assert w.other_bank.draw(p.psn_no, "1.00", "made-up", "r1").infcode == InfCode.INVALID_INPUT
+    forged = payauth.sign(payauth.PayAuth("PX1", p.psn_no, OTHER, w.other_app_id, "made-up", 100, "draw",
+                                          claims.exp), Sm2PrivateKey.generate())
+    f = w.other_bank.draw(p.psn_no, "1.00", "made-up", "r2", pay_auth=forged)
+    assert f.infcode == InfCode.NO_AUTHORISATION and f.err_code == "pay_auth_invalid"
+    stolen = w.other_bank.draw(p.psn_no, "300.00", setl_id, "r3", pay_auth=auth)
+    assert stolen.infcode == InfCode.NO_AUTHORISATION and stolen.err_code == "pay_auth_mismatch"
+    # the hospital's terminal itself, bent: another amount, another payer, another ref
+    for payer, amount, ref in ((p.psn_no, "299.00", setl_id), (w.c.people[7].psn_no, "300.00", setl_id),
+                               (p.psn_no, "300.00", "S-other")):
+        a = w.bank.draw(payer, amount, ref, f"bent-{payer}-{amount}-{ref}", pay_auth=auth)
+        assert a.err_code == "pay_auth_mismatch", a
+    assert w.bank.line(p.psn_no).output["available"] == avail  # nothing charged by any of it
+
+    # the real draw; its retry (same key) replays; the same auth under another key is refused
+    d = w.bank.draw(p.psn_no, "300.00", setl_id, "k-own", pay_auth=auth)
+    assert d.ok
+    assert w.bank.draw(p.psn_no, "300.00", setl_id, "k-own", pay_auth=auth).output == d.output
+    again = w.bank.draw(p.psn_no, "300.00", setl_id, "k-twice", pay_auth=auth)
+    assert again.infcode == InfCode.NO_AUTHORISATION and again.err_code == "pay_auth_used"
+    used = w.bank_db.read(lambda tx: tx.fetch_one("SELECT key, ref, amount FROM bank_pay_auths WHERE auth_id = ?",
+                                                  (claims.id,)))
+    assert used is not None and used[1:] == (setl_id, 30000) and used[0].endswith("/k-own")
+    owner = w.bank_db.read(lambda tx: tx.fetch_one("SELECT fixmedins_code, app_id FROM credit_draws WHERE ref = ?",
+                                                   (setl_id,)))
+    assert tuple(owner) == (INSTITUTION, w.c.app_id)
+    assert check_bank(w.bank_db)["balanced"]
+
+
+def test_an_expired_pay_auth_is_refused_and_5203_issues_it_again(world: World) -> None:
+    w = world
+    p = w.c.people[8]
+    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    st = _settle(w, p, "40.00")
+    setl_id, auth = st.output["setlinfo"]["setl_id"], st.output["pay_auth"]
+    w.c.clock.advance(minutes=11)
+    try:
+        late = w.bank.draw(p.psn_no, "40.00", setl_id, "k-late", pay_auth=auth)
+        assert late.err_code == "pay_auth_expired"
+        # only the terminal that settled gets it again (same authorisation id: still one draw)
+        assert "pay_auth" not in w.other_centre.query(p.psn_no, setl_id=setl_id).output
+        fresh = w.c.client.query(p.psn_no, setl_id=setl_id).output["pay_auth"]
+        assert payauth.verify(fresh, w.c.service.keys.sm2.public_key()).id == \
+            payauth.verify(auth, w.c.service.keys.sm2.public_key()).id
+        assert w.bank.draw(p.psn_no, "40.00", setl_id, "k-late", pay_auth=fresh).ok
+    finally:
+        w.c.clock.advance(minutes=-11)
+
+
+def test_a_member_draws_on_a_family_line_only_with_their_own_authorisation(world: World) -> None:
+    w = world
+    holder, member = w.c.people[10], w.c.people[11]
+    assert w.bank.apply(holder.psn_no, holder.brdy, 6).ok
+    holder_ok = w.c.client.pay_auth(holder.psn_no, w.c.activate(holder), "2000.00", member.psn_no, purpose="bind")
+    assert w.bank.bind(holder.psn_no, member.psn_no, "spouse", True, "2000.00",
+                       pay_auth=holder_ok.output.get("pay_auth", "")).ok
+    # the rogue: a member draw with no face behind it, and one dressed as the holder's
+    assert w.other_bank.draw(member.psn_no, "1800.00", "x", "rg1").infcode == InfCode.INVALID_INPUT
+    st = _settle(w, member, "180.00")
+    setl_id, auth = st.output["setlinfo"]["setl_id"], st.output.get("pay_auth", "")
+    as_holder = w.bank.draw(holder.psn_no, "180.00", setl_id, "m0", pay_auth=auth)
+    assert as_holder.err_code == "pay_auth_mismatch"  # the member authorised it, the holder did not
+    ok = w.bank.draw(member.psn_no, "180.00", setl_id, "m1", pay_auth=auth)
+    assert ok.ok and w.bank.line(member.psn_no).output["holder"] == holder.psn_no
+    # within the member's cap only (kiosk.credit): 1900.00 more this month is refused, auth or not
+    st2 = _settle(w, member, "1900.00")
+    capped = w.bank.draw(member.psn_no, "1900.00", st2.output["setlinfo"]["setl_id"], "m2",
+                         pay_auth=st2.output["pay_auth"])
+    assert capped.err_code == "member_cap_exceeded"
+
+
+# ---- refunds, captures, releases, reversals: only the institution that drew, only its own ----------
+def test_another_institution_cannot_refund_capture_release_or_reverse(world: World) -> None:
+    w = world
+    p = w.c.people[12]
+    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    st = _settle(w, p, "250.00")
+    setl_id = st.output["setlinfo"]["setl_id"]
+    assert w.bank.draw(p.psn_no, "250.00", setl_id, "k-12", pay_auth=st.output.get("pay_auth", "")).ok
+
+    theirs = w.other_bank.refund(setl_id, "2.00", "rf-x")
+    none = w.other_bank.refund("S-never-drawn", "2.00", "rf-y")
+    assert theirs.err_code == "unknown_ref" and _answer_fields(theirs) == _answer_fields(none)
+    # the bank's own keys are the caller's: the rogue reversing "k-12" reaches nothing of ours
+    assert w.other_bank.reverse_draw("k-12", p.psn_no).output["result"] == "not_drawn"
+    # the hospital's whole refund still goes through (the draw was not nibbled at) - and never above it
+    assert w.bank.refund(setl_id, "250.01", "rf-over").err_code == "exceeds_original"
+    assert w.bank.refund(setl_id, "250.00", "rf-whole").ok
+
+    # a deposit hold: the rogue can neither capture nor release it
+    hold_ref = "ADM-" + secrets.token_hex(4)
+    token = w.c.activate(p)
+    pa = w.c.client.pay_auth(p.psn_no, token, "1000.00", hold_ref)
+    assert pa.ok
+    stolen = w.other_bank.hold(p.psn_no, "1000.00", hold_ref, "h-x", pay_auth=pa.output["pay_auth"])
+    assert stolen.err_code == "pay_auth_mismatch"
+    assert w.bank.hold(p.psn_no, "1000.00", hold_ref, "h-1", pay_auth=pa.output["pay_auth"]).ok
+    for theirs, none in ((w.other_bank.capture(hold_ref, "10.00", "c-x"), w.other_bank.capture("ADM-none", "10.00", "c-y")),
+                         (w.other_bank.release(hold_ref, "r-x"), w.other_bank.release("ADM-none", "r-y"))):
+        assert theirs.err_code == "unknown_ref" and _answer_fields(theirs) == _answer_fields(none)
+    assert w.bank.capture(hold_ref, "1000.01", "c-over").err_code == "exceeds_hold"
+    cap = w.bank.capture(hold_ref, "600.00", "c-1")
+    assert cap.ok and cap.output["released"] == "400.00"
+    owner = w.bank_db.read(lambda tx: tx.fetch_one("SELECT fixmedins_code, app_id FROM credit_draws WHERE ref = ?",
+                                                   (hold_ref,)))
+    assert tuple(owner) == (INSTITUTION, w.c.app_id)  # the captured draw belongs to the hold's institution
+    assert w.other_bank.refund(hold_ref, "1.00", "rf-z").err_code == "unknown_ref"
+    assert check_bank(w.bank_db)["balanced"]
+
+
+def test_a_hold_authorisation_needs_the_payers_own_face_token(world: World) -> None:
+    w = world
+    p, q = w.c.people[13], w.c.people[14]
+    token_q = w.c.activate(q)
+    a = w.c.client.pay_auth(p.psn_no, token_q, "100.00", "ADM-q")
+    assert a.infcode == InfCode.IDENTITY_MISMATCH
+    b = w.other_centre.pay_auth(q.psn_no, token_q, "100.00", "ADM-q")  # a token issued to another terminal
+    assert b.infcode == InfCode.IDENTITY_MISMATCH
+
+
+def test_two_institutions_equal_keys_never_meet(world: World) -> None:
+    w = world
+    p = w.c.people[15]
+    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    st = _settle(w, p, "30.00")
+    setl_id = st.output["setlinfo"]["setl_id"]
+    # the other institution uses the very key first (for its own, refused-for-no-auth attempt) ...
+    w.other_bank.draw(p.psn_no, "30.00", setl_id, "ORDER-1:draw")
+    w.other_bank.reverse_draw("ORDER-1:draw", p.psn_no)  # ... and even blocks it in its own space
+    # ... and the hospital's draw under the same key is untouched by either
+    assert w.bank.draw(p.psn_no, "30.00", setl_id, "ORDER-1:draw", pay_auth=st.output.get("pay_auth", "")).ok
+
+
+def test_linkage_resumes_a_draw_after_its_pay_auth_expired(world: World) -> None:
+    """A terminal that comes back long after the settlement: the journaled pay_auth has expired;
+    the draw is completed with the one 5203 re-issues, not reversed."""
+    w = world
+    p = w.c.people[16]
+    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    token = w.c.activate(p)
+    medfee, feedetail = lines(("XC02", "66.00", "1"))
+    journal = MemoryJournal()
+
+    class Crash(Exception):
+        pass
+
+    def crash(step: str) -> None:
+        if step == "settle":
+            raise Crash
+
+    lp = LinkedPayment(w.c.client, w.bank, journal, fault=crash)
+    e = lp.begin("order-exp", head(p, token, medfee, acct_used_flag="0"), feedetail)
+    with pytest.raises(Crash):
+        lp.run(e)
+    w.c.clock.advance(minutes=12)
+    try:
+        saved = journal.load("order-exp")
+        done = LinkedPayment(w.c.client, w.bank, journal).resume(saved)  # 2207 replays (old pay_auth) ...
+        assert done.state == "done", done.detail                          # ... 5203 re-issues it
+        assert journal.load("order-exp").pay_auth
+    finally:
+        w.c.clock.advance(minutes=-12)
+
+
+def test_a_reversal_by_key_never_touches_a_draw_for_another_ref(world: World) -> None:
+    """Two orders that ended up with one key (two POS systems, one order id): the second order's
+    reversal names its own settlement and leaves the first order's paid draw alone."""
+    w = world
+    p = w.c.people[17]
+    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    first = _settle(w, p, "90.00")
+    first_id = first.output["setlinfo"]["setl_id"]
+    assert w.bank.draw(p.psn_no, "90.00", first_id, "ORDER-7:draw", pay_auth=first.output.get("pay_auth", "")).ok
+    second = _settle(w, p, "12.00")
+    r = w.bank.reverse_draw("ORDER-7:draw", p.psn_no, ref=second.output["setlinfo"]["setl_id"])
+    assert r.err_code == "key_ref_mismatch"
+    principal = w.bank.line(p.psn_no).output["principal_outstanding"]
+    assert w.bank_db.read(lambda tx: tx.scalar("SELECT refunded_fen FROM credit_draws WHERE ref = ?",
+                                               (first_id,))) == 0
+    assert w.bank.reverse_draw("ORDER-7:draw", p.psn_no, ref=first_id).output["result"] == "reversed"
+    assert w.bank.line(p.psn_no).output["principal_outstanding"] != principal
+
+
+def test_a_terminal_cannot_lend_a_line_without_the_holders_face(world: World) -> None:
+    """A rogue terminal binding its accomplice to a victim's line, then drawing on it as that
+    member, was the way round pay_auth: a binding needs the holder's own authorisation."""
+    w = world
+    victim, accomplice = w.c.people[18], w.c.people[19]
+    assert w.bank.apply(victim.psn_no, victim.brdy, 6).ok
+    plain = w.other_bank.bind(victim.psn_no, accomplice.psn_no, "spouse", True, None)
+    assert plain.infcode == InfCode.NO_AUTHORISATION and plain.err_code == "pay_auth_required"
+    # the accomplice's own face at the rogue terminal authorises nothing on the victim's line
+    token = w.other_centre.activate(w.other_centre.seal_face(w.c.capture(accomplice.psn_no), "s-acc", "activate"),
+                                    accomplice.certno, "s-acc")
+    assert token.ok
+    own = w.other_centre.pay_auth(accomplice.psn_no, token.output["ecToken"], "0.00", accomplice.psn_no,
+                                  purpose="bind")
+    assert own.ok
+    as_victim = w.other_centre.pay_auth(victim.psn_no, token.output["ecToken"], "0.00", accomplice.psn_no,
+                                        purpose="bind")
+    assert as_victim.infcode == InfCode.IDENTITY_MISMATCH  # the token is the accomplice's
+    forged = w.other_bank.bind(victim.psn_no, accomplice.psn_no, "spouse", True, None,
+                               pay_auth=own.output["pay_auth"])
+    assert forged.err_code == "pay_auth_mismatch"
+    assert w.bank.line(accomplice.psn_no).err_code == "not_bound"
+
+
+def test_the_banks_own_channel_binds_only_with_the_operator_token(world: World) -> None:
+    from kiosk.services.client import operator_bind
+
+    w = world
+    holder, member = w.c.people[20], w.c.people[21]
+    assert w.bank.apply(holder.psn_no, holder.brdy, 6).ok
+    http = w.bank.http
+    denied = operator_bind("http://testserver", "not-the-operator", holder.psn_no, member.psn_no, "spouse", True,
+                           "10.00", "k-op", http=http)
+    assert denied["infcode"] == InfCode.UNKNOWN_TERMINAL
+    assert w.bank.line(member.psn_no).err_code == "not_bound"
+    bad = operator_bind("http://testserver", w.admin_token, holder.psn_no, member.psn_no, "spouse", "yes", "10.00",
+                        "k-op", http=http)
+    assert bad["infcode"] == InfCode.INVALID_INPUT and bad["err_field"] == "consent"
+    ok = operator_bind("http://testserver", w.admin_token, holder.psn_no, member.psn_no, "spouse", True, "10.00",
+                       "k-op", http=http)
+    assert ok["infcode"] == 0 and w.bank.line(member.psn_no).output["holder"] == holder.psn_no
