@@ -147,3 +147,54 @@ def test_synthetic_people_stay_out_of_the_cohort():
     g = RegionGalleries(lambda psn, sealed: vecs[sealed], cohort_size=10)
     r = g.get(Tx(), "370202")
     assert len(r.search) == 2 and len(r.cohort) == 1 and r.seen == 2
+
+
+def test_centre_normalises_once_the_region_has_a_real_face_cohort(tmp_path, monkeypatch):
+    """Through ec.activate / ec.auth: synthetic people never join the cohort; once enough real-face
+    people are activated the decisions are normalised (statistics appear), a stranger who shares the
+    common look is refused, and the claimed person is still recognised 1:1 and 1:N."""
+    from datetime import date
+
+    from kiosk.services import seed
+    from kiosk.services.centre import app as centre_app
+    from kiosk.services.protocol import InfCode
+
+    from .conftest import make_centre
+
+    rule = MatchRule(0.5, 0.1, CohortRule(k=5, min_cohort=20, threshold=3.0, margin=1.0))
+    monkeypatch.setattr(centre_app, "match_rule", lambda: rule)
+    c = make_centre(f"sqlite:///{tmp_path}/centre.db", tmp_path, people=6)  # 6 synthetic people
+    try:
+        for p in c.people:  # activated synthetic people: in the 1:N gallery, not in the cohort
+            c.activate(p)
+        rng = np.random.default_rng(11)
+        faces = np.concatenate([_faces(rng, 1, x) for x in rng.uniform(0.2, 1.5, 30)])
+        real = [seed.SeedPerson(f"R370202{i:06d}", "张三", seed.certno_for("370202", date(1970, 1, 1), 500 + i, False),
+                                "1", "1970-01-01", "310", "370202", "2015-01-01", f"{i:04d}", "", 100)
+                for i in range(30)]
+        c.db.run(lambda tx: [seed.insert_person(tx, c.service.keys, p, f) for p, f in zip(real, faces)])
+        cl = c.client
+        for i, (p, f) in enumerate(zip(real, faces)):
+            a = cl.activate(cl.seal_face(_near(rng, f, 0.3), f"a{i}", "activate"), p.certno, f"a{i}")
+            assert a.ok, (i, a)
+        region = c.db.read(lambda tx: c.service.galleries.get(tx, "370202"))
+        assert len(region.search) == 36 and len(region.cohort) == 21  # first 20 + 1 real people only
+        assert not any(i.startswith(b"P") for i in region.cohort._ids[: len(region.cohort)])
+        # 1:N face-only for a real person: normalised (their statistics are computed), matched
+        who = real[25]
+        ok = cl.authenticate(cl.seal_face(_near(rng, faces[25], 0.3), "n1", "auth"), "n1")
+        assert ok.ok and ok.output["psn_no"] == who.psn_no
+        assert who.psn_no in region.stats
+        # a stranger with much of the common look is refused, 1:1 and 1:N, never told a score
+        hub = int(np.argmax(faces[:, 0]))
+        stranger = _faces(rng, 1, 1.5)[0]
+        assert float(stranger @ faces[hub]) >= rule.threshold  # raw cosine alone would accept
+        bad = cl.authenticate(cl.seal_face(stranger, "n2", "auth"), "n2", psn_no=real[hub].psn_no)
+        assert bad.infcode == InfCode.FACE_NOT_MATCHED and "score" not in str(bad).lower()
+        # a synthetic person (demo, load runs) is still recognised, now against the real-face cohort
+        p0 = c.people[0]
+        s = cl.authenticate(cl.seal_face(c.capture(p0.psn_no), "n3", "auth"), "n3", psn_no=p0.psn_no)
+        assert s.ok
+    finally:
+        c.http.close()
+        c.db.close()
