@@ -137,7 +137,8 @@ def _joined(a: Embeddings, b: Embeddings) -> Embeddings:
                       list(a.people) + list(b.people), a.failed_to_enrol + b.failed_to_enrol, a.images + b.images)
 
 
-def _norm_margin_stats(emb: Embeddings, k: int, size: int, raw_margin: float, norm_thr: float) -> dict[float, dict[str, float]]:
+def _norm_margin_stats(emb: Embeddings, k: int, size: int, raw_margin: float,
+                       norm_thr: float) -> dict[float, dict[str, float]]:
     """Closed-set 1:N as the centre decides it: gallery = first image of each person, cohort = the first
     `size` + 1 gallery people (cohort_order), probes = the other images; the raw top-8 candidates are
     normalised (probe statistics without the candidate) and re-ranked; a match within the raw margin of
@@ -188,7 +189,8 @@ def recognition_report(casia: Embeddings, lfw_cal: Embeddings, lfw_hold: Embeddi
     20 people are too few, so CASIA takes the Asian dev set's people of the same half alongside."""
     sets = {"lfw_calib": (lfw_cal, lfw_cal), "lfw_holdout": (lfw_hold, lfw_hold),
             "asian_calib": (asian_cal, asian_cal), "asian_holdout": (asian_hold, asian_hold),
-            "casia": (casia, _joined(casia, asian_cal)), "casia_asian_holdout_cohort": (casia, _joined(casia, asian_hold)),
+            "casia": (casia, _joined(casia, asian_cal)),
+            "casia_asian_holdout_cohort": (casia, _joined(casia, asian_hold)),
             "orl_holdout": (orl, None)}
     calib = ("lfw_calib", "asian_calib", "casia")
     scores: dict[str, dict] = {}

@@ -169,7 +169,8 @@ def test_centre_normalises_once_the_region_has_a_real_face_cohort(tmp_path, monk
             c.activate(p)
         rng = np.random.default_rng(11)
         faces = np.concatenate([_faces(rng, 1, x) for x in rng.uniform(0.2, 1.5, 30)])
-        real = [seed.SeedPerson(f"R370202{i:06d}", "张三", seed.certno_for("370202", date(1970, 1, 1), 500 + i, False),
+        born = date(1970, 1, 1)
+        real = [seed.SeedPerson(f"R370202{i:06d}", "张三", seed.certno_for("370202", born, 500 + i, False),
                                 "1", "1970-01-01", "310", "370202", "2015-01-01", f"{i:04d}", "", 100)
                 for i in range(30)]
         c.db.run(lambda tx: [seed.insert_person(tx, c.service.keys, p, f) for p, f in zip(real, faces)])
