@@ -199,3 +199,11 @@ def test_centre_normalises_once_the_region_has_a_real_face_cohort(tmp_path, monk
     finally:
         c.http.close()
         c.db.close()
+
+
+def test_region_repr_shows_no_statistics():
+    rng = np.random.default_rng(8)
+    t = _faces(rng, 150, 0.8)
+    region = _region(t, [f"P{i:03d}" for i in range(150)])
+    mu, sd = Matcher(RULE).person_stats(region, "P001", t[1])
+    assert repr(mu)[:6] not in repr(region) and "stats" not in repr(region)

@@ -53,7 +53,7 @@ class Region:
     search: Gallery
     cohort: Gallery
     seen: int = 0
-    stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # psn -> (mu, sd, cohort rows)
+    stats: dict[str, tuple[float, float, int]] = field(default_factory=dict, repr=False)  # psn -> (mu, sd, rows)
 
 
 class RegionGalleries:
