@@ -301,9 +301,9 @@ class CentreService:
 
     def _verify(self, tx: Transaction, probe: np.ndarray, p: Person) -> bool:
         """1:1 against the person's enrolled template, normalised against their region's cohort."""
-        assert p.template_seal is not None
-        template = open_template(self.keys, p.psn_no, p.template_seal)
-        return self.matcher.verify(self.galleries.get(tx, p.admdvs), probe, p.psn_no, template)
+        template = open_template(self.keys, p.psn_no, p.template_seal or "")
+        region = self.galleries.get(tx, p.admdvs) if self.rule.cohort else None  # no cohort keys: raw
+        return self.matcher.verify(region, probe, p.psn_no, template)
 
     def _template_of(self, tx: Transaction, psn_no: str) -> np.ndarray:
         sealed = tx.scalar("SELECT template_seal FROM centre_persons WHERE psn_no = ?", (psn_no,))
