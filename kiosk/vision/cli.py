@@ -16,9 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = face.add_subparsers(dest="face_command", metavar="SUBCOMMAND")
     sub.required = True
 
-    ev = sub.add_parser("eval", help="FAR/FRR/TAR/EER and APCER/BPCER at the shipped thresholds")
+    ev = sub.add_parser("eval", help="FAR/FRR/TAR/EER (cohort-normalised as the centre decides, and raw) and "
+                        "APCER/BPCER at the shipped thresholds")
     ev.add_argument("--identities", type=Path, help="DIR/<person>/<image>")
     ev.add_argument("--liveness", type=Path, help="DIR/live/* and DIR/spoof/*")
+    ev.add_argument("--cohort", type=Path, help="DIR/<person>/<image>: the cohort for normalised scores (first "
+                    "image of each person); default: the evaluated people, each pair's own left out")
     ev.add_argument("--json", action="store_true", help="print JSON (the default output)")
     ev.add_argument("--report", type=Path, help="also write DET curve and score histograms (PNG) here")
     ev.add_argument("--max-impostors", type=int, default=2_000_000,
@@ -52,7 +55,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.max_impostors < 100_000:
         raise InputError("must be at least 100000", code="invalid_argument", field="max-impostors")
     result = run_eval(_pipeline(args.detector), args.identities, args.liveness, report=args.report,
-                      max_impostors=args.max_impostors, seed=args.seed)
+                      max_impostors=args.max_impostors, seed=args.seed, cohort=args.cohort)
     # stdout is exactly the structure; the extras (report paths, images without a face) go to stderr
     report = result.pop("report", None)
     liv = result.get("liveness") or {}

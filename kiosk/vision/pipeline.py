@@ -91,7 +91,7 @@ class FacePipeline:
         self.liveness = LivenessModel(pack)
         self.embedder = Embedder(pack)
         self.quality_cfg = QualityConfig.from_thresholds(t)
-        self.rule = MatchRule(float(t["match_cosine"]), float(t["match_margin"]))
+        self.rule = MatchRule.from_thresholds(t)
         self.live_threshold = float(t["liveness_live"])
         self.live_frames = int(t.get("liveness_frames", 3))
         self.max_frames = max_frames
