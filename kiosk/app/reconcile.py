@@ -294,7 +294,7 @@ def _compare_centre(rep: DayReport, listed: list[dict[str, Any]], expected: list
                                 "this day; the centre lists no reversal", "report to the operator: reverse "
                                 f"{e.ref} at the centre (2208/2103) or restore the order"))
             continue
-        got = tuple(e.sign * _fen(r[k]) for k in AMOUNTS)
+        got = tuple(_fen(r[k]) for k in AMOUNTS)  # the centre's reversal rows carry their minus sign
         want = tuple(e.sign * a for a in e.amounts)
         if got != want:
             diff = ", ".join(f"{k} kiosk {fen_to_yuan(w)} centre {fen_to_yuan(g)}"
@@ -357,14 +357,16 @@ def _compare_bank(rep: DayReport, stmt: dict[str, Any], expected: list[_Entry], 
                             "report to the operator: the bank's draw must be refunded (credit.refund) or its "
                             "settlement found"))
         elif t != o:
-            if o < t:
-                kind = "refund_not_applied" if ref in ours and any(e.ref == ref and e.sign < 0 for e in expected) \
-                    else "amount_differs"
+            refunded = -sum(e.sign * e.amounts[0] for e in expected if e.ref == ref and e.sign < 0)
+            if o < t and refunded:
+                bad(Discrepancy("refund_not_applied", who.get(ref, ""), ref, f"the kiosk gave {fen_to_yuan(refunded)} "
+                                f"back to this draw on this day; the bank's clearing shows net due {fen_to_yuan(t)}, "
+                                f"the kiosk's journal {fen_to_yuan(o)}", "report to the operator: the bank confirmed "
+                                "a refund it does not clear (its journal lost it, or it was booked on another day)"))
             else:
-                kind = "amount_differs"
-            bad(Discrepancy(kind, who.get(ref, ""), ref, f"net due on this ref: kiosk {fen_to_yuan(o)}, bank "
-                            f"{fen_to_yuan(t)}", "report to the operator: the bank's clearing and the kiosk's "
-                            "journal disagree on this draw"))
+                bad(Discrepancy("amount_differs", who.get(ref, ""), ref, f"net due on this ref: kiosk "
+                                f"{fen_to_yuan(o)}, bank {fen_to_yuan(t)}", "report to the operator: the bank's "
+                                "clearing and the kiosk's journal disagree on this draw"))
     net = sums["draw"] + sums["capture"] - sums["refund"]
     rep.bank = {"kiosk": {"draws": fen_to_yuan(sums["draw"]), "captures": fen_to_yuan(sums["capture"]),
                           "refunds": fen_to_yuan(sums["refund"]), "net_due": fen_to_yuan(net)},
