@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rc.add_argument("day", nargs="?", default="yesterday", metavar="DAY",
                     help="yyyy-mm-dd, 'today' or 'yesterday' (Asia/Shanghai; default yesterday)")
     rc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rc.add_argument("--save", default="", metavar="DIR", help="also write the JSON report to DIR/reconcile-DAY.json")
     rc.add_argument("--data-dir", default="")
     rc.add_argument("--centre-port", type=int, default=8710)
     rc.add_argument("--bank-port", type=int, default=8720)
@@ -143,6 +144,16 @@ def _reconcile(args: argparse.Namespace) -> int:
         centre.close()
         if bank is not None:
             bank.close()
+    if args.save:
+        import os
+
+        out = Path(args.save)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".reconcile-{day.isoformat()}.json.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(format_report(rep, True) + "\n")
+        os.replace(tmp, out / f"reconcile-{day.isoformat()}.json")
     print(format_report(rep, args.json))
     return 0 if rep.matched else 1
 

@@ -255,9 +255,11 @@ def test_the_cli_prints_json_and_exits_1_on_a_discrepancy_0_when_matching(world,
     monkeypatch.setattr(w.c.client, "close", lambda: None)
     monkeypatch.setattr(w.bank, "close", lambda: None)
     args = ["reconcile", day.isoformat(), "--data-dir", str(tmp_path)]
-    assert main(args + ["--json"]) == 0
+    assert main(args + ["--json", "--save", str(tmp_path / "reports")]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["matched"] and rep["institution"] == INSTITUTION and rep["day"] == "2026-05-11"
+    saved = tmp_path / "reports" / "reconcile-2026-05-11.json"
+    assert json.loads(saved.read_text()) == rep and saved.stat().st_mode & 0o077 == 0
     w.reverse(s, p)  # the centre reverses it; the kiosk still says paid
     assert main(args) == 1
     out = capsys.readouterr().out
