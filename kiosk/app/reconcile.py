@@ -128,10 +128,19 @@ class _Entry:
     sign: int
     amounts: tuple[int, int, int]  # medfee, fund, acct (centre); (amount, 0, 0) at the bank
     group: tuple[str, str]         # (insutype, clr_type) at the centre; (kind, '') at the bank
+    at: datetime                   # when the kiosk journaled it (Asia/Shanghai)
+
+    @property
+    def day(self) -> date:
+        return self.at.date()
+
+
+def _local(ts: str) -> datetime:
+    return datetime.fromisoformat(ts).astimezone(SHANGHAI)
 
 
 def _day_of(ts: str) -> date:
-    return datetime.fromisoformat(ts).astimezone(SHANGHAI).date()
+    return _local(ts).date()
 
 
 def _load_orders(db: Database, day: date) -> list[_Order]:
@@ -160,8 +169,8 @@ def _load_orders(db: Database, day: date) -> list[_Order]:
     return sorted(out, key=lambda o: (o.system, o.order_id))
 
 
-def _expected(orders: list[_Order], day: date) -> tuple[list[_Entry], list[_Entry]]:
-    """(rows the centre should list for the day, entries the bank should clear that day)."""
+def _expected(orders: list[_Order]) -> tuple[list[_Entry], list[_Entry]]:
+    """(rows the centre should list, entries the bank should clear), each at the instant journaled."""
     centre: list[_Entry] = []
     bank: list[_Entry] = []
     for o in orders:
@@ -172,30 +181,29 @@ def _expected(orders: list[_Order], day: date) -> tuple[list[_Entry], list[_Entr
         group = (str(settled.get("insutype") or "310"), "41" if o.pharmacy else "11")
         msgid = str(settled.get("msgid") or (o.last("settle") or {}).get("msgid") or "")
         plans = {d.get("refund_id"): d for s, d, _ in o.steps if s == "refund"}
-        drawn = 0
-        for step, data, at in o.steps:
-            if _day_of(at) != day:
-                if step == "drawn":
-                    drawn += int(data.get("amount", 0))
-                continue
+        left = 0  # what is left of the draw at the bank (drawn less what refunds gave back)
+        for step, data, ts in o.steps:
+            at = _local(ts)
             if step == "settled" and setl_id:
-                centre.append(_Entry(o.label, setl_id, msgid, 1, amounts, group))  # type: ignore[arg-type]
+                centre.append(_Entry(o.label, setl_id, msgid, 1, amounts, group, at))  # type: ignore[arg-type]
             elif step in ("reversed", "refund_reversed") and setl_id:
-                centre.append(_Entry(o.label, setl_id, msgid, -1, amounts, group))  # type: ignore[arg-type]
+                centre.append(_Entry(o.label, setl_id, msgid, -1, amounts, group, at))  # type: ignore[arg-type]
             elif step == "drawn":
                 amt = int(data.get("amount", 0))
-                drawn += amt
+                left += amt
                 kind = "capture" if o.mode == "discharge" else "draw"
-                bank.append(_Entry(o.label, str(data.get("draw_id") or setl_id), "", 1, (amt, 0, 0), (kind, "")))
+                bank.append(_Entry(o.label, str(data.get("draw_id") or setl_id), "", 1, (amt, 0, 0), (kind, ""), at))
             elif step == "refund_credited":
                 plan = plans.get(data.get("refund_id")) or {}
                 amt = int(plan.get("credit_back", 0))
-                bank.append(_Entry(o.label, str(plan.get("draw_id") or setl_id), "", -1, (amt, 0, 0), ("refund", "")))
-            elif step == "draw_reversed":
+                left -= amt
+                bank.append(_Entry(o.label, str(plan.get("draw_id") or setl_id), "", -1, (amt, 0, 0), ("refund", ""),
+                                   at))
+            elif step == "draw_reversed" and left > 0:  # undone by key: the rest of the draw came back
                 drawn_data = o.last("drawn") or o.last("draw") or {}
                 ref = str(drawn_data.get("draw_id") or drawn_data.get("ref") or setl_id)
-                if drawn:  # undone by key: the rest of the draw came back
-                    bank.append(_Entry(o.label, ref, "", -1, (drawn, 0, 0), ("refund", "")))
+                bank.append(_Entry(o.label, ref, "", -1, (left, 0, 0), ("refund", ""), at))
+                left = 0
     return centre, bank
 
 
@@ -222,8 +230,8 @@ def reconcile(db: Database, centre: Any, bank: Any | None, day: date) -> DayRepo
     me = centre.ident.app_id
     rep = DayReport(day.isoformat(), centre.ident.fixmedins_code)
     orders = _load_orders(db, day)
-    exp_centre, exp_bank = _expected(orders, day)
-    mine = _totals(exp_centre)
+    all_centre, all_bank = _expected(orders)
+    mine = _totals([e for e in all_centre if e.day == day])
     period = {"stmt_begndate": day.isoformat(), "stmt_enddate": day.isoformat(), "refd_setl_flag": "1"}
     stmt = [{"insutype": k[0], "clr_type": k[1], "medfee_sumamt": fen_to_yuan(v[0]),
              "fund_pay_sumamt": fen_to_yuan(v[1]), "acct_pay": fen_to_yuan(v[2]), "fixmedins_setl_cnt": v[3]}
@@ -244,18 +252,24 @@ def reconcile(db: Database, centre: Any, bank: Any | None, day: date) -> DayRepo
         consistent = consistent and g["stmt_rslt"] == "0"
     listed: list[dict[str, Any]] | None = None
     if not consistent:
-        listed = _settlement_list(centre, period)
-        _compare_centre(rep, listed, exp_centre, orders, me)
+        # the day and its neighbours: a row booked across midnight (the parties' clocks a moment apart,
+        # or a step journaled just after the centre's answer) is found where it is, not called missing
+        wide = {**period, "stmt_begndate": (day - timedelta(days=1)).isoformat(),
+                "stmt_enddate": (day + timedelta(days=1)).isoformat()}
+        listed = _settlement_list(centre, wide)
+        _compare_centre(rep, listed, all_centre, orders, me, day)
     if bank is not None:
-        _compare_bank(rep, _answer(bank.call("credit.clearing", {"day": day.isoformat()}), "bank (credit.clearing)"),
-                      exp_bank, exp_centre, listed, me)
+        def clearing(d: date) -> dict[str, Any]:
+            return _answer(bank.call("credit.clearing", {"day": d.isoformat()}), "bank (credit.clearing)")
+
+        _compare_bank(rep, clearing, all_bank, all_centre, listed, me, day)
     _in_flight(rep, orders, day)
-    if not consistent and not any(d.kind != "order_in_flight" and d.kind != "pending_refund"
-                                  for d in rep.discrepancies) and not rep.notes:
+    if not consistent and not any(d.kind not in ("order_in_flight", "pending_refund") for d in rep.discrepancies) \
+            and not rep.notes:
         rep.discrepancies.append(Discrepancy(
             "amount_differs", "", "", "the centre's totals differ from the kiosk's but no settlement explains it "
             "(" + "; ".join(g["differs"] for g in rep.groups if g["differs"]) + ")",
-            "report to the operator with this report (--json): the centre's 3202 list is attached"))
+            "report to the operator with this report (--json)"))
     return rep
 
 
@@ -274,14 +288,21 @@ def _fen(v: Any) -> int:
     return yuan_to_fen(str(v), "amount", allow_negative=True)
 
 
+def _centre_time(r: dict[str, Any]) -> datetime:
+    return datetime.strptime(r["setl_time"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=SHANGHAI)
+
+
 def _compare_centre(rep: DayReport, listed: list[dict[str, Any]], expected: list[_Entry], orders: list[_Order],
-                    me: str) -> None:
+                    me: str, day: date) -> None:
     bad = rep.discrepancies.append
     theirs = {(r["setl_id"], 1 if r["refd_setl_flag"] == "0" else -1): r for r in listed}
     ours = {(e.ref, e.sign): e for e in expected}
     by_setl = {str((o.last("settled") or {}).get("setl_id") or ""): o for o in orders}
     by_msgid = {str((o.last("settle") or {}).get("msgid") or ""): o for o in orders}
+    what = {1: "settlement", -1: "reversal"}
     for key, e in sorted(ours.items()):
+        if e.day != day:
+            continue
         r = theirs.get(key)
         if r is None:
             if e.sign > 0:
@@ -294,6 +315,9 @@ def _compare_centre(rep: DayReport, listed: list[dict[str, Any]], expected: list
                                 "this day; the centre lists no reversal", "report to the operator: reverse "
                                 f"{e.ref} at the centre (2208/2103) or restore the order"))
             continue
+        if _centre_time(r).date() != day:
+            rep.notes.append(f"{what[e.sign]} {e.ref} ({e.order}): journaled at the kiosk {e.at:%Y-%m-%d %H:%M:%S}, "
+                             f"booked by the centre {r['setl_time']} (across midnight: counted on that day)")
         got = tuple(_fen(r[k]) for k in AMOUNTS)  # the centre's reversal rows carry their minus sign
         want = tuple(e.sign * a for a in e.amounts)
         if got != want:
@@ -302,11 +326,16 @@ def _compare_centre(rep: DayReport, listed: list[dict[str, Any]], expected: list
             bad(Discrepancy("amount_differs", e.order, e.ref, diff, "report to the operator: the settlement's split "
                             "differs between the kiosk's receipt and the centre"))
     for key, r in sorted(theirs.items()):
-        if key in ours:
+        e = ours.get(key)
+        if _centre_time(r).date() != day or (e is not None and e.day == day):
             continue
         if r["app_id"] != me:
-            rep.notes.append(f"{'settlement' if key[1] > 0 else 'reversal'} {r['setl_id']} made by terminal "
-                             f"{r['app_id']} of this institution: not in this terminal's journal")
+            rep.notes.append(f"{what[key[1]]} {r['setl_id']} made by terminal {r['app_id']} of this institution: "
+                             "not in this terminal's journal")
+            continue
+        if e is not None:
+            rep.notes.append(f"{what[key[1]]} {r['setl_id']} ({e.order}): booked by the centre {r['setl_time']}, "
+                             f"journaled at the kiosk {e.at:%Y-%m-%d %H:%M:%S} (across midnight: counted on that day)")
             continue
         o = by_setl.get(r["setl_id"]) or by_msgid.get(r["msgid"])
         label = o.label if o else ""
@@ -315,58 +344,76 @@ def _compare_centre(rep: DayReport, listed: list[dict[str, Any]], expected: list
                             f"{r['reversed_at']}; the kiosk's order says {o.status}",
                             "report to the operator: the patient was paid back by the fund but not by the kiosk "
                             "(refund the order through the POS) or the reversal was wrong"))
-        elif key[1] < 0 and o is not None and o.status in IN_FLIGHT:
-            continue  # named by _in_flight
-        elif o is not None and key[1] < 0 and any(s == "reversed" for s, _, _ in o.steps):
-            continue  # reversed by msgid (2601) after the answer was lost: the kiosk knows it
-        elif o is not None and key[1] > 0 and o.last("settled") is None and o.last("reversed") is not None:
-            continue  # settled, answer lost, then reversed by msgid: net nothing, as the kiosk says
+        elif o is not None and o.status in IN_FLIGHT:
+            continue  # named by _in_flight: its terminal resolves it by key
+        elif o is not None and o.last("settled") is None and any(s == "reversed" for s, _, _ in o.steps):
+            rep.notes.append(f"{what[key[1]]} {r['setl_id']} ({label}): the settling answer was lost and the message "
+                             "reversed by its msgid (2601): nothing stands, as the kiosk's order says")
         else:
-            bad(Discrepancy("missing_locally", label, r["setl_id"], f"the centre lists "
-                            f"{'a settlement' if key[1] > 0 else 'a reversal'} of {r['medfee_sumamt']} by this "
-                            f"terminal (msgid {r['msgid']}) that the kiosk's journal does not have on this day",
-                            RECOVER if o is not None and o.status in IN_FLIGHT else
-                            "report to the operator: the kiosk's journal lost a step"))
+            bad(Discrepancy("missing_locally", label, r["setl_id"], f"the centre lists a {what[key[1]]} of "
+                            f"{r['medfee_sumamt']} by this terminal (msgid {r['msgid']}) that the kiosk's journal "
+                            "does not have", "report to the operator: the kiosk's journal lost a step"))
 
 
-def _compare_bank(rep: DayReport, stmt: dict[str, Any], expected: list[_Entry], exp_centre: list[_Entry],
-                  listed: list[dict[str, Any]] | None, me: str) -> None:
+def _compare_bank(rep: DayReport, clearing: Any, expected: list[_Entry], exp_centre: list[_Entry],
+                  listed: list[dict[str, Any]] | None, me: str, day: date) -> None:
     bad = rep.discrepancies.append
-    theirs: dict[str, int] = defaultdict(int)
-    kinds: dict[str, set[str]] = defaultdict(set)
-    sums = {"draw": 0, "capture": 0, "refund": 0}
-    for e in stmt["entries"]:
-        if e.get("app_id") and e["app_id"] != me:
-            rep.notes.append(f"bank {e['kind']} of {e['amount']} on {e['ref']} by terminal {e['app_id']} of this "
+    stmt = clearing(day)
+    near: dict[date, dict[str, Any]] = {day: stmt}
+
+    def net_by_ref(st: dict[str, Any]) -> tuple[dict[str, int], dict[str, set[str]]]:
+        net: dict[str, int] = defaultdict(int)
+        kinds: dict[str, set[str]] = defaultdict(set)
+        for x in st["entries"]:
+            if not x.get("app_id") or x["app_id"] == me:
+                net[x["ref"]] += _fen(x["due"])
+                kinds[x["ref"]].add(x["kind"])
+        return net, kinds
+
+    for x in stmt["entries"]:
+        if x.get("app_id") and x["app_id"] != me:
+            rep.notes.append(f"bank {x['kind']} of {x['amount']} on {x['ref']} by terminal {x['app_id']} of this "
                              "institution: not in this terminal's journal")
-            continue
-        theirs[e["ref"]] += _fen(e["due"])
-        kinds[e["ref"]].add(e["kind"])
+    theirs, kinds = net_by_ref(stmt)
     ours: dict[str, int] = defaultdict(int)
     who: dict[str, str] = {}
+    sums = {"draw": 0, "capture": 0, "refund": 0}
     for e in expected:
-        ours[e.ref] += e.sign * e.amounts[0]
-        sums[e.group[0]] += e.amounts[0]
-        who[e.ref] = e.order
+        who.setdefault(e.ref, e.order)
+        if e.day == day:
+            ours[e.ref] += e.sign * e.amounts[0]
+            sums[e.group[0]] += e.amounts[0]
     settled = {e.ref for e in exp_centre if e.sign > 0} | {r["setl_id"] for r in listed or [] if r["state"] == "settled"}
     for ref in sorted(set(theirs) | set(ours)):
         t, o = theirs.get(ref, 0), ours.get(ref, 0)
-        if ref not in ours and kinds.get(ref, set()) & {"draw", "capture"} and ref not in settled:
-            bad(Discrepancy("draw_without_settlement", "", ref, f"the bank cleared {fen_to_yuan(t)} for ref {ref} "
-                            "by this terminal; no settlement of the kiosk's has this ref",
+        if t == o:
+            continue
+        # booked across midnight? the same ref over the day and its neighbours, at both sides
+        for d in (day - timedelta(days=1), day + timedelta(days=1)):
+            if d not in near:
+                near[d] = clearing(d)
+        t3 = sum(net_by_ref(st)[0].get(ref, 0) for st in near.values())
+        o3 = sum(e.sign * e.amounts[0] for e in expected if e.ref == ref and abs((e.day - day).days) <= 1)
+        if t3 == o3 and ref in who:
+            rep.notes.append(f"bank entries on {ref} ({who[ref]}) booked across midnight: the day and its neighbours "
+                             "agree")
+            continue
+        if ref not in ours and kinds.get(ref, set()) & {"draw", "capture"} and ref not in settled and t > 0:
+            bad(Discrepancy("draw_without_settlement", who.get(ref, ""), ref, f"the bank cleared {fen_to_yuan(t)} for "
+                            f"ref {ref} by this terminal; no settlement of the kiosk's has this ref",
                             "report to the operator: the bank's draw must be refunded (credit.refund) or its "
                             "settlement found"))
-        elif t != o:
-            refunded = -sum(e.sign * e.amounts[0] for e in expected if e.ref == ref and e.sign < 0)
-            if o < t and refunded:
-                bad(Discrepancy("refund_not_applied", who.get(ref, ""), ref, f"the kiosk gave {fen_to_yuan(refunded)} "
-                                f"back to this draw on this day; the bank's clearing shows net due {fen_to_yuan(t)}, "
-                                f"the kiosk's journal {fen_to_yuan(o)}", "report to the operator: the bank confirmed "
-                                "a refund it does not clear (its journal lost it, or it was booked on another day)"))
-            else:
-                bad(Discrepancy("amount_differs", who.get(ref, ""), ref, f"net due on this ref: kiosk "
-                                f"{fen_to_yuan(o)}, bank {fen_to_yuan(t)}", "report to the operator: the bank's "
-                                "clearing and the kiosk's journal disagree on this draw"))
+            continue
+        refunded = -sum(e.sign * e.amounts[0] for e in expected if e.ref == ref and e.sign < 0 and e.day == day)
+        if o < t and refunded:
+            bad(Discrepancy("refund_not_applied", who.get(ref, ""), ref, f"the kiosk gave {fen_to_yuan(refunded)} "
+                            f"back to this draw on this day; the bank's clearing shows net due {fen_to_yuan(t)}, "
+                            f"the kiosk's journal {fen_to_yuan(o)}", "report to the operator: the bank confirmed "
+                            "a refund it does not clear (its journal lost it, or it was booked on another day)"))
+        else:
+            bad(Discrepancy("amount_differs", who.get(ref, ""), ref, f"net due on this ref: kiosk {fen_to_yuan(o)}, "
+                            f"bank {fen_to_yuan(t)}", "report to the operator: the bank's clearing and the kiosk's "
+                            "journal disagree on this draw"))
     net = sums["draw"] + sums["capture"] - sums["refund"]
     rep.bank = {"kiosk": {"draws": fen_to_yuan(sums["draw"]), "captures": fen_to_yuan(sums["capture"]),
                           "refunds": fen_to_yuan(sums["refund"]), "net_due": fen_to_yuan(net)},

@@ -35,7 +35,8 @@ class Kiosk:
         self.store = Store(db, w.c.clock)
 
     def pay(self, oid: str, p: Any, yuan: str, *, credit: bool = True, pharmacy: bool = False,
-            split_override: dict[str, int] | None = None) -> str:
+            split_override: dict[str, int] | None = None, journal_at: datetime | None = None) -> str:
+        """`journal_at`: the moment the kiosk journals the centre's answer (and draws), if not the same."""
         s, w = self.store, self.w
         bill = {"items": [{"code": "XC02", "price": yuan, "qty": "1"}], **({"med_type": "41"} if pharmacy else {})}
         s.create_order("pos", oid, {"bill": bill}, "pharmacy" if pharmacy else "outpatient")
@@ -43,6 +44,8 @@ class Kiosk:
         msgid = w.c.client.new_msgid()
         s.record("pos", oid, "settle", {"msgid": msgid, "psn_no": p.psn_no})
         out = w.settle(p, yuan, pharmacy=pharmacy, msgid=msgid)
+        if journal_at is not None:
+            w.at(journal_at)
         info = out["setlinfo"]
         setl = info["setl_id"]
         fen = int(round(float(yuan) * 100))
@@ -106,6 +109,19 @@ class Kiosk:
         assert a.ok and a.output["result"] == "reversed", a
         s.record("pos", oid, "reversed", {"msgid": msgid})
         s.set_status("pos", oid, "failed", reason="insufficient_credit", result={"status": "failed"})
+
+
+    def lost_answer_then_reversed(self, oid: str, p: Any, yuan: str) -> None:
+        """The 2207 applied but its answer never came back: reversed by its msgid (2601), the order failed."""
+        s, w = self.store, self.w
+        s.create_order("pos", oid, {"bill": {"items": []}}, "outpatient")
+        msgid = w.c.client.new_msgid()
+        s.record("pos", oid, "settle", {"msgid": msgid, "psn_no": p.psn_no})
+        w.settle(p, yuan, msgid=msgid)  # applied; the kiosk never learns the setl_id
+        s.record("pos", oid, "reverse", {"msgid": msgid, "setl_id": None})
+        assert w.c.client.reverse_message(p.psn_no, msgid, "2207").output["result"] == "reversed"
+        s.record("pos", oid, "reversed", {"msgid": msgid})
+        s.set_status("pos", oid, "failed", reason="centre_unavailable", result={"status": "failed"})
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -241,6 +257,30 @@ def test_day_boundary_in_asia_shanghai(world, kiosk):
     assert [g["kiosk"]["medfee_sumamt"] for g in r1.groups] == ["11.00"]
     assert [g["kiosk"]["medfee_sumamt"] for g in r2.groups] == ["12.00"]
     assert r1.bank["bank"]["net_due"] == "11.00" and r2.bank["bank"]["net_due"] == "12.00"
+
+
+def test_a_settlement_booked_across_midnight_is_a_note_not_a_discrepancy(world, kiosk):
+    """The centre booked it at 23:59:59, the kiosk journaled its answer (and drew) at 00:00:01: each day is
+    inconsistent in total, and 3202 over the neighbouring days shows why - nothing is missing."""
+    w = world
+    d1, d2 = date(2026, 5, 14), date(2026, 5, 15)
+    p = w.c.people[9]
+    at(w, d1, 23, 59, 59)
+    s = kiosk.pay("X-1", p, "16.00", journal_at=datetime(2026, 5, 15, 0, 0, 1, tzinfo=SHANGHAI))
+    for d in (d1, d2):
+        rep = reconcile(kiosk.db, w.c.client, w.bank, d)
+        assert rep.matched, rep.table()
+        assert any(s in n and "across midnight" in n for n in rep.notes), rep.notes
+    assert not reconcile(kiosk.db, w.c.client, w.bank, d1).groups[0]["consistent"]
+
+
+def test_a_settlement_whose_answer_was_lost_and_reversed_by_msgid_matches(world, kiosk):
+    w, day = world, date(2026, 5, 17)
+    at(w, day, 10)
+    kiosk.lost_answer_then_reversed("LOST-1", w.c.people[10], "19.00")
+    rep = reconcile(kiosk.db, w.c.client, w.bank, day)
+    assert rep.matched, rep.table()
+    assert sum("2601" in n and "pos/LOST-1" in n for n in rep.notes) == 2  # the settlement and its reversal
 
 
 def test_the_cli_prints_json_and_exits_1_on_a_discrepancy_0_when_matching(world, kiosk, tmp_path, monkeypatch,
