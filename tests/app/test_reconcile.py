@@ -306,3 +306,16 @@ def test_the_cli_prints_json_and_exits_1_on_a_discrepancy_0_when_matching(world,
     assert "reversed_at_centre_paid_locally" in out and "pos/C-1" in out
     assert main(["reconcile", "2026-02-30", "--data-dir", str(tmp_path)]) == 2
     assert "DAY" in capsys.readouterr().err
+
+
+def test_the_demo_runs_the_day_end_after_its_payment(world, kiosk, capsys):
+    """`kiosk demo` closes its day with the same reconcile (its payment is today's, an empty day here)."""
+    from types import SimpleNamespace
+
+    from kiosk.app.demo import day_end
+
+    term = SimpleNamespace(wait_idle=lambda timeout: True, store=SimpleNamespace(db=kiosk.db))
+    st = SimpleNamespace(runtime=SimpleNamespace(terminal=term), centre_client=world.c.client,
+                         bank_client=world.bank)
+    assert day_end(st) is True
+    assert "day matches" in capsys.readouterr().err
