@@ -218,6 +218,19 @@ def _totals(entries: list[_Entry]) -> dict[tuple[str, str], list[int]]:
 
 
 # ------------------------------------------------------------------------------------------ the day-end
+def _centre_call(centre: Any, infno: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One centre transaction, signed in (again, once, when the centre says the sign-in lapsed)."""
+    from kiosk.services.protocol import InfCode
+
+    if not centre.sign_no:
+        centre.sign_in("reconcile")
+    a = centre.call(infno, data)
+    if a.infcode == InfCode.NOT_SIGNED_IN:
+        centre.sign_in("reconcile")
+        a = centre.call(infno, data)
+    return _answer(a, f"centre ({infno})")
+
+
 def _answer(a: Any, what: str) -> dict[str, Any]:
     if not a.ok:
         raise RemoteError(f"the {what} refused: {a.err_msg}", code=a.err_code or "refused")
@@ -236,9 +249,7 @@ def reconcile(db: Database, centre: Any, bank: Any | None, day: date) -> DayRepo
     stmt = [{"insutype": k[0], "clr_type": k[1], "medfee_sumamt": fen_to_yuan(v[0]),
              "fund_pay_sumamt": fen_to_yuan(v[1]), "acct_pay": fen_to_yuan(v[2]), "fixmedins_setl_cnt": v[3]}
             for k, v in sorted(mine.items())]
-    if not centre.sign_no:
-        centre.sign_in("reconcile")
-    out = _answer(centre.call("3201", {"data": {**period, "stmtinfo": stmt}}), "centre (3201)")
+    out = _centre_call(centre, "3201", {"data": {**period, "stmtinfo": stmt}})
     consistent = True
     for g in out["stmtinfo"]:
         k = (g["insutype"], g["clr_type"])
@@ -277,7 +288,7 @@ def _settlement_list(centre: Any, period: dict[str, str]) -> list[dict[str, Any]
     rows: list[dict[str, Any]] = []
     page = 1
     while True:
-        out = _answer(centre.call("3202", {"data": {**period, "page_num": page, "page_size": 1000}}), "centre (3202)")
+        out = _centre_call(centre, "3202", {"data": {**period, "page_num": page, "page_size": 1000}})
         rows += out["data"]
         if page >= int(out["pages"] or 0):
             return rows

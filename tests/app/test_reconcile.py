@@ -319,3 +319,24 @@ def test_the_demo_runs_the_day_end_after_its_payment(world, kiosk, capsys):
                          bank_client=world.bank)
     assert day_end(st) is True
     assert "day matches" in capsys.readouterr().err
+
+
+def test_a_fresh_terminal_signs_in_and_an_unreachable_party_is_exit_2_not_a_verdict(world, kiosk, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from kiosk.services.client import BankClient, CentreClient, ServiceIdentity
+
+    w, day = world, date(2026, 5, 20)
+    c = w.c
+    fresh = CentreClient("http://testserver", ServiceIdentity(c.app_id, c.app_secret, c.key, INSTITUTION), http=c.http,
+                         clock=c.clock)
+    assert not fresh.sign_no
+    assert reconcile(kiosk.db, fresh, w.bank, day).matched and fresh.sign_no
+    gone = BankClient("http://127.0.0.1:9", ServiceIdentity(c.app_id, c.app_secret, c.key, INSTITUTION),
+                      clock=c.clock, timeout=2.0)
+    monkeypatch.setenv("KIOSK_DATABASE_URL", kiosk.url)
+    monkeypatch.setattr(stack_mod.Stack, "load_identity", lambda self: {})
+    monkeypatch.setattr(stack_mod.Stack, "clients", lambda self: (fresh, gone))
+    monkeypatch.setattr(fresh, "close", lambda: None)
+    assert main(["reconcile", day.isoformat(), "--data-dir", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "bank" in captured.err
