@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from kiosk.clock import Clock, SystemClock
 from kiosk.config import load
 from kiosk.errors import ConflictError, KioskError
+from kiosk.services.bank.clearing import Clearing, statement as clearing_statement
 from kiosk.services.bank.service import BankService, OperatorBind
 from kiosk.security.sm import Sm2PublicKey
 from kiosk.services import envelope as env
@@ -117,6 +118,23 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
             return JSONResponse(refused("", e, now), status_code=400)
         if isinstance(out, Refusal):
             return JSONResponse(refused("", out, now))
+        return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
+
+    @app.get("/admin/clearing", tags=["admin"],
+             summary="the clearing statement of any institution for an Asia/Shanghai day (operator token)")
+    def admin_clearing(fixmedins_code: str, day: str, x_admin_token: str = Header(default="")) -> JSONResponse:
+        now = gw.clock.now()
+        denied = admin_refusal(x_admin_token, token, now)
+        if denied is not None:
+            return denied
+        try:
+            d = parse_model(Clearing, {"day": day, "fixmedins_code": fixmedins_code}, prefix="")
+        except KioskError as e:
+            return JSONResponse(refused("", e, now), status_code=400)
+        if not d.fixmedins_code:
+            return JSONResponse(refused("", Refusal(InfCode.INVALID_INPUT, "is required", field="fixmedins_code"),
+                                        now), status_code=400)
+        out = db.read(lambda tx: clearing_statement(tx, d.fixmedins_code, d.day))
         return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
 
     app.state.service = service

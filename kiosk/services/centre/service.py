@@ -31,7 +31,7 @@ from kiosk.errors import InputError, IntegrityError, KioskError, StorageError
 from kiosk.money import fen_to_yuan, round_fen, yuan_to_fen
 from kiosk.security.seal import SealContext
 from kiosk.services import payauth
-from kiosk.services.centre import models as m
+from kiosk.services.centre import dayend, models as m
 from kiosk.services.envelope import ServiceKeys
 from kiosk.services.gateway import Ctx, Route, Terminal
 from kiosk.services.protocol import InfCode, Refusal
@@ -708,6 +708,7 @@ class CentreService:
             "2101": self.presettle_pharmacy, "2102": self.settle_pharmacy, "2103": self.reverse_settlement,
             "2601": self.reverse_message, "5203": self.query_settlement, "1312": self.query_catalogue,
             "ec.payauth": self.request_pay_auth,
+            "3201": dayend.reconcile_totals, "3202": dayend.settlement_list,
         }
         return {code: Route(code, m.TRANSACTIONS[code][0], fn, m.TRANSACTIONS[code][1],
                             needs_sign_in=(code != "9001"))
