@@ -5,7 +5,16 @@ scaled about its centre (clamped to the frame), shifted inside the frame,
 cut and resized to 80x80; the input is BGR 0-255, no normalisation. The two
 softmax outputs are averaged; class 1 is "live". A person is judged over
 several frames (`liveness_frames`), comparing the mean live probability with
-the calibrated `liveness_live` threshold from the manifest.
+the calibrated `liveness_live` threshold from the manifest; a mean within
+`liveness_borderline` of the threshold asks for more frames (up to
+`liveness_max_frames`) instead of deciding on three.
+
+A face that fills the frame makes the intended crop (the box times 2.7 or 4.0)
+run past the image edges; Silent-Face then clamps the scale and shifts the
+crop, and the models see a context they were not trained on (a live face
+scored as a spoof). `crop_outside_fraction` measures that; the quality gate
+refuses such a frame as `too_close` (limits `max_liveness_crop_outside` in the
+manifest) and `LivenessModel.score` refuses to run on it.
 """
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from kiosk.errors import ConfigError, IntegrityError
 from kiosk.vision.detect import Face
 from models.loader import ModelPack
 
@@ -42,6 +52,27 @@ def silentface_box(src_w: int, src_h: int, box: np.ndarray, scale: float) -> tup
         y0 -= y1 - src_h + 1
         y1 = src_h - 1
     return int(x0), int(y0), int(x1), int(y1)
+
+
+def crop_outside_fraction(src_w: int, src_h: int, box: np.ndarray, scale: float) -> float:
+    """Share of the intended crop (the box scaled about its centre, before Silent-Face clamps and shifts
+    it) that lies outside the frame: 0 = all inside, 0.5 = half of what the model expects is missing."""
+    x, y, w, h = (float(v) for v in box)
+    w, h = max(w, 1.0) * scale, max(h, 1.0) * scale
+    cx, cy = float(box[0]) + float(box[2]) / 2, float(box[1]) + float(box[3]) / 2
+    ix = max(0.0, min(float(src_w), cx + w / 2) - max(0.0, cx - w / 2))
+    iy = max(0.0, min(float(src_h), cy + h / 2) - max(0.0, cy - h / 2))
+    return 1.0 - (ix * iy) / (w * h)
+
+
+def crop_limits(thresholds: dict) -> dict[float, float]:
+    """`max_liveness_crop_outside` from the manifest: crop scale -> largest share outside the frame."""
+    raw = thresholds.get("max_liveness_crop_outside") or {}
+    try:
+        return {float(k): float(v) for k, v in dict(raw).items()}
+    except (TypeError, ValueError):
+        raise ConfigError("max_liveness_crop_outside must map crop scales to fractions, e.g. {\"2.7\": 0.5}",
+                          code="threshold_invalid", field="max_liveness_crop_outside") from None
 
 
 def silentface_crop(img: np.ndarray, box: np.ndarray, scale: float, out_w: int, out_h: int) -> np.ndarray:
@@ -88,13 +119,30 @@ class LivenessModel:
 
     def __init__(self, pack: ModelPack) -> None:
         self._models = []
+        self.limits = crop_limits(pack.thresholds)
         for key in MODELS:
             entry = pack.entry(key)
             runner = _Cv2DnnRunner(pack, key) if entry.get("engine") == "cv2.dnn" else _OrtRunner(pack, key)
             w, h = entry["input_size"]
-            self._models.append((runner, float(entry["crop_scale"]), int(w), int(h), int(entry.get("live_class", 1))))
+            scale = float(entry["crop_scale"])
+            if self.limits and scale not in self.limits:
+                raise ConfigError(f"no max_liveness_crop_outside limit for crop scale {scale} ({key})",
+                                  code="threshold_missing", field="max_liveness_crop_outside")
+            self._models.append((runner, scale, int(w), int(h), int(entry.get("live_class", 1))))
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return tuple(m[1] for m in self._models)
+
+    def crop_fits(self, frame: np.ndarray, face: Face) -> bool:
+        """Every crop is inside the frame enough for its model (the `too_close` gate's own test)."""
+        fh, fw = frame.shape[:2]
+        return all(crop_outside_fraction(fw, fh, face.box, s) <= self.limits.get(s, 1.0) for s in self.scales)
 
     def score(self, frame: np.ndarray, face: Face) -> float:
+        if not self.crop_fits(frame, face):  # the quality gate refuses these first: reaching here is a bug
+            raise IntegrityError("liveness asked to score a crop mostly outside the frame (too close)",
+                                 code="liveness_crop_outside")
         total = 0.0
         for run, scale, w, h, live in self._models:
             crop = silentface_crop(frame, face.box, scale, w, h)
