@@ -153,19 +153,61 @@ class LivenessModel:
 
 @dataclass
 class LivenessVote:
-    """Accumulates per-frame scores; decides once `frames` scores are in."""
+    """Accumulates per-frame scores; decides once `frames` scores are in, unless their mean lies within
+    `borderline` of the threshold: then it waits for more frames, up to `max_frames`, and decides on the
+    mean of all of them (more evidence, same threshold: a camera unlike the calibration data scores live
+    faces nearer the threshold, and a lower threshold would let more attacks through)."""
 
     threshold: float
     frames: int = 3
+    borderline: float = 0.0
+    max_frames: int = 0  # 0 = `frames`
     scores: list[float] = field(default_factory=list, repr=False)  # never in a log line
 
     def add(self, score: float) -> None:
         self.scores.append(float(score))
 
     @property
+    def _limit(self) -> int:
+        return max(self.frames, self.max_frames)
+
+    def _mean(self) -> float:
+        return float(np.mean(self.scores[-self._limit:]))
+
+    @property
     def ready(self) -> bool:
-        return len(self.scores) >= self.frames
+        n = len(self.scores)
+        if n < self.frames:
+            return False
+        return n >= self._limit or abs(self._mean() - self.threshold) > self.borderline
 
     @property
     def live(self) -> bool:
-        return bool(self.scores) and float(np.mean(self.scores[-self.frames:])) >= self.threshold
+        return bool(self.scores) and self._mean() >= self.threshold
+
+
+def summarise_live_scores(scores: list[float] | np.ndarray, threshold: float) -> dict[str, float | int]:
+    """Summary statistics of live-person scores (never the scores themselves): what provisioning keeps
+    of the technician's face on this terminal's camera, and what calibration keeps of its live frames."""
+    a = np.asarray(scores, np.float64)
+    if a.size == 0:
+        return {"frames": 0}
+    p10, p50, p90 = np.percentile(a, [10, 50, 90])
+    return {"frames": int(a.size), "mean": round(float(a.mean()), 3), "p10": round(float(p10), 3),
+            "p50": round(float(p50), 3), "p90": round(float(p90), 3),
+            "below_threshold": round(float((a < threshold).mean()), 3)}
+
+
+def far_from_calibration(camera: dict, calibration: dict) -> str | None:
+    """Why this camera's live scores sit far from the calibration data's, or None. Far = the median live
+    face scores below the calibration's 10th percentile, or more than three times the calibration's share
+    of live frames (and at least a quarter) falls below the threshold: the models were not calibrated
+    for this camera and patients would be called spoofs."""
+    if not camera.get("frames") or not calibration.get("frames"):
+        return None
+    # the reason names no number: it is printed on the technician's console (the figures stay in the state file)
+    if camera["p50"] < calibration["p10"]:
+        return "the technician's median live score is below the calibration data's 10th percentile"
+    if camera["below_threshold"] > max(0.25, 3 * float(calibration["below_threshold"])):
+        return "over three times the calibration data's share of live frames falls below the threshold"
+    return None

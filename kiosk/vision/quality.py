@@ -45,6 +45,22 @@ _NOSE_DEPTH_OVER_IOD = 0.6
 _NOSE_DEPTH_OVER_EYE_MOUTH = 0.5
 
 
+# reasons more light fixes; a "blurred" face darker than DIM_FACE (mean grey) is one too: a face under a good
+# light sits at 110-160, and the same CASIA face dimmed until the sharpness gate fails at 55-77 (its
+# contrast, which the Laplacian measures, went with the light; a real camera also exposes longer and smears)
+# A frame with no face found whose mean grey is below DARK_FRAME may hide a face in the dark: light it too.
+LIGHT_REASONS = frozenset({"too_dark", "backlit"})
+DIM_FACE = 100.0
+DARK_FRAME = 50.0
+
+
+def wants_light(reason: str, brightness: float) -> bool:
+    """Would the fill light fix this frame (rather than asking the patient)? `brightness` is the face's
+    mean grey, or the whole frame's for no_face."""
+    return (reason in LIGHT_REASONS or (reason == "blurred" and 0 < brightness < DIM_FACE)
+            or (reason == "no_face" and brightness < DARK_FRAME))
+
+
 @dataclass(frozen=True)
 class QualityConfig:
     min_face_px: float = 80.0
@@ -79,7 +95,7 @@ class Quality:
     yaw: float = 0.0
     pitch: float = 0.0
     sharpness: float = 0.0
-    brightness: float = 0.0
+    brightness: float = 0.0  # face mean grey (no_face: the frame's)
 
     @property
     def ok(self) -> bool:
@@ -139,8 +155,8 @@ def sharpness(face_grey: np.ndarray) -> float:
 def assess(frame: np.ndarray, faces: list[Face], cfg: QualityConfig, *, enrolment: bool = False) -> Quality:
     """Run the gates in the order a person can act on them. `enrolment` skips frame-position gates
     (tight crops of a photo), keeping only the one-face and image checks."""
-    if not faces:
-        return Quality("no_face", None)
+    if not faces:  # the frame's own brightness: a dark scene may hide a face (the fill light's cue)
+        return Quality("no_face", None, brightness=float(frame[::8, ::8].mean()))
     face = faces[0]  # largest
     if len(faces) > 1 and faces[1].area >= cfg.second_face_ratio * face.area:
         return Quality("multiple_faces", face)

@@ -12,7 +12,8 @@ only with the light at full (or no light, or the bridge not answering) does
 "too dark"/"backlit" reach the screen. A "blurred" frame whose face is dim
 (below `DIM_FACE`) is treated the same: in low light the face loses the
 contrast the sharpness gate measures (and a real camera exposes longer, so it
-smears), and "please hold still" would be the wrong request. An over-exposed
+smears), and "please hold still" would be the wrong request
+(`kiosk.vision.quality.wants_light`). An over-exposed
 frame with the light raised steps it back down. The light returns to off when
 the capture ends.
 """
@@ -26,18 +27,9 @@ import numpy as np
 from kiosk.app.ports import Capture
 from kiosk.errors import KioskError
 from kiosk.vision.pipeline import FacePipeline, FrameResult
+from kiosk.vision.quality import wants_light
 
 log = logging.getLogger(__name__)
-
-DARK_REASONS = frozenset({"too_dark", "backlit"})
-# mean grey of the face below which "blurred" is read as too little light (a face under a good light sits
-# at 110-160; the same CASIA face dimmed until the sharpness gate fails is at 55-77)
-DIM_FACE = 100.0
-
-
-def wants_light(reason: str, brightness: float) -> bool:
-    return reason in DARK_REASONS or (reason == "blurred" and 0 < brightness < DIM_FACE)
-
 
 class FillLight(Protocol):
     def set(self, level: int) -> None:
