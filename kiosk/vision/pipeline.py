@@ -8,7 +8,7 @@
 
 Outcomes: matched | not_matched | retry. Reasons: ok, no_match, spoof_suspected,
 need_phone_digits, too_few_frames (the source ended first), and the quality reasons (no_face, multiple_faces,
-face_too_small, off_centre, pose, blurred, too_dark, backlit, over_exposed).
+face_too_small, too_close, off_centre, pose, blurred, too_dark, backlit, over_exposed).
 Similarity and liveness scores never leave this module's objects.
 """
 from __future__ import annotations

@@ -151,6 +151,7 @@ def test_over_exposed_with_the_light_raised_steps_it_down():
     assert not c.absorbs("over_exposed", 250)  # light off: nothing to take back
     assert c.absorbs("too_dark", 30) and c.absorbs("over_exposed", 250)
     assert light.levels == [50, 0] and c.level == 0
+    assert not c.absorbs("too_dark", 30)  # no see-saw: the patient is told instead
 
 
 def test_a_bridge_that_cannot_light_leaves_the_prompt_to_the_patient():

@@ -45,6 +45,7 @@ class LightControl:
         self.step = 0
         self._wait = 0
         self.broken = False
+        self._ceiling = len(levels) - 1  # lowered after an over-exposure: no see-saw between two steps
 
     @property
     def level(self) -> int:
@@ -58,9 +59,10 @@ class LightControl:
         if self._wait > 0:
             self._wait -= 1
             return dark or reason == "over_exposed"
-        if dark and self.step + 1 < len(self.levels):
+        if dark and self.step < self._ceiling:
             return self._move(+1)
         if reason == "over_exposed" and self.step > 0:
+            self._ceiling = self.step - 1
             return self._move(-1)
         return False
 
