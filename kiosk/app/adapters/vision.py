@@ -9,8 +9,8 @@ Light before rejection: when a frame is too dark or backlit and the terminal
 has a fill light (`light`, the bridge's LIGHT_SET), the light is raised one
 step and the next frames are judged before the patient is told anything;
 only with the light at full (or no light, or the bridge not answering) does
-"too dark"/"backlit" reach the screen. A "blurred" frame whose face is dim
-(below `DIM_FACE`) is treated the same: in low light the face loses the
+"too dark"/"backlit" reach the screen. A "blurred" frame whose face is dim,
+or a frame with no face in a dark scene, is treated the same: in low light the face loses the
 contrast the sharpness gate measures (and a real camera exposes longer, so it
 smears), and "please hold still" would be the wrong request
 (`kiosk.vision.quality.wants_light`). An over-exposed
@@ -30,6 +30,7 @@ from kiosk.vision.pipeline import FacePipeline, FrameResult
 from kiosk.vision.quality import wants_light
 
 log = logging.getLogger(__name__)
+
 
 class FillLight(Protocol):
     def set(self, level: int) -> None:
