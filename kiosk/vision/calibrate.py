@@ -318,8 +318,17 @@ def calibrate(pipe: FacePipeline, *, n_lfw: int | None = None, seed: int = 0, li
                      "windows": int(w.size), f"{key}_3frame": round(float(((w < live_t) if is_live else
                                                                           (w >= live_t)).mean()), 4),
                      "percentiles_5_50_95": [round(float(x), 3) for x in np.percentile(f, [5, 50, 95])]}
+    liv["live_score_stats"] = live_score_stats(live_cal, live_t)
     report["liveness"] = liv
     return report
+
+
+def live_score_stats(sessions: dict[str, list[float]], threshold: float) -> dict:
+    """Per-frame live scores of the calibration live frames, summarised: provisioning compares a new
+    terminal's camera (the technician's face) with these (kiosk.vision.liveness.far_from_calibration)."""
+    from kiosk.vision.liveness import summarise_live_scores
+
+    return summarise_live_scores([x for v in sessions.values() for x in v], threshold)
 
 
 def write_manifest(report: dict, path: Path = MANIFEST_PATH) -> None:

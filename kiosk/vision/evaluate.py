@@ -6,13 +6,17 @@ impostor pairs = all cross-person pairs (or a seeded sample of at least
 is a failure to enrol, counted, not raised. Liveness: DIR/live/*, DIR/spoof/*
 (sub-folders allowed); the per-image score is the ensemble live probability of
 the largest face; a spoof with no face counts as rejected, a live image with no
-face as a bona fide rejection. Results and the PNG report are aggregate
+face as a bona fide rejection. An image whose face is too close for liveness
+(the `too_close` quality gate: the crops would be mostly outside the frame) is
+not scored, as on the kiosk: it is counted under its quality reason and left
+out of both APCER and BPCER. Results and the PNG report are aggregate
 numbers only: no image or crop is written.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,19 +273,35 @@ def verification_report(emb: Embeddings, t: dict, cohort: Cohort | None = None, 
     return out, gen, imp, thr
 
 
-def liveness_score_image(pipe: FacePipeline, img: np.ndarray) -> float | None:
+def liveness_gate(pipe: FacePipeline, img: np.ndarray) -> tuple[np.ndarray, object, str | None]:
+    """(image as scored, largest face, refusal): "no_face", "too_close" (liveness would not run on the
+    kiosk either: `kiosk.vision.quality.too_close`) or None."""
+    from kiosk.vision.quality import too_close
+
     img = pad_tight_crop(img)
     faces = pipe.detect(img)  # the kiosk's detection size, as in the live path
     if not faces:
+        return img, None, "no_face"
+    if too_close(img.shape[1], img.shape[0], faces[0], pipe.quality_cfg):
+        return img, faces[0], "too_close"
+    return img, faces[0], None
+
+
+def liveness_score_image(pipe: FacePipeline, img: np.ndarray) -> float | None:
+    """The live probability, or None where the kiosk would not score it (no face, too close)."""
+    img, face, refused = liveness_gate(pipe, img)
+    if refused:
         return None
     t0 = time.perf_counter()
-    s = pipe.liveness.score(img, faces[0])
+    s = pipe.liveness.score(img, face)
     pipe.timer.add("liveness", t0)
     return s
 
 
-def liveness_scores(pipe: FacePipeline, paths: Iterable[Path], transform=None) -> tuple[np.ndarray, int]:
-    """Scores of the images with a face, and how many had none."""
+def liveness_scores(pipe: FacePipeline, paths: Iterable[Path], transform=None,
+                    refused: Counter | None = None) -> tuple[np.ndarray, int]:
+    """Scores of the images with a face, and how many had none. With `refused`, images a quality gate
+    keeps from liveness (too close) are counted there by reason instead of as having no face."""
     scores, none = [], 0
     for p in paths:
         t0 = time.perf_counter()
@@ -293,12 +313,33 @@ def liveness_scores(pipe: FacePipeline, paths: Iterable[Path], transform=None) -
         pipe.timer.add("decode", t0)
         if transform is not None:
             img = transform(img)
-        s = liveness_score_image(pipe, img)
-        if s is None:
+        img, face, reason = liveness_gate(pipe, img)
+        if reason is not None and reason != "no_face" and refused is not None:
+            refused[reason] += 1
+        elif reason is not None:
             none += 1
         else:
-            scores.append(s)
+            t0 = time.perf_counter()
+            scores.append(pipe.liveness.score(img, face))
+            pipe.timer.add("liveness", t0)
     return np.asarray(scores, np.float64), none
+
+
+def liveness_eval(pipe: FacePipeline, root: Path, *, transform=None, every: int = 1,
+                  limit: int | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """APCER/BPCER on DIR/live and DIR/spoof (every `every`-th image, at most `limit` of each), each image
+    first passed through `transform` (in memory: `kiosk.vision.shifts`). Images refused by the too-close
+    gate are reported under `live_quality`/`spoof_quality`, outside both rates."""
+    if not (root / "live").is_dir() or not (root / "spoof").is_dir():
+        raise InputError(f"{root} must hold live/ and spoof/", code="liveness_layout", field="liveness")
+    picked = {k: image_files(root / k)[::max(1, every)][:limit] for k in ("live", "spoof")}
+    lq: Counter = Counter()
+    sq: Counter = Counter()
+    live, ln = liveness_scores(pipe, picked["live"], transform, lq)
+    spoof, sn = liveness_scores(pipe, picked["spoof"], transform, sq)
+    m = liveness_metrics(live, ln, spoof, sn, float(pipe.pack.thresholds["liveness_live"]))
+    m["live_quality"], m["spoof_quality"] = dict(lq), dict(sq)
+    return m, live, spoof
 
 
 def liveness_metrics(live: np.ndarray, live_noface: int, spoof: np.ndarray, spoof_noface: int,
@@ -369,7 +410,8 @@ def write_report(out: Path, gen: np.ndarray, imp: np.ndarray, match_thr: float,
 
 
 def run_eval(pipe: FacePipeline, identities: Path | None, liveness: Path | None, *, report: Path | None = None,
-             max_impostors: int = 2_000_000, seed: int = 0, cohort: Path | None = None) -> dict:
+             max_impostors: int = 2_000_000, seed: int = 0, cohort: Path | None = None, live_transform=None,
+             every: int = 1, limit: int | None = None) -> dict:
     pipe.timer.enabled = True
     t = pipe.pack.thresholds
     result: dict = {}
@@ -385,12 +427,8 @@ def run_eval(pipe: FacePipeline, identities: Path | None, liveness: Path | None,
             emb, t, cohort_set, max_impostors=max_impostors, seed=seed)
     live = spoof = np.empty(0)
     if liveness is not None:
-        root = Path(liveness)
-        if not (root / "live").is_dir() or not (root / "spoof").is_dir():
-            raise InputError(f"{root} must hold live/ and spoof/", code="liveness_layout", field="liveness")
-        live, ln = liveness_scores(pipe, image_files(root / "live"))
-        spoof, sn = liveness_scores(pipe, image_files(root / "spoof"))
-        result["liveness"] = liveness_metrics(live, ln, spoof, sn, float(t["liveness_live"]))
+        result["liveness"], live, spoof = liveness_eval(pipe, Path(liveness), transform=live_transform,
+                                                        every=every, limit=limit)
     result["latency_ms"] = {k: {"p50": v["p50"], "p95": v["p95"]} for k, v in pipe.timer.summary().items()}
     if report is not None:
         result["report"] = [str(p) for p in write_report(Path(report), gen, imp, match_thr,
