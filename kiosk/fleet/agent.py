@@ -91,6 +91,8 @@ class Counts:
         self._other: _Counter[str] = _Counter()
 
     def session(self, outcome: str, reason: str = "", n: int = 1) -> None:
+        if n < 0:
+            raise ValueError("a count cannot be negative")
         if outcome not in ("paid", "failed", "cancelled", "retry"):
             outcome = "failed"
         with self._lock:
@@ -236,6 +238,8 @@ class FleetAgent:
         self.last_answer: dict[str, Any] | None = None
         self.deferred = 0  # installs put off because the terminal was busy
         self._lock = threading.Lock()
+        self._seq: int | None = None
+        self._seq_limit = 0
 
     # ------------------------------------------------------------ persistent agent state
     def _load(self) -> dict[str, Any]:
@@ -262,15 +266,28 @@ class FleetAgent:
         self._save(st)
 
     # ------------------------------------------------------------ heartbeat
+    SEQ_BLOCK = 1000
+
+    def _next_seq(self) -> int:
+        """Sequence numbers are reserved on disk a block at a time (one write per 1,000 beats);
+        after a restart the agent starts above the last reservation, so a seq is never reused."""
+        if self._seq is None or self._seq >= self._seq_limit:
+            st = self._load()
+            base = max(int(st.get("seq", 0)), self._seq or 0)
+            st["seq"] = base + self.SEQ_BLOCK
+            self._save(st)
+            self._seq, self._seq_limit = base, base + self.SEQ_BLOCK
+        self._seq += 1
+        return self._seq
+
     def build(self) -> tuple[bytes, Any, int]:
+        seq = self._next_seq()
         st = self._load()
-        st["seq"] = int(st.get("seq", 0)) + 1  # reserved before sending: a seq is never reused
-        self._save(st)
         snap = self.counts.take()
         v = self.status.versions()
         pack = self.installed["model_pack"].current if "model_pack" in self.installed else ""
         hb = Heartbeat.model_validate({
-            "terminal_id": self.terminal_id, "seq": st["seq"], "uptime_s": int(time.monotonic()),
+            "terminal_id": self.terminal_id, "seq": seq, "uptime_s": int(time.monotonic()),
             "versions": {"app": v["app"], "model_pack": pack or self.base_model_pack, "mcu_firmware": v["mcu_firmware"]},
             "peripherals": self.status.peripherals(), "counts": Counts.to_body(snap),
             "journal": self.status.journal(), "day_end": self.status.day_end(),
@@ -278,8 +295,9 @@ class FleetAgent:
         })
         return hb.model_dump_json().encode(), snap, len(st.get("reports", []))
 
-    def beat(self) -> dict[str, Any] | None:
-        """One heartbeat; returns the service's answer (None when refused or unreachable)."""
+    def beat(self, report_now: bool = True) -> dict[str, Any] | None:
+        """One heartbeat; returns the service's answer (None when refused or unreachable).
+        After an install or rollback a second beat carries the result right away."""
         with self._lock:
             body, snap, nrep = self.build()
             path = "/v1/heartbeat"
@@ -293,15 +311,18 @@ class FleetAgent:
                 log.warning("heartbeat refused: %s", r.status_code)
                 return None
             self.counts.settle(snap)
-            st = self._load()
-            st["reports"] = st.get("reports", [])[nrep:]
-            self._save(st)
+            if nrep:
+                st = self._load()
+                st["reports"] = st.get("reports", [])[nrep:]
+                self._save(st)
             answer = HeartbeatAnswer.model_validate(r.json()).model_dump(mode="json")
             self.last_answer = answer
             self.next_beat_s = answer["next_beat_s"]
-            for ins in answer["instructions"]:
-                self.act(ins)
-            return answer
+            done = [self.act(ins) for ins in answer["instructions"]]
+        if any(d in ("applied", "failed", "rolled_back") for d in done) and report_now:
+            # report at once: the service then compares only what happened after the switch
+            return self.beat(report_now=False) or answer
+        return answer
 
     def act(self, ins: dict[str, Any]) -> str:
         """Carry out one instruction; returns applied | failed | rolled_back | deferred | skipped."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi.testclient import TestClient
+import httpx
 
 from kiosk.clock import ManualClock
 from kiosk.fleet.agent import FleetAgent, StaticStatus
@@ -22,6 +22,7 @@ from kiosk.fleet.rules import load_rules
 from kiosk.security.replay import RequestSigner
 from kiosk.storage import Database
 from kiosk.storage.testing import PG_ENV, scratch_database
+from tests.app.screen.server import serve
 
 TOKEN = "fleet-test-operator-token"
 
@@ -36,7 +37,9 @@ def require_pg() -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest) -> Iterator[Database]:
+def db(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
+    # heartbeats are not money: the fleet service runs SQLite at NORMAL (kiosk fleet serve does too)
+    monkeypatch.setenv("KIOSK_SQLITE_SYNCHRONOUS", "NORMAL")
     base = require_pg() if request.param == "postgresql" else None
     with scratch_database(request.param, base) as d:
         yield d
@@ -55,10 +58,11 @@ def operator_key() -> Ed25519PrivateKey:
 @dataclass
 class Fleet:
     app: object
-    client: TestClient
+    client: httpx.Client
     clock: ManualClock
     notifier: RecordingNotifier
     operator_key: Ed25519PrivateKey
+    url: str = "http://testserver"
 
     @property
     def svc(self):  # type: ignore[no-untyped-def]
@@ -76,7 +80,7 @@ class Fleet:
                 terminal_id=tid, institution=institution, district=district, key_id="v0001-test",
                 public_key=key.public_key().public_bytes(serialization.Encoding.Raw,
                                                          serialization.PublicFormat.Raw).hex()))
-        agent = FleetAgent("http://testserver", signer, StaticStatus(), trust_key=self.operator_key.public_key(),
+        agent = FleetAgent(self.url, signer, StaticStatus(), trust_key=self.operator_key.public_key(),
                            state_dir=state_dir, http=self.client)
         agent.key = key  # type: ignore[attr-defined]
         return agent
@@ -90,5 +94,5 @@ def fleet(db: Database, clock: ManualClock, operator_key: Ed25519PrivateKey, tmp
     app = create_app(db, data_dir=tmp_path, clock=clock, rules=load_rules(), notifier=notifier,
                      operator_pub=None, window_s=300, job=False)
     app.state.service.operator_key = operator_key.public_key()
-    with TestClient(app) as client:
-        yield Fleet(app, client, clock, notifier, operator_key)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield Fleet(app, client, clock, notifier, operator_key, url)
