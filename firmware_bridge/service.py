@@ -28,6 +28,7 @@ from firmware_bridge.bridge import Bridge
 from firmware_bridge.escpos import Receipt
 from firmware_bridge.messages import BuzzerPattern, LedColor, LedPattern, LightChannel
 from firmware_bridge.session import Link
+from kiosk import metrics
 from kiosk.errors import DeviceError, InputError, IntegrityError, KioskError
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def _error(status: int, e: KioskError) -> JSONResponse:
 
 def create_app(bridge: Bridge, *, sim: Any = None) -> FastAPI:
     app = FastAPI(title="kiosk firmware bridge", version="1")
+    metrics.instrument_bridge(app, bridge)  # GET /metrics (loopback): link and peripheral states
     p = bridge.peripherals
 
     @app.exception_handler(DeviceError)

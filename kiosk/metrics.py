@@ -82,11 +82,17 @@ def render() -> bytes:
     return generate_latest(REGISTRY)
 
 
-def mount(app: Any, path: str = "/metrics") -> None:
-    """Add `GET /metrics` to a FastAPI/Starlette app (not in its OpenAPI document)."""
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def mount(app: Any, path: str = "/metrics", *, loopback_only: bool = False) -> None:
+    """Add `GET /metrics` to a FastAPI/Starlette app (not in its OpenAPI document). A terminal's
+    app, bound wider for a POS, answers it to loopback clients only (the local scraper/agent)."""
     from starlette.responses import Response
 
     async def metrics_endpoint(request: Any) -> Response:
+        if loopback_only and (request.client is None or request.client.host not in LOOPBACK):
+            return Response(b"loopback only\n", status_code=403, media_type="text/plain")
         return Response(render(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_route(path, metrics_endpoint, methods=["GET"], include_in_schema=False)
@@ -121,3 +127,70 @@ def service_request(service: str, infno: str, infcode: Any, seconds: float) -> N
             ("service", "infno", "infcode")).labels(service, infno, str(infcode)).inc()
     histogram("kiosk_service_request_seconds", "platform transaction latency", ("service", "infno")).labels(
         service, infno).observe(seconds)
+
+
+# ---------------------------------------------------------------- per-process instrumentation (one-line hooks)
+def instrument_kiosk_app(app: Any, terminal: Any) -> None:
+    """The kiosk app: /metrics plus gauges read at scrape time from the terminal's store
+    (orders the journal shows unfinished, refunds still running). Sessions are counted by
+    `observe_session`, called by the terminal when a session ends."""
+    backlog = gauge("kiosk_recovery_backlog", "orders the journal shows unfinished (pending recovery)")
+    refunds = gauge("kiosk_refunds_pending", "refunds started and not yet finished")
+    db_errors = counter("kiosk_database_errors_total", "store reads that failed during a scrape")
+    sessions_total()
+    stage_seconds()
+
+    def probe() -> None:
+        try:
+            rows = terminal.store.open_orders()
+            backlog.set(sum(1 for r in rows if r.status in ("running", "reversing")))
+            refunds.set(len(terminal.store.running_refunds()))
+        except Exception:  # noqa: BLE001 - a scrape must answer even when the store does not
+            db_errors.inc()
+
+    on_scrape(probe)
+    mount(app, loopback_only=True)
+
+
+def instrument_service(app: Any, gateway: Any) -> None:
+    """The centre and the bank: /metrics, and every platform transaction counted by infno and
+    infcode with its latency (wraps `gateway.handle`, which both HTTP paths call)."""
+    import time
+
+    inner = gateway.handle
+    errors = counter("kiosk_service_faults_total", "transactions that raised instead of answering", ("service",))
+
+    def handle(raw: bytes, path_infno: str | None = None) -> Any:
+        t0 = time.perf_counter()
+        try:
+            status, body = inner(raw, path_infno)
+        except Exception:
+            errors.labels(gateway.service).inc()
+            raise
+        code = body.get("infcode", "") if isinstance(body, dict) else ""
+        service_request(gateway.service, path_infno or "", code, time.perf_counter() - t0)
+        return status, body
+
+    gateway.handle = handle
+    mount(app)
+
+
+def instrument_bridge(app: Any, bridge: Any) -> None:
+    """The firmware bridge: /metrics with the serial link and peripheral states (1 = true)."""
+    link = gauge("kiosk_bridge_link_state", "serial link state (1 for the current one)", ("state",))
+    periph = gauge("kiosk_peripheral_flag", "peripheral flags from the MCU (1 = set)", ("flag",))
+    stats = gauge("kiosk_bridge_link_stats", "serial link counters since start", ("counter",))
+
+    def probe() -> None:
+        st = bridge.status()
+        for s in ("connected", "connecting", "disconnected"):
+            link.labels(s).set(1 if st.get("state") == s else 0)
+        for k, v in (st.get("peripherals") or {}).items():
+            if isinstance(v, bool):
+                periph.labels(k).set(1 if v else 0)
+        for k, v in (st.get("stats") or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                stats.labels(k).set(v)
+
+    on_scrape(probe)
+    mount(app, loopback_only=True)

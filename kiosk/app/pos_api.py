@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiosk import metrics
 from kiosk.errors import ConflictError, InputError, KioskError, RemoteError, StorageError
 from kiosk.money import fen_to_yuan, parse_decimal, yuan_to_fen
 from kiosk.app.pos_auth import AuthError, PosAuth
@@ -95,6 +96,7 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
                               "Amounts are yuan strings with two decimals. Requests are signed with the "
                               "system's key: X-Pos-System, X-Pos-Timestamp, X-Pos-Signature.")
     app.state.terminal = terminal
+    metrics.instrument_kiosk_app(app, terminal)  # GET /metrics (kiosk.metrics)
 
     @app.exception_handler(KioskError)
     async def _kiosk_error(_: Request, e: KioskError) -> JSONResponse:
