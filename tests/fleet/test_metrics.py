@@ -14,6 +14,15 @@ from kiosk.errors import ConfigError
 from .conftest import Fleet
 
 
+@pytest.fixture(params=["sqlite"])
+def db(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from kiosk.storage.testing import scratch_database
+
+    monkeypatch.setenv("KIOSK_SQLITE_SYNCHRONOUS", "NORMAL")
+    with scratch_database("sqlite") as d:
+        yield d
+
+
 def _label_names(text: str) -> set[str]:
     return {m for line in text.splitlines() if not line.startswith("#")
             for m in re.findall(r"([a-zA-Z_]+)=\"", line)}
