@@ -402,3 +402,9 @@ def register_with_fleet(url: str, token: str, identity: dict[str, str], *, insti
     if r.status_code != 200:
         raise RemoteError(f"fleet registration refused ({r.status_code}): {r.text[:200]}", code="fleet_refused")
     return r.json()
+
+
+def signer_from_keystore(keystore: Any, *, alg: str = "Ed25519") -> RequestSigner:
+    """The device identity (kiosk.security.keystore) as the heartbeat signer."""
+    key = keystore.signing_key() if alg == "Ed25519" else keystore.sm2_key()
+    return RequestSigner(key, device_id=keystore.device_id, key_id=keystore.current_kid)
