@@ -107,8 +107,17 @@ def stage_seconds() -> Histogram:
     return histogram("kiosk_stage_seconds", "time spent per counter-flow stage", ("stage",))
 
 
+session_listeners: list[Callable[[str, str], None]] = []  # e.g. the fleet agent's Counts.session
+
+
 def observe_session(status: str, reason: str | None, stage_ms: dict[str, float] | None = None) -> None:
-    """One finished session (the kiosk app's hook): outcome/reason counts and stage latencies."""
+    """One finished session (the kiosk app's hook): outcome/reason counts and stage latencies,
+    and every listener told (outcome, reason) - the fleet agent counts its next heartbeat so."""
+    for fn in list(session_listeners):
+        try:
+            fn(status or "failed", reason or "")
+        except Exception:  # noqa: BLE001 - counting must never break a payment
+            pass
     sessions_total().labels(status or "unknown", reason or "").inc()
     if reason == "spoof_suspected":
         counter("kiosk_liveness_rejects_total", "sessions ended by a liveness reject").inc()

@@ -408,3 +408,50 @@ def signer_from_keystore(keystore: Any, *, alg: str = "Ed25519") -> RequestSigne
     """The device identity (kiosk.security.keystore) as the heartbeat signer."""
     key = keystore.signing_key() if alg == "Ed25519" else keystore.sm2_key()
     return RequestSigner(key, device_id=keystore.device_id, key_id=keystore.current_kid)
+
+
+class TerminalStatus:
+    """The Status of a real kiosk: the terminal (`kiosk.app.terminal.Terminal`: `idle()`, its store)
+    and the bridge (`firmware_bridge.client.BridgeClient`), duck-typed so this module does not
+    import kiosk.app. Sessions reach `counts` through `kiosk.metrics.session_listeners`."""
+
+    def __init__(self, terminal: Any, bridge: Any, *, app_version: str = "0.1.0", counts: Counts | None = None,
+                 camera_ok: Callable[[], bool] | None = None) -> None:
+        from kiosk import metrics
+
+        self.terminal, self.bridge, self.app_version = terminal, bridge, app_version
+        self.camera_ok = camera_ok
+        self.dayend: dict[str, Any] = {"day": None, "result": "not_run"}  # set by the day-end job
+        if counts is not None:
+            metrics.session_listeners.append(counts.session)
+
+    def _bridge(self) -> dict[str, Any]:
+        try:
+            return self.bridge.status()
+        except KioskError:
+            return {"state": "disconnected"}
+
+    def versions(self) -> dict[str, str]:
+        fw = self._bridge().get("firmware") or "none"
+        return {"app": self.app_version, "mcu_firmware": fw}
+
+    def peripherals(self) -> dict[str, str]:
+        st = self._bridge()
+        p = st.get("peripherals") or {}
+        state = st.get("state", "unknown")
+        known = state == "connected"
+        return {"paper": ("out" if p.get("paper_out") else "ok") if known else "unknown",
+                "cover": ("open" if p.get("cover_open") else "closed") if known else "unknown",
+                "camera": "unknown" if self.camera_ok is None else ("ok" if self.camera_ok() else "no_frames"),
+                "bridge": state if state in ("connected", "connecting", "disconnected") else "unknown"}
+
+    def journal(self) -> dict[str, int]:
+        rows = self.terminal.store.open_orders()
+        return {"unresolved": sum(1 for r in rows if r.status in ("running", "reversing")),
+                "refunds_pending": len(self.terminal.store.running_refunds())}
+
+    def day_end(self) -> dict[str, Any]:
+        return dict(self.dayend)
+
+    def idle(self) -> bool:
+        return bool(self.terminal.idle())

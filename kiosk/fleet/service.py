@@ -170,7 +170,7 @@ class FleetService:
                                  field=".".join(str(p) for p in first.get("loc", ())) or "body") from None
             if hb.terminal_id != device:
                 raise Refused("terminal_mismatch")
-            answer = self._store(hb, key)
+            answer = self._store(hb, key, body)
             result = "accepted"
             return answer
         except InputError:
@@ -180,7 +180,7 @@ class FleetService:
             if self.on_heartbeat is not None:
                 self.on_heartbeat(result, time.perf_counter() - t0)
 
-    def _store(self, hb: Heartbeat, key: _Key) -> dict[str, Any]:
+    def _store(self, hb: Heartbeat, key: _Key, raw: bytes) -> dict[str, Any]:
         now = now_ms(self.clock)
         c = hb.counts
         sessions = sum(o.n for o in c.sessions)
@@ -203,7 +203,7 @@ class FleetService:
                 "INSERT INTO fleet_heartbeats (terminal_id, received_ms, seq, sessions, failures, liveness_rejects,"
                 " match_rejects, lockouts, crashes, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (hb.terminal_id, now, hb.seq, sessions, failures, c.liveness_rejects, c.match_rejects,
-                 c.activation_lockouts, c.crashes, hb.model_dump_json()))
+                 c.activation_lockouts, c.crashes, raw.decode("utf-8")))  # validated above: stored as signed
             for u in hb.updates:
                 self._record_update(tx, hb.terminal_id, u.rollout_id, u.result, u.reason, now)
             if not live:

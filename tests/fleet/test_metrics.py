@@ -83,3 +83,46 @@ def test_bridge_hook_exposes_link_and_peripherals() -> None:
     assert 'kiosk_bridge_link_state{state="disconnected"} 1.0' in text
     assert 'kiosk_peripheral_flag{flag="paper_out"} 1.0' in text
     assert 'kiosk_bridge_link_stats{counter="reconnects"} 3.0' in text
+
+
+def test_dashboard_and_scrape_config_name_real_metrics() -> None:
+    import json
+
+    from kiosk.config import ROOT
+
+    dash = json.loads((ROOT / "docs" / "ops" / "dashboard.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    names = {re.sub(r"_(bucket|count|sum)$", "", n) for n in re.findall(r"\bkiosk_[a-z_]+", exprs)}
+    source = "".join(p.read_text() for p in (ROOT / "kiosk").rglob("*.py"))
+    for n in names:
+        base = n[:-len("_total")] if n.endswith("_total") else n
+        assert f'"{base}' in source, f"dashboard uses {n}, which no code defines"
+    assert "8750" in (ROOT / "docs" / "ops" / "prometheus.yml").read_text()
+
+
+def test_terminal_status_reads_the_kiosk_and_counts_sessions() -> None:
+    from kiosk.errors import DeviceError
+    from kiosk.fleet.agent import Counts, TerminalStatus
+
+    busy = {"v": True}
+    store = SimpleNamespace(open_orders=lambda: [SimpleNamespace(status="running")], running_refunds=lambda: [])
+    term = SimpleNamespace(store=store, idle=lambda: not busy["v"])
+    bridge = SimpleNamespace(status=lambda: {"state": "connected", "firmware": "1.2.0",
+                                             "peripherals": {"paper_out": True, "cover_open": False}})
+    counts = Counts()
+    st = TerminalStatus(term, bridge, counts=counts)
+    try:
+        assert st.peripherals()["paper"] == "out" and st.versions()["mcu_firmware"] == "1.2.0"
+        assert st.journal() == {"unresolved": 1, "refunds_pending": 0} and not st.idle()
+        busy["v"] = False
+        assert st.idle()
+        metrics.observe_session("failed", "spoof_suspected", {})
+        assert Counts.to_body(counts.take())["liveness_rejects"] == 1
+
+        def down() -> dict:
+            raise DeviceError("bridge process not running", code="bridge_down")
+
+        st.bridge = SimpleNamespace(status=down)
+        assert st.peripherals()["bridge"] == "disconnected" and st.peripherals()["paper"] == "unknown"
+    finally:
+        metrics.session_listeners.remove(counts.session)
