@@ -162,8 +162,14 @@ def run(terminals: int = 5000, seconds: float = 10.0, connections: int = 32, wor
     from kiosk.fleet.service import FleetService
     from kiosk.storage import open_database
 
+    import contextlib
+
+    from kiosk.storage.testing import pg_schema
+
     tmp = tempfile.TemporaryDirectory(prefix="kiosk-fleet-load-")
-    url = db_url or f"sqlite:///{tmp.name}/fleet.db"
+    stack = contextlib.ExitStack()
+    # PostgreSQL: a fresh schema on that server, dropped afterwards (never the database's own tables)
+    url = stack.enter_context(pg_schema(db_url, "fleetload")) if db_url else f"sqlite:///{tmp.name}/fleet.db"
     env = dict(os.environ, KIOSK_FLEET_DB=url, KIOSK_DATA_DIR=tmp.name, KIOSK_FLEET_ADMIN_TOKEN=TOKEN)
     env.setdefault("KIOSK_SQLITE_SYNCHRONOUS", "NORMAL")
     os.environ.setdefault("KIOSK_SQLITE_SYNCHRONOUS", env["KIOSK_SQLITE_SYNCHRONOUS"])
@@ -172,7 +178,6 @@ def run(terminals: int = 5000, seconds: float = 10.0, connections: int = 32, wor
     t0 = time.monotonic()
     with open_database(url) as db:
         svc = FleetService(db)
-        db.run(lambda tx: tx.execute("DELETE FROM fleet_heartbeats"))
         for s in sims:
             svc.register(Registration(terminal_id=s.tid, institution=f"H3702020{int(s.tid[-6:]) % 400:04d}",
                                       district=f"3702{int(s.tid[-6:]) % 12:02d}", key_id="v0001-load",
@@ -211,6 +216,7 @@ def run(terminals: int = 5000, seconds: float = 10.0, connections: int = 32, wor
         dup = db.read(lambda tx: tx.scalar(
             "SELECT COUNT(*) FROM (SELECT terminal_id, seq FROM fleet_heartbeats GROUP BY terminal_id, seq"
             " HAVING COUNT(*) > 1) d"))
+    stack.close()
     tmp.cleanup()
     lat = [x * 1000 for x in res["lat"]]
     n = len(lat)
