@@ -117,3 +117,28 @@ def test_rekey_resets_the_sequence_and_old_key_is_refused(fleet: Fleet) -> None:
     b = fleet.terminal("KIOSK-A0005")  # re-provisioned: new key, seq starts again at 1
     assert b.beat() is not None
     assert a.beat() is None
+
+
+def test_group_commit_keeps_each_beats_own_checks(fleet: Fleet) -> None:
+    a, b = fleet.terminal("KIOSK-G0001"), fleet.terminal("KIOSK-G0002")
+
+    def prep(agent, seq=None):  # type: ignore[no-untyped-def]
+        body, _, _ = agent.build()
+        if seq is not None:
+            d = json.loads(body)
+            d["seq"] = seq
+            body = json.dumps(d).encode()
+        return fleet.svc.prepare(body, agent.signer.headers("POST", "/v1/heartbeat", body))
+
+    a1, a2, b1 = prep(a), prep(a), prep(b)
+    b_old = prep(b, seq=1)  # same seq as b1, fresh nonce: only one of them may be stored
+    res = fleet.svc.store_batch([a1, a2, b1, b_old])
+    assert [type(r).__name__ for r in res] == ["dict", "dict", "dict", "Refused"]
+    seqs = fleet.svc.db.read(lambda tx: tx.fetch_all(
+        "SELECT terminal_id, seq FROM fleet_heartbeats ORDER BY terminal_id, seq"))
+    assert seqs == [("KIOSK-G0001", 1), ("KIOSK-G0001", 2), ("KIOSK-G0002", 1)]
+    # a batch where one terminal was revoked meanwhile: the others are stored
+    a3, b2 = prep(a), prep(b)
+    fleet.svc.revoke("KIOSK-G0002")
+    res = fleet.svc.store_batch([b2, a3])
+    assert [type(r).__name__ for r in res] == ["Refused", "dict"]
