@@ -120,7 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
         if k in env:
             os.environ[k] = env[k]
     rules = load_rules()
-    token = admin_token(data_dir)
+    admin_token(data_dir)  # made once here (0600), before the workers would race to make it
     db = open_database(env["KIOSK_FLEET_DB"])
     svc = FleetService(db, rules=rules, notifier=notifier_from_env())  # creates the tables before the workers
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "kiosk.fleet.app:app_from_env", "--host", args.host,
@@ -130,7 +130,6 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"fleet service on http://{args.host}:{args.port}/ (page /fleet/, operator token in "
           f"{'KIOSK_FLEET_ADMIN_TOKEN' if os.environ.get('KIOSK_FLEET_ADMIN_TOKEN') else data_dir / 'fleet' / 'admin.token'});"
           f" job every {rules.evaluate_every_s:g} s", file=sys.stderr)
-    del token
     try:
         return proc.wait()
     except KeyboardInterrupt:

@@ -9,7 +9,6 @@ is the operator's (admin token, checked in `app.py`).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import threading
@@ -21,13 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from kiosk.clock import Clock, SystemClock
-from kiosk.errors import ConflictError, IntegrityError, InputError, KioskError
+from kiosk.errors import ConflictError, IntegrityError, InputError
 from kiosk.fleet import artifacts as art
 from kiosk.fleet.models import AlertEvent, Heartbeat, Publish, Registration
 from kiosk.fleet.notify import LogNotifier, Notifier
 from kiosk.fleet.rules import Rule, Rules, load_rules
 from kiosk.fleet.schema import MIGRATIONS
-from kiosk.security.replay import H_DEVICE, MemoryNonceStore, ReplayGuard, RequestVerifier
+from kiosk.security.replay import MemoryNonceStore, ReplayGuard, RequestVerifier
 from kiosk.security.sm import Sm2PublicKey
 from kiosk.storage import Database, Outbox, Transaction
 
@@ -93,7 +92,9 @@ class FleetService:
         self._keys_lock = threading.Lock()
         self._live: tuple[float, list[dict[str, Any]]] = (0.0, [])  # cached live rollouts (1 s)
         self.outbox = Outbox("fleet.")
-        self.on_heartbeat = None  # metrics hook: fn(result, seconds)
+        self.on_heartbeat: Any = None  # metrics hook: fn(result, seconds)
+        # the operator's public key: when set, a publish whose signature does not verify is refused
+        self.operator_key: Ed25519PublicKey | None = None
 
     # ------------------------------------------------------------ registry (operator)
     def register(self, reg: Registration) -> dict[str, Any]:
@@ -294,8 +295,6 @@ class FleetService:
 
         created = self.db.run(work)
         return {"sha256": pub.sha256, "kind": pub.kind, "version": pub.version, "size": len(blob), "created": created}
-
-    operator_key: Ed25519PublicKey | None = None
 
     def start_rollout(self, artifact_sha256: str, kind: str) -> dict[str, Any]:
         now = now_ms(self.clock)
@@ -686,8 +685,4 @@ class FleetService:
         return {"terminals": by, "open_alerts": alerts}
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), default=str)
-
-
-__all__ = ["FleetService", "Refused", "cohort_bucket", "KioskError"]
+__all__ = ["FleetService", "Refused", "cohort_bucket"]
