@@ -126,3 +126,17 @@ def test_terminal_status_reads_the_kiosk_and_counts_sessions() -> None:
         assert st.peripherals()["bridge"] == "disconnected" and st.peripherals()["paper"] == "unknown"
     finally:
         metrics.session_listeners.remove(counts.session)
+
+
+def test_terminal_idle_hook_is_read_only_and_sees_queued_orders(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kiosk.app.session import Order
+    from kiosk.app.store import Store
+    from kiosk.app.terminal import Terminal
+    from kiosk.clock import ManualClock
+    from kiosk.storage import open_database
+
+    with open_database(f"sqlite:///{tmp_path}/kiosk.db") as db:
+        t = Terminal(Store(db, ManualClock()), deps=None, clock=ManualClock())  # type: ignore[arg-type]
+        assert t.idle()
+        t.submit("pos", Order("o-1", {}))  # not started: the order waits in the queue
+        assert not t.idle() and not t.idle()  # asking changes nothing
