@@ -126,6 +126,11 @@ def _serve(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "kiosk.fleet.app:app_from_env", "--host", args.host,
            "--port", str(args.port), "--workers", str(args.workers), "--no-access-log", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def _term(signum: int, frame: Any) -> None:  # systemd's stop: take the workers down with us
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
     job = Job(svc).start()
     print(f"fleet service on http://{args.host}:{args.port}/ (page /fleet/, operator token in "
           f"{'KIOSK_FLEET_ADMIN_TOKEN' if os.environ.get('KIOSK_FLEET_ADMIN_TOKEN') else data_dir / 'fleet' / 'admin.token'});"
