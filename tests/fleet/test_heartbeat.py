@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kiosk.security.replay import RequestSigner
 
-from .conftest import Fleet
+from .conftest import TOKEN, Fleet
 
 
 def _post(fleet: Fleet, body: bytes, headers: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -142,3 +142,40 @@ def test_group_commit_keeps_each_beats_own_checks(fleet: Fleet) -> None:
     fleet.svc.revoke("KIOSK-G0002")
     res = fleet.svc.store_batch([b2, a3])
     assert [type(r).__name__ for r in res] == ["Refused", "dict"]
+
+
+def test_every_admin_route_refuses_without_the_operator_token(fleet: Fleet) -> None:
+    routes = [(m, r.path) for r in fleet.app.routes if getattr(r, "path", "").startswith("/admin")  # type: ignore[attr-defined]
+              for m in getattr(r, "methods", ())]
+    assert len(routes) >= 9
+    a = fleet.terminal("KIOSK-ADM01")
+    for method, path in routes:
+        url = path.replace("{terminal_id}", "KIOSK-ADM01").replace("{rollout_id}", "1").replace("{action}", "halt")
+        for headers in ({}, {"X-Admin-Token": TOKEN + "x"}, a.signer.headers(method, url, b"")):
+            r = fleet.client.request(method, url, headers=headers, json={} if method == "POST" else None)
+            assert r.status_code in (401, 422), (method, url, r.status_code)
+            if r.status_code == 422:  # the body is checked first; the same call with a good body still needs the token
+                assert method == "POST"
+    assert fleet.svc.terminals()[0]["status"] == "active"
+
+
+def test_oversized_beat_and_republished_sha_with_other_metadata(fleet: Fleet) -> None:
+    a = fleet.terminal("KIOSK-BIG01")
+    big = b'{"terminal_id":"KIOSK-BIG01","pad":"' + b"x" * 70_000 + b'"}'
+    r = fleet.client.post("/v1/heartbeat", content=big, headers=a.signer.headers("POST", "/v1/heartbeat", big))
+    assert r.status_code == 413
+    import base64
+
+    from kiosk.fleet import artifacts as art
+
+    blob = b"\x00model pack bytes" * 10
+    s = art.sign_artifact(fleet.operator_key, "model_pack", "v1", blob)
+    body = {"kind": "model_pack", "version": "v1", "sha256": s.sha256, "signature": s.signature,
+            "blob_b64": base64.b64encode(blob).decode()}
+    assert fleet.admin("POST", "/admin/artifacts", json=body).json()["created"] is True
+    assert fleet.admin("POST", "/admin/artifacts", json=body).json()["created"] is False  # same again: no-op
+    s2 = art.sign_artifact(fleet.operator_key, "model_pack", "v2", blob)
+    assert fleet.admin("POST", "/admin/artifacts", json={**body, "version": "v2",
+                                                          "signature": s2.signature}).status_code == 409
+    assert fleet.admin("POST", "/admin/rollouts", json={"artifact_sha256": "0" * 64,
+                                                        "kind": "model_pack"}).status_code == 404
