@@ -83,7 +83,8 @@ def render_page(rows: list[dict[str, Any]], everyone: list[dict[str, Any]], roll
     summary = " ".join(f'<span id="count-{s}">{s}: {counts[s]}</span>' for s in STATES)
     share = urlencode({k: v for k, v in filters.items() if v})
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Fleet</title>'
-            f'<meta name="viewport" content="width=device-width"><style>{CSS}</style></head><body>'
+            f'<meta name="viewport" content="width=device-width">'
+            f'<meta http-equiv="refresh" content="60"><style>{CSS}</style></head><body>'
             f'<h1>Fleet: {len(rows)} of {len(everyone)} terminals</h1><p class="counts">{summary}</p>{form}'
             f'<p><small>link to this view: <code>/fleet/{"?" + escape(share) if share else ""}</code></small></p>'
             f'{"".join(body)}<h2>Rollouts</h2><ul id="rollouts">{ro or "<li>none</li>"}</ul></body></html>')
