@@ -15,7 +15,7 @@ from kiosk.security.sm import Sm2PrivateKey
 from kiosk.services import payauth
 from kiosk.services.bank.app import check_bank, create_app as create_bank
 from kiosk.services.centre.check import check_centre
-from kiosk.services.client import BankClient, CentreClient, ServiceIdentity
+from kiosk.services.client import BankClient, CentreClient, ServiceIdentity, operator_call
 from kiosk.services.linkage import LinkedPayment, MemoryJournal
 from kiosk.services.protocol import Answer, InfCode
 from kiosk.storage import Database, open_database
@@ -84,6 +84,26 @@ def _settle(w: World, p: Any, amount: str = "500.00") -> Answer:
     a = w.c.client.settle(head(p, token, medfee, acct_used_flag="0"), feedetail)
     assert a.ok, a
     return a
+
+
+def _open(w: World, p: Any) -> None:
+    """A line opened in the bank's own channel (the tests of a terminal's credit.apply open their own)."""
+    a = operator_call("http://testserver", w.admin_token, "apply", {"holder": p.psn_no, "birth_date": p.brdy,
+                                                                   "insured_years": 6, "key": f"open/{p.psn_no}"},
+                      http=w.bank.http)
+    assert a["infcode"] == 0, a
+
+
+def _line(w: World, psn_no: str) -> dict[str, Any]:
+    """The whole line as the bank's operator sees it (a terminal sees only own/family and covers)."""
+    a = operator_call("http://testserver", w.admin_token, "line", {"payer": psn_no}, http=w.bank.http)
+    assert a["infcode"] == 0, a
+    return dict(a["output"])
+
+
+def _line_code(w: World, psn_no: str) -> str:
+    return str(operator_call("http://testserver", w.admin_token, "line", {"payer": psn_no},
+                             http=w.bank.http).get("err_code") or "")
 
 
 def _audit_rows(w: World) -> list[tuple[Any, ...]]:
@@ -162,13 +182,13 @@ def test_person_info_needs_this_terminals_face_token(world: World) -> None:
 def test_a_draw_needs_the_centres_pay_auth_for_exactly_this_payment(world: World) -> None:
     w = world
     p = w.c.people[6]
-    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    _open(w, p)
     st = _settle(w, p, "300.00")
     setl_id, auth = st.output["setlinfo"]["setl_id"], st.output["pay_auth"]
     claims = payauth.verify(auth, w.c.service.keys.sm2.public_key())
     assert (claims.psn_no, claims.ref, claims.amount, claims.purpose, claims.app_id, claims.fixmedins_code) == (
         p.psn_no, setl_id, 30000, "draw", w.c.app_id, INSTITUTION)
-    avail = w.bank.line(p.psn_no).output["available"]
+    avail = _line(w, p.psn_no)["available"]
 
     # the rogue terminal: no authorisation, a forged one, a made-up ref, and the hospital's own (copied)
     assert w.other_bank.draw(p.psn_no, "1.00", "made-up", "r1").infcode == InfCode.INVALID_INPUT
@@ -183,7 +203,7 @@ def test_a_draw_needs_the_centres_pay_auth_for_exactly_this_payment(world: World
                                (p.psn_no, "300.00", "S-other")):
         a = w.bank.draw(payer, amount, ref, f"bent-{payer}-{amount}-{ref}", pay_auth=auth)
         assert a.err_code == "pay_auth_mismatch", a
-    assert w.bank.line(p.psn_no).output["available"] == avail  # nothing charged by any of it
+    assert _line(w, p.psn_no)["available"] == avail  # nothing charged by any of it
 
     # the real draw; its retry (same key) replays; the same auth under another key is refused
     d = w.bank.draw(p.psn_no, "300.00", setl_id, "k-own", pay_auth=auth)
@@ -203,7 +223,7 @@ def test_a_draw_needs_the_centres_pay_auth_for_exactly_this_payment(world: World
 def test_an_expired_pay_auth_is_refused_and_5203_issues_it_again(world: World) -> None:
     w = world
     p = w.c.people[8]
-    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    _open(w, p)
     st = _settle(w, p, "40.00")
     setl_id, auth = st.output["setlinfo"]["setl_id"], st.output["pay_auth"]
     w.c.clock.advance(minutes=11)
@@ -223,7 +243,7 @@ def test_an_expired_pay_auth_is_refused_and_5203_issues_it_again(world: World) -
 def test_a_member_draws_on_a_family_line_only_with_their_own_authorisation(world: World) -> None:
     w = world
     holder, member = w.c.people[10], w.c.people[11]
-    assert w.bank.apply(holder.psn_no, holder.brdy, 6).ok
+    _open(w, holder)
     holder_ok = w.c.client.pay_auth(holder.psn_no, w.c.activate(holder), "2000.00", member.psn_no, purpose="bind")
     assert w.bank.bind(holder.psn_no, member.psn_no, "spouse", True, "2000.00",
                        pay_auth=holder_ok.output.get("pay_auth", "")).ok
@@ -234,7 +254,7 @@ def test_a_member_draws_on_a_family_line_only_with_their_own_authorisation(world
     as_holder = w.bank.draw(holder.psn_no, "180.00", setl_id, "m0", pay_auth=auth)
     assert as_holder.err_code == "pay_auth_mismatch"  # the member authorised it, the holder did not
     ok = w.bank.draw(member.psn_no, "180.00", setl_id, "m1", pay_auth=auth)
-    assert ok.ok and w.bank.line(member.psn_no).output["holder"] == holder.psn_no
+    assert ok.ok and _line(w, member.psn_no)["holder"] == holder.psn_no
     # within the member's cap only (kiosk.credit): 1900.00 more this month is refused, auth or not
     st2 = _settle(w, member, "1900.00")
     capped = w.bank.draw(member.psn_no, "1900.00", st2.output["setlinfo"]["setl_id"], "m2",
@@ -246,7 +266,7 @@ def test_a_member_draws_on_a_family_line_only_with_their_own_authorisation(world
 def test_another_institution_cannot_refund_capture_release_or_reverse(world: World) -> None:
     w = world
     p = w.c.people[12]
-    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    _open(w, p)
     st = _settle(w, p, "250.00")
     setl_id = st.output["setlinfo"]["setl_id"]
     assert w.bank.draw(p.psn_no, "250.00", setl_id, "k-12", pay_auth=st.output.get("pay_auth", "")).ok
@@ -294,7 +314,7 @@ def test_a_hold_authorisation_needs_the_payers_own_face_token(world: World) -> N
 def test_two_institutions_equal_keys_never_meet(world: World) -> None:
     w = world
     p = w.c.people[15]
-    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    _open(w, p)
     st = _settle(w, p, "30.00")
     setl_id = st.output["setlinfo"]["setl_id"]
     # the other institution uses the very key first (for its own, refused-for-no-auth attempt) ...
@@ -309,7 +329,7 @@ def test_linkage_resumes_a_draw_after_its_pay_auth_expired(world: World) -> None
     the draw is completed with the one 5203 re-issues, not reversed."""
     w = world
     p = w.c.people[16]
-    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    _open(w, p)
     token = w.c.activate(p)
     medfee, feedetail = lines(("XC02", "66.00", "1"))
     journal = MemoryJournal()
@@ -340,18 +360,18 @@ def test_a_reversal_by_key_never_touches_a_draw_for_another_ref(world: World) ->
     reversal names its own settlement and leaves the first order's paid draw alone."""
     w = world
     p = w.c.people[17]
-    assert w.bank.apply(p.psn_no, p.brdy, 6).ok
+    _open(w, p)
     first = _settle(w, p, "90.00")
     first_id = first.output["setlinfo"]["setl_id"]
     assert w.bank.draw(p.psn_no, "90.00", first_id, "ORDER-7:draw", pay_auth=first.output.get("pay_auth", "")).ok
     second = _settle(w, p, "12.00")
     r = w.bank.reverse_draw("ORDER-7:draw", p.psn_no, ref=second.output["setlinfo"]["setl_id"])
     assert r.err_code == "key_ref_mismatch"
-    principal = w.bank.line(p.psn_no).output["principal_outstanding"]
+    principal = _line(w, p.psn_no)["principal_outstanding"]
     assert w.bank_db.read(lambda tx: tx.scalar("SELECT refunded_fen FROM credit_draws WHERE ref = ?",
                                                (first_id,))) == 0
     assert w.bank.reverse_draw("ORDER-7:draw", p.psn_no, ref=first_id).output["result"] == "reversed"
-    assert w.bank.line(p.psn_no).output["principal_outstanding"] != principal
+    assert _line(w, p.psn_no)["principal_outstanding"] != principal
 
 
 def test_a_terminal_cannot_lend_a_line_without_the_holders_face(world: World) -> None:
@@ -359,7 +379,7 @@ def test_a_terminal_cannot_lend_a_line_without_the_holders_face(world: World) ->
     member, was the way round pay_auth: a binding needs the holder's own authorisation."""
     w = world
     victim, accomplice = w.c.people[18], w.c.people[19]
-    assert w.bank.apply(victim.psn_no, victim.brdy, 6).ok
+    _open(w, victim)
     plain = w.other_bank.bind(victim.psn_no, accomplice.psn_no, "spouse", True, None)
     assert plain.infcode == InfCode.NO_AUTHORISATION and plain.err_code == "pay_auth_required"
     # the accomplice's own face at the rogue terminal authorises nothing on the victim's line
@@ -375,7 +395,7 @@ def test_a_terminal_cannot_lend_a_line_without_the_holders_face(world: World) ->
     forged = w.other_bank.bind(victim.psn_no, accomplice.psn_no, "spouse", True, None,
                                pay_auth=own.output["pay_auth"])
     assert forged.err_code == "pay_auth_mismatch"
-    assert w.bank.line(accomplice.psn_no).err_code == "not_bound"
+    assert _line_code(w, accomplice.psn_no) == "not_bound"
 
 
 def test_the_banks_own_channel_binds_only_with_the_operator_token(world: World) -> None:
@@ -383,15 +403,15 @@ def test_the_banks_own_channel_binds_only_with_the_operator_token(world: World) 
 
     w = world
     holder, member = w.c.people[20], w.c.people[21]
-    assert w.bank.apply(holder.psn_no, holder.brdy, 6).ok
+    _open(w, holder)
     http = w.bank.http
     denied = operator_bind("http://testserver", "not-the-operator", holder.psn_no, member.psn_no, "spouse", True,
                            "10.00", "k-op", http=http)
     assert denied["infcode"] == InfCode.UNKNOWN_TERMINAL
-    assert w.bank.line(member.psn_no).err_code == "not_bound"
+    assert _line_code(w, member.psn_no) == "not_bound"
     bad = operator_bind("http://testserver", w.admin_token, holder.psn_no, member.psn_no, "spouse", "yes", "10.00",
                         "k-op", http=http)
     assert bad["infcode"] == InfCode.INVALID_INPUT and bad["err_field"] == "consent"
     ok = operator_bind("http://testserver", w.admin_token, holder.psn_no, member.psn_no, "spouse", True, "10.00",
                        "k-op", http=http)
-    assert ok["infcode"] == 0 and w.bank.line(member.psn_no).output["holder"] == holder.psn_no
+    assert ok["infcode"] == 0 and _line(w, member.psn_no)["holder"] == holder.psn_no

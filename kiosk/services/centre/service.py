@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -91,6 +91,20 @@ def _person(row: tuple[Any, ...] | None) -> Person | None:
     r = list(row)
     r[13] = bool(r[13])
     return Person(*r)
+
+
+_AUTH_PREFIX = {"hold": "PH", "bind": "PB", "line": "PL", "apply": "PA", "unbind": "PU", "statement": "PS",
+                "repay": "PR"}
+
+
+def _years_insured(insu_date: str, now: datetime) -> int:
+    """Full years from the insurance start date (registry, yyyy-mm-dd) to today in Shanghai."""
+    try:
+        start = date.fromisoformat(str(insu_date)[:10])
+    except ValueError:
+        return 0
+    today = now.astimezone(SHANGHAI).date()
+    return max(0, today.year - start.year - ((today.month, today.day) < (start.month, start.day)))
 
 
 class RegionGalleries:
@@ -198,21 +212,32 @@ class CentreService:
         return payauth.sign(auth, self.keys.sm2), exp
 
     def request_pay_auth(self, ctx: Ctx, tx: Transaction, data: m.PayAuthRequest) -> dict[str, Any]:
-        """ec.payauth: a deposit hold has no settlement to carry its authorisation, and a family binding
-        lends the holder's line; the person's ecToken (face authentication at this terminal) is the proof."""
+        """ec.payauth: an act on a person's credit line that no settlement carries (a deposit hold, a family
+        binding, a line query, opening a line, a statement, a repayment); the person's ecToken (face
+        authentication at this terminal) is the proof. For `apply` the centre itself writes what the bank
+        decides on (birth date, full years insured), so no terminal can claim a younger or longer-insured
+        applicant."""
         d = data.data
         who = self.token_psn(ctx.terminal, d.mdtrt_cert_no, ctx.now, "input.data.mdtrt_cert_no")
         if who != d.psn_no:
             raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
                           field="input.data.mdtrt_cert_no")
-        self.person(tx, d.psn_no, field="input.data.psn_no")
-        if d.purpose == "bind":
-            self.person(tx, d.ref, field="input.data.ref")  # the member: an insured person
+        p = self.person(tx, d.psn_no, field="input.data.psn_no")
         amount = yuan_to_fen(d.amount, "input.data.amount")
-        auth_id = ("PH" if d.purpose == "hold" else "PB") + secrets.token_hex(12).upper()
-        token, exp = self._pay_auth(ctx, tx, auth_id, d.psn_no, d.ref, amount, d.purpose)
-        return {"pay_auth": token, "auth_id": auth_id, "purpose": d.purpose, "ref": d.ref,
-                "amount": fen_to_yuan(amount), "exp": str(exp)}
+        ref = d.ref
+        if d.purpose in ("bind", "unbind"):
+            self.person(tx, d.ref, field="input.data.ref")  # the member: an insured person
+        elif d.purpose == "statement" and d.ref != d.psn_no:
+            raise Refusal(InfCode.INVALID_INPUT, "must be the holder's own psn_no (a statement is the holder's)",
+                          field="input.data.ref")
+        elif d.purpose == "apply":
+            ref, amount = p.brdy, _years_insured(p.insu_date, ctx.now)
+        if d.purpose in ("unbind", "statement") and amount:
+            raise Refusal(InfCode.INVALID_INPUT, "must be 0.00 for this purpose", field="input.data.amount")
+        auth_id = _AUTH_PREFIX[d.purpose] + secrets.token_hex(12).upper()
+        token, exp = self._pay_auth(ctx, tx, auth_id, d.psn_no, ref, amount, d.purpose)
+        return {"pay_auth": token, "auth_id": auth_id, "purpose": d.purpose, "ref": ref,
+                "amount": str(amount) if d.purpose == "apply" else fen_to_yuan(amount), "exp": str(exp)}
 
     def _not_yours(self, ctx: Ctx, tx: Transaction, object_id: str, refusal: Refusal) -> Refusal:
         """The answer for an object of another institution: the very refusal "not found" gets (returned,
