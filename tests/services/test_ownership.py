@@ -415,3 +415,156 @@ def test_the_banks_own_channel_binds_only_with_the_operator_token(world: World) 
     ok = operator_bind("http://testserver", w.admin_token, holder.psn_no, member.psn_no, "spouse", True, "10.00",
                        "k-op", http=http)
     assert ok["infcode"] == 0 and _line(w, member.psn_no)["holder"] == holder.psn_no
+
+
+# ---- issue-13 follow-up: a line's existence, size and holder are the person's business -----------------
+def _face_auth(w: World, p: Any, purpose: str, amount: str, ref: str, *, client: CentreClient | None = None,
+               token: str | None = None) -> str:
+    """The centre's pay_auth for `purpose` from the person's own face at the hospital's terminal (ec.payauth)."""
+    a = (client or w.c.client).pay_auth(p.psn_no, token or w.c.activate(p), amount, ref, purpose=purpose)
+    assert a.ok, a
+    return str(a.output["pay_auth"])
+
+
+def test_a_line_is_told_only_to_the_terminal_holding_the_payers_face(world: World) -> None:
+    """Before: credit.line answered any registered terminal for any person number with the holder,
+    limit, available credit and overdue state. Now: only with the payer's line proof from the centre,
+    and only own/family, whether the line covers the amount and the last 4 of a family holder."""
+    w = world
+    p, nobody, member = w.c.people[22], w.c.people[23], w.c.people[9]
+    _open(w, p)
+    assert operator_call("http://testserver", w.admin_token, "bind",
+                         {"holder": p.psn_no, "member": member.psn_no, "relation": "spouse", "consent": True,
+                          "monthly_cap": "50.00", "key": f"b/{member.psn_no}"}, http=w.bank.http)["infcode"] == 0
+    proof = _face_auth(w, p, "line", "120.00", "order-x")
+    own = w.bank.line(p.psn_no, "120.00", pay_auth=proof)
+    assert own.ok and own.output == {"payer": p.psn_no, "kind": "own", "amount": "120.00", "covers": "1",
+                                     "holder_hint": ""}
+    fam = w.bank.line(member.psn_no, "60.00", pay_auth=_face_auth(w, member, "line", "60.00", "order-y"))
+    assert fam.output == {"payer": member.psn_no, "kind": "family", "amount": "60.00", "covers": "0",
+                          "holder_hint": p.psn_no[-4:]}  # over the member's 50.00 cap; the holder's number stays
+    none = w.other_bank.line(nobody.psn_no, "120.00")  # a person with no line: the one refusal
+    assert none.err_code == "not_bound"
+    expired_proof = _face_auth(w, p, "line", "120.00", "order-z")
+    second = _second_terminal(w)
+    for a in (w.other_bank.line(p.psn_no, "120.00"),                        # the rogue: a bare number
+              w.other_bank.line(p.psn_no, "120.00", pay_auth=proof),        # ... with the hospital's proof
+              second.line(p.psn_no, "120.00", pay_auth=proof),              # another terminal of the hospital
+              w.bank.line(p.psn_no, "120.00"),                              # the hospital without the face
+              w.bank.line(p.psn_no, "121.00", pay_auth=proof),              # another amount (no search)
+              w.bank.line(nobody.psn_no, "120.00", pay_auth=proof),         # another person
+              w.bank.line(p.psn_no, "120.00", pay_auth=_face_auth(w, p, "hold", "120.00", "ADM-l")),  # purpose
+              w.bank.line(p.psn_no, "120.00", pay_auth=payauth.sign(payauth.PayAuth(
+                  "PL1", p.psn_no, INSTITUTION, w.c.app_id, "x", 12000, "line", 2**40), Sm2PrivateKey.generate()))):
+        assert _answer_fields(a) == _answer_fields(none), a
+    w.c.clock.advance(minutes=11)
+    try:
+        assert _answer_fields(w.bank.line(p.psn_no, "120.00", pay_auth=expired_proof)) == _answer_fields(none)
+    finally:
+        w.c.clock.advance(minutes=-11)
+    assert w.bank.line(p.psn_no, "120.00", pay_auth=proof).ok  # a read spends nothing: a retry reads again
+
+
+def test_a_statement_only_for_the_holders_face_or_the_banks_channel(world: World) -> None:
+    w = world
+    p, nobody = w.c.people[22], w.c.people[23]
+    _open(w, p)
+    none = w.other_bank.statement(nobody.psn_no)
+    assert none.err_code == "no_line"
+    proof = _face_auth(w, p, "statement", "0.00", p.psn_no)
+    for a in (w.other_bank.statement(p.psn_no), w.bank.statement(p.psn_no),
+              w.other_bank.statement(p.psn_no, pay_auth=proof),
+              w.bank.statement(p.psn_no, pay_auth=_face_auth(w, p, "line", "1.00", "x"))):
+        assert _answer_fields(a) == _answer_fields(none), a
+    mine = w.bank.statement(p.psn_no, pay_auth=proof)
+    assert mine.ok and "members" in mine.output
+    # a statement proof names the holder itself: the centre signs no other ref for it
+    bad = w.c.client.pay_auth(p.psn_no, w.c.activate(p), "0.00", nobody.psn_no, purpose="statement")
+    assert bad.infcode == InfCode.INVALID_INPUT
+    op = operator_call("http://testserver", w.admin_token, "statement", {"holder": p.psn_no}, http=w.bank.http)
+    assert op["infcode"] == 0 and op["output"]["draws"] == mine.output["draws"]
+    assert operator_call("http://testserver", "nope", "statement", {"holder": p.psn_no},
+                         http=w.bank.http)["infcode"] == InfCode.UNKNOWN_TERMINAL
+
+
+def test_a_line_is_opened_only_on_the_applicants_face_with_the_centres_facts(world: World) -> None:
+    """Before: credit.apply opened a line for any eligible person number, at the birth date and years
+    insured the terminal claimed (a 70-year-old could be made 40, a new insured given the top tier)."""
+    w = world
+    p = w.c.people[2]
+    bare = w.other_bank.apply(p.psn_no, p.brdy, 6)
+    assert bare.infcode == InfCode.NO_AUTHORISATION and bare.err_code == "pay_auth_required"
+    assert _line_code(w, p.psn_no) == "not_bound"  # nothing opened
+    a = w.c.client.pay_auth(p.psn_no, w.c.activate(p), "0.00", "anything", purpose="apply")
+    assert a.ok and a.output["ref"] == p.brdy  # the centre writes the birth date and years insured itself
+    years = int(a.output["amount"])
+    auth = a.output["pay_auth"]
+    for brdy, yrs, why in (("1990-01-01", years, "ref"), (p.brdy, years + 5, "amount")):
+        lie = w.bank.apply(p.psn_no, brdy, yrs, pay_auth=auth)
+        assert lie.err_code == "pay_auth_mismatch" and why in lie.err_msg, lie
+    assert w.other_bank.apply(p.psn_no, p.brdy, years, pay_auth=auth).err_code == "pay_auth_mismatch"
+    first = w.bank.apply(p.psn_no, p.brdy, years, pay_auth=auth)
+    assert first.ok or first.err_code == "ineligible_age", first
+    assert w.bank.apply(p.psn_no, p.brdy, years, pay_auth=auth).err_code in ("pay_auth_used", "ineligible_age")
+
+
+def test_a_binding_ends_only_by_the_holder_or_the_member(world: World) -> None:
+    """Before: credit.unbind needed no authorisation: any terminal could cut a family off its line."""
+    w = world
+    holder, member, stranger = w.c.people[0], w.c.people[1], w.c.people[5]
+    _open(w, holder)
+    assert operator_call("http://testserver", w.admin_token, "bind",
+                         {"holder": holder.psn_no, "member": member.psn_no, "relation": "spouse", "consent": True,
+                          "monthly_cap": None, "key": f"b/{member.psn_no}"}, http=w.bank.http)["infcode"] == 0
+    cut = w.other_bank.unbind(holder.psn_no, member.psn_no)
+    assert cut.infcode == InfCode.NO_AUTHORISATION and cut.err_code == "pay_auth_required"
+    by_stranger = w.bank.unbind(holder.psn_no, member.psn_no,
+                                pay_auth=_face_auth(w, stranger, "unbind", "0.00", member.psn_no))
+    assert by_stranger.err_code == "pay_auth_mismatch"
+    assert _line(w, member.psn_no)["holder"] == holder.psn_no  # still bound
+    leave = w.bank.unbind(holder.psn_no, member.psn_no, pay_auth=_face_auth(w, member, "unbind", "0.00", member.psn_no))
+    assert leave.ok and _line_code(w, member.psn_no) == "not_bound"
+
+
+def test_a_repayment_needs_the_holders_face(world: World) -> None:
+    """Before: credit.repay answered any terminal for any number: `no_line` / `overpayment` told whether
+    a person has a line and (by halving) what they owe."""
+    w = world
+    p, nobody = w.c.people[22], w.c.people[23]
+    _open(w, p)
+    for who in (p, nobody):
+        a = w.other_bank.repay(who.psn_no, "99999.00", f"rp-{who.psn_no}")
+        assert a.infcode == InfCode.NO_AUTHORISATION and a.err_code == "pay_auth_required"
+    over = w.bank.repay(p.psn_no, "99999.00", "rp-own", pay_auth=_face_auth(w, p, "repay", "99999.00", "rp"))
+    assert over.err_code == "overpayment"
+
+
+def _second_terminal(w: World) -> BankClient:
+    """Another registered terminal of the hospital itself (same institution, its own appId and key)."""
+    key = Sm2PrivateKey.generate()
+    app_id, secret = "KIOSKTWIN" + secrets.token_hex(5).upper(), secrets.token_hex(16)
+    w.bank.http.app.state.gateway.register_terminal(app_id, secret, key.public_key().to_bytes().hex(), INSTITUTION)
+    return BankClient("http://testserver", ServiceIdentity(app_id, secret, key, INSTITUTION), http=w.bank.http,
+                      clock=w.c.clock)
+
+
+def test_a_pay_auth_replayed_at_the_same_institutions_other_terminal_is_refused(world: World) -> None:
+    w = world
+    p = w.c.people[6]
+    st = _settle(w, p, "20.00")
+    a = _second_terminal(w).draw(p.psn_no, "20.00", st.output["setlinfo"]["setl_id"], "twin-1",
+                                 pay_auth=st.output["pay_auth"])
+    assert a.err_code == "pay_auth_mismatch" and "terminal" in a.err_msg
+
+
+def test_a_member_cannot_draw_on_a_line_named_by_holder_without_being_bound(world: World) -> None:
+    """A face-proved accomplice's own draw authorisation, sent with `holder` = a victim's number."""
+    w = world
+    victim, accomplice = w.c.people[22], w.c.people[14]
+    _open(w, victim)
+    st = _settle(w, accomplice, "15.00")
+    d = w.bank.call("credit.draw", {"payer": accomplice.psn_no, "amount": "15.00", "ref": st.output["setlinfo"]
+                                    ["setl_id"], "key": "acc-1", "holder": victim.psn_no,
+                                    "pay_auth": st.output["pay_auth"]})
+    assert not d.ok and d.err_code in ("not_bound", "no_line")
+    assert _line(w, victim.psn_no)["principal_outstanding"] == "0.00"
