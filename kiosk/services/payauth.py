@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -48,6 +49,14 @@ PREFIX = "PA1"
 PURPOSES = ("draw", "hold", "bind", "line", "apply", "unbind", "statement", "repay")
 POSITIVE = ("draw", "hold", "line", "repay")  # purposes whose amount is money to move or check: > 0
 MAX_LEN = 2048
+# the centre's settlement ids ("S" + yyyymmdd + 16 hex): a draw's ref. A hold's ref (admission) must never
+# look like one: a hold captured under another institution's setl_id would be a draw on that settlement's
+# ref, and the real draw of that settlement would be refused (ref already used).
+SETTLEMENT_ID = re.compile(r"S[0-9]{8}[0-9A-F]{16}")
+
+
+def is_settlement_id(ref: str) -> bool:
+    return SETTLEMENT_ID.fullmatch(ref) is not None
 USER_ID = b"kiosk-pay-auth"  # SM2 signer id: a pay_auth signature is never valid as an envelope's
 
 
@@ -120,4 +129,4 @@ def public_key_hex(key: Sm2PrivateKey) -> str:
     return key.public_key().to_bytes().hex()
 
 
-__all__ = ["POSITIVE", "PURPOSES", "PayAuth", "public_key_hex", "sign", "verify"]
+__all__ = ["POSITIVE", "PURPOSES", "SETTLEMENT_ID", "PayAuth", "is_settlement_id", "public_key_hex", "sign", "verify"]

@@ -568,3 +568,52 @@ def test_a_member_cannot_draw_on_a_line_named_by_holder_without_being_bound(worl
                                     "pay_auth": st.output["pay_auth"]})
     assert not d.ok and d.err_code in ("not_bound", "no_line")
     assert _line(w, victim.psn_no)["principal_outstanding"] == "0.00"
+
+
+def test_a_deposit_hold_never_takes_a_settlements_ref(world: World) -> None:
+    """Before: ec.payauth signed a hold for any ref, so a rogue terminal, with its accomplice's face, held
+    (and captured) a deposit under the hospital's fresh setl_id: the hospital's draw for that settlement
+    was refused (ref used), its settlement reversed, and the bank kept a draw with the hospital's setl_id
+    made by another institution - which the cross-party check did not see (a captured deposit)."""
+    from kiosk.app.crosscheck import check_parties
+
+    w = world
+    victim, accomplice = w.c.people[7], w.c.people[15]
+    _open(w, victim)
+    _open(w, accomplice)
+    st = _settle(w, victim, "33.00")
+    setl_id = st.output["setlinfo"]["setl_id"]
+    token = w.other_centre.activate(w.other_centre.seal_face(w.c.capture(accomplice.psn_no), "s-h", "activate"),
+                                    accomplice.certno, "s-h")
+    assert token.ok
+    asked = w.other_centre.pay_auth(accomplice.psn_no, token.output["ecToken"], "1.00", setl_id, purpose="hold")
+    assert asked.infcode == InfCode.INVALID_INPUT and "ref" in asked.err_msg  # the centre signs no such hold
+    # even with a (leaked or old-centre) signed hold for that ref, the bank refuses to hold under it
+    signed = pay_auth(w.c, accomplice.psn_no, setl_id, "1.00", purpose="hold", app_id=w.other_app_id,
+                      institution=OTHER)
+    h = w.other_bank.hold(accomplice.psn_no, "1.00", setl_id, "h-steal", pay_auth=signed)
+    assert h.infcode == InfCode.INVALID_INPUT and "ref" in h.err_msg
+    assert w.bank_db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM credit_holds WHERE ref = ?", (setl_id,))) == 0
+    assert w.bank.draw(victim.psn_no, "33.00", setl_id, "k-v", pay_auth=st.output["pay_auth"]).ok
+    rep = check_parties(w.c.db, w.bank_db)
+    assert not [f for f in rep.mismatches if f.setl_id == setl_id], rep.mismatches
+
+
+def test_the_cross_party_check_names_a_hold_under_a_settlements_ref(world: World) -> None:
+    """The books of the attack above, written as an older bank would have let them be: the check exits
+    with `hold_on_settlement_ref` (open hold, then captured)."""
+    from kiosk.app.crosscheck import check_parties
+    from kiosk.credit import CreditService, Owner
+
+    w = world
+    victim, accomplice = w.c.people[8], w.c.people[16]
+    _open(w, accomplice)
+    st = _settle(w, victim, "21.00")
+    setl_id = st.output["setlinfo"]["setl_id"]
+    credit = CreditService(w.bank_db, w.c.clock)  # below the service's door: what the old bank did
+    assert credit.hold("old/h", accomplice.psn_no, 100, setl_id, owner=Owner(OTHER, w.other_app_id)).ok
+    kinds = {f.kind for f in check_parties(w.c.db, w.bank_db).mismatches if f.setl_id == setl_id}
+    assert kinds == {"hold_on_settlement_ref"}
+    assert credit.capture("old/c", setl_id, 100, institution=OTHER).ok
+    kinds = {f.kind for f in check_parties(w.c.db, w.bank_db).mismatches if f.setl_id == setl_id}
+    assert "hold_on_settlement_ref" in kinds

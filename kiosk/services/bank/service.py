@@ -481,6 +481,9 @@ class BankService:
         return {"key": d.key, "result": "reversed", "ref": row[1], **detail}
 
     def hold(self, ctx: Ctx, tx: Transaction, d: Draw) -> dict[str, Any] | Refusal:
+        if payauth.is_settlement_id(d.ref):  # a deposit is never held under a settlement's ref (payauth)
+            raise Refusal(InfCode.INVALID_INPUT, "must be the admission's reference, never a settlement id",
+                          field="input.ref")
         key = self._key(ctx, d.key)
         auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "hold", key, psn_no=d.payer, ref=d.ref,
                                              amount=_fen(d.amount))

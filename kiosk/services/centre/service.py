@@ -225,6 +225,9 @@ class CentreService:
         p = self.person(tx, d.psn_no, field="input.data.psn_no")
         amount = yuan_to_fen(d.amount, "input.data.amount")
         ref = d.ref
+        if d.purpose == "hold" and payauth.is_settlement_id(d.ref):
+            raise Refusal(InfCode.INVALID_INPUT, "must be the admission's reference, never a settlement id",
+                          field="input.data.ref")
         if d.purpose in ("bind", "unbind"):
             self.person(tx, d.ref, field="input.data.ref")  # the member: an insured person
         elif d.purpose == "statement" and d.ref != d.psn_no:
