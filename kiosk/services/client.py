@@ -289,9 +289,16 @@ class CentreClient(_Client):
         """1312: one page of the centre's catalogue (hilist_code, hilist_name, chrgitm_lv)."""
         return self.call("1312", {"data": {"page_num": page_num, "page_size": page_size}})
 
+    def mulaid_revoke(self, psn_no: str, auth_psn_no: str, ec_token: str, msgid: str | None = None) -> Answer:
+        """Withdraw a mutual-aid authorisation: `ec_token` is the patient's or the relative's."""
+        return self.call("mulaid.revoke", {"data": {"psn_no": psn_no, "auth_psn_no": auth_psn_no,
+                                                    "mdtrt_cert_type": "01", "mdtrt_cert_no": ec_token}}, msgid)
+
     def mulaid_authorise(self, psn_no: str, auth_psn_no: str, auth_certno: str, relation: str,
-                         msgid: str | None = None) -> Answer:
-        return self.call("mulaid.auth", {"data": {"psn_no": psn_no, "auth_psn_no": auth_psn_no,
+                         msgid: str | None = None, *, ec_token: str = "") -> Answer:
+        """`ec_token`: the patient's (face at this terminal); `auth_certno` typed by the relative as consent."""
+        return self.call("mulaid.auth", {"data": {"psn_no": psn_no, "mdtrt_cert_type": "01", "mdtrt_cert_no": ec_token,
+                                                  "auth_psn_no": auth_psn_no,
                                                   "auth_certno": auth_certno, "relation": relation}}, msgid)
 
 

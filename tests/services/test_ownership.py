@@ -617,3 +617,40 @@ def test_the_cross_party_check_names_a_hold_under_a_settlements_ref(world: World
     assert credit.capture("old/c", setl_id, 100, institution=OTHER).ok
     kinds = {f.kind for f in check_parties(w.c.db, w.bank_db).mismatches if f.setl_id == setl_id}
     assert "hold_on_settlement_ref" in kinds
+
+
+# ---- family mutual aid: the patient's face, not just a typed ID number ------------------------------------
+def _spouses(w: World) -> tuple[Any, Any]:
+    """A couple on record (the seed pairs 2k/2k+1 as spouses)."""
+    return w.c.people[12], w.c.people[13]
+
+
+def test_mutual_aid_is_authorised_and_revoked_only_by_a_face_proved_party(world: World) -> None:
+    """Before: any registered terminal could (1) try ID numbers against a person number through
+    mulaid.auth ("not the relative's ID number" vs the relation checks: an ID-number oracle) and
+    authorise a relative's account for the patient with no one present, and (2) revoke any family's
+    authorisation, the answer telling whether one existed."""
+    w = world
+    a, spouse = _spouses(w)
+    stranger = w.c.people[20]
+    rogue = w.other_centre
+    guesses = [rogue.call("mulaid.auth", {"data": {"psn_no": a.psn_no, "auth_psn_no": spouse.psn_no,
+                                                   "auth_certno": certno, "relation": "spouse",
+                                                   "mdtrt_cert_no": tok}})
+               for certno in (spouse.certno, stranger.certno) for tok in ("EC.x.1.y", w.c.activate(a))]
+    assert all(g.infcode in (InfCode.INVALID_INPUT, InfCode.IDENTITY_MISMATCH) for g in guesses), guesses
+    assert guesses[1].err_msg == guesses[3].err_msg  # the right and a wrong ID number: one answer
+    assert w.c.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM centre_mulaid WHERE psn_no = ?", (a.psn_no,))) == 0
+    # the patient's face at the hospital, the relative's ID number typed: authorised
+    tok = w.c.activate(a)
+    assert w.c.client.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "spouse", ec_token=tok).ok
+    # the rogue cannot end it, not even with a stranger's real face at its own terminal
+    st_tok = rogue.activate(rogue.seal_face(w.c.capture(stranger.psn_no), "s-m", "activate"), stranger.certno, "s-m")
+    assert st_tok.ok
+    for t in ("EC.x.1.y", tok, st_tok.output["ecToken"]):
+        r = rogue.mulaid_revoke(a.psn_no, spouse.psn_no, t)
+        assert r.infcode in (InfCode.INVALID_INPUT, InfCode.IDENTITY_MISMATCH) and "revoked" not in r.output
+    assert w.c.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM centre_mulaid WHERE psn_no = ?", (a.psn_no,))) == 1
+    # the relative withdraws consent with their own face
+    assert w.c.client.mulaid_revoke(a.psn_no, spouse.psn_no, w.c.activate(spouse)).ok
+    assert w.c.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM centre_mulaid WHERE psn_no = ?", (a.psn_no,))) == 0

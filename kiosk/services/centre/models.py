@@ -110,6 +110,9 @@ class FaceAuth(_Strict):
 # ---- family mutual aid ------------------------------------------------------------------------
 class MutualAidAuthData(_Strict):
     psn_no: str = Field(min_length=1, max_length=30, description="the patient who may use the account")
+    mdtrt_cert_type: Literal["01"] = Field(default="01", description="only the ecToken: the face proves the patient")
+    mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the patient's ecToken from face "
+                               "authentication at this terminal")
     auth_psn_no: str = Field(min_length=1, max_length=30, description="the relative whose account pays")
     auth_certno: str = Field(description="the relative's ID number, typed by the relative as consent")
     relation: Literal["spouse", "parent", "child", "sibling", "grandparent", "grandchild"] = Field(
@@ -129,6 +132,9 @@ class MutualAidAuth(_Strict):
 class MutualAidRevokeData(_Strict):
     psn_no: str = Field(min_length=1, max_length=30)
     auth_psn_no: str = Field(min_length=1, max_length=30)
+    mdtrt_cert_type: Literal["01"] = Field(default="01")
+    mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the ecToken of the patient or of the "
+                               "relative who withdraws consent (face authentication at this terminal)")
 
 
 class MutualAidRevoke(_Strict):

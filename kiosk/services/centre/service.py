@@ -426,8 +426,22 @@ class CentreService:
         return self._identified(ctx, self.person(tx, psn_no))
 
     # ---- family mutual aid ------------------------------------------------------------------------------
+    def _face_of(self, ctx: Ctx, token: str, *psn_nos: str) -> str:
+        """The person this terminal's ecToken proves, who must be one of `psn_nos`; one refusal otherwise
+        (checked before any person is looked up: no oracle on people, ID numbers or authorisations)."""
+        field = "input.data.mdtrt_cert_no"
+        who = self.token_psn(ctx.terminal, token, ctx.now, field)
+        if who not in psn_nos:
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token is not this person's: authenticate "
+                          "the face at this terminal", code="face_auth_required", field=field)
+        return who
+
     def mulaid_auth(self, ctx: Ctx, tx: Transaction, data: m.MutualAidAuth) -> dict[str, Any]:
+        """The patient, face-proved at this terminal, with the relative's typed ID number as consent.
+        (Without the face, any terminal could try ID numbers against a person number and learn
+        which is whose, and bind a relative's account for anyone.)"""
         d = data.data
+        self._face_of(ctx, d.mdtrt_cert_no, d.psn_no)
         if d.psn_no == d.auth_psn_no:
             raise InputError("a person cannot authorise their own account", field="input.data.auth_psn_no")
         patient = self.person(tx, d.psn_no, lock=True, field="input.data.psn_no")  # vs a settlement in flight
@@ -456,6 +470,9 @@ class CentreService:
         return {"psn_no": d.psn_no, "auth_psn_no": d.auth_psn_no, "relation": d.relation, "authorised": "1"}
 
     def mulaid_revoke(self, ctx: Ctx, tx: Transaction, data: m.MutualAidRevoke) -> dict[str, Any]:
+        """Only the patient or the relative, face-proved at this terminal (before: any terminal could end
+        any family's authorisation, and learn from the answer whether one existed)."""
+        self._face_of(ctx, data.data.mdtrt_cert_no, data.data.psn_no, data.data.auth_psn_no)
         tx.fetch_one("SELECT 1 FROM centre_persons WHERE psn_no = ?" + tx.for_update,  # waits for a settlement
                      (data.data.psn_no,))                                                # in flight
         n = tx.execute("DELETE FROM centre_mulaid WHERE psn_no = ? AND auth_psn_no = ?",
