@@ -654,3 +654,25 @@ def test_mutual_aid_is_authorised_and_revoked_only_by_a_face_proved_party(world:
     # the relative withdraws consent with their own face
     assert w.c.client.mulaid_revoke(a.psn_no, spouse.psn_no, w.c.activate(spouse)).ok
     assert w.c.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM centre_mulaid WHERE psn_no = ?", (a.psn_no,))) == 0
+
+
+def test_a_typed_id_number_settles_nothing_and_reads_no_balance(world: World) -> None:
+    """Before: 2206/2207 with mdtrt_cert_type 02 (a typed ID number, which is no secret) let any
+    registered terminal read a person's account balance from a pre-settlement and spend it (and an
+    authorised relative's) on a bill at its own institution, with nobody at the counter."""
+    w = world
+    victim, other = w.c.people[4], w.c.people[5]
+    bal = w.c.db.read(lambda tx: tx.scalar("SELECT balc FROM centre_persons WHERE psn_no = ?", (victim.psn_no,)))
+    medfee, feedetail = lines(("XA01", "30.00", "1"))
+    answers = []
+    for cert in (victim.certno, other.certno):  # the right and a wrong ID number
+        h = {"psn_no": victim.psn_no, "mdtrt_cert_type": "02", "mdtrt_cert_no": cert, "medfee_sumamt": medfee,
+             "insutype": victim.insutype, "acct_used_flag": "1"}
+        answers += [w.other_centre.presettle(h, feedetail), w.other_centre.settle(h, feedetail)]
+    for a in answers:
+        assert a.infcode == InfCode.IDENTITY_MISMATCH and a.err_code == "face_auth_required" and not a.output, a
+    assert len({(a.err_code, a.err_msg) for a in answers}) == 1  # no oracle on whose ID number it is
+    assert w.c.db.read(lambda tx: tx.scalar("SELECT balc FROM centre_persons WHERE psn_no = ?",
+                                            (victim.psn_no,))) == bal
+    assert w.c.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM centre_settlements WHERE fixmedins_code = ?",
+                                            (OTHER,))) == 0

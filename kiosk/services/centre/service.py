@@ -509,6 +509,13 @@ class CentreService:
 
     def _split(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, med_type: str, lines: list[m.FeeDetail],
                where: str, *, commit: bool) -> dict[str, Any]:
+        if head.mdtrt_cert_type == "02":
+            # a typed ID number proves nothing (ID numbers are not secret): with it any terminal spent a
+            # person's account (and a relative's) and read the balance from a pre-settlement. Terminals of
+            # this network prove the person by the face; the same answer as 1101 gives, before any lookup.
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "this terminal's face authentication (ecToken, 01) is "
+                          "required; a typed ID number is not proof of the person", code="face_auth_required",
+                          field="input.mdtrt_cert_type")
         if head.mdtrt_cert_type == "01":
             who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
             if who != head.psn_no:
