@@ -56,6 +56,10 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     bgw = app.state.gateway
     bgw.register_terminal(c.app_id, c.app_secret, c.key.public_key().to_bytes().hex(), INSTITUTION)
     bhttp = TestClient(app)
+    # one event loop per client for the whole module: each request's worker thread (and its database
+    # connection) is reused, not a new one per request (PostgreSQL would run out of connections)
+    bhttp.__enter__()
+    c.http.__enter__()
     bank = BankClient("http://testserver", ServiceIdentity(c.app_id, c.app_secret, c.key, INSTITUTION),
                       http=bhttp, clock=c.clock)
     # another institution's terminal, properly registered with both services
@@ -71,8 +75,8 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     from kiosk.services.http import admin_token
 
     yield World(c, bank, bdb, other_centre, other_bank, app2, admin_token(tmp))
-    bhttp.close()
-    c.http.close()
+    bhttp.__exit__(None, None, None)
+    c.http.__exit__(None, None, None)
     bdb.close()
     c.db.close()
 
