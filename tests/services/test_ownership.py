@@ -680,3 +680,27 @@ def test_a_typed_id_number_settles_nothing_and_reads_no_balance(world: World) ->
                                             (victim.psn_no,))) == bal
     assert w.c.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM centre_settlements WHERE fixmedins_code = ?",
                                             (OTHER,))) == 0
+
+
+def test_failed_activations_lock_an_id_number_only_at_the_institution_that_tried(world: World) -> None:
+    """Before: three random faces with a victim's ID number at any terminal locked the victim's activation
+    at every terminal for 30 minutes (again and again), and only an ID number the centre knows ever
+    answered "locked" (an oracle on who is insured)."""
+    from datetime import date
+
+    from kiosk.services.seed import certno_for
+
+    w = world
+    victim, stranger = w.c.people[21], w.c.people[20]
+    unknown = certno_for("370202", date(1980, 1, 1), 999, False)  # valid, held by nobody
+    rogue = w.other_centre
+    seen: dict[str, list[tuple[int, str]]] = {}
+    for certno in (victim.certno, unknown):
+        for i in range(4):
+            sid = f"lk{i}{certno[-4:]}"
+            a = rogue.activate(rogue.seal_face(w.c.capture(stranger.psn_no), sid, "activate"), certno, sid)
+            seen.setdefault(certno, []).append((a.infcode, a.err_msg.split(";")[0]))
+    assert seen[victim.certno] == seen[unknown]  # a known and an unknown ID number lock alike
+    assert [c for c, _ in seen[unknown]] == [InfCode.IDENTITY_MISMATCH] * 2 + [InfCode.LOCKED] * 2
+    # the victim activates at the hospital meanwhile: the rogue's lock is the rogue's own
+    assert w.c.activate(victim).startswith("EC.")

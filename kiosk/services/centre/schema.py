@@ -131,4 +131,15 @@ MIGRATIONS = [
             msgid TEXT NOT NULL,
             object_id TEXT NOT NULL)""",
     ]),
+    Migration("centre.003_activation_locks", [
+        # failed activations per (institution, typed ID number): a terminal locks an identity only at its own
+        # institution, and an ID number nobody holds locks like one that exists (no oracle). The ID number
+        # is kept as an HMAC under the centre's key, never in clear.
+        """CREATE TABLE centre_activation_fails (
+            fixmedins_code TEXT NOT NULL,
+            certno_key TEXT NOT NULL,
+            fail_count INTEGER NOT NULL,
+            locked_until TEXT,
+            PRIMARY KEY (fixmedins_code, certno_key))""",
+    ]),
 ]

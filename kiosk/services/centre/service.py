@@ -365,26 +365,33 @@ class CentreService:
     def activate(self, ctx: Ctx, tx: Transaction, data: m.FaceActivate) -> dict[str, Any] | KioskError:
         d = data.data
         probe = self._probe(ctx, d.face_seal, d.session_id, "activate")
+        # the lockout is this institution's, for this typed number, whoever holds it (before: one per person,
+        # so any terminal could lock anyone's activation everywhere with three random faces, and an ID number
+        # that locked was one the centre knows)
+        lock_key = (ctx.terminal.fixmedins_code, self._sig(f"certno|{d.certno}"))
+        tx.execute("INSERT INTO centre_activation_fails (fixmedins_code, certno_key, fail_count, locked_until) "
+                   "VALUES (?, ?, 0, NULL) ON CONFLICT (fixmedins_code, certno_key) DO NOTHING", lock_key)
+        fails, locked_until = tx.fetch_one("SELECT fail_count, locked_until FROM centre_activation_fails WHERE "
+                                           "fixmedins_code = ? AND certno_key = ?" + tx.for_update, lock_key)
+        if locked_until and datetime.fromisoformat(locked_until) > ctx.now:
+            return Refusal(InfCode.LOCKED, f"too many failed attempts; try again after "
+                           f"{datetime.fromisoformat(locked_until).astimezone(SHANGHAI):%H:%M}",
+                           field="input.data.certno")
         row = tx.fetch_one(f"SELECT {_PERSON_COLS} FROM centre_persons WHERE certno = ?" + tx.for_update,
                            (d.certno,))
         p = _person(row)
-        mismatch = Refusal(InfCode.IDENTITY_MISMATCH, "the face does not match the person with this ID number",
-                           field="input.data.certno")
-        if p is None or p.template_seal is None:
-            return mismatch
-        if p.locked_until and datetime.fromisoformat(p.locked_until) > ctx.now:
-            return Refusal(InfCode.LOCKED, f"too many failed attempts; try again after "
-                           f"{datetime.fromisoformat(p.locked_until).astimezone(SHANGHAI):%H:%M}",
-                           field="input.data.certno")
-        if not self.rule.verify(probe, open_template(self.keys, p.psn_no, p.template_seal)):
-            fails = p.fail_count + 1
+        if p is None or p.template_seal is None or \
+                not self.rule.verify(probe, open_template(self.keys, p.psn_no, p.template_seal)):
+            fails = int(fails) + 1
             locked = (ctx.now + LOCK_FOR).isoformat() if fails >= MAX_FAILED_ACTIVATIONS else None
-            tx.execute("UPDATE centre_persons SET fail_count = ?, locked_until = ? WHERE psn_no = ?",
-                       (0 if locked else fails, locked, p.psn_no))
+            tx.execute("UPDATE centre_activation_fails SET fail_count = ?, locked_until = ? WHERE fixmedins_code = ? "
+                       "AND certno_key = ?", (0 if locked else fails, locked, *lock_key))
             if locked:
                 return Refusal(InfCode.LOCKED, "third failed attempt: activation locked for 30 minutes",
                                field="input.data.certno")
-            return mismatch
+            return Refusal(InfCode.IDENTITY_MISMATCH, "the face does not match the person with this ID number",
+                           field="input.data.certno")
+        tx.execute("DELETE FROM centre_activation_fails WHERE fixmedins_code = ? AND certno_key = ?", lock_key)
         seq = tx.scalar("UPDATE centre_activation_seq SET last = last + 1 WHERE id = 1 RETURNING last")
         tx.execute("UPDATE centre_persons SET activated = 1, activated_at = COALESCE(activated_at, ?), "
                    "activation_seq = ?, fail_count = 0, locked_until = NULL WHERE psn_no = ?",
