@@ -131,7 +131,7 @@ MIGRATIONS = [
             msgid TEXT NOT NULL,
             object_id TEXT NOT NULL)""",
     ]),
-    Migration("centre.003_activation_locks", [
+    Migration("centre.004_activation_locks", [
         # failed activations per (institution, typed ID number): a terminal locks an identity only at its own
         # institution, and an ID number nobody holds locks like one that exists (no oracle). The ID number
         # is kept as an HMAC under the centre's key, never in clear.
