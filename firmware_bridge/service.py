@@ -38,6 +38,7 @@ from firmware_bridge.bridge import Bridge
 from firmware_bridge.escpos import Receipt
 from firmware_bridge.messages import BuzzerPattern, LedColor, LedPattern, LightChannel
 from firmware_bridge.session import Link
+from kiosk import metrics
 from kiosk.errors import DeviceError, InputError, IntegrityError, KioskError
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,9 @@ def _error(status: int, e: KioskError) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": e.to_dict()})
 
 
-# the one call anyone on the machine may make: the systemd watchdog's and the technician page's liveness probe
-OPEN_PATHS = frozenset({("GET", "/v1/status"), ("HEAD", "/v1/status")})
+# what anyone on the machine may call: the watchdog's and technician page's liveness probe, the metrics scrape
+OPEN_PATHS = frozenset({("GET", "/v1/status"), ("HEAD", "/v1/status"),
+                        ("GET", "/metrics")})  # counters and states only (loopback scrape)
 _REFUSED = json.dumps({"error": {"code": "bridge_unauthorized", "message":
                                  f"this call needs the kiosk app's bridge token ({TOKEN_HEADER})"}}).encode()
 
@@ -136,6 +138,7 @@ def create_app(bridge: Bridge, *, sim: Any = None, token: str | None = None,
     app = FastAPI(title="kiosk firmware bridge", version="1", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.token = token or new_token()
     app.add_middleware(TokenGate, token=app.state.token)
+    metrics.instrument_bridge(app, bridge)  # GET /metrics (loopback): link and peripheral states
     p = bridge.peripherals
 
     @app.exception_handler(DeviceError)

@@ -20,6 +20,7 @@ _CONCERNS = [
     "kiosk.security.cli",
     "kiosk.services.cli",
     "kiosk.app.cli",
+    "kiosk.fleet.cli",
 ]
 
 

@@ -38,7 +38,31 @@ def load_manifest(path: Path | None = None) -> dict[str, Any]:
                               field=f"models.{key}")
     if not isinstance(data.get("thresholds"), dict):
         raise ConfigError("manifest has no 'thresholds' table", code="manifest_invalid", field="thresholds")
+    _check_cohort(data["thresholds"])
     return data
+
+
+COHORT_KEYS = ("match_norm_threshold", "match_norm_margin", "cohort_top_k", "cohort_min_size")
+
+
+def _check_cohort(t: dict[str, Any]) -> None:
+    """Normalised matching needs all four values, or none (raw decisions only)."""
+    present = [k for k in COHORT_KEYS if k in t]
+    if not present:
+        return
+    if len(present) != len(COHORT_KEYS):
+        missing = [k for k in COHORT_KEYS if k not in t]
+        raise ConfigError(f"manifest thresholds lack {', '.join(missing)}", code="manifest_invalid",
+                          field=f"thresholds.{missing[0]}")
+    try:
+        k, size = int(t["cohort_top_k"]), int(t["cohort_min_size"])
+        float(t["match_norm_threshold"]), float(t["match_norm_margin"])
+    except (TypeError, ValueError):
+        raise ConfigError("cohort thresholds must be numbers", code="manifest_invalid",
+                          field="thresholds.cohort_top_k") from None
+    if k < 2 or size < k or float(t["match_norm_margin"]) < 0:
+        raise ConfigError("cohort_top_k must be >= 2, cohort_min_size >= cohort_top_k, margin >= 0",
+                          code="manifest_invalid", field="thresholds.cohort_min_size")
 
 
 def parse_providers(spec: str | list[str] | tuple[str, ...]) -> list[str]:

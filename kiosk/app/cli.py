@@ -4,6 +4,7 @@
     kiosk serve                   the kiosk app on a provisioned terminal (POS API + screen, 8740)
     kiosk pos-key add SYSTEM      create the API key of an integrating POS/HIS system
     kiosk check parties           the centre, the bank and the kiosks' orders agree (exit 1 naming each mismatch)
+    kiosk reconcile DAY [--json]  day-end of this terminal's institution with the centre (3201/3202) and the bank
     kiosk provision ...           (G2) technician provisioning
 """
 from __future__ import annotations
@@ -47,6 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pc.add_argument("--data-dir", default="")
     pc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pc.set_defaults(func=_check_parties)
+
+    rc = sub.add_parser("reconcile", help="day-end: this terminal's journal against the centre (3201, 3202 when "
+                                          "it disagrees) and the bank's clearing statement; exit 0 matching, 1 "
+                                          "naming each discrepancy and what resolves it")
+    rc.add_argument("day", nargs="?", default="yesterday", metavar="DAY",
+                    help="yyyy-mm-dd, 'today' or 'yesterday' (Asia/Shanghai; default yesterday)")
+    rc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rc.add_argument("--save", default="", metavar="DIR", help="also write the JSON report to DIR/reconcile-DAY.json")
+    rc.add_argument("--data-dir", default="")
+    rc.add_argument("--centre-port", type=int, default=8710)
+    rc.add_argument("--bank-port", type=int, default=8720)
+    rc.set_defaults(func=_reconcile)
 
     try:
         from kiosk.app.provision import register_provision
@@ -96,6 +109,53 @@ def _check_parties(args: argparse.Namespace) -> int:
             db.close()
     print(format_report(rep, args.json))
     return 0 if rep.balanced else 1
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from datetime import date, timedelta
+    from pathlib import Path
+
+    from kiosk.app.reconcile import format_report, reconcile
+    from kiosk.app.stack import Ports, Stack
+    from kiosk.clock import SystemClock, local_day
+    from kiosk.errors import InputError
+    from kiosk.storage import open_database
+
+    today = local_day(SystemClock())
+    if args.day in ("today", "yesterday"):
+        day = today if args.day == "today" else today - timedelta(days=1)
+    else:
+        try:
+            day = date.fromisoformat(args.day)
+        except ValueError:
+            raise InputError("must be yyyy-mm-dd, 'today' or 'yesterday'", field="DAY") from None
+        if day > today:
+            raise InputError(f"{day} has not begun yet in Asia/Shanghai", field="DAY")
+    settings = load()
+    data_dir = Path(args.data_dir) if args.data_dir else Path(settings.data_dir)
+    st = Stack(data_dir=data_dir, settings=settings, ports=Ports(centre=args.centre_port, bank=args.bank_port))
+    st.load_identity()
+    centre, bank = st.clients()
+    db = open_database(settings.database_url or f"sqlite:///{data_dir / 'kiosk.db'}")
+    try:
+        rep = reconcile(db, centre, bank, day)
+    finally:
+        db.close()
+        centre.close()
+        if bank is not None:
+            bank.close()
+    if args.save:
+        import os
+
+        out = Path(args.save)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".reconcile-{day.isoformat()}.json.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(format_report(rep, True) + "\n")
+        os.replace(tmp, out / f"reconcile-{day.isoformat()}.json")
+    print(format_report(rep, args.json))
+    return 0 if rep.matched else 1
 
 
 def _pos_key_add(args: argparse.Namespace) -> int:

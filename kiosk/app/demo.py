@@ -129,6 +129,23 @@ class ReceiptTee:
         return self.inner.print_receipt(lines)
 
 
+def day_end(st: Stack) -> bool | None:
+    """`kiosk reconcile today` on the demo's books: the table on stderr; whether the day matched
+    (None when a party could not answer: the demo's payment result stands either way)."""
+    from kiosk.app.reconcile import reconcile
+    from kiosk.clock import SystemClock, local_day
+    from kiosk.errors import KioskError
+
+    st.runtime.terminal.wait_idle(10.0)
+    try:
+        rep = reconcile(st.runtime.terminal.store.db, st.centre_client, st.bank_client, local_day(SystemClock()))
+    except KioskError as e:
+        say(f"day-end could not run: {e}")
+        return None
+    say("day-end (kiosk reconcile today):\n" + rep.table())
+    return rep.matched
+
+
 def run_demo(*, serve: bool = False, fresh: bool = True, port: int = 8740) -> int:
     install_cleanup()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -168,6 +185,7 @@ def run_demo(*, serve: bool = False, fresh: bool = True, port: int = 8740) -> in
         }
         if got["status"] != "paid":
             say(f"the payment did not complete: {got['status']} ({got.get('reason')})")
+        summary["day_end_matched"] = day_end(st)
         if serve:
             from kiosk.app.demo_console import mount_demo_console
 

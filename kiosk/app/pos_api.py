@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiosk import metrics
 from kiosk.errors import ConflictError, InputError, KioskError, RemoteError, StorageError
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.app.bill_check import Catalogue, OrderLimits, check_codes, check_order
@@ -107,6 +108,7 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
                               "Amounts are yuan strings with two decimals. Requests are signed with the "
                               "system's key: X-Pos-System, X-Pos-Timestamp, X-Pos-Signature.")
     app.state.terminal = terminal
+    metrics.instrument_kiosk_app(app, terminal)  # GET /metrics (kiosk.metrics)
 
     @app.exception_handler(KioskError)
     async def _kiosk_error(_: Request, e: KioskError) -> JSONResponse:

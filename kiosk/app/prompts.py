@@ -47,6 +47,8 @@ REASONS: dict[str, Prompt] = {
     "multiple_faces": Prompt("画面中有多张人脸，请其他人离开镜头", "More than one face is in view. Please ask others to step aside."),
     "face_too_small": Prompt("请再靠近一些", "Please come a little closer."),
     "face_too_large": Prompt("请稍微后退", "Please move back a little."),
+    # leaning in: the face fills the frame (a retry, never a spoof verdict)
+    "too_close": Prompt("请稍微后退一点", "Please step back a little."),
     "blurred": Prompt("画面模糊，请保持不动", "The picture is blurred. Please hold still."),
     "off_centre": Prompt("请将脸部对准框内", "Please place your face inside the frame."),
     "too_dark": Prompt("光线太暗，请靠近灯光", "It is too dark. Please move into the light."),

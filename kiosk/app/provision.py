@@ -6,7 +6,10 @@ Steps, in order, each recorded in <data_dir>/provision/state.json with its resul
     keys         the device identity in <data_dir>/keys (kiosk.security.keystore; never regenerated)
     register     the public SM2 key registered with the insurance centre and the bank (POST /admin/terminals)
     models       the model pack copied to <data_dir>/models, every file checked by sha256 (models.loader)
-    camera       one live frame read and judged (exposure, focus, faces) in memory, never stored
+    camera       one live frame read and judged (exposure, focus, faces) in memory, never stored;
+                 then a few seconds of the technician's face scored for liveness: only summary
+                 statistics are kept (here, device-local), with a warning when they sit far
+                 from the calibration data's (a camera the models were not calibrated for)
     peripherals  the firmware bridge answers, the MCU is connected, its self-test passes
     technician   the PIN of the technician page (scrypt hash; a new PIN is printed once)
 
@@ -318,6 +321,7 @@ def step_camera(ctx: Ctx) -> StepResult:
     elif mean > 220:
         problems.append("over-exposed: shield the camera from direct light")
     faces_note = "face check skipped (model pack not installed)"
+    live_note = ""
     if ctx.pack is not None and not problems:
         from kiosk.vision.detect import make_detector
         from kiosk.vision.quality import QualityConfig, assess
@@ -327,10 +331,60 @@ def step_camera(ctx: Ctx) -> StepResult:
         detail.update(faces=len(faces), quality=q.reason or "ok")
         faces_note = (f"{len(faces)} face(s) in view, quality {q.reason or 'ok'}" if faces
                       else "no face in view (stand in front of the camera to check framing)")
+        if faces:
+            detail["liveness"] = _camera_liveness(ctx, spec)
+            live_note = "; " + detail["liveness"]["verdict"]
     del frame, grey  # the frame lived in memory only
     if problems:
         return StepResult("failed", f"camera {spec} {w}x{h}: " + "; ".join(problems), detail)
-    return StepResult("ok", f"camera {spec} gives {w}x{h} frames, brightness {mean:.0f}, {faces_note}", detail)
+    return StepResult("ok", f"camera {spec} gives {w}x{h} frames, brightness {mean:.0f}, {faces_note}{live_note}",
+                      detail)
+
+
+LIVENESS_SAMPLE_S = 3.0
+LIVENESS_SAMPLE_FRAMES = 60
+
+
+def _camera_liveness(ctx: Ctx, spec: str) -> dict[str, Any]:
+    """The technician's own face for a few seconds: per-frame live scores summarised (frames and
+    scores are dropped here) and compared with the calibration's live frames from the manifest."""
+    from kiosk.vision.frames import open_source
+    from kiosk.vision.liveness import far_from_calibration, summarise_live_scores
+    from kiosk.vision.pipeline import FacePipeline
+
+    pipe = FacePipeline(ctx.pack)
+    threshold = float(ctx.pack.thresholds["liveness_live"])
+    calib = ((ctx.pack.manifest.get("calibration") or {}).get("liveness") or {}).get("live_score_stats") or {}
+    scores: list[float] = []
+    src = open_source(spec, loop=True)
+    end = time.monotonic() + LIVENESS_SAMPLE_S
+    try:
+        for _ in range(LIVENESS_SAMPLE_FRAMES):
+            if time.monotonic() > end:
+                break
+            f = src.read()
+            if f is None:
+                time.sleep(0.02)
+                continue
+            r = pipe.analyse(f, want_template=False)
+            if r.quality.ok and r.live_score is not None:
+                scores.append(r.live_score)
+    finally:
+        src.close()
+    stats = summarise_live_scores(scores, threshold)
+    del scores
+    if stats["frames"] < 5:
+        verdict = "liveness check: too few steady frames of a face (stand still in front of the camera, re-run)"
+        return {"camera": stats, "verdict": verdict, "warning": True}
+    if not calib:
+        return {"camera": stats, "verdict": "liveness check: no calibration statistics in the manifest",
+                "warning": True}
+    why = far_from_calibration(stats, calib)
+    verdict = (f"WARNING liveness on this camera sits far from the calibration data: {why}; patients may be "
+               "refused as spoofs: check the lighting and the camera model before opening the counter"
+               if why else f"liveness on this camera within the calibration range ({stats['frames']} frames)")
+    return {"camera": stats, "calibration": {k: calib.get(k) for k in ("frames", "p10", "p50", "below_threshold")},
+            "verdict": verdict, "warning": bool(why)}
 
 
 def step_peripherals(ctx: Ctx) -> StepResult:

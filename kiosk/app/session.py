@@ -406,7 +406,8 @@ class CounterSession:
             return self._failed_after_commit("bill_rejected")
         settled = res.split
         self.journal.record(oid, "settled", {"msgid": msgid, "setl_id": settled.setl_id, "mdtrt_id": settled.mdtrt_id,
-                                             "split": split_json(settled), "pay_auth": settled.pay_auth})
+                                             "split": split_json(settled), "pay_auth": settled.pay_auth,
+                                             "insutype": str(settled.raw.get("insutype") or "")})
         draw_id = ""
         if self.draw_amount > 0:
             assert self.line is not None

@@ -192,7 +192,7 @@ class Stack:
     def build_kiosk(self, *, timeouts: dict[Any, float] | None = None, serve: bool = True, camera: Any = None) -> Any:
         from firmware_bridge.client import BridgeClient
         from kiosk.app.adapters.bank import BankAdapter
-        from kiosk.app.adapters.bridge import BridgeKeypad, BridgePrinter
+        from kiosk.app.adapters.bridge import BridgeKeypad, BridgeLight, BridgePrinter
         from kiosk.app.adapters.camera import ImageCamera
         from kiosk.app.adapters.centre import CentreAdapter
         from kiosk.app.adapters.vision import PipelineVision
@@ -206,7 +206,8 @@ class Stack:
             centre, bank = self.clients()
         self.bridge = BridgeClient(self.url("bridge"), token_file=self.bridge_token_file())
         self.camera = camera if camera is not None else ImageCamera()
-        vision = PipelineVision(self.face_pipeline(), centre.seal_face)
+        sim_light = getattr(self.camera, "set_fill_light", None)  # the simulated camera sees the LED's light
+        vision = PipelineVision(self.face_pipeline(), centre.seal_face, light=BridgeLight(self.bridge, sim_light))
         deps = Deps(camera=self.camera, vision=vision, centre=CentreAdapter(centre), bank=BankAdapter(bank),
                     keypad=BridgeKeypad(self.bridge), printer=BridgePrinter(self.bridge))
         self.pos_key = add_system(self.data_dir, POS_SYSTEM)

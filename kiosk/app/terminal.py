@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from kiosk import metrics
 from kiosk.clock import Clock
 from kiosk.errors import ConflictError, InputError, KioskError, RemoteError
 from kiosk.money import fen_to_yuan, yuan_to_fen
@@ -205,6 +206,7 @@ class Terminal:
         journal.record(oid, "start", {"mode": job.order.mode, "institution": self.institution})
         out = s.run()
         self.last_outcome = out
+        metrics.observe_session(out.status, out.reason, out.stage_ms)
         result = out.to_json()
         result["psn_no"] = out.psn_no or None
         result["stage_ms"] = {k: round(v, 1) for k, v in out.stage_ms.items()}
@@ -250,6 +252,11 @@ class Terminal:
             self.recover()
         except KioskError as e:
             log.warning("recovery pass incomplete: %s", e)
+
+    def idle(self) -> bool:
+        """True when no session runs and none is queued (read-only; the fleet agent applies
+        an update only then, never mid-payment)."""
+        return self._current is None and self._q.empty()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once no session is running (a session's order is its own until it ends: `recover`

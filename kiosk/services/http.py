@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kiosk import metrics
 from kiosk.errors import InputError, KioskError
 from kiosk.services.envelope import MAX_BODY
 from kiosk.services.gateway import Gateway
@@ -194,6 +195,7 @@ def build_app(title: str, gateway: Gateway, data_dir: Path, *, description: str 
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+    metrics.instrument_service(app, gateway)  # GET /metrics; counts every transaction by infno/infcode
     app.add_middleware(FastPath, gateway=gateway)
     return app
 

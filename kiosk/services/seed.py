@@ -109,14 +109,17 @@ def seed_reference(tx: Transaction) -> None:
                    "(?, ?, ?, ?, ?) ON CONFLICT (code) DO NOTHING", (code, name, cat, prop, ceil))
 
 
-def insert_person(tx: Transaction, keys: ServiceKeys, p: SeedPerson, template: np.ndarray | None) -> bool:
+def insert_person(tx: Transaction, keys: ServiceKeys, p: SeedPerson, template: np.ndarray | None, *,
+                  real_face: bool = True) -> bool:
+    """`real_face=False` (synthetic templates): kept out of the region's matching cohort, whose
+    statistics must describe how real faces score (kiosk.services.centre.matching)."""
     sealed = seal_template(keys, p.psn_no, template) if template is not None else None
     n = tx.execute(
         "INSERT INTO centre_persons (psn_no, psn_name, certno, gend, brdy, insutype, psn_type, admdvs, insu_date, "
-        "phone_last4, conditions, balc_opening, balc, template_seal, activated) VALUES "
-        "(?, ?, ?, ?, ?, ?, '11', ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (psn_no) DO NOTHING",
+        "phone_last4, conditions, balc_opening, balc, template_seal, activated, cohort_member) VALUES "
+        "(?, ?, ?, ?, ?, ?, '11', ?, ?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (psn_no) DO NOTHING",
         (p.psn_no, p.psn_name, p.certno, p.gend, p.brdy, p.insutype, p.admdvs, p.insu_date, p.phone_last4,
-         p.conditions, p.balc, p.balc, sealed))
+         p.conditions, p.balc, p.balc, sealed, 1 if real_face else 0))
     return n == 1
 
 
@@ -151,7 +154,7 @@ def seed_region(db: Database, keys: ServiceKeys, n: int, admdvs: str, *, batch: 
         def work(tx: Transaction, chunk: list[SeedPerson] = chunk) -> int:
             k = 0
             for p in chunk:
-                k += insert_person(tx, keys, p, synthetic_template(p.psn_no))
+                k += insert_person(tx, keys, p, synthetic_template(p.psn_no), real_face=False)
             for a, b in zip(chunk[0::2], chunk[1::2]):
                 for x, y in ((a, b), (b, a)):
                     tx.execute("INSERT INTO centre_relations (psn_no, rel_psn_no, relation) VALUES (?, ?, 'spouse') "

@@ -6,13 +6,17 @@ impostor pairs = all cross-person pairs (or a seeded sample of at least
 is a failure to enrol, counted, not raised. Liveness: DIR/live/*, DIR/spoof/*
 (sub-folders allowed); the per-image score is the ensemble live probability of
 the largest face; a spoof with no face counts as rejected, a live image with no
-face as a bona fide rejection. Results and the PNG report are aggregate
+face as a bona fide rejection. An image whose face is too close for liveness
+(the `too_close` quality gate: the crops would be mostly outside the frame) is
+not scored, as on the kiosk: it is counted under its quality reason and left
+out of both APCER and BPCER. Results and the PNG report are aggregate
 numbers only: no image or crop is written.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +24,7 @@ import numpy as np
 
 from kiosk.errors import InputError
 from kiosk.vision.frames import IMAGE_SUFFIXES, read_image
+from kiosk.vision.norm import CohortRule, as_norm, cohort_order, pair_cohort_stats
 from kiosk.vision.pipeline import FacePipeline, pad_tight_crop
 
 FAR_POINTS = ("0.01", "0.001", "0.0001")
@@ -72,37 +77,99 @@ def embed_identities(pipe: FacePipeline, folders: dict[str, list[Path]]) -> Embe
     return Embeddings(np.asarray(labels, np.int64), vectors, people, fte, n)
 
 
-def pair_scores(emb: Embeddings, *, max_impostors: int = 2_000_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Genuine scores (all same-person pairs) and impostor scores (all cross pairs, or a seeded sample)."""
-    lab, v = emb.labels, emb.vectors
+def pair_indices(emb: Embeddings, *, max_impostors: int = 2_000_000,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(gen_i, gen_j, imp_i, imp_j): all same-person pairs; all cross pairs, or a seeded sample."""
+    lab = emb.labels
     n = len(lab)
-    gen, imp = [], []
+    e = np.empty(0, np.int64)
     if n < 2:
-        return np.empty(0, np.float32), np.empty(0, np.float32)
+        return e, e, e, e
     n_cross = (n * (n - 1)) // 2 - int(sum(c * (c - 1) // 2 for c in np.bincount(lab)))
-    step = max(1, min(2048, (1 << 23) // n))  # rows per block: the score block stays under ~32 MB
+    gi, gj = [], []
+    order = np.argsort(lab, kind="stable")
+    bounds = np.flatnonzero(np.diff(lab[order])) + 1
+    for grp in np.split(order, bounds):
+        if grp.size > 1:
+            a, b = np.triu_indices(grp.size, 1)
+            x, y = np.sort(grp)[a], np.sort(grp)[b]
+            gi.append(x)
+            gj.append(y)
+    gen_i = np.concatenate(gi) if gi else e
+    gen_j = np.concatenate(gj) if gj else e
     if n_cross <= max_impostors:
+        ii, ij = [], []
+        step = max(1, min(2048, (1 << 23) // n))
         for i in range(0, n, step):
-            s = v[i:i + step] @ v.T
             rows = np.arange(i, min(n, i + step))[:, None]
-            upper = np.arange(n)[None, :] > rows
-            same = lab[rows] == lab[None, :]
-            gen.append(s[upper & same])
-            imp.append(s[upper & ~same])
-        return np.concatenate(gen).astype(np.float32), np.concatenate(imp).astype(np.float32)
+            mask = (np.arange(n)[None, :] > rows) & (lab[rows] != lab[None, :])
+            r, c = np.nonzero(mask)
+            ii.append(r + i)
+            ij.append(c)
+        return gen_i, gen_j, np.concatenate(ii), np.concatenate(ij)
     rng = np.random.default_rng(seed)
-    for i in range(0, n, step):
-        s = v[i:i + step] @ v.T
-        rows = np.arange(i, min(n, i + step))[:, None]
-        upper = np.arange(n)[None, :] > rows
-        gen.append(s[upper & (lab[rows] == lab[None, :])])
     want = max(100_000, max_impostors)
     a = rng.integers(0, n, want * 2)
     b = rng.integers(0, n, want * 2)
     keep = (a != b) & (lab[a] != lab[b])
-    a, b = a[keep][:want], b[keep][:want]
-    imp_s = np.einsum("ij,ij->i", v[a], v[b])
-    return np.concatenate(gen).astype(np.float32), imp_s.astype(np.float32)
+    return gen_i, gen_j, a[keep][:want], b[keep][:want]
+
+
+def pair_scores(emb: Embeddings, *, max_impostors: int = 2_000_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine scores (all same-person pairs) and impostor scores (all cross pairs, or a seeded sample)."""
+    gi, gj, ii, ij = pair_indices(emb, max_impostors=max_impostors, seed=seed)
+    return _dots(emb.vectors, gi, gj), _dots(emb.vectors, ii, ij)
+
+
+def _dots(v: np.ndarray, i: np.ndarray, j: np.ndarray, step: int = 1 << 20) -> np.ndarray:
+    out = np.empty(i.size, np.float32)
+    for s0 in range(0, i.size, step):
+        out[s0:s0 + step] = np.einsum("ij,ij->i", v[i[s0:s0 + step]], v[j[s0:s0 + step]])
+    return out
+
+
+@dataclass
+class Cohort:
+    """Cohort templates (one per person) with labels in the evaluated set's label space: a cohort
+    person who is also evaluated carries their label, so they are left out of their own pairs."""
+
+    vectors: np.ndarray
+    labels: np.ndarray
+    source: str
+    available: int = 0  # people the cohort was drawn from
+
+    @classmethod
+    def from_identities(cls, emb: Embeddings, size: int | None = None,
+                        source: str = "evaluated identities") -> Cohort:
+        """The first enrolled image of each evaluated person (the centre's gallery holds one template
+        each); with `size`, a fixed sample of size + 2 of them (kiosk.vision.norm.cohort_order), so that
+        leaving out a pair's two people leaves at least `size`, as in a region's fixed-size cohort."""
+        labels, first = np.unique(emb.labels, return_index=True)
+        pick = np.arange(labels.size)
+        if size is not None and emb.people:
+            order = cohort_order([emb.people[int(x)] for x in labels])
+            pick = np.array(order[: size + 2], np.int64)
+        return cls(emb.vectors[first[pick]], labels[pick], source, int(labels.size))
+
+    def sample(self, size: int, names: list[str]) -> Cohort:
+        """The same fixed sample from an external cohort (`names` per row)."""
+        order = np.array(cohort_order(names)[: size + 2], np.int64)
+        return Cohort(self.vectors[order], self.labels[order], self.source, len(names))
+
+
+def normalised_pair_scores(emb: Embeddings, cohort: Cohort, k: int, idx: tuple[np.ndarray, ...]
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """AS-norm of the pairs `idx` (pair_indices) as the centre computes it: each side's top-K against
+    the cohort without the pair's own identities."""
+    stats = pair_cohort_stats(emb.vectors, emb.labels, cohort.vectors, cohort.labels, k)
+    lab = emb.labels
+    out = []
+    for i, j in (idx[:2], idx[2:]):
+        raw = _dots(emb.vectors, i, j)
+        mu_i, sd_i = stats.pair(i, lab[j])
+        mu_j, sd_j = stats.pair(j, lab[i])
+        out.append(as_norm(raw, mu_i, sd_i, mu_j, sd_j).astype(np.float32))
+    return out[0], out[1]
 
 
 def threshold_at_far(imp: np.ndarray, far: float) -> float:
@@ -147,19 +214,94 @@ def verification_metrics(gen: np.ndarray, imp: np.ndarray, threshold: float, fte
     }
 
 
-def liveness_score_image(pipe: FacePipeline, img: np.ndarray) -> float | None:
+def embed_cohort(pipe: FacePipeline, folders: dict[str, list[Path]], evaluated: list[str]) -> Cohort:
+    """`--cohort DIR`: the first usable image of each person; a person also evaluated (same folder
+    name) takes their evaluated label, so they are left out of their own pairs."""
+    known = {name: i for i, name in enumerate(evaluated)}
+    vecs, labels, names = [], [], []
+    nxt = len(evaluated)
+    for name, paths in folders.items():
+        for path in paths:
+            try:
+                probe = pipe.enrol_image(read_image(path))
+            except InputError:
+                continue
+            if probe.ok:
+                vecs.append(probe.template)
+                names.append(name)
+                if name in known:
+                    labels.append(known[name])
+                else:
+                    labels.append(nxt)
+                    nxt += 1
+                break
+    if not vecs:
+        raise InputError("no usable face in the cohort directory", code="no_identities", field="cohort")
+    c = Cohort(np.asarray(vecs, np.float32), np.asarray(labels, np.int64), "cohort directory", len(vecs))
+    rule = CohortRule.from_thresholds(pipe.pack.thresholds)
+    return c.sample(rule.min_cohort, names) if rule is not None else c
+
+
+def verification_report(emb: Embeddings, t: dict, cohort: Cohort | None = None, *, max_impostors: int = 2_000_000,
+                        seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray, float]:
+    """The product's decisions on all pairs: normalised against the cohort (the evaluated people, one
+    template each, without the pair's own identities; or `cohort`) at the normalised threshold when
+    the cohort is big enough, else raw cosines at the raw threshold - as the centre decides. The
+    top-level far/frr/tar are that decision's; `raw` and `normalised` give both side by side.
+    -> (report, genuine scores, impostor scores, threshold) of the decision."""
+    idx = pair_indices(emb, max_impostors=max_impostors, seed=seed)
+    raw_g, raw_i = _dots(emb.vectors, *idx[:2]), _dots(emb.vectors, *idx[2:])
+    raw_thr = float(t["match_cosine"])
+    raw = verification_metrics(raw_g, raw_i, raw_thr, emb.failed_to_enrol)
+    rule = CohortRule.from_thresholds(t)
+    cs = cohort if cohort is not None else Cohort.from_identities(emb, rule.min_cohort if rule else None)
+    people = cs.available
+    normed = None
+    gen, imp, thr = raw_g, raw_i, raw_thr
+    if rule is not None and rule.applies(people - 2):  # a pair leaves out up to two people
+        gen, imp = normalised_pair_scores(emb, cs, rule.k, idx)
+        normed = verification_metrics(gen, imp, rule.threshold, emb.failed_to_enrol)
+        thr = rule.threshold
+    use_norm = gen is not raw_g
+    out = dict(normed if use_norm else raw)
+    out["decision"] = "normalised" if use_norm else "raw"
+    out["cohort"] = {"people": people, "used": int(np.unique(cs.labels).size) if normed else 0, "source": cs.source,
+                     **({"k": rule.k, "min_size": rule.min_cohort} if rule else {})}
+    out["raw"] = {k: raw[k] for k in ("threshold", "far", "frr", "tar_at_far", "eer")}
+    out["normalised"] = None if normed is None else {k: normed[k] for k in ("threshold", "far", "frr",
+                                                                            "tar_at_far", "eer")}
+    return out, gen, imp, thr
+
+
+def liveness_gate(pipe: FacePipeline, img: np.ndarray) -> tuple[np.ndarray, object, str | None]:
+    """(image as scored, largest face, refusal): "no_face", "too_close" (liveness would not run on the
+    kiosk either: `kiosk.vision.quality.too_close`) or None."""
+    from kiosk.vision.quality import too_close
+
     img = pad_tight_crop(img)
     faces = pipe.detect(img)  # the kiosk's detection size, as in the live path
     if not faces:
+        return img, None, "no_face"
+    if too_close(img.shape[1], img.shape[0], faces[0], pipe.quality_cfg):
+        return img, faces[0], "too_close"
+    return img, faces[0], None
+
+
+def liveness_score_image(pipe: FacePipeline, img: np.ndarray) -> float | None:
+    """The live probability, or None where the kiosk would not score it (no face, too close)."""
+    img, face, refused = liveness_gate(pipe, img)
+    if refused:
         return None
     t0 = time.perf_counter()
-    s = pipe.liveness.score(img, faces[0])
+    s = pipe.liveness.score(img, face)
     pipe.timer.add("liveness", t0)
     return s
 
 
-def liveness_scores(pipe: FacePipeline, paths: Iterable[Path], transform=None) -> tuple[np.ndarray, int]:
-    """Scores of the images with a face, and how many had none."""
+def liveness_scores(pipe: FacePipeline, paths: Iterable[Path], transform=None,
+                    refused: Counter | None = None) -> tuple[np.ndarray, int]:
+    """Scores of the images with a face, and how many had none. With `refused`, images a quality gate
+    keeps from liveness (too close) are counted there by reason instead of as having no face."""
     scores, none = [], 0
     for p in paths:
         t0 = time.perf_counter()
@@ -171,12 +313,33 @@ def liveness_scores(pipe: FacePipeline, paths: Iterable[Path], transform=None) -
         pipe.timer.add("decode", t0)
         if transform is not None:
             img = transform(img)
-        s = liveness_score_image(pipe, img)
-        if s is None:
+        img, face, reason = liveness_gate(pipe, img)
+        if reason is not None and reason != "no_face" and refused is not None:
+            refused[reason] += 1
+        elif reason is not None:
             none += 1
         else:
-            scores.append(s)
+            t0 = time.perf_counter()
+            scores.append(pipe.liveness.score(img, face))
+            pipe.timer.add("liveness", t0)
     return np.asarray(scores, np.float64), none
+
+
+def liveness_eval(pipe: FacePipeline, root: Path, *, transform=None, every: int = 1,
+                  limit: int | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """APCER/BPCER on DIR/live and DIR/spoof (every `every`-th image, at most `limit` of each), each image
+    first passed through `transform` (in memory: `kiosk.vision.shifts`). Images refused by the too-close
+    gate are reported under `live_quality`/`spoof_quality`, outside both rates."""
+    if not (root / "live").is_dir() or not (root / "spoof").is_dir():
+        raise InputError(f"{root} must hold live/ and spoof/", code="liveness_layout", field="liveness")
+    picked = {k: image_files(root / k)[::max(1, every)][:limit] for k in ("live", "spoof")}
+    lq: Counter = Counter()
+    sq: Counter = Counter()
+    live, ln = liveness_scores(pipe, picked["live"], transform, lq)
+    spoof, sn = liveness_scores(pipe, picked["spoof"], transform, sq)
+    m = liveness_metrics(live, ln, spoof, sn, float(pipe.pack.thresholds["liveness_live"]))
+    m["live_quality"], m["spoof_quality"] = dict(lq), dict(sq)
+    return m, live, spoof
 
 
 def liveness_metrics(live: np.ndarray, live_noface: int, spoof: np.ndarray, spoof_noface: int,
@@ -247,25 +410,27 @@ def write_report(out: Path, gen: np.ndarray, imp: np.ndarray, match_thr: float,
 
 
 def run_eval(pipe: FacePipeline, identities: Path | None, liveness: Path | None, *, report: Path | None = None,
-             max_impostors: int = 2_000_000, seed: int = 0) -> dict:
+             max_impostors: int = 2_000_000, seed: int = 0, cohort: Path | None = None, live_transform=None,
+             every: int = 1, limit: int | None = None) -> dict:
     pipe.timer.enabled = True
     t = pipe.pack.thresholds
     result: dict = {}
     gen = imp = np.empty(0)
+    match_thr = float(t["match_cosine"])
     if identities is not None:
-        emb = embed_identities(pipe, identity_folders(Path(identities)))
-        gen, imp = pair_scores(emb, max_impostors=max_impostors, seed=seed)
-        result["verification"] = verification_metrics(gen, imp, float(t["match_cosine"]), emb.failed_to_enrol)
+        folders = identity_folders(Path(identities))
+        emb = embed_identities(pipe, folders)
+        cohort_set = None
+        if cohort is not None:
+            cohort_set = embed_cohort(pipe, identity_folders(Path(cohort)), list(folders))
+        result["verification"], gen, imp, match_thr = verification_report(
+            emb, t, cohort_set, max_impostors=max_impostors, seed=seed)
     live = spoof = np.empty(0)
     if liveness is not None:
-        root = Path(liveness)
-        if not (root / "live").is_dir() or not (root / "spoof").is_dir():
-            raise InputError(f"{root} must hold live/ and spoof/", code="liveness_layout", field="liveness")
-        live, ln = liveness_scores(pipe, image_files(root / "live"))
-        spoof, sn = liveness_scores(pipe, image_files(root / "spoof"))
-        result["liveness"] = liveness_metrics(live, ln, spoof, sn, float(t["liveness_live"]))
+        result["liveness"], live, spoof = liveness_eval(pipe, Path(liveness), transform=live_transform,
+                                                        every=every, limit=limit)
     result["latency_ms"] = {k: {"p50": v["p50"], "p95": v["p95"]} for k, v in pipe.timer.summary().items()}
     if report is not None:
-        result["report"] = [str(p) for p in write_report(Path(report), gen, imp, float(t["match_cosine"]),
+        result["report"] = [str(p) for p in write_report(Path(report), gen, imp, match_thr,
                                                          live, spoof, float(t["liveness_live"]))]
     return result

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiosk.errors import InputError
+from kiosk.vision.norm import CohortRule
 
 DIM = 128
 _K = 8  # candidates fetched; the margin rule needs the best two distinct people
+_KK = {_K: np.array([_K], np.int64)}
 
 
 def quantise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -33,11 +35,16 @@ def quantise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _quantise_probe(p: np.ndarray) -> tuple[np.ndarray, float]:
-    q, s = quantise(p.reshape(1, -1))
-    return (q.astype(np.int16) - 128).astype(np.int8).reshape(-1, 1), float(s[0])
+    """The probe as int8 in [-63, 63]: MLAS's u8 x s8 kernels without VNNI add pairs of products in
+    int16 (vpmaddubsw), which saturates for 255 x 127 x 2; 7 bits on the probe side never saturate
+    (ORT's `reduce_range`). Measured before: cosines up to 0.015 low, most for faces sharing a direction."""
+    p = np.asarray(p, np.float32).reshape(-1)
+    scale = float(np.abs(p).max()) / 63.0 or 1.0
+    q = np.clip(np.rint(p / scale), -63, 63).astype(np.int8)
+    return q.reshape(-1, 1), scale
 
 
-def _search_graph(dim: int, k: int) -> bytes:
+def _search_graph(dim: int) -> bytes:
     from onnx import TensorProto, helper
 
     g = helper.make_tensor_value_info("g", TensorProto.UINT8, ["N", dim])
@@ -45,6 +52,7 @@ def _search_graph(dim: int, k: int) -> bytes:
     s = helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1])
     vals = helper.make_tensor_value_info("values", TensorProto.FLOAT, [1, None])
     idx = helper.make_tensor_value_info("indices", TensorProto.INT64, [1, None])
+    kk = helper.make_tensor_value_info("kk", TensorProto.INT64, [1])  # an input: one graph for 1:N and cohorts
     zp = helper.make_tensor("zp", TensorProto.UINT8, [], [128])
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, -1])
     nodes = [
@@ -54,8 +62,7 @@ def _search_graph(dim: int, k: int) -> bytes:
         helper.make_node("Reshape", ["scaled", "shape"], ["row"]),
         helper.make_node("TopK", ["row", "kk"], ["values", "indices"], axis=-1, largest=1, sorted=1),
     ]
-    kk = helper.make_tensor("kk", TensorProto.INT64, [1], [k])
-    graph = helper.make_graph(nodes, "gallery_search", [g, p, s], [vals, idx], [zp, kk, shape])
+    graph = helper.make_graph(nodes, "gallery_search", [g, p, s, kk], [vals, idx], [zp, shape])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model.SerializeToString()
@@ -132,7 +139,7 @@ class Gallery:
             # no busy-waiting between searches: idle pool threads spinning after every run took
             # ~half of a core from the centre's other work (measured under scripts/load_services)
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._sess = ort.InferenceSession(_search_graph(self.dim, _K), so, providers=["CPUExecutionProvider"])
+            self._sess = ort.InferenceSession(_search_graph(self.dim), so, providers=["CPUExecutionProvider"])
         return self._sess
 
     def search(self, probe: np.ndarray, *, restrict_to: Collection[str] | None = None) -> list[Candidate]:
@@ -150,14 +157,40 @@ class Gallery:
             scores = deq @ probe
             order = np.argsort(-scores)
             return _distinct(self._ids[rows[order]], scores[order])
-        pq, ps = _quantise_probe(probe)
+        pq, _ps = _quantise_probe(probe)
         if n < _K:
             deq = (self._q[:n].astype(np.float32) - 128.0) * self._s[:n]
             scores = deq @ probe
             order = np.argsort(-scores)
             return _distinct(self._ids[order], scores[order])
-        vals, idx = self._session().run(None, {"g": self._q[:n], "p": pq, "s": self._s[:n]})
-        return _distinct(self._ids[idx[0]], vals[0] * ps)
+        _vals, idx = self._session().run(None, {"g": self._q[:n], "p": pq, "s": self._s[:n], "kk": _KK[_K]})
+        rows, scores = self._rescore(idx[0], probe)
+        return _distinct(self._ids[rows], scores)
+
+    def _rescore(self, rows: np.ndarray, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows the int8 search found, scored again in float against the float probe (only the
+        gallery's own rounding left), best first."""
+        scores = ((self._q[rows].astype(np.float32) - 128.0) * self._s[rows]) @ probe
+        order = np.argsort(-scores, kind="stable")
+        return rows[order], scores[order]
+
+    def top_scores(self, probe: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best rows (ids, cosines), best first, not merged by person: a cohort search
+        (kiosk.vision.norm), same int8 graph as `search`."""
+        probe = np.asarray(probe, np.float32).reshape(-1)
+        if probe.shape[0] != self.dim:
+            raise InputError(f"probe must have {self.dim} values", code="template_shape", field="probe")
+        n = self._n
+        if n <= k:
+            deq = (self._q[:n].astype(np.float32) - 128.0) * self._s[:n]
+            scores = deq @ probe
+            order = np.argsort(-scores, kind="stable")
+            return self._ids[order], scores[order]
+        pq, _ps = _quantise_probe(probe)
+        _vals, idx = self._session().run(None, {"g": self._q[:n], "p": pq, "s": self._s[:n],
+                                                "kk": np.array([k], np.int64)})
+        rows, scores = self._rescore(idx[0], probe)
+        return self._ids[rows], scores
 
 
 def _distinct(ids: np.ndarray, scores: np.ndarray) -> list[Candidate]:
@@ -177,16 +210,35 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class MatchRule:
+    """Raw-cosine decisions (`threshold`, `margin`) and, where the pack has them, the cohort-normalised
+    ones (`cohort`, kiosk.vision.norm) that the centre applies when a region's gallery is big enough."""
+
     threshold: float
     margin: float
+    cohort: CohortRule | None = None
+
+    @classmethod
+    def from_thresholds(cls, t: dict) -> MatchRule:
+        return cls(float(t["match_cosine"]), float(t["match_margin"]), CohortRule.from_thresholds(t))
 
     def verify(self, probe: np.ndarray, template: np.ndarray) -> bool:
         return cosine(probe, template) >= self.threshold
 
     def identify(self, candidates: list[Candidate]) -> tuple[str, str | None]:
         """-> (outcome, person_id): matched / not_matched / ambiguous (ask for phone digits)."""
-        if not candidates or candidates[0].score < self.threshold:
-            return "not_matched", None
-        if len(candidates) > 1 and candidates[0].score - candidates[1].score < self.margin:
-            return "ambiguous", None
-        return "matched", candidates[0].person_id
+        return _identify(candidates, self.threshold, self.margin)
+
+    def identify_normalised(self, candidates: list[Candidate]) -> tuple[str, str | None]:
+        """The margin rule on normalised scores (candidates carry them; any order)."""
+        if self.cohort is None:
+            raise ValueError("no normalised thresholds in this pack")
+        ranked = sorted(candidates, key=lambda c: -c.score)
+        return _identify(ranked, self.cohort.threshold, self.cohort.margin)
+
+
+def _identify(candidates: list[Candidate], threshold: float, margin: float) -> tuple[str, str | None]:
+    if not candidates or candidates[0].score < threshold:
+        return "not_matched", None
+    if len(candidates) > 1 and candidates[0].score - candidates[1].score < margin:
+        return "ambiguous", None
+    return "matched", candidates[0].person_id

@@ -8,7 +8,7 @@
 
 Outcomes: matched | not_matched | retry. Reasons: ok, no_match, spoof_suspected,
 need_phone_digits, too_few_frames (the source ended first), and the quality reasons (no_face, multiple_faces,
-face_too_small, off_centre, pose, blurred, too_dark, backlit, over_exposed).
+face_too_small, too_close, off_centre, pose, blurred, too_dark, backlit, over_exposed).
 Similarity and liveness scores never leave this module's objects.
 """
 from __future__ import annotations
@@ -91,9 +91,12 @@ class FacePipeline:
         self.liveness = LivenessModel(pack)
         self.embedder = Embedder(pack)
         self.quality_cfg = QualityConfig.from_thresholds(t)
-        self.rule = MatchRule(float(t["match_cosine"]), float(t["match_margin"]))
+        self.rule = MatchRule.from_thresholds(t)
         self.live_threshold = float(t["liveness_live"])
         self.live_frames = int(t.get("liveness_frames", 3))
+        # a borderline mean waits for more frames (up to liveness_max_frames) instead of deciding on 3
+        self.live_borderline = float(t.get("liveness_borderline", 0.0))
+        self.live_max_frames = int(t.get("liveness_max_frames", self.live_frames))
         self.max_frames = max_frames
         # a still photo gets the mirrored crop averaged in (CASIA FRR 7.3% -> 5.2% at the same FAR)
         self.enrol_flip = bool(t.get("enrol_flip", True))
@@ -132,7 +135,7 @@ class FacePipeline:
     # --- over several frames ---------------------------------------------------------
     def probe_template(self, frames: Iterable[np.ndarray]) -> Probe:
         """Capture one live person over several good frames; the mean template, or a reason to retry."""
-        vote = LivenessVote(self.live_threshold, self.live_frames)
+        vote = LivenessVote(self.live_threshold, self.live_frames, self.live_borderline, self.live_max_frames)
         templates: list[np.ndarray] = []
         failures: Counter[str] = Counter()
         for i, frame in enumerate(frames):
@@ -146,7 +149,7 @@ class FacePipeline:
             templates.append(r.template)
             if vote.ready:
                 break
-        if not vote.ready:
+        if len(vote.scores) < vote.frames:  # a borderline vote cut short by the source decides on what it has
             if failures:
                 reason = failures.most_common(1)[0][0]
             else:
@@ -154,7 +157,7 @@ class FacePipeline:
             return Probe(reason)
         if not vote.live:
             return Probe("spoof_suspected")
-        return Probe("ok", l2_normalise(np.mean(templates[-self.live_frames:], axis=0)))
+        return Probe("ok", l2_normalise(np.mean(templates[-len(vote.scores):], axis=0)))
 
     def verify(self, frames: Iterable[np.ndarray], template: np.ndarray) -> Decision:
         probe = self.probe_template(frames)

@@ -254,3 +254,33 @@ def test_without_an_operator_token_register_fails_and_the_rest_still_runs(servic
     assert reg["status"] == "failed" and "--admin-token" in reg["summary"]
     assert st["steps"]["peripherals"]["status"] == "ok" and st["steps"]["technician"]["status"] == "ok"
     assert "[4/7] models       -- not run this time" in out.getvalue()
+
+
+def test_camera_step_records_the_technicians_live_score_summary(services, centre, bridge, shared_dir, tmp_path):
+    # a live face in front of the camera (issue 15): summary statistics only, compared with calibration
+    live = shared_dir / "data" / "liveness" / "silentface-samples" / "image_T1.jpg"
+    out = io.StringIO()
+    st = run_provision(opts(services, bridge, shared_dir, camera=str(live), only=("models", "camera")),
+                       settings=settings_for(tmp_path, shared_dir), out=out)
+    cam = st["steps"]["camera"]
+    assert cam["status"] == "ok" and "within the calibration range" in cam["summary"], cam
+    liv = cam["detail"]["liveness"]
+    assert set(liv["camera"]) == {"frames", "mean", "p10", "p50", "p90", "below_threshold"}  # no score list
+    assert liv["camera"]["frames"] >= 5 and liv["warning"] is False
+    assert liv["calibration"]["frames"] > 100  # the manifest's calibration record
+    # the console line names no score
+    line = next(x for x in out.getvalue().splitlines() if "camera" in x and "liveness" in x)
+    assert str(liv["camera"]["p50"]) not in line and str(liv["camera"]["mean"]) not in line
+    saved = json.loads((tmp_path / "var" / "provision" / "state.json").read_text())
+    assert saved["steps"]["camera"]["detail"]["liveness"]["camera"] == liv["camera"]
+
+
+def test_a_camera_the_models_were_not_calibrated_for_is_warned_about(services, centre, bridge, shared_dir, tmp_path):
+    # what the models see through this camera scores like an attack: far from the calibration live frames
+    # (a printed photo stands in for a camera that makes a live face look printed)
+    printed = shared_dir / "data" / "liveness" / "nuaa-train" / "spoof" / "0001_0001_00_00_01_116.jpg"
+    st = run_provision(opts(services, bridge, shared_dir, camera=str(printed), only=("models", "camera")),
+                       settings=settings_for(tmp_path, shared_dir), out=io.StringIO())
+    cam = st["steps"]["camera"]
+    assert cam["status"] == "ok"  # a warning, not a failed step: the technician decides
+    assert cam["detail"]["liveness"]["warning"] is True and "WARNING" in cam["summary"], cam

@@ -235,3 +235,52 @@ def test_the_bridge_token_lives_in_its_runtime_dir_and_the_app_reads_it_there():
     assert env(b)["KIOSK_BRIDGE_TOKEN_FILE"] == env(a)["KIOSK_BRIDGE_TOKEN_FILE"] == "/run/kiosk-bridge/token"
     assert env(b)["KIOSK_BRIDGE_FIRMWARE_DIR"] == "/var/lib/kiosk-bridge/firmware"
     assert one(a, "User") == one(b, "User")  # the token file (0600) is readable by the kiosk app's user only
+
+
+# --- the nightly day-end (kiosk reconcile) -------------------------------------------------------------
+def test_the_reconcile_unit_is_a_hardened_oneshot_with_limits_run_nightly_by_its_timer():
+    s = parse_unit(UNITS / "kiosk-reconcile.service")
+    assert one(s, "Type") == "oneshot" and one(s, "User") == "kiosk" and one(s, "Group") == "kiosk"
+    for key, want in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
+                      ("PrivateTmp", "yes"), ("PrivateDevices", "yes"), ("ProtectKernelModules", "yes"),
+                      ("ProtectKernelTunables", "yes"), ("ProtectControlGroups", "yes"), ("RestrictSUIDSGID", "yes"),
+                      ("LockPersonality", "yes"), ("UMask", "0077"), ("MemorySwapMax", "0"), ("LimitCORE", "0"),
+                      ("SystemCallErrorNumber", "EPERM")]:
+        assert one(s, key) == want, key
+    assert one(s, "CapabilityBoundingSet") == "" and one(s, "AmbientCapabilities") == ""
+    assert 0 < _size(one(s, "MemoryHigh")) < _size(one(s, "MemoryMax")) <= 512 << 20
+    assert 0 < int(one(s, "TasksMax")) <= 64 and 0 < int(one(s, "LimitNOFILE")) <= 4096
+    rw = " ".join(s["Service"]["ReadWritePaths"]).split()
+    assert rw and all(p.startswith(("/var/lib/kiosk", "/var/log/kiosk")) for p in rw), rw
+    # yesterday (Asia/Shanghai, the code decides), the report kept; a discrepancy (exit 1) is not retried
+    exe = one(s, "ExecStart")
+    assert exe.startswith("/opt/kiosk/.venv/bin/kiosk reconcile yesterday") and "--save /var/log/kiosk/" in exe
+    assert one(s, "Restart") == "on-failure" and one(s, "RestartPreventExitStatus") == "1"
+    assert "Install" not in s  # started by its timer only
+    t = parse_unit(UNITS / "kiosk-reconcile.timer")
+    assert one(t, "OnCalendar", "Timer").endswith("Asia/Shanghai") and one(t, "Persistent", "Timer") == "true"
+    assert one(t, "Unit", "Timer") == "kiosk-reconcile.service"
+    assert one(t, "WantedBy", "Install") == "kiosk.target"
+    wants = set(" ".join(parse_unit(UNITS / "kiosk.target")["Unit"]["Wants"]).split())
+    assert "kiosk-reconcile.timer" in wants
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verifies_the_reconcile_units(tmp_path):
+    names = ["kiosk-reconcile.service", "kiosk-reconcile.timer"]
+    for n in names:
+        (tmp_path / n).write_text((UNITS / n).read_text().replace("/opt/kiosk", str(ROOT)))
+    r = subprocess.run(["systemd-analyze", "verify", *[f"./{n}" for n in names]], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+    cal = subprocess.run(["systemd-analyze", "calendar", "*-*-* 02:30:00 Asia/Shanghai"], capture_output=True,
+                         text=True, timeout=30)
+    assert cal.returncode == 0, cal.stderr
+
+
+def test_the_installer_installs_the_timer(tmp_path):
+    r = subprocess.run([str(ROOT / "scripts" / "install_systemd"), "--dry-run", "--prefix", str(ROOT),
+                        "--unit-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for n in ("kiosk-reconcile.service", "kiosk-reconcile.timer"):
+        assert f"would install: systemd/{n} -> {tmp_path}/{n}" in r.stdout

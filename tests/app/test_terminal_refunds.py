@@ -46,7 +46,7 @@ class Party:
         self.calls.append(args + tuple(sorted(kw.items())))
         return self._next()
 
-    def reverse_draw(self, key: str, payer: str) -> bool:
+    def reverse_draw(self, key: str, payer: str, ref: str = "") -> bool:
         self.calls.append(("reverse_draw", key))
         return True
 

@@ -28,6 +28,34 @@ def test_manifest_lists_every_model_with_digest_size_and_calibrated_thresholds()
     assert 0.0 < t["liveness_live"] < 1.0
     assert m["calibration"]["recognition"]["shipped"] == t["match_cosine"]
     assert m["calibration"]["liveness"]["shipped"] == t["liveness_live"]
+    # cohort-normalised matching: threshold, margin, top-K and cohort size from the same calibration record
+    rec = m["calibration"]["recognition"]
+    assert t["match_norm_threshold"] == rec["shipped_normalised"] and t["match_norm_margin"] == rec["margin_normalised"]
+    assert (t["cohort_top_k"], t["cohort_min_size"]) == (rec["cohort_top_k"], rec["cohort_min_size"])
+    assert 2 <= t["cohort_top_k"] <= t["cohort_min_size"]
+
+
+def test_cohort_thresholds_come_all_together_and_sane(tmp_path):
+    import json
+
+    base = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))
+    for change, field in (({"cohort_top_k": None}, "thresholds.cohort_top_k"),
+                          ({"cohort_min_size": 10, "cohort_top_k": 50}, "thresholds.cohort_min_size"),
+                          ({"match_norm_margin": "x"}, "thresholds.cohort_top_k")):
+        t = dict(base["thresholds"])
+        for k, v in change.items():
+            if v is None:
+                t.pop(k)
+            else:
+                t[k] = v
+        p = tmp_path / "manifest.json"
+        p.write_text(json.dumps({**base, "thresholds": t}))
+        with pytest.raises(ConfigError) as e:
+            load_manifest(p)
+        assert e.value.field == field
+    raw_only = {k: v for k, v in base["thresholds"].items() if not k.startswith(("cohort_", "match_norm"))}
+    p.write_text(json.dumps({**base, "thresholds": raw_only}))
+    assert "cohort_top_k" not in load_manifest(p)["thresholds"]  # a pack without them decides raw
 
 
 def test_shared_pack_verifies(shared_dir):

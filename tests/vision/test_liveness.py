@@ -58,3 +58,33 @@ def test_silentface_samples(pipe, data):
 
 def test_spoof_decision_is_not_matched():
     assert _refusal("spoof_suspected") == Decision(NOT_MATCHED, "spoof_suspected")
+
+
+def test_borderline_vote_takes_more_frames_not_a_lower_threshold():
+    from kiosk.vision.liveness import LivenessVote
+
+    clear = LivenessVote(0.35, 3, borderline=0.1, max_frames=6)
+    for s in (0.9, 0.8, 0.95):
+        clear.add(s)
+    assert clear.ready and clear.live  # far from the threshold: three frames decide, as before
+    near = LivenessVote(0.35, 3, borderline=0.1, max_frames=6)
+    for s in (0.3, 0.4, 0.3):  # mean 0.333: within 0.1 of 0.35
+        near.add(s)
+    assert not near.ready
+    for s in (0.6, 0.7):
+        near.add(s)
+    assert near.ready and near.live  # five frames, mean 0.46: out of the band, decided on all of them
+    capped = LivenessVote(0.35, 3, borderline=0.1, max_frames=6)
+    for s in (0.3, 0.32, 0.3, 0.33, 0.31, 0.34):
+        capped.add(s)
+    assert capped.ready and not capped.live  # six frames and still borderline: the threshold decides
+    assert LivenessVote(0.35, 3).threshold == 0.35  # the threshold itself never moves
+
+
+def test_a_borderline_capture_cut_short_by_the_source_still_decides(pipe, data):
+    d = data / "liveness" / "silentface-samples"
+    live = load(d / "image_T1.jpg")
+    pipe2 = object.__new__(type(pipe))
+    pipe2.__dict__.update(pipe.__dict__, live_borderline=1.0, live_max_frames=6)  # every vote is borderline
+    assert pipe2.probe_template([live] * 4).ok  # four good frames, source ends: decided, not too_few_frames
+    assert pipe2.probe_template([live] * 2).reason == "too_few_frames"

@@ -57,7 +57,13 @@ def test_eval_cli_small_subset(data, tmp_path, capsys, monkeypatch):
     # exactly the structure the issue gives (a strict consumer may reject unknown keys)
     assert set(out) == {"verification", "liveness", "latency_ms"}
     assert set(out["verification"]) == {"genuine_pairs", "impostor_pairs", "threshold", "far", "frr",
-                                        "tar_at_far", "eer", "failed_to_enrol"}
+                                        "tar_at_far", "eer", "failed_to_enrol",
+                                        "decision", "cohort", "raw", "normalised"}
+    # 4 people are far too few for a cohort: the centre would decide on raw cosines, and so does eval
+    v = out["verification"]
+    assert v["decision"] == "raw" and v["cohort"]["people"] == 4 and v["normalised"] is None
+    assert v["raw"]["threshold"] == v["threshold"] and v["raw"]["far"] == v["far"]
+    assert set(v["raw"]["tar_at_far"]) == {"0.01", "0.001", "0.0001"}
     assert set(out["liveness"]) == {"threshold", "apcer", "bpcer", "live", "spoof"}
     assert all(set(x) == {"p50", "p95"} for x in out["latency_ms"].values())
     assert "liveness_hist.png" in captured.err  # where the report went is said on stderr

@@ -1,5 +1,7 @@
-"""Keypad and printer ports over the firmware bridge's local HTTP API (8730)."""
+"""Keypad, printer and fill-light ports over the firmware bridge's local HTTP API (8730)."""
 from __future__ import annotations
+
+from typing import Callable
 
 from firmware_bridge.client import BridgeClient
 from kiosk.errors import DeviceError, InputError
@@ -47,3 +49,17 @@ class BridgePrinter:
         if r.get("printed"):
             return PrintResult("ok")
         return PrintResult("paper_out" if r.get("paper_out") or r.get("status") == "paper_out" else "printer_offline")
+
+
+class BridgeLight:
+    """The fill light (LIGHT_SET channel 0) for the capture loop. `on_set` tells a simulated camera what
+    the LED now does to the scene (kiosk.app.adapters.camera.ImageCamera.set_fill_light)."""
+
+    def __init__(self, client: BridgeClient, on_set: Callable[[int], None] | None = None) -> None:
+        self.client = client
+        self.on_set = on_set
+
+    def set(self, level: int) -> None:
+        self.client.light("fill", int(level))
+        if self.on_set is not None:
+            self.on_set(int(level))

@@ -32,6 +32,7 @@ REASONS: dict[str, Text] = {
     "no_face": Text(zh="没有看到人脸，请站到摄像头正前方", en="No face seen. Please stand right in front of the camera"),
     "multiple_faces": Text(zh="请只留一人在镜头前", en="Only one person, please"),
     "face_too_small": Text(zh="请再靠近一点", en="Please come a little closer"),
+    "too_close": Text(zh="请稍微后退一点", en="Please step back a little"),
     "off_centre": Text(zh="请把脸移到框的中间", en="Please move your face to the centre of the frame"),
     "pose": Text(zh="请正视摄像头，不要侧脸或低头", en="Please look straight at the camera, not to the side or down"),
     "blurred": Text(zh="请保持不动", en="Please hold still"),

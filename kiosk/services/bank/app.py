@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from kiosk.clock import Clock, SystemClock
 from kiosk.config import load
 from kiosk.errors import ConflictError, KioskError
+from kiosk.services.bank.clearing import Clearing, statement as clearing_statement
 from kiosk.services.bank.service import (BankService, OperatorApply, OperatorBind, OperatorLine, OperatorRepay,
                                          OperatorStatement, OperatorUnbind)
 from kiosk.security.sm import Sm2PublicKey
@@ -130,6 +131,23 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
             ("repay", OperatorRepay, service.repay_by_operator, "record a repayment made to the bank"),
             ("statement", OperatorStatement, lambda d: service.statement_for(d.holder), "a holder's statement")):
         app.post(f"/admin/{path}", tags=["admin"], summary=f"{summary} (operator token)")(operator(model, act))
+
+    @app.get("/admin/clearing", tags=["admin"],
+             summary="the clearing statement of any institution for an Asia/Shanghai day (operator token)")
+    def admin_clearing(fixmedins_code: str, day: str, x_admin_token: str = Header(default="")) -> JSONResponse:
+        now = gw.clock.now()
+        denied = admin_refusal(x_admin_token, token, now)
+        if denied is not None:
+            return denied
+        try:
+            d = parse_model(Clearing, {"day": day, "fixmedins_code": fixmedins_code}, prefix="")
+        except KioskError as e:
+            return JSONResponse(refused("", e, now), status_code=400)
+        if not d.fixmedins_code:
+            return JSONResponse(refused("", Refusal(InfCode.INVALID_INPUT, "is required", field="fixmedins_code"),
+                                        now), status_code=400)
+        out = db.read(lambda tx: clearing_statement(tx, d.fixmedins_code, d.day))
+        return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
 
     app.state.service = service
     app.state.gateway = gw

@@ -45,6 +45,8 @@ from kiosk.errors import ConflictError, IntegrityError, KioskError
 from kiosk.money import yuan_to_fen
 from kiosk.security.sm import Sm2PublicKey
 from kiosk.services import payauth
+from kiosk.services.bank import clearing
+from kiosk.services.bank.clearing import Clearing
 from kiosk.services.gateway import Ctx, Route
 from kiosk.services.protocol import InfCode, Refusal
 from kiosk.storage import Database, Migration, Transaction
@@ -536,6 +538,13 @@ class BankService:
         s.pop("code")
         return s
 
+    def clearing(self, ctx: Ctx, tx: Transaction, d: Clearing) -> dict[str, Any]:
+        """credit.clearing: the caller's institution's statement for the day; another institution's is
+        answered as one with nothing (never read)."""
+        mine = ctx.terminal.fixmedins_code
+        asked = d.fixmedins_code or mine
+        return clearing.statement(tx, asked, d.day, readable=asked == mine)
+
     def hand_over(self, tx: Transaction, now: Any, limit: int = 100) -> dict[str, Any]:
         """Hand queued holder notifications to the operator's sender (SMS/app); they are marked sent.
 
@@ -565,5 +574,7 @@ class BankService:
             ("credit.repay", Repay, self.repay, "repay: interest first, then oldest principal"),
             ("credit.refund", Refund, self.refund, "refund of a paid bill to its draw"),
             ("credit.statement", Statement, self.statement, "the holder's statement"),
+            ("credit.clearing", Clearing, self.clearing,
+             "the institution's clearing statement for a day: draws, captures, refunds, net due (own only)"),
         ]
         return {code: Route(code, model, fn, summary, needs_sign_in=False) for code, model, fn, summary in table}

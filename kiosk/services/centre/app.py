@@ -32,7 +32,7 @@ PORT = 8710
 def match_rule() -> MatchRule:
     """The operating threshold and 1:N margin the model pack was calibrated with."""
     t = load_manifest()["thresholds"]
-    return MatchRule(float(t["match_cosine"]), float(t["match_margin"]))
+    return MatchRule.from_thresholds(t)
 
 
 def centre_db_url(data_dir: Path) -> str:

@@ -324,3 +324,78 @@ TRANSACTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "ec.payauth": (PayAuthRequest, "the signed pay_auth for an act on the person's credit line: deposit hold, "
                                     "binding, line query, opening, statement, repayment (ecToken of the person)"),
 }
+
+
+# ---- 3201 / 3202 day-end reconciliation --------------------------------------------------------
+_DATE = r"^\d{4}-\d{2}-\d{2}$"
+MAX_STMT_DAYS = 31
+
+
+class _StmtPeriod(_Strict):
+    stmt_begndate: str = Field(pattern=_DATE, description="first Asia/Shanghai day, yyyy-MM-dd")
+    stmt_enddate: str = Field(pattern=_DATE, description="last Asia/Shanghai day (inclusive), yyyy-MM-dd")
+    refd_setl_flag: Literal["0", "1"] = Field(default="1", description="1: reversals count (negated); 0: they do not")
+    fixmedins_code: str = Field(default="", max_length=30, description="optional: must be the caller's own "
+                                "institution; any other is answered as one with no settlements")
+
+    @model_validator(mode="after")
+    def _period(self) -> "_StmtPeriod":
+        from datetime import date
+
+        try:
+            b, e = date.fromisoformat(self.stmt_begndate), date.fromisoformat(self.stmt_enddate)
+        except ValueError:
+            raise ValueError("stmt_begndate / stmt_enddate must be real dates (yyyy-MM-dd)") from None
+        if e < b:
+            raise ValueError("stmt_enddate is before stmt_begndate")
+        if (e - b).days >= MAX_STMT_DAYS:
+            raise ValueError(f"a statement covers at most {MAX_STMT_DAYS} days")
+        return self
+
+
+class StmtTotals(_Strict):
+    """The institution's own totals for one insurance type and clearing type."""
+
+    insutype: str = Field(pattern=r"^\d{3,6}$")
+    clr_type: Literal["11", "21", "41", "99"] = Field(description="11 outpatient, 21 inpatient, 41 pharmacy, 99 other")
+    setl_optins: str = Field(default="", max_length=6)
+    medfee_sumamt: str
+    fund_pay_sumamt: str
+    acct_pay: str
+    fixmedins_setl_cnt: int = Field(ge=0, le=10_000_000)
+
+    @field_validator("medfee_sumamt", "fund_pay_sumamt", "acct_pay", mode="before")
+    @classmethod
+    def _dec2(cls, v: object, info) -> str:  # type: ignore[no-untyped-def]
+        try:  # totals net of reversals may be negative
+            return str(parse_decimal(v, info.field_name, max_dp=2, allow_negative=True))
+        except Exception as e:
+            raise ValueError(getattr(e, "message", str(e))) from None
+
+
+class TotalsData(_StmtPeriod):
+    stmtinfo: list[StmtTotals] = Field(default_factory=list, max_length=100,
+                                       description="one row per (insutype, clr_type); a group left out counts as zero")
+
+
+class Totals3201(_Strict):
+    """3201 total reconciliation (对总账): the centre answers consistent / not per group."""
+
+    data: TotalsData
+
+
+class DetailData(_StmtPeriod):
+    clr_type: Literal["", "11", "21", "41", "99"] = ""
+    page_num: int = Field(default=1, ge=1, le=100_000)
+    page_size: int = Field(default=500, ge=1, le=1000)
+
+
+class Detail3202(_Strict):
+    """3202 detail reconciliation (对明细账): the centre's settlement list for the period (inline, paged)."""
+
+    data: DetailData
+
+
+TRANSACTIONS["3201"] = (Totals3201, "day-end totals per insutype and clr_type against the institution's own; "
+                        "consistent or not per group (own institution only)")
+TRANSACTIONS["3202"] = (Detail3202, "day-end settlement list (settlements and reversals) of the caller's institution")

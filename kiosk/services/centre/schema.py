@@ -131,6 +131,11 @@ MIGRATIONS = [
             msgid TEXT NOT NULL,
             object_id TEXT NOT NULL)""",
     ]),
+    Migration("centre.003_cohort", [
+        # 1 = the enrolled template comes from a real face and may stand in the region's cohort (AS-norm);
+        # the seed's synthetic people (random unit vectors) are 0
+        "ALTER TABLE centre_persons ADD COLUMN cohort_member INTEGER NOT NULL DEFAULT 1",
+    ]),
     Migration("centre.004_activation_locks", [
         # failed activations per (institution, typed ID number): a terminal locks an identity only at its own
         # institution, and an ID number nobody holds locks like one that exists (no oracle). The ID number

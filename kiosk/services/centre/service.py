@@ -31,7 +31,7 @@ from kiosk.errors import InputError, IntegrityError, KioskError, StorageError
 from kiosk.money import fen_to_yuan, round_fen, yuan_to_fen
 from kiosk.security.seal import SealContext
 from kiosk.services import payauth
-from kiosk.services.centre import models as m
+from kiosk.services.centre import dayend, models as m
 from kiosk.services.envelope import ServiceKeys
 from kiosk.services.gateway import Ctx, Route, Terminal
 from kiosk.services.protocol import InfCode, Refusal
@@ -39,7 +39,8 @@ from kiosk.settlement.bill import Bill, Category, Item, Ytd
 from kiosk.settlement.engine import Settlement, reverse, settle
 from kiosk.settlement.profiles import Profile, get_profile
 from kiosk.storage import Database, Transaction
-from kiosk.vision.match import DIM, Gallery, MatchRule
+from kiosk.services.centre.matching import Matcher, RegionGalleries
+from kiosk.vision.match import DIM, MatchRule
 
 TOKEN_TTL = timedelta(minutes=15)
 PAY_AUTH_TTL = timedelta(minutes=10)  # a settlement's cash share is drawn seconds later; 5203 re-issues it
@@ -107,32 +108,6 @@ def _years_insured(insu_date: str, now: datetime) -> int:
     return max(0, today.year - start.year - ((today.month, today.day) < (start.month, start.day)))
 
 
-class RegionGalleries:
-    """Per-worker 1:N galleries of activated people, grown from `activation_seq` (never rebuilt)."""
-
-    def __init__(self, keys: ServiceKeys) -> None:
-        self.keys = keys
-        self._g: dict[str, tuple[Gallery, int]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, tx: Transaction, admdvs: str) -> Gallery:
-        with self._lock:
-            gallery, seen = self._g.get(admdvs, (None, 0))
-            rows = tx.fetch_all(
-                "SELECT psn_no, template_seal, activation_seq FROM centre_persons "
-                "WHERE admdvs = ? AND activated = 1 AND activation_seq > ? ORDER BY activation_seq",
-                (admdvs, seen))
-            if gallery is None:
-                gallery = Gallery(DIM, capacity=max(1024, len(rows)))
-            if rows:
-                ids = [r[0] for r in rows]
-                vecs = np.stack([open_template(self.keys, r[0], r[1]) for r in rows])
-                gallery.add_many(ids, vecs)
-                seen = int(rows[-1][2])
-            self._g[admdvs] = (gallery, seen)
-            return gallery
-
-
 def seal_template(keys: ServiceKeys, psn_no: str, vec: np.ndarray) -> str:
     v = np.asarray(vec, np.float32).reshape(-1)
     if v.shape[0] != DIM or not np.all(np.isfinite(v)):
@@ -161,7 +136,9 @@ class CentreService:
         self.db = db
         self.keys = keys
         self.rule = rule
-        self.galleries = RegionGalleries(keys)
+        self.matcher = Matcher(rule)
+        self.galleries = RegionGalleries(lambda psn, sealed: open_template(keys, psn, sealed),
+                                         rule.cohort.min_cohort if rule.cohort else None)
         self._mac = keys.mac_key()
         self._cache: dict[str, tuple[float, Any]] = {}
         self._cache_lock = threading.Lock()
@@ -380,8 +357,7 @@ class CentreService:
         row = tx.fetch_one(f"SELECT {_PERSON_COLS} FROM centre_persons WHERE certno = ?" + tx.for_update,
                            (d.certno,))
         p = _person(row)
-        if p is None or p.template_seal is None or \
-                not self.rule.verify(probe, open_template(self.keys, p.psn_no, p.template_seal)):
+        if p is None or p.template_seal is None or not self._verify(tx, probe, p):
             fails = int(fails) + 1
             locked = (ctx.now + LOCK_FOR).isoformat() if fails >= MAX_FAILED_ACTIVATIONS else None
             tx.execute("UPDATE centre_activation_fails SET fail_count = ?, locked_until = ? WHERE fixmedins_code = ? "
@@ -392,11 +368,23 @@ class CentreService:
             return Refusal(InfCode.IDENTITY_MISMATCH, "the face does not match the person with this ID number",
                            field="input.data.certno")
         tx.execute("DELETE FROM centre_activation_fails WHERE fixmedins_code = ? AND certno_key = ?", lock_key)
+        if p.activated:  # already in the galleries: a new activation_seq would add them twice
+            return self._identified(ctx, p)
         seq = tx.scalar("UPDATE centre_activation_seq SET last = last + 1 WHERE id = 1 RETURNING last")
         tx.execute("UPDATE centre_persons SET activated = 1, activated_at = COALESCE(activated_at, ?), "
                    "activation_seq = ?, fail_count = 0, locked_until = NULL WHERE psn_no = ?",
                    (ctx.now.isoformat(), int(seq), p.psn_no))
         return self._identified(ctx, p)
+
+    def _verify(self, tx: Transaction, probe: np.ndarray, p: Person) -> bool:
+        """1:1 against the person's enrolled template, normalised against their region's cohort."""
+        template = open_template(self.keys, p.psn_no, p.template_seal or "")
+        region = self.galleries.get(tx, p.admdvs) if self.rule.cohort else None  # no cohort keys: raw
+        return self.matcher.verify(region, probe, p.psn_no, template)
+
+    def _template_of(self, tx: Transaction, psn_no: str) -> np.ndarray:
+        sealed = tx.scalar("SELECT template_seal FROM centre_persons WHERE psn_no = ?", (psn_no,))
+        return open_template(self.keys, psn_no, sealed)
 
     def _identified(self, ctx: Ctx, p: Person) -> dict[str, Any]:
         return {"psn_no": p.psn_no, "psn_name": p.psn_name, "insutype": p.insutype, "insuplc_admdvs": p.admdvs,
@@ -412,11 +400,11 @@ class CentreService:
             if not p.activated or p.template_seal is None:
                 raise Refusal(InfCode.NOT_ACTIVATED, "insurance code is not activated; activate first",
                               field="input.data.psn_no")
-            if not self.rule.verify(probe, open_template(self.keys, p.psn_no, p.template_seal)):
+            if not self._verify(tx, probe, p):
                 raise no_match
             return self._identified(ctx, p)
         admdvs, _level = self.institution(tx, ctx.terminal.fixmedins_code)
-        gallery = self.galleries.get(tx, admdvs)
+        region = self.galleries.get(tx, admdvs)
         restrict = None
         if d.phone_last4:
             restrict = [r[0] for r in tx.fetch_all(
@@ -424,7 +412,8 @@ class CentreService:
                 (admdvs, d.phone_last4))]
             if not restrict:
                 raise no_match
-        outcome, psn_no = self.rule.identify(gallery.search(probe, restrict_to=restrict))
+        outcome, psn_no = self.matcher.identify(region, probe, restrict_to=restrict,
+                                                template_of=lambda psn: self._template_of(tx, psn))
         if outcome == "ambiguous":
             raise Refusal(InfCode.FACE_RETRY, "more than one person looks alike; enter the last 4 digits of the "
                           "phone number", code="need_phone_digits", field="input.data.phone_last4")
@@ -776,6 +765,7 @@ class CentreService:
             "2101": self.presettle_pharmacy, "2102": self.settle_pharmacy, "2103": self.reverse_settlement,
             "2601": self.reverse_message, "5203": self.query_settlement, "1312": self.query_catalogue,
             "ec.payauth": self.request_pay_auth,
+            "3201": dayend.reconcile_totals, "3202": dayend.settlement_list,
         }
         return {code: Route(code, m.TRANSACTIONS[code][0], fn, m.TRANSACTIONS[code][1],
                             needs_sign_in=(code != "9001"))
