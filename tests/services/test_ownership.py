@@ -704,3 +704,46 @@ def test_failed_activations_lock_an_id_number_only_at_the_institution_that_tried
     assert [c for c, _ in seen[unknown]] == [InfCode.IDENTITY_MISMATCH] * 2 + [InfCode.LOCKED] * 2
     # the victim activates at the hospital meanwhile: the rogue's lock is the rogue's own
     assert w.c.activate(victim).startswith("EC.")
+
+
+@pytest.mark.parametrize("purpose", ["hold", "repay", "apply"])
+def test_every_money_or_line_act_refuses_a_replayed_moved_or_expired_authorisation(world: World,
+                                                                                    purpose: str) -> None:
+    """The single-use proofs (not only a draw's): at the other institution's terminal, for another
+    amount, after expiry, and a second time under another key - each refused, nothing done."""
+    w = world
+    p = w.c.people[19] if purpose == "apply" else w.c.people[17]  # 19: no line yet
+    if purpose != "apply":
+        _open(w, p)
+    if purpose == "repay":  # something to repay
+        st = _settle(w, p, "50.00")
+        assert w.bank.draw(p.psn_no, "50.00", st.output["setlinfo"]["setl_id"], f"rp-d-{secrets.token_hex(3)}",
+                           pay_auth=st.output["pay_auth"]).ok
+    ref = "ADM-" + secrets.token_hex(4)
+
+    def auth(**kw: Any) -> str:
+        if purpose == "apply":
+            from .conftest import apply_auth
+            return apply_auth(w.c, p.psn_no, p.brdy, 3, **kw)
+        return pay_auth(w.c, p.psn_no, ref, "10.00", purpose=purpose, **kw)
+
+    def act(client: BankClient, token: str, key: str, amount: str = "10.00") -> Answer:
+        key = f"{purpose}-{ref}-{key}"
+        if purpose == "hold":
+            return client.hold(p.psn_no, amount, ref, key, pay_auth=token)
+        if purpose == "repay":
+            return client.repay(p.psn_no, amount, key, pay_auth=token)
+        return client.apply(p.psn_no, p.brdy, 3 if amount == "10.00" else 4, pay_auth=token)
+
+    good, old = auth(), auth()
+    assert act(w.other_bank, good, "x1").err_code == "pay_auth_mismatch"
+    assert act(w.bank, good, "x2", amount="11.00").err_code == "pay_auth_mismatch"
+    w.c.clock.advance(minutes=11)
+    try:
+        assert act(w.bank, old, "x3").err_code == "pay_auth_expired"
+    finally:
+        w.c.clock.advance(minutes=-11)
+    first = act(w.bank, good, "k1")
+    assert first.ok or (purpose == "apply" and first.err_code == "ineligible_age"), first
+    if first.ok:
+        assert act(w.bank, good, "k2").err_code == "pay_auth_used"
