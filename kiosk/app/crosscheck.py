@@ -203,6 +203,9 @@ def check_parties(centre: Database, bank: Database, kiosks: Sequence[Database] =
     for d in draws.values():
         setl_id = via_hold.get(d.ref, "") if d.from_hold else d.ref
         if d.from_hold and not setl_id:
+            if d.ref in setl:  # a deposit captured under a settlement's ref: that settlement cannot draw
+                bad(Finding("hold_on_settlement_ref", d.ref, "", f"a captured deposit of {fen_to_yuan(d.original)} "
+                            f"(payer {d.payer}) carries the ref of {setl[d.ref].institution}'s settlement"))
             continue  # a captured deposit: linked through the discharge order of a kiosk given, if any
         s = setl.get(setl_id)
         if s is None:
@@ -225,6 +228,10 @@ def check_parties(centre: Database, bank: Database, kiosks: Sequence[Database] =
         elif d.net != 0:
             bad(Finding("reversed_settlement_draw_not_refunded", setl_id, "", f"settlement reversed; its draw of "
                         f"{fen_to_yuan(d.original)} has {fen_to_yuan(d.net)} still charged"))
+    for ref, (status, _captured) in holds.items():
+        if status == "open" and ref in setl:
+            bad(Finding("hold_on_settlement_ref", ref, "", f"an open deposit hold carries the ref of "
+                        f"{setl[ref].institution}'s settlement (its draw is refused: ref used)"))
     # reversals and refunds by someone other than the owner
     for s in setl.values():
         if s.state != "settled" and s.rev_by and centre_terms.get(s.rev_by, s.institution) != s.institution:

@@ -48,19 +48,22 @@ def say(msg: str) -> None:
 
 def seed_bank(st: Stack) -> None:
     """Credit lines: the demo patient's own; the holder's, shared with his father (family pay)."""
-    bank = st.bank_client
+    from kiosk.services.client import operator_bind, operator_call
+
     people = {p["psn_no"]: p for p in st.demo_people}
 
     def birth(psn: str) -> str:
         c = people[psn]["certno"]
         return f"{c[6:10]}-{c[10:12]}-{c[12:14]}"
 
+    # the holders applied in the bank's own channel (a terminal opens a line only with the applicant's face)
     for holder in (DEMO_PATIENT, FAMILY_HOLDER):
-        a = bank.apply(holder, birth(holder), 6)
-        if not a.ok and "already" not in (a.err_code + a.err_msg).lower():
-            raise RemoteError(f"credit line for {holder} refused: {a.err_msg}", code=a.err_code or "refused")
+        a = operator_call(st.url("bank"), st.admin_token, "apply", {"holder": holder, "birth_date": birth(holder),
+                                                                    "insured_years": 6, "key": f"demo-line/{holder}"})
+        if a.get("infcode") != 0 and "already" not in f"{a.get('err_code', '')} {a.get('err_msg', '')}".lower():
+            raise RemoteError(f"credit line for {holder} refused: {a.get('err_msg')}",
+                              code=str(a.get("err_code") or "refused"))
     # the holder made the binding in the bank's own channel (a terminal binds only with the holder's face)
-    from kiosk.services.client import operator_bind
 
     b = operator_bind(st.url("bank"), st.admin_token, FAMILY_HOLDER, FAMILY_MEMBER, "parent", True, "2000.00",
                       key=f"demo-family/{FAMILY_HOLDER}/{FAMILY_MEMBER}")

@@ -132,6 +132,10 @@ class Centre(Protocol):
     def hold_auth(self, person: Person, amount_fen: int, ref: str) -> str:
         """The centre's signed authorisation of a deposit hold for the face-proved `person` ("" if refused)."""
 
+    def line_auth(self, person: Person, amount_fen: int, ref: str) -> str:
+        """The centre's signed proof that the face-proved `person` asks which line pays `amount_fen`
+        ("" if refused): the bank tells a terminal nothing about a line without it."""
+
 
 # ---------------------------------------------------------------- bank
 @dataclass(frozen=True)
@@ -156,7 +160,9 @@ class DrawResult:
 class Bank(Protocol):
     """Draws are made for `person` (the payer) from the line they may use (own or family)."""
 
-    def line_for(self, person: Person) -> Line: ...
+    def line_for(self, person: Person, amount_fen: int, auth: str) -> Line:
+        """The line that pays `amount_fen` for `person` (`auth`: the centre's line proof); `available` is
+        `amount_fen` when it covers it now, else 0; kind 'none' without a line (or without the proof)."""
 
     def draw(self, line: Line, person: Person, amount_fen: int, key: str, ref: str, auth: str = "") -> DrawResult:
         """`ref` names what is paid (the settlement id); `key` makes a retry harmless; `auth` is the

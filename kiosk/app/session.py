@@ -352,13 +352,24 @@ class CounterSession:
         if self.order.mode == "discharge" and self.order.hold_id:
             self.line = Line(kind="hold", line_id=self.order.hold_id, available=pre.split.psn_cash_pay)
         else:
-            self.line = self.d.bank.line_for(self.person) if pre.split.psn_cash_pay > 0 else Line(kind="none")
+            self.line = self._line_for(pre.split.psn_cash_pay) if pre.split.psn_cash_pay > 0 else Line(kind="none")
         if self.line.kind != "none" and self.line.available < pre.split.psn_cash_pay:
             self.draw_amount = 0  # the line cannot carry it: the cash share is paid at the counter
         else:
             self.draw_amount = pre.split.psn_cash_pay if self.line.kind != "none" else 0
         self.m.set_amounts(**self._amounts(pre.split))
         return pre.split
+
+    def _line_for(self, amount_fen: int) -> Line:
+        """The line that would pay `amount_fen`: the bank tells only with the centre's proof that this
+        face-proved person asks (pay_auth purpose line); no proof, no line (the cash share is paid at the
+        counter)."""
+        assert self.person is not None
+        try:
+            auth = self.d.centre.line_auth(self.person, amount_fen, self.session_id)
+        except RemoteError:
+            auth = ""
+        return self.d.bank.line_for(self.person, amount_fen, auth) if auth else Line(kind="none")
 
     def _amounts(self, s: Split) -> dict[str, str]:
         a = {
@@ -485,7 +496,7 @@ class CounterSession:
         """Admission: place a hold for the deposit on the patient's (or family) line."""
         assert self.person is not None
         self._go(State.PRESETTLED)
-        self.line = self.d.bank.line_for(self.person)
+        self.line = self._line_for(self.order.deposit_fen)
         if self.line.kind == "none":
             self._fail("credit_not_eligible")
         self.draw_amount = self.order.deposit_fen

@@ -581,6 +581,32 @@ class CreditService:
 
         return self.db.run(work)
 
+    def covers(self, payer: str, amount: Fen) -> tuple[str | None, bool]:
+        """(holder of the line the payer draws on, whether a draw of `amount` would pass now: bound,
+        not overdue, within the available credit and the member's monthly cap), drawing nothing.
+        The least a counter needs to offer the line; (None, False) when the payer has none."""
+        _text(payer, "payer")
+        _positive(amount)
+        day = self._today()
+
+        def work(tx: Transaction) -> tuple[str | None, bool]:
+            ln = self._resolve_payer(tx, payer, None)
+            if ln is None:
+                return None, False
+            self._accrue(tx, ln, day)
+            bound, cap = self._member(tx, ln, payer)
+            month_drawn = None
+            if cap is not None:
+                month_drawn = tx.scalar("SELECT SUM(original_fen) FROM credit_draws WHERE line_id = ? AND payer = ? "
+                                        "AND month = ?", (ln.id, payer, rules.month_of(day)), default=0)
+            code = rules.draw_check(has_line=True, bound=bound,
+                                    is_overdue=rules.overdue(self._oldest_unpaid_day(tx, ln.id), day, ln.profile),
+                                    amount=amount, available=ln.available, month_drawn=month_drawn, cap=cap)
+            self._save(tx, ln)
+            return (ln.holder if bound else None), code == rules.OK
+
+        return self.db.run(work)
+
     def statement(self, holder: str) -> dict[str, Any]:
         """The holder's view: state, draws, holds, members (yuan strings)."""
         st = self.state(holder)

@@ -289,18 +289,28 @@ class CentreClient(_Client):
         """1312: one page of the centre's catalogue (hilist_code, hilist_name, chrgitm_lv)."""
         return self.call("1312", {"data": {"page_num": page_num, "page_size": page_size}})
 
+    def mulaid_revoke(self, psn_no: str, auth_psn_no: str, ec_token: str, msgid: str | None = None) -> Answer:
+        """Withdraw a mutual-aid authorisation: `ec_token` is the patient's or the relative's."""
+        return self.call("mulaid.revoke", {"data": {"psn_no": psn_no, "auth_psn_no": auth_psn_no,
+                                                    "mdtrt_cert_type": "01", "mdtrt_cert_no": ec_token}}, msgid)
+
     def mulaid_authorise(self, psn_no: str, auth_psn_no: str, auth_certno: str, relation: str,
-                         msgid: str | None = None) -> Answer:
-        return self.call("mulaid.auth", {"data": {"psn_no": psn_no, "auth_psn_no": auth_psn_no,
+                         msgid: str | None = None, *, ec_token: str = "") -> Answer:
+        """`ec_token`: the patient's (face at this terminal); `auth_certno` typed by the relative as consent."""
+        return self.call("mulaid.auth", {"data": {"psn_no": psn_no, "mdtrt_cert_type": "01", "mdtrt_cert_no": ec_token,
+                                                  "auth_psn_no": auth_psn_no,
                                                   "auth_certno": auth_certno, "relation": relation}}, msgid)
 
 
 class BankClient(_Client):
     service = "bank"
 
-    def apply(self, holder: str, birth_date: str, insured_years: int, msgid: str | None = None) -> Answer:
-        return self.call("credit.apply", {"holder": holder, "birth_date": birth_date,
-                                          "insured_years": insured_years}, msgid)
+    def apply(self, holder: str, birth_date: str, insured_years: int, msgid: str | None = None, *,
+              pay_auth: str = "") -> Answer:
+        """Open a line: `pay_auth` is the applicant's (ec.payauth purpose apply), whose ref and amount are
+        the birth date and years insured to send."""
+        return self.call("credit.apply", _with_auth({"holder": holder, "birth_date": birth_date,
+                                                     "insured_years": insured_years}, pay_auth), msgid)
 
     def bind(self, holder: str, member: str, relation: str, consent: bool, monthly_cap: str | None = None,
              msgid: str | None = None, *, pay_auth: str = "") -> Answer:
@@ -309,11 +319,12 @@ class BankClient(_Client):
         return self.call("credit.bind", _with_auth({"holder": holder, "member": member, "relation": relation,
                                                     "consent": consent, "monthly_cap": monthly_cap}, pay_auth), msgid)
 
-    def unbind(self, holder: str, member: str, msgid: str | None = None) -> Answer:
-        return self.call("credit.unbind", {"holder": holder, "member": member}, msgid)
+    def unbind(self, holder: str, member: str, msgid: str | None = None, *, pay_auth: str = "") -> Answer:
+        return self.call("credit.unbind", _with_auth({"holder": holder, "member": member}, pay_auth), msgid)
 
-    def line(self, payer: str) -> Answer:
-        return self.call("credit.line", {"payer": payer})
+    def line(self, payer: str, amount: str, *, pay_auth: str = "") -> Answer:
+        """Which line pays `amount` for the face-proved payer (ec.payauth purpose line, this amount)."""
+        return self.call("credit.line", _with_auth({"payer": payer, "amount": amount}, pay_auth))
 
     def draw(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None, *,
              pay_auth: str = "") -> Answer:
@@ -340,19 +351,36 @@ class BankClient(_Client):
     def release(self, ref: str, key: str, msgid: str | None = None) -> Answer:
         return self.call("credit.release", {"ref": ref, "key": key}, msgid)
 
-    def repay(self, holder: str, amount: str, key: str, msgid: str | None = None) -> Answer:
-        return self.call("credit.repay", {"holder": holder, "amount": amount, "key": key}, msgid)
+    def repay(self, holder: str, amount: str, key: str, msgid: str | None = None, *, pay_auth: str = "") -> Answer:
+        return self.call("credit.repay", _with_auth({"holder": holder, "amount": amount, "key": key}, pay_auth),
+                         msgid)
 
     def refund(self, ref: str, amount: str, key: str, msgid: str | None = None) -> Answer:
         return self.call("credit.refund", {"ref": ref, "amount": amount, "key": key}, msgid)
 
-    def statement(self, holder: str) -> Answer:
-        return self.call("credit.statement", {"holder": holder})
+    def statement(self, holder: str, *, pay_auth: str = "") -> Answer:
+        return self.call("credit.statement", _with_auth({"holder": holder}, pay_auth))
 
 
 
 def _with_auth(data: dict[str, Any], pay_auth: str) -> dict[str, Any]:
     return {**data, "pay_auth": pay_auth} if pay_auth else data
+
+
+def operator_call(base_url: str, admin_token: str, act: str, body: dict[str, Any], *,
+                  http: httpx.Client | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    """The bank's own channel (`POST /admin/<act>`, operator token): apply, bind, unbind, line, repay,
+    statement for a person the bank authenticated itself. Returns the answer (infcode, output, ...)."""
+    try:
+        if http is not None:
+            r = http.post(f"/admin/{act}", json=body, headers={"x-admin-token": admin_token})
+        else:
+            r = httpx.post(f"{base_url.rstrip('/')}/admin/{act}", json=body, headers={"x-admin-token": admin_token},
+                           timeout=timeout)
+        out = r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise _remote(f"cannot reach the bank at {base_url}: {e}", "unreachable", True) from None
+    return dict(out)
 
 
 def operator_bind(base_url: str, admin_token: str, holder: str, member: str, relation: str, consent: bool,

@@ -18,11 +18,26 @@ terminal, for another amount or settlement, after it expires, or once used.
 Purpose `bind` is the line holder's word that a family member may draw on the line
 (`ec.payauth` with the holder's ecToken; ref = the member's psn_no, amount = the monthly cap
 in fen, 0 = no cap): a terminal cannot lend anyone's line to anyone on its own.
+
+The bank's other acts on a person's line need that person's face too (`ec.payauth`, the
+person's ecToken at this terminal):
+
+| purpose | psn_no | ref | amount |
+|---|---|---|---|
+| `line` | the payer | the payment it is for (free text) | the cash share to check (fen, > 0) |
+| `apply` | the applicant | the applicant's birth date, from the centre's registry | full years insured, from the registry |
+| `unbind` | the holder, or the member leaving | the member's psn_no | 0 |
+| `statement` | the holder | the holder's psn_no | 0 |
+| `repay` | the holder | the repayment (free text) | the repayment (fen, > 0) |
+
+`line` and `statement` read only: the bank checks them but does not spend them (a retry within
+their 10 minutes reads again); the others are single use like a draw's.
 """
 from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -31,8 +46,17 @@ from kiosk.errors import IntegrityError
 from kiosk.security.sm import Sm2PrivateKey, Sm2PublicKey, sm2_sign, sm2_verify
 
 PREFIX = "PA1"
-PURPOSES = ("draw", "hold", "bind")
+PURPOSES = ("draw", "hold", "bind", "line", "apply", "unbind", "statement", "repay")
+POSITIVE = ("draw", "hold", "line", "repay")  # purposes whose amount is money to move or check: > 0
 MAX_LEN = 2048
+# the centre's settlement ids ("S" + yyyymmdd + 16 hex): a draw's ref. A hold's ref (admission) must never
+# look like one: a hold captured under another institution's setl_id would be a draw on that settlement's
+# ref, and the real draw of that settlement would be refused (ref already used).
+SETTLEMENT_ID = re.compile(r"S[0-9]{8}[0-9A-F]{16}")
+
+
+def is_settlement_id(ref: str) -> bool:
+    return SETTLEMENT_ID.fullmatch(ref) is not None
 USER_ID = b"kiosk-pay-auth"  # SM2 signer id: a pay_auth signature is never valid as an envelope's
 
 
@@ -61,8 +85,9 @@ def _unb64(s: str) -> bytes:
 
 
 def sign(auth: PayAuth, key: Sm2PrivateKey) -> str:
-    if auth.purpose not in PURPOSES or auth.amount < 0 or (auth.amount == 0 and auth.purpose != "bind"):
-        raise ValueError("pay_auth needs a purpose of draw/hold/bind and a positive amount (bind: the cap, 0 = none)")
+    if auth.purpose not in PURPOSES or auth.amount < 0 or (auth.amount == 0 and auth.purpose in POSITIVE):
+        raise ValueError(f"pay_auth needs a purpose of {'/'.join(PURPOSES)} and an amount >= 0 (> 0 for "
+                         f"{'/'.join(POSITIVE)})")
     text = json.dumps(asdict(auth), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return f"{PREFIX}.{_b64(text)}.{_b64(sm2_sign(key, text, USER_ID))}"
 
@@ -104,4 +129,4 @@ def public_key_hex(key: Sm2PrivateKey) -> str:
     return key.public_key().to_bytes().hex()
 
 
-__all__ = ["PURPOSES", "PayAuth", "public_key_hex", "sign", "verify"]
+__all__ = ["POSITIVE", "PURPOSES", "SETTLEMENT_ID", "PayAuth", "is_settlement_id", "public_key_hex", "sign", "verify"]

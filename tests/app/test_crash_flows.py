@@ -35,8 +35,17 @@ def bank_rows(st: Any, sql: str, params: tuple = ()) -> list[tuple]:
         db.close()
 
 
+def _operator_line(st: Any, payer: str) -> Any:
+    """The whole line as the bank's operator sees it (a terminal sees own/family and covers only)."""
+    from kiosk.services.client import operator_call
+    from kiosk.services.protocol import Answer
+
+    d = operator_call(st.url("bank"), st.admin_token, "line", {"payer": payer})
+    return Answer(d["infcode"], d.get("err_code", ""), d.get("err_msg", ""), d.get("output") or {}, "")
+
+
 def available(st: Any, payer: str) -> int:
-    return yuan_to_fen(st.bank_client.call("credit.line", {"payer": payer}).output["available"], "available")
+    return yuan_to_fen(_operator_line(st, payer).output["available"], "available")
 
 
 def services_check(st: Any) -> None:

@@ -46,3 +46,21 @@ def test_a_hold_is_captured_or_released_only_by_its_institution(db: Database) ->
     assert tuple(row) == (HOSPITAL.institution, HOSPITAL.app_id)
     assert svc.refund("rf-x", "ADM-1", 100, institution=CLINIC.institution).code == "unknown_ref"
     assert svc.check().ok
+
+
+def test_covers_says_only_whether_a_draw_would_pass_and_draws_nothing(db: Database) -> None:
+    """What the bank tells a counter (credit.line): the line's holder and whether this amount would be
+    drawn now - bound, within the available credit and the member's monthly cap, not overdue."""
+    svc = _svc(db)
+    assert svc.bind("b1", "HOLDER", "MEMBER", "spouse", True, 5000).ok
+    before = svc.state("HOLDER")
+    assert svc.covers("HOLDER", 2_000_000) == ("HOLDER", True)
+    assert svc.covers("HOLDER", before.available + 1) == ("HOLDER", False)
+    assert svc.covers("MEMBER", 5000) == ("HOLDER", True)
+    assert svc.covers("MEMBER", 5001) == ("HOLDER", False)  # over the member's monthly cap
+    assert svc.covers("NOBODY", 100) == (None, False)
+    assert svc.state("HOLDER").available == before.available  # nothing drawn or held
+    assert svc.draw("d1", "HOLDER", 1000, "S-9", owner=HOSPITAL).ok
+    svc.clock.advance(days=61)  # type: ignore[attr-defined]
+    assert svc.covers("HOLDER", 100) == ("HOLDER", False)  # overdue: no new draw
+    assert svc.check().ok

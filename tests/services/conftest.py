@@ -127,4 +127,16 @@ def pay_auth(c: Centre, payer: str, ref: str, amount: str, *, purpose: str = "dr
     return payauth.sign(a, c.service.keys.sm2)
 
 
-__all__ = ["BankClient", "Centre", "bank_identity", "fresh_pg", "head", "lines", "make_centre", "pay_auth", "pg_url"]
+def apply_auth(c: Centre, holder: str, birth_date: str, years: int, *, app_id: str | None = None,
+               institution: str = INSTITUTION, minutes: int = 10) -> str:
+    """The applicant's pay_auth of purpose apply as ec.payauth issues it: ref = the birth date, amount = the
+    full years insured (both the centre's)."""
+    from kiosk.services import payauth
+
+    a = payauth.PayAuth(id="PA" + secrets.token_hex(8), psn_no=holder, fixmedins_code=institution,
+                        app_id=app_id or c.app_id, ref=birth_date, amount=years, purpose="apply",
+                        exp=int(c.clock.now().timestamp()) + 60 * minutes, kid=c.service.keys.store.current_kid)
+    return payauth.sign(a, c.service.keys.sm2)
+
+
+__all__ = ["BankClient", "apply_auth", "Centre", "bank_identity", "fresh_pg", "head", "lines", "make_centre", "pay_auth", "pg_url"]

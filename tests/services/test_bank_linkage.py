@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from kiosk.errors import RemoteError
 from kiosk.services.bank.app import check_bank, create_app as create_bank
 from kiosk.services.centre.check import check_centre
-from kiosk.services.client import BankClient, drain_notifications
+from kiosk.services.client import BankClient, drain_notifications, operator_call
 from kiosk.services.http import admin_token
 from kiosk.services.linkage import LinkedPayment, MemoryJournal
-from kiosk.services.protocol import InfCode
+from kiosk.services.protocol import Answer, InfCode
 from kiosk.storage import Database, open_database
 
-from .conftest import Centre, bank_identity, fresh_pg, head, lines, make_centre, pay_auth, pg_url
+from .conftest import Centre, apply_auth, bank_identity, fresh_pg, head, lines, make_centre, pay_auth, pg_url
 
 
 @dataclass
@@ -31,6 +31,19 @@ class Bank:
     http: TestClient
     db: Database
     token: str = ""
+
+    def _operator(self, act: str, body: dict[str, Any]) -> Answer:
+        d = operator_call("http://testserver", self.token, act, body, http=self.http)
+        return Answer(d["infcode"], d.get("err_code", ""), d.get("err_msg", ""), d.get("output") or {}, "")
+
+    def open(self, holder: str, birth_date: str, years: int) -> Answer:
+        """A line opened in the bank's own channel (operator token)."""
+        return self._operator("apply", {"holder": holder, "birth_date": birth_date, "insured_years": years,
+                                        "key": f"open/{holder}"})
+
+    def line(self, payer: str) -> Answer:
+        """The whole line, as the bank's operator sees it (a terminal sees own/family and covers only)."""
+        return self._operator("line", {"payer": payer})
 
     def notifications(self, limit: int = 100) -> list[dict[str, Any]]:
         """What the operator's sender takes from the outbox."""
@@ -65,20 +78,21 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 def test_apply_bind_draw_idempotent_and_reverse(pair: tuple[Centre, Bank]) -> None:
     c, bank = pair
     b = bank.client
-    assert b.apply("H1", "1980-05-01", 4).output["limit"] == "10000.00"
-    old = b.apply("H2", "1950-05-01", 9)
+    assert b.apply("H1", "1980-05-01", 4, pay_auth=apply_auth(c, "H1", "1980-05-01", 4)).output["limit"] == "10000.00"
+    old = b.apply("H2", "1950-05-01", 9, pay_auth=apply_auth(c, "H2", "1950-05-01", 9))
     assert old.infcode == InfCode.BUSINESS_REFUSED and old.err_code == "ineligible_age"
     assert b.bind("H1", "M1", "parent", False,
                   pay_auth=pay_auth(c, "H1", "M1", "0.00", purpose="bind")).err_code == "no_consent"
     assert b.bind("H1", "M1", "parent", True, "100.00").err_code == "pay_auth_required"  # not without the holder
     assert b.bind("H1", "M1", "parent", True, "100.00", pay_auth=pay_auth(c, "H1", "M1", "100.00", purpose="bind")).ok
-    line = b.line("M1")
-    assert line.ok and line.output["holder"] == "H1" and line.output["kind"] == "family"
+    line = b.line("M1", "60.00", pay_auth=pay_auth(c, "M1", "q-1", "60.00", purpose="line"))
+    assert line.ok and line.output == {"payer": "M1", "kind": "family", "amount": "60.00", "covers": "1",
+                                       "holder_hint": "H1"}
     auth_a = pay_auth(c, "M1", "SETL-A", "60.00")
     first = b.draw("M1", "60.00", "SETL-A", "k-a", pay_auth=auth_a)
     again = b.draw("M1", "60.00", "SETL-A", "k-a", pay_auth=auth_a)  # retry, same key: first result, no 2nd charge
     assert first.ok and again.ok and again.output["ref"] == "SETL-A"
-    assert b.line("H1").output["available"] == "9940.00"
+    assert bank.line("H1").output["available"] == "9940.00"
     capped = b.draw("M1", "60.00", "SETL-B", "k-b", pay_auth=pay_auth(c, "M1", "SETL-B", "60.00"))
     assert capped.err_code == "member_cap_exceeded"
     other = b.draw("M1", "61.00", "SETL-A", "k-a", pay_auth=pay_auth(c, "M1", "SETL-A", "61.00"))  # same key, other draw
@@ -93,12 +107,12 @@ def test_apply_bind_draw_idempotent_and_reverse(pair: tuple[Centre, Bank]) -> No
     assert any(n["payload"]["member"] == "M1" and n["payload"]["ref"] == "SETL-A" for n in notes)
     # reversing a draw by key refunds it; a key that never drew is blocked
     r = b.reverse_draw("k-a", "M1")
-    assert r.output["result"] == "reversed" and b.line("H1").output["available"] == "9990.00"
+    assert r.output["result"] == "reversed" and bank.line("H1").output["available"] == "9990.00"
     assert b.reverse_draw("k-a", "M1").output["result"] == "already_reversed"
     assert b.reverse_draw("k-z", "H1").output["result"] == "not_drawn"
     late = b.draw("H1", "5.00", "SETL-Z", "k-z", pay_auth=pay_auth(c, "H1", "SETL-Z", "5.00"))
     assert late.infcode == InfCode.ALREADY_REVERSED and late.err_code == "draw_reversed"
-    st = b.statement("H1").output
+    st = b.statement("H1", pay_auth=pay_auth(c, "H1", "H1", "0.00", purpose="statement")).output
     assert [d["ref"] for d in st["draws"]] == ["SETL-A", "SETL-C"]
     bad = b.call("credit.draw", {"payer": "H1", "amount": "-3", "ref": "x", "key": "y"})
     assert bad.infcode == InfCode.INVALID_INPUT and "amount" in bad.err_msg
@@ -130,7 +144,7 @@ def _payment(c: Centre, bank: Bank, journal: MemoryJournal, p: Any, fault: str |
 def test_crash_between_settlement_and_draw_is_completed_on_resume(pair: tuple[Centre, Bank]) -> None:
     c, bank = pair
     p = c.people[18]
-    assert bank.client.apply(p.psn_no, p.brdy, 6).ok
+    assert bank.open(p.psn_no, p.brdy, 6).ok
     journal = MemoryJournal()
     lp, entry = _payment(c, bank, journal, p, fault="settle")
     with pytest.raises(Crash):
@@ -146,7 +160,7 @@ def test_crash_between_settlement_and_draw_is_completed_on_resume(pair: tuple[Ce
         lp2.run(e2)
     again = LinkedPayment(c.client, bank.client, journal).resume(journal.load(e2.order_id))
     assert again.state == "done" and _draws(bank, again.setl_id) == 1
-    line = bank.client.line(p.psn_no).output
+    line = bank.line(p.psn_no).output
     assert line["principal_outstanding"] == "700.00"  # both bills charged exactly once
 
 
@@ -170,7 +184,7 @@ def test_a_bank_fault_answer_is_retried_not_taken_for_a_decline(pair: tuple[Cent
 
     c, bank = pair
     p = c.people[21]
-    assert bank.client.apply(p.psn_no, p.brdy, 6).ok
+    assert bank.open(p.psn_no, p.brdy, 6).ok
     journal = MemoryJournal()
     lp, entry = _payment(c, bank, journal, p, amount="120.00")
     real = bank.client.draw
@@ -187,7 +201,7 @@ def test_a_bank_fault_answer_is_retried_not_taken_for_a_decline(pair: tuple[Cent
 def test_lost_settlement_answer_is_found_or_blocked(pair: tuple[Centre, Bank]) -> None:
     c, bank = pair
     p = c.people[20]
-    assert bank.client.apply(p.psn_no, p.brdy, 2).ok
+    assert bank.open(p.psn_no, p.brdy, 2).ok
     journal = MemoryJournal()
     lp, entry = _payment(c, bank, journal, p, amount="50.00")
     # the centre cannot be reached at all: nothing sent, journal still at intent
@@ -264,9 +278,9 @@ def test_bank_openapi_lists_every_operation(pair: tuple[Centre, Bank]) -> None:
 def test_hold_capture_release_repay_refund(pair: tuple[Centre, Bank]) -> None:
     c, bank = pair
     b = bank.client
-    assert b.apply("H9", "1985-01-01", 1).output["limit"] == "5000.00"
+    assert bank.open("H9", "1985-01-01", 1).output["limit"] == "5000.00"
     assert b.hold("H9", "3000.00", "ADM-1", "h1", pay_auth=pay_auth(c, "H9", "ADM-1", "3000.00", purpose="hold")).ok
-    assert b.line("H9").output["available"] == "2000.00"
+    assert bank.line("H9").output["available"] == "2000.00"
     over = b.capture("ADM-1", "3500.00", "c0")
     assert over.err_code == "exceeds_hold"
     cap = b.capture("ADM-1", "1200.00", "c1")
@@ -274,9 +288,11 @@ def test_hold_capture_release_repay_refund(pair: tuple[Centre, Bank]) -> None:
     assert b.hold("H9", "100.00", "ADM-2", "h2", pay_auth=pay_auth(c, "H9", "ADM-2", "100.00", purpose="hold")).ok
     assert b.release("ADM-2", "r2").ok
     assert b.refund("ADM-1", "200.00", "rf1").output["principal"] == "200.00"
-    assert b.repay("H9", "5000.00", "p0").err_code == "overpayment"
-    assert b.repay("H9", "1000.00", "p1").ok
-    assert b.line("H9").output["available"] == "5000.00"
+    assert b.repay("H9", "1000.00", "p1").err_code == "pay_auth_required"  # only with the holder's face
+    assert b.repay("H9", "5000.00", "p0",
+                   pay_auth=pay_auth(c, "H9", "r0", "5000.00", purpose="repay")).err_code == "overpayment"
+    assert b.repay("H9", "1000.00", "p1", pay_auth=pay_auth(c, "H9", "r1", "1000.00", purpose="repay")).ok
+    assert bank.line("H9").output["available"] == "5000.00"
     assert check_bank(bank.db)["balanced"]
 
 
@@ -305,7 +321,7 @@ def test_notifications_queue_due_soon_and_overdue_without_a_new_draw(tmp_path) -
     with TestClient(app) as http:
         b = BankClient("http://testserver", bank_identity(centre.app_id, centre.app_secret, centre.key),
                        http=http, clock=centre.clock)
-        assert b.apply("H9", "1985-01-01", 3).ok
+        assert b.apply("H9", "1985-01-01", 3, pay_auth=apply_auth(centre, "H9", "1985-01-01", 3)).ok
         assert b.draw("H9", "100.00", "SETL-N", "k-n", pay_auth=pay_auth(centre, "H9", "SETL-N", "100.00")).ok
         def notes() -> list[dict[str, Any]]:
             return drain_notifications("http://testserver", admin_token(tmp_path), http=http)
@@ -318,7 +334,7 @@ def test_notifications_queue_due_soon_and_overdue_without_a_new_draw(tmp_path) -
         centre.clock.advance(days=8)
         over = notes()
         assert [(m["topic"], m["payload"]["ref"]) for m in over] == [("credit.overdue", "SETL-N")]
-        assert b.statement("H9").ok
+        assert b.statement("H9", pay_auth=pay_auth(centre, "H9", "H9", "0.00", purpose="statement")).ok
         # a terminal cannot take (and so swallow) the holders' notices
         assert b.call("credit.notifications", {"limit": 10}).infcode == InfCode.UNKNOWN_TRANSACTION
         with pytest.raises(RemoteError):
@@ -339,7 +355,7 @@ def test_bank_wrong_types_are_refused_not_coerced(pair: tuple[Centre, Bank], op:
                                                   field: str) -> None:
     """Consent must be an explicit JSON true, counts JSON integers: "yes" or 1 is not consent."""
     _c, bank = pair
-    assert bank.client.apply("HT1", "1985-01-01", 2).infcode in (0, InfCode.BUSINESS_REFUSED)
+    assert bank.open("HT1", "1985-01-01", 2).infcode in (0, InfCode.BUSINESS_REFUSED)
     a = bank.client.call(f"credit.{op}", data)
     assert a.infcode == InfCode.INVALID_INPUT and a.err_msg.startswith(field), a
 
@@ -354,8 +370,8 @@ def test_concurrent_draws_with_one_key_all_get_the_one_charge(pair: tuple[Centre
     c, bank = pair
     b = bank.client
     gw = bank.http.app.state.gateway
-    assert b.apply("HC1", "1985-01-01", 3).infcode in (0, InfCode.BUSINESS_REFUSED)
-    before = b.line("HC1").output["principal_outstanding"]
+    assert bank.open("HC1", "1985-01-01", 3).infcode in (0, InfCode.BUSINESS_REFUSED)
+    before = bank.line("HC1").output["principal_outstanding"]
     rounds, n = 8, 8
     answers = []
     ex = ThreadPoolExecutor(n)  # one pool: each worker thread keeps one connection
@@ -372,7 +388,7 @@ def test_concurrent_draws_with_one_key_all_get_the_one_charge(pair: tuple[Centre
             answers.append(b.read_answer(httpx.Response(status, json=body), msgid))
     ex.shutdown()
     assert [(a.infcode, a.err_code, a.err_msg) for a in answers if not a.ok] == []
-    after = b.line("HC1").output["principal_outstanding"]
+    after = bank.line("HC1").output["principal_outstanding"]
     assert Decimal(after) - Decimal(before) == rounds  # one yuan per key, however many tries
     assert b.reverse_draw("kc-0", "HC1").output["result"] == "reversed"
     assert b.draw("HC1", "1.00", "SC-0", "kc-0", pay_auth=pay_auth(c, "HC1", "SC-0", "1.00")).err_code == "draw_reversed"

@@ -182,13 +182,14 @@ def test_invalid_input_is_an_answer_naming_the_field_never_a_500(centre: Centre)
 def test_mutual_aid_relation_checked_and_used(centre: Centre) -> None:
     a, spouse, stranger = centre.people[10], centre.people[11], centre.people[12]
     cl = centre.client
-    r = cl.mulaid_authorise(a.psn_no, stranger.psn_no, stranger.certno, "spouse")
+    tok = centre.activate(a)
+    r = cl.mulaid_authorise(a.psn_no, stranger.psn_no, stranger.certno, "spouse", ec_token=tok)
     assert r.infcode == InfCode.RELATION_NOT_ALLOWED and r.err_code == "not_a_relative"
-    r = cl.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "sibling")
+    r = cl.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "sibling", ec_token=tok)
     assert r.infcode == InfCode.RELATION_NOT_ALLOWED and r.err_code == "relation_mismatch"
-    r = cl.mulaid_authorise(a.psn_no, spouse.psn_no, a.certno, "spouse")  # not the relative's ID number
+    r = cl.mulaid_authorise(a.psn_no, spouse.psn_no, a.certno, "spouse", ec_token=tok)  # not the relative's ID number
     assert r.infcode == InfCode.IDENTITY_MISMATCH
-    assert cl.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "spouse").ok
+    assert cl.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "spouse", ec_token=tok).ok
     token = centre.activate(a)
     bal_a, bal_s = balance(centre, a.psn_no), balance(centre, spouse.psn_no)
     big = f"{(bal_a + bal_s) // 100 + 5000}.00"
@@ -353,7 +354,8 @@ def _mulaid_patient(centre: Centre):
     """Patient people[23] whose spouse people[22] (psn_no sorts first) pays through mutual aid."""
     a, spouse = centre.people[23], centre.people[22]
     assert spouse.psn_no < a.psn_no
-    assert centre.client.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "spouse").ok
+    assert centre.client.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "spouse",
+                                          ec_token=centre.activate(a)).ok
     return a, spouse
 
 
@@ -390,8 +392,8 @@ def test_mutual_aid_revoked_while_a_settlement_waits_for_the_lock_is_not_charged
     # The settlement reads the authorisation, then waits for the person locks; a revoke that commits in
     # that gap must win: the relative's account is not charged after they withdrew consent.
     a, spouse = centre.people[9], centre.people[8]
-    assert centre.client.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "spouse").ok
     token = centre.activate(a)
+    assert centre.client.mulaid_authorise(a.psn_no, spouse.psn_no, spouse.certno, "spouse", ec_token=token).ok
     bal_s = balance(centre, spouse.psn_no)
     real = centre.service._lock_people
 

@@ -62,7 +62,11 @@ class DayWorld:
 
     def draw(self, p: Any, out: dict[str, Any], key: str) -> None:
         if p.psn_no not in self.lines_open:
-            assert self.bank.apply(p.psn_no, p.brdy, 6).ok
+            from kiosk.services.client import operator_call  # the bank's own channel opens lines
+
+            assert operator_call("http://testserver", self.admin_token, "apply",
+                                 {"holder": p.psn_no, "birth_date": p.brdy, "insured_years": 6,
+                                  "key": f"open/{p.psn_no}"}, http=self.bank_http)["infcode"] == 0
             self.lines_open.add(p.psn_no)
         s = out["setlinfo"]
         a = self.bank.draw(p.psn_no, s["psn_cash_pay"], s["setl_id"], key, pay_auth=out["pay_auth"])

@@ -8,7 +8,7 @@ from pathlib import Path
 from kiosk.security.sm import Sm2PrivateKey
 from kiosk.services.centre.check import check_centre
 from kiosk.services.cli import start_services, stop_services
-from kiosk.services.client import BankClient, CentreClient, ServiceIdentity, register_terminal
+from kiosk.services.client import BankClient, CentreClient, ServiceIdentity, register_terminal, operator_call
 from kiosk.services.http import admin_token
 from kiosk.services.bank.app import open_lines
 from kiosk.services.centre.app import build_centre
@@ -59,7 +59,8 @@ def test_two_workers_share_state_through_the_database(tmp_path: Path) -> None:
         draws = [bank.draw(p.psn_no, setl["psn_cash_pay"], setl["setl_id"], key_,
                            pay_auth=answers[0].output["pay_auth"]) for _ in range(4)]
         assert all(d.ok for d in draws)
-        assert bank.line(p.psn_no).output["principal_outstanding"] == "88.00"
+        line = operator_call(f"http://127.0.0.1:{bport}", tok, "line", {"payer": p.psn_no})
+        assert line["output"]["principal_outstanding"] == "88.00"
         auth = centre.authenticate(centre.seal_face(synthetic_capture(p.psn_no, rng), "s2", "auth"), "s2")
         assert auth.ok and auth.output["psn_no"] == p.psn_no  # the other worker's gallery sees the activation
         doc = centre.http.get("/openapi.json").json()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kiosk.errors import RemoteError
-from kiosk.money import fen_to_yuan, yuan_to_fen
+from kiosk.money import fen_to_yuan
 from kiosk.services.client import BankClient
 from kiosk.services.protocol import Answer, InfCode
 from kiosk.app.ports import DrawResult, Line, Person, RefundResult
@@ -40,10 +40,6 @@ def _reason(a: Answer) -> str:
     return "insufficient_credit"
 
 
-def _fen(v: Any, field: str) -> int:
-    return yuan_to_fen(str(v if v is not None else "0.00"), field)
-
-
 class BankAdapter:
     def __init__(self, client: BankClient) -> None:
         self.client = client
@@ -52,19 +48,21 @@ class BankAdapter:
         ans: Answer = fn(*a, **kw)
         return ans
 
-    def line_for(self, person: Person) -> Line:
-        a = self._call(self.client.line, person.psn_no)
+    def line_for(self, person: Person, amount_fen: int, auth: str) -> Line:
+        """The bank answers only whether the face-proved payer's line covers this amount (no limit, balance
+        or holder number): `available` is the amount when it does, 0 when it does not."""
+        if not auth or amount_fen <= 0:
+            return Line(kind="none")
+        a = self._call(self.client.line, person.psn_no, fen_to_yuan(amount_fen), pay_auth=auth)
         if not a.ok:
             return Line(kind="none")
         o = a.output
-        holder = str(o.get("holder") or "")
-        kind = "family" if o.get("kind") == "family" or (holder and holder != person.psn_no) else "own"
-        if o.get("overdue"):
-            return Line(kind="none")
-        # the bank knows the holder by number only; the screen shows whose line it is, masked
-        label = f"家人 family …{holder[-4:]}" if kind == "family" else ""
-        return Line(kind=kind, line_id=str(o.get("line_id") or holder), holder_name=label,
-                    available=_fen(o.get("available"), "available"))
+        kind = "family" if o.get("kind") == "family" else "own"
+        # the screen shows whose line it is by the last 4 characters of the holder's number only
+        hint = str(o.get("holder_hint") or "")
+        label = f"家人 family …{hint}" if kind == "family" else ""
+        return Line(kind=kind, line_id=person.psn_no if kind == "own" else f"family…{hint}", holder_name=label,
+                    available=amount_fen if o.get("covers") == "1" else 0)
 
     def draw(self, line: Line, person: Person, amount_fen: int, key: str, ref: str, auth: str = "") -> DrawResult:
         try:

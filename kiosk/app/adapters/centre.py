@@ -158,6 +158,12 @@ class CentreAdapter:
         a = self._call(self.client.pay_auth, person.psn_no, person.ec_token, fen_to_yuan(amount_fen), ref)
         return str(a.output.get("pay_auth") or "") if a.ok else ""
 
+    def line_auth(self, person: Person, amount_fen: int, ref: str) -> str:
+        """ec.payauth purpose line: the face-proved person asks the bank which line pays this amount."""
+        a = self._call(self.client.pay_auth, person.psn_no, person.ec_token, fen_to_yuan(amount_fen), ref,
+                       purpose="line")
+        return str(a.output.get("pay_auth") or "") if a.ok else ""
+
     def refund(self, person: Person, setl_id: str, amount_fen: int, key: str, *, msgid: str = "",
                pharmacy: bool | None = None) -> RefundResult:
         """Whole refund of a settlement: 2208 (2103 for a pharmacy settlement). With the journaled

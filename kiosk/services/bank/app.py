@@ -24,7 +24,8 @@ from kiosk.clock import Clock, SystemClock
 from kiosk.config import load
 from kiosk.errors import ConflictError, KioskError
 from kiosk.services.bank.clearing import Clearing, statement as clearing_statement
-from kiosk.services.bank.service import BankService, OperatorBind
+from kiosk.services.bank.service import (BankService, OperatorApply, OperatorBind, OperatorLine, OperatorRepay,
+                                         OperatorStatement, OperatorUnbind)
 from kiosk.security.sm import Sm2PublicKey
 from kiosk.services import envelope as env
 from kiosk.services.envelope import ServiceKeys
@@ -100,25 +101,36 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
         out = db.run(lambda tx: service.hand_over(tx, now, limit))
         return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
 
-    @app.post("/admin/bind", tags=["admin"],
-              summary="record a family binding the holder made in the bank's own channel (operator token); "
-                      "terminals bind only with the holder's pay_auth (credit.bind)")
-    def operator_bind(body: dict[str, Any] = Body(...), x_admin_token: str = Header(default="")) -> JSONResponse:
-        now = gw.clock.now()
-        denied = admin_refusal(x_admin_token, token, now)
-        if denied is not None:
-            return denied
-        try:
-            d = parse_model(OperatorBind, body, prefix="")
-            out = service.bind_by_operator(d)
-        except ConflictError as e:
-            return JSONResponse(refused("", Refusal(InfCode.MSGID_CONFLICT, "key was already used for a different "
-                                                    "binding", code=e.code, field="key"), now), status_code=409)
-        except KioskError as e:
-            return JSONResponse(refused("", e, now), status_code=400)
-        if isinstance(out, Refusal):
-            return JSONResponse(refused("", out, now))
-        return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
+    def operator(model: type, act: Callable[[Any], Any]) -> Callable[..., JSONResponse]:
+        """An act of the bank's own channel: the operator token, the body checked like a message's."""
+        def handle(body: dict[str, Any] = Body(...), x_admin_token: str = Header(default="")) -> JSONResponse:
+            now = gw.clock.now()
+            denied = admin_refusal(x_admin_token, token, now)
+            if denied is not None:
+                return denied
+            try:
+                out = act(parse_model(model, body, prefix=""))
+            except ConflictError as e:
+                return JSONResponse(refused("", Refusal(InfCode.MSGID_CONFLICT, "key was already used for a "
+                                                        "different request", code=e.code, field="key"), now),
+                                    status_code=409)
+            except KioskError as e:
+                return JSONResponse(refused("", e, now), status_code=400)
+            if isinstance(out, Refusal):
+                return JSONResponse(refused("", out, now))
+            return JSONResponse({"infcode": 0, "err_msg": "", "output": out})
+        return handle
+
+    # the bank's own channel (its app or branch authenticates the person itself): terminals do these
+    # only with the person's pay_auth from the centre (docs/remote-parties.md, "Who may act on what")
+    for path, model, act, summary in (
+            ("bind", OperatorBind, service.bind_by_operator, "record a family binding the holder made"),
+            ("unbind", OperatorUnbind, service.unbind_by_operator, "end a family binding"),
+            ("apply", OperatorApply, service.apply_by_operator, "open a line the applicant asked for"),
+            ("line", OperatorLine, service.line_for_operator, "the whole line a payer uses (limit, balances)"),
+            ("repay", OperatorRepay, service.repay_by_operator, "record a repayment made to the bank"),
+            ("statement", OperatorStatement, lambda d: service.statement_for(d.holder), "a holder's statement")):
+        app.post(f"/admin/{path}", tags=["admin"], summary=f"{summary} (operator token)")(operator(model, act))
 
     @app.get("/admin/clearing", tags=["admin"],
              summary="the clearing statement of any institution for an Asia/Shanghai day (operator token)")

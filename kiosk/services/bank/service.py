@@ -2,16 +2,19 @@
 
 | infno | input | output |
 |---|---|---|
-| credit.apply | holder, birth_date, insured_years | line opened: limit (tier) / ineligible_age |
+| credit.apply | holder, birth_date, insured_years, pay_auth (the applicant's, purpose apply) | line opened: limit (tier) / ineligible_age |
 | credit.bind | holder, member, relation, consent, monthly_cap, pay_auth (the holder's, purpose bind) | bound / no_consent / no_line |
-| credit.unbind | holder, member | unbound / not_bound |
-| credit.line | payer | holder, kind own/family, limit, available, overdue |
+| credit.unbind | holder, member, pay_auth (holder's or member's, purpose unbind) | unbound / not_bound |
+| credit.line | payer, amount, pay_auth (the payer's, purpose line) | kind own/family, covers 1/0, holder_hint |
 | credit.draw | payer, amount, ref (= setl_id), key, pay_auth | ref, amount, available |
 | credit.draw_reverse | key, payer, ref? | reversed / not_drawn (the key is then blocked) / key_ref_mismatch |
 | credit.hold / credit.capture / credit.release | payer, amount, ref, key, pay_auth / ref, amount, key / ref, key | ... |
-| credit.repay | holder, amount, key | interest, principal |
+| credit.repay | holder, amount, key, pay_auth (holder's, purpose repay) | interest, principal |
 | credit.refund | ref, amount, key | principal, cash |
-| credit.statement | holder | state, draws, holds, members |
+| credit.statement | holder, pay_auth (holder's, purpose statement) | state, draws, holds, members |
+
+The bank's own channel (operator token): `POST /admin/apply`, `/admin/bind`, `/admin/unbind`,
+`/admin/line`, `/admin/repay`, `/admin/statement` (kiosk.services.client.operator_call).
 
 Holder notifications are not a terminal transaction: the operator's sender drains
 them through `POST /admin/notifications` (operator token), see `hand_over`.
@@ -95,6 +98,19 @@ class Apply(_In):
     holder: str = _ID
     birth_date: date
     insured_years: StrictInt = Field(ge=0, le=100)
+    pay_auth: str | None = Field(default=None, max_length=payauth.MAX_LEN,
+                                 description="the applicant's authorisation from the centre's ec.payauth (purpose "
+                                             "apply: ref = the birth date, amount = the years insured, both from the "
+                                             "centre's registry, which these fields must repeat); required")
+
+
+class OperatorApply(_In):
+    """`POST /admin/apply`: a line the applicant asked for in the bank's own channel (operator token)."""
+
+    holder: str = _ID
+    birth_date: date
+    insured_years: StrictInt = Field(ge=0, le=100)
+    key: str = _KEY
 
 
 class Bind(_In):
@@ -119,9 +135,28 @@ class OperatorBind(Bind):
 class Unbind(_In):
     holder: str = _ID
     member: str = _ID
+    pay_auth: str | None = Field(default=None, max_length=payauth.MAX_LEN,
+                                 description="the holder's (or the leaving member's) authorisation from the centre's "
+                                             "ec.payauth (purpose unbind, ref = the member); required")
+
+
+class OperatorUnbind(_In):
+    holder: str = _ID
+    member: str = _ID
+    key: str = _KEY
 
 
 class LineQuery(_In):
+    payer: str = _ID
+    amount: str = Field(description="yuan, 2 dp: the cash share the counter wants to draw")
+    pay_auth: str | None = Field(default=None, max_length=payauth.MAX_LEN,
+                                 description="the payer's authorisation from the centre's ec.payauth (purpose line, "
+                                             "this amount); without it the answer is that of a person with no line")
+
+    _amt = field_validator("amount", mode="before")(_amount)
+
+
+class OperatorLine(_In):
     payer: str = _ID
 
 
@@ -171,6 +206,17 @@ class Repay(_In):
     holder: str = _ID
     amount: str
     key: str = _KEY
+    pay_auth: str | None = Field(default=None, max_length=payauth.MAX_LEN,
+                                 description="the holder's authorisation from the centre's ec.payauth (purpose repay, "
+                                             "this amount); required")
+
+    _amt = field_validator("amount", mode="before")(_amount)
+
+
+class OperatorRepay(_In):
+    holder: str = _ID
+    amount: str
+    key: str = _KEY
 
     _amt = field_validator("amount", mode="before")(_amount)
 
@@ -184,8 +230,15 @@ class Refund(_In):
     _amt = field_validator("amount", mode="before")(_amount)
 
 
+class OperatorStatement(_In):
+    holder: str = _ID
+
+
 class Statement(_In):
     holder: str = _ID
+    pay_auth: str | None = Field(default=None, max_length=payauth.MAX_LEN,
+                                 description="the holder's authorisation from the centre's ec.payauth (purpose "
+                                             "statement); without it the answer is that of a person with no line")
 
 
 def _fen(yuan: str) -> int:
@@ -232,8 +285,8 @@ class BankService:
     def _owner(ctx: Ctx) -> Owner:
         return Owner(ctx.terminal.fixmedins_code, ctx.terminal.app_id)
 
-    def _authorised(self, ctx: Ctx, tx: Transaction, token: str | None, purpose: str, key: str, *, psn_no: str,
-                    ref: str, amount: int) -> tuple[bool, str]:
+    def _authorised(self, ctx: Ctx, tx: Transaction, token: str | None, purpose: str, key: str, *,
+                    psn_no: str | tuple[str, ...], ref: str | None, amount: int | None) -> tuple[bool, str]:
         """Check the act's pay_auth and claim it for `key`; (newly claimed, auth id). Raises a Refusal
         (everything rolls back) when the centre's signature, the binding (person, terminal,
         institution, ref, amount, purpose), the expiry or single use fails."""
@@ -252,9 +305,9 @@ class BankService:
         t = ctx.terminal
         wrong = ("purpose" if a.purpose != purpose else
                  "terminal" if a.app_id != t.app_id or a.fixmedins_code != t.fixmedins_code else
-                 "person" if a.psn_no != psn_no else
-                 "ref" if a.ref != ref else
-                 "amount" if a.amount != amount else "")
+                 "person" if a.psn_no not in ((psn_no,) if isinstance(psn_no, str) else psn_no) else
+                 "ref" if ref is not None and a.ref != ref else
+                 "amount" if amount is not None and a.amount != amount else "")
         if wrong:
             raise Refusal(InfCode.NO_AUTHORISATION, f"pay_auth does not authorise this {purpose}: its {wrong} "
                           "differs", code="pay_auth_mismatch", field="input.pay_auth")
@@ -272,6 +325,28 @@ class BankService:
                           "(5203 re-issues a settlement's)", code="pay_auth_expired", field="input.pay_auth")
         return True, a.id
 
+    def _proves(self, ctx: Ctx, token: str | None, purpose: str, psn_no: str, *, ref: str | None = None,
+                amount: int | None = None) -> bool:
+        """A read-only act's proof (line, statement): the centre's signature, this purpose, this terminal
+        and institution, this person (ref, amount), unexpired. Not spent: a read may be retried. Never
+        a refusal of its own: the caller answers as for a person with nothing to show (no oracle)."""
+        pub = self.centre_key()
+        if not token or pub is None:
+            return False
+        try:
+            a = payauth.verify(token, pub)
+        except IntegrityError:
+            return False
+        t = ctx.terminal
+        return (a.purpose == purpose and a.app_id == t.app_id and a.fixmedins_code == t.fixmedins_code
+                and a.psn_no == psn_no and (ref is None or a.ref == ref) and (amount is None or a.amount == amount)
+                and not a.expired(ctx.now))
+
+    def _release(self, tx: Transaction, r: Result, auth_new: bool, auth_id: str) -> None:
+        """A refused act spends no authorisation (the person may try again, e.g. after a repayment)."""
+        if not r.ok and auth_new:
+            tx.execute("DELETE FROM bank_pay_auths WHERE auth_id = ?", (auth_id,))
+
     @staticmethod
     def _guard(fn: Any, *a: Any, **kw: Any) -> Result:
         try:
@@ -281,9 +356,20 @@ class BankService:
                           code=e.code, field="input.key") from None
 
     def apply(self, ctx: Ctx, tx: Transaction, d: Apply) -> dict[str, Any] | Refusal:
+        """A line is opened only on the applicant's own face (pay_auth purpose apply), with the birth date
+        and years insured the centre signed: no terminal opens a line for anyone, or for a better tier."""
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "apply",
+                                             self._key(ctx, f"apply/{ctx.request.msgid}"), psn_no=d.holder,
+                                             ref=d.birth_date.isoformat(), amount=d.insured_years)
         r = self._guard(self.credit.open, f"{ctx.terminal.app_id}/{ctx.request.msgid}", d.holder, d.birth_date,
                         d.insured_years)
+        self._release(tx, r, auth_new, auth_id)
         return _answer(r, holder=d.holder)
+
+    def apply_by_operator(self, d: OperatorApply) -> dict[str, Any] | Refusal:
+        """The bank's own channel (the applicant authenticated by the bank): seeding, demos, branches."""
+        return _answer(self.credit.open(f"operator/{d.key}", d.holder, d.birth_date, d.insured_years),
+                       holder=d.holder)
 
     def bind(self, ctx: Ctx, tx: Transaction, d: Bind) -> dict[str, Any] | Refusal:
         """A family binding lends the holder's line: only with the holder's own authorisation (the centre's
@@ -293,8 +379,7 @@ class BankService:
         auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "bind", self._key(ctx, f"bind/{ctx.request.msgid}"),
                                              psn_no=d.holder, ref=d.member, amount=cap or 0)
         r = self._guard(self.credit.bind, key, d.holder, d.member, d.relation, d.consent, cap)
-        if not r.ok and auth_new:
-            tx.execute("DELETE FROM bank_pay_auths WHERE auth_id = ?", (auth_id,))
+        self._release(tx, r, auth_new, auth_id)
         return _answer(r, holder=d.holder, member=d.member, bound="1")
 
     def bind_by_operator(self, d: OperatorBind) -> dict[str, Any] | Refusal:
@@ -305,18 +390,45 @@ class BankService:
         return _answer(r, holder=d.holder, member=d.member, bound="1")
 
     def unbind(self, ctx: Ctx, tx: Transaction, d: Unbind) -> dict[str, Any] | Refusal:
+        """Only the holder (withdrawing the loan of the line) or the member (leaving it), by face."""
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "unbind",
+                                             self._key(ctx, f"unbind/{ctx.request.msgid}"),
+                                             psn_no=(d.holder, d.member), ref=d.member, amount=0)
         r = self._guard(self.credit.unbind, f"{ctx.terminal.app_id}/{ctx.request.msgid}", d.holder, d.member)
+        self._release(tx, r, auth_new, auth_id)
         return _answer(r, holder=d.holder, member=d.member, bound="0")
 
+    def unbind_by_operator(self, d: OperatorUnbind) -> dict[str, Any] | Refusal:
+        return _answer(self.credit.unbind(f"operator/{d.key}", d.holder, d.member), holder=d.holder,
+                       member=d.member, bound="0")
+
     def line(self, ctx: Ctx, tx: Transaction, d: LineQuery) -> dict[str, Any] | Refusal:
-        holder = tx.scalar("SELECT holder FROM credit_lines WHERE holder = ?", (d.payer,))
+        """What the counter needs to offer the line, for the face-proved payer only (pay_auth purpose line,
+        this amount): own or family, whether it covers the amount now, and the last 4 characters of a
+        family holder's number for the screen. No limit, balance, holder number or overdue state. Without
+        the proof the answer is exactly that of a person with no line."""
+        nothing = Refusal(InfCode.BUSINESS_REFUSED, _MESSAGES["not_bound"], code="not_bound", field="input.payer")
+        amount = _fen(d.amount)
+        if not self._proves(ctx, d.pay_auth, "line", d.payer, amount=amount):
+            return nothing
+        holder, covers = self.credit.covers(d.payer, amount)
+        if holder is None:
+            return nothing
+        family = holder != d.payer
+        return {"payer": d.payer, "kind": "family" if family else "own", "amount": d.amount,
+                "covers": "1" if covers else "0", "holder_hint": holder[-4:] if family else ""}
+
+    def line_for_operator(self, d: OperatorLine) -> dict[str, Any] | Refusal:
+        """The bank's own channel sees the whole line (limit, balances, overdue)."""
+        holder = self.db.run(lambda tx: tx.scalar("SELECT holder FROM credit_lines WHERE holder = ?", (d.payer,)))
         kind = "own"
         if holder is None:
-            holder = tx.scalar("SELECT l.holder FROM credit_members m JOIN credit_lines l ON l.id = m.line_id "
-                               "WHERE m.member = ? AND m.active = 1", (d.payer,))
+            holder = self.db.run(lambda tx: tx.scalar(
+                "SELECT l.holder FROM credit_members m JOIN credit_lines l ON l.id = m.line_id "
+                "WHERE m.member = ? AND m.active = 1", (d.payer,)))
             kind = "family"
         if holder is None:
-            return Refusal(InfCode.BUSINESS_REFUSED, _MESSAGES["not_bound"], code="not_bound", field="input.payer")
+            return Refusal(InfCode.BUSINESS_REFUSED, _MESSAGES["not_bound"], code="not_bound", field="payer")
         st = self.credit.state(holder)
         return {"payer": d.payer, "holder": holder, "line_id": holder, "kind": kind, **st.to_json()}
 
@@ -371,6 +483,9 @@ class BankService:
         return {"key": d.key, "result": "reversed", "ref": row[1], **detail}
 
     def hold(self, ctx: Ctx, tx: Transaction, d: Draw) -> dict[str, Any] | Refusal:
+        if payauth.is_settlement_id(d.ref):  # a deposit is never held under a settlement's ref (payauth)
+            raise Refusal(InfCode.INVALID_INPUT, "must be the admission's reference, never a settlement id",
+                          field="input.ref")
         key = self._key(ctx, d.key)
         auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "hold", key, psn_no=d.payer, ref=d.ref,
                                              amount=_fen(d.amount))
@@ -391,8 +506,17 @@ class BankService:
         return _answer(r, ref=d.ref)
 
     def repay(self, ctx: Ctx, tx: Transaction, d: Repay) -> dict[str, Any] | Refusal:
-        r = self._guard(self.credit.repay, self._key(ctx, d.key), d.holder, _fen(d.amount))
+        """Only with the holder's face (pay_auth purpose repay, this amount): the answer tells what is owed
+        (`overpayment`) and that a line exists, which is the holder's business."""
+        key = self._key(ctx, d.key)
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "repay", key, psn_no=d.holder, ref=None,
+                                             amount=_fen(d.amount))
+        r = self._guard(self.credit.repay, key, d.holder, _fen(d.amount))
+        self._release(tx, r, auth_new, auth_id)
         return _answer(r, holder=d.holder)
+
+    def repay_by_operator(self, d: OperatorRepay) -> dict[str, Any] | Refusal:
+        return _answer(self.credit.repay(f"operator/{d.key}", d.holder, _fen(d.amount)), holder=d.holder)
 
     def refund(self, ctx: Ctx, tx: Transaction, d: Refund) -> dict[str, Any] | Refusal:
         """Only the institution that drew, only its own draw, never above what is left of it."""
@@ -401,9 +525,16 @@ class BankService:
         return _answer(r, ref=d.ref)
 
     def statement(self, ctx: Ctx, tx: Transaction, d: Statement) -> dict[str, Any] | Refusal:
-        s = self.credit.statement(d.holder)
-        if s.get("code") != "ok":
+        """The holder's own statement: only with the holder's face at this terminal (pay_auth purpose
+        statement); anything else answers as for a person with no line."""
+        if not self._proves(ctx, d.pay_auth, "statement", d.holder, ref=d.holder):
             return Refusal(InfCode.BUSINESS_REFUSED, _MESSAGES["no_line"], code="no_line", field="input.holder")
+        return self.statement_for(d.holder, field="input.holder")
+
+    def statement_for(self, holder: str, field: str = "holder") -> dict[str, Any] | Refusal:
+        s = self.credit.statement(holder)
+        if s.get("code") != "ok":
+            return Refusal(InfCode.BUSINESS_REFUSED, _MESSAGES["no_line"], code="no_line", field=field)
         s.pop("code")
         return s
 

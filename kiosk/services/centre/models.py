@@ -110,6 +110,9 @@ class FaceAuth(_Strict):
 # ---- family mutual aid ------------------------------------------------------------------------
 class MutualAidAuthData(_Strict):
     psn_no: str = Field(min_length=1, max_length=30, description="the patient who may use the account")
+    mdtrt_cert_type: Literal["01"] = Field(default="01", description="only the ecToken: the face proves the patient")
+    mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the patient's ecToken from face "
+                               "authentication at this terminal")
     auth_psn_no: str = Field(min_length=1, max_length=30, description="the relative whose account pays")
     auth_certno: str = Field(description="the relative's ID number, typed by the relative as consent")
     relation: Literal["spouse", "parent", "child", "sibling", "grandparent", "grandchild"] = Field(
@@ -129,6 +132,9 @@ class MutualAidAuth(_Strict):
 class MutualAidRevokeData(_Strict):
     psn_no: str = Field(min_length=1, max_length=30)
     auth_psn_no: str = Field(min_length=1, max_length=30)
+    mdtrt_cert_type: Literal["01"] = Field(default="01")
+    mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the ecToken of the patient or of the "
+                               "relative who withdraws consent (face authentication at this terminal)")
 
 
 class MutualAidRevoke(_Strict):
@@ -259,15 +265,22 @@ class CatalogueQuery1312(_Strict):
 
     data: CatalogueQueryData = Field(default_factory=CatalogueQueryData)
 class PayAuthData(_Strict):
-    """A payment with no settlement yet (an admission's deposit hold): the face-proved person's ecToken."""
+    """The centre's signed word for an act on the person's credit line (kiosk.services.payauth): the
+    face-proved person's ecToken at this terminal is the proof."""
 
-    psn_no: str = Field(min_length=1, max_length=30, description="the payer (the patient)")
-    mdtrt_cert_type: Literal["01"] = Field(default="01", description="only the ecToken: the face proves the payer")
+    psn_no: str = Field(min_length=1, max_length=30, description="the person who authorises (payer, holder)")
+    mdtrt_cert_type: Literal["01"] = Field(default="01", description="only the ecToken: the face proves the person")
     mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the ecToken from face authentication")
-    purpose: Literal["hold", "bind"] = Field(description="hold: an inpatient deposit; bind: the line holder lets "
-                                             "a family member draw (draws are authorised by 2207/2102)")
-    amount: str = Field(description="yuan, 2 dp: the deposit (> 0); bind: the member's monthly cap (0.00 = none)")
-    ref: str = Field(min_length=1, max_length=64, description="hold: the admission id; bind: the member's psn_no")
+    purpose: Literal["hold", "bind", "line", "apply", "unbind", "statement", "repay"] = Field(
+        description="hold: an inpatient deposit; bind/unbind: the holder lends (or stops lending) the line to a "
+                    "member (unbind also the member leaving); line: which line pays this amount; apply: open a "
+                    "line; statement: the holder's statement; repay (draws are authorised by 2207/2102)")
+    amount: str = Field(description="yuan, 2 dp: hold the deposit, line the amount to check, repay the repayment "
+                                    "(> 0); bind the member's monthly cap (0.00 = none); apply/unbind/statement 0.00 "
+                                    "(apply: the centre writes the insured years)")
+    ref: str = Field(min_length=1, max_length=64, description="hold: the admission id; bind/unbind: the member's "
+                     "psn_no; statement: the holder's psn_no; apply: the birth date (the centre writes its "
+                     "own); line/repay: the payment it is for")
 
     @field_validator("amount", mode="before")
     @classmethod
@@ -282,8 +295,8 @@ class PayAuthData(_Strict):
 
     @model_validator(mode="after")
     def _positive_hold(self) -> "PayAuthData":
-        if self.purpose == "hold" and Decimal(self.amount) <= 0:
-            raise ValueError("amount must be greater than 0 for a hold")
+        if self.purpose in ("hold", "line", "repay") and Decimal(self.amount) <= 0:
+            raise ValueError(f"amount must be greater than 0 for {self.purpose}")
         return self
 
 
@@ -308,7 +321,8 @@ TRANSACTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "2601": (MessageReversal2601, "reversal of a message whose answer was lost (2207/2102)"),
     "5203": (SettlementQuery5203, "settlement query by setl_id or by the settling msgid"),
     "1312": (CatalogueQuery1312, "catalogue query, paged (code, name, chrgitm_lv): terminals check bills against it"),
-    "ec.payauth": (PayAuthRequest, "the signed pay_auth for a deposit hold (ecToken of the payer)"),
+    "ec.payauth": (PayAuthRequest, "the signed pay_auth for an act on the person's credit line: deposit hold, "
+                                    "binding, line query, opening, statement, repayment (ecToken of the person)"),
 }
 
 

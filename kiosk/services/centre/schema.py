@@ -136,4 +136,15 @@ MIGRATIONS = [
         # the seed's synthetic people (random unit vectors) are 0
         "ALTER TABLE centre_persons ADD COLUMN cohort_member INTEGER NOT NULL DEFAULT 1",
     ]),
+    Migration("centre.004_activation_locks", [
+        # failed activations per (institution, typed ID number): a terminal locks an identity only at its own
+        # institution, and an ID number nobody holds locks like one that exists (no oracle). The ID number
+        # is kept as an HMAC under the centre's key, never in clear.
+        """CREATE TABLE centre_activation_fails (
+            fixmedins_code TEXT NOT NULL,
+            certno_key TEXT NOT NULL,
+            fail_count INTEGER NOT NULL,
+            locked_until TEXT,
+            PRIMARY KEY (fixmedins_code, certno_key))""",
+    ]),
 ]

@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -92,6 +92,20 @@ def _person(row: tuple[Any, ...] | None) -> Person | None:
     r = list(row)
     r[13] = bool(r[13])
     return Person(*r)
+
+
+_AUTH_PREFIX = {"hold": "PH", "bind": "PB", "line": "PL", "apply": "PA", "unbind": "PU", "statement": "PS",
+                "repay": "PR"}
+
+
+def _years_insured(insu_date: str, now: datetime) -> int:
+    """Full years from the insurance start date (registry, yyyy-mm-dd) to today in Shanghai."""
+    try:
+        start = date.fromisoformat(str(insu_date)[:10])
+    except ValueError:
+        return 0
+    today = now.astimezone(SHANGHAI).date()
+    return max(0, today.year - start.year - ((today.month, today.day) < (start.month, start.day)))
 
 
 def seal_template(keys: ServiceKeys, psn_no: str, vec: np.ndarray) -> str:
@@ -175,21 +189,35 @@ class CentreService:
         return payauth.sign(auth, self.keys.sm2), exp
 
     def request_pay_auth(self, ctx: Ctx, tx: Transaction, data: m.PayAuthRequest) -> dict[str, Any]:
-        """ec.payauth: a deposit hold has no settlement to carry its authorisation, and a family binding
-        lends the holder's line; the person's ecToken (face authentication at this terminal) is the proof."""
+        """ec.payauth: an act on a person's credit line that no settlement carries (a deposit hold, a family
+        binding, a line query, opening a line, a statement, a repayment); the person's ecToken (face
+        authentication at this terminal) is the proof. For `apply` the centre itself writes what the bank
+        decides on (birth date, full years insured), so no terminal can claim a younger or longer-insured
+        applicant."""
         d = data.data
         who = self.token_psn(ctx.terminal, d.mdtrt_cert_no, ctx.now, "input.data.mdtrt_cert_no")
         if who != d.psn_no:
             raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
                           field="input.data.mdtrt_cert_no")
-        self.person(tx, d.psn_no, field="input.data.psn_no")
-        if d.purpose == "bind":
-            self.person(tx, d.ref, field="input.data.ref")  # the member: an insured person
+        p = self.person(tx, d.psn_no, field="input.data.psn_no")
         amount = yuan_to_fen(d.amount, "input.data.amount")
-        auth_id = ("PH" if d.purpose == "hold" else "PB") + secrets.token_hex(12).upper()
-        token, exp = self._pay_auth(ctx, tx, auth_id, d.psn_no, d.ref, amount, d.purpose)
-        return {"pay_auth": token, "auth_id": auth_id, "purpose": d.purpose, "ref": d.ref,
-                "amount": fen_to_yuan(amount), "exp": str(exp)}
+        ref = d.ref
+        if d.purpose == "hold" and payauth.is_settlement_id(d.ref):
+            raise Refusal(InfCode.INVALID_INPUT, "must be the admission's reference, never a settlement id",
+                          field="input.data.ref")
+        if d.purpose in ("bind", "unbind"):
+            self.person(tx, d.ref, field="input.data.ref")  # the member: an insured person
+        elif d.purpose == "statement" and d.ref != d.psn_no:
+            raise Refusal(InfCode.INVALID_INPUT, "must be the holder's own psn_no (a statement is the holder's)",
+                          field="input.data.ref")
+        elif d.purpose == "apply":
+            ref, amount = p.brdy, _years_insured(p.insu_date, ctx.now)
+        if d.purpose in ("unbind", "statement") and amount:
+            raise Refusal(InfCode.INVALID_INPUT, "must be 0.00 for this purpose", field="input.data.amount")
+        auth_id = _AUTH_PREFIX[d.purpose] + secrets.token_hex(12).upper()
+        token, exp = self._pay_auth(ctx, tx, auth_id, d.psn_no, ref, amount, d.purpose)
+        return {"pay_auth": token, "auth_id": auth_id, "purpose": d.purpose, "ref": ref,
+                "amount": str(amount) if d.purpose == "apply" else fen_to_yuan(amount), "exp": str(exp)}
 
     def _not_yours(self, ctx: Ctx, tx: Transaction, object_id: str, refusal: Refusal) -> Refusal:
         """The answer for an object of another institution: the very refusal "not found" gets (returned,
@@ -314,28 +342,33 @@ class CentreService:
     def activate(self, ctx: Ctx, tx: Transaction, data: m.FaceActivate) -> dict[str, Any] | KioskError:
         d = data.data
         probe = self._probe(ctx, d.face_seal, d.session_id, "activate")
+        # the lockout is this institution's, for this typed number, whoever holds it (before: one per person,
+        # so any terminal could lock anyone's activation everywhere with three random faces, and an ID number
+        # that locked was one the centre knows)
+        lock_key = (ctx.terminal.fixmedins_code, self._sig(f"certno|{d.certno}"))
+        tx.execute("INSERT INTO centre_activation_fails (fixmedins_code, certno_key, fail_count, locked_until) "
+                   "VALUES (?, ?, 0, NULL) ON CONFLICT (fixmedins_code, certno_key) DO NOTHING", lock_key)
+        fails, locked_until = tx.fetch_one("SELECT fail_count, locked_until FROM centre_activation_fails WHERE "
+                                           "fixmedins_code = ? AND certno_key = ?" + tx.for_update, lock_key)
+        if locked_until and datetime.fromisoformat(locked_until) > ctx.now:
+            return Refusal(InfCode.LOCKED, f"too many failed attempts; try again after "
+                           f"{datetime.fromisoformat(locked_until).astimezone(SHANGHAI):%H:%M}",
+                           field="input.data.certno")
         row = tx.fetch_one(f"SELECT {_PERSON_COLS} FROM centre_persons WHERE certno = ?" + tx.for_update,
                            (d.certno,))
         p = _person(row)
-        mismatch = Refusal(InfCode.IDENTITY_MISMATCH, "the face does not match the person with this ID number",
-                           field="input.data.certno")
-        if p is None or p.template_seal is None:
-            return mismatch
-        if p.locked_until and datetime.fromisoformat(p.locked_until) > ctx.now:
-            return Refusal(InfCode.LOCKED, f"too many failed attempts; try again after "
-                           f"{datetime.fromisoformat(p.locked_until).astimezone(SHANGHAI):%H:%M}",
-                           field="input.data.certno")
-        if not self._verify(tx, probe, p):
-            fails = p.fail_count + 1
+        if p is None or p.template_seal is None or not self._verify(tx, probe, p):
+            fails = int(fails) + 1
             locked = (ctx.now + LOCK_FOR).isoformat() if fails >= MAX_FAILED_ACTIVATIONS else None
-            tx.execute("UPDATE centre_persons SET fail_count = ?, locked_until = ? WHERE psn_no = ?",
-                       (0 if locked else fails, locked, p.psn_no))
+            tx.execute("UPDATE centre_activation_fails SET fail_count = ?, locked_until = ? WHERE fixmedins_code = ? "
+                       "AND certno_key = ?", (0 if locked else fails, locked, *lock_key))
             if locked:
                 return Refusal(InfCode.LOCKED, "third failed attempt: activation locked for 30 minutes",
                                field="input.data.certno")
-            return mismatch
+            return Refusal(InfCode.IDENTITY_MISMATCH, "the face does not match the person with this ID number",
+                           field="input.data.certno")
+        tx.execute("DELETE FROM centre_activation_fails WHERE fixmedins_code = ? AND certno_key = ?", lock_key)
         if p.activated:  # already in the galleries: a new activation_seq would add them twice
-            tx.execute("UPDATE centre_persons SET fail_count = 0, locked_until = NULL WHERE psn_no = ?", (p.psn_no,))
             return self._identified(ctx, p)
         seq = tx.scalar("UPDATE centre_activation_seq SET last = last + 1 WHERE id = 1 RETURNING last")
         tx.execute("UPDATE centre_persons SET activated = 1, activated_at = COALESCE(activated_at, ?), "
@@ -389,8 +422,22 @@ class CentreService:
         return self._identified(ctx, self.person(tx, psn_no))
 
     # ---- family mutual aid ------------------------------------------------------------------------------
+    def _face_of(self, ctx: Ctx, token: str, *psn_nos: str) -> str:
+        """The person this terminal's ecToken proves, who must be one of `psn_nos`; one refusal otherwise
+        (checked before any person is looked up: no oracle on people, ID numbers or authorisations)."""
+        field = "input.data.mdtrt_cert_no"
+        who = self.token_psn(ctx.terminal, token, ctx.now, field)
+        if who not in psn_nos:
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token is not this person's: authenticate "
+                          "the face at this terminal", code="face_auth_required", field=field)
+        return who
+
     def mulaid_auth(self, ctx: Ctx, tx: Transaction, data: m.MutualAidAuth) -> dict[str, Any]:
+        """The patient, face-proved at this terminal, with the relative's typed ID number as consent.
+        (Without the face, any terminal could try ID numbers against a person number and learn
+        which is whose, and bind a relative's account for anyone.)"""
         d = data.data
+        self._face_of(ctx, d.mdtrt_cert_no, d.psn_no)
         if d.psn_no == d.auth_psn_no:
             raise InputError("a person cannot authorise their own account", field="input.data.auth_psn_no")
         patient = self.person(tx, d.psn_no, lock=True, field="input.data.psn_no")  # vs a settlement in flight
@@ -419,6 +466,9 @@ class CentreService:
         return {"psn_no": d.psn_no, "auth_psn_no": d.auth_psn_no, "relation": d.relation, "authorised": "1"}
 
     def mulaid_revoke(self, ctx: Ctx, tx: Transaction, data: m.MutualAidRevoke) -> dict[str, Any]:
+        """Only the patient or the relative, face-proved at this terminal (before: any terminal could end
+        any family's authorisation, and learn from the answer whether one existed)."""
+        self._face_of(ctx, data.data.mdtrt_cert_no, data.data.psn_no, data.data.auth_psn_no)
         tx.fetch_one("SELECT 1 FROM centre_persons WHERE psn_no = ?" + tx.for_update,  # waits for a settlement
                      (data.data.psn_no,))                                                # in flight
         n = tx.execute("DELETE FROM centre_mulaid WHERE psn_no = ? AND auth_psn_no = ?",
@@ -455,6 +505,13 @@ class CentreService:
 
     def _split(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, med_type: str, lines: list[m.FeeDetail],
                where: str, *, commit: bool) -> dict[str, Any]:
+        if head.mdtrt_cert_type == "02":
+            # a typed ID number proves nothing (ID numbers are not secret): with it any terminal spent a
+            # person's account (and a relative's) and read the balance from a pre-settlement. Terminals of
+            # this network prove the person by the face; the same answer as 1101 gives, before any lookup.
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "this terminal's face authentication (ecToken, 01) is "
+                          "required; a typed ID number is not proof of the person", code="face_auth_required",
+                          field="input.mdtrt_cert_type")
         if head.mdtrt_cert_type == "01":
             who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
             if who != head.psn_no:
