@@ -161,6 +161,10 @@ class Stack:
             state = self.data_dir / "provision" / "state.json"
             conf = json.loads(state.read_text()).get("settings", {}) if state.exists() else {}
             ident["fixmedins_code"] = conf.get("fixmedins_code") or self.fixmedins
+            if not self.settings.fleet_url and conf.get("fleet_url") and conf.get("fleet_operator_pub"):
+                # the fleet provisioning registered this terminal with (KIOSK_FLEET_URL overrides it)
+                self.settings = replace(self.settings, fleet_url=conf["fleet_url"],
+                                        fleet_operator_pub=self.settings.fleet_operator_pub or conf["fleet_operator_pub"])
             if "centre" not in ident["services"]:
                 raise ConfigError(f"no terminal identity at {path} or {self.data_dir / 'provision'}: "
                                   "run `kiosk provision` first", field=str(path))
@@ -207,7 +211,7 @@ class Stack:
         self.bridge = BridgeClient(self.url("bridge"), token_file=self.bridge_token_file())
         self.camera = camera if camera is not None else ImageCamera()
         sim_light = getattr(self.camera, "set_fill_light", None)  # the simulated camera sees the LED's light
-        vision = PipelineVision(self.face_pipeline(), centre.seal_face, light=BridgeLight(self.bridge, sim_light))
+        vision = PipelineVision(self.kiosk_pipeline(), centre.seal_face, light=BridgeLight(self.bridge, sim_light))
         deps = Deps(camera=self.camera, vision=vision, centre=CentreAdapter(centre), bank=BankAdapter(bank),
                     keypad=BridgeKeypad(self.bridge), printer=BridgePrinter(self.bridge))
         self.pos_key = add_system(self.data_dir, POS_SYSTEM)
@@ -228,9 +232,37 @@ class Stack:
                              status_probe=self._status, audit=audit.append, technician=tech, catalogue=catalogue,
                              institution=self.fixmedins)
         self.runtime.start()
+        self.start_fleet_agent()
         if serve:
             self.server = ServerThread(self.runtime.app, port=self.ports.kiosk).start()
         return self.runtime
+
+    def kiosk_pipeline(self) -> Any:
+        """The counter's face pipeline: on the pack the fleet agent applied last, if any (kiosk.app.fleet_link)."""
+        from kiosk.app.fleet_link import pack_for
+
+        s = pack_for(self.settings)
+        if s is self.settings:
+            return self.face_pipeline()
+        from kiosk.vision.pipeline import FacePipeline
+        from models.loader import load_pack
+
+        pack = load_pack(s.model_pack, manifest=Path(s.model_pack) / "manifest.json", providers=s.onnx_providers,
+                         intra_op_threads=s.onnx_threads)
+        return FacePipeline(pack, detector=s.face_detector)
+
+    def start_fleet_agent(self, *, run: bool = True) -> Any:
+        """The fleet agent (heartbeats, updates when idle) when `settings.fleet_url` is set; else None.
+        Stopped with the runtime."""
+        from kiosk.app.fleet_link import start_fleet
+
+        if self.runtime is None or not self.settings.fleet_url:
+            return None
+        s = replace(self.settings, data_dir=self.data_dir)  # fleet state and the bridge's firmware dir under it
+        link = start_fleet(s, self._keystore, self.runtime.terminal, self.runtime.terminal.deps.vision,
+                           self.bridge, run=run)
+        self.runtime.fleet = link
+        return link
 
     def _status(self) -> dict[str, Any]:
         try:
