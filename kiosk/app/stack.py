@@ -55,6 +55,7 @@ class Stack:
     client_ports: dict[str, int] = field(default_factory=dict)  # the kiosk's view (e.g. through a relay)
     # the operator token of this run's services (passed to them; never written to disk)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    fleet_service: Any = None  # kiosk.app.demo.DemoFleet: the operator's fleet service in this process (demo, tests)
 
     # ------------------------------------------------------------------ processes
     def _env(self) -> dict[str, str]:
@@ -299,6 +300,12 @@ class Stack:
                 fn()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 log.debug("stop step failed", exc_info=True)
+        if self.fleet_service is not None:
+            try:
+                self.fleet_service.stop()
+            except Exception:  # noqa: BLE001
+                log.debug("fleet service stop failed", exc_info=True)
+            self.fleet_service = None
         for c in reversed(list(self.children.values())):
             c.stop()
         self.children.clear()
