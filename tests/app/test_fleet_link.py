@@ -227,6 +227,16 @@ def test_mcu_firmware_goes_to_the_bridge_only_when_allowed_and_the_mcu_keeps_an_
     assert st.bridge.status()["firmware"] == running
 
 
+def test_the_demo_reports_its_day_end_and_shows_the_fleets_view(stack):
+    from kiosk.app.demo import fleet_summary
+
+    out = fleet_summary(stack, True)
+    assert out["beat_accepted"] and out["state"] == "ok" and out["dayend_result"] == "ok"
+    assert out["peripherals"]["bridge"] == "connected" and out["versions"]["mcu_firmware"]
+    assert out["url"].endswith("/fleet/")
+    json.dumps(out)  # goes into the demo's final JSON line
+
+
 def test_no_fleet_url_means_no_agent(tmp_path):
     st = Stack(data_dir=tmp_path, settings=replace(load(), fleet_url=""))
 
