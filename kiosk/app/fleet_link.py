@@ -86,12 +86,18 @@ class Applier:
         terminal.on_idle = on_idle
 
     def __call__(self, kind: str, path: Path) -> None:
-        if kind == "model_pack":
-            self.model_pack(path)
-        elif kind == "mcu_firmware":
-            self.firmware(path)
-        else:
-            raise ConfigError(f"no way to apply {kind}", code="unknown_kind")
+        """Any failure is a KioskError, so that the agent switches back and reports it."""
+        try:
+            if kind == "model_pack":
+                self.model_pack(path)
+            elif kind == "mcu_firmware":
+                self.firmware(path)
+            else:
+                raise ConfigError(f"no way to apply {kind}", code="unknown_kind")
+        except KioskError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"{kind} not applied: {type(e).__name__}: {e}"[:300], code="apply_failed") from None
 
     # ------------------------------------------------------------ model pack
     def model_pack(self, path: Path) -> None:
@@ -100,12 +106,18 @@ class Applier:
 
         root = Path(self.settings.model_pack) if str(path) in ("", ".") else Path(path)  # rollback to provisioned
         manifest = root / "manifest.json" if (root / "manifest.json").is_file() else None
-        pack = load_pack(root, manifest=manifest, providers=self.settings.onnx_providers,
-                         intra_op_threads=self.settings.onnx_threads)
-        for key, e in pack.manifest["models"].items():  # every model must load, as provisioning checks
-            if e.get("engine") != "cv2.FaceDetectorYN" and not (e.get("dev_only") and not pack.path(key).exists()):
-                pack.session(key)
-        pipe = FacePipeline(pack, detector=self.settings.face_detector)
+        try:
+            pack = load_pack(root, manifest=manifest, providers=self.settings.onnx_providers,
+                             intra_op_threads=self.settings.onnx_threads)
+            for key, e in pack.manifest["models"].items():  # every model must load, as provisioning checks
+                if e.get("engine") != "cv2.FaceDetectorYN" and not (e.get("dev_only") and not pack.path(key).exists()):
+                    pack.session(key)
+            pipe = FacePipeline(pack, detector=self.settings.face_detector)
+        except KioskError:
+            raise
+        except Exception as e:  # noqa: BLE001 - OpenCV and onnxruntime raise their own types
+            raise ConfigError(f"model pack {root.name} does not load: {type(e).__name__}: {e}"[:300],
+                              code="pack_unloadable") from None
         with self._lock:
             self._next = (pipe, str(root))
         self.swap_when_idle()

@@ -192,6 +192,22 @@ def test_a_staged_model_pack_is_applied_only_while_idle_and_used_from_the_next_s
     # and the counter still pays on it
     assert pay(st, "FLEET-0002")["status"] == "paid"
 
+    # a pack signed by the operator whose models do not load: refused, the working pack stays in use
+    st.fleet_service.service.close(ro["id"])
+    bad = st.data_dir / "bad-pack"
+    (bad / "detection").mkdir(parents=True)
+    (bad / "detection" / "yunet.onnx").write_bytes(b"not a model" * 50)
+    man = json.loads(MANIFEST_PATH.read_text())
+    man["models"] = {"detector": {**man["models"]["detector"], "file": "detection/yunet.onnx",
+                                  "sha256": hashlib.sha256(b"not a model" * 50).hexdigest()}} \
+        if "detector" in man["models"] else man["models"]
+    (bad / "manifest.json").write_text(json.dumps(man))
+    pipe_now = vision.pipe
+    ro_bad = publish(st, "model_pack", "2026.12-broken", art.pack_tar(bad))
+    assert agent.beat() is not None
+    assert st.fleet_service.service.rollout(ro_bad["id"])["terminals"] == {"failed": 1}
+    assert agent.installed["model_pack"].current == ro["sha256"] and vision.pipe is pipe_now
+
 
 def test_mcu_firmware_goes_to_the_bridge_only_when_allowed_and_the_mcu_keeps_an_untrusted_image_out(stack):
     from firmware_bridge.firmware import sign_image
