@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kiosk.config import Settings, load
-from kiosk.errors import ConfigError
+from kiosk.errors import ConfigError, KioskError
 from kiosk.app.procs import Child, python
 
 log = logging.getLogger("kiosk.app.stack")
@@ -260,8 +260,12 @@ class Stack:
         if self.runtime is None or not self.settings.fleet_url:
             return None
         s = replace(self.settings, data_dir=self.data_dir)  # fleet state and the bridge's firmware dir under it
-        link = start_fleet(s, self._keystore, self.runtime.terminal, self.runtime.terminal.deps.vision,
-                           self.bridge, run=run)
+        try:
+            link = start_fleet(s, self._keystore, self.runtime.terminal, self.runtime.terminal.deps.vision,
+                               self.bridge, run=run)
+        except KioskError as e:  # the counter takes payments without the fleet; the operator sees it offline
+            log.error("fleet agent not started: %s", e)
+            return None
         self.runtime.fleet = link
         return link
 

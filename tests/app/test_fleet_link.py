@@ -253,6 +253,21 @@ def test_the_demo_reports_its_day_end_and_shows_the_fleets_view(stack):
     json.dumps(out)  # goes into the demo's final JSON line
 
 
+def test_a_fleet_url_without_the_operator_key_starts_no_agent_and_the_counter_runs(stack):
+    st = stack
+    running = st.runtime.fleet
+    st.runtime.fleet = None
+    saved = st.settings
+    try:
+        st.settings = replace(saved, fleet_operator_pub="")
+        assert st.start_fleet_agent() is None and st.runtime.fleet is None
+        st.settings = replace(saved, fleet_operator_pub=str(st.data_dir / "missing.pub"))
+        assert st.start_fleet_agent() is None and st.runtime.fleet is None
+    finally:
+        st.settings = saved
+        st.runtime.fleet = running
+
+
 def test_no_fleet_url_means_no_agent(tmp_path):
     st = Stack(data_dir=tmp_path, settings=replace(load(), fleet_url=""))
 
