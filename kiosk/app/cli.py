@@ -141,13 +141,25 @@ def _reconcile(args: argparse.Namespace) -> int:
     st.load_identity()
     centre, bank = st.clients()
     db = open_database(settings.database_url or f"sqlite:///{data_dir / 'kiosk.db'}")
+    from dataclasses import replace
+
+    from kiosk.app.fleet_link import record_day_end
+    from kiosk.errors import KioskError
+
+    fleet = replace(st.settings, data_dir=data_dir) if st.settings.fleet_url else None  # the agent reports it
     try:
         rep = reconcile(db, centre, bank, day)
+    except KioskError:
+        if fleet is not None:
+            record_day_end(fleet, day, "failed")
+        raise
     finally:
         db.close()
         centre.close()
         if bank is not None:
             bank.close()
+    if fleet is not None:
+        record_day_end(fleet, day, "ok" if rep.matched else "mismatch")
     if args.save:
         import os
 

@@ -218,9 +218,14 @@ def day_end(st: Stack) -> bool | None:
 
 def fleet_summary(st: Stack, day_matched: bool | None) -> dict[str, Any]:
     """After the session: the day-end result and the session in one more beat; the fleet's view of the terminal."""
+    from dataclasses import replace
+
+    from kiosk.app.fleet_link import record_day_end
+    from kiosk.clock import SystemClock, local_day
+
     link = st.runtime.fleet
-    link.agent.status.dayend = {"day": date.today().isoformat(),
-                                "result": "not_run" if day_matched is None else "ok" if day_matched else "mismatch"}
+    record_day_end(replace(st.settings, data_dir=st.data_dir), local_day(SystemClock()),
+                   "failed" if day_matched is None else "ok" if day_matched else "mismatch")
     answer = link.agent.beat()
     t = st.fleet_service.terminal(link.agent.terminal_id) or {}
     return {"url": st.fleet_service.url + "/fleet/", "beat_accepted": answer is not None, "state": t.get("state"),

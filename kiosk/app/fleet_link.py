@@ -18,6 +18,8 @@ operator signature, the sha256 and every file (always only while the terminal is
   install (`POST /v1/firmware`) flashes it; the MCU checks the signature again and
   keeps its running firmware when it does not verify. Without the setting, an MCU
   rollout is reported `failed` (`firmware_install_off`) and nothing is flashed.
+The last day-end result comes from `<fleet state>/dayend.json`, written by
+`kiosk reconcile` (its own process, the nightly timer) through `record_day_end`.
 """
 from __future__ import annotations
 
@@ -37,6 +39,44 @@ from kiosk.errors import ConfigError, DeviceError, KioskError
 log = logging.getLogger("kiosk.app.fleet")
 
 FIRMWARE_WAIT_S = 180.0
+DAYEND_FILE = "dayend.json"
+
+
+def record_day_end(settings: Settings, day: Any, result: str) -> None:
+    """The last day-end's outcome (ok | mismatch | failed) where the agent reports it from
+    (`<fleet state>/dayend.json`); `kiosk reconcile` writes it when a fleet is configured."""
+    import json
+
+    if result not in ("ok", "mismatch", "failed"):
+        raise ValueError(result)
+    d = settings.fleet_state_path()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = d / f".{DAYEND_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"day": str(day), "result": result}))
+    os.replace(tmp, d / DAYEND_FILE)
+
+
+def _status_class() -> Any:
+    from kiosk.fleet.agent import TerminalStatus
+
+    class KioskStatus(TerminalStatus):
+        """TerminalStatus whose day-end comes from the file `kiosk reconcile` (a separate process) writes."""
+
+        dayend_path: Path | None = None
+
+        def day_end(self) -> dict[str, Any]:
+            import json
+            from datetime import date
+
+            try:
+                d = json.loads(self.dayend_path.read_text()) if self.dayend_path else None
+                if d and d.get("result") in ("ok", "mismatch", "failed"):
+                    return {"day": date.fromisoformat(d["day"]).isoformat(), "result": d["result"]}
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            return dict(self.dayend)
+
+    return KioskStatus
 
 
 def pack_for(settings: Settings) -> Settings:
@@ -215,7 +255,7 @@ def start_fleet(settings: Settings, keystore: Any, terminal: Any, vision: Any, b
     if not settings.fleet_url:
         return None
     from kiosk.fleet import artifacts as art
-    from kiosk.fleet.agent import Counts, FleetAgent, TerminalStatus, signer_from_keystore
+    from kiosk.fleet.agent import Counts, FleetAgent, signer_from_keystore
 
     if not settings.fleet_operator_pub:
         raise ConfigError("KIOSK_FLEET_URL is set but not KIOSK_FLEET_OPERATOR_PUB (the operator's artifact "
@@ -234,7 +274,8 @@ def start_fleet(settings: Settings, keystore: Any, terminal: Any, vision: Any, b
         except Exception:  # noqa: BLE001 - not installed as a distribution
             app_version = "0.1.0"
     counts = Counts()
-    status = TerminalStatus(terminal, bridge, app_version=app_version, counts=counts, camera_ok=camera_ok)
+    status = _status_class()(terminal, bridge, app_version=app_version, counts=counts, camera_ok=camera_ok)
+    status.dayend_path = settings.fleet_state_path() / DAYEND_FILE
     applier = Applier(settings, terminal, vision, bridge)
     agent = FleetAgent(settings.fleet_url, signer_from_keystore(keystore), status, trust_key=trust,
                        state_dir=settings.fleet_state_path(), counts=counts,

@@ -253,6 +253,24 @@ def test_the_demo_reports_its_day_end_and_shows_the_fleets_view(stack):
     json.dumps(out)  # goes into the demo's final JSON line
 
 
+def test_kiosk_reconcile_leaves_the_day_end_result_for_the_next_beat(stack, monkeypatch, capsys):
+    import argparse
+
+    from kiosk.app.cli import _reconcile
+
+    st = stack
+    (st.data_dir / "fleet" / "dayend.json").unlink(missing_ok=True)  # the demo's summary wrote one
+    monkeypatch.setenv("KIOSK_DATA_DIR", str(st.data_dir))
+    monkeypatch.setenv("KIOSK_FLEET_URL", st.fleet_service.url)
+    rc = _reconcile(argparse.Namespace(day="today", json=True, save="", data_dir=str(st.data_dir),
+                                       centre_port=st.ports.centre, bank_port=st.ports.bank))
+    capsys.readouterr()
+    want = {0: "ok", 1: "mismatch"}[rc]
+    assert json.loads((st.data_dir / "fleet" / "dayend.json").read_text())["result"] == want
+    assert st.runtime.fleet.agent.beat() is not None
+    assert st.fleet_service.terminal(st.runtime.fleet.agent.terminal_id)["dayend_result"] == want
+
+
 def test_a_fleet_url_without_the_operator_key_starts_no_agent_and_the_counter_runs(stack):
     st = stack
     running = st.runtime.fleet
