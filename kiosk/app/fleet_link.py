@@ -225,6 +225,7 @@ class FleetLink:
     counts: Any
     stop_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    marker: Path | None = None  # <fleet state>/running while the app runs
 
     def start(self) -> FleetLink:
         self.thread = threading.Thread(target=self.agent.run, args=(self.stop_event,), name="fleet-agent",
@@ -236,6 +237,8 @@ class FleetLink:
         from kiosk import metrics
 
         self.stop_event.set()
+        if self.marker is not None:
+            self.marker.unlink(missing_ok=True)  # a clean stop: the next start counts no crash
         try:
             metrics.session_listeners.remove(self.counts.session)
         except ValueError:
@@ -280,5 +283,9 @@ def start_fleet(settings: Settings, keystore: Any, terminal: Any, vision: Any, b
     agent = FleetAgent(settings.fleet_url, signer_from_keystore(keystore), status, trust_key=trust,
                        state_dir=settings.fleet_state_path(), counts=counts,
                        base_model_pack=manifest_sha256(settings), apply=applier, firmware_trust=fw_trust)
-    link = FleetLink(agent, applier, counts)
+    marker = settings.fleet_state_path() / "running"
+    if marker.exists():  # the last run ended without stop(): killed, crashed, watchdog restart, power cut
+        counts.add("crashes")
+    marker.write_text(str(os.getpid()))
+    link = FleetLink(agent, applier, counts, marker=marker)
     return link.start() if run else link

@@ -271,6 +271,27 @@ def test_kiosk_reconcile_leaves_the_day_end_result_for_the_next_beat(stack, monk
     assert st.fleet_service.terminal(st.runtime.fleet.agent.terminal_id)["dayend_result"] == want
 
 
+def test_a_start_after_a_run_that_did_not_stop_counts_a_crash(stack):
+    from kiosk.app.fleet_link import start_fleet
+
+    st = stack
+    s = replace(st.settings, data_dir=st.data_dir)
+    marker = s.fleet_state_path() / "running"
+    assert marker.exists()  # the running app's
+    link = start_fleet(s, st._keystore, st.runtime.terminal, st.runtime.terminal.deps.vision, st.bridge, run=False)
+    try:
+        assert link.counts.take()[1]["crashes"] == 1
+    finally:
+        link.stop()
+    assert not marker.exists()
+    link = start_fleet(s, st._keystore, st.runtime.terminal, st.runtime.terminal.deps.vision, st.bridge, run=False)
+    try:
+        assert link.counts.take()[1]["crashes"] == 0  # the last run stopped cleanly
+    finally:
+        link.stop()
+    marker.write_text("restore")  # the module's running app still runs
+
+
 def test_a_fleet_url_without_the_operator_key_starts_no_agent_and_the_counter_runs(stack):
     st = stack
     running = st.runtime.fleet
