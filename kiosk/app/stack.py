@@ -242,8 +242,9 @@ class Stack:
         """The counter's face pipeline: on the pack the fleet agent applied last, if any (kiosk.app.fleet_link)."""
         from kiosk.app.fleet_link import pack_for
 
-        s = pack_for(self.settings)
-        if s is self.settings:
+        here = replace(self.settings, data_dir=self.data_dir)  # the agent's state is under this stack's data dir
+        s = pack_for(here)
+        if s is here:
             return self.face_pipeline()
         from kiosk.vision.pipeline import FacePipeline
         from models.loader import load_pack
