@@ -189,6 +189,7 @@ def test_a_staged_model_pack_is_applied_only_while_idle_and_used_from_the_next_s
     s = pack_for(replace(st.settings, data_dir=st.data_dir))
     assert (s.model_pack / "manifest.json").read_bytes() == MANIFEST_PATH.read_bytes()
     assert s.model_pack.resolve().name == ro["sha256"]
+    assert st.kiosk_pipeline().pack.root.resolve().name == ro["sha256"]  # what build_kiosk gives the counter
     # and the counter still pays on it
     assert pay(st, "FLEET-0002")["status"] == "paid"
 
