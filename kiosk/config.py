@@ -47,6 +47,19 @@ class Settings:
     # the largest .kfw the bridge reads (header + signature + image); a bigger file is refused unread
     bridge_firmware_max_bytes: int = field(default_factory=lambda: int(_env("bridge_firmware_max_bytes", str(8 << 20))))
 
+    # the operator's fleet service (docs/fleet.md): empty = no fleet agent, nothing reported. With a URL, `kiosk serve`
+    # sends a signed heartbeat every minute and applies staged updates when idle. The operator's artifact public key
+    # (PEM, `kiosk fleet keygen`'s operator.pub; required with a URL) is what every fleet artifact must be signed with.
+    fleet_url: str = field(default_factory=lambda: _env("fleet_url", ""))
+    fleet_operator_pub: str = field(default_factory=lambda: _env("fleet_operator_pub", ""))
+    # the agent's state (staged versions, current/previous, pending reports); empty: <data_dir>/fleet
+    fleet_state_dir: str = field(default_factory=lambda: _env("fleet_state_dir", ""))
+    # "1": the agent may write a verified MCU image into the bridge's firmware dir and ask the bridge to flash it
+    # (the app's user must be able to write there); otherwise an MCU rollout is reported failed, nothing flashed
+    fleet_firmware_install: bool = field(default_factory=lambda: _env("fleet_firmware_install", "0") == "1")
+    # the MCU's firmware signing key (PEM); when set the agent checks a .kfw's own signature before handing it on
+    fleet_firmware_trust: str = field(default_factory=lambda: _env("fleet_firmware_trust", ""))
+
     # SQLite durability: FULL (every commit fsynced: survives power loss) or NORMAL (benchmarks)
     sqlite_synchronous: str = field(default_factory=lambda: _env("sqlite_synchronous", "FULL"))
 
@@ -67,6 +80,9 @@ class Settings:
 
     def bridge_firmware_path(self) -> Path:
         return Path(self.bridge_firmware_dir) if self.bridge_firmware_dir else self.data_dir / "bridge" / "firmware"
+
+    def fleet_state_path(self) -> Path:
+        return Path(self.fleet_state_dir) if self.fleet_state_dir else self.data_dir / "fleet"
 
     def as_dict(self) -> dict[str, str]:
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}

@@ -1,6 +1,6 @@
 """Sub-commands of the kiosk application.
 
-    kiosk demo [--serve]          the whole system on one machine + a scripted counter session
+    kiosk demo [--serve] [--fleet] the whole system on one machine + a scripted counter session
     kiosk serve                   the kiosk app on a provisioned terminal (POS API + screen, 8740)
     kiosk pos-key add SYSTEM      create the API key of an integrating POS/HIS system
     kiosk check parties           the centre, the bank and the kiosks' orders agree (exit 1 naming each mismatch)
@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--serve", action="store_true", help="stay up afterwards for a person to use in a browser")
     d.add_argument("--keep", action="store_true", help="keep var/demo from the last run (default: start fresh)")
     d.add_argument("--port", type=int, default=8740, help="kiosk app port (POS API + screen)")
+    d.add_argument("--fleet", action="store_true", help="also run the operator's fleet service (page /fleet/) with "
+                                                        "the demo terminal's fleet agent reporting into it")
+    d.add_argument("--fleet-port", type=int, default=8750, help="fleet service port with --fleet (0: a free port)")
     d.set_defaults(func=_demo)
 
     sv = sub.add_parser("serve", help="run the kiosk app (POS API + screen) on a provisioned terminal")
@@ -71,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _demo(args: argparse.Namespace) -> int:
     from kiosk.app.demo import run_demo
 
-    return run_demo(serve=args.serve, fresh=not args.keep, port=args.port)
+    return run_demo(serve=args.serve, fresh=not args.keep, port=args.port,
+                    fleet_port=args.fleet_port if args.fleet else None)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -137,13 +141,25 @@ def _reconcile(args: argparse.Namespace) -> int:
     st.load_identity()
     centre, bank = st.clients()
     db = open_database(settings.database_url or f"sqlite:///{data_dir / 'kiosk.db'}")
+    from dataclasses import replace
+
+    from kiosk.app.fleet_link import record_day_end
+    from kiosk.errors import KioskError
+
+    fleet = replace(st.settings, data_dir=data_dir) if st.settings.fleet_url else None  # the agent reports it
     try:
         rep = reconcile(db, centre, bank, day)
+    except KioskError:
+        if fleet is not None:
+            record_day_end(fleet, day, "failed")
+        raise
     finally:
         db.close()
         centre.close()
         if bank is not None:
             bank.close()
+    if fleet is not None:
+        record_day_end(fleet, day, "ok" if rep.matched else "mismatch")
     if args.save:
         import os
 

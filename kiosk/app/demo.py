@@ -8,6 +8,9 @@ number is typed on the (simulated) keypad, then the confirm key; part fund,
 part personal account, the rest from the credit line. Prints the receipt and,
 as the last stdout line, one JSON object with the result. Progress goes to
 stderr. `--serve` keeps everything up for a person at http://127.0.0.1:8740/screen/.
+`--fleet` also runs the operator's fleet service (8750, SQLite under var/demo/fleet-service)
+in this process with the demo terminal registered and its fleet agent reporting into it
+(the page /fleet/, the operator token printed on stderr); the JSON then has a `fleet` entry.
 """
 from __future__ import annotations
 
@@ -71,7 +74,72 @@ def seed_bank(st: Stack) -> None:
         raise RemoteError(f"family binding refused: {b.get('err_msg')}", code=str(b.get("err_code") or "refused"))
 
 
-def start_stack(port: int, fresh: bool) -> Stack:
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return int(sk.getsockname()[1])
+
+
+class DemoFleet:
+    """The operator's fleet service (kiosk.fleet) in this process on SQLite under `<data_dir>/fleet-service`,
+    an operator artifact key made there (`operator.key` 0600 + `operator.pub`), and `register(st)` for the
+    stack's terminal. Its operator token is the stack's (`st.admin_token`, written 0600 where the service
+    reads it); the terminal's agent is then configured by `st.settings` (fleet_url, fleet_operator_pub)."""
+
+    def __init__(self, st: Stack, port: int = 0, *, job: bool = True) -> None:
+        import os
+
+        from kiosk.app.runtime import ServerThread
+        from kiosk.fleet import artifacts as art
+        from kiosk.fleet.app import create_app
+        from kiosk.fleet.notify import LogNotifier
+
+        self.dir = st.data_dir / "fleet-service"
+        (self.dir / "fleet").mkdir(parents=True, exist_ok=True, mode=0o700)
+        tok = self.dir / "fleet" / "admin.token"
+        fd = os.open(tok, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(st.admin_token)
+        self.token = st.admin_token
+        keys = self.dir / "operator"
+        if not (keys / "operator.key").exists():
+            art.write_keypair(keys)
+        self.operator_key = art.load_private(keys / "operator.key")
+        self.operator_pub = keys / "operator.pub"
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(f"sqlite:///{self.dir / 'fleet.db'}", data_dir=self.dir, notifier=LogNotifier(),
+                              operator_pub=self.operator_pub.read_bytes(), job=job)
+        self.service = self.app.state.service
+        self.server = ServerThread(self.app, port=self.port).start()
+
+    def register(self, st: Stack, *, district: str = "370202") -> dict[str, Any]:
+        """The stack's terminal registered (its key store's Ed25519 key) and its settings pointed here."""
+        from dataclasses import replace
+
+        from kiosk.fleet.agent import register_with_fleet
+        from kiosk.security.keystore import KeyStore
+
+        ks = KeyStore.open(st.data_dir / "keys")
+        out = register_with_fleet(self.url, self.token, ks.public_identity(), institution=st.fixmedins,
+                                  district=district)
+        st.settings = replace(st.settings, fleet_url=self.url, fleet_operator_pub=str(self.operator_pub))
+        return out
+
+    def terminal(self, terminal_id: str) -> dict[str, Any] | None:
+        return next((t for t in self.service.terminals() if t["terminal_id"] == terminal_id), None)
+
+    def stop(self) -> None:
+        self.server.stop()
+        job = getattr(self.app.state, "job", None)
+        if job is not None:
+            job.stop()
+        self.app.state.db.close()
+
+
+def start_stack(port: int, fresh: bool, fleet_port: int | None = None) -> Stack:
     s = load()
     st = Stack(data_dir=s.data_dir / "demo", ports=Ports(kiosk=port), settings=s)
     st.prepare(fresh)
@@ -85,6 +153,11 @@ def start_stack(port: int, fresh: bool) -> Stack:
     st.register_terminal()
     st.clients()
     seed_bank(st)
+    if fleet_port is not None:
+        st.fleet_service = DemoFleet(st, fleet_port)
+        st.fleet_service.register(st)
+        say(f"fleet service on {st.fleet_service.url} (page {st.fleet_service.url}/fleet/, operator token "
+            f"{st.fleet_service.token}); the demo terminal reports into it")
     say(f"starting the kiosk app (POS API + screen) on 127.0.0.1:{port}")
     st.build_kiosk()
     return st
@@ -146,13 +219,31 @@ def day_end(st: Stack) -> bool | None:
     return rep.matched
 
 
-def run_demo(*, serve: bool = False, fresh: bool = True, port: int = 8740) -> int:
+def fleet_summary(st: Stack, day_matched: bool | None) -> dict[str, Any]:
+    """After the session: the day-end result and the session in one more beat; the fleet's view of the terminal."""
+    from dataclasses import replace
+
+    from kiosk.app.fleet_link import record_day_end
+    from kiosk.clock import SystemClock, local_day
+
+    link = st.runtime.fleet
+    record_day_end(replace(st.settings, data_dir=st.data_dir), local_day(SystemClock()),
+                   "failed" if day_matched is None else "ok" if day_matched else "mismatch")
+    answer = link.agent.beat()
+    t = st.fleet_service.terminal(link.agent.terminal_id) or {}
+    return {"url": st.fleet_service.url + "/fleet/", "beat_accepted": answer is not None, "state": t.get("state"),
+            "versions": {k: t.get(k) for k in ("app_version", "model_pack", "mcu_firmware")},
+            "peripherals": {k: t.get(k) for k in ("paper", "cover", "camera", "bridge")},
+            "dayend_result": t.get("dayend_result")}
+
+
+def run_demo(*, serve: bool = False, fresh: bool = True, port: int = 8740, fleet_port: int | None = None) -> int:
     install_cleanup()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     st: Stack | None = None
     try:
-        st = start_stack(port, fresh)
+        st = start_stack(port, fresh, fleet_port)
         tee = ReceiptTee(st.runtime.terminal.deps.printer)
         st.runtime.terminal.deps.printer = tee
         typist = Typist(st.bridge.sim)
@@ -186,6 +277,8 @@ def run_demo(*, serve: bool = False, fresh: bool = True, port: int = 8740) -> in
         if got["status"] != "paid":
             say(f"the payment did not complete: {got['status']} ({got.get('reason')})")
         summary["day_end_matched"] = day_end(st)
+        if st.fleet_service is not None and st.runtime.fleet is not None:
+            summary["fleet"] = fleet_summary(st, summary["day_end_matched"])
         if serve:
             from kiosk.app.demo_console import mount_demo_console
 

@@ -12,6 +12,10 @@ Steps, in order, each recorded in <data_dir>/provision/state.json with its resul
                  from the calibration data's (a camera the models were not calibrated for)
     peripherals  the firmware bridge answers, the MCU is connected, its self-test passes
     technician   the PIN of the technician page (scrypt hash; a new PIN is printed once)
+    fleet        only with a fleet service (--fleet URL, remembered): the device's Ed25519 key registered
+                 there (kiosk.fleet.agent.register_with_fleet) with the institution and district, and the
+                 operator's artifact key (--fleet-operator-pub) kept at <data_dir>/fleet/operator.pub;
+                 `kiosk serve` then reports to that fleet (KIOSK_FLEET_URL overrides it)
 
 Re-running is safe: keys are opened, not remade; a registration with the same inputs
 is skipped; model files already in place with the right digest are kept; checks
@@ -39,7 +43,7 @@ from kiosk.clock import Clock, SystemClock
 from kiosk.config import Settings, load
 from kiosk.errors import ConfigError, InputError, KioskError
 
-STEP_NAMES = ("settings", "keys", "register", "models", "camera", "peripherals", "technician")
+STEP_NAMES = ("settings", "keys", "register", "models", "camera", "peripherals", "technician", "fleet")
 DEFAULT_CENTRE = "http://127.0.0.1:8710"
 DEFAULT_BRIDGE = "http://127.0.0.1:8730"
 DEFAULT_BANK = "http://127.0.0.1:8720"
@@ -67,6 +71,10 @@ class Options:
     bridge_url: str | None = None
     bridge_token_file: str | None = None  # default: KIOSK_BRIDGE_TOKEN_FILE (the self-test needs the bridge's token)
     technician_pin: str | None = None
+    fleet_url: str | None = None          # the operator's fleet service (remembered); none: the step is not run
+    fleet_token: str | None = None        # its operator token (or KIOSK_FLEET_ADMIN_TOKEN); never recorded
+    fleet_district: str | None = None     # district shown on the fleet page (default: the region code)
+    fleet_operator_pub: str | None = None  # the operator's artifact public key (PEM file)
     redo: tuple[str, ...] = ()
     only: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
@@ -434,6 +442,54 @@ def step_technician(ctx: Ctx) -> StepResult:
     return StepResult("ok", "new technician PIN generated (printed once below)", {"pin": "generated"})
 
 
+def _fleet_inputs(ctx: Ctx, url: str, district: str, pub_sha: str) -> str:
+    ident = ctx.keystore.public_identity()
+    return _fingerprint({"url": url, "device": ident["device_id"], "kid": ident.get("kid"), "ed25519": ident["ed25519"],
+                         "institution": ctx.conf.get("fixmedins_code"), "district": district, "operator_pub": pub_sha})
+
+
+def step_fleet(ctx: Ctx) -> StepResult:
+    """Register the device's Ed25519 key with the fleet service (heartbeats are signed with it) and keep
+    the operator's artifact public key where `kiosk serve` finds it. Re-run: skipped when nothing changed."""
+    from kiosk.fleet import artifacts as art
+    from kiosk.fleet.agent import register_with_fleet
+
+    url = str(ctx.value("fleet_url") or "").rstrip("/")
+    district = str(ctx.value("fleet_district") or ctx.conf.get("region") or "")
+    ctx.conf.update(fleet_url=url, fleet_district=district)
+    if not url.startswith(("http://", "https://")):
+        raise InputError("must be the fleet service's http(s) URL", field="fleet_url")
+    pub_dst = ctx.data_dir / "fleet" / "operator.pub"
+    src = ctx.opts.fleet_operator_pub
+    if src:
+        pem = Path(src).read_bytes()
+        art.load_public(pem)  # ConfigError naming trust_key when it is not an Ed25519 public key
+        pub_dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = pub_dst.with_name(f".{pub_dst.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(pem)
+        os.replace(tmp, pub_dst)
+    if not pub_dst.is_file():
+        return StepResult("failed", "the operator's artifact public key is needed: pass --fleet-operator-pub FILE "
+                                    "(operator.pub from `kiosk fleet keygen`)", {"field": "fleet_operator_pub"})
+    pub_sha = hashlib.sha256(pub_dst.read_bytes()).hexdigest()
+    ctx.conf["fleet_operator_pub"] = str(pub_dst)
+    inputs = _fleet_inputs(ctx, url, district, pub_sha)
+    prev = ctx.state.get("steps", {}).get("fleet", {})
+    if prev.get("status") == "ok" and prev.get("inputs") == inputs and "fleet" not in ctx.opts.redo:
+        return StepResult("skipped", f"already registered with the fleet at {url}", prev.get("detail", {}))
+    token = ctx.opts.fleet_token or os.environ.get("KIOSK_FLEET_ADMIN_TOKEN", "")
+    if not token:
+        return StepResult("failed", "the fleet operator token is needed to register: pass --fleet-token "
+                                    "(or set KIOSK_FLEET_ADMIN_TOKEN)", {"field": "fleet_token"})
+    ident = ctx.keystore.public_identity()
+    out = register_with_fleet(url, token, ident, institution=ctx.conf["fixmedins_code"], district=district)
+    detail = {"url": url, "terminal_id": out.get("terminal_id", ident["device_id"]), "district": district,
+              "key_fingerprint": hashlib.sha256(bytes.fromhex(ident["ed25519"])).hexdigest()[:16],
+              "operator_pub_sha256": pub_sha[:16], "inputs": inputs}
+    return StepResult("ok", f"registered with the fleet at {url} as {detail['terminal_id']} (district {district})",
+                      detail)
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -450,6 +506,14 @@ STEPS = (
     Step("peripherals", step_peripherals),
     Step("technician", step_technician),
 )
+FLEET_STEP = Step("fleet", step_fleet, needs=("settings", "keys"))
+
+
+def steps_for(opts: Options, state: dict[str, Any]) -> tuple[Step, ...]:
+    """The fleet step runs only on a terminal given a fleet service (now or in an earlier run)."""
+    if opts.fleet_url or state.get("settings", {}).get("fleet_url"):
+        return (*STEPS, FLEET_STEP)
+    return STEPS
 
 
 # ----------------------------------------------------------------------------- runner
@@ -470,8 +534,9 @@ def run_provision(opts: Options, *, settings: Settings | None = None, clock: Clo
     state.setdefault("steps", {})
     ctx = Ctx(settings=settings, opts=opts, clock=clock, state=state)
     print(f"kiosk provision: data dir {data_dir}", file=out, flush=True)
-    n = len(STEPS)
-    for i, step in enumerate(STEPS, 1):
+    steps = steps_for(opts, state)
+    n = len(steps)
+    for i, step in enumerate(steps, 1):
         t0 = time.perf_counter()
         if (opts.only and step.name not in opts.only) or step.name in opts.skip:
             res = None
@@ -509,6 +574,10 @@ def run_provision(opts: Options, *, settings: Settings | None = None, clock: Clo
             rec["inputs"] = _register_inputs(ctx, _services(ctx)) if ctx.keystore is not None else None
             if res.status == "skipped":
                 rec = {**prev, "summary": res.summary, "checked_at": rec["at"]}
+        if step.name == "fleet":
+            rec["inputs"] = rec["detail"].pop("inputs", None) if res.status == "ok" else None
+            if res.status == "skipped":
+                rec = {**prev, "summary": res.summary, "checked_at": rec["at"]}
         state["steps"][step.name] = rec
         if ctx.keystore is not None:
             state["device_id"] = ctx.keystore.device_id
@@ -542,7 +611,8 @@ def _cmd(args: argparse.Namespace) -> int:
     opts = Options(centre_url=args.centre, bank_url=args.bank_url, no_bank=args.no_bank, admin_token=args.admin_token, fixmedins_code=args.fixmedins_code,
                    region=args.region, profile=args.profile, model_source=args.model_source,
                    model_dir=args.model_dir, camera=args.camera, bridge_url=args.bridge, bridge_token_file=args.bridge_token_file,
-                   technician_pin=args.technician_pin, redo=tuple(args.redo or ()), only=tuple(args.only or ()),
+                   technician_pin=args.technician_pin, fleet_url=args.fleet, fleet_token=args.fleet_token,
+                   fleet_district=args.fleet_district, fleet_operator_pub=args.fleet_operator_pub, redo=tuple(args.redo or ()), only=tuple(args.only or ()),
                    skip=tuple(args.skip or ()))
     state = run_provision(opts, out=sys.stderr if args.json else sys.stdout)
     if args.json:
@@ -555,7 +625,7 @@ def register_provision(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("provision", help="technician: register, keys, model pack, camera and peripheral checks",
                               description=__doc__.splitlines()[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="\n".join(__doc__.splitlines()[2:13]))
+                              epilog="\n".join(__doc__.splitlines()[2:18]))
     p.add_argument("--centre", metavar="URL", help=f"insurance centre (default {DEFAULT_CENTRE}; remembered)")
     p.add_argument("--bank", dest="bank_url", metavar="URL", help=f"bank (credit line) service (default {DEFAULT_BANK}; remembered)")
     p.add_argument("--no-bank", action="store_true", help="this counter offers no credit pay: register with the centre only")
@@ -570,6 +640,10 @@ def register_provision(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bridge-token-file", metavar="FILE",
                    help="the bridge's API token file (default KIOSK_BRIDGE_TOKEN_FILE; remembered); run as the kiosk user or root")
     p.add_argument("--technician-pin", help="set this PIN (6-12 digits) instead of generating one; prefer KIOSK_TECHNICIAN_PIN in the environment (a command-line argument is visible in ps)")
+    p.add_argument("--fleet", metavar="URL", help="the operator's fleet service: register this terminal there (remembered)")
+    p.add_argument("--fleet-token", help="the fleet operator token (prefer KIOSK_FLEET_ADMIN_TOKEN in the environment)")
+    p.add_argument("--fleet-district", help="district shown on the fleet page (default: the region code; remembered)")
+    p.add_argument("--fleet-operator-pub", metavar="FILE", help="the operator's artifact public key (operator.pub)")
     p.add_argument("--redo", action="append", choices=STEP_NAMES, help="run a done step again (repeatable)")
     p.add_argument("--only", action="append", choices=STEP_NAMES, help="run only these steps (repeatable)")
     p.add_argument("--skip", action="append", choices=STEP_NAMES, help="leave these steps out (repeatable)")

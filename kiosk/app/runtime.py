@@ -39,6 +39,7 @@ class Runtime:
     link: ScreenLink | None = None
     status_probe: Callable[[], dict[str, Any]] | None = None
     listeners: list[Callable[[Any], None]] = field(default_factory=list)
+    fleet: Any = None  # kiosk.app.fleet_link.FleetLink when a fleet URL is configured
     _stop: threading.Event = field(default_factory=threading.Event)
     _poller: threading.Thread | None = None
 
@@ -50,6 +51,9 @@ class Runtime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.fleet is not None:  # no beat or update may start while the counter shuts down
+            self.fleet.stop()
+            self.fleet = None
         self.terminal.stop()
         if self.bus is not None:
             try:

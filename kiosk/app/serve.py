@@ -3,7 +3,10 @@
 Reads the terminal identity `<data_dir>/terminal.json` and key store
 `<data_dir>/keys`, talks to the centre (8710), the bank (8720) and the
 firmware bridge (8730), serves the POS API and the screen on 8740, and on
-start resolves any payment a crash left unfinished.
+start resolves any payment a crash left unfinished. With `KIOSK_FLEET_URL` (and
+`KIOSK_FLEET_OPERATOR_PUB`) it also runs the fleet agent: a signed heartbeat every
+minute and staged updates applied only when idle (kiosk/app/fleet_link.py,
+docs/fleet.md); it stops with the app.
 
 For tests and demos `--images` plays still images instead of a camera and
 `--keys STATE=KEYS` types on the bridge's MCU simulator when a state is reached.
@@ -53,6 +56,8 @@ def serve(args: argparse.Namespace) -> int:
 
         camera = CameraSource(args.camera)
     rt = st.build_kiosk(camera=camera, serve=False)
+    if rt.fleet is not None:
+        logging.getLogger("kiosk.app").info("fleet agent reporting to %s as %s", s.fleet_url, rt.fleet.agent.terminal_id)
     if args.keys:
         from kiosk.app.typist import Typist
 

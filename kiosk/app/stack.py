@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kiosk.config import Settings, load
-from kiosk.errors import ConfigError
+from kiosk.errors import ConfigError, KioskError
 from kiosk.app.procs import Child, python
 
 log = logging.getLogger("kiosk.app.stack")
@@ -55,6 +55,7 @@ class Stack:
     client_ports: dict[str, int] = field(default_factory=dict)  # the kiosk's view (e.g. through a relay)
     # the operator token of this run's services (passed to them; never written to disk)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    fleet_service: Any = None  # kiosk.app.demo.DemoFleet: the operator's fleet service in this process (demo, tests)
 
     # ------------------------------------------------------------------ processes
     def _env(self) -> dict[str, str]:
@@ -161,6 +162,10 @@ class Stack:
             state = self.data_dir / "provision" / "state.json"
             conf = json.loads(state.read_text()).get("settings", {}) if state.exists() else {}
             ident["fixmedins_code"] = conf.get("fixmedins_code") or self.fixmedins
+            if not self.settings.fleet_url and conf.get("fleet_url") and conf.get("fleet_operator_pub"):
+                # the fleet provisioning registered this terminal with (KIOSK_FLEET_URL overrides it)
+                self.settings = replace(self.settings, fleet_url=conf["fleet_url"],
+                                        fleet_operator_pub=self.settings.fleet_operator_pub or conf["fleet_operator_pub"])
             if "centre" not in ident["services"]:
                 raise ConfigError(f"no terminal identity at {path} or {self.data_dir / 'provision'}: "
                                   "run `kiosk provision` first", field=str(path))
@@ -207,7 +212,7 @@ class Stack:
         self.bridge = BridgeClient(self.url("bridge"), token_file=self.bridge_token_file())
         self.camera = camera if camera is not None else ImageCamera()
         sim_light = getattr(self.camera, "set_fill_light", None)  # the simulated camera sees the LED's light
-        vision = PipelineVision(self.face_pipeline(), centre.seal_face, light=BridgeLight(self.bridge, sim_light))
+        vision = PipelineVision(self.kiosk_pipeline(), centre.seal_face, light=BridgeLight(self.bridge, sim_light))
         deps = Deps(camera=self.camera, vision=vision, centre=CentreAdapter(centre), bank=BankAdapter(bank),
                     keypad=BridgeKeypad(self.bridge), printer=BridgePrinter(self.bridge))
         self.pos_key = add_system(self.data_dir, POS_SYSTEM)
@@ -228,9 +233,42 @@ class Stack:
                              status_probe=self._status, audit=audit.append, technician=tech, catalogue=catalogue,
                              institution=self.fixmedins)
         self.runtime.start()
+        self.start_fleet_agent()
         if serve:
             self.server = ServerThread(self.runtime.app, port=self.ports.kiosk).start()
         return self.runtime
+
+    def kiosk_pipeline(self) -> Any:
+        """The counter's face pipeline: on the pack the fleet agent applied last, if any (kiosk.app.fleet_link)."""
+        from kiosk.app.fleet_link import pack_for
+
+        here = replace(self.settings, data_dir=self.data_dir)  # the agent's state is under this stack's data dir
+        s = pack_for(here)
+        if s is here:
+            return self.face_pipeline()
+        from kiosk.vision.pipeline import FacePipeline
+        from models.loader import load_pack
+
+        pack = load_pack(s.model_pack, manifest=Path(s.model_pack) / "manifest.json", providers=s.onnx_providers,
+                         intra_op_threads=s.onnx_threads)
+        return FacePipeline(pack, detector=s.face_detector)
+
+    def start_fleet_agent(self, *, run: bool = True) -> Any:
+        """The fleet agent (heartbeats, updates when idle) when `settings.fleet_url` is set; else None.
+        Stopped with the runtime."""
+        from kiosk.app.fleet_link import start_fleet
+
+        if self.runtime is None or not self.settings.fleet_url:
+            return None
+        s = replace(self.settings, data_dir=self.data_dir)  # fleet state and the bridge's firmware dir under it
+        try:
+            link = start_fleet(s, self._keystore, self.runtime.terminal, self.runtime.terminal.deps.vision,
+                               self.bridge, run=run)
+        except KioskError as e:  # the counter takes payments without the fleet; the operator sees it offline
+            log.error("fleet agent not started: %s", e)
+            return None
+        self.runtime.fleet = link
+        return link
 
     def _status(self) -> dict[str, Any]:
         try:
@@ -267,6 +305,12 @@ class Stack:
                 fn()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 log.debug("stop step failed", exc_info=True)
+        if self.fleet_service is not None:
+            try:
+                self.fleet_service.stop()
+            except Exception:  # noqa: BLE001
+                log.debug("fleet service stop failed", exc_info=True)
+            self.fleet_service = None
         for c in reversed(list(self.children.values())):
             c.stop()
         self.children.clear()

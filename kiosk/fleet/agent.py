@@ -385,6 +385,8 @@ class FleetAgent:
                 self.beat()
             except KioskError as e:
                 log.error("heartbeat failed: %s", e)
+            except Exception:  # noqa: BLE001 - the agent must outlive any one bad beat
+                log.exception("heartbeat failed")
             stop.wait(self.next_beat_s)
 
 
@@ -448,7 +450,7 @@ class TerminalStatus:
     def journal(self) -> dict[str, int]:
         rows = self.terminal.store.open_orders()
         return {"unresolved": sum(1 for r in rows if r.status in ("running", "reversing")),
-                "refunds_pending": len(self.terminal.store.running_refunds())}
+                "refunds_pending": len(self.terminal.store.open_refunds())}  # running (cut off) or pending
 
     def day_end(self) -> dict[str, Any]:
         return dict(self.dayend)

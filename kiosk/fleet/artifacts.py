@@ -18,6 +18,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from kiosk.errors import ConfigError, IntegrityError, InputError
 
 KINDS = ("model_pack", "mcu_firmware")
 MAX_FILES = 64
+# a pack member: at most three plain path parts (the manifest names e.g. "detection/yunet_s_dynamic.onnx"),
+# none hidden, none "..", no absolute path
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._+-]{0,127}){0,2}")
 
 
 def statement(kind: str, version: str, sha256: str, size: int) -> bytes:
@@ -136,14 +140,15 @@ def pack_tar(root: Path, manifest: Path | None = None) -> bytes:
 
 def unpack_pack(blob: bytes, dest: Path) -> str:
     """Extract a pack tar into `dest` (must not exist) and check every file against the manifest.
-    Returns the manifest's sha256. Only plain files with plain names are accepted."""
+    Returns the manifest's sha256. Only plain files with plain relative names (up to
+    three parts, none hidden, no "..") are accepted."""
     dest = Path(dest)
     dest.mkdir(parents=True)
     files: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
             for m in tar.getmembers():
-                if not m.isfile() or "/" in m.name or m.name.startswith(".") or len(files) >= MAX_FILES:
+                if not m.isfile() or not _PLAIN_NAME.fullmatch(m.name) or len(files) >= MAX_FILES:
                     raise IntegrityError(f"model pack member {m.name!r} is not a plain file name", code="pack_layout",
                                          field="artifact")
                 f = tar.extractfile(m)
@@ -166,5 +171,6 @@ def unpack_pack(blob: bytes, dest: Path) -> str:
         if hashlib.sha256(files[name]).hexdigest() != e.get("sha256"):
             raise IntegrityError(f"{name} does not match its manifest sha256", code="pack_digest", field=name)
     for name, data in files.items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         (dest / name).write_bytes(data)
     return hashlib.sha256(files["manifest.json"]).hexdigest()

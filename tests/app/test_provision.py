@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,69 @@ def test_a_camera_the_models_were_not_calibrated_for_is_warned_about(services, c
     cam = st["steps"]["camera"]
     assert cam["status"] == "ok"  # a warning, not a failed step: the technician decides
     assert cam["detail"]["liveness"]["warning"] is True and "WARNING" in cam["summary"], cam
+
+
+@pytest.fixture
+def fleet_service(tmp_path, monkeypatch):
+    """The operator's fleet service (kiosk.fleet) on a free port, with its operator key pair."""
+    from kiosk.fleet import artifacts as art
+    from kiosk.fleet.app import create_app
+
+    monkeypatch.setenv("KIOSK_FLEET_ADMIN_TOKEN", "fleet-operator-token")
+    d = tmp_path / "fleet"
+    _priv, pub = art.write_keypair(d / "operator")
+    app = create_app(f"sqlite:///{d / 'fleet.db'}", data_dir=d, job=False)
+    with serve(app) as url:
+        yield url, app.state.service, pub
+    app.state.db.close()
+
+
+def test_the_fleet_step_registers_the_device_key_once_and_serve_finds_the_fleet(services, centre, bridge, shared_dir,
+                                                                               tmp_path, fleet_service, monkeypatch):
+    url, svc, pub = fleet_service
+    monkeypatch.delenv("KIOSK_FLEET_ADMIN_TOKEN")  # the token comes from the option, as a technician gives it
+    s = settings_for(tmp_path, shared_dir)
+    base = opts(services, bridge, shared_dir, only=("settings", "keys", "fleet"))
+    out = io.StringIO()
+    # someone else's token: refused, and the step says so
+    st = run_provision(replace(base, fleet_url=url, fleet_token="not-the-operator", fleet_operator_pub=str(pub)),
+                       settings=s, out=out)
+    assert st["steps"]["fleet"]["status"] == "failed" and "refused" in st["steps"]["fleet"]["summary"]
+    assert svc.terminals() == []
+    out = io.StringIO()
+    st = run_provision(replace(base, fleet_url=url, fleet_token="fleet-operator-token", fleet_operator_pub=str(pub),
+                               fleet_district="370203"), settings=s, out=out)
+    assert st["steps"]["fleet"]["status"] == "ok", out.getvalue()
+    assert "[8/8] fleet" in out.getvalue()
+    [t] = svc.terminals()
+    assert (t["terminal_id"], t["institution"], t["district"]) == (st["device_id"], "P37020200001", "370203")
+    assert (tmp_path / "var" / "fleet" / "operator.pub").read_bytes() == pub.read_bytes()
+    raw = (tmp_path / "var" / "provision" / "state.json").read_text()
+    assert "fleet-operator-token" not in raw
+    # the key registered is the device's: a beat signed by its key store is accepted
+    from kiosk.fleet.agent import FleetAgent, StaticStatus, signer_from_keystore
+    from kiosk.fleet import artifacts as art
+    from kiosk.security.keystore import KeyStore
+
+    agent = FleetAgent(url, signer_from_keystore(KeyStore.open(tmp_path / "var" / "keys")), StaticStatus(),
+                       trust_key=art.load_public(pub))
+    assert agent.beat() is not None
+    # re-run with everything remembered and no token: nothing to do
+    out = io.StringIO()
+    st2 = run_provision(Options(only=("fleet",)), settings=s, out=out)
+    assert st2["steps"]["fleet"]["status"] == "ok" and "already registered with the fleet" in out.getvalue()
+    # `kiosk serve` (Stack.load_identity) reports to the fleet provisioning registered with
+    from kiosk.app.stack import Stack
+
+    run_provision(replace(base, only=("register",)), settings=s, out=io.StringIO())
+    stk = Stack(data_dir=tmp_path / "var", settings=replace(s, fleet_url="", fleet_operator_pub=""))
+    stk.load_identity()
+    assert stk.settings.fleet_url == url
+    assert stk.settings.fleet_operator_pub == str(tmp_path / "var" / "fleet" / "operator.pub")
+
+
+def test_without_a_fleet_url_there_is_no_fleet_step(services, centre, bridge, shared_dir, tmp_path):
+    out = io.StringIO()
+    st = run_provision(opts(services, bridge, shared_dir, only=("settings",)), settings=settings_for(tmp_path, shared_dir),
+                       out=out)
+    assert "fleet" not in st["steps"] and "/8]" not in out.getvalue()

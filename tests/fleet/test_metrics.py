@@ -105,7 +105,7 @@ def test_terminal_status_reads_the_kiosk_and_counts_sessions() -> None:
     from kiosk.fleet.agent import Counts, TerminalStatus
 
     busy = {"v": True}
-    store = SimpleNamespace(open_orders=lambda: [SimpleNamespace(status="running")], running_refunds=lambda: [])
+    store = SimpleNamespace(open_orders=lambda: [SimpleNamespace(status="running")], open_refunds=lambda: [])
     term = SimpleNamespace(store=store, idle=lambda: not busy["v"])
     bridge = SimpleNamespace(status=lambda: {"state": "connected", "firmware": "1.2.0",
                                              "peripherals": {"paper_out": True, "cover_open": False}})
@@ -136,7 +136,8 @@ def test_terminal_idle_hook_is_read_only_and_sees_queued_orders(tmp_path) -> Non
     from kiosk.storage import open_database
 
     with open_database(f"sqlite:///{tmp_path}/kiosk.db") as db:
-        t = Terminal(Store(db, ManualClock()), deps=None, clock=ManualClock(), institution="H37020200001")  # type: ignore[arg-type]
+        t = Terminal(Store(db, ManualClock()), deps=None, clock=ManualClock(),
+                     institution="H37020200001")  # type: ignore[arg-type]
         assert t.idle()
         t.submit("pos", Order("o-1", {}))  # not started: the order waits in the queue
         assert not t.idle() and not t.idle()  # asking changes nothing
