@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import ARTIFACTS
+from kiosk.app.screen.access import read_token_file
+
+from .conftest import ARTIFACTS, open_screen
 
 HAS_BANK = importlib.util.find_spec("kiosk.services.bank.app") is not None
 SCORE_WORDS = re.compile(r"score|similarity|confidence|相似度|分数|得分|置信|匹配度", re.I)
@@ -66,7 +68,7 @@ def test_a_real_session_on_screen(stack, browser):
 
     bus.publish = timed_publish
     try:
-        browser.goto(st.url("kiosk") + "/screen/")
+        open_screen(browser, st.url("kiosk"), read_token_file(st.screen_token_file()), st.data_dir)
         browser.wait_for("Number(document.body.dataset.seq) >= 0")
         person = st.demo_people[0]
         st.typist.clear()
