@@ -95,6 +95,15 @@ def test_a_real_session_on_screen(stack, browser):
     finally:
         bus.publish = original
 
+    # the real app wrote this start's secret 0600; a local process without it reads nothing
+    import os
+    import stat
+
+    import httpx
+
+    assert stat.S_IMODE(os.stat(st.screen_token_file()).st_mode) == 0o600
+    for path in ("/screen/state", "/screen/camera.jpg"):
+        assert httpx.get(st.url("kiosk") + path, timeout=5).status_code == 401
     # the outcome page says what the POS was told
     assert "支付成功" in text
     for part, key in (("total", "medfee_sumamt"), ("fund", "fund_pay_sumamt"), ("account", "acct_pay")):
