@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from kiosk.app.screen.access import COOKIE, ScreenGate, new_token, session_value
+from kiosk.app.screen.access import COOKIE, LOOPBACK, ScreenGate, new_token, session_value
 from kiosk.app.screen.bus import ScreenBus
 from kiosk.app.screen.preview import encode_jpeg
 from kiosk.app.screen.texts import catalogue
@@ -38,9 +38,6 @@ def sse_message(bus: ScreenBus) -> bytes:
     return f"id: {st.seq}\nevent: state\ndata: {st.model_dump_json()}\n\n".encode()
 
 
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
-
 def loopback_only(request: Request) -> None:
     """The screen carries the live camera preview and the patient's amounts: it is for the kiosk
     browser on this machine, even when the app is bound wider for a POS on the shop's network."""
@@ -51,7 +48,8 @@ def loopback_only(request: Request) -> None:
 GUARDED = ("/state", "/events", "/camera.jpg", "/camera.mjpg", "/session")
 
 
-def build_router(bus: ScreenBus, prefix: str = "/screen", token: str | None = None) -> APIRouter:
+def build_router(bus: ScreenBus, prefix: str, token: str) -> APIRouter:
+    """The screen's routes; only `mount` serves them, behind the ScreenGate for `token`."""
     r = APIRouter(prefix=prefix, tags=["screen"], dependencies=[Depends(loopback_only)])
     strings = catalogue()
 
@@ -71,7 +69,7 @@ def build_router(bus: ScreenBus, prefix: str = "/screen", token: str | None = No
     async def session() -> Response:
         # reached only with the secret (the gate); the cookie carries a value derived from it
         resp = Response(status_code=204, headers=NO_STORE)
-        resp.set_cookie(COOKIE, session_value(token or ""), path=prefix + "/", httponly=True, samesite="strict")
+        resp.set_cookie(COOKIE, session_value(token), path=prefix + "/", httponly=True, samesite="strict")
         return resp
 
     @r.get("/state")
