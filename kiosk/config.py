@@ -44,6 +44,9 @@ class Settings:
     # from (systemd: /var/lib/kiosk-bridge/firmware); empty: <data_dir>/bridge/token and <data_dir>/bridge/firmware
     bridge_token_file: str = field(default_factory=lambda: _env("bridge_token_file", ""))
     bridge_firmware_dir: str = field(default_factory=lambda: _env("bridge_firmware_dir", ""))
+    # the patient's screen: its per-start secret, written 0600 by the kiosk app and read by the kiosk browser's
+    # launcher (kiosk.app.screen.launch; systemd: /run/kiosk-app/screen-token); empty: <data_dir>/screen/token
+    screen_token_file: str = field(default_factory=lambda: _env("screen_token_file", ""))
     # the largest .kfw the bridge reads (header + signature + image); a bigger file is refused unread
     bridge_firmware_max_bytes: int = field(default_factory=lambda: int(_env("bridge_firmware_max_bytes", str(8 << 20))))
 
@@ -77,6 +80,9 @@ class Settings:
 
     def bridge_token_path(self) -> Path:
         return Path(self.bridge_token_file) if self.bridge_token_file else self.data_dir / "bridge" / "token"
+
+    def screen_token_path(self) -> Path:
+        return Path(self.screen_token_file) if self.screen_token_file else self.data_dir / "screen" / "token"
 
     def bridge_firmware_path(self) -> Path:
         return Path(self.bridge_firmware_dir) if self.bridge_firmware_dir else self.data_dir / "bridge" / "firmware"

@@ -36,15 +36,15 @@ def _pct(xs: list[float], q: float) -> float:
 class ScreenWatch:
     """A browser-like SSE client: when did each state reach the screen?"""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, token: str | None = None) -> None:
+        self.url, self.token = url, token
         self.seen: dict[tuple[str, str], float] = {}
         self._stop = False
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
 
     def _run(self) -> None:
-        with httpx.Client(timeout=None) as c, c.stream("GET", self.url) as r:
+        with httpx.Client(timeout=None) as c, c.stream("GET", self.url, headers=self._headers()) as r:
             for line in r.iter_lines():
                 if self._stop:
                     return
@@ -52,6 +52,11 @@ class ScreenWatch:
                     st = json.loads(line[6:])
                     key = (st.get("session_id") or "", st.get("state") or "")
                     self.seen.setdefault(key, time.perf_counter())
+
+    def _headers(self) -> dict[str, str]:
+        from kiosk.app.screen.access import TOKEN_HEADER
+
+        return {TOKEN_HEADER: self.token} if self.token else {}
 
     def stop(self) -> None:
         self._stop = True
@@ -94,7 +99,7 @@ def run(runs: int, person: str, as_json: bool) -> int:
             published.setdefault((s.session_id, s.state), time.perf_counter())
 
         rt.listeners.append(on_snap)
-        watch = ScreenWatch(st.url("kiosk") + "/screen/events") if rt.bus is not None else None
+        watch = ScreenWatch(st.url("kiosk") + "/screen/events", rt.screen_token) if rt.bus is not None else None
         pos = st.pos()
         p = st.person(person)
         images = scene(st, person)

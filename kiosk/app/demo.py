@@ -287,8 +287,11 @@ def run_demo(*, serve: bool = False, fresh: bool = True, port: int = 8740, fleet
             scenes.update({"nobody": [], "two": [faces / "misc" / "examples_two_people.jpg"],
                            "spoof": [faces.parent / "liveness" / "nuaa-train" / "spoof" / "0001_0001_00_00_01_116.jpg"]})
             mount_demo_console(st.runtime.app, st, DEMO_BILL, scenes)
-            say(f"up: demo console http://127.0.0.1:{port}/demo/ (POS, camera, keypad, printer), "
-                f"screen http://127.0.0.1:{port}/screen/, POS API docs http://127.0.0.1:{port}/docs; Ctrl-C to stop")
+            # the screen answers only with this run's secret: the URLs carry it in the fragment (never sent
+            # to the server); the page trades it for a session cookie and drops it from the address bar
+            frag = st.screen_url().partition("#")[2]
+            say(f"up: demo console http://127.0.0.1:{port}/demo/#{frag} (POS, camera, keypad, printer), "
+                f"screen {st.screen_url()}, POS API docs http://127.0.0.1:{port}/docs; Ctrl-C to stop")
             print(json.dumps(summary, ensure_ascii=False), flush=True)
             stop = threading.Event()
             signal.signal(signal.SIGINT, lambda *_: stop.set())

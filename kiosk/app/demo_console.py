@@ -28,8 +28,10 @@ iframe{width:100%;height:34em;border:1px solid #888}section{margin:.6em 0}#out{w
 <section><b>Printer:</b> <button onclick="post('printer',{paper:'out'})">paper out</button>
 <button onclick="post('printer',{paper:'in'})">paper in</button></section>
 <div id="out"></div>
-<iframe src="/screen/"></iframe>
+<iframe id="screen"></iframe>
 <script>
+// the screen's secret came in this page's fragment (printed by `kiosk demo --serve`); hand it on the same way
+document.getElementById('screen').src='/screen/'+location.hash; history.replaceState(null,'',location.pathname);
 async function post(p,b){const r=await fetch('/demo/'+p,{method:'POST',headers:{'Content-Type':'application/json'},body:JSON.stringify(b)});
  const j=await r.json(); document.getElementById('out').textContent=JSON.stringify(j,null,1); return j;}
 function send(k){return post('keys',{keys:k});}

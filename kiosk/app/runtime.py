@@ -36,6 +36,7 @@ class Runtime:
     terminal: Terminal
     store: Store
     bus: Any = None  # kiosk.app.screen.ScreenBus when the screen is installed
+    screen_token: str | None = None  # the screen's per-start secret (kiosk.app.screen.access) when installed
     link: ScreenLink | None = None
     status_probe: Callable[[], dict[str, Any]] | None = None
     listeners: list[Callable[[Any], None]] = field(default_factory=list)
@@ -107,14 +108,17 @@ def build(db: Database, deps: Deps, pos_systems: Mapping[str, str], *, clock: Cl
     app = create_app(terminal, PosAuth(pos_systems), catalogue=catalogue)
     if bus is not None:
         from kiosk.app.screen import mount_screen
+        from kiosk.app.screen.access import new_token
 
+        screen_token = new_token()  # this start's screen secret: the caller writes it for the kiosk browser
         try:
-            mount_screen(app, bus, technician_config=technician)
+            import kiosk.app.technician  # noqa: F401
+            mount_screen(app, bus, technician_config=technician, token=screen_token)
         except ImportError:  # the technician page is not installed
-            mount_screen(app, bus, technician=False)
+            mount_screen(app, bus, technician=False, token=screen_token)
     _technician_checks(store)
     return Runtime(app=app, terminal=terminal, store=store, bus=bus, link=link, status_probe=status_probe,
-                   listeners=listeners)
+                   listeners=listeners, screen_token=getattr(app.state, "screen_token", None))
 
 
 def _technician_checks(store: Store) -> None:

@@ -81,6 +81,22 @@ class Stack:
         self.children["bank"] = c
         return c
 
+    def screen_token_file(self) -> Path:
+        """Where this run's kiosk app writes the screen's secret for the kiosk browser (0600)."""
+        return replace(self.settings, data_dir=self.data_dir).screen_token_path()
+
+    def screen_url(self) -> str:
+        """The screen's address with this run's secret in the fragment (never sent to the server)."""
+        tok = self.runtime.screen_token if self.runtime is not None else None
+        return self.url("kiosk") + "/screen/" + (f"#k={tok}" if tok else "")
+
+    def _drop_screen_token(self) -> None:
+        from kiosk.app.screen.access import read_token_file
+
+        tok = self.runtime.screen_token if self.runtime is not None else None
+        if tok and read_token_file(self.screen_token_file()) == tok:  # not a newer start's
+            self.screen_token_file().unlink(missing_ok=True)
+
     def bridge_token_file(self) -> Path:
         """Where the bridge writes its per-boot API secret: this run's data dir for a bridge we start."""
         return replace(self.settings, data_dir=self.data_dir).bridge_token_path()
@@ -232,6 +248,10 @@ class Stack:
         self.runtime = build(db, deps, load_systems(self.data_dir), timeouts=timeouts,
                              status_probe=self._status, audit=audit.append, technician=tech, catalogue=catalogue,
                              institution=self.fixmedins)
+        if self.runtime.screen_token:
+            from kiosk.app.screen.access import write_token_file
+
+            write_token_file(self.screen_token_file(), self.runtime.screen_token)
         self.runtime.start()
         self.start_fleet_agent()
         if serve:
@@ -300,7 +320,7 @@ class Stack:
     def stop(self) -> None:
         for fn in (lambda: self.server and self.server.stop(), lambda: self.runtime and self.runtime.stop(),
                    lambda: self.bridge and self.bridge.close(), lambda: self.centre_client and self.centre_client.close(),
-                   lambda: self.bank_client and self.bank_client.close()):
+                   lambda: self.bank_client and self.bank_client.close(), self._drop_screen_token):
             try:
                 fn()
             except Exception:  # noqa: BLE001 - best effort on the way out

@@ -653,7 +653,14 @@ def test_demo_console_drives_a_session_from_a_browser(stack):
     stack.typist.clear()
     del stack.snaps[:]
     base = stack.url("kiosk")
-    assert "Kiosk demo console" in httpx.get(base + "/demo/").text
+    page = httpx.get(base + "/demo/").text
+    assert "Kiosk demo console" in page
+    # the embedded screen gets this run's secret from the console's own fragment, never from the server
+    tok = stack.runtime.screen_token
+    assert tok and tok not in page and "'/screen/'+location.hash" in page
+    assert stack.screen_url() == base + "/screen/#k=" + tok
+    assert httpx.get(base + "/screen/state").status_code == 401
+    assert httpx.get(base + "/screen/state", headers={"X-Screen-Token": tok}).status_code == 200
     assert httpx.post(base + "/demo/camera", json={"scene": "nope"}).status_code == 422
     o = httpx.post(base + "/demo/order", json={"psn_no": ZHANG}).json()
     assert o["http"] == 201

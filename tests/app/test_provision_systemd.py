@@ -284,3 +284,21 @@ def test_the_installer_installs_the_timer(tmp_path):
     assert r.returncode == 0, r.stderr
     for n in ("kiosk-reconcile.service", "kiosk-reconcile.timer"):
         assert f"would install: systemd/{n} -> {tmp_path}/{n}" in r.stdout
+
+
+def test_the_screen_secret_lives_in_the_apps_runtime_dir_and_only_the_launcher_hands_it_to_the_browser():
+    a, s = parse_unit(UNITS / "kiosk-app.service"), parse_unit(UNITS / "kiosk-screen.service")
+    env = lambda u: dict(kv.split("=", 1) for line in u["Service"]["Environment"] for kv in line.split())  # noqa: E731
+    assert env(a)["KIOSK_SCREEN_TOKEN_FILE"] == "/run/kiosk-app/screen-token"
+    assert one(a, "RuntimeDirectory") == "kiosk-app" and one(a, "RuntimeDirectoryMode") == "0700"
+    assert one(a, "UMask") == "0077"
+    assert one(a, "User") == one(s, "User") == "kiosk"  # the 0600 file is readable by the browser's user only
+    start = one(s, "ExecStart")
+    assert start.startswith("/opt/kiosk/.venv/bin/python -m kiosk.app.screen.launch ")
+    assert "--token-file /run/kiosk-app/screen-token" in start and "--start-file /run/kiosk-screen/start.html" in start
+    # the browser opens the private start page: no secret and no screen URL on its (world-readable) command line
+    browser = start.split(" -- ", 1)[1]
+    assert "--app=file:///run/kiosk-screen/start.html" in browser and "#k=" not in start and "8740/screen" not in browser
+    assert one(s, "RuntimeDirectory") == "kiosk-screen" and one(s, "RuntimeDirectoryMode") == "0700"
+    # a restart of the app (new secret) takes the browser along; a launcher exit 75 (secret changed) restarts it
+    assert "kiosk-app.service" in s["Unit"]["PartOf"] and one(s, "Restart") == "on-failure"

@@ -107,6 +107,11 @@ def test_the_screen_answers_loopback_clients_only(tmp_path):
     c = TestClient(app)  # its client address is "testclient", not loopback
     for path in ("/screen/state", "/screen/camera.jpg", "/screen/events", "/screen/"):
         assert c.get(path).status_code == 403, path
+    # the secret does not open the screen to a remote client either
+    token = app.state.screen_token
+    for path in ("/screen/state", "/screen/camera.jpg", "/screen/events"):
+        assert c.get(path, headers={"X-Screen-Token": token}).status_code == 403, path
+    assert c.post("/screen/session", headers={"X-Screen-Token": token}).status_code == 403
 
 
 def test_a_cancel_that_races_the_counter_picking_up_the_order_cancels_it(tmp_path):

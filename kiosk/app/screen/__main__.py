@@ -41,7 +41,7 @@ def main() -> None:
     from kiosk.app.screen.samples import samples
 
     app, bus = FastAPI(), ScreenBus()
-    mount_screen(app, bus, technician=False)
+    token = mount_screen(app, bus, technician=False)
     stop = threading.Event()
 
     def cycle() -> None:
@@ -53,7 +53,8 @@ def main() -> None:
 
     threading.Thread(target=cycle, daemon=True).start()
     threading.Thread(target=_frames, args=(stop, bus), daemon=True).start()
-    print(f"screen: http://127.0.0.1:{a.port}/screen/", flush=True)
+    # the data paths answer only with this run's secret: it rides in the fragment (never sent to the server)
+    print(f"screen: http://127.0.0.1:{a.port}/screen/#k={token}", flush=True)
     try:
         uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", timeout_graceful_shutdown=1)
     finally:

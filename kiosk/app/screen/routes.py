@@ -7,8 +7,11 @@
     GET /screen/events        Server-Sent Events: one `state` event per change
     GET /screen/camera.jpg    the current frame as JPEG (204 when there is none)
     GET /screen/camera.mjpg   the same as an MJPEG stream (multipart/x-mixed-replace)
+    POST /screen/session      the secret (X-Screen-Token) for the page's session cookie
 
-Camera bytes are produced in memory per request and sent with no-store.
+Camera bytes are produced in memory per request and sent with no-store. State,
+events, camera and session answer only the holder of the screen's per-start
+secret (kiosk.app.screen.access); the page, static files and strings are open.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from kiosk.app.screen.access import COOKIE, LOOPBACK, ScreenGate, new_token, session_value
 from kiosk.app.screen.bus import ScreenBus
 from kiosk.app.screen.preview import encode_jpeg
 from kiosk.app.screen.texts import catalogue
@@ -34,9 +38,6 @@ def sse_message(bus: ScreenBus) -> bytes:
     return f"id: {st.seq}\nevent: state\ndata: {st.model_dump_json()}\n\n".encode()
 
 
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
-
 def loopback_only(request: Request) -> None:
     """The screen carries the live camera preview and the patient's amounts: it is for the kiosk
     browser on this machine, even when the app is bound wider for a POS on the shop's network."""
@@ -44,7 +45,11 @@ def loopback_only(request: Request) -> None:
         raise HTTPException(403, "the patient's screen answers on loopback only")
 
 
-def build_router(bus: ScreenBus, prefix: str = "/screen") -> APIRouter:
+GUARDED = ("/state", "/events", "/camera.jpg", "/camera.mjpg", "/session")
+
+
+def build_router(bus: ScreenBus, prefix: str, token: str) -> APIRouter:
+    """The screen's routes; only `mount` serves them, behind the ScreenGate for `token`."""
     r = APIRouter(prefix=prefix, tags=["screen"], dependencies=[Depends(loopback_only)])
     strings = catalogue()
 
@@ -59,6 +64,13 @@ def build_router(bus: ScreenBus, prefix: str = "/screen") -> APIRouter:
     @r.get("/strings")
     async def get_strings() -> JSONResponse:
         return JSONResponse(strings)
+
+    @r.post("/session", status_code=204)
+    async def session() -> Response:
+        # reached only with the secret (the gate); the cookie carries a value derived from it
+        resp = Response(status_code=204, headers=NO_STORE)
+        resp.set_cookie(COOKIE, session_value(token), path=prefix + "/", httponly=True, samesite="strict")
+        return resp
 
     @r.get("/state")
     async def get_state() -> Response:
@@ -115,6 +127,12 @@ def build_router(bus: ScreenBus, prefix: str = "/screen") -> APIRouter:
     return r
 
 
-def mount(app: FastAPI, bus: ScreenBus, prefix: str = "/screen") -> None:
-    app.include_router(build_router(bus, prefix))
+def mount(app: FastAPI, bus: ScreenBus, prefix: str = "/screen", token: str | None = None) -> str:
+    """Mount the screen; `token` is its secret (a fresh one when None). Returns the secret, also
+    `app.state.screen_token`, for the caller to write where the kiosk browser's launcher reads it."""
+    token = token or new_token()
+    app.state.screen_token = token
+    app.add_middleware(ScreenGate, token=token, guarded=frozenset(prefix + p for p in GUARDED))
+    app.include_router(build_router(bus, prefix, token))
     app.mount(prefix + "/static", StaticFiles(directory=STATIC), name="screen-static")
+    return token

@@ -39,12 +39,22 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def screen() -> Iterator[tuple[str, ScreenBus]]:
-    """A kiosk-like app with only the screen mounted, served on a free port."""
+def screen() -> Iterator[tuple[str, ScreenBus, str]]:
+    """A kiosk-like app with only the screen mounted, served on a free port: (url, bus, its secret)."""
     app, bus = FastAPI(), ScreenBus()
-    mount_screen(app, bus, technician=False)
+    token = mount_screen(app, bus, technician=False)
     with serve(app, on_stop=bus.close) as url:
-        yield url, bus
+        yield url, bus, token
+
+
+def open_screen(browser, url: str, token: str, start_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """Open the screen as the kiosk browser does: the launcher's start page (file://) with the secret."""
+    from kiosk.app.screen.launch import start_page, write_private
+
+    page = write_private(start_dir / "start.html", start_page(url + "/screen/", token))
+    browser.goto(page.as_uri())
+    # the start page replaces itself with the screen (fragment: the secret)
+    browser.wait_for(f"location.origin === {url!r} && document.readyState === 'complete' && !!document.body")
 
 
 @pytest.fixture(scope="module")

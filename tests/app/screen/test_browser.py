@@ -16,7 +16,7 @@ from kiosk.app.screen import ScreenState
 from kiosk.app.screen.samples import samples
 from kiosk.app.screen.texts import LABELS, REASONS, prompt_for
 
-from .conftest import ARTIFACTS
+from .conftest import ARTIFACTS, open_screen
 
 SAMPLES = samples()
 SCORE_WORDS = re.compile(r"score|similarity|confidence|相似度|分数|得分|置信|匹配度", re.I)
@@ -24,11 +24,13 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 @pytest.fixture(scope="module")
-def page(screen, browser):
-    url, bus = screen
+def page(screen, browser, tmp_path_factory):
+    url, bus, token = screen
     bus.publish(ScreenState())
-    browser.goto(url + "/screen/")
+    open_screen(browser, url, token, tmp_path_factory.mktemp("launch"))
     browser.wait_for("Number(document.body.dataset.seq) >= 0")
+    # the secret is gone from the address bar once traded for the session cookie
+    assert browser.eval("location.href") == url + "/screen/" and browser.eval("window.kiosk.session") is True
     return browser, bus
 
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import ARTIFACTS
+from kiosk.app.screen.access import read_token_file
+
+from .conftest import ARTIFACTS, open_screen
 
 HAS_BANK = importlib.util.find_spec("kiosk.services.bank.app") is not None
 SCORE_WORDS = re.compile(r"score|similarity|confidence|相似度|分数|得分|置信|匹配度", re.I)
@@ -66,7 +68,7 @@ def test_a_real_session_on_screen(stack, browser):
 
     bus.publish = timed_publish
     try:
-        browser.goto(st.url("kiosk") + "/screen/")
+        open_screen(browser, st.url("kiosk"), read_token_file(st.screen_token_file()), st.data_dir)
         browser.wait_for("Number(document.body.dataset.seq) >= 0")
         person = st.demo_people[0]
         st.typist.clear()
@@ -93,6 +95,15 @@ def test_a_real_session_on_screen(stack, browser):
     finally:
         bus.publish = original
 
+    # the real app wrote this start's secret 0600; a local process without it reads nothing
+    import os
+    import stat
+
+    import httpx
+
+    assert stat.S_IMODE(os.stat(st.screen_token_file()).st_mode) == 0o600
+    for path in ("/screen/state", "/screen/camera.jpg"):
+        assert httpx.get(st.url("kiosk") + path, timeout=5).status_code == 401
     # the outcome page says what the POS was told
     assert "支付成功" in text
     for part, key in (("total", "medfee_sumamt"), ("fund", "fund_pay_sumamt"), ("account", "acct_pay")):

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 
 from kiosk.app.screen import ScreenState
+from kiosk.app.screen.access import TOKEN_HEADER
 from kiosk.app.screen.samples import samples
 
 
@@ -26,8 +27,8 @@ def _read_events(resp: httpx.Response, n: int, out: list[tuple[float, dict]]) ->
 
 
 def test_page_strings_and_state_are_served(screen):
-    url, bus = screen
-    with httpx.Client(base_url=url, timeout=5) as c:
+    url, bus, token = screen
+    with httpx.Client(base_url=url, timeout=5, headers={TOKEN_HEADER: token}) as c:
         page = c.get("/screen/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert 'lang="zh-CN"' in page.text and "static/screen.js" in page.text
@@ -42,10 +43,10 @@ def test_page_strings_and_state_are_served(screen):
 
 
 def test_sse_pushes_every_change_at_once(screen):
-    url, bus = screen
+    url, bus, token = screen
     got: list[tuple[float, dict]] = []
     sent: dict[int, float] = {}
-    with httpx.Client(base_url=url, timeout=10) as c, c.stream("GET", "/screen/events") as resp:
+    with httpx.Client(base_url=url, timeout=10, headers={TOKEN_HEADER: token}) as c, c.stream("GET", "/screen/events") as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         reader = threading.Thread(target=_read_events, args=(resp, 21, got))
         reader.start()
@@ -63,9 +64,9 @@ def test_sse_pushes_every_change_at_once(screen):
 
 
 def test_camera_jpeg_is_made_in_memory_from_the_current_frame(screen, tmp_path, monkeypatch):
-    url, bus = screen
+    url, bus, token = screen
     monkeypatch.chdir(tmp_path)
-    with httpx.Client(base_url=url, timeout=5) as c:
+    with httpx.Client(base_url=url, timeout=5, headers={TOKEN_HEADER: token}) as c:
         bus.publish(ScreenState(phase="face", camera=True))
         bus.clear_frame()
         assert c.get("/screen/camera.jpg").status_code == 204

@@ -181,7 +181,8 @@
   }
 
   function poll() {
-    fetch("state", { cache: "no-store" }).then(function (r) { return r.json(); }).then(apply).catch(function () {});
+    fetch("state", { cache: "no-store" }).then(function (r) { if (!r.ok) throw r; return r.json(); })
+      .then(apply).catch(function () {});
   }
 
   function connect() {
@@ -197,8 +198,20 @@
     render();
   });
 
+  // The kiosk browser's launcher opens this page as /screen/#k=<secret>: the fragment never reaches a
+  // server or a log. Trade it once for the HttpOnly session cookie that state, events and the camera
+  // need (EventSource and <img> cannot send a header), then drop it from the address and history.
+  var secret = (/(?:^#|&)k=([0-9a-f]{64})(?:&|$)/.exec(location.hash) || [])[1] || null;
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+
+  function session() {
+    if (!secret) return Promise.resolve();
+    return fetch("session", { method: "POST", cache: "no-store", headers: { "X-Screen-Token": secret } })
+      .then(function (r) { if (r.ok) { secret = null; kiosk.session = true; } else kiosk.session = false; });
+  }
+
   function start() {
-    fetch("strings").then(function (r) { return r.json(); }).then(function (s) {
+    session().then(function () { return fetch("strings"); }).then(function (r) { return r.json(); }).then(function (s) {
       S = s; setLabels(); poll(); connect();
     }).catch(function () { setTimeout(start, 500); });
   }
