@@ -41,12 +41,12 @@ def token_matches(presented: str | None, expected: str) -> bool:
     return hmac.compare_digest(presented.encode("utf-8", "replace"), expected.encode("ascii"))
 
 
-def write_token_file(path: Path, token: str) -> Path:
-    """Atomically replace ``path`` with ``token`` (mode 0600: the bridge's and kiosk app's user only).
+def write_private_file(path: Path | str, data: bytes) -> Path:
+    """Atomically replace ``path`` with ``data`` (mode 0600: this process's user only).
 
     The temporary file is created exclusively and without following links, so a
     planted symlink cannot redirect the write; rename makes the swap atomic, so a
-    reader sees the old or the new secret, never half of one.
+    reader sees the old or the new content, never half of one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -54,7 +54,7 @@ def write_token_file(path: Path, token: str) -> Path:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)  # whatever the umask
-        os.write(fd, token.encode("ascii") + b"\n")
+        os.write(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -63,6 +63,11 @@ def write_token_file(path: Path, token: str) -> Path:
     os.close(fd)
     os.replace(tmp, path)
     return path
+
+
+def write_token_file(path: Path, token: str) -> Path:
+    """Atomically replace ``path`` with ``token`` (the bridge's and kiosk app's user only)."""
+    return write_private_file(path, token.encode("ascii") + b"\n")
 
 
 def read_token_file(path: Path | str | None) -> str | None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from firmware_bridge.access import write_private_file
 from kiosk.app.screen.access import read_token_file
 
 RESTART = 75  # EX_TEMPFAIL: the secret changed, start again
@@ -38,21 +38,7 @@ def start_page(url: str, token: str) -> str:
 
 def write_private(path: Path, text: str) -> Path:
     """Atomically replace `path` with `text`, mode 0600, never following a planted link."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    return path
+    return write_private_file(path, text.encode())
 
 
 def wait_token(path: Path, timeout_s: float, poll_s: float = 0.2) -> str | None:
