@@ -231,3 +231,22 @@ def test_a_return_cut_off_before_the_patient_confirmed_changes_nothing(stack, tm
     assert store.get(SYSTEM, "E-RET-NC").status == "paid"
     assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?",
                        (got["result"]["setl_id"],)) == [("settled",)]
+
+
+def test_zz_the_parties_agree_and_the_day_end_matches_after_the_returns_above(stack):
+    """`kiosk check parties` and the day-end (`reconcile`: 3201/3202 and the bank's clearing) over the
+    books after every return above: the reversed originals, the new settlements and draws all match."""
+    from kiosk.app.crosscheck import check_parties
+    from kiosk.app.reconcile import reconcile
+    from kiosk.clock import SystemClock, local_day
+    from kiosk.services.bank.app import bank_db_url
+
+    assert stack.runtime.terminal.wait_idle()
+    stack.runtime.terminal.recover()
+    with open_database(f"sqlite:///{stack.data_dir / 'centre.db'}") as c, \
+            open_database(bank_db_url(stack.data_dir)) as b, \
+            open_database(f"sqlite:///{stack.data_dir / 'kiosk.db'}") as k:
+        rep = check_parties(c, b, [k])
+        assert rep.balanced, rep.table()
+        day = reconcile(k, stack.centre_client, stack.bank_client, local_day(SystemClock()))
+    assert day.matched, day.table()
