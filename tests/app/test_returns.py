@@ -250,3 +250,30 @@ def test_zz_the_parties_agree_and_the_day_end_matches_after_the_returns_above(st
         assert rep.balanced, rep.table()
         day = reconcile(k, stack.centre_client, stack.bank_client, local_day(SystemClock()))
     assert day.matched, day.table()
+
+
+def test_a_return_whose_resettlement_answer_was_lost_is_pending_then_completed_by_key(stack):
+    """The centre's answer to the kept lines' 2207 is lost: the return is return_pending (never failed:
+    the centre may well have settled), and recovery completes it with the journaled msgid: the
+    centre replays the settlement, nothing is settled twice."""
+    got = pay_order(stack, {"order_id": "E-RET-NET", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    standing = len(centre_rows(stack, "SELECT setl_id FROM centre_settlements WHERE psn_no = ? AND state = 'settled'",
+                               (LI,)))
+    stack.relay.cut_after("POST /fsi/api/2207")
+    try:
+        code, ret = do_return(stack, "E-RET-NET", "RT-NET", ONE_AMOXICILLIN, LI)
+        assert stack.relay.fired.is_set()
+        assert code == 202 and (ret["status"], ret["result"]["waiting_for"]) == ("return_pending", "centre"), ret
+        assert stack.pos_client.get("E-RET-NET").json()["status"] == "returning"
+    finally:
+        stack.relay.restore()
+    assert stack.runtime.terminal.wait_idle()
+    stack.runtime.terminal.recover()
+    done = stack.pos_client.get_return("E-RET-NET", "RT-NET").json()
+    assert done["status"] == "returned", done
+    assert stack.pos_client.get("E-RET-NET").json()["status"] == "returned"
+    assert len(centre_rows(stack, "SELECT setl_id FROM centre_settlements WHERE psn_no = ? AND state = 'settled'",
+                           (LI,))) == standing  # the original reversed, the kept lines settled once
+    assert draws(stack, done["result"]["new"]["setl_id"]) == [
+        (yuan_to_fen(done["result"]["new"]["credit_draw"], "c"),) * 2 + (0,)]
