@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import unicodedata
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -825,16 +826,31 @@ def return_view(row: OrderRow) -> dict[str, Any]:
             "created_at": row.created_at, "updated_at": row.updated_at}
 
 
+RECEIPT_COLUMNS = 32  # 58 mm paper, font A (firmware_bridge.escpos.Receipt)
+
+
+def _cols(s: str) -> int:
+    """Printed columns: CJK (wide/full-width) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in s)
+
+
+def _row(label: str, *cells: str) -> str:
+    """One table row in 32 columns: the label in 5, each cell right-aligned in 9."""
+    return label + " " * max(0, 5 - _cols(label)) + "".join(" " * max(1, 9 - _cols(c)) + c for c in cells)
+
+
 def return_receipt(order_id: str, name: str, result: dict[str, Any]) -> list[str]:
-    """The return receipt: the old and the new split side by side and what went back by each source."""
+    """The return receipt: the old and the new split side by side and what went back by each source
+    (a negative cash 'back' is collected at the counter: the new draw was declined)."""
     masked = (name[0] + "*" * (len(name) - 1)) if name else ""
     o, n, b = result["old"], result["new"], result["back"]
     rows = ["医保退货凭条 / Insurance return receipt", f"订单 Order: {order_id}", f"退货 Return: {result['return_id']}",
             f"患者 Patient: {masked}", f"原结算 Old: {o['setl_id']}", f"新结算 New: {n['setl_id']}",
-            f"{'':<14}{'原 Old':>10}{'新 New':>10}{'退 Back':>10}"]
-    for k, label in (("medfee_sumamt", "合计 Total"), ("fund_pay_sumamt", "统筹 Fund"), ("acct_pay", "账户 Account"),
-                     ("acct_mulaid_pay", "共济 Family aid"), ("credit_draw", "信用 Credit"), ("cash_pay", "现金 Cash")):
-        rows.append(f"{label:<14}{o[k]:>10}{n[k]:>10}{b[k]:>10}")
+            _row("", "原 Old", "新 New", "退 Back")]
+    for k, label in (("medfee_sumamt", "合计"), ("fund_pay_sumamt", "统筹"), ("acct_pay", "账户"),
+                     ("acct_mulaid_pay", "共济"), ("credit_draw", "信用"), ("cash_pay", "现金")):
+        rows.append(_row(label, o[k], n[k], b[k]))
+    rows.append("合计Total 统筹Fund 账户Account 共济Family aid 信用Credit 现金Cash")
     return rows
 
 

@@ -98,6 +98,11 @@ def test_receipt_shows_old_and_new_side_by_side() -> None:
     lines = return_receipt("E1", "李娜", {"return_id": "R1", "old": o, "new": n, "back": b})
     fund = next(x for x in lines if x.startswith("统筹"))
     assert fund.split()[-3:] == ["70.00", "55.20", "14.80"]
+    from firmware_bridge.escpos import width
+
+    table = lines[lines.index(fund) - 2:lines.index(fund) + 5]
+    assert all(width(x) <= 32 for x in table), table  # 58 mm paper: the columns stay aligned
+    assert len({width(x) for x in table}) == 1, table
     assert "李*" in "".join(lines) and "李娜" not in "".join(lines)
 
 
@@ -168,6 +173,54 @@ def test_bad_lines_are_refused_at_the_door_and_another_pos_finds_no_order(stack)
     assert stack.pos_client.get("E-RET-2").json()["status"] == "refunded"
 
 
+def test_a_return_whose_resettlement_answer_was_lost_is_pending_then_completed_by_key(stack):
+    """The centre's answer to the kept lines' 2207 is lost: the return is return_pending (never failed:
+    the centre may well have settled), and recovery completes it with the journaled msgid: the
+    centre replays the settlement, nothing is settled twice."""
+    got = pay_order(stack, {"order_id": "E-RET-NET", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    standing = len(centre_rows(stack, "SELECT setl_id FROM centre_settlements WHERE psn_no = ? AND state = 'settled'",
+                               (LI,)))
+    stack.relay.cut_after("POST /fsi/api/2207")
+    try:
+        code, ret = do_return(stack, "E-RET-NET", "RT-NET", ONE_AMOXICILLIN, LI)
+        assert stack.relay.fired.is_set()
+        assert code == 202 and (ret["status"], ret["result"]["waiting_for"]) == ("return_pending", "centre"), ret
+        assert stack.pos_client.get("E-RET-NET").json()["status"] == "returning"
+    finally:
+        stack.relay.restore()
+    assert stack.runtime.terminal.wait_idle()
+    stack.runtime.terminal.recover()
+    done = stack.pos_client.get_return("E-RET-NET", "RT-NET").json()
+    assert done["status"] == "returned", done
+    assert stack.pos_client.get("E-RET-NET").json()["status"] == "returned"
+    assert len(centre_rows(stack, "SELECT setl_id FROM centre_settlements WHERE psn_no = ? AND state = 'settled'",
+                           (LI,))) == standing  # the original reversed, the kept lines settled once
+    assert draws(stack, done["result"]["new"]["setl_id"]) == [
+        (yuan_to_fen(done["result"]["new"]["credit_draw"], "c"),) * 2 + (0,)]
+
+
+def test_the_parties_agree_and_the_day_end_matches_after_the_returns_above(stack):
+    """`kiosk check parties` and the day-end (`reconcile`: 3201/3202 and the bank's clearing) over the
+    books after every return above: the reversed originals, the new settlements and draws all match.
+    (Before the crash tests below: their kiosks keep their own journals, which this kiosk's day-end
+    cannot see.)"""
+    from kiosk.app.crosscheck import check_parties
+    from kiosk.app.reconcile import reconcile
+    from kiosk.clock import SystemClock, local_day
+    from kiosk.services.bank.app import bank_db_url
+
+    assert stack.runtime.terminal.wait_idle()
+    stack.runtime.terminal.recover()
+    with open_database(f"sqlite:///{stack.data_dir / 'centre.db'}") as c, \
+            open_database(bank_db_url(stack.data_dir)) as b, \
+            open_database(f"sqlite:///{stack.data_dir / 'kiosk.db'}") as k:
+        rep = check_parties(c, b, [k])
+        assert rep.balanced, rep.table()
+        day = reconcile(k, stack.centre_client, stack.bank_client, local_day(SystemClock()))
+    assert day.matched, day.table()
+
+
 # ------------------------------------------------------------------------------------------ crash safety
 # the return's own journal steps (its session's face/presettle steps share the payment's names: the
 # case before 'return' is test_a_return_cut_off_before_the_patient_confirmed_changes_nothing)
@@ -231,49 +284,3 @@ def test_a_return_cut_off_before_the_patient_confirmed_changes_nothing(stack, tm
     assert store.get(SYSTEM, "E-RET-NC").status == "paid"
     assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?",
                        (got["result"]["setl_id"],)) == [("settled",)]
-
-
-def test_zz_the_parties_agree_and_the_day_end_matches_after_the_returns_above(stack):
-    """`kiosk check parties` and the day-end (`reconcile`: 3201/3202 and the bank's clearing) over the
-    books after every return above: the reversed originals, the new settlements and draws all match."""
-    from kiosk.app.crosscheck import check_parties
-    from kiosk.app.reconcile import reconcile
-    from kiosk.clock import SystemClock, local_day
-    from kiosk.services.bank.app import bank_db_url
-
-    assert stack.runtime.terminal.wait_idle()
-    stack.runtime.terminal.recover()
-    with open_database(f"sqlite:///{stack.data_dir / 'centre.db'}") as c, \
-            open_database(bank_db_url(stack.data_dir)) as b, \
-            open_database(f"sqlite:///{stack.data_dir / 'kiosk.db'}") as k:
-        rep = check_parties(c, b, [k])
-        assert rep.balanced, rep.table()
-        day = reconcile(k, stack.centre_client, stack.bank_client, local_day(SystemClock()))
-    assert day.matched, day.table()
-
-
-def test_a_return_whose_resettlement_answer_was_lost_is_pending_then_completed_by_key(stack):
-    """The centre's answer to the kept lines' 2207 is lost: the return is return_pending (never failed:
-    the centre may well have settled), and recovery completes it with the journaled msgid: the
-    centre replays the settlement, nothing is settled twice."""
-    got = pay_order(stack, {"order_id": "E-RET-NET", "bill": DEMO_BILL}, LI)
-    assert got["status"] == "paid", got
-    standing = len(centre_rows(stack, "SELECT setl_id FROM centre_settlements WHERE psn_no = ? AND state = 'settled'",
-                               (LI,)))
-    stack.relay.cut_after("POST /fsi/api/2207")
-    try:
-        code, ret = do_return(stack, "E-RET-NET", "RT-NET", ONE_AMOXICILLIN, LI)
-        assert stack.relay.fired.is_set()
-        assert code == 202 and (ret["status"], ret["result"]["waiting_for"]) == ("return_pending", "centre"), ret
-        assert stack.pos_client.get("E-RET-NET").json()["status"] == "returning"
-    finally:
-        stack.relay.restore()
-    assert stack.runtime.terminal.wait_idle()
-    stack.runtime.terminal.recover()
-    done = stack.pos_client.get_return("E-RET-NET", "RT-NET").json()
-    assert done["status"] == "returned", done
-    assert stack.pos_client.get("E-RET-NET").json()["status"] == "returned"
-    assert len(centre_rows(stack, "SELECT setl_id FROM centre_settlements WHERE psn_no = ? AND state = 'settled'",
-                           (LI,))) == standing  # the original reversed, the kept lines settled once
-    assert draws(stack, done["result"]["new"]["setl_id"]) == [
-        (yuan_to_fen(done["result"]["new"]["credit_draw"], "c"),) * 2 + (0,)]
