@@ -92,7 +92,7 @@ class ReturnIn(BaseModel):
 class OrderOut(BaseModel):
     order_id: str
     mode: str
-    status: str = Field(description="pending | running | paid | held | captured (an admission whose hold a discharge settled) | failed | cancelled | reversing | refunded | partially_refunded | refund_pending (a refund's outcome at a party is not known yet; it completes by itself) | refund_failed (a party refused a refund after the other applied its part: see reason)")
+    status: str = Field(description="pending | running | paid | held | captured (an admission whose hold a discharge settled) | failed | cancelled | reversing | refunded | partially_refunded | refund_pending (a refund's outcome at a party is not known yet; it completes by itself) | refund_failed (a party refused a refund after the other applied its part: see reason) | returning (an item-level return waits for the patient or is under way) | returned (the result is the kept lines' new settlement; result.returned.old the original) | return_failed (a party refused a return after the original was reversed: see reason)")
     reason: str | None = Field(default=None, description="reason code when not paid (or a warning such as paper_out)")
     result: dict[str, Any] | None = None
     created_at: str
