@@ -24,7 +24,7 @@ from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.storage import open_database
 
 from tests.app.test_crash_flows import available, draws, restart, services_check
-from tests.app.test_e2e import HAS_BANK, LI, OTHER_POS, balance, centre_rows, crash_kiosk, pay_order, stack  # noqa: F401
+from tests.app.test_e2e import HAS_BANK, LI, OTHER_POS, ZHANG, balance, centre_rows, crash_kiosk, pay_order, stack  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not HAS_BANK, reason="kiosk.services.bank not landed yet")
 SYSTEM = "demo-pos"
@@ -198,6 +198,19 @@ def test_a_return_whose_resettlement_answer_was_lost_is_pending_then_completed_b
                            (LI,))) == standing  # the original reversed, the kept lines settled once
     assert draws(stack, done["result"]["new"]["setl_id"]) == [
         (yuan_to_fen(done["result"]["new"]["credit_draw"], "c"),) * 2 + (0,)]
+
+
+def test_another_patients_face_cannot_confirm_a_return(stack):
+    """张伟 (activated, at the counter) is not the patient of 李娜's order: the return fails before any
+    money moves and her order is paid as before."""
+    assert pay_order(stack, {"order_id": "E-RET-ZH", "bill": DEMO_BILL}, ZHANG)["status"] == "paid"
+    got = pay_order(stack, {"order_id": "E-RET-OTHER", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    code, ret = do_return(stack, "E-RET-OTHER", "RT-OTHER", ONE_AMOXICILLIN, ZHANG)
+    assert code == 202 and (ret["status"], ret["reason"]) == ("failed", "not_matched"), ret
+    assert stack.pos_client.get("E-RET-OTHER").json()["status"] == "paid"
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?",
+                       (got["result"]["setl_id"],)) == [("settled",)]
 
 
 def test_the_parties_agree_and_the_day_end_matches_after_the_returns_above(stack):
