@@ -34,7 +34,7 @@ from kiosk.errors import KioskError
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.storage import Database
 
-IN_FLIGHT = ("pending", "running", "reversing", "refund_pending")
+IN_FLIGHT = ("pending", "running", "reversing", "refund_pending", "returning", "return_pending")
 _INSTITUTION_COLUMNS = ("fixmedins_code", "institution")  # what a bank table may name the drawing institution
 
 
@@ -280,6 +280,14 @@ def _check_orders(db: Database, setl: dict[str, _Setl], by_msgid: dict[str, _Set
         if mode == "discharge" and draw_ref and setl_id:
             via_hold[draw_ref] = setl_id
         mine = rep.mismatches.append
+        if mode == "return":  # an item-level return: its order carries the new settlement and draw
+            if status == "return_failed":
+                mine(Finding("order_return_failed", res.get("reason") or "", label, "a party refused the return "
+                             "after the original settlement was reversed"))
+            elif status in IN_FLIGHT:
+                rep.pending.append(Finding("order_in_flight", "", label, f"the return is {status}; its terminal "
+                                           "resolves it by key"))
+            continue
         if status in IN_FLIGHT:
             in_flight.update(x for x in (setl_id, draw_ref) if x)
             rep.pending.append(Finding("order_in_flight", setl_id, label, f"the order is {status}; its terminal "
@@ -293,7 +301,7 @@ def _check_orders(db: Database, setl: dict[str, _Setl], by_msgid: dict[str, _Set
         whole = any(r.get("whole") for r in done)
         credit = _fen(res.get("credit_draw")) if res else 0
         credit_back = sum(_fen(r.get("credit_refund")) for r in done)
-        if status in ("paid", "partially_refunded") or (status == "refunded" and not whole):
+        if status in ("paid", "partially_refunded", "returned") or (status == "refunded" and not whole):
             if s is None:
                 mine(Finding("order_settlement_missing", setl_id, label, f"the order says {status}; the centre has "
                              "no such settlement"))

@@ -3,6 +3,8 @@
     POST /pos/v1/orders                          create a payment order with the itemised bill
     GET  /pos/v1/orders/{order_id}?wait=S        query (long-poll up to S seconds for the result)
     POST /pos/v1/orders/{order_id}/cancel        cancel before money moves
+    POST /pos/v1/orders/{order_id}/returns       item-level return (lines): re-settles the kept lines
+    GET  /pos/v1/orders/{order_id}/returns/{id}  query a return (?wait=S long-poll)
     POST /pos/v1/orders/{order_id}/refunds       refund whole (no amount) or partial: 201 refunded,
                                                  202 refund_pending (completes by itself), 409 refund_failed
     GET  /pos/v1/reconciliation?day=YYYY-MM-DD   the day's orders and refunds, JSON or CSV
@@ -29,8 +31,8 @@ from kiosk.errors import ConflictError, InputError, KioskError, RemoteError, Sto
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.app.bill_check import Catalogue, OrderLimits, check_codes, check_order
 from kiosk.app.pos_auth import AuthError, PosAuth
-from kiosk.app.store import REFUND_VIEW, OrderRow
-from kiosk.app.terminal import Terminal, order_from_request
+from kiosk.app.store import REFUND_VIEW, RETURN_PREFIX, OrderRow
+from kiosk.app.terminal import Terminal, order_from_request, return_view
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 _YUAN = r"^[0-9]{1,9}(\.[0-9]{1,2})?$"  # [0-9], not \d: the regex engine's \d takes "１０" and other digits
@@ -73,10 +75,24 @@ class RefundIn(BaseModel):
                                            "the personal share (credit draw first, then cash), up to credit + cash")
 
 
+class ReturnLineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="a code on the original bill (once per return)")
+    qty: str = Field(pattern=r"^[0-9]{1,7}(\.[0-9]{1,4})?$",
+                     description="quantity returned: more than 0, at most what was bought")
+
+
+class ReturnIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    return_id: str = Field(pattern=_ID, description="the POS's id for this return; retries reuse it")
+    lines: list[ReturnLineIn] = Field(min_length=1, max_length=500)
+
+
 class OrderOut(BaseModel):
     order_id: str
     mode: str
-    status: str = Field(description="pending | running | paid | held | captured (an admission whose hold a discharge settled) | failed | cancelled | reversing | refunded | partially_refunded | refund_pending (a refund's outcome at a party is not known yet; it completes by itself) | refund_failed (a party refused a refund after the other applied its part: see reason)")
+    status: str = Field(description="pending | running | paid | held | captured (an admission whose hold a discharge settled) | failed | cancelled | reversing | refunded | partially_refunded | refund_pending (a refund's outcome at a party is not known yet; it completes by itself) | refund_failed (a party refused a refund after the other applied its part: see reason) | returning (an item-level return waits for the patient or is under way) | returned (the result is the kept lines' new settlement; result.returned.old the original) | return_failed (a party refused a return after the original was reversed: see reason)")
     reason: str | None = Field(default=None, description="reason code when not paid (or a warning such as paper_out)")
     result: dict[str, Any] | None = None
     created_at: str
@@ -89,7 +105,8 @@ class ErrorOut(BaseModel):
     field: str | None = None
 
 
-PAID_STATES = ("paid", "refunded", "partially_refunded", "refund_pending", "refund_failed")  # money moved once
+PAID_STATES = ("paid", "refunded", "partially_refunded", "refund_pending", "refund_failed",  # money moved once
+               "returning", "returned", "return_failed")
 _STATUS = {InputError: 422, ConflictError: 409, RemoteError: 502, StorageError: 503, AuthError: 401}
 
 
@@ -195,6 +212,32 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
             return JSONResponse(result, status_code=202)
         return JSONResponse(result, status_code=200 if replayed else 201)
 
+    @app.post("/pos/v1/orders/{order_id}/returns", tags=["pos"], responses=responses,
+              description="Item-level return: the lines given back (code and quantity, checked against the "
+                          "original bill: 422 naming the field). The patient confirms at the terminal (face "
+                          "again, then the confirm key); the terminal reverses the original settlement and "
+                          "settles the kept lines anew (fund, account and mutual aid move back through the "
+                          "centre), refunds the original credit draw and draws the new cash share on the same "
+                          "line. 202 with the return (query GET .../returns/{return_id}?wait=S): returned, "
+                          "return_pending (a party's answer unknown: completes by itself), failed or cancelled "
+                          "(nothing changed), return_failed (a party refused after the reversal: operator). "
+                          "Keeping nothing is a whole refund (the refund's answer). Idempotent per return_id "
+                          "(same body: 200 with the return; another body: 409 return_conflict).")
+    async def create_return(order_id: str, body: ReturnIn, sysid: str = Depends(system)) -> Any:
+        lines = [ln.model_dump() for ln in body.lines]
+        answer, status = await asyncio.to_thread(terminal.submit_return, sysid, order_id, body.return_id, lines)
+        return JSONResponse(answer, status_code=status)
+
+    @app.get("/pos/v1/orders/{order_id}/returns/{return_id}", tags=["pos"], responses=responses)
+    async def get_return(order_id: str, return_id: str,
+                         wait: float = Query(0, ge=0, le=60, description="seconds to wait for a result"),
+                         sysid: str = Depends(system)) -> Any:
+        rid = RETURN_PREFIX + return_id
+        row = await terminal.wait_async(sysid, rid, wait) if wait else terminal.store.get(sysid, rid)
+        if row is None or row.request.get("order_id") != order_id:
+            raise InputError(f"no return {return_id!r} of order {order_id!r}", code="not_found", field="return_id")
+        return return_view(row)
+
     @app.get("/pos/v1/reconciliation", tags=["pos"], responses=responses)
     async def reconciliation(day: date = Query(description="Asia/Shanghai calendar day"),
                              format: Literal["json", "csv"] = "json", sysid: str = Depends(system)) -> Any:
@@ -202,6 +245,8 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
         refunds = terminal.store.refunds_of_day(sysid, day.isoformat())
         rows = []
         for o in orders:
+            if o.mode == "return":
+                continue  # a return shows on its order (status returned, the new settlement's split)
             r = o.result or {}
             by_state = {"refunded": 0, "refund_pending": 0}  # each refund by its true state
             for f in (terminal.store.refunds_of_order(sysid, o.order_id) if o.refunded_fen else []):

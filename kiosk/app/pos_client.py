@@ -43,5 +43,12 @@ class PosClient:
             body["amount"] = amount
         return self.request("POST", f"/pos/v1/orders/{order_id}/refunds", body)
 
+    def return_lines(self, order_id: str, return_id: str, lines: list[dict[str, str]]) -> httpx.Response:
+        return self.request("POST", f"/pos/v1/orders/{order_id}/returns", {"return_id": return_id, "lines": lines})
+
+    def get_return(self, order_id: str, return_id: str, wait: float = 0) -> httpx.Response:
+        return self.request("GET", f"/pos/v1/orders/{order_id}/returns/{return_id}",
+                            params={"wait": wait} if wait else None)
+
     def reconciliation(self, day: str, fmt: str = "json") -> httpx.Response:
         return self.request("GET", "/pos/v1/reconciliation", params={"day": day, "format": fmt})

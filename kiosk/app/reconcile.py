@@ -174,6 +174,9 @@ def _expected(orders: list[_Order]) -> tuple[list[_Entry], list[_Entry]]:
     centre: list[_Entry] = []
     bank: list[_Entry] = []
     for o in orders:
+        if o.mode == "return":
+            _expected_return(o, centre, bank)
+            continue
         settled = o.last("settled") or {}
         setl_id = str(settled.get("setl_id") or "")
         split = settled.get("split") or {}
@@ -205,6 +208,32 @@ def _expected(orders: list[_Order]) -> tuple[list[_Entry], list[_Entry]]:
                 bank.append(_Entry(o.label, ref, "", -1, (left, 0, 0), ("refund", ""), at))
                 left = 0
     return centre, bank
+
+
+def _expected_return(o: _Order, centre: list[_Entry], bank: list[_Entry]) -> None:
+    """An item-level return (kiosk.app.terminal): its plan names the original settlement and draw;
+    'return_reversed' takes the original off (-), 'return_settled' books the kept lines (+),
+    'return_credited' refunds the original draw whole (-), 'return_drawn' draws the new cash share (+)."""
+    plan = o.last("return") or {}
+    orig = plan.get("orig") or {}
+    group = (str(plan.get("insutype") or "310"), "41" if plan.get("pharmacy") else "11")
+    old = tuple(yuan_to_fen(str(orig.get(k) or "0.00"), k) for k in AMOUNTS)
+    label = f"{o.system}/{plan.get('order_id') or o.order_id}"
+    for step, data, ts in o.steps:
+        at = _local(ts)
+        if step == "return_reversed" and orig.get("setl_id"):
+            centre.append(_Entry(label, str(orig["setl_id"]), "", -1, old, group, at))  # type: ignore[arg-type]
+        elif step == "return_settled":
+            split = data.get("split") or {}
+            amounts = tuple(int(split.get(k, 0)) for k in AMOUNTS)
+            centre.append(_Entry(label, str(data.get("setl_id") or ""), str(plan.get("settle_msgid") or ""), 1,
+                                 amounts, group, at))  # type: ignore[arg-type]
+        elif step == "return_credited":
+            bank.append(_Entry(label, str(data.get("draw_id") or ""), "", -1, (int(data.get("amount", 0)), 0, 0),
+                               ("refund", ""), at))
+        elif step == "return_drawn" and int(data.get("amount", 0)) > 0:
+            bank.append(_Entry(label, str(data.get("draw_id") or ""), "", 1, (int(data["amount"]), 0, 0),
+                               ("draw", ""), at))
 
 
 def _totals(entries: list[_Entry]) -> dict[tuple[str, str], list[int]]:

@@ -53,6 +53,7 @@ class Order:
     deposit_fen: int = 0            # admission: hold amount
     hold_id: str = ""               # discharge: the admission's hold
     system: str = ""                # the POS system that sent it (set by the terminal)
+    psn_no: str = ""                # return: the patient of the original order (the face must be theirs)
     institution: str = ""           # the terminal's fixmedins_code (set by the terminal)
 
     def key(self, *step: str) -> str:
@@ -122,6 +123,8 @@ class CounterSession:
         self.draw_amount = 0
         self._multi = 0
         self._entries = 0
+        # return: the terminal's money steps once the patient confirmed -> (outcome, receipt lines)
+        self.returner: Callable[[CounterSession], tuple[Outcome, list[str]]] | None = None
 
     # -------------------------------------------------------------- driver
     def cancel(self, by: str = "cashier") -> bool:
@@ -133,6 +136,8 @@ class CounterSession:
             probe = self._capture_and_verify()
             if self.order.mode == "admission":
                 out = self._admit()
+            elif self.order.mode == "return":
+                out = self._return()
             else:
                 out = self._pay(probe)
         except _Stop:
@@ -490,6 +495,33 @@ class CounterSession:
         self._go(State.DONE, reason=None if status == "ok" else status, setl_id=out.setl_id)
         self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed,
                                                          "outcome": out.to_json()})
+
+    # -------------------------------------------------------------- return
+    def _return(self) -> Outcome:
+        """Item-level return: the original patient's face again, the kept lines shown (a pre-settlement
+        on today's year-to-date: the final split comes after the reversal) and confirmed; then the
+        terminal's journalled money steps (`returner`) and the receipt with old and new split."""
+        assert self.person is not None and self.returner is not None
+        if self.person.psn_no != self.order.psn_no:
+            self._fail("not_matched")  # another person cannot confirm someone's return
+        self._presettle()
+        self._go(State.CONFIRM)
+        self._wait_confirm()
+        self._go(State.SETTLING)
+        out, lines = self.returner(self)
+        if out.status != "returned":  # nothing changed, or pending/failed at a party: the cashier sees which
+            self.m.fail("interrupted")
+            return out
+        self._go(State.PRINTING)
+        self.journal.record(self.order.order_id, "print")
+        try:
+            status = self.d.printer.print_receipt(lines).status
+        except DeviceError:
+            status = "printer_offline"
+        out.receipt_printed = status == "ok"
+        self._go(State.DONE, reason=None if status == "ok" else status, setl_id=out.setl_id)
+        self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed})
+        return out
 
     # -------------------------------------------------------------- inpatient
     def _admit(self) -> Outcome:

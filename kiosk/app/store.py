@@ -70,7 +70,13 @@ MIGRATIONS = [
 REFUND_STALE_S = 60  # a 'running' refund attempt older than this was cut off (crash): a retry resumes it
 
 OPEN = ("pending", "running", "reversing")  # 'reversing': money may have moved; recovery puts it back
-FINAL = ("paid", "held", "failed", "cancelled", "refunded", "partially_refunded", "captured")
+FINAL = ("paid", "held", "failed", "cancelled", "refunded", "partially_refunded", "captured", "returned")
+# Item-level returns (kiosk.app.terminal): a return is its own row, order id RETURN_PREFIX + return id
+# (a '/' no POS order id can hold), mode 'return'. While it runs the original order is 'returning';
+# a return whose party's answer is unknown is 'return_pending' (recovery completes it by its keys);
+# 'return_failed': a party refused after the original settlement was reversed (an operator looks).
+RETURN_PREFIX = "return/"
+RETURN_OPEN = ("return_pending",)
 # A paid order while a refund is under way: 'refund_pending' (a party's answer is not known yet;
 # recovery resolves it by key), 'refund_failed' (a party definitively refused after another applied
 # its part: the parties disagree and an operator must look; the cross-party check names it).
@@ -165,12 +171,45 @@ class Store:
 
     def open_orders(self) -> list[OrderRow]:
         return [_row(r) for r in self.db.read(lambda tx: tx.fetch_all(
-            f"SELECT {_COLS} FROM app_orders WHERE status IN ('pending', 'running', 'reversing') ORDER BY created_at"))]
+            f"SELECT {_COLS} FROM app_orders WHERE status IN ('pending', 'running', 'reversing', 'return_pending') "
+            "ORDER BY created_at"))]
 
     def orders_of_day(self, system: str, day: str) -> list[OrderRow]:
         return [_row(r) for r in self.db.read(lambda tx: tx.fetch_all(
             f"SELECT {_COLS} FROM app_orders WHERE system = ? AND day = ? ORDER BY created_at, order_id",
             (system, day)))]
+
+    def begin_return(self, system: str, order_id: str, return_id: str,
+                     request: dict[str, Any]) -> tuple[OrderRow, bool]:
+        """Create the return's row and mark the original 'returning' in one transaction (a second
+        return or a refund of it is refused meanwhile). Returns (return row, created); an identical
+        retry returns the existing row, the same return id with another body is 409 return_conflict."""
+        rid = RETURN_PREFIX + return_id
+        h = request_hash(request)
+        now = self._now()
+
+        def work(tx: Any) -> tuple[OrderRow, bool]:
+            r = tx.fetch_one(f"SELECT {_COLS}, request_hash FROM app_orders WHERE system = ? AND order_id = ?",
+                             (system, rid))
+            if r is not None:
+                if r[10] != h:
+                    raise ConflictError(f"return {return_id!r} already exists with a different request",
+                                        code="return_conflict", field="return_id")
+                return _row(r), False
+            n = tx.execute("UPDATE app_orders SET status = 'returning', updated_at = ? WHERE system = ? AND "
+                           "order_id = ? AND status = 'paid' AND mode = 'outpatient' AND refunded_fen = 0",
+                           (now, system, order_id))
+            if n == 0:
+                raise ConflictError(f"order {order_id!r} cannot be returned now: only a paid outpatient order "
+                                    "without refunds or another return", code="not_returnable", field="order_id")
+            tx.execute("INSERT INTO app_orders (system, order_id, request_hash, request, mode, status, created_at, "
+                       "updated_at, day) VALUES (?, ?, ?, ?, 'return', 'pending', ?, ?, ?)",
+                       (system, rid, h, json.dumps(request, sort_keys=True), now, now,
+                        local_day(self.clock).isoformat()))
+            row = tx.fetch_one(f"SELECT {_COLS} FROM app_orders WHERE system = ? AND order_id = ?", (system, rid))
+            return _row(row), True
+
+        return self.db.run(work)
 
     # ---------------------------------------------------------------- journal
     def record(self, system: str, order_id: str, step: str, data: dict[str, Any] | None = None) -> None:

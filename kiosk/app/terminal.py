@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import unicodedata
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -22,9 +23,9 @@ from kiosk.errors import ConflictError, InputError, KioskError, RemoteError
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.app.flow import Snapshot, State
 from kiosk.app.order_key import scoped_key
-from kiosk.app.ports import Person, RefundResult
-from kiosk.app.session import CounterSession, Deps, Limits, Order, Outcome
-from kiosk.app.store import REFUND_STATES, OrderRow, Store
+from kiosk.app.ports import Line, Person, RefundResult
+from kiosk.app.session import CounterSession, Deps, Limits, Order, Outcome, split_json
+from kiosk.app.store import REFUND_STATES, RETURN_PREFIX, OrderRow, Store
 
 log = logging.getLogger("kiosk.app")
 
@@ -84,7 +85,10 @@ class Terminal:
     def start(self) -> None:
         self.recover()
         for row in self.store.open_orders():  # still-pending orders from before a restart
-            if row.status == "pending":
+            if row.status == "pending" and row.mode == "return":
+                self._q.put(_Job(row.system, Order(order_id=row.order_id, bill=row.request["bill"], mode="return",
+                                                   psn_no=row.request.get("psn_no") or "")))
+            elif row.status == "pending":
                 self._q.put(_Job(row.system, order_from_request(row.order_id, row.request)))
         self._thread = threading.Thread(target=self._worker, name="counter", daemon=True)
         self._thread.start()
@@ -200,11 +204,16 @@ class Terminal:
         order = replace(job.order, system=job.system, institution=self.institution)  # its keys: owner-scoped
         s = CounterSession(order, self.deps, journal, self.clock, on_change=self.on_change,
                            timeouts=self.timeouts, limits=self.limits, on_face=self.on_frame)
+        if job.order.mode == "return":
+            s.returner = lambda sess: self._return_money(job.system, oid, sess)
         self._current = (job.system, oid, s)  # before 'running' is visible: a cancel then always finds it
         if not self.store.set_status(job.system, oid, "running", expect=("pending",)):
             return  # cancelled while queued
         journal.record(oid, "start", {"mode": job.order.mode, "institution": self.institution})
         out = s.run()
+        if job.order.mode == "return":
+            self._return_session_ended(job.system, oid, out)
+            return
         self.last_outcome = out
         metrics.observe_session(out.status, out.reason, out.stage_ms)
         result = out.to_json()
@@ -296,6 +305,8 @@ class Terminal:
         return done
 
     def _resolve(self, row: OrderRow) -> str | None:
+        if row.mode == "return":
+            return self._resolve_return(row)
         steps = self.store.steps(row.system, row.order_id)
         names = [s for s, _ in steps]
         data = {s: d for s, d in steps}  # last data per step
@@ -574,6 +585,273 @@ class Terminal:
                     continue
             done.append((order_id, result["status"]))
         return done
+
+
+    # ------------------------------------------------------------ item-level returns
+    def submit_return(self, system: str, order_id: str, return_id: str,
+                      lines: list[dict[str, str]]) -> tuple[dict[str, Any], int]:
+        """A return of some of a paid order's lines (code + quantity). Returns (answer, HTTP status).
+
+        Lines are checked against the original bill at the door (422 naming the field). Keeping
+        nothing is a whole refund (the refund path, refund id = return id). Otherwise the return
+        waits for the patient at the counter (their face again and the confirm key), then
+        `_return_run` reverses the original settlement and settles the kept lines. Idempotent per
+        return id within the POS system; another system's order is not found."""
+        row = self.store.get(system, order_id)
+        if row is None or row.order_id.startswith(RETURN_PREFIX):
+            raise InputError(f"no order {order_id!r}", code="not_found", field="order_id")
+        kept = kept_bill(row.request.get("bill") or {}, lines)
+        body = {"order_id": order_id, "lines": lines}
+        if kept is None:  # nothing kept: what a whole refund is today
+            result, replayed = self.refund(system, order_id, return_id, None)
+            return {**result, "return_id": return_id, "kept": []}, (
+                202 if result.get("status") == "refund_pending" else 200 if replayed else 201)
+        request = {**body, "bill": kept, "psn_no": (row.result or {}).get("psn_no") or ""}
+        rrow, created = self.store.begin_return(system, order_id, return_id, request)
+        if created:
+            self._q.put(_Job(system, Order(order_id=rrow.order_id, bill=kept, mode="return",
+                                           psn_no=request["psn_no"])))
+        return return_view(rrow), 202 if created else 200
+
+    def get_return(self, system: str, return_id: str) -> OrderRow | None:
+        return self.store.get(system, RETURN_PREFIX + return_id)
+
+    def _return_session_ended(self, system: str, rid: str, out: Outcome) -> None:
+        """After the return's session: the money steps set the states themselves; a session that
+        ended before them (no face, another person, cancelled) changed nothing: the original is paid."""
+        names = [n for n, _ in self.store.steps(system, rid)]
+        if "return" in names:
+            if out.status == "reversing":  # a fault mid-way: recovery completes it from the journal
+                self.store.set_status(system, rid, "return_pending", reason="interrupted",
+                                      result={"status": "return_pending", "reason": "interrupted"},
+                                      expect=("running",))
+            return
+        row = self.store.get(system, rid)
+        assert row is not None
+        self._return_nothing_changed(row, out.status if out.status == "cancelled" else "failed",
+                                     out.reason or "interrupted")
+
+    def _return_nothing_changed(self, row: OrderRow, status: str, reason: str) -> str:
+        orig = self.store.get(row.system, row.request["order_id"])
+        self.store.set_status(row.system, row.order_id, status, reason=reason,
+                              result={"status": status, "reason": reason})
+        self.store.set_status(row.system, row.request["order_id"], "paid", reason=orig.reason if orig else None,
+                              expect=("returning",))
+        return status
+
+    def _resolve_return(self, row: OrderRow) -> str | None:
+        plan = self._return_plan(row.system, row.order_id)
+        if plan is None:  # nothing was sent: nothing changed
+            _Journal(self.store, row.system).record(row.order_id, "recovered", {"as": "failed"})
+            return self._return_nothing_changed(row, "failed", "interrupted")
+        before = row.status
+        res = self._return_run(row.system, row.order_id, plan, new=False, quiet=before == "return_pending")
+        if res["status"] == "return_pending" and before == "return_pending":
+            return None
+        return res["status"]
+
+    def _return_plan(self, system: str, rid: str) -> dict[str, Any] | None:
+        plans = [d for s, d in self.store.steps(system, rid) if s == "return"]
+        return plans[-1] if plans else None
+
+    def _return_money(self, system: str, rid: str, sess: CounterSession) -> tuple[Outcome, list[str]]:
+        """The patient confirmed: plan the return (every msgid and key fixed now, journaled before the
+        first call), run it, and say what the session shows."""
+        row = self.store.get(system, rid)
+        assert row is not None and sess.person is not None
+        orig = self.store.get(system, row.request["order_id"])
+        assert orig is not None and orig.result is not None
+        res, oid = orig.result, orig.order_id
+        line = sess.line or Line(kind="none")
+        plan = {"order_id": oid, "psn_no": sess.person.psn_no, "insutype": sess.person.insutype,
+                # the face's e-voucher (15 min, this terminal only): the re-settlement after a crash needs it
+                "ec_token": sess.person.ec_token,
+                "orig": {k: res.get(k) for k in ("setl_id", "medfee_sumamt", "fund_pay_sumamt", "acct_pay",
+                                                 "acct_mulaid_pay", "credit_draw", "cash_pay", "draw_id")},
+                "orig_bill": orig.request.get("bill") or {}, "bill": row.request["bill"],
+                "pharmacy": (orig.request.get("bill") or {}).get("med_type") == "41",
+                "reverse_msgid": self.deps.centre.new_msgid(), "settle_msgid": self.deps.centre.new_msgid(),
+                "refund_key": scoped_key(self.institution, system, oid, "return", rid, "refund"),
+                "draw_key": scoped_key(self.institution, system, oid, "return", rid, "draw"),
+                "line_kind": line.kind, "line_id": line.line_id}
+        result = self._return_run(system, rid, plan, new=True)
+        if result["status"] == "failed":
+            return Outcome(status="failed", reason=result.get("reason")), []
+        if result["status"] != "returned":
+            return Outcome(status=result["status"], reason=result.get("reason")), []
+        new = result["new"]
+        out = Outcome(status="returned", setl_id=new["setl_id"] or "", psn_no=sess.person.psn_no,
+                      medfee_sumamt=yuan_to_fen(new["medfee_sumamt"], "medfee_sumamt"))
+        return out, return_receipt(oid, sess.person.name, result)
+
+    def _return_run(self, system: str, rid: str, plan: dict[str, Any], *, new: bool,
+                    quiet: bool = False) -> dict[str, Any]:
+        """2208 the original (by the journaled msgid), 2207 the kept lines (journaled msgid: the centre
+        replays one that landed), the bank refunds the original draw whole (its key) and draws the new
+        cash share on the same line with the new settlement's pay_auth (its key). Each step is durable
+        in the journal before the next call, so recovery continues exactly where it stopped; once the
+        original is reversed the only way is forward."""
+        j = _Journal(self.store, system)
+        if new:
+            j.record(rid, "return", plan)
+        data = {s: d for s, d in self.store.steps(system, rid)}
+        code = ""
+        person = Person(psn_no=plan["psn_no"], name="", ec_token=plan["ec_token"], insutype=plan["insutype"])
+        o = plan["orig"]
+        credit = yuan_to_fen(o["credit_draw"], "credit_draw")
+        if "return_reversed" not in data:
+            r = self.deps.centre.refund(person, o["setl_id"], yuan_to_fen(o["medfee_sumamt"], "medfee_sumamt"),
+                                        plan["refund_key"], msgid=plan["reverse_msgid"], pharmacy=plan["pharmacy"])
+            if r.status != "ok":
+                return self._return_open(system, rid, plan, "centre", r, applied=False, quiet=quiet)
+            j.record(rid, "return_reversed", {"setl_id": o["setl_id"]})
+        if "return_settled" not in data:
+            try:
+                self.deps.centre.presettle(person, plan["bill"], plan["order_id"])  # the mutual-aid flag, as paid
+                st = self.deps.centre.settle(person, plan["bill"], plan["order_id"], plan["settle_msgid"])
+            except RemoteError as e:
+                st = None
+                code = e.code
+            if st is None or st.status == "unknown" or st.split is None:
+                rr = RefundResult("unknown" if st is None or st.status == "unknown" else "refused",
+                                  code=code if st is None else (st.detail or st.status))
+                return self._return_open(system, rid, plan, "centre", rr, applied=True, quiet=quiet)
+            data["return_settled"] = {"setl_id": st.split.setl_id, "split": split_json(st.split),
+                                      "pay_auth": st.split.pay_auth}
+            j.record(rid, "return_settled", data["return_settled"])
+        settled = data["return_settled"]
+        if credit and o.get("draw_id") and "return_credited" not in data:
+            r = self.deps.bank.refund(o["draw_id"], credit, plan["refund_key"])
+            if r.status != "ok":
+                return self._return_open(system, rid, plan, "bank", r, applied=True, quiet=quiet)
+            j.record(rid, "return_credited", {"draw_id": o["draw_id"], "amount": credit})
+        cash_share = settled["split"]["psn_cash_pay"]
+        want = cash_share if credit and plan["line_kind"] not in ("none", "hold") else 0
+        if want and "return_drawn" not in data:
+            if "return_draw" not in data:
+                j.record(rid, "return_draw", {"key": plan["draw_key"], "amount": want})
+            dr = self.deps.bank.draw(Line(kind=plan["line_kind"], line_id=plan["line_id"]), person, want,
+                                     plan["draw_key"], ref=settled["setl_id"], auth=settled["pay_auth"])
+            if dr.status == "unknown":
+                return self._return_open(system, rid, plan, "bank", RefundResult("unknown", "bank_unavailable"),
+                                         applied=True, quiet=quiet)
+            data["return_drawn"] = ({"draw_id": dr.draw_id, "amount": want} if dr.status == "ok" else
+                                    {"draw_id": "", "amount": 0, "declined": dr.status})  # paid in cash instead
+            j.record(rid, "return_drawn", data["return_drawn"])
+        drawn = data.get("return_drawn", {"draw_id": "", "amount": 0})
+        sp = settled["split"]
+        new_ = {"setl_id": settled["setl_id"], "medfee_sumamt": fen_to_yuan(sp["medfee_sumamt"]),
+                "fund_pay_sumamt": fen_to_yuan(sp["fund_pay_sumamt"]), "acct_pay": fen_to_yuan(sp["acct_pay"]),
+                "acct_mulaid_pay": fen_to_yuan(sp["acct_mulaid_pay"]), "credit_draw": fen_to_yuan(drawn["amount"]),
+                "cash_pay": fen_to_yuan(cash_share - drawn["amount"]), "draw_id": drawn["draw_id"] or None}
+        back = {k: fen_to_yuan(yuan_to_fen(o[k], k) - yuan_to_fen(new_[k], k))
+                for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "acct_mulaid_pay", "credit_draw",
+                          "cash_pay")}
+        result = {"return_id": rid[len(RETURN_PREFIX):], "order_id": plan["order_id"], "status": "returned",
+                  "old": o, "new": new_, "back": back}
+        orig = self.store.get(system, plan["order_id"])
+        assert orig is not None and orig.result is not None
+        self.store.set_status(system, plan["order_id"], "returned", result={
+            **orig.result, **{k: v for k, v in new_.items()}, "returned": {"return_id": result["return_id"],
+                                                                           "old": o}})
+        self.store.set_status(system, rid, "returned", result=result)
+        j.record(rid, "returned", {})
+        self._audit("return", system=system, order_id=plan["order_id"], return_id=result["return_id"],
+                    old_setl_id=o["setl_id"], setl_id=settled["setl_id"])
+        self._notify()
+        return result
+
+    def _return_open(self, system: str, rid: str, plan: dict[str, Any], party: str, r: RefundResult, *,
+                     applied: bool, quiet: bool) -> dict[str, Any]:
+        """A party did not confirm a return step. Unknown answer: 'return_pending', resolved by key by
+        recovery (never reported failed). A refusal of the first step (the reversal): nothing changed.
+        A refusal after the original was reversed: 'return_failed' on both rows for an operator."""
+        rrow = self.store.get(system, rid)
+        assert rrow is not None
+        if r.status == "unknown":
+            result = {"status": "return_pending", "reason": f"{party}_unavailable", "waiting_for": party}
+            self.store.set_status(system, rid, "return_pending", reason=result["reason"], result=result)
+            if not quiet:
+                _Journal(self.store, system).record(rid, "return_pending", {"waiting_for": party, "code": r.code})
+                self._notify()
+            return result
+        if not applied:
+            _Journal(self.store, system).record(rid, "return_refused", {"party": party, "code": r.code})
+            self._return_nothing_changed(rrow, "failed", f"{party}:{r.code}")
+            return {"status": "failed", "reason": f"{party}:{r.code}"}
+        reason = f"{party}:{r.code}"
+        result = {"status": "return_failed", "reason": reason, "refused_by": party, "message": r.message}
+        self.store.set_status(system, rid, "return_failed", reason=reason, result=result)
+        self.store.set_status(system, plan["order_id"], "return_failed", reason=reason, expect=("returning",))
+        _Journal(self.store, system).record(rid, "return_refused", {"party": party, "code": r.code,
+                                                                   "applied": True})
+        self._audit("return_refused", system=system, order_id=plan["order_id"], party=party, code=r.code)
+        self._notify()
+        return result
+
+
+def kept_bill(bill: dict[str, Any], lines: list[dict[str, str]]) -> dict[str, Any] | None:
+    """The original bill less the returned lines (None: nothing is kept). Each returned code must be
+    on the bill, once, and its quantity more than 0 and at most what was bought (InputError naming
+    lines[i].code / lines[i].qty otherwise). Quantities are exact decimals (up to 4 dp)."""
+    from decimal import Decimal, InvalidOperation
+
+    items = [dict(it) for it in bill.get("items") or []]
+    by_code = {it["code"]: it for it in items}
+    seen: set[str] = set()
+    for i, ln in enumerate(lines):
+        code = ln.get("code", "")
+        if code not in by_code or code in seen:
+            raise InputError("is not on the original bill" if code not in by_code else "is listed twice",
+                             field=f"lines.{i}.code")
+        seen.add(code)
+        try:
+            q = Decimal(ln.get("qty", ""))
+        except InvalidOperation:
+            raise InputError("is not a quantity", field=f"lines.{i}.qty") from None
+        bought = Decimal(by_code[code]["qty"])
+        if not (0 < q <= bought):
+            raise InputError(f"must be more than 0 and at most the {bought} bought", field=f"lines.{i}.qty")
+        left = bought - q
+        by_code[code]["qty"] = format(left.normalize(), "f") if left else "0"
+    kept = [it for it in items if Decimal(it["qty"]) > 0]
+    return {**bill, "items": kept} if kept else None
+
+
+def return_view(row: OrderRow) -> dict[str, Any]:
+    """What the POS reads of a return (its id, not the internal row id)."""
+    res = dict(row.result or {})
+    return {"return_id": row.order_id[len(RETURN_PREFIX):], "order_id": row.request.get("order_id"),
+            "status": row.status, "reason": row.reason, "lines": row.request.get("lines"), "result": res or None,
+            "created_at": row.created_at, "updated_at": row.updated_at}
+
+
+RECEIPT_COLUMNS = 32  # 58 mm paper, font A (firmware_bridge.escpos.Receipt)
+
+
+def _cols(s: str) -> int:
+    """Printed columns: CJK (wide/full-width) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in s)
+
+
+def _row(label: str, *cells: str) -> str:
+    """One table row in 32 columns: the label in 5, each cell right-aligned in 9."""
+    return label + " " * max(0, 5 - _cols(label)) + "".join(" " * max(1, 9 - _cols(c)) + c for c in cells)
+
+
+def return_receipt(order_id: str, name: str, result: dict[str, Any]) -> list[str]:
+    """The return receipt: the old and the new split side by side and what went back by each source
+    (a negative cash 'back' is collected at the counter: the new draw was declined)."""
+    masked = (name[0] + "*" * (len(name) - 1)) if name else ""
+    o, n, b = result["old"], result["new"], result["back"]
+    rows = ["医保退货凭条 / Insurance return receipt", f"订单 Order: {order_id}", f"退货 Return: {result['return_id']}",
+            f"患者 Patient: {masked}", f"原结算 Old: {o['setl_id']}", f"新结算 New: {n['setl_id']}",
+            _row("", "原 Old", "新 New", "退 Back")]
+    for k, label in (("medfee_sumamt", "合计"), ("fund_pay_sumamt", "统筹"), ("acct_pay", "账户"),
+                     ("acct_mulaid_pay", "共济"), ("credit_draw", "信用"), ("cash_pay", "现金")):
+        rows.append(_row(label, o[k], n[k], b[k]))
+    rows.append("合计Total 统筹Fund 账户Account 共济Family aid 信用Credit 现金Cash")
+    return rows
 
 
 def _refundable(res: dict[str, Any], whole: bool) -> int:

@@ -111,10 +111,11 @@ def pay(st: Any, order_id: str, person: str | None, *, keys: dict[str, list[str]
 
 
 def crash_kiosk(st: Any, tmp_path: Path, crash_after: str, person: str, body: dict[str, Any], *,
-                seed: Callable[[Path], None] | None = None, refund: dict[str, Any] | None = None) -> Path:
+                seed: Callable[[Path], None] | None = None, refund: dict[str, Any] | None = None,
+                ret: dict[str, Any] | None = None) -> Path:
     """Run a whole kiosk app in its own process on its own database (same terminal identity, services
     and bridge) with KIOSK_CRASH_AFTER_STEP=crash_after, send it the order `body` (and, once that order
-    is paid, the `refund` request), and wait until it dies on the spot after that journal step.
+    is paid, the `refund` request or the item-level return `ret`), and wait until it dies on the spot after that journal step.
     `seed(dir)` may prepare the child's data dir first. Returns the child's data dir (kiosk.db)."""
     port = free_port()
     env = {**os.environ, "KIOSK_CRASH_AFTER_STEP": crash_after, "KIOSK_DATA_DIR": str(st.data_dir),
@@ -128,7 +129,7 @@ def crash_kiosk(st: Any, tmp_path: Path, crash_after: str, person: str, body: di
     if seed is not None:
         seed(kiosk_db)
     images = [str(p) for p in scene(st, person)]
-    keys = ["--keys", "confirm=<enter>"]
+    keys = ["--keys", "confirm=<enter>"] * (2 if ret is not None else 1)  # a return: the patient confirms again
     if not centre_rows(st, "SELECT activated FROM centre_persons WHERE psn_no = ?", (person,))[0][0]:
         keys += ["--keys", f"id_entry={st.person(person)['certno']}<enter>"]
     log = tmp_path / "child.log"
@@ -158,6 +159,13 @@ def crash_kiosk(st: Any, tmp_path: Path, crash_after: str, person: str, body: di
                 pos.refund(body["order_id"], refund["refund_id"], refund.get("amount"))
             except httpx.HTTPError:
                 pass  # the process died under the request
+        if ret is not None:
+            got = pos.get(body["order_id"], wait=30).json()
+            assert got["status"] == "paid", (got, log.read_text()[-3000:])
+            try:  # the child's camera and keys are the same patient again: face, then confirm
+                pos.return_lines(body["order_id"], ret["return_id"], ret["lines"])
+            except httpx.HTTPError:
+                pass
         try:
             assert child.wait(60) == 137  # died on the spot, no cleanup
         except subprocess.TimeoutExpired:

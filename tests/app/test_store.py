@@ -172,3 +172,25 @@ def test_racing_refunds_never_exceed_the_limit(store):
         t.join()
     assert len(ok) == 3 and len(refused) == 3
     assert store.get("pos1", "O9").refunded_fen == 900
+
+
+def test_a_return_claims_a_paid_order_once_per_system(store):
+    store.create_order("pos1", "O1", BILL, "outpatient")
+    req = {"order_id": "O1", "lines": [{"code": "F001", "qty": "1"}]}
+    with pytest.raises(ConflictError) as e:  # not paid yet: nothing to return
+        store.begin_return("pos1", "O1", "R1", req)
+    assert e.value.code == "not_returnable"
+    store.set_status("pos1", "O1", "paid", result={"setl_id": "S1", "psn_no": "P1"})
+    with pytest.raises(ConflictError):  # another system's return of it claims nothing
+        store.begin_return("pos2", "O1", "R1", req)
+    row, created = store.begin_return("pos1", "O1", "R1", req)
+    assert created and row.mode == "return" and row.status == "pending"
+    assert store.get("pos1", "O1").status == "returning"
+    again, created2 = store.begin_return("pos1", "O1", "R1", dict(req))
+    assert not created2 and again == row  # the same request: the same return
+    with pytest.raises(ConflictError) as e:
+        store.begin_return("pos1", "O1", "R1", {**req, "lines": [{"code": "F001", "qty": "0.5"}]})
+    assert e.value.code == "return_conflict"
+    with pytest.raises(ConflictError) as e:  # a second return while one is under way
+        store.begin_return("pos1", "O1", "R2", req)
+    assert e.value.code == "not_returnable"

@@ -1,0 +1,299 @@
+"""Item-level returns at the counter (issue 14, returns half): the POS sends the returned lines, the
+patient confirms by face at the terminal, the kiosk reverses the settlement (2208), settles the kept
+lines anew (2207) and moves the difference back through every source (fund, account, credit line).
+
+The golden case is worked by hand from ../shared/docs/settlement-rules.md and checked against
+`kiosk settle` of the kept lines on the year-to-date as it was before the original payment.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiosk.app.demo import DEMO_BILL, scene
+from kiosk.app.store import RETURN_PREFIX
+from kiosk.app.terminal import kept_bill, return_receipt
+from kiosk.errors import InputError
+from kiosk.money import fen_to_yuan, yuan_to_fen
+from kiosk.storage import open_database
+
+from tests.app.test_crash_flows import available, draws, restart, services_check
+from tests.app.test_e2e import HAS_BANK, LI, OTHER_POS, ZHANG, balance, centre_rows, crash_kiosk, pay_order, stack  # noqa: F401
+
+pytestmark = pytest.mark.skipif(not HAS_BANK, reason="kiosk.services.bank not landed yet")
+SYSTEM = "demo-pos"
+ONE_AMOXICILLIN = [{"code": "XA01", "qty": "1"}]  # of the 2 bought
+
+
+def do_return(st: Any, oid: str, rid: str, lines: list[dict[str, str]], person: str,
+              timeout: float = 40.0) -> tuple[int, dict[str, Any]]:
+    """POST the return, the patient at the terminal (face, confirm key), then the return's final state."""
+    st.typist.clear()
+    st.typist.plan("confirm", "<enter>")
+    st.camera.show(scene(st, person))
+    try:
+        r = st.pos_client.return_lines(oid, rid, lines)
+        if r.status_code != 202:
+            return r.status_code, r.json()
+        end = time.monotonic() + timeout
+        while True:
+            got = st.pos_client.get_return(oid, rid, wait=10).json()
+            if got["status"] not in ("pending", "running") or time.monotonic() > end:
+                return r.status_code, got
+    finally:
+        st.camera.clear()
+
+
+def ytd(st: Any, psn: str) -> tuple[int, int]:
+    rows = centre_rows(st, "SELECT deductible_used, pool_paid FROM centre_ytd WHERE psn_no = ?", (psn,))
+    return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+
+def kiosk_settle(st: Any, tmp: Path, bill: dict[str, Any], ytd_before: tuple[int, int], acct: int) -> dict[str, Any]:
+    """`kiosk settle` of a bill of the demo catalogue (categories as the centre's seed) at level 1."""
+    from kiosk.services.seed import CATALOGUE
+
+    items = []
+    for it in bill["items"]:
+        _name, cat, prop, ceiling = CATALOGUE[it["code"]]
+        items.append({"code": it["code"], "category": cat, "price": it["price"], "qty": it["qty"],
+                      **({"selfpay_prop": prop} if prop else {}), **({"price_ceiling": ceiling} if ceiling else {})})
+    req = {"profile": "qingdao-employee-outpatient", "institution_level": 1, "items": items,
+           "ytd": {"deductible_used": fen_to_yuan(ytd_before[0]), "pool_paid": fen_to_yuan(ytd_before[1])},
+           "account_balance": fen_to_yuan(acct), "use_account": True}
+    f = tmp / "kept.json"
+    f.write_text(json.dumps(req))
+    out = subprocess.run([sys.executable, "-m", "kiosk.cli", "settle", str(f)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout)
+
+
+# ------------------------------------------------------------------------------------------ at the door
+def test_returned_lines_are_checked_against_the_bill() -> None:
+    kept = kept_bill(DEMO_BILL, ONE_AMOXICILLIN)
+    assert kept is not None and [(i["code"], i["qty"]) for i in kept["items"]] == [
+        ("F001", "1"), ("XA01", "1"), ("XB01", "1"), ("XC01", "1")]
+    assert kept_bill(DEMO_BILL, [{"code": c, "qty": q} for c, q in
+                                 (("F001", "1"), ("XA01", "2"), ("XB01", "1"), ("XC01", "1"))]) is None
+    for lines, field in (([{"code": "ZZ99", "qty": "1"}], "lines.0.code"),
+                         ([{"code": "XA01", "qty": "3"}], "lines.0.qty"),
+                         ([{"code": "XA01", "qty": "0"}], "lines.0.qty"),
+                         ([{"code": "XA01", "qty": "1"}, {"code": "XA01", "qty": "1"}], "lines.1.code")):
+        with pytest.raises(InputError) as e:
+            kept_bill(DEMO_BILL, lines)
+        assert e.value.field == field
+
+
+def test_receipt_shows_old_and_new_side_by_side() -> None:
+    o = {"setl_id": "S1", "medfee_sumamt": "104.00", "fund_pay_sumamt": "70.00", "acct_pay": "15.00",
+         "acct_mulaid_pay": "0.00", "credit_draw": "19.00", "cash_pay": "0.00"}
+    n = {**o, "setl_id": "S2", "medfee_sumamt": "85.50", "fund_pay_sumamt": "55.20", "credit_draw": "15.30"}
+    b = {k: fen_to_yuan(yuan_to_fen(o[k], k) - yuan_to_fen(n[k], k)) for k in o if k != "setl_id"}
+    lines = return_receipt("E1", "李娜", {"return_id": "R1", "old": o, "new": n, "back": b})
+    fund = next(x for x in lines if x.startswith("统筹"))
+    assert fund.split()[-3:] == ["70.00", "55.20", "14.80"]
+    from firmware_bridge.escpos import width
+
+    table = lines[lines.index(fund) - 2:lines.index(fund) + 5]
+    assert all(width(x) <= 32 for x in table), table  # 58 mm paper: the columns stay aligned
+    assert len({width(x) for x in table}) == 1, table
+    assert "李*" in "".join(lines) and "李娜" not in "".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ the golden return
+def test_partial_return_resettles_the_kept_lines_like_kiosk_settle(stack, tmp_path):
+    """李娜 pays the demo bill (fund, her account, her credit line), then gives back 1 of the 2 amoxicillin.
+
+    By hand (settlement-rules.md, qingdao employee, level 1: 80 %, no deductible):
+      original 104.00: within policy 10.00 + 37.00 + (45.00 - 4.50) = 87.50 -> fund 70.00; personal 34.00
+      kept 85.50: within policy 10.00 + 18.50 + 40.50 = 69.00 -> fund 55.20; personal 30.30 =
+      account 15.00 (her balance, given back by the reversal) + credit 15.30.
+      Back: fund 14.80, account 0.00, credit 19.00 - 15.30 = 3.70 (18.50 in all, the returned box)."""
+    acct0, avail0, ytd0 = balance(stack, LI), available(stack, LI), ytd(stack, LI)
+    assert acct0 == 1500, "the golden numbers assume her fresh 15.00 balance"
+    got = pay_order(stack, {"order_id": "E-RET-1", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid" and got["result"]["credit_draw"] == "19.00", got
+    old_setl = got["result"]["setl_id"]
+    code, ret = do_return(stack, "E-RET-1", "RT-1", ONE_AMOXICILLIN, LI)
+    assert code == 202 and ret["status"] == "returned", ret
+    new, back = ret["result"]["new"], ret["result"]["back"]
+    assert (new["medfee_sumamt"], new["fund_pay_sumamt"], new["acct_pay"], new["acct_mulaid_pay"],
+            new["credit_draw"], new["cash_pay"]) == ("85.50", "55.20", "15.00", "0.00", "15.30", "0.00")
+    assert (back["fund_pay_sumamt"], back["acct_pay"], back["credit_draw"], back["cash_pay"]) == (
+        "14.80", "0.00", "3.70", "0.00")
+    ref = kiosk_settle(stack, tmp_path, kept_bill(DEMO_BILL, ONE_AMOXICILLIN), ytd0, acct0)["setlinfo"]
+    assert (ref["medfee_sumamt"], ref["fund_pay_sumamt"], ref["acct_pay"], ref["psn_cash_pay"]) == (
+        new["medfee_sumamt"], new["fund_pay_sumamt"], new["acct_pay"],
+        fen_to_yuan(yuan_to_fen(new["credit_draw"], "c") + yuan_to_fen(new["cash_pay"], "c")))
+    # the books: old settlement reversed, new one standing; the draw refunded whole and a new one made
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?", (old_setl,)) == [("reversed",)]
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?", (new["setl_id"],)) == [
+        ("settled",)]
+    assert draws(stack, old_setl) == [(1900, 0, 1900)] and draws(stack, new["setl_id"]) == [(1530, 1530, 0)]
+    assert available(stack, LI) == avail0 - 1530 and balance(stack, LI) == acct0 - 1500
+    order = stack.pos_client.get("E-RET-1").json()
+    assert order["status"] == "returned" and order["result"]["setl_id"] == new["setl_id"]
+    assert order["result"]["returned"]["old"]["setl_id"] == old_setl
+    # idempotent by return id
+    again = stack.pos_client.return_lines("E-RET-1", "RT-1", ONE_AMOXICILLIN)
+    assert again.status_code == 200 and again.json()["result"] == ret["result"]
+    other = stack.pos_client.return_lines("E-RET-1", "RT-1", [{"code": "XC01", "qty": "1"}])
+    assert other.status_code == 409 and other.json()["code"] == "return_conflict"
+    assert stack.pos_client.return_lines("E-RET-1", "RT-2", [{"code": "XC01", "qty": "1"}]).status_code == 409
+    services_check(stack)
+
+
+def test_bad_lines_are_refused_at_the_door_and_another_pos_finds_no_order(stack):
+    got = pay_order(stack, {"order_id": "E-RET-2", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    r = stack.pos_client.return_lines("E-RET-2", "RT-X", [{"code": "XA01", "qty": "2.5"}])
+    assert r.status_code == 422 and r.json()["field"] == "lines.0.qty", r.text
+    r = stack.pos_client.return_lines("E-RET-2", "RT-X", [{"code": "NOPE", "qty": "1"}])
+    assert r.status_code == 422 and r.json()["field"] == "lines.0.code", r.text
+    from kiosk.app.pos_client import PosClient
+
+    other = PosClient(stack.url("kiosk"), OTHER_POS, stack.other_pos_key)
+    mine = other.return_lines("E-RET-2", "RT-X", ONE_AMOXICILLIN)
+    none = other.return_lines("E-NO-SUCH", "RT-X", ONE_AMOXICILLIN)
+    assert mine.status_code == none.status_code == 404
+    assert (mine.json()["code"], mine.json()["field"]) == (none.json()["code"], none.json()["field"]) == (
+        "not_found", "order_id")
+    assert other.get_return("E-RET-2", "RT-X").status_code == 404
+    assert stack.pos_client.get("E-RET-2").json()["status"] == "paid"  # nothing changed
+    # keeping nothing is a whole refund
+    everything = [{"code": i["code"], "qty": i["qty"]} for i in DEMO_BILL["items"]]
+    r = stack.pos_client.return_lines("E-RET-2", "RT-ALL", everything)
+    assert r.status_code == 201 and r.json()["status"] == "refunded" and r.json()["whole"], r.text
+    assert stack.pos_client.get("E-RET-2").json()["status"] == "refunded"
+
+
+def test_a_return_whose_resettlement_answer_was_lost_is_pending_then_completed_by_key(stack):
+    """The centre's answer to the kept lines' 2207 is lost: the return is return_pending (never failed:
+    the centre may well have settled), and recovery completes it with the journaled msgid: the
+    centre replays the settlement, nothing is settled twice."""
+    got = pay_order(stack, {"order_id": "E-RET-NET", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    standing = len(centre_rows(stack, "SELECT setl_id FROM centre_settlements WHERE psn_no = ? AND state = 'settled'",
+                               (LI,)))
+    stack.relay.cut_after("POST /fsi/api/2207")
+    try:
+        code, ret = do_return(stack, "E-RET-NET", "RT-NET", ONE_AMOXICILLIN, LI)
+        assert stack.relay.fired.is_set()
+        assert code == 202 and (ret["status"], ret["result"]["waiting_for"]) == ("return_pending", "centre"), ret
+        assert stack.pos_client.get("E-RET-NET").json()["status"] == "returning"
+    finally:
+        stack.relay.restore()
+    assert stack.runtime.terminal.wait_idle()
+    stack.runtime.terminal.recover()
+    done = stack.pos_client.get_return("E-RET-NET", "RT-NET").json()
+    assert done["status"] == "returned", done
+    assert stack.pos_client.get("E-RET-NET").json()["status"] == "returned"
+    assert len(centre_rows(stack, "SELECT setl_id FROM centre_settlements WHERE psn_no = ? AND state = 'settled'",
+                           (LI,))) == standing  # the original reversed, the kept lines settled once
+    assert draws(stack, done["result"]["new"]["setl_id"]) == [
+        (yuan_to_fen(done["result"]["new"]["credit_draw"], "c"),) * 2 + (0,)]
+
+
+def test_another_patients_face_cannot_confirm_a_return(stack):
+    """张伟 (activated, at the counter) is not the patient of 李娜's order: the return fails before any
+    money moves and her order is paid as before."""
+    assert pay_order(stack, {"order_id": "E-RET-ZH", "bill": DEMO_BILL}, ZHANG)["status"] == "paid"
+    got = pay_order(stack, {"order_id": "E-RET-OTHER", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    code, ret = do_return(stack, "E-RET-OTHER", "RT-OTHER", ONE_AMOXICILLIN, ZHANG)
+    assert code == 202 and (ret["status"], ret["reason"]) == ("failed", "not_matched"), ret
+    assert stack.pos_client.get("E-RET-OTHER").json()["status"] == "paid"
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?",
+                       (got["result"]["setl_id"],)) == [("settled",)]
+
+
+def test_the_parties_agree_and_the_day_end_matches_after_the_returns_above(stack):
+    """`kiosk check parties` and the day-end (`reconcile`: 3201/3202 and the bank's clearing) over the
+    books after every return above: the reversed originals, the new settlements and draws all match.
+    (Before the crash tests below: their kiosks keep their own journals, which this kiosk's day-end
+    cannot see.)"""
+    from kiosk.app.crosscheck import check_parties
+    from kiosk.app.reconcile import reconcile
+    from kiosk.clock import SystemClock, local_day
+    from kiosk.services.bank.app import bank_db_url
+
+    assert stack.runtime.terminal.wait_idle()
+    stack.runtime.terminal.recover()
+    with open_database(f"sqlite:///{stack.data_dir / 'centre.db'}") as c, \
+            open_database(bank_db_url(stack.data_dir)) as b, \
+            open_database(f"sqlite:///{stack.data_dir / 'kiosk.db'}") as k:
+        rep = check_parties(c, b, [k])
+        assert rep.balanced, rep.table()
+        day = reconcile(k, stack.centre_client, stack.bank_client, local_day(SystemClock()))
+    assert day.matched, day.table()
+
+
+# ------------------------------------------------------------------------------------------ crash safety
+# the return's own journal steps (its session's face/presettle steps share the payment's names: the
+# case before 'return' is test_a_return_cut_off_before_the_patient_confirmed_changes_nothing)
+RETURN_STEPS = ["return", "return_reversed", "return_settled", "return_credited", "return_draw", "return_drawn",
+                "returned"]
+
+
+@pytest.mark.parametrize("crash_after", RETURN_STEPS)
+def test_a_return_cut_off_after_any_step_recovers_to_returned(stack, tmp_path, crash_after):
+    """Killed (as on a power cut) right after each journal step of a return of 1 of 2 amoxicillin on
+    a credit-paid order; a new terminal's recovery completes it forward exactly once."""
+    acct0, avail0, ytd0 = balance(stack, LI), available(stack, LI), ytd(stack, LI)
+    oid, rid = f"E-CR-RT-{crash_after}", f"RT-{crash_after}"
+    kiosk_db = crash_kiosk(stack, tmp_path, crash_after, LI, {"order_id": oid, "bill": DEMO_BILL},
+                           ret={"return_id": rid, "lines": ONE_AMOXICILLIN})
+    store, resolved, db = restart(stack, kiosk_db, oid)
+    try:
+        order, ret = store.get(SYSTEM, oid), store.get(SYSTEM, RETURN_PREFIX + rid)
+        steps = [s for s, _ in store.steps(SYSTEM, RETURN_PREFIX + rid)]
+    finally:
+        db.close()
+    assert ret is not None and ret.status == "returned", (ret, steps)
+    assert order.status == "returned" and steps.count("returned") == 1
+    old, new = ret.result["old"], ret.result["new"]
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?", (old["setl_id"],)) == [
+        ("reversed",)]
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?", (new["setl_id"],)) == [
+        ("settled",)]
+    ref = kiosk_settle(stack, tmp_path, kept_bill(DEMO_BILL, ONE_AMOXICILLIN), ytd0, acct0)["setlinfo"]
+    cash = yuan_to_fen(ref["psn_cash_pay"], "c")
+    assert (new["fund_pay_sumamt"], new["acct_pay"], new["credit_draw"]) == (
+        ref["fund_pay_sumamt"], ref["acct_pay"], fen_to_yuan(cash))
+    old_credit = yuan_to_fen(old["credit_draw"], "c")
+    assert draws(stack, old["setl_id"]) == [(old_credit, 0, old_credit)]  # refunded once, whole
+    assert draws(stack, new["setl_id"]) == ([(cash, cash, 0)] if cash else [])  # drawn once
+    assert available(stack, LI) == avail0 - cash
+    assert balance(stack, LI) == acct0 - yuan_to_fen(ref["acct_pay"], "a")
+    services_check(stack)
+
+
+def test_a_return_cut_off_before_the_patient_confirmed_changes_nothing(stack, tmp_path):
+    """Killed after the return's pre-settlement was journaled (the patient had not confirmed): the
+    return fails as interrupted and the order is paid as before."""
+    from kiosk.app.store import Store
+    from kiosk.app.terminal import Terminal
+    from kiosk.clock import SystemClock
+
+    got = pay_order(stack, {"order_id": "E-RET-NC", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    term = stack.runtime.terminal
+    store: Store = term.store
+    row, created = store.begin_return(SYSTEM, "E-RET-NC", "RT-NC", {"order_id": "E-RET-NC", "lines": ONE_AMOXICILLIN,
+                                                                    "bill": kept_bill(DEMO_BILL, ONE_AMOXICILLIN),
+                                                                    "psn_no": LI})
+    assert created
+    store.set_status(SYSTEM, row.order_id, "running", expect=("pending",))  # as a session cut off mid-way
+    store.record(SYSTEM, row.order_id, "presettle")
+    other = Terminal(store, term.deps, SystemClock())
+    other.recover()
+    assert store.get(SYSTEM, row.order_id).status == "failed"
+    assert store.get(SYSTEM, "E-RET-NC").status == "paid"
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?",
+                       (got["result"]["setl_id"],)) == [("settled",)]
