@@ -23,8 +23,10 @@ from kiosk.errors import InputError
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.storage import open_database
 
-from tests.app.test_crash_flows import available, draws, restart, services_check
-from tests.app.test_e2e import HAS_BANK, LI, OTHER_POS, ZHANG, balance, centre_rows, crash_kiosk, pay_order, stack  # noqa: F401
+from kiosk.app.demo import FAMILY_HOLDER
+
+from tests.app.test_crash_flows import available, bank_rows, draws, restart, services_check
+from tests.app.test_e2e import HAS_BANK, LI, LIU, OTHER_POS, WANG, ZHANG, balance, centre_rows, crash_kiosk, pay_order, stack  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not HAS_BANK, reason="kiosk.services.bank not landed yet")
 SYSTEM = "demo-pos"
@@ -211,6 +213,107 @@ def test_another_patients_face_cannot_confirm_a_return(stack):
     assert stack.pos_client.get("E-RET-OTHER").json()["status"] == "paid"
     assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?",
                        (got["result"]["setl_id"],)) == [("settled",)]
+
+
+def _authorise_mutual_aid(st: Any, psn: str, relative: str, relation: str) -> None:
+    """The centre's mutual-aid authorisation row as mulaid.auth writes it (the relative's consent is
+    not what these golden cases test; tests/services cover mulaid.auth itself)."""
+    with open_database(f"sqlite:///{st.data_dir / 'centre.db'}") as db, db.transaction() as tx:
+        tx.execute("INSERT INTO centre_mulaid (psn_no, auth_psn_no, relation, created_at) VALUES (?, ?, ?, ?)",
+                   (psn, relative, relation, "2026-01-01T00:00:00+08:00"))
+
+
+def _revoke_mutual_aid(st: Any, psn: str) -> None:
+    with open_database(f"sqlite:///{st.data_dir / 'centre.db'}") as db, db.transaction() as tx:
+        tx.execute("DELETE FROM centre_mulaid WHERE psn_no = ?", (psn,))
+
+
+def test_a_return_gives_the_relatives_mutual_aid_share_back_to_the_relative(stack, tmp_path):
+    """王建国 (own balance 0.00) pays the demo bill with his wife 刘芳's account (mutual aid), then
+    gives back 1 of the 2 amoxicillin.
+
+    By hand (settlement-rules.md, qingdao employee, level 1: 80 %, no deductible):
+      original 104.00: within policy 10.00 + 37.00 + (45.00 - 4.50) = 87.50 -> fund 70.00;
+      personal 34.00 = account 0.00 (his balance) + mutual aid 34.00 (刘芳) + cash 0.00.
+      kept 85.50: within policy 10.00 + 18.50 + 40.50 = 69.00 -> fund 55.20; personal 30.30 =
+      account 0.00 + mutual aid 30.30 + cash 0.00.
+      Back: fund 14.80, mutual aid 3.70 to 刘芳 (34.00 by the reversal, 30.30 taken again), no draw."""
+    _authorise_mutual_aid(stack, WANG, LIU, "spouse")
+    try:
+        acct0, liu0, ytd0 = balance(stack, WANG), balance(stack, LIU), ytd(stack, WANG)
+        assert acct0 == 0 and liu0 >= 3400, "the golden numbers assume his 0.00 and her 800.00 balance"
+        got = pay_order(stack, {"order_id": "E-RET-MA", "bill": DEMO_BILL}, WANG)
+        assert got["status"] == "paid", got
+        r = got["result"]
+        assert (r["fund_pay_sumamt"], r["acct_pay"], r["acct_mulaid_pay"], r["credit_draw"]) == (
+            "70.00", "0.00", "34.00", "0.00"), r
+        assert balance(stack, LIU) == liu0 - 3400
+        old_setl = r["setl_id"]
+        code, ret = do_return(stack, "E-RET-MA", "RT-MA", ONE_AMOXICILLIN, WANG)
+        assert code == 202 and ret["status"] == "returned", ret
+        new, back = ret["result"]["new"], ret["result"]["back"]
+        assert (new["medfee_sumamt"], new["fund_pay_sumamt"], new["acct_pay"], new["acct_mulaid_pay"],
+                new["credit_draw"], new["cash_pay"]) == ("85.50", "55.20", "0.00", "30.30", "0.00", "0.00"), new
+        assert (back["medfee_sumamt"], back["fund_pay_sumamt"], back["acct_pay"], back["acct_mulaid_pay"],
+                back["credit_draw"], back["cash_pay"]) == ("18.50", "14.80", "0.00", "3.70", "0.00", "0.00"), back
+        # `kiosk settle` knows no relative: its cash share is what mutual aid and the line paid together
+        ref = kiosk_settle(stack, tmp_path, kept_bill(DEMO_BILL, ONE_AMOXICILLIN), ytd0, acct0)["setlinfo"]
+        assert (ref["medfee_sumamt"], ref["fund_pay_sumamt"], ref["acct_pay"]) == (
+            new["medfee_sumamt"], new["fund_pay_sumamt"], new["acct_pay"])
+        assert yuan_to_fen(ref["psn_cash_pay"], "c") == yuan_to_fen(new["acct_mulaid_pay"], "m") + yuan_to_fen(
+            new["credit_draw"], "c") + yuan_to_fen(new["cash_pay"], "c")
+        # the books after the return: the relative's account is down by the kept share only
+        assert balance(stack, LIU) == liu0 - 3030 and balance(stack, WANG) == acct0
+        assert centre_rows(stack, "SELECT state, mulaid_psn_no, acct_mulaid_pay FROM centre_settlements "
+                                  "WHERE setl_id = ?", (old_setl,)) == [("reversed", LIU, 3400)]
+        assert centre_rows(stack, "SELECT state, mulaid_psn_no, acct_mulaid_pay FROM centre_settlements "
+                                  "WHERE setl_id = ?", (new["setl_id"],)) == [("settled", LIU, 3030)]
+        assert ytd(stack, WANG) == (ytd0[0], ytd0[1] + 5520)  # the pool paid counts the kept lines only
+        assert draws(stack, old_setl) == [] and draws(stack, new["setl_id"]) == []
+    finally:
+        _revoke_mutual_aid(stack, WANG)
+    services_check(stack)
+
+
+def test_a_return_of_a_family_pay_order_refunds_and_draws_again_on_the_same_family_line(stack, tmp_path):
+    """王建国 (own balance 0.00, no mutual aid) pays the demo bill from his son 张伟's credit line
+    (family pay), then gives back 1 of the 2 amoxicillin.
+
+    By hand (settlement-rules.md, qingdao employee, level 1: 80 %, no deductible):
+      original 104.00: fund 70.00; personal 34.00 = account 0.00 + cash 34.00 -> one draw of 34.00
+      on 张伟's line, payer 王建国.
+      kept 85.50: fund 55.20; personal 30.30 = account 0.00 + cash 30.30 -> a draw of 30.30 on the
+      same family line; the 34.00 draw is refunded whole (its unpaid principal 34.00 -> 0).
+      Back: fund 14.80, credit 3.70; the holder's available line ends 30.30 below where it started."""
+    acct0, ytd0, avail0 = balance(stack, WANG), ytd(stack, WANG), available(stack, FAMILY_HOLDER)
+    assert acct0 == 0
+    got = pay_order(stack, {"order_id": "E-RET-FP", "bill": DEMO_BILL}, WANG)
+    assert got["status"] == "paid", got
+    r = got["result"]
+    assert (r["payer"], r["fund_pay_sumamt"], r["acct_pay"], r["acct_mulaid_pay"], r["credit_draw"]) == (
+        "family", "70.00", "0.00", "0.00", "34.00"), r
+    old_setl = r["setl_id"]
+    assert available(stack, FAMILY_HOLDER) == avail0 - 3400
+    code, ret = do_return(stack, "E-RET-FP", "RT-FP", ONE_AMOXICILLIN, WANG)
+    assert code == 202 and ret["status"] == "returned", ret
+    new, back = ret["result"]["new"], ret["result"]["back"]
+    assert (new["medfee_sumamt"], new["fund_pay_sumamt"], new["acct_pay"], new["acct_mulaid_pay"],
+            new["credit_draw"], new["cash_pay"]) == ("85.50", "55.20", "0.00", "0.00", "30.30", "0.00"), new
+    assert (back["fund_pay_sumamt"], back["acct_pay"], back["acct_mulaid_pay"], back["credit_draw"],
+            back["cash_pay"]) == ("14.80", "0.00", "0.00", "3.70", "0.00"), back
+    ref = kiosk_settle(stack, tmp_path, kept_bill(DEMO_BILL, ONE_AMOXICILLIN), ytd0, acct0)["setlinfo"]
+    assert (ref["medfee_sumamt"], ref["fund_pay_sumamt"], ref["acct_pay"], ref["psn_cash_pay"]) == (
+        new["medfee_sumamt"], new["fund_pay_sumamt"], new["acct_pay"], new["credit_draw"])
+    # the books: the old draw refunded whole, the new one on the same family line, payer the member
+    assert draws(stack, old_setl) == [(3400, 0, 3400)] and draws(stack, new["setl_id"]) == [(3030, 3030, 0)]
+    lines = bank_rows(stack, "SELECT ref, line_id, payer FROM credit_draws WHERE ref IN (?, ?)",
+                      (old_setl, new["setl_id"]))
+    assert len(lines) == 2 and len({ln[1] for ln in lines}) == 1 and {ln[2] for ln in lines} == {WANG}, lines
+    assert available(stack, FAMILY_HOLDER) == avail0 - 3030
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?", (old_setl,)) == [
+        ("reversed",)]
+    assert ytd(stack, WANG) == (ytd0[0], ytd0[1] + 5520)
+    services_check(stack)
 
 
 def test_the_parties_agree_and_the_day_end_matches_after_the_returns_above(stack):
