@@ -41,6 +41,8 @@ DEMO_BILL = {"med_type": "11", "items": [
     {"code": "XC01", "name": "维生素C泡腾片 vitamin C", "price": "12.00", "qty": "1"},
 ]}
 
+DEMO_RETURN = [{"code": "XA01", "qty": "1"}]  # one of the two boxes of amoxicillin goes back
+
 # photos of each demo person that pass the capture gates (other shots than the enrolled one)
 LIVE_SHOTS = {"000": (4,), "001": (2, 1, 3), "002": (2, 3), "003": (2, 3), "004": (2, 3, 4)}
 
@@ -190,6 +192,23 @@ def pay_once(st: Stack, order_id: str, bill: dict[str, Any], *, timeout_s: float
         pos.close()
 
 
+def return_once(st: Stack, order_id: str, return_id: str, lines: list[dict[str, str]], *,
+                timeout_s: float = 60.0) -> dict[str, Any]:
+    """POS side: post an item-level return, wait until the patient confirmed and it settled (or not)."""
+    pos = st.pos()
+    try:
+        r = pos.return_lines(order_id, return_id, lines)
+        if r.status_code not in (200, 201, 202):
+            raise ConfigError(f"the POS API refused the return: {r.status_code} {r.text}", code="return_refused")
+        end = time.monotonic() + timeout_s
+        while True:
+            got = pos.get_return(order_id, return_id, wait=min(30.0, max(1.0, end - time.monotonic()))).json()
+            if got["status"] not in ("pending", "running") or time.monotonic() > end:
+                return got
+    finally:
+        pos.close()
+
+
 class ReceiptTee:
     """Keeps the lines of the last receipt sent to the (real) printer, to show them on stdout."""
 
@@ -276,6 +295,23 @@ def run_demo(*, serve: bool = False, fresh: bool = True, port: int = 8740, fleet
         }
         if got["status"] != "paid":
             say(f"the payment did not complete: {got['status']} ({got.get('reason')})")
+        else:
+            tee.last = []
+            say(f"{patient['psn_name']} brings back 1 of the 2 amoxicillin: the POS posts the return, she confirms")
+            typist.plan("confirm", "<enter>")
+            st.camera.show(scene(st, DEMO_PATIENT))
+            ret = return_once(st, order_id, f"{order_id}-R1", DEMO_RETURN)
+            st.camera.clear()
+            if tee.last:
+                print("\n".join(["-" * 42, *tee.last, "-" * 42]), flush=True)
+            if ret.get("status") == "returned":
+                new = ret["result"]["new"]
+                summary["return"] = {k: new.get(k) for k in ("setl_id", "medfee_sumamt", "fund_pay_sumamt",
+                                                               "acct_pay", "acct_mulaid_pay", "credit_draw",
+                                                               "cash_pay")}
+            else:
+                say(f"the return did not complete: {ret.get('status')} ({ret.get('reason')})")
+                summary["return"] = None
         summary["day_end_matched"] = day_end(st)
         if st.fleet_service is not None and st.runtime.fleet is not None:
             summary["fleet"] = fleet_summary(st, summary["day_end_matched"])
