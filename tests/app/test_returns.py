@@ -57,8 +57,9 @@ def ytd(st: Any, psn: str) -> tuple[int, int]:
     return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
 
-def kiosk_settle(st: Any, tmp: Path, bill: dict[str, Any], ytd_before: tuple[int, int], acct: int) -> dict[str, Any]:
-    """`kiosk settle` of a bill of the demo catalogue (categories as the centre's seed) at level 1."""
+def kiosk_settle(st: Any, tmp: Path, bill: dict[str, Any], ytd_before: tuple[int, int], acct: int,
+                 level: int = 1) -> dict[str, Any]:
+    """`kiosk settle` of a bill of the demo catalogue (categories as the centre's seed) at `level`."""
     from kiosk.services.seed import CATALOGUE
 
     items = []
@@ -66,7 +67,7 @@ def kiosk_settle(st: Any, tmp: Path, bill: dict[str, Any], ytd_before: tuple[int
         _name, cat, prop, ceiling = CATALOGUE[it["code"]]
         items.append({"code": it["code"], "category": cat, "price": it["price"], "qty": it["qty"],
                       **({"selfpay_prop": prop} if prop else {}), **({"price_ceiling": ceiling} if ceiling else {})})
-    req = {"profile": "qingdao-employee-outpatient", "institution_level": 1, "items": items,
+    req = {"profile": "qingdao-employee-outpatient", "institution_level": level, "items": items,
            "ytd": {"deductible_used": fen_to_yuan(ytd_before[0]), "pool_paid": fen_to_yuan(ytd_before[1])},
            "account_balance": fen_to_yuan(acct), "use_account": True}
     f = tmp / "kept.json"
@@ -226,6 +227,85 @@ def _authorise_mutual_aid(st: Any, psn: str, relative: str, relation: str) -> No
 def _revoke_mutual_aid(st: Any, psn: str) -> None:
     with open_database(f"sqlite:///{st.data_dir / 'centre.db'}") as db, db.transaction() as tx:
         tx.execute("DELETE FROM centre_mulaid WHERE psn_no = ?", (psn,))
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory) -> Any:
+    """The whole stack with the terminal at the demo hospital (Qingdao, level 2: 70 %, a 200.00 yearly
+    deductible), where a return can move the deductible."""
+    from kiosk.app.demo import seed_bank
+    from kiosk.app.stack import Ports, Stack
+    from kiosk.app.typist import Typist
+
+    from tests.app.conftest import free_port
+    from tests.app.test_e2e import TIMEOUTS
+
+    d = tmp_path_factory.mktemp("hospital")
+    st = Stack(data_dir=d, ports=Ports(centre=free_port(), bank=free_port(), bridge=free_port(), kiosk=free_port()),
+               fixmedins="H37020200002")
+    try:
+        st.prepare(fresh=True)
+        st.seed_centre()
+        st.start_centre()
+        st.start_bank()
+        st.start_bridge()
+        st.register_terminal()
+        st.clients()
+        seed_bank(st)
+        st.build_kiosk(timeouts=TIMEOUTS)
+        st.typist = Typist(st.bridge.sim)
+        st.runtime.listeners.append(st.typist.on_snapshot)
+        st.pos_client = st.pos()
+        yield st
+    finally:
+        st.stop()
+
+
+def test_a_return_that_no_longer_reaches_past_the_deductible_gives_the_fund_share_back(hospital, tmp_path):
+    """At the level-2 hospital 李娜 first pays 12 consultations (120.00, all deductible), then the demo
+    bill, then gives back 1 of the 2 amoxicillin: the kept lines stay inside the deductible.
+
+    By hand (settlement-rules.md, qingdao employee, level 2: 70 %, deductible 200.00 a year):
+      first bill 120.00 within policy -> deductible 120.00, fund 0.00; account 15.00, credit 105.00.
+      YTD before the original: deductible used 120.00 (80.00 left), pool 0.00; her account 0.00.
+      original 104.00: within policy 87.50 -> deductible 80.00, fund round(7.50 x 0.70) = 5.25;
+      personal 98.75 = account 0.00 + credit 98.75.
+      kept 85.50: within policy 69.00 -> deductible 69.00 (no longer all 80.00 left), fund 0.00;
+      personal 85.50 = credit 85.50.
+      Back: fund 5.25, credit 98.75 - 85.50 = 13.25 (18.50 in all). YTD after: deductible 189.00, pool 0.00."""
+    st = hospital
+    first = pay_order(st, {"order_id": "H-DED-0", "bill": {"med_type": "11", "items": [
+        {"code": "F001", "name": "普通门诊诊查费 consultation", "price": "10.00", "qty": "12"}]}}, LI)
+    assert first["status"] == "paid", first
+    assert (first["result"]["fund_pay_sumamt"], first["result"]["acct_pay"], first["result"]["credit_draw"]) == (
+        "0.00", "15.00", "105.00"), first
+    acct0, ytd0, avail0 = balance(st, LI), ytd(st, LI), available(st, LI)
+    assert (acct0, ytd0) == (0, (12000, 0))
+    got = pay_order(st, {"order_id": "H-DED-1", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    r = got["result"]
+    assert (r["fund_pay_sumamt"], r["acct_pay"], r["credit_draw"]) == ("5.25", "0.00", "98.75"), r
+    assert ytd(st, LI) == (20000, 525)
+    old_setl = r["setl_id"]
+    code, ret = do_return(st, "H-DED-1", "RT-DED", ONE_AMOXICILLIN, LI)
+    assert code == 202 and ret["status"] == "returned", ret
+    new, back = ret["result"]["new"], ret["result"]["back"]
+    assert (new["medfee_sumamt"], new["fund_pay_sumamt"], new["acct_pay"], new["acct_mulaid_pay"],
+            new["credit_draw"], new["cash_pay"]) == ("85.50", "0.00", "0.00", "0.00", "85.50", "0.00"), new
+    assert (back["medfee_sumamt"], back["fund_pay_sumamt"], back["acct_pay"], back["credit_draw"],
+            back["cash_pay"]) == ("18.50", "5.25", "0.00", "13.25", "0.00"), back
+    ref = kiosk_settle(st, tmp_path, kept_bill(DEMO_BILL, ONE_AMOXICILLIN), ytd0, acct0, level=2)["setlinfo"]
+    assert (ref["medfee_sumamt"], ref["fund_pay_sumamt"], ref["act_pay_dedc"], ref["acct_pay"],
+            ref["psn_cash_pay"]) == (new["medfee_sumamt"], new["fund_pay_sumamt"], "69.00", new["acct_pay"],
+                                     new["credit_draw"])
+    # the books after the return: the accumulators count the kept lines only
+    assert ytd(st, LI) == (12000 + 6900, 0)
+    assert centre_rows(st, "SELECT state FROM centre_settlements WHERE setl_id = ?", (old_setl,)) == [("reversed",)]
+    assert centre_rows(st, "SELECT state, medfee_sumamt, fund_pay_sumamt, psn_cash_pay FROM centre_settlements "
+                           "WHERE setl_id = ?", (new["setl_id"],)) == [("settled", 8550, 0, 8550)]
+    assert draws(st, old_setl) == [(9875, 0, 9875)] and draws(st, new["setl_id"]) == [(8550, 8550, 0)]
+    assert available(st, LI) == avail0 - 8550 and balance(st, LI) == 0
+    services_check(st)
 
 
 def test_a_return_gives_the_relatives_mutual_aid_share_back_to_the_relative(stack, tmp_path):
