@@ -2,8 +2,10 @@
 patient confirms by face at the terminal, the kiosk reverses the settlement (2208), settles the kept
 lines anew (2207) and moves the difference back through every source (fund, account, credit line).
 
-The golden case is worked by hand from ../shared/docs/settlement-rules.md and checked against
-`kiosk settle` of the kept lines on the year-to-date as it was before the original payment.
+The golden cases (a partial quantity of one line; a return that moves the deductible, at the level-2
+hospital; one with mutual aid; one with a family-pay draw) are worked by hand from
+../shared/docs/settlement-rules.md and checked against `kiosk settle` of the kept lines on the
+year-to-date as it was before the original payment, and against the books after the return.
 """
 from __future__ import annotations
 
