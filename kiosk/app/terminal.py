@@ -850,7 +850,7 @@ def return_receipt(order_id: str, name: str, result: dict[str, Any]) -> list[str
     for k, label in (("medfee_sumamt", "合计"), ("fund_pay_sumamt", "统筹"), ("acct_pay", "账户"),
                      ("acct_mulaid_pay", "共济"), ("credit_draw", "信用"), ("cash_pay", "现金")):
         rows.append(_row(label, o[k], n[k], b[k]))
-    rows.append("合计Total 统筹Fund 账户Account 共济Family aid 信用Credit 现金Cash")
+    rows += ["合计 Total  统筹 Fund", "账户 Account  共济 Family aid", "信用 Credit  现金 Cash"]  # the legend, 32 columns
     return rows
 
 

@@ -108,6 +108,8 @@ def test_receipt_shows_old_and_new_side_by_side() -> None:
     table = lines[lines.index(fund) - 2:lines.index(fund) + 5]
     assert all(width(x) <= 32 for x in table), table  # 58 mm paper: the columns stay aligned
     assert len({width(x) for x in table}) == 1, table
+    legend = lines[lines.index(fund) + 5:]
+    assert legend and all(width(x) <= 32 for x in legend), legend  # the legend is not wrapped mid-word
     assert "李*" in "".join(lines) and "李娜" not in "".join(lines)
 
 
