@@ -20,7 +20,6 @@ import hmac
 import json
 import logging
 import os
-import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from kiosk.fleet.notify import LogNotifier, Notifier, WebhookNotifier
 from kiosk.fleet.page import render_page, render_login
 from kiosk.fleet.rules import Rules, load_rules
 from kiosk.fleet.service import FleetService, Refused
+from kiosk.security.keystore import operator_token
 from kiosk.storage import Database, open_database
 
 PORT = 8750
@@ -55,20 +55,8 @@ def fleet_db_url(data_dir: Path) -> str:
 
 
 def admin_token(data_dir: Path) -> str:
-    env = os.environ.get("KIOSK_FLEET_ADMIN_TOKEN")
-    if env:
-        return env
-    p = Path(data_dir) / "fleet" / "admin.token"
-    if not p.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            os.write(fd, secrets.token_urlsafe(24).encode())
-            os.close(fd)
-    return p.read_text().strip()
+    """The operator's token for the fleet's /admin routes and page: KIOSK_FLEET_ADMIN_TOKEN, else a 0600 file."""
+    return operator_token(Path(data_dir) / "fleet" / "admin.token", "KIOSK_FLEET_ADMIN_TOKEN")
 
 
 def notifier_from_env() -> Notifier:

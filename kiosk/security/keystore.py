@@ -292,3 +292,22 @@ def _pp(passphrase: str | bytes | None) -> bytes | None:
     if passphrase is None or passphrase == "" or passphrase == b"":
         return None
     return passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
+
+
+def operator_token(path: Path, env_var: str) -> str:
+    """An operator's token for a service's /admin routes: `$env_var` when set, else a random token made once
+    in `path` (0600, created exclusively, so two workers starting together end up with the same one)."""
+    env = os.environ.get(env_var)
+    if env:
+        return env
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, secrets.token_urlsafe(24).encode())
+            os.close(fd)
+    return path.read_text().strip()

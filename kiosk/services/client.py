@@ -389,16 +389,7 @@ def operator_bind(base_url: str, admin_token: str, holder: str, member: str, rel
     """The bank's own channel: record a family binding the holder made there (operator token)."""
     body = {"holder": holder, "member": member, "relation": relation, "consent": consent,
             "monthly_cap": monthly_cap, "key": key}
-    try:
-        if http is not None:
-            r = http.post("/admin/bind", json=body, headers={"x-admin-token": admin_token})
-        else:
-            r = httpx.post(f"{base_url.rstrip('/')}/admin/bind", json=body, headers={"x-admin-token": admin_token},
-                           timeout=timeout)
-        out = r.json()
-    except (httpx.HTTPError, ValueError) as e:
-        raise _remote(f"cannot reach the bank at {base_url}: {e}", "unreachable", True) from None
-    return dict(out)
+    return operator_call(base_url, admin_token, "bind", body, http=http, timeout=timeout)
 
 
 def drain_notifications(base_url: str, admin_token: str, limit: int = 100, *,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kiosk import metrics
 from kiosk.errors import InputError, KioskError
+from kiosk.security.keystore import operator_token
 from kiosk.services.envelope import MAX_BODY
 from kiosk.services.gateway import Gateway
 from kiosk.services.protocol import (
@@ -68,17 +68,7 @@ MAX_ADMIN_BODY = 16 * 1024
 
 def admin_token(data_dir: Path) -> str:
     """The operator's token for /admin routes: KIOSK_SERVICES_ADMIN_TOKEN, else a 0600 file made once."""
-    env = os.environ.get("KIOSK_SERVICES_ADMIN_TOKEN")
-    if env:
-        return env
-    p = Path(data_dir) / "services" / "admin.token"
-    if not p.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) if not p.exists() else None
-        if fd is not None:
-            os.write(fd, secrets.token_urlsafe(24).encode())
-            os.close(fd)
-    return p.read_text().strip()
+    return operator_token(Path(data_dir) / "services" / "admin.token", "KIOSK_SERVICES_ADMIN_TOKEN")
 
 
 def admin_refusal(given: str, token: str, now: Any) -> JSONResponse | None:

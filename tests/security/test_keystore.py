@@ -142,3 +142,15 @@ def test_bad_locations_and_key_ids_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "outside.json").write_text("{}")
     with pytest.raises(InputError, match="malformed key version"):
         KeyStore.open(tmp_path / "k").signing_key()
+
+
+def test_operator_token_is_made_once_owner_only_and_env_overrides(tmp_path, monkeypatch):
+    from kiosk.security.keystore import operator_token
+
+    monkeypatch.delenv("KIOSK_TEST_OPERATOR_TOKEN", raising=False)
+    p = tmp_path / "svc" / "admin.token"
+    first = operator_token(p, "KIOSK_TEST_OPERATOR_TOKEN")
+    assert len(first) >= 24 and operator_token(p, "KIOSK_TEST_OPERATOR_TOKEN") == first  # a restart keeps it
+    assert (p.stat().st_mode & 0o777) == 0o600
+    monkeypatch.setenv("KIOSK_TEST_OPERATOR_TOKEN", "from-the-environment")
+    assert operator_token(p, "KIOSK_TEST_OPERATOR_TOKEN") == "from-the-environment"
