@@ -747,3 +747,26 @@ def test_every_money_or_line_act_refuses_a_replayed_moved_or_expired_authorisati
     assert first.ok or (purpose == "apply" and first.err_code == "ineligible_age"), first
     if first.ok:
         assert act(w.bank, good, "k2").err_code == "pay_auth_used"
+
+
+@pytest.mark.parametrize("act, body", [
+    ("apply", {"holder": "P37020200000001", "birth_date": "1980-01-01", "insured_years": 10, "key": "k-a"}),
+    ("bind", {"holder": "P37020200000001", "member": "P37020200000002", "relation": "spouse", "consent": True,
+              "monthly_cap": None, "key": "k-b"}),
+    ("unbind", {"holder": "P37020200000001", "member": "P37020200000002", "key": "k-u"}),
+    ("line", {"payer": "P37020200000001"}),
+    ("repay", {"holder": "P37020200000001", "amount": "1.00", "key": "k-r"}),
+    ("statement", {"holder": "P37020200000001"}),
+])
+def test_every_operator_route_of_the_bank_refuses_a_terminal_without_the_operator_token(
+        world: World, act: str, body: dict[str, Any]) -> None:
+    """A terminal (or anyone) without the operator token gets one identical refusal from each /admin act,
+    whatever the body says, and nothing of the line."""
+    w = world
+    answers = []
+    for token in ("", "not-the-operator", w.admin_token[:-1]):
+        r = w.bank.http.post(f"/admin/{act}", json=body, headers={"x-admin-token": token} if token else {})
+        answers.append((r.status_code, {k: v for k, v in r.json().items() if k in ("infcode", "err_code", "err_msg")}))
+    assert len(set(map(str, answers))) == 1, answers
+    assert answers[0][0] == 401 and answers[0][1]["infcode"] == InfCode.UNKNOWN_TERMINAL
+    assert "P37020200000001" not in str(answers)
