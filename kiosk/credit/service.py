@@ -494,7 +494,11 @@ class CreditService:
             req["mandate"] = [mandate.mandate_id, mandate.visit]
 
         def work(tx: Transaction, day: date) -> Result:
-            ln = self._resolve_payer(tx, payer, holder)
+            line_of = holder
+            if mandate is not None and holder is None:  # the line the mandate names (checked again below, locked)
+                line_of = tx.scalar("SELECT family_holder FROM credit_mandates WHERE mandate_id = ? AND payer = ? "
+                                    "AND lines = 'family'", (mandate.mandate_id, payer))
+            ln = self._resolve_payer(tx, payer, line_of)
             if ln is None:
                 return Result(rules.NOT_BOUND if holder is None else rules.NO_LINE)
             self._accrue(tx, ln, day)

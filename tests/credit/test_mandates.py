@@ -145,7 +145,12 @@ def test_a_draw_under_a_mandate_checks_who_where_which_line_and_until(db: Databa
     clock.set(datetime(2026, 3, 11, 8, 0, tzinfo=SHANGHAI))  # past P's until (the 10th)
     assert draw("P", mp) == rules.MANDATE_EXPIRED
     assert draw("M", mh) == rules.OK
-    # a member's own line opened later does not become payable under a mandate naming the family line
+    # a line of the member's own, opened later, is not what a mandate naming the family line pays from:
+    # the family line still pays (the mandate names it), never the other
+    assert svc.open("open-m", "M", date(1990, 1, 1), 6).ok
+    assert draw("M", mh) == rules.OK
+    assert svc.state("M").principal_outstanding == 0
+    assert draw("M", mh, holder="M") == rules.LINE_NOT_ALLOWED
     assert svc.unbind("unbind-m", "H", "M").ok
     assert draw("M", mh) == rules.NOT_BOUND
     assert svc.check().ok
