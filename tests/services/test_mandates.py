@@ -569,6 +569,30 @@ def test_notify_only_for_the_institutions_own_settlement_of_that_person(world: W
     assert notices_of(w.c.db, q.psn_no) == []
 
 
+def test_notices_command_prints_the_inbox(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from kiosk.cli import main
+
+    c = make_centre(f"sqlite:///{tmp_path}/svc-centre.db", tmp_path, people=8)  # `--db .../svc.db` names it
+    try:
+        p = c.people[0]
+        v = c.client.open_visit(p.psn_no, c.activate(p), p.insutype)
+        assert v.ok
+        assert c.client.notify({"notice_id": "N1", "psn_no": p.psn_no, "mdtrt_id": v.output["mdtrt_id"],
+                                "kind": "visit_summary", "medfee_sumamt": "12.00", "psn_cash_pay": "12.00",
+                                "text": "1 charge, 12.00"}).ok
+    finally:
+        c.http.close()
+        c.db.close()
+    assert main(["services", "notices", "--psn-no", p.psn_no, "--db", f"sqlite:///{tmp_path}/svc.db",
+                 "--data-dir", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(n["notice_id"], n["kind"], n["psn_cash_pay"], n["fixmedins_code"]) for n in out["notices"]] == [
+        ("N1", "visit_summary", "12.00", INSTITUTION)]
+    assert main(["services", "notices", "--psn-no", p.psn_no, "--db", f"sqlite:///{tmp_path}/none.db"]) == 2
+
+
 # ---- the clock moves on: these run last in the module -----------------------------------------------------
 def test_zz_visit_token_after_the_day_ends_and_mandate_after_until(world: World) -> None:
     w = world
