@@ -200,6 +200,12 @@ def test_mandate_visit_and_three_charges_without_the_patient(world: World) -> No
     assert w.bank_db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM bank_pay_auths WHERE ref = ?",
                                                (f"{s.output['setlinfo']['setl_id']}/{v['mdtrt_id']}",))) == 0
     assert w.c.client.reverse(s.output["setlinfo"]["setl_id"], p.psn_no).ok
+    # the day-end: the bank's clearing statement has the three draws, marked with mandate and visit
+    day = w.c.clock.now().astimezone(SHANGHAI).date().isoformat()
+    cl = w.bank.call("credit.clearing", {"day": day})
+    mine = [e for e in cl.output["entries"] if e.get("visit") == v["mdtrt_id"]]
+    assert [(e["kind"], e["amount"], e["mandate_id"]) for e in mine] == [
+        ("draw", a, m["mandate_id"]) for a in ("120.00", "80.00", "150.00")]
     _books(w)
 
 
