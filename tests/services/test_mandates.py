@@ -209,6 +209,46 @@ def test_mandate_visit_and_three_charges_without_the_patient(world: World) -> No
     _books(w)
 
 
+def test_concurrent_charges_from_two_departments_over_http_never_pass_the_cap(world: World) -> None:
+    """Eight charges of one visit settled, then drawn at once (threads through the bank's HTTP front):
+    300.00 per visit lets exactly three of 100.00 through; the others spend nothing."""
+    import threading
+
+    w = world
+    p = _person(w)
+    m = _give(w, p, visit=30_000, day=100_000)
+    v = _visit(w, p)
+    settled = [_settle(w, p, v, "100.00") for _ in range(8)]
+    assert all(s.ok for s in settled)
+    out: list[Answer] = []
+    lock = threading.Lock()
+    go = threading.Barrier(len(settled))
+
+    def draw(s: Answer) -> None:
+        setl = s.output["setlinfo"]
+        go.wait(timeout=30)
+        a = w.bank.draw(p.psn_no, "100.00", setl["setl_id"], "k" + setl["setl_id"], pay_auth=s.output["pay_auth"],
+                        mandate_id=m["mandate_id"], visit=v["mdtrt_id"])
+        with lock:
+            out.append(a)
+
+    threads = [threading.Thread(target=draw, args=(s,)) for s in settled]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(a.err_code or "ok" for a in out) == ["mandate_cap_visit"] * 5 + ["ok"] * 3
+    drawn = [s for s in settled if _drawn(w, s.output["setlinfo"]["setl_id"]) is not None]
+    assert len(drawn) == 3
+    used = w.bank_db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM bank_pay_auths WHERE psn_no = ? AND "
+                                               "purpose = 'senseless'", (p.psn_no,)))
+    assert used == 3
+    for s in settled:
+        if s not in drawn:  # the terminal reverses what was not drawn (a counter payment takes it over)
+            assert w.c.client.reverse(s.output["setlinfo"]["setl_id"], p.psn_no).ok
+    _books(w)
+
+
 def test_mandate_revocation_mid_visit_stops_the_next_charge(world: World) -> None:
     w = world
     p = _person(w)
