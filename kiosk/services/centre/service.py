@@ -215,6 +215,27 @@ class CentreService:
                           code="visit_closed", field=field)
         return mdtrt_id
 
+    def _settle_proof(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, commit: bool) -> str | None:
+        """Who proved the patient for a settlement: this terminal's ecToken (None), or the visit_token of the
+        patient's open visit here (its mdtrt_id: a charge of the visit without the patient, 2206/2207 only)."""
+        if head.mdtrt_cert_type != "01":
+            return None
+        if head.mdtrt_cert_no.startswith("VT."):
+            return self._visit_of(ctx, tx, head, lock=commit)
+        who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
+        if who != head.psn_no:
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
+                          field="input.mdtrt_cert_no")
+        return None
+
+    def _cash_auth(self, ctx: Ctx, tx: Transaction, setl_id: str, psn_no: str, cash: int, visit: str | None) -> str:
+        """The cash share's pay_auth: `draw` when the face proved the payer now; `senseless` (ref =
+        setl_id/mdtrt_id) for a charge of an open visit, which the bank draws only under the payer's mandate."""
+        if visit is None:
+            return self._pay_auth(ctx, tx, "PD" + setl_id, psn_no, setl_id, cash, "draw")[0]
+        return self._pay_auth(ctx, tx, VISIT_AUTH_PREFIX + setl_id, psn_no, payauth.senseless_ref(setl_id, visit),
+                              cash, "senseless")[0]
+
     # ---- pay_auth: the signed word the bank charges a line on (kiosk.services.payauth) ---------------
     def _pay_auth(self, ctx: Ctx, tx: Transaction, auth_id: str, psn_no: str, ref: str, amount: int,
                   purpose: str, *, app_id: str | None = None, record: bool = True) -> tuple[str, int]:
@@ -625,27 +646,6 @@ class CentreService:
         if commit and s.psn_cash_pay > 0 and head.mdtrt_cert_type == "01":
             out["pay_auth"] = self._cash_auth(ctx, tx, setl_id, p.psn_no, s.psn_cash_pay, visit)
         return out
-
-    def _settle_proof(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, commit: bool) -> str | None:
-        """Who proved the patient for a settlement: this terminal's ecToken (None), or the visit_token of the
-        patient's open visit here (its mdtrt_id: a charge of the visit without the patient, 2206/2207 only)."""
-        if head.mdtrt_cert_type != "01":
-            return None
-        if head.mdtrt_cert_no.startswith("VT."):
-            return self._visit_of(ctx, tx, head, lock=commit)
-        who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
-        if who != head.psn_no:
-            raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
-                          field="input.mdtrt_cert_no")
-        return None
-
-    def _cash_auth(self, ctx: Ctx, tx: Transaction, setl_id: str, psn_no: str, cash: int, visit: str | None) -> str:
-        """The cash share's pay_auth: `draw` when the face proved the payer now; `senseless` (ref =
-        setl_id/mdtrt_id) for a charge of an open visit, which the bank draws only under the payer's mandate."""
-        if visit is None:
-            return self._pay_auth(ctx, tx, "PD" + setl_id, psn_no, setl_id, cash, "draw")[0]
-        return self._pay_auth(ctx, tx, VISIT_AUTH_PREFIX + setl_id, psn_no, payauth.senseless_ref(setl_id, visit),
-                              cash, "senseless")[0]
 
     def _commit(self, ctx: Ctx, tx: Transaction, s: Settlement, setl_id: str, p: Person, profile: Profile,
                 year: int, head: m._SettleHead, mulaid_psn: str | None, ytd_exists: bool) -> None:
