@@ -457,6 +457,16 @@ def test_another_institution_cannot_use_revoke_or_read_a_mandate(world: World) -
     assert w.bank.mandate_get(m["mandate_id"]).output["used_today"] == "0.00"
 
 
+def test_malformed_mandate_fields_are_refused_at_the_door(world: World) -> None:
+    w = world
+    for bad in ("xM" + "0" * 20, "M" + "0" * 20 + "0", "M" + "G" * 20, ""):
+        a = w.bank.mandate_get(bad) if bad else w.bank.call("credit.mandate_get", {})
+        assert a.infcode == InfCode.INVALID_INPUT and a.err_msg.startswith("input.mandate_id"), (bad, a)
+    half = w.bank.call("credit.draw", {"payer": "P1", "amount": "1.00", "ref": "S1", "key": "k", "pay_auth": "PA1.x.y",
+                                       "mandate_id": "M" + "0" * 20})
+    assert half.infcode == InfCode.INVALID_INPUT  # a mandate without the visit (or a visit without one)
+
+
 def test_senseless_draw_needs_the_payers_own_mandate(world: World) -> None:
     w = world
     p, q = _person(w), _person(w)

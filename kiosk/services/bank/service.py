@@ -174,7 +174,7 @@ class Draw(_In):
     pay_auth: str = Field(min_length=1, max_length=payauth.MAX_LEN,
                           description="the insurance centre's signed authorisation of this payment (2207/2102 "
                                       "answer for a draw, ec.payauth for a hold)")
-    mandate_id: str | None = Field(default=None, pattern=payauth.MANDATE_ID.pattern,
+    mandate_id: str | None = Field(default=None, pattern=f"^{payauth.MANDATE_ID.pattern}$",
                                    description="senseless draw (pay_auth purpose senseless): the payer's mandate")
     visit: str | None = Field(default=None, min_length=1, max_length=30,
                               description="senseless draw: the visit (mdtrt_id); the pay_auth's ref is ref/visit")
@@ -188,7 +188,7 @@ class Draw(_In):
         return self
 
 
-_MANDATE_ID = Field(pattern=payauth.MANDATE_ID.pattern, description="the bank's mandate id (M + 20 hex digits)")
+_MANDATE_ID = Field(pattern=f"^{payauth.MANDATE_ID.pattern}$", description="the bank's mandate id (M + 20 hex digits)")
 
 
 class Mandate(_In):
