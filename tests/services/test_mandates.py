@@ -315,7 +315,9 @@ def test_statement_lists_mandates_and_marks_senseless_draws_and_notices_go_to_pa
     assert b["infcode"] == 0, b
     _drain(w)  # what earlier tests queued
     m = _give(w, member, lines_="family")
-    assert m["holders"] == {"own": None, "family": holder.psn_no}
+    # the terminal learns of the family line only its holder's last 4 (as credit.line gives them)
+    assert m["holders"] == {"own": None, "family": holder.psn_no[-4:]}
+    assert w.bank.mandate_get(m["mandate_id"]).output["holders"]["family"] == holder.psn_no[-4:]
     v = _visit(w, member)
     s, d = _charge(w, member, v, m, "66.00")
     assert d.ok, d

@@ -323,6 +323,15 @@ _MESSAGES = {
 }
 
 
+def _for_terminal(r: Result) -> Result:
+    """A terminal learns of a family line only its holder's last 4 characters (as `credit.line` gives it):
+    the holder's number is the bank's and the holder's business (the operator and the statement show it)."""
+    holders = r.detail.get("holders") if r.ok else None
+    if not holders or not holders.get("family"):
+        return r
+    return Result(r.code, {**r.detail, "holders": {**holders, "family": str(holders["family"])[-4:]}})
+
+
 class BankService:
     def __init__(self, db: Database, clock: Clock,
                  centre_key: Callable[[], Sm2PublicKey | None] | None = None) -> None:
@@ -634,7 +643,7 @@ class BankService:
         r = self._guard(self.credit.mandate, key, d.payer, self._owner(ctx), terms.visit, terms.day, terms.until,
                         terms.lines, a.id)
         self._release(tx, r, auth_new, auth_id)
-        return _answer(r)
+        return _answer(_for_terminal(r))
 
     def mandate_revoke(self, ctx: Ctx, tx: Transaction, d: MandateRevoke) -> dict[str, Any] | Refusal:
         """A terminal of the mandate's institution (it may always give up its own authority), or any terminal
@@ -662,8 +671,8 @@ class BankService:
 
     def mandate_get(self, ctx: Ctx, tx: Transaction, d: MandateGet) -> dict[str, Any] | Refusal:
         """The institution's own mandate: state, caps, used today (and on the visit named)."""
-        return _answer(self.credit.mandate_get(d.mandate_id, institution=ctx.terminal.fixmedins_code,
-                                               visit=d.visit))
+        return _answer(_for_terminal(self.credit.mandate_get(d.mandate_id, institution=ctx.terminal.fixmedins_code,
+                                                             visit=d.visit)))
 
     def clearing(self, ctx: Ctx, tx: Transaction, d: Clearing) -> dict[str, Any]:
         """credit.clearing: the caller's institution's statement for the day; another institution's is
