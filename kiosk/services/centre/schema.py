@@ -147,4 +147,23 @@ MIGRATIONS = [
             locked_until TEXT,
             PRIMARY KEY (fixmedins_code, certno_key))""",
     ]),
+    Migration("centre.005_returns", [
+        # the lines each settlement was made of: a return's re-settlement may only settle a part of them
+        """CREATE TABLE centre_settlement_lines (
+            setl_id TEXT NOT NULL,
+            line_no INTEGER NOT NULL,
+            code TEXT NOT NULL,
+            pric TEXT NOT NULL,
+            cnt TEXT NOT NULL,
+            PRIMARY KEY (setl_id, line_no))""",
+        # one re-settlement per returned original (claimed by the re-settling msgid, in its transaction);
+        # by_face 0: made on the original's authority alone (no ecToken), so itself never an authority
+        """CREATE TABLE centre_resettlements (
+            orig_setl_id TEXT PRIMARY KEY,
+            msgid TEXT NOT NULL UNIQUE,
+            psn_no TEXT NOT NULL,
+            fixmedins_code TEXT NOT NULL,
+            by_face INTEGER NOT NULL,
+            created_at TEXT NOT NULL)""",
+    ]),
 ]
