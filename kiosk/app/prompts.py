@@ -158,6 +158,15 @@ RETURN_REASONS: dict[str, Prompt] = {
                         "Return complete, but the printer is out of paper. Please ask staff for your receipt."),
     "printer_offline": Prompt("退货完成，但凭条未能打印；请向工作人员索取退货凭条",
                               "Return complete, but the receipt did not print. Please ask staff for your receipt."),
+    # the credit line's refusals: a return draws only after the patient confirmed (then the terminal, not the
+    # session, answers); should one reach the screen it says nothing about paying
+    "insufficient_credit": Prompt("信用额度不能承担退货后的自付部分，请到收银台处理",
+                                  "The credit line cannot carry your share after the return. Please see the cashier."),
+    "credit_not_eligible": Prompt("信用额度暂不可用，请到收银台处理", "The credit line is not available. Please see the cashier."),
+    "credit_overdue": Prompt("信用额度已逾期，请到收银台处理", "The credit line is overdue. Please see the cashier."),
+    "family_cap_exceeded": Prompt("亲情额度本月已用完，请到收银台处理", "The family line's monthly cap is used up. Please see the cashier."),
+    "bank_unavailable": Prompt("暂时无法连接银行，退货未办理；请稍后重试或到人工窗口",
+                               "The bank cannot be reached; nothing was changed. Please retry later or ask staff."),
     "cancelled_by_patient": Prompt("您已取消退货，未作任何更改", "You cancelled the return. Nothing was changed."),
     "cancelled_by_cashier": Prompt("收银员已取消退货，未作任何更改", "The cashier cancelled the return. Nothing was changed."),
     "timeout": Prompt("操作超时，退货未办理；如需继续请让收银员重新发起",
