@@ -166,4 +166,10 @@ MIGRATIONS = [
             by_face INTEGER NOT NULL,
             created_at TEXT NOT NULL)""",
     ]),
+    Migration("centre.006_dayend_index", [
+        # 3201/3202 (kiosk.services.centre.dayend.day_rows): an institution's settlements made, or reversed,
+        # in a window of days; one index per side of the OR
+        "CREATE INDEX centre_settlements_inst_made ON centre_settlements (fixmedins_code, created_at)",
+        "CREATE INDEX centre_settlements_inst_reversed ON centre_settlements (fixmedins_code, reversed_at)",
+    ]),
 ]
