@@ -14,16 +14,23 @@ from kiosk.services.centre.check import check_centre
 from kiosk.services.client import CentreClient, ServiceIdentity
 from kiosk.services.protocol import Answer, InfCode
 
-from .conftest import Centre, head, lines, make_centre
+from .conftest import Centre, fresh_pg, head, lines, make_centre, pg_url
 
 OTHER = "H37020200001"  # another institution of the same area
 BOUGHT = (("XA01", "12.50", "2"), ("XC02", "30.00", "1"), ("XC01", "8.80", "3"))
 KEPT = (("XA01", "12.50", "1"), ("XC02", "30.00", "1"))  # one box of XA01 and all of XC01 go back
 
 
-@pytest.fixture()
-def c(tmp_path: Path) -> Iterator[Centre]:
-    c = make_centre(f"sqlite:///{tmp_path}/centre.db", tmp_path, people=8)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Centre]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/centre.db"
+    else:
+        pg = pg_url()
+        if pg is None:
+            pytest.skip("KIOSK_TEST_PG_URL not set (scripts/test provides it; required under CI)")
+        url = fresh_pg(pg)
+    c = make_centre(url, tmp_path, people=8)
     yield c
     c.http.close()
     c.db.close()
