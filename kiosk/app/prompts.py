@@ -171,8 +171,10 @@ RETURN_REASONS: dict[str, Prompt] = {
     "cancelled_by_cashier": Prompt("收银员已取消退货，未作任何更改", "The cashier cancelled the return. Nothing was changed."),
     "timeout": Prompt("操作超时，退货未办理；如需继续请让收银员重新发起",
                       "Timed out; nothing was changed. Ask the cashier to start the return again if you wish."),
-    "interrupted": Prompt("退货未能在此完成，结果将自动处理；请向收银员确认",
-                          "The return did not finish here; it is being resolved. Please check with the cashier."),
+    # after the confirm key: pending at a party (completes by itself), refused (nothing changed, or an
+    # operator's case): the cashier's POS shows which
+    "interrupted": Prompt("退货未能在此完成，请向收银员确认结果",
+                          "The return did not finish here. Please check the result with the cashier."),
 }
 
 

@@ -121,8 +121,8 @@ RETURN_REASONS: dict[str, Text] = {
     "cancelled_by_cashier": Text(zh="收银员已取消退货，没有任何更改，有疑问请咨询收银员",
                                  en="The cashier cancelled the return. Nothing was changed. Please ask the cashier if in doubt"),
     "internal_error": Text(zh="系统故障，退货没有办理，请联系收银员", en="System fault; nothing was changed. Please ask the cashier"),
-    "interrupted": Text(zh="退货没有在这里完成，结果会自动处理，请向收银员确认",
-                        en="The return did not finish here; it is being resolved. Please check with the cashier"),
+    "interrupted": Text(zh="退货没有在这里完成，请向收银员确认结果",
+                        en="The return did not finish here. Please check the result with the cashier"),
 }
 
 # labels used by the page (so translations live in one place, served as JSON)
