@@ -66,6 +66,13 @@ MIGRATIONS = [
         "CREATE INDEX IF NOT EXISTS app_refunds_status ON app_refunds (status)",
         "CREATE INDEX IF NOT EXISTS app_refunds_order ON app_refunds (system, order_id)",
     ]),
+    # the day-end (kiosk.app.reconcile): the orders whose money moved in a window of days, by the journal's
+    # money steps and their time (an order of an earlier day recovered today is today's), and the refunds
+    # of those days
+    Migration("app.004_dayend_lookups", [
+        "CREATE INDEX IF NOT EXISTS app_journal_step_at ON app_journal (step, at)",
+        "CREATE INDEX IF NOT EXISTS app_refunds_day ON app_refunds (day)",
+    ]),
 ]
 REFUND_STALE_S = 60  # a 'running' refund attempt older than this was cut off (crash): a retry resumes it
 

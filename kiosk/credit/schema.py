@@ -105,6 +105,11 @@ MIGRATIONS = [
         "ALTER TABLE credit_holds ADD COLUMN fixmedins_code TEXT",
         "ALTER TABLE credit_holds ADD COLUMN app_id TEXT",
     ]),
+    Migration("credit.004_clearing_by_day", [
+        # the bank's clearing statement (kiosk.services.bank.clearing): the day's entries, then per entry its
+        # postings (credit_postings_entry) and draw (primary key), kept to the institution's
+        "CREATE INDEX credit_entries_day ON credit_entries (day, id)",
+    ]),
 ]
 
 # senseless outpatient payment (issue 17): appended after the list, after whatever the list holds

@@ -38,15 +38,19 @@ class Clearing(BaseModel):
         return v
 
 
+# the day's entries (index credit_entries_day, credit.004), their postings (credit_postings_entry) and draws
+# (primary key), kept to the institution's
+CLEARING_SQL = (
+    "SELECT e.id, e.kind, e.created_at, p.amount, d.ref, d.payer, d.from_hold, d.app_id "
+    "FROM credit_entries e JOIN credit_postings p ON p.entry_id = e.id "
+    "JOIN credit_draws d ON d.id = p.draw_id "
+    "WHERE e.day = ? AND p.account = ? AND d.fixmedins_code = ? ORDER BY e.id")
+
+
 def statement(tx: Transaction, institution: str, day: str, *, readable: bool = True) -> dict[str, Any]:
     """The clearing statement of `institution` for `day`; not `readable` (a caller asking for another
     institution's): the answer an institution with no credit payments that day gets, read from nothing."""
-    rows = [] if not readable else tx.fetch_all(
-        "SELECT e.id, e.kind, e.created_at, p.amount, d.ref, d.payer, d.from_hold, d.app_id "
-        "FROM credit_entries e JOIN credit_postings p ON p.entry_id = e.id "
-        "JOIN credit_draws d ON d.id = p.draw_id "
-        "WHERE e.day = ? AND p.account = ? AND d.fixmedins_code = ? ORDER BY e.id",
-        (day, MERCHANT, institution))
+    rows = [] if not readable else tx.fetch_all(CLEARING_SQL, (day, MERCHANT, institution))
     sums = {"draw": [0, 0], "capture": [0, 0], "refund": [0, 0]}
     entries = []
     marks = _senseless(tx, institution, day) if rows else {}

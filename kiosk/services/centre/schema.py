@@ -147,6 +147,31 @@ MIGRATIONS = [
             locked_until TEXT,
             PRIMARY KEY (fixmedins_code, certno_key))""",
     ]),
+    Migration("centre.005_returns", [
+        # the lines each settlement was made of: a return's re-settlement may only settle a part of them
+        """CREATE TABLE centre_settlement_lines (
+            setl_id TEXT NOT NULL,
+            line_no INTEGER NOT NULL,
+            code TEXT NOT NULL,
+            pric TEXT NOT NULL,
+            cnt TEXT NOT NULL,
+            PRIMARY KEY (setl_id, line_no))""",
+        # one re-settlement per returned original (claimed by the re-settling msgid, in its transaction);
+        # by_face 0: made on the original's authority alone (no ecToken), so itself never an authority
+        """CREATE TABLE centre_resettlements (
+            orig_setl_id TEXT PRIMARY KEY,
+            msgid TEXT NOT NULL UNIQUE,
+            psn_no TEXT NOT NULL,
+            fixmedins_code TEXT NOT NULL,
+            by_face INTEGER NOT NULL,
+            created_at TEXT NOT NULL)""",
+    ]),
+    Migration("centre.006_dayend_index", [
+        # 3201/3202 (kiosk.services.centre.dayend.day_rows): an institution's settlements made, or reversed,
+        # in a window of days; one index per side of the OR
+        "CREATE INDEX centre_settlements_inst_made ON centre_settlements (fixmedins_code, created_at)",
+        "CREATE INDEX centre_settlements_inst_reversed ON centre_settlements (fixmedins_code, reversed_at)",
+    ]),
 ]
 
 # senseless outpatient payment (issue 17): appended after the list, after whatever the list holds
