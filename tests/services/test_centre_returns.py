@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import pytest
 
 from kiosk.security.sm import Sm2PrivateKey
+from kiosk.services import payauth, seed
 from kiosk.services.centre.check import check_centre
 from kiosk.services.client import CentreClient, ServiceIdentity
 from kiosk.services.protocol import Answer, InfCode
@@ -30,7 +31,7 @@ def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Centre]:
         if pg is None:
             pytest.skip("KIOSK_TEST_PG_URL not set (scripts/test provides it; required under CI)")
         url = fresh_pg(pg)
-    c = make_centre(url, tmp_path, people=8)
+    c = make_centre(url, tmp_path, people=12)
     yield c
     c.http.close()
     c.db.close()
@@ -148,3 +149,140 @@ def test_the_return_window_closes(c: Centre) -> None:
     c.clock.advance(days=31)
     late = _resettle(c.client, p, orig)
     assert (late.infcode, late.err_code) == (InfCode.BUSINESS_REFUSED, "return_window_closed"), late
+
+
+def _purpose(c: Centre, a: Answer) -> str:
+    return payauth.verify(a.output["pay_auth"], c.service.keys.sm2.public_key()).purpose
+
+
+def _settled(c: Centre, p: Any) -> int:
+    return c.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM centre_settlements WHERE psn_no = ? AND "
+                                          "state = 'settled'", (p.psn_no,)))
+
+
+def test_a_line_split_into_smaller_lines_does_not_round_up_to_more_than_was_paid(c: Centre) -> None:
+    """10 x 0.0150 is 0.15 as one line; as ten lines of one it would be ten roundings up, 0.20."""
+    p = c.people[5]
+    token = c.activate(p)
+    medfee, detail = lines(("XA01", "0.0150", "10"))
+    a = c.client.settle(head(p, token, medfee, acct_used_flag="0"), detail)
+    assert a.ok, a
+    orig = a.output["setlinfo"]["setl_id"]
+    assert c.client.reverse(orig, p.psn_no).ok
+    for spec in ((("XA01", "0.0150", "1"),) * 10, (("XA01", "0.0150", "5"),) * 2):
+        split = _resettle(c.client, p, orig, spec)
+        assert (split.infcode, split.err_code) == (InfCode.BUSINESS_REFUSED, "more_than_original"), split
+        assert "det_item_fee_sumamt" in split.err_msg
+    assert _settled(c, p) == 0
+    kept = _resettle(c.client, p, orig, (("XA01", "0.0150", "5"),))  # one line of 5: 0.08, a part of 0.15
+    assert kept.ok and kept.output["setlinfo"]["medfee_sumamt"] == "0.08", kept
+
+
+def test_a_return_keeps_the_originals_med_type(tmp_path: Path, c: Centre) -> None:
+    """A general outpatient purchase is not re-settled as chronic care (a better fund share), face or not."""
+    seed.seed_region(c.db, c.service.keys, 8, "370602")
+    p = next(x for x in seed.synthetic_people(8, "370602") if x.conditions)
+    token = c.activate(p)
+    medfee, detail = lines(("XA01", "12.50", "4"))
+    a = c.client.settle(head(p, token, medfee, acct_used_flag="0", med_type="11"), detail)
+    assert a.ok, a
+    orig = a.output["setlinfo"]["setl_id"]
+    assert c.client.reverse(orig, p.psn_no).ok
+    kept_fee, kept = lines(("XA01", "12.50", "2"))
+    for cert in (orig, c.activate(p)):
+        for call in (c.client.presettle, c.client.settle):
+            chronic = call(head(p, cert, kept_fee, acct_used_flag="0", med_type="14", orig_setl_id=orig), kept)
+            assert (chronic.infcode, chronic.err_code) == (InfCode.BUSINESS_REFUSED, "not_as_original"), chronic
+    assert _settled(c, p) == 0
+    same = c.client.settle(head(p, orig, kept_fee, acct_used_flag="0", med_type="11", orig_setl_id=orig), kept)
+    assert same.ok, same
+
+
+def test_without_the_face_a_return_never_starts_spending_a_relatives_account(c: Centre) -> None:
+    p, spouse = c.people[6], c.people[7]  # spouses in the seed
+    orig, _token = _paid(c, p)  # own account and cash, no relative's account
+    token = c.activate(p)
+    assert c.client.mulaid_authorise(p.psn_no, spouse.psn_no, spouse.certno, "spouse", ec_token=token).ok
+    assert c.client.reverse(orig, p.psn_no).ok
+    before = c.db.read(lambda tx: tx.scalar("SELECT balc FROM centre_persons WHERE psn_no = ?", (spouse.psn_no,)))
+    medfee, detail = lines(*KEPT)
+    for call in (c.client.presettle, c.client.settle):
+        a = call(head(p, orig, medfee, acct_used_flag="0", acct_mulaid_flag="1", orig_setl_id=orig), detail)
+        # NO_AUTHORISATION: the terminal settles the own account only, as when no relative authorised
+        assert (a.infcode, a.ok) == (InfCode.NO_AUTHORISATION, False), a
+    assert _settled(c, p) == 0
+    own = _resettle(c.client, p, orig)
+    assert own.ok and own.output["setlinfo"]["acct_mulaid_pay"] == "0.00", own
+    after = c.db.read(lambda tx: tx.scalar("SELECT balc FROM centre_persons WHERE psn_no = ?", (spouse.psn_no,)))
+    assert after == before
+
+
+def test_a_senseless_charges_return_is_never_a_counter_draw_without_the_face(c: Centre) -> None:
+    """A visit's charge was drawn under the patient's mandate (pay_auth `senseless`, the visit's caps): its
+    re-settlement on its own authority stays senseless, for no more than its cash share; a counter `draw`
+    authorisation needs the patient's face."""
+    p = c.people[8]
+    v = c.client.open_visit(p.psn_no, c.activate(p), p.insutype)
+    assert v.ok, v
+    medfee, detail = lines(*BOUGHT)
+    a = c.client.settle(head(p, v.output["visit_token"], medfee, acct_used_flag="0",
+                             mdtrt_id=v.output["mdtrt_id"]), detail)
+    assert a.ok and _purpose(c, a) == "senseless", a
+    orig = a.output["setlinfo"]["setl_id"]
+    assert c.client.reverse(orig, p.psn_no).ok
+    new = _resettle(c.client, p, orig)
+    assert new.ok, new
+    claims = payauth.verify(new.output["pay_auth"], c.service.keys.sm2.public_key())
+    new_id = new.output["setlinfo"]["setl_id"]
+    assert (claims.purpose, claims.ref) == ("senseless", payauth.senseless_ref(new_id, v.output["mdtrt_id"]))
+    # with the patient's face at the counter it is what any face-proved settlement is: a counter draw
+    q = c.people[9]
+    vq = c.client.open_visit(q.psn_no, c.activate(q), q.insutype)
+    b = c.client.settle(head(q, vq.output["visit_token"], medfee, acct_used_flag="0",
+                             mdtrt_id=vq.output["mdtrt_id"]), detail)
+    assert b.ok, b
+    assert c.client.reverse(b.output["setlinfo"]["setl_id"], q.psn_no).ok
+    by_face = _resettle(c.client, q, b.output["setlinfo"]["setl_id"], cert=c.activate(q))
+    assert by_face.ok and _purpose(c, by_face) == "draw", by_face
+
+
+def test_without_the_face_no_cash_authorisation_above_the_originals(c: Centre) -> None:
+    """The original paid from the account; its part re-settled without the account would put more on cash
+    than the patient authorised: settled (the return goes forward), but no pay_auth for the excess."""
+    p = c.people[10]  # 1,411.30 on the account
+    token = c.activate(p)
+    medfee, detail = lines(*BOUGHT)
+    a = c.client.settle(head(p, token, medfee, acct_used_flag="1"), detail)
+    assert a.ok and a.output["setlinfo"]["psn_cash_pay"] == "0.00" and "pay_auth" not in a.output, a
+    orig = a.output["setlinfo"]["setl_id"]
+    assert c.client.reverse(orig, p.psn_no).ok
+    new = _resettle(c.client, p, orig)  # acct_used_flag 0: all 42.50 on cash
+    assert new.ok and new.output["setlinfo"]["psn_cash_pay"] == "42.50", new
+    assert "pay_auth" not in new.output
+
+
+def test_two_messages_racing_to_resettle_one_original_settle_it_once(c: Centre) -> None:
+    """Two counters (two msgids) at once: one re-settlement, the other `already_resettled`, nothing else."""
+    import threading
+
+    p = c.people[11]
+    orig, _token = _paid(c, p)
+    assert c.client.reverse(orig, p.psn_no).ok
+    out: list[Answer] = []
+    lock = threading.Lock()
+    go = threading.Barrier(4)
+
+    def run() -> None:
+        go.wait(timeout=30)
+        a = _resettle(c.client, p, orig)
+        with lock:
+            out.append(a)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(a.err_code or "ok" for a in out) == ["already_resettled"] * 3 + ["ok"], out
+    assert _settled(c, p) == 1
+    assert check_centre(c.db)["balanced"]

@@ -83,6 +83,17 @@ class Person:
     locked_until: str | None
 
 
+@dataclass(frozen=True)
+class _Original:
+    """What a return's re-settlement keeps of the settlement returned (CentreService._return_authority)."""
+
+    by_face: bool           # an ecToken proves the patient now (else the original alone is the authority)
+    profile: str            # the policy profile it was settled under (its med_type)
+    mulaid_psn: str | None  # the relative whose account it used
+    cash: int               # its cash share (fen): what the patient authorised to be drawn
+    visit: str | None       # a charge of a visit (its cash authorised `senseless`): that mdtrt_id
+
+
 _PERSON_COLS = ("psn_no, psn_name, certno, gend, brdy, insutype, psn_type, admdvs, insu_date, phone_last4, "
                 "conditions, balc, template_seal, activated, fail_count, locked_until")
 
@@ -597,18 +608,23 @@ class CentreService:
                           "required; a typed ID number is not proof of the person", code="face_auth_required",
                           field="input.mdtrt_cert_type")
         visit = None  # a charge of an open visit (its mdtrt_id) when the visit token proves the patient
-        if head.orig_setl_id:  # a return's re-settlement: the returned settlement is the authority
-            foreign = self._return_authority(ctx, tx, head, lines, where, commit=commit)
-            if foreign is not None:
-                return foreign  # type: ignore[return-value]
+        orig: _Original | None = None  # a return's re-settlement: the returned settlement is the authority
+        if head.orig_setl_id:
+            got = self._return_authority(ctx, tx, head, lines, where, commit=commit)
+            if isinstance(got, Refusal):
+                return got  # type: ignore[return-value]
+            orig = got
+            visit = None if orig.by_face else orig.visit  # a senseless original's part stays senseless
         else:
             visit = self._settle_proof(ctx, tx, head, commit)
         mulaid_psn = None
         if head.acct_mulaid_flag == "1":
             mulaid_psn = tx.scalar("SELECT auth_psn_no FROM centre_mulaid WHERE psn_no = ?", (head.psn_no,))
-            if mulaid_psn is None:
-                raise Refusal(InfCode.NO_AUTHORISATION, "no relative has authorised mutual aid for this person",
-                              field="input.acct_mulaid_flag")
+            if mulaid_psn is None or (orig is not None and not orig.by_face and mulaid_psn != orig.mulaid_psn):
+                # without the patient's face a return never starts spending a relative's account
+                raise Refusal(InfCode.NO_AUTHORISATION, "no relative has authorised mutual aid for this person"
+                              + (" for this return (the original did not use this relative's account)"
+                                 if mulaid_psn else ""), field="input.acct_mulaid_flag")
         tombstone = None
         if commit:  # the 2601 tombstone is read with the locks, in one round trip (checked below, in order)
             people = self._lock_people(tx, head.psn_no, *([mulaid_psn] if mulaid_psn else []),
@@ -635,6 +651,10 @@ class CentreService:
                           code="insutype_mismatch", field="input.insutype")
         _admdvs, level = self.institution(tx, ctx.terminal.fixmedins_code)
         profile = self.profile_for(tx, p.admdvs, p.insutype, med_type)
+        if orig is not None and profile.name != orig.profile:
+            raise Refusal(InfCode.BUSINESS_REFUSED, f"settlement {head.orig_setl_id} was settled under "
+                          f"{orig.profile}, not {profile.name}: a return keeps the original's med_type",
+                          code="not_as_original", field="input.med_type")
         conditions = frozenset(c for c in p.conditions.split(",") if c) if profile.is_chronic else frozenset()
         if profile.is_chronic and not conditions:
             raise Refusal(InfCode.BUSINESS_REFUSED, "person has no recognised chronic condition for med_type 14",
@@ -653,7 +673,10 @@ class CentreService:
                          yrow is not None)
             self._keep_lines(tx, setl_id, lines)
         out = self._answer(s, setl_id, p, head, profile)
-        if commit and s.psn_cash_pay > 0 and head.mdtrt_cert_type == "01":
+        if commit and s.psn_cash_pay > 0 and head.mdtrt_cert_type == "01" and (
+                orig is None or orig.by_face or s.psn_cash_pay <= orig.cash):
+            # (without the face a return's part is authorised to be drawn up to what the patient authorised
+            # for the whole; more, e.g. after the account was spent meanwhile, is paid at the counter)
             out["pay_auth"] = self._cash_auth(ctx, tx, setl_id, p.psn_no, s.psn_cash_pay, visit)
         return out
 
@@ -717,7 +740,7 @@ class CentreService:
     _RESETTLED_BY = {"2206": "2207", "2207": "2207", "2101": "2102", "2102": "2102"}
 
     def _return_authority(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, lines: list[m.FeeDetail],
-                          where: str, *, commit: bool) -> Refusal | None:
+                          where: str, *, commit: bool) -> Refusal | _Original:
         """May this pre-settlement / settlement of a return's kept lines go on, on the authority of the
         settlement being returned (`orig_setl_id`) rather than a fresh ecToken? Checked where the original
         is stored: it is this institution's (else the answer "not found" gets, returned for the audit
@@ -726,7 +749,9 @@ class CentreService:
         at most once (claimed here by this msgid: a retry of the same msgid is replayed by the gateway
         and never gets here), and the new lines are a part of the original's (nobody can charge what the
         patient did not buy). With mdtrt_cert_no = orig_setl_id no token is needed; an ecToken (01) in
-        mdtrt_cert_no is checked as for any settlement. None: go on."""
+        mdtrt_cert_no is checked as for any settlement. Go on: what the re-settlement must keep of it (its
+        profile; without the face: no relative's account it did not use, a cash authorisation no larger
+        than its cash share and, for a charge of a visit, of purpose senseless, as its own was)."""
         by_face = head.mdtrt_cert_no != head.orig_setl_id
         if by_face:
             who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
@@ -735,13 +760,13 @@ class CentreService:
                               field="input.mdtrt_cert_no")
         oid = head.orig_setl_id
         missing = Refusal(InfCode.NOT_FOUND, "no such settlement for this person", field="input.orig_setl_id")
-        row = tx.fetch_one("SELECT psn_no, fixmedins_code, infno, state, created_at, msgid FROM centre_settlements "
-                           "WHERE setl_id = ?", (oid,))
+        row = tx.fetch_one("SELECT psn_no, fixmedins_code, infno, state, created_at, msgid, profile, mulaid_psn_no, "
+                           "psn_cash_pay, mdtrt_id FROM centre_settlements WHERE setl_id = ?", (oid,))
         if row is not None and row[1] != ctx.terminal.fixmedins_code:
             return self._not_yours(ctx, tx, oid, missing)
         if row is None or row[0] != head.psn_no:
             raise missing
-        _psn, _inst, infno, state, created, omsgid = row
+        _psn, _inst, infno, state, created, omsgid, profile, mulaid_psn, cash, mdtrt_id = row
         want = self._RESETTLED_BY[ctx.request.infno]
         if infno != want:
             raise InputError(f"settlement {oid} was made by {infno}; its return is re-settled by "
@@ -759,6 +784,7 @@ class CentreService:
             raise Refusal(InfCode.BUSINESS_REFUSED, f"settlement {oid} still stands: reverse it (2208/2103) "
                           "before its return is re-settled", code="not_reversed", field="input.orig_setl_id")
         self._within_original(tx, oid, lines, where)
+        senseless = tx.fetch_one("SELECT 1 FROM centre_pay_auths WHERE auth_id = ?", (VISIT_AUTH_PREFIX + oid,))
         if commit:
             n = tx.execute("INSERT INTO centre_resettlements (orig_setl_id, msgid, psn_no, fixmedins_code, by_face, "
                            "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (orig_setl_id) DO NOTHING",
@@ -768,17 +794,21 @@ class CentreService:
                 raise Refusal(InfCode.BUSINESS_REFUSED, f"settlement {oid} was already re-settled by another "
                               "message (one re-settlement per returned settlement)", code="already_resettled",
                               field="input.orig_setl_id")
-        return None
+        return _Original(by_face=by_face, profile=str(profile), mulaid_psn=mulaid_psn, cash=int(cash),
+                         visit=str(mdtrt_id) if senseless else None)
 
     @staticmethod
     def _within_original(tx: Transaction, oid: str, lines: list[m.FeeDetail], where: str) -> None:
         """The new lines are a sub-multiset of the original's: each code at the same unit price, in all no
-        more than the original's quantity."""
+        more than the original's quantity and no more than its amount (each line is rounded to the fen:
+        a line split into many small ones would otherwise round up to more than was paid)."""
         left: dict[tuple[str, Decimal], Decimal] = {}
+        money: dict[tuple[str, Decimal], int] = {}
         for code, pric, cnt in tx.fetch_all("SELECT code, pric, cnt FROM centre_settlement_lines WHERE setl_id = ?",
                                             (oid,)):
             k = (str(code), Decimal(pric))
             left[k] = left.get(k, Decimal(0)) + Decimal(cnt)
+            money[k] = money.get(k, 0) + round_fen(Decimal(pric) * Decimal(cnt))
         if not left:
             raise Refusal(InfCode.BUSINESS_REFUSED, f"the lines of settlement {oid} are not on record (settled "
                           "before returns were kept): return it whole", code="lines_unknown",
@@ -789,9 +819,14 @@ class CentreService:
                 raise Refusal(InfCode.BUSINESS_REFUSED, f"{ln.med_list_codg} at {ln.pric} is not on settlement "
                               f"{oid}", code="not_on_original", field=f"input.{where}[{i}].med_list_codg")
             left[k] -= Decimal(ln.cnt)
+            money[k] -= round_fen(Decimal(ln.pric) * Decimal(ln.cnt))
             if left[k] < 0:
                 raise Refusal(InfCode.BUSINESS_REFUSED, f"is more {ln.med_list_codg} than settlement {oid} "
                               "settled", code="more_than_original", field=f"input.{where}[{i}].cnt")
+            if money[k] < 0:
+                raise Refusal(InfCode.BUSINESS_REFUSED, f"{ln.med_list_codg} comes to more than on settlement "
+                              f"{oid} (lines split smaller round up)", code="more_than_original",
+                              field=f"input.{where}[{i}].det_item_fee_sumamt")
 
     @staticmethod
     def _keep_lines(tx: Transaction, setl_id: str, lines: list[m.FeeDetail]) -> None:
@@ -972,8 +1007,8 @@ class CentreService:
         mine = ctx.terminal.fixmedins_code
         if d.setl_id:
             field, obj = "input.data.setl_id", d.setl_id
-            row = tx.fetch_one("SELECT fixmedins_code, psn_no, mdtrt_id FROM centre_settlements WHERE setl_id = ?",
-                               (d.setl_id,))
+            row = tx.fetch_one("SELECT fixmedins_code, psn_no, mdtrt_id, medfee_sumamt, fund_pay_sumamt, acct_pay, "
+                               "psn_cash_pay FROM centre_settlements WHERE setl_id = ?", (d.setl_id,))
             fits = row is not None and row[1] == d.psn_no and (not d.mdtrt_id or d.mdtrt_id == row[2])
         else:
             field, obj = "input.data.mdtrt_id", d.mdtrt_id
@@ -984,6 +1019,14 @@ class CentreService:
             return self._not_yours(ctx, tx, obj, missing)
         if not fits:
             return missing
+        if d.kind == "senseless_charge" and row is not None:  # the patient is told what the settlement says
+            said = tuple(yuan_to_fen(getattr(d, k), f"input.data.{k}")
+                         for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"))
+            if said != tuple(int(v) for v in row[3:7]):
+                return Refusal(InfCode.INVALID_INPUT, f"the amounts are not those of settlement {d.setl_id} "
+                               f"(medfee_sumamt {fen_to_yuan(int(row[3]))}, fund_pay_sumamt {fen_to_yuan(int(row[4]))}, "
+                               f"acct_pay {fen_to_yuan(int(row[5]))}, psn_cash_pay {fen_to_yuan(int(row[6]))})",
+                               code="notice_amounts", field="input.data.medfee_sumamt")
         body = _dumps(d.model_dump())
         stored = tx.fetch_one(
             "INSERT INTO centre_notices (fixmedins_code, notice_id, app_id, psn_no, kind, setl_id, mdtrt_id, body, "
