@@ -77,7 +77,8 @@ MANDATE_MAX: int = 2_000_000  # 20,000.00 yuan: no cap above the largest line th
 MANDATE_MAX_DAYS = 366        # until at most a year (and a day) ahead
 LINE_SETS = ("own", "family", "own,family")
 MANDATE_ID = re.compile(r"M[0-9a-f]{20}")
-_TERMS = re.compile(r"visit=(\d{1,12});day=(\d{1,12});until=(\d{4}-\d{2}-\d{2});lines=(own|family|own,family)")
+_TERMS = re.compile(r"visit=([0-9]{1,12});day=([0-9]{1,12});until=([0-9]{4}-[0-9]{2}-[0-9]{2});"
+                    r"lines=(own|family|own,family)")  # ASCII digits only (\d is any script's)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,9 @@ def test_a_return_is_resettled_on_the_originals_authority_after_the_face_token_e
     orig, token = _paid(c, p)
     pre = _resettle(c.client, p, orig, commit=False)  # shown to the patient before the reversal
     assert pre.ok, pre
+    # without the face the answer does not tell the account's balance (any counter of the institution
+    # could otherwise read it, again and again, for the 30 days of the return window)
+    assert "balc" not in pre.output["setlinfo"]
     assert c.client.reverse(orig, p.psn_no).ok
     c.clock.advance(hours=3)  # the counter was down: the face's e-voucher (15 min) has expired
     medfee, detail = lines(*KEPT)
@@ -83,6 +86,7 @@ def test_a_return_is_resettled_on_the_originals_authority_after_the_face_token_e
     s = a.output["setlinfo"]
     # by hand: 12.50 (class A) + 30.00 (class C), inside the level-2 deductible, account not used: all cash
     assert (s["medfee_sumamt"], s["psn_cash_pay"]) == (pre.output["setlinfo"]["medfee_sumamt"], "42.50")
+    assert "balc" not in s
     assert a.output.get("pay_auth"), "the new cash share may be drawn on credit as for any face-proved settlement"
     # the same message replays its first answer; another message may not re-settle it again
     again = _resettle(c.client, p, orig, msgid=msgid)

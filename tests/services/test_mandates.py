@@ -304,6 +304,34 @@ def test_refund_of_a_senseless_draw_by_its_institution_only(world: World) -> Non
     _books(w)
 
 
+def test_a_reversed_senseless_draw_is_not_drawn_again_and_gives_no_cap_back(world: World) -> None:
+    """draw_reverse undoes a senseless draw; its pay_auth (and 5203's re-issue of it, same id) never draws
+    again, under the same key or another, and the cap it used stays used (refunds give none back)."""
+    w = world
+    p = _person(w)
+    m = _give(w, p, visit=5_000, day=100_000)
+    v = _visit(w, p)
+    s = _settle(w, p, v, "40.00")
+    setl = s.output["setlinfo"]
+    key = "k" + secrets.token_hex(8)
+    drawn = w.bank.draw(p.psn_no, "40.00", setl["setl_id"], key, pay_auth=s.output["pay_auth"],
+                        mandate_id=m["mandate_id"], visit=v["mdtrt_id"])
+    assert drawn.ok, drawn
+    assert w.bank.reverse_draw(key, p.psn_no, ref=setl["setl_id"]).output["result"] == "reversed"
+    reissued = w.c.client.query(p.psn_no, setl_id=setl["setl_id"]).output["pay_auth"]
+    for k, auth in ((key, s.output["pay_auth"]), ("k" + secrets.token_hex(8), s.output["pay_auth"]),
+                    ("k" + secrets.token_hex(8), reissued)):
+        again = w.bank.draw(p.psn_no, "40.00", setl["setl_id"], k, pay_auth=auth, mandate_id=m["mandate_id"],
+                            visit=v["mdtrt_id"])
+        assert again.err_code in ("draw_reversed", "pay_auth_used"), again
+    assert w.bank_db.read(lambda tx: tx.scalar("SELECT original_fen - refunded_fen FROM credit_draws WHERE ref = ?",
+                                               (setl["setl_id"],))) == 0
+    assert w.bank.mandate_get(m["mandate_id"], visit=v["mdtrt_id"]).output["used_visit"] == "40.00"
+    _s, over = _charge(w, p, v, m, "20.00")  # 40.00 + 20.00 > 50.00 per visit, the reversal notwithstanding
+    assert over.err_code == "mandate_cap_visit", over
+    _books(w)
+
+
 def test_statement_lists_mandates_and_marks_senseless_draws_and_notices_go_to_payer_and_holder(world: World) -> None:
     w = world
     holder = _person(w)
@@ -580,6 +608,15 @@ def test_mandate_terms_the_centre_will_not_sign(world: World) -> None:
         (payauth.format_terms(50_000, 100_000, today, "own"), "400.00"),          # amount is not the visit cap
         ("visit=50000;day=100000;until=" + today.isoformat() + ";lines=family,own", "500.00"),  # not canonical
         ("visit=050000;day=100000;until=" + today.isoformat() + ";lines=own", "500.00"),
+        # one spelling only: spaces, a key twice, digits of another script, a day that does not exist,
+        # a line twice, anything after the terms
+        ("visit=50000; day=100000;until=" + today.isoformat() + ";lines=own", "500.00"),
+        ("visit=50000;day=100000;day=200000;until=" + today.isoformat() + ";lines=own", "500.00"),
+        ("visit=\u0665\u0660\u0660\u0660\u0660;day=100000;until=" + today.isoformat() + ";lines=own", "500.00"),
+        ("visit=50000;day=100000;until=\u0662\u0660\u0662\u0666" + today.isoformat()[4:] + ";lines=own", "500.00"),
+        ("visit=50000;day=100000;until=2026-02-30;lines=own", "500.00"),
+        ("visit=50000;day=100000;until=" + today.isoformat() + ";lines=own,own", "500.00"),
+        ("visit=50000;day=100000;until=" + today.isoformat() + ";lines=own;", "500.00"),
     ]
     for ref, amount in cases:
         a = w.c.client.pay_auth(p.psn_no, token, amount, ref, purpose="mandate")
@@ -661,6 +698,10 @@ def test_notify_only_for_the_institutions_own_settlement_of_that_person(world: W
     assert other_person.infcode == InfCode.NOT_FOUND
     other_visit = w.other_centre.notify({**notice, "notice_id": "X2", "setl_id": "", "kind": "visit_summary"})
     assert other_visit.infcode == InfCode.NOT_FOUND
+    # the patient is told what was charged: amounts other than the settlement's are refused, nothing stored
+    for k, val in (("psn_cash_pay", "0.01"), ("medfee_sumamt", "2.10"), ("acct_pay", "21.00")):
+        lie = w.c.client.notify({**notice, "notice_id": "L-" + k, k: val})
+        assert (lie.infcode, lie.err_code) == (InfCode.INVALID_INPUT, "notice_amounts"), lie
     assert w.c.client.notify(notice).ok
     assert w.c.client.notify(notice).ok  # once per (institution, notice_id): a retry stores nothing more
     clash = w.c.client.notify({**notice, "text": "something else"})

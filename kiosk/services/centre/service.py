@@ -673,6 +673,8 @@ class CentreService:
                          yrow is not None)
             self._keep_lines(tx, setl_id, lines)
         out = self._answer(s, setl_id, p, head, profile)
+        if orig is not None and not orig.by_face:  # no face, no balance: the account is the patient's business
+            out["setlinfo"].pop("balc", None)
         if commit and s.psn_cash_pay > 0 and head.mdtrt_cert_type == "01" and (
                 orig is None or orig.by_face or s.psn_cash_pay <= orig.cash):
             # (without the face a return's part is authorised to be drawn up to what the patient authorised
