@@ -15,7 +15,7 @@ from kiosk.services.centre.check import check_centre
 from kiosk.services.client import CentreClient, ServiceIdentity
 from kiosk.services.protocol import Answer, InfCode
 
-from .conftest import Centre, fresh_pg, head, lines, make_centre, pg_url
+from .conftest import INSTITUTION, Centre, fresh_pg, head, lines, make_centre, pg_url
 
 OTHER = "H37020200001"  # another institution of the same area
 BOUGHT = (("XA01", "12.50", "2"), ("XC02", "30.00", "1"), ("XC01", "8.80", "3"))
@@ -52,7 +52,16 @@ def _paid(c: Centre, p: Any) -> tuple[str, str]:
     medfee, detail = lines(*BOUGHT)
     a = c.client.settle(head(p, token, medfee, acct_used_flag="0"), detail)
     assert a.ok, a
-    return a.output["setlinfo"]["setl_id"], token
+    return _announced(c, p, a.output["setlinfo"]["setl_id"]), token
+
+
+def _announced(c: Centre, p: Any, orig: str, spec: tuple[tuple[str, str, str], ...] = BOUGHT,
+               **kw: str) -> str:
+    """The return announced, as the terminal does: its kept lines pre-settled while the original stands."""
+    medfee, detail = lines(*spec)
+    a = c.client.presettle(head(p, orig, medfee, acct_used_flag="0", orig_setl_id=orig, **kw), detail)
+    assert a.ok, a
+    return orig
 
 
 def _resettle(cl: CentreClient, p: Any, orig: str, spec: tuple[tuple[str, str, str], ...] = KEPT, *,
@@ -171,7 +180,7 @@ def test_a_line_split_into_smaller_lines_does_not_round_up_to_more_than_was_paid
     medfee, detail = lines(("XA01", "0.0150", "10"))
     a = c.client.settle(head(p, token, medfee, acct_used_flag="0"), detail)
     assert a.ok, a
-    orig = a.output["setlinfo"]["setl_id"]
+    orig = _announced(c, p, a.output["setlinfo"]["setl_id"], (("XA01", "0.0150", "5"),))
     assert c.client.reverse(orig, p.psn_no).ok
     for spec in ((("XA01", "0.0150", "1"),) * 10, (("XA01", "0.0150", "5"),) * 2):
         split = _resettle(c.client, p, orig, spec)
@@ -190,7 +199,7 @@ def test_a_return_keeps_the_originals_med_type(tmp_path: Path, c: Centre) -> Non
     medfee, detail = lines(("XA01", "12.50", "4"))
     a = c.client.settle(head(p, token, medfee, acct_used_flag="0", med_type="11"), detail)
     assert a.ok, a
-    orig = a.output["setlinfo"]["setl_id"]
+    orig = _announced(c, p, a.output["setlinfo"]["setl_id"], (("XA01", "12.50", "2"),), med_type="11")
     assert c.client.reverse(orig, p.psn_no).ok
     kept_fee, kept = lines(("XA01", "12.50", "2"))
     for cert in (orig, c.activate(p)):
@@ -232,7 +241,7 @@ def test_a_senseless_charges_return_is_never_a_counter_draw_without_the_face(c: 
     a = c.client.settle(head(p, v.output["visit_token"], medfee, acct_used_flag="0",
                              mdtrt_id=v.output["mdtrt_id"]), detail)
     assert a.ok and _purpose(c, a) == "senseless", a
-    orig = a.output["setlinfo"]["setl_id"]
+    orig = _announced(c, p, a.output["setlinfo"]["setl_id"])
     assert c.client.reverse(orig, p.psn_no).ok
     new = _resettle(c.client, p, orig)
     assert new.ok, new
@@ -258,7 +267,7 @@ def test_without_the_face_no_cash_authorisation_above_the_originals(c: Centre) -
     medfee, detail = lines(*BOUGHT)
     a = c.client.settle(head(p, token, medfee, acct_used_flag="1"), detail)
     assert a.ok and a.output["setlinfo"]["psn_cash_pay"] == "0.00" and "pay_auth" not in a.output, a
-    orig = a.output["setlinfo"]["setl_id"]
+    orig = _announced(c, p, a.output["setlinfo"]["setl_id"])
     assert c.client.reverse(orig, p.psn_no).ok
     new = _resettle(c.client, p, orig)  # acct_used_flag 0: all 42.50 on cash
     assert new.ok and new.output["setlinfo"]["psn_cash_pay"] == "42.50", new
@@ -290,3 +299,42 @@ def test_two_messages_racing_to_resettle_one_original_settle_it_once(c: Centre) 
     assert sorted(a.err_code or "ok" for a in out) == ["already_resettled"] * 3 + ["ok"], out
     assert _settled(c, p) == 1
     assert check_centre(c.db)["balanced"]
+
+
+def _twin(c: Centre) -> CentreClient:
+    """A second terminal of the same institution."""
+    key = Sm2PrivateKey.generate()
+    app_id, secret = "KIOSKTWIN" + secrets.token_hex(5).upper(), secrets.token_hex(16)
+    c.gateway.register_terminal(app_id, secret, key.public_key().to_bytes().hex(), INSTITUTION)
+    cl = CentreClient("http://testserver", ServiceIdentity(app_id, secret, key, INSTITUTION),
+                      http=c.http, clock=c.clock)
+    cl.sign_in("twin")
+    return cl
+
+
+def test_a_whole_refund_a_cancelled_payment_or_another_terminals_reversal_is_no_authority(c: Centre) -> None:
+    """Reversed, but not for a return announced at this terminal: charging the lines again (goods given
+    back, or never handed over) needs the patient's face."""
+    p = c.people[0]
+    twin = _twin(c)
+    token = c.activate(p)
+    medfee, detail = lines(*BOUGHT)
+    made = []
+    for _ in range(3):
+        msgid = c.client.new_msgid()
+        a = c.client.settle(head(p, token, medfee, acct_used_flag="0"), detail, msgid=msgid)
+        assert a.ok, a
+        made.append((a.output["setlinfo"]["setl_id"], msgid))
+    (refunded, _m1), (cancelled, m2), (elsewhere, _m3) = made
+    assert c.client.reverse(refunded, p.psn_no).ok                     # a whole refund: 2208, unannounced
+    assert c.client.reverse_message(p.psn_no, m2).output["result"] == "reversed"  # the payment cancelled
+    _announced(c, p, elsewhere)                                          # announced here, reversed there
+    assert twin.reverse(elsewhere, p.psn_no).ok
+    for cl, orig in ((c.client, refunded), (c.client, cancelled), (c.client, elsewhere), (twin, elsewhere)):
+        a = _resettle(cl, p, orig)
+        assert (a.infcode, a.err_code) == (InfCode.BUSINESS_REFUSED, "not_a_return"), (orig, a)
+    assert _settled(c, p) == 0
+    # announced after the reversal: nothing recorded, still no authority; the patient's face still may
+    _announced(c, p, refunded)
+    assert _resettle(c.client, p, refunded).err_code == "not_a_return"
+    assert _resettle(c.client, p, refunded, cert=c.activate(p)).ok

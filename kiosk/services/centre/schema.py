@@ -203,3 +203,14 @@ MIGRATIONS.append(Migration("centre.007_visits", [
         PRIMARY KEY (fixmedins_code, notice_id))""",
     "CREATE INDEX centre_notices_psn ON centre_notices (psn_no, created_at)",
 ]))
+
+# a return announced before its reversal (red team): the terminal pre-settles the kept lines with orig_setl_id
+# while the original still stands; only then may that terminal, having reversed it, re-settle without the face
+# (a whole refund or a cancelled payment is reversed unannounced: no authority for charging the lines again)
+MIGRATIONS.append(Migration("centre.008_return_intents", [
+    """CREATE TABLE centre_return_intents (
+        orig_setl_id TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (orig_setl_id, app_id))""",
+]))

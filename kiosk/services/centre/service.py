@@ -747,7 +747,9 @@ class CentreService:
         settlement being returned (`orig_setl_id`) rather than a fresh ecToken? Checked where the original
         is stored: it is this institution's (else the answer "not found" gets, returned for the audit
         row), this person's, made by the matching transaction, itself face-proved (not a re-settlement
-        made without the face), inside the return window, reversed first (settlement only), re-settled
+        made without the face), inside the return window, reversed first (settlement only; without the
+        face: reversed by this terminal after it pre-settled the kept lines, the return's announcement,
+        so a whole refund or a cancelled payment is never charged again), re-settled
         at most once (claimed here by this msgid: a retry of the same msgid is replayed by the gateway
         and never gets here), and the new lines are a part of the original's (nobody can charge what the
         patient did not buy). With mdtrt_cert_no = orig_setl_id no token is needed; an ecToken (01) in
@@ -763,12 +765,12 @@ class CentreService:
         oid = head.orig_setl_id
         missing = Refusal(InfCode.NOT_FOUND, "no such settlement for this person", field="input.orig_setl_id")
         row = tx.fetch_one("SELECT psn_no, fixmedins_code, infno, state, created_at, msgid, profile, mulaid_psn_no, "
-                           "psn_cash_pay, mdtrt_id FROM centre_settlements WHERE setl_id = ?", (oid,))
+                           "psn_cash_pay, mdtrt_id, rev_msgid FROM centre_settlements WHERE setl_id = ?", (oid,))
         if row is not None and row[1] != ctx.terminal.fixmedins_code:
             return self._not_yours(ctx, tx, oid, missing)
         if row is None or row[0] != head.psn_no:
             raise missing
-        _psn, _inst, infno, state, created, omsgid, profile, mulaid_psn, cash, mdtrt_id = row
+        _psn, _inst, infno, state, created, omsgid, profile, mulaid_psn, cash, mdtrt_id, rev_msgid = row
         want = self._RESETTLED_BY[ctx.request.infno]
         if infno != want:
             raise InputError(f"settlement {oid} was made by {infno}; its return is re-settled by "
@@ -786,6 +788,19 @@ class CentreService:
             raise Refusal(InfCode.BUSINESS_REFUSED, f"settlement {oid} still stands: reverse it (2208/2103) "
                           "before its return is re-settled", code="not_reversed", field="input.orig_setl_id")
         self._within_original(tx, oid, lines, where)
+        app = ctx.terminal.app_id
+        if not commit and state == "settled":  # the return announced while the original stands (see below)
+            tx.execute("INSERT INTO centre_return_intents (orig_setl_id, app_id, created_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (orig_setl_id, app_id) DO NOTHING", (oid, app, ctx.now.isoformat()))
+        if commit and not by_face and not (
+                str(rev_msgid or "").startswith(app + "/") and tx.fetch_one(
+                    "SELECT 1 FROM centre_return_intents WHERE orig_setl_id = ? AND app_id = ?", (oid, app))):
+            # a reversal is a return's only when this terminal pre-settled the kept lines before making it; a
+            # whole refund, a cancelled payment (2601) or another terminal's reversal charges nothing again
+            # without the patient's face
+            raise Refusal(InfCode.BUSINESS_REFUSED, f"settlement {oid} was not reversed for a return at this "
+                          "terminal (its kept lines pre-settled here before the reversal): the patient's face "
+                          "is needed", code="not_a_return", field="input.orig_setl_id")
         senseless = tx.fetch_one("SELECT 1 FROM centre_pay_auths WHERE auth_id = ?", (VISIT_AUTH_PREFIX + oid,))
         if commit:
             n = tx.execute("INSERT INTO centre_resettlements (orig_setl_id, msgid, psn_no, fixmedins_code, by_face, "
