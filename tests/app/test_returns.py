@@ -241,7 +241,11 @@ def cashier_return(st: Any, oid: str, rid: str, lines: list[dict[str, str]], ope
         while True:
             got = st.pos_client.get_return(oid, rid, wait=10).json()
             if got["status"] not in ("pending", "running") or time.monotonic() > end:
-                return r.status_code, got, snaps
+                break
+        # the return's state is final once the money moved; the session goes on to print, then `done`
+        while time.monotonic() < end and not (snaps and str(snaps[-1].state) in ("done", "failed", "cancelled")):
+            time.sleep(0.05)
+        return r.status_code, got, snaps
     finally:
         st.runtime.listeners.remove(snaps.append)
 
