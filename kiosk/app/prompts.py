@@ -97,6 +97,16 @@ REASONS: dict[str, Prompt] = {
                                    "Payment complete, but the printer is out of paper. Please ask staff for a receipt."),
     "printer_offline": Prompt("支付成功，但凭条未能打印；请向工作人员索取凭条",
                             "Payment complete, but the receipt did not print. Please ask staff for a receipt."),
+    # senseless payment: the mandate's terms at registration (shown as the confirm step's hint)
+    "mandate_terms": Prompt("无感支付授权：本院就诊的个人自付部分由信用额度自动支付，每次就诊不超过 {visit} 元，每日不超过 {day} 元，"
+                            "有效至 {until}；每笔扣款都会通知您，可随时撤销。按确认键同意；输入 1-{n} 再按确认键选择较低额度；按取消键放弃",
+                            "Senseless pay: your share of this hospital's bills is paid from your credit line without "
+                            "your face, at most {visit} per visit and {day} per day, until {until}. You are told of every "
+                            "charge and may revoke it at any time. Press Enter to agree; type 1-{n} then Enter for a "
+                            "lower cap; Cancel to stop."),
+    "mandate_reused": Prompt("您的无感支付授权仍有效（每次就诊不超过 {visit} 元，每日不超过 {day} 元，有效至 {until}）；按确认键登记本次就诊",
+                             "Your senseless-pay mandate is still valid (at most {visit} per visit, {day} per day, "
+                             "until {until}). Press Enter to register this visit."),
     # session control
     "cancelled_by_patient": Prompt("您已取消，未扣款", "You cancelled. Nothing was charged."),
     "cancelled_by_cashier": Prompt("收费员已取消本次支付，未扣款", "The cashier cancelled this payment. Nothing was charged."),

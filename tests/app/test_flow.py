@@ -146,7 +146,7 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 @pytest.mark.parametrize("code", sorted(REASONS))
 def test_every_reason_has_chinese_and_english_texts(code):
-    p = reason_prompt(code, left=2, minutes=30)
+    p = reason_prompt(code, left=2, minutes=30, visit="500.00", day="1000.00", until="2027-03-01", n=4)
     assert _CJK.search(p.zh), code
     assert p.en and p.en[0].isupper() and not _CJK.search(p.en), code
     assert "{" not in p.zh and "{" not in p.en
