@@ -6,6 +6,6 @@
 """
 from __future__ import annotations
 
-from kiosk.credit.service import CheckReport, CreditService, LineState, Owner, Result
+from kiosk.credit.service import CheckReport, CreditService, LineState, MandateUse, Owner, Result
 
-__all__ = ["CheckReport", "CreditService", "LineState", "Owner", "Result"]
+__all__ = ["CheckReport", "CreditService", "LineState", "MandateUse", "Owner", "Result"]

@@ -29,6 +29,15 @@ EXCEEDS_ORIGINAL = "exceeds_original"
 OVERPAYMENT = "overpayment"
 ALREADY_OPEN = "already_open"
 ALREADY_BOUND = "already_bound"  # the member is bound to another family line
+# senseless outpatient payment (a draw under a standing mandate, issue 17)
+NO_MANDATE = "no_mandate"              # none of this payer at the drawing institution (or another's: the same)
+UNKNOWN_MANDATE = "unknown_mandate"    # revoke/read of a mandate that is not the caller's to touch
+MANDATE_REVOKED = "mandate_revoked"    # revoked, or replaced by a newer one
+MANDATE_EXPIRED = "mandate_expired"    # past its last valid Shanghai day
+LINE_NOT_ALLOWED = "line_not_allowed"  # the line that would pay is not one the mandate names
+MANDATE_CAP_VISIT = "mandate_cap_visit"
+MANDATE_CAP_DAY = "mandate_cap_day"
+MANDATE_LINES = ("own", "family")
 
 # Family pay relations (family mutual aid allows more; family pay does not).
 RELATIONS = {"spouse": "spouse", "parent": "parent", "parents": "parent", "father": "parent",
@@ -150,6 +159,26 @@ def draw_check(*, has_line: bool, bound: bool, is_overdue: bool, amount: Fen, av
         return EXCEEDS_AVAILABLE
     if cap is not None and (month_drawn or 0) + amount > cap:
         return MEMBER_CAP_EXCEEDED
+    return OK
+
+
+def mandate_check(*, found: bool, state: str, until: date, today: date, kind: str, allowed: bool,
+                  visit_used: Fen, day_used: Fen, amount: Fen, per_visit: Fen, per_day: Fen) -> str:
+    """Whether a draw may go under a mandate, before the line's own checks (draw_check). `kind` is the
+    line that would pay (own/family), `allowed` whether the mandate names that line with that holder;
+    the used amounts are the draws already made (refunds do not give cap back: conservative)."""
+    if not found:
+        return NO_MANDATE
+    if state != "active":
+        return MANDATE_REVOKED
+    if today > until:
+        return MANDATE_EXPIRED
+    if kind not in MANDATE_LINES or not allowed:
+        return LINE_NOT_ALLOWED
+    if visit_used + amount > per_visit:
+        return MANDATE_CAP_VISIT
+    if day_used + amount > per_day:
+        return MANDATE_CAP_DAY
     return OK
 
 

@@ -10,6 +10,7 @@ limit can never be exceeded.
 """
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -25,6 +26,10 @@ from kiosk.storage import Database, IdempotencyStore, Outbox, OutboxMessage, Tra
 TOPIC_MEMBER_DRAW = "credit.member_draw"
 TOPIC_DUE_SOON = "credit.due_soon"
 TOPIC_OVERDUE = "credit.overdue"
+TOPIC_SENSELESS_DRAW = "credit.senseless_draw"  # to the payer and, on a family line, to its holder
+TOPIC_MANDATE = "credit.mandate"                # a mandate given, replaced or revoked: to payer (and family holder)
+DISPUTE_TEXT = ("Not yours? Revoke the mandate at any terminal with your face, in the bank's app, or call the "
+                "bank; a disputed charge is refunded by the institution.")
 
 MAX_INSURED_YEARS = 150
 _REF_LOCK_CLASS = 0x6B72  # advisory-lock namespace of credit refs ("kr")
@@ -61,6 +66,48 @@ class Owner:
 
     institution: str
     app_id: str = ""
+
+
+@dataclass(frozen=True)
+class MandateUse:
+    """A draw without the payer present: the standing mandate it runs under and the visit (mdtrt_id)."""
+
+    mandate_id: str
+    visit: str
+
+
+_MANDATE_COLS = ("id, mandate_id, payer, fixmedins_code, per_visit_fen, per_day_fen, until_day, lines, own_holder, "
+                 "family_holder, state, app_id")
+
+
+@dataclass(frozen=True)
+class _Mandate:
+    id: int
+    mandate_id: str
+    payer: str
+    fixmedins_code: str
+    per_visit: Fen
+    per_day: Fen
+    until: date
+    lines: tuple[str, ...]
+    own_holder: str | None
+    family_holder: str | None
+    state: str
+    app_id: str
+
+    @classmethod
+    def from_row(cls, r: tuple[Any, ...]) -> _Mandate:
+        return cls(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), date.fromisoformat(r[6]),
+                   tuple(r[7].split(",")), r[8], r[9], r[10], r[11])
+
+    def state_on(self, day: date) -> str:
+        return "expired" if self.state == "active" and day > self.until else self.state
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mandate_id": self.mandate_id, "payer": self.payer, "fixmedins_code": self.fixmedins_code,
+                "per_visit": fen_to_yuan(self.per_visit), "per_day": fen_to_yuan(self.per_day),
+                "until": self.until.isoformat(), "lines": ",".join(self.lines),
+                "holders": {"own": self.own_holder, "family": self.family_holder}}
 
 
 @dataclass(frozen=True)
@@ -282,22 +329,71 @@ class CreditService:
         return int(new_id)
 
     def _new_draw(self, tx: Transaction, ln: _Line, day: date, ref: str, payer: str, amount: Fen,
-                  from_hold: bool, owner: Owner | None = None) -> int:
+                  from_hold: bool, owner: Owner | None = None, mandate: MandateUse | None = None) -> int:
         # a captured hold becomes a draw with the hold's ref; any other draw needs a new ref
         guard = "" if from_hold else " WHERE NOT EXISTS (SELECT 1 FROM credit_holds WHERE ref = ?)"
         params: tuple[Any, ...] = (ln.id, ref, payer, day.isoformat(), rules.month_of(day), amount, amount,
                                    int(from_hold), owner.institution if owner else None,
-                                   owner.app_id if owner else None) + (() if from_hold else (ref,))
+                                   owner.app_id if owner else None, mandate.mandate_id if mandate else None,
+                                   mandate.visit if mandate else None) + (() if from_hold else (ref,))
         draw_id = self._insert_ref(
             tx, "INSERT INTO credit_draws (line_id, ref, payer, day, month, original_fen, unpaid_fen, from_hold, "
-            "fixmedins_code, app_id) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?" + guard + " RETURNING id", params, ref)
+            "fixmedins_code, app_id, mandate_id, visit) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?" + guard
+            + " RETURNING id", params, ref)
         self._append(tx, ln, ledger.draw_entry(day, ref, draw_id, amount))
         ln.principal += amount
-        if payer != ln.holder:  # the holder is notified of every member draw
+        if mandate is not None:  # nobody stood at a counter: the payer (and a family line's holder) are told
+            self._senseless_notices(tx, ln, day, ref, payer, amount, draw_id, owner, mandate)
+        elif payer != ln.holder:  # the holder is notified of every member draw
             self.outbox.put(tx, TOPIC_MEMBER_DRAW, {"holder": ln.holder, "member": payer, "ref": ref,
                                                     "amount": fen_to_yuan(amount), "day": day.isoformat()},
                             dedupe_key=f"{TOPIC_MEMBER_DRAW}:{draw_id}", created_at=self.clock.now().isoformat())
         return draw_id
+
+    def _senseless_notices(self, tx: Transaction, ln: _Line, day: date, ref: str, payer: str, amount: Fen,
+                           draw_id: int, owner: Owner | None, mandate: MandateUse) -> None:
+        base = {"payer": payer, "holder": ln.holder, "line": "own" if payer == ln.holder else "family",
+                "ref": ref, "visit": mandate.visit, "mandate_id": mandate.mandate_id, "amount": fen_to_yuan(amount),
+                "fixmedins_code": owner.institution if owner else None, "day": day.isoformat(),
+                "dispute": DISPUTE_TEXT}
+        now = self.clock.now().isoformat()
+        for role, to in (("payer", payer), ("holder", ln.holder)):
+            if role == "holder" and to == payer:
+                continue
+            self.outbox.put(tx, TOPIC_SENSELESS_DRAW, {"to": to, "role": role, **base},
+                            dedupe_key=f"{TOPIC_SENSELESS_DRAW}:{draw_id}:{role}", created_at=now)
+
+    def _locked_mandate(self, tx: Transaction, mandate_id: str) -> _Mandate | None:
+        r = tx.fetch_one(f"SELECT {_MANDATE_COLS} FROM credit_mandates WHERE mandate_id = ?" + tx.for_update,
+                         (mandate_id,))
+        return None if r is None else _Mandate.from_row(r)
+
+    @staticmethod
+    def _mandate_used(tx: Transaction, m: _Mandate, day: date, visit: str | None) -> tuple[Fen, Fen]:
+        """(drawn for this visit, drawn this Shanghai day) under ANY mandate of this payer at this institution:
+        replacing a mandate does not reset its caps. Originals: refunds give no cap back (conservative)."""
+        rows = tx.fetch_each([
+            ("SELECT SUM(d.original_fen) FROM credit_draws d JOIN credit_mandates m ON m.mandate_id = d.mandate_id "
+             "WHERE m.payer = ? AND m.fixmedins_code = ? AND d.visit = ?", (m.payer, m.fixmedins_code, visit or "")),
+            ("SELECT SUM(d.original_fen) FROM credit_draws d JOIN credit_mandates m ON m.mandate_id = d.mandate_id "
+             "WHERE m.payer = ? AND m.fixmedins_code = ? AND d.day = ?", (m.payer, m.fixmedins_code, day.isoformat())),
+        ])
+        return tuple(int(r[0] or 0) if r else 0 for r in rows)  # type: ignore[return-value]
+
+    def _mandate_check(self, tx: Transaction, ln: _Line, day: date, payer: str, amount: Fen, owner: Owner | None,
+                       use: MandateUse) -> str:
+        """Under the line lock, and the mandate's row lock (two lines of one mandate, own and family, lock
+        different lines; the mandate row serialises them): may this draw go without the payer?"""
+        m = self._locked_mandate(tx, use.mandate_id)
+        found = m is not None and owner is not None and m.payer == payer and m.fixmedins_code == owner.institution
+        if not found or m is None:
+            return rules.NO_MANDATE
+        kind = "own" if ln.holder == payer else "family"
+        allowed = kind in m.lines and ln.holder == (m.own_holder if kind == "own" else m.family_holder)
+        visit_used, day_used = self._mandate_used(tx, m, day, use.visit)
+        return rules.mandate_check(found=True, state=m.state, until=m.until, today=day, kind=kind, allowed=allowed,
+                                   visit_used=visit_used, day_used=day_used, amount=amount,
+                                   per_visit=m.per_visit, per_day=m.per_day)
 
     # -- operations -----------------------------------------------------------
     def open(self, key: str, holder: str, birth_date: date, insured_years: int, profile: str = "default") -> Result:
@@ -383,19 +479,34 @@ class CreditService:
         return self._mutate(key, {"op": "unbind", "holder": holder, "member": member}, work)
 
     def _reserve(self, op: str, key: str, payer: str, amount: Fen, ref: str, holder: str | None,
-                 owner: Owner | None = None) -> Result:
+                 owner: Owner | None = None, mandate: MandateUse | None = None) -> Result:
         _text(payer, "payer")
         _text(ref, "ref")
         _positive(amount)
         req = {"op": op, "payer": payer, "amount": amount, "ref": ref, "holder": holder}
         if owner is not None:  # only then: the keys of requests without an owner keep their digest
             req["owner"] = [owner.institution, owner.app_id]
+        if mandate is not None:
+            _text(mandate.mandate_id, "mandate_id")
+            _text(mandate.visit, "visit")
+            if op != "draw":
+                raise InputError("only a draw runs under a mandate", field="mandate_id")
+            req["mandate"] = [mandate.mandate_id, mandate.visit]
 
         def work(tx: Transaction, day: date) -> Result:
-            ln = self._resolve_payer(tx, payer, holder)
+            line_of = holder
+            if mandate is not None and holder is None:  # the line the mandate names (checked again below, locked)
+                line_of = tx.scalar("SELECT family_holder FROM credit_mandates WHERE mandate_id = ? AND payer = ? "
+                                    "AND lines = 'family'", (mandate.mandate_id, payer))
+            ln = self._resolve_payer(tx, payer, line_of)
             if ln is None:
                 return Result(rules.NOT_BOUND if holder is None else rules.NO_LINE)
             self._accrue(tx, ln, day)
+            if mandate is not None:
+                mcode = self._mandate_check(tx, ln, day, payer, amount, owner, mandate)
+                if mcode != rules.OK:
+                    self._save(tx, ln)
+                    return Result(mcode)
             bound, cap = self._member(tx, ln, payer)
             is_overdue = rules.overdue(self._oldest_unpaid_day(tx, ln.id), day, ln.profile)
             month_drawn = None
@@ -408,7 +519,7 @@ class CreditService:
                 self._save(tx, ln)
                 return Result(code, {"available": fen_to_yuan(ln.available)})
             if op == "draw":
-                self._new_draw(tx, ln, day, ref, payer, amount, from_hold=False, owner=owner)
+                self._new_draw(tx, ln, day, ref, payer, amount, from_hold=False, owner=owner, mandate=mandate)
             else:
                 hold_id = self._insert_ref(
                     tx, "INSERT INTO credit_holds (line_id, ref, payer, day, amount_fen, fixmedins_code, app_id) "
@@ -423,9 +534,113 @@ class CreditService:
         return self._mutate(key, req, work)
 
     def draw(self, key: str, payer: str, amount: Fen, ref: str, holder: str | None = None, *,
-             owner: Owner | None = None) -> Result:
-        """Charge `amount` fen to the line of `holder` (or the payer's own / bound line)."""
-        return self._reserve("draw", key, payer, amount, ref, holder, owner)
+             owner: Owner | None = None, mandate: MandateUse | None = None) -> Result:
+        """Charge `amount` fen to the line of `holder` (or the payer's own / bound line). With `mandate`, a
+        senseless draw (the payer not present): only under that active, unexpired mandate of this payer and
+        the owner's institution, on a line it names, within its per-visit and per-day caps (checked under
+        the line's and the mandate's locks, so concurrent draws cannot pass a cap together)."""
+        return self._reserve("draw", key, payer, amount, ref, holder, owner, mandate)
+
+    # -- mandates (senseless outpatient payment) ---------------------------------
+    def mandate(self, key: str, payer: str, owner: Owner, per_visit: Fen, per_day: Fen, until: date,
+                lines: tuple[str, ...], auth_id: str) -> Result:
+        """Record the payer's standing authorisation for `owner`'s institution (the caller checked the
+        payer's signed word). One active per payer and institution: a new one replaces the previous.
+        Refused `no_line` when none of the named lines exists for the payer."""
+        _text(payer, "payer")
+        _positive(per_visit, "per_visit")
+        _positive(per_day, "per_day")
+        if per_day < per_visit or per_day > MAX_CAP:
+            raise InputError("must be at least the per-visit cap", field="per_day")
+        if not lines or set(lines) - set(rules.MANDATE_LINES) or len(set(lines)) != len(lines):
+            raise InputError("must be own, family or both", field="lines")
+        lines = tuple(n for n in rules.MANDATE_LINES if n in lines)
+        req = {"op": "mandate", "payer": payer, "owner": [owner.institution, owner.app_id], "per_visit": per_visit,
+               "per_day": per_day, "until": until.isoformat(), "lines": list(lines), "auth_id": auth_id}
+
+        def work(tx: Transaction, day: date) -> Result:
+            if until < day:
+                raise InputError("the mandate's last day has passed", field="until")
+            own = payer if "own" in lines and self._line_id(tx, payer) is not None else None
+            family = None
+            if "family" in lines:
+                family = tx.scalar("SELECT l.holder FROM credit_members m JOIN credit_lines l ON l.id = m.line_id "
+                                   "WHERE m.member = ? AND m.active = 1", (payer,))
+            if own is None and family is None:
+                return Result(rules.NO_LINE)
+            mandate_id = "M" + secrets.token_hex(10)
+            now = self.clock.now().isoformat()
+            tx.execute("UPDATE credit_mandates SET state = 'replaced', ended_at = ?, ended_by = ? WHERE payer = ? "
+                       "AND fixmedins_code = ? AND state = 'active'", (now, f"replaced:{mandate_id}", payer,
+                                                                        owner.institution))
+            new_id = tx.scalar(
+                "INSERT INTO credit_mandates (mandate_id, payer, fixmedins_code, app_id, per_visit_fen, per_day_fen, "
+                "until_day, lines, own_holder, family_holder, auth_id, state, created_at) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?) "
+                "ON CONFLICT (payer, fixmedins_code) WHERE state = 'active' DO NOTHING RETURNING id",
+                (mandate_id, payer, owner.institution, owner.app_id, per_visit, per_day, until.isoformat(),
+                 ",".join(lines), own, family, auth_id, now))
+            if new_id is None:  # another mandate of this payer here committed meanwhile: start again
+                raise StorageError("a mandate was given concurrently", code="serialization_failure")
+            m = _Mandate(int(new_id), mandate_id, payer, owner.institution, per_visit, per_day, until, lines, own,
+                         family, "active", owner.app_id)
+            self._mandate_notice(tx, m, "given")
+            return Result(rules.OK, {**m.to_json(), "state": "active"})
+
+        return self._mutate(key, req, work)
+
+    def _mandate_notice(self, tx: Transaction, m: _Mandate, event: str) -> None:
+        payload = {"event": event, "mandate_id": m.mandate_id, "payer": m.payer, "fixmedins_code": m.fixmedins_code,
+                   "per_visit": fen_to_yuan(m.per_visit), "per_day": fen_to_yuan(m.per_day),
+                   "until": m.until.isoformat(), "lines": ",".join(m.lines), "dispute": DISPUTE_TEXT}
+        now = self.clock.now().isoformat()
+        for role, to in (("payer", m.payer), ("holder", m.family_holder)):
+            if to is None or (role == "holder" and to == m.payer):
+                continue
+            self.outbox.put(tx, TOPIC_MANDATE, {"to": to, "role": role, **payload},
+                            dedupe_key=f"{TOPIC_MANDATE}:{m.mandate_id}:{event}:{role}", created_at=now)
+
+    def mandate_revoke(self, key: str, mandate_id: str, *, institution: str | None = None,
+                       payer: str | None = None, operator: bool = False, by: str = "") -> Result:
+        """End a mandate: its institution (giving up its own authority), its payer (the caller checked the
+        payer's signed word) or the bank's operator. Anyone else: `unknown_mandate`, as for one that does
+        not exist. An ended mandate answers its state again."""
+        _text(mandate_id, "mandate_id")
+        req = {"op": "mandate_revoke", "mandate_id": mandate_id, "institution": institution, "payer": payer,
+               "operator": operator}
+
+        def work(tx: Transaction, day: date) -> Result:
+            m = self._locked_mandate(tx, mandate_id)
+            if m is None or not (operator or (institution is not None and m.fixmedins_code == institution)
+                                 or (payer is not None and m.payer == payer)):
+                return Result(rules.UNKNOWN_MANDATE)
+            if m.state == "active":
+                tx.execute("UPDATE credit_mandates SET state = 'revoked', ended_at = ?, ended_by = ? WHERE id = ?",
+                           (self.clock.now().isoformat(), by or ("operator" if operator else "institution"), m.id))
+                self._mandate_notice(tx, m, "revoked")
+                return Result(rules.OK, {"mandate_id": mandate_id, "state": "revoked"})
+            return Result(rules.OK, {"mandate_id": mandate_id, "state": m.state})
+
+        return self._mutate(key, req, work)
+
+    def mandate_get(self, mandate_id: str, *, institution: str | None, visit: str | None = None) -> Result:
+        """A mandate as its institution sees it (or the operator, institution=None): state (active, revoked,
+        replaced, expired), caps, what is used today and (given `visit`) on that visit."""
+        _text(mandate_id, "mandate_id")
+        day = self._today()
+
+        def work(tx: Transaction) -> Result:
+            r = tx.fetch_one(f"SELECT {_MANDATE_COLS} FROM credit_mandates WHERE mandate_id = ?", (mandate_id,))
+            if r is None or (institution is not None and r[3] != institution):
+                return Result(rules.UNKNOWN_MANDATE)
+            m = _Mandate.from_row(r)
+            used_visit, used_today = self._mandate_used(tx, m, day, visit)
+            out = {**m.to_json(), "state": m.state_on(day), "used_today": fen_to_yuan(used_today)}
+            if visit is not None:
+                out.update(visit=visit, used_visit=fen_to_yuan(used_visit))
+            return Result(rules.OK, out)
+
+        return self.db.read(work)
 
     def hold(self, key: str, payer: str, amount: Fen, ref: str, holder: str | None = None, *,
              owner: Owner | None = None) -> Result:
@@ -613,15 +828,27 @@ class CreditService:
         if st.holder is None:
             return {"code": rules.NO_LINE}
 
+        day = st.as_of
+
         def work(tx: Transaction) -> dict[str, Any]:
             lid = self._line_id(tx, holder)
-            draws = tx.fetch_dicts("SELECT ref, payer, day, original_fen, unpaid_fen, refunded_fen FROM credit_draws "
-                                   "WHERE line_id = ? ORDER BY id", (lid,))
+            draws = tx.fetch_dicts("SELECT ref, payer, day, original_fen, unpaid_fen, refunded_fen, mandate_id, visit "
+                                   "FROM credit_draws WHERE line_id = ? ORDER BY id", (lid,))
+            for d in draws:  # a senseless draw is marked (mandate, visit); a counter draw has neither
+                if d["mandate_id"] is None:
+                    del d["mandate_id"], d["visit"]
+            mandates = []
+            for r in tx.fetch_all(f"SELECT {_MANDATE_COLS} FROM credit_mandates WHERE payer = ? OR own_holder = ? "
+                                  "OR family_holder = ? ORDER BY id", (holder, holder, holder)):
+                m = _Mandate.from_row(r)
+                used = tx.scalar("SELECT SUM(original_fen) FROM credit_draws WHERE mandate_id = ? AND day = ?",
+                                 (m.mandate_id, day.isoformat()), default=0)
+                mandates.append({**m.to_json(), "state": m.state_on(day), "used_today": fen_to_yuan(int(used or 0))})
             holds = tx.fetch_dicts("SELECT ref, payer, day, amount_fen, status, captured_fen FROM credit_holds "
                                    "WHERE line_id = ? ORDER BY id", (lid,))
             members = tx.fetch_dicts("SELECT member, relation, monthly_cap_fen, consent_at, bound_day, unbound_day, "
                                      "active FROM credit_members WHERE line_id = ? ORDER BY id", (lid,))
-            return {"draws": draws, "holds": holds, "members": members}
+            return {"draws": draws, "holds": holds, "members": members, "mandates": mandates}
 
         parts = self.db.read(work)
 
@@ -629,8 +856,9 @@ class CreditService:
             return [{(k[:-4] if k.endswith("_fen") else k): (fen_to_yuan(v) if k.endswith("_fen") and v is not None
                                                               else v) for k, v in r.items()} for r in rows]
 
+        mandates = parts.pop("mandates")
         return {"code": rules.OK, "holder": holder, "as_of": st.as_of.isoformat(), "state": st.to_json(),
-                **{k: yuanify(v) for k, v in parts.items()}}
+                **{k: yuanify(v) for k, v in parts.items()}, "mandates": mandates}
 
     def sweep(self) -> int:
         """Daily job: accrue every line to today and queue due/overdue notices. Returns lines touched
@@ -658,4 +886,4 @@ class CreditService:
         return self.db.read(lambda tx: run_check(tx))
 
 
-__all__ = ["CheckReport", "CreditService", "LineState", "Owner", "Result"]
+__all__ = ["CheckReport", "CreditService", "LineState", "MandateUse", "Owner", "Result"]

@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data-dir", default="")
     t.set_defaults(func=_register)
 
+    n = s.add_parser("notices", help="a person's insurance-app inbox at the centre (ec.notify: senseless charges, "
+                     "visit summaries), newest first")
+    n.add_argument("--psn-no", required=True)
+    n.add_argument("--limit", type=int, default=100)
+    n.add_argument("--db", default="")
+    n.add_argument("--data-dir", default="")
+    n.set_defaults(func=_notices)
+
     c = s.add_parser("check", help="check that every account and journal balances (exit 1 if not)")
     c.add_argument("--db", default="")
     c.add_argument("--data-dir", default="")
@@ -215,3 +223,21 @@ def _check(args: argparse.Namespace) -> int:
         bank = check_bank(db)
     print(json.dumps({"centre": centre, "bank": bank}))
     return 0 if centre["balanced"] and bank["balanced"] else 1
+
+
+def _notices(args: argparse.Namespace) -> int:
+    """The operator's (and the demo's) view of what the person's insurance app shows."""
+    from kiosk.services.centre.service import notices_of
+    from kiosk.storage import open_database
+
+    if not 1 <= args.limit <= 1000:
+        raise InputError("must be between 1 and 1000", field="--limit")
+    centre_url, _ = db_urls(args.db, _data_dir(args))
+    if centre_url.startswith("sqlite") and not Path(centre_url[len("sqlite:///"):]).exists():
+        raise ConfigError(f"no centre database at {centre_url}", code="no_database")
+    with open_database(centre_url) as db:
+        has_table = db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM schema_migrations WHERE name = ?",
+                                                 ("centre.005_visits",)))
+        rows = notices_of(db, args.psn_no, args.limit) if has_table else []
+    print(json.dumps({"psn_no": args.psn_no, "notices": rows}, ensure_ascii=False))
+    return 0

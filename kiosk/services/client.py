@@ -289,6 +289,24 @@ class CentreClient(_Client):
         """1312: one page of the centre's catalogue (hilist_code, hilist_name, chrgitm_lv)."""
         return self.call("1312", {"data": {"page_num": page_num, "page_size": page_size}})
 
+    def open_visit(self, psn_no: str, ec_token: str, insutype: str = "310", *, begntime: str = "",
+                   msgid: str | None = None) -> Answer:
+        """2201: the patient's face (ecToken at this terminal) opens an outpatient visit; the answer's
+        `visit_token` (with `mdtrt_id`) settles the visit's charges (2206/2207) until `exp`, the end of the
+        Asia/Shanghai day, or until 2202 closes it."""
+        return self.call("2201", {"data": {"psn_no": psn_no, "insutype": insutype, "med_type": "11",
+                                           "mdtrt_cert_type": "01", "mdtrt_cert_no": ec_token,
+                                           "begntime": begntime}}, msgid)
+
+    def close_visit(self, psn_no: str, mdtrt_id: str, msgid: str | None = None) -> Answer:
+        """2202: close the visit (this terminal opened it); its token settles nothing more."""
+        return self.call("2202", {"data": {"psn_no": psn_no, "mdtrt_id": mdtrt_id}}, msgid)
+
+    def notify(self, notice: dict[str, Any], msgid: str | None = None) -> Answer:
+        """ec.notify: {notice_id, psn_no, setl_id, mdtrt_id, kind senseless_charge|visit_summary, medfee_sumamt,
+        fund_pay_sumamt, acct_pay, psn_cash_pay, text} into the person's insurance-app inbox."""
+        return self.call("ec.notify", {"data": notice}, msgid)
+
     def mulaid_revoke(self, psn_no: str, auth_psn_no: str, ec_token: str, msgid: str | None = None) -> Answer:
         """Withdraw a mutual-aid authorisation: `ec_token` is the patient's or the relative's."""
         return self.call("mulaid.revoke", {"data": {"psn_no": psn_no, "auth_psn_no": auth_psn_no,
@@ -327,12 +345,28 @@ class BankClient(_Client):
         return self.call("credit.line", _with_auth({"payer": payer, "amount": amount}, pay_auth))
 
     def draw(self, payer: str, amount: str, ref: str, key: str, msgid: str | None = None, *,
-             pay_auth: str = "") -> Answer:
+             pay_auth: str = "", mandate_id: str = "", visit: str = "") -> Answer:
         """Charge `amount` (yuan) to the line `payer` may use; `ref` is the settlement's setl_id, `key` the
         idempotency key (same key + same draw = the first answer, never a second charge), `pay_auth` the
-        centre's authorisation from the settlement's answer (the bank refuses a draw without one)."""
-        return self.call("credit.draw", _with_auth({"payer": payer, "amount": amount, "ref": ref, "key": key},
-                                                   pay_auth), msgid)
+        centre's authorisation from the settlement's answer (the bank refuses a draw without one). A visit's
+        charge without the patient (pay_auth purpose senseless) also names `mandate_id` and `visit` (mdtrt_id)."""
+        data = {"payer": payer, "amount": amount, "ref": ref, "key": key}
+        if mandate_id or visit:
+            data.update(mandate_id=mandate_id, visit=visit)
+        return self.call("credit.draw", _with_auth(data, pay_auth), msgid)
+
+    def mandate(self, payer: str, key: str, pay_auth: str, msgid: str | None = None) -> Answer:
+        """Record the payer's standing authorisation (pay_auth purpose mandate from ec.payauth; its ref holds
+        the terms): mandate_id, per_visit, per_day, until, lines, holders."""
+        return self.call("credit.mandate", {"payer": payer, "key": key, "pay_auth": pay_auth}, msgid)
+
+    def mandate_revoke(self, mandate_id: str, key: str, msgid: str | None = None, *, pay_auth: str = "") -> Answer:
+        """End a mandate: as its institution (no pay_auth), or with the payer's word (purpose mandate_revoke)."""
+        return self.call("credit.mandate_revoke", _with_auth({"mandate_id": mandate_id, "key": key}, pay_auth), msgid)
+
+    def mandate_get(self, mandate_id: str, visit: str = "") -> Answer:
+        """The institution's own mandate: state, caps, used_today (and used_visit for `visit`)."""
+        return self.call("credit.mandate_get", {"mandate_id": mandate_id, **({"visit": visit} if visit else {})})
 
     def reverse_draw(self, key: str, payer: str, msgid: str | None = None, *, ref: str = "") -> Answer:
         """Undo the draw made with `key` (a full refund); a draw with that key arriving later is refused.

@@ -32,6 +32,18 @@ person's ecToken at this terminal):
 
 `line` and `statement` read only: the bank checks them but does not spend them (a retry within
 their 10 minutes reads again); the others are single use like a draw's.
+
+Senseless outpatient payment (issue 17) adds three purposes, with the claims set unchanged (the terms
+travel in `ref`):
+
+| purpose | psn_no | ref | amount |
+|---|---|---|---|
+| `mandate` | the patient giving the standing authorisation | the terms, `visit=<fen>;day=<fen>;until=<YYYY-MM-DD>;lines=<own|family|own,family>` (`format_terms`) | the per-visit cap (= `visit=`) |
+| `mandate_revoke` | the patient (the mandate's payer) | the mandate id | 0 |
+| `senseless` | the patient of the visit | `<setl_id>/<mdtrt_id>` (2207 with a visit token) | the settlement's psn_cash_pay |
+
+`mandate` and `mandate_revoke` are single use; a `senseless` one is a draw's, but the bank takes it
+only under an active mandate of this payer and institution, within its caps.
 """
 from __future__ import annotations
 
@@ -39,15 +51,16 @@ import base64
 import json
 import re
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from kiosk.errors import IntegrityError
+from kiosk.errors import InputError, IntegrityError
 from kiosk.security.sm import Sm2PrivateKey, Sm2PublicKey, sm2_sign, sm2_verify
 
 PREFIX = "PA1"
-PURPOSES = ("draw", "hold", "bind", "line", "apply", "unbind", "statement", "repay")
-POSITIVE = ("draw", "hold", "line", "repay")  # purposes whose amount is money to move or check: > 0
+PURPOSES = ("draw", "hold", "bind", "line", "apply", "unbind", "statement", "repay", "mandate", "mandate_revoke",
+            "senseless")
+POSITIVE = ("draw", "hold", "line", "repay", "mandate", "senseless")  # amount is money to move or cap: > 0
 MAX_LEN = 2048
 # the centre's settlement ids ("S" + yyyymmdd + 16 hex): a draw's ref. A hold's ref (admission) must never
 # look like one: a hold captured under another institution's setl_id would be a draw on that settlement's
@@ -57,6 +70,66 @@ SETTLEMENT_ID = re.compile(r"S[0-9]{8}[0-9A-F]{16}")
 
 def is_settlement_id(ref: str) -> bool:
     return SETTLEMENT_ID.fullmatch(ref) is not None
+
+
+# ---- mandate terms (purpose `mandate`: the claims are fixed, so the terms are the canonical `ref`) -------------
+MANDATE_MAX: int = 2_000_000  # 20,000.00 yuan: no cap above the largest line there is
+MANDATE_MAX_DAYS = 366        # until at most a year (and a day) ahead
+LINE_SETS = ("own", "family", "own,family")
+MANDATE_ID = re.compile(r"M[0-9a-f]{20}")
+_TERMS = re.compile(r"visit=(\d{1,12});day=(\d{1,12});until=(\d{4}-\d{2}-\d{2});lines=(own|family|own,family)")
+
+
+@dataclass(frozen=True)
+class MandateTerms:
+    """What the patient chose on the screen: caps in fen, the last valid Shanghai day, the lines allowed."""
+
+    visit: int
+    day: int
+    until: date
+    lines: tuple[str, ...]
+
+    def text(self) -> str:
+        return format_terms(self.visit, self.day, self.until, self.lines)
+
+
+def format_terms(visit: int, day: int, until: date, lines: tuple[str, ...] | list[str] | str) -> str:
+    """The canonical `ref` of a mandate pay_auth (one spelling per terms: the bank compares it as text)."""
+    names = lines.split(",") if isinstance(lines, str) else list(lines)
+    joined = ",".join(n for n in ("own", "family") if n in names)
+    if joined not in LINE_SETS or len(set(names)) != len(names) or set(names) - {"own", "family"}:
+        raise ValueError("lines must be own, family or own,family")
+    return f"visit={int(visit)};day={int(day)};until={until.isoformat()};lines={joined}"
+
+
+def parse_terms(ref: str, today: date | None = None, *, field: str = "ref") -> MandateTerms:
+    """The terms of a mandate `ref`, checked: canonical form, caps > 0, day >= visit, both <= 20,000.00,
+    and (given today) today <= until <= today + 366 days. InputError naming what is wrong."""
+    m = _TERMS.fullmatch(ref or "")
+    if m is None:
+        raise InputError("must be the mandate terms visit=<fen>;day=<fen>;until=<YYYY-MM-DD>;"
+                         "lines=<own|family|own,family>", field=field)
+    visit, day = int(m.group(1)), int(m.group(2))
+    try:
+        until = date.fromisoformat(m.group(3))
+    except ValueError:
+        raise InputError("until is not a real date", field=field) from None
+    if str(visit) != m.group(1) or str(day) != m.group(2):
+        raise InputError("caps are written in fen without leading zeros", field=field)
+    if visit <= 0 or day <= 0:
+        raise InputError("the per-visit and per-day caps must be greater than 0", field=field)
+    if day < visit:
+        raise InputError("the per-day cap must be at least the per-visit cap", field=field)
+    if visit > MANDATE_MAX or day > MANDATE_MAX:
+        raise InputError("a cap may not exceed 20000.00", field=field)
+    if today is not None and not today <= until <= today + timedelta(days=MANDATE_MAX_DAYS):
+        raise InputError(f"until must be a day from today to {MANDATE_MAX_DAYS} days ahead", field=field)
+    return MandateTerms(visit, day, until, tuple(m.group(4).split(",")))
+
+
+def senseless_ref(setl_id: str, mdtrt_id: str) -> str:
+    """The `ref` of a senseless draw's pay_auth: the settlement and the visit it was charged to."""
+    return f"{setl_id}/{mdtrt_id}"
 USER_ID = b"kiosk-pay-auth"  # SM2 signer id: a pay_auth signature is never valid as an envelope's
 
 
@@ -129,4 +202,5 @@ def public_key_hex(key: Sm2PrivateKey) -> str:
     return key.public_key().to_bytes().hex()
 
 
-__all__ = ["POSITIVE", "PURPOSES", "SETTLEMENT_ID", "PayAuth", "is_settlement_id", "public_key_hex", "sign", "verify"]
+__all__ = ["LINE_SETS", "MANDATE_ID", "MANDATE_MAX", "POSITIVE", "PURPOSES", "SETTLEMENT_ID", "MandateTerms", "PayAuth",
+           "format_terms", "is_settlement_id", "parse_terms", "public_key_hex", "senseless_ref", "sign", "verify"]

@@ -24,8 +24,8 @@ from kiosk.clock import Clock, SystemClock
 from kiosk.config import load
 from kiosk.errors import ConflictError, KioskError
 from kiosk.services.bank.clearing import Clearing, statement as clearing_statement
-from kiosk.services.bank.service import (BankService, OperatorApply, OperatorBind, OperatorLine, OperatorRepay,
-                                         OperatorStatement, OperatorUnbind)
+from kiosk.services.bank.service import (BankService, OperatorApply, OperatorBind, OperatorLine, OperatorMandate,
+                                         OperatorMandateRevoke, OperatorRepay, OperatorStatement, OperatorUnbind)
 from kiosk.security.sm import Sm2PublicKey
 from kiosk.services import envelope as env
 from kiosk.services.envelope import ServiceKeys
@@ -129,7 +129,10 @@ def create_app(db: Database | str | None = None, *, data_dir: Path | None = None
             ("apply", OperatorApply, service.apply_by_operator, "open a line the applicant asked for"),
             ("line", OperatorLine, service.line_for_operator, "the whole line a payer uses (limit, balances)"),
             ("repay", OperatorRepay, service.repay_by_operator, "record a repayment made to the bank"),
-            ("statement", OperatorStatement, lambda d: service.statement_for(d.holder), "a holder's statement")):
+            ("statement", OperatorStatement, lambda d: service.statement_for(d.holder), "a holder's statement"),
+            ("mandate/revoke", OperatorMandateRevoke, service.mandate_revoke_by_operator,
+             "revoke a senseless-payment mandate the payer asked the bank to end"),
+            ("mandate", OperatorMandate, service.mandate_for_operator, "any mandate: state, caps, used today")):
         app.post(f"/admin/{path}", tags=["admin"], summary=f"{summary} (operator token)")(operator(model, act))
 
     @app.get("/admin/clearing", tags=["admin"],

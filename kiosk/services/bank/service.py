@@ -6,15 +6,19 @@
 | credit.bind | holder, member, relation, consent, monthly_cap, pay_auth (the holder's, purpose bind) | bound / no_consent / no_line |
 | credit.unbind | holder, member, pay_auth (holder's or member's, purpose unbind) | unbound / not_bound |
 | credit.line | payer, amount, pay_auth (the payer's, purpose line) | kind own/family, covers 1/0, holder_hint |
-| credit.draw | payer, amount, ref (= setl_id), key, pay_auth | ref, amount, available |
+| credit.draw | payer, amount, ref (= setl_id), key, pay_auth; senseless: + mandate_id, visit | ref, amount, available |
 | credit.draw_reverse | key, payer, ref? | reversed / not_drawn (the key is then blocked) / key_ref_mismatch |
 | credit.hold / credit.capture / credit.release | payer, amount, ref, key, pay_auth / ref, amount, key / ref, key | ... |
 | credit.repay | holder, amount, key, pay_auth (holder's, purpose repay) | interest, principal |
 | credit.refund | ref, amount, key | principal, cash |
-| credit.statement | holder, pay_auth (holder's, purpose statement) | state, draws, holds, members |
+| credit.statement | holder, pay_auth (holder's, purpose statement) | state, draws, holds, members, mandates |
+| credit.mandate | payer, key, pay_auth (payer's, purpose mandate: ref = the terms) | mandate_id, caps, until, lines, holders |
+| credit.mandate_revoke | mandate_id, key, pay_auth? (payer's, purpose mandate_revoke) | mandate_id, state |
+| credit.mandate_get | mandate_id, visit? | state, caps, used_today (, used_visit) |
 
 The bank's own channel (operator token): `POST /admin/apply`, `/admin/bind`, `/admin/unbind`,
-`/admin/line`, `/admin/repay`, `/admin/statement` (kiosk.services.client.operator_call).
+`/admin/line`, `/admin/repay`, `/admin/statement`, `/admin/mandate/revoke`, `/admin/mandate`
+(kiosk.services.client.operator_call).
 
 Holder notifications are not a terminal transaction: the operator's sender drains
 them through `POST /admin/notifications` (operator token), see `hand_over`.
@@ -37,11 +41,12 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from kiosk.clock import Clock
-from kiosk.credit import CreditService, Owner, Result
-from kiosk.errors import ConflictError, IntegrityError, KioskError
+from kiosk.credit import CreditService, MandateUse, Owner, Result
+from kiosk.clock import local_day
+from kiosk.errors import ConflictError, InputError, IntegrityError, KioskError
 from kiosk.money import yuan_to_fen
 from kiosk.security.sm import Sm2PublicKey
 from kiosk.services import payauth
@@ -169,8 +174,52 @@ class Draw(_In):
     pay_auth: str = Field(min_length=1, max_length=payauth.MAX_LEN,
                           description="the insurance centre's signed authorisation of this payment (2207/2102 "
                                       "answer for a draw, ec.payauth for a hold)")
+    mandate_id: str | None = Field(default=None, pattern=payauth.MANDATE_ID.pattern,
+                                   description="senseless draw (pay_auth purpose senseless): the payer's mandate")
+    visit: str | None = Field(default=None, min_length=1, max_length=30,
+                              description="senseless draw: the visit (mdtrt_id); the pay_auth's ref is ref/visit")
 
     _amt = field_validator("amount", mode="before")(_amount)
+
+    @model_validator(mode="after")
+    def _both(self) -> "Draw":
+        if (self.mandate_id is None) != (self.visit is None):
+            raise ValueError("a senseless draw names both mandate_id and visit (and a counter draw neither)")
+        return self
+
+
+_MANDATE_ID = Field(pattern=payauth.MANDATE_ID.pattern, description="the bank's mandate id (M + 20 hex digits)")
+
+
+class Mandate(_In):
+    payer: str = _ID
+    key: str = _KEY
+    pay_auth: str = Field(min_length=1, max_length=payauth.MAX_LEN,
+                          description="the payer's word from the centre's ec.payauth (purpose mandate, ref = the "
+                                      "terms visit=<fen>;day=<fen>;until=<YYYY-MM-DD>;lines=<own|family|own,family>, "
+                                      "amount = the per-visit cap)")
+
+
+class MandateRevoke(_In):
+    mandate_id: str = _MANDATE_ID
+    key: str = _KEY
+    pay_auth: str | None = Field(default=None, max_length=payauth.MAX_LEN,
+                                 description="the payer's word (purpose mandate_revoke, ref = mandate_id): any "
+                                             "terminal; without it only a terminal of the mandate's institution")
+
+
+class MandateGet(_In):
+    mandate_id: str = _MANDATE_ID
+    visit: str | None = Field(default=None, min_length=1, max_length=30, description="also: used on this visit")
+
+
+class OperatorMandateRevoke(_In):
+    mandate_id: str = _MANDATE_ID
+    key: str = Field(default="", max_length=120, description="optional idempotency key")
+
+
+class OperatorMandate(_In):
+    mandate_id: str = _MANDATE_ID
 
 
 class DrawReverse(_In):
@@ -264,6 +313,13 @@ _MESSAGES = {
     "unknown_ref": "no draw or hold with this ref",
     "exceeds_original": "refunds would exceed the draw's original amount",
     "overpayment": "the repayment exceeds what is owed",
+    "no_mandate": "no senseless-payment mandate of this payer at this institution: the patient is needed",
+    "unknown_mandate": "no such mandate",
+    "mandate_revoked": "the mandate was revoked: the patient is needed",
+    "mandate_expired": "the mandate has expired: the patient is needed",
+    "line_not_allowed": "the mandate does not allow this line: the patient is needed",
+    "mandate_cap_visit": "the charge would exceed the mandate's per-visit cap: the patient is needed",
+    "mandate_cap_day": "the charge would exceed the mandate's per-day cap: the patient is needed",
 }
 
 
@@ -446,9 +502,13 @@ class BankService:
             if row is not None and row[0] in ("blocked", "reversed"):
                 return Refusal(InfCode.ALREADY_REVERSED, "this draw was reversed (credit.draw_reverse); not charged",
                                code="draw_reversed", field="input.key")
-        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "draw", key, psn_no=d.payer, ref=d.ref,
-                                             amount=amount)
-        r = self._guard(self.credit.draw, key, d.payer, amount, d.ref, d.holder, owner=self._owner(ctx))
+        # a counter draw carries the payer's `draw` word; a visit's charge without the payer its `senseless`
+        # word (ref setl_id/visit) and runs under the payer's mandate: neither stands in for the other
+        use = MandateUse(d.mandate_id, d.visit) if d.mandate_id is not None and d.visit is not None else None
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "senseless" if use else "draw", key,
+                                             psn_no=d.payer, ref=payauth.senseless_ref(d.ref, d.visit or "")
+                                             if use else d.ref, amount=amount)
+        r = self._guard(self.credit.draw, key, d.payer, amount, d.ref, d.holder, owner=self._owner(ctx), mandate=use)
         if not r.ok:  # refused: nothing drawn under this key, and the authorisation is not spent
             if claimed is not None:
                 tx.execute("DELETE FROM bank_draw_keys WHERE key = ?", (key,))
@@ -483,6 +543,8 @@ class BankService:
         return {"key": d.key, "result": "reversed", "ref": row[1], **detail}
 
     def hold(self, ctx: Ctx, tx: Transaction, d: Draw) -> dict[str, Any] | Refusal:
+        if d.mandate_id is not None:
+            raise Refusal(InfCode.INVALID_INPUT, "a deposit hold never runs under a mandate", field="input.mandate_id")
         if payauth.is_settlement_id(d.ref):  # a deposit is never held under a settlement's ref (payauth)
             raise Refusal(InfCode.INVALID_INPUT, "must be the admission's reference, never a settlement id",
                           field="input.ref")
@@ -538,6 +600,71 @@ class BankService:
         s.pop("code")
         return s
 
+    # ---- mandates: senseless outpatient payment ---------------------------------------------------------
+    def _verified(self, token: str) -> payauth.PayAuth:
+        pub = self.centre_key()
+        if pub is None:
+            raise Refusal(InfCode.INTERNAL, "the bank does not know the insurance centre's public key; nothing "
+                          "was recorded", code="centre_key_unknown", field="input.pay_auth")
+        try:
+            return payauth.verify(token, pub)
+        except IntegrityError as e:
+            raise Refusal(InfCode.NO_AUTHORISATION, e.message, code="pay_auth_invalid",
+                          field="input.pay_auth") from None
+
+    def mandate(self, ctx: Ctx, tx: Transaction, d: Mandate) -> dict[str, Any] | Refusal:
+        """The payer's standing authorisation of senseless payment at the caller's institution: only on the
+        payer's own word (pay_auth purpose mandate, from the face at this terminal), whose signed ref carries
+        the terms; the bank re-reads them (form, caps <= 20,000.00, until not past), never the terminal's."""
+        key = self._key(ctx, f"mandate/{d.key}")
+        a = self._verified(d.pay_auth)
+        if a.purpose != "mandate":
+            raise Refusal(InfCode.NO_AUTHORISATION, "pay_auth does not authorise this mandate: its purpose differs",
+                          code="pay_auth_mismatch", field="input.pay_auth")
+        try:
+            terms = payauth.parse_terms(a.ref, field="input.pay_auth")
+        except InputError:
+            raise Refusal(InfCode.NO_AUTHORISATION, "pay_auth does not authorise this mandate: its terms are not "
+                          "ones the centre signs", code="pay_auth_mismatch", field="input.pay_auth") from None
+        auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "mandate", key, psn_no=d.payer, ref=a.ref,
+                                             amount=terms.visit)
+        if auth_new and terms.until < local_day(ctx.now):  # (a replay of the same key answers as before)
+            raise Refusal(InfCode.BUSINESS_REFUSED, _MESSAGES["mandate_expired"], code="mandate_expired",
+                          field="input.pay_auth")
+        r = self._guard(self.credit.mandate, key, d.payer, self._owner(ctx), terms.visit, terms.day, terms.until,
+                        terms.lines, a.id)
+        self._release(tx, r, auth_new, auth_id)
+        return _answer(r)
+
+    def mandate_revoke(self, ctx: Ctx, tx: Transaction, d: MandateRevoke) -> dict[str, Any] | Refusal:
+        """A terminal of the mandate's institution (it may always give up its own authority), or any terminal
+        with the payer's word for this mandate (pay_auth purpose mandate_revoke). Anyone else: the answer
+        of a mandate that does not exist."""
+        key = self._key(ctx, f"mandate_revoke/{d.key}")
+        payer, auth_new, auth_id = None, False, ""
+        if d.pay_auth:
+            a = self._verified(d.pay_auth)  # the proof is judged before the mandate is looked at
+            auth_new, auth_id = self._authorised(ctx, tx, d.pay_auth, "mandate_revoke", key, psn_no=a.psn_no,
+                                                 ref=d.mandate_id, amount=0)
+            payer = a.psn_no
+        r = self._guard(self.credit.mandate_revoke, key, d.mandate_id, institution=ctx.terminal.fixmedins_code,
+                        payer=payer, by=f"{'payer' if payer else 'institution'}:{ctx.terminal.app_id}")
+        self._release(tx, r, auth_new, auth_id)
+        return _answer(r)
+
+    def mandate_revoke_by_operator(self, d: OperatorMandateRevoke) -> dict[str, Any] | Refusal:
+        """The bank's own channel (the payer asked the bank: app, phone, branch)."""
+        return _answer(self.credit.mandate_revoke(f"operator/mandate_revoke/{d.key or d.mandate_id}", d.mandate_id,
+                                                  operator=True, by="operator"))
+
+    def mandate_for_operator(self, d: OperatorMandate) -> dict[str, Any] | Refusal:
+        return _answer(self.credit.mandate_get(d.mandate_id, institution=None))
+
+    def mandate_get(self, ctx: Ctx, tx: Transaction, d: MandateGet) -> dict[str, Any] | Refusal:
+        """The institution's own mandate: state, caps, used today (and on the visit named)."""
+        return _answer(self.credit.mandate_get(d.mandate_id, institution=ctx.terminal.fixmedins_code,
+                                               visit=d.visit))
+
     def clearing(self, ctx: Ctx, tx: Transaction, d: Clearing) -> dict[str, Any]:
         """credit.clearing: the caller's institution's statement for the day; another institution's is
         answered as one with nothing (never read)."""
@@ -574,6 +701,11 @@ class BankService:
             ("credit.repay", Repay, self.repay, "repay: interest first, then oldest principal"),
             ("credit.refund", Refund, self.refund, "refund of a paid bill to its draw"),
             ("credit.statement", Statement, self.statement, "the holder's statement"),
+            ("credit.mandate", Mandate, self.mandate,
+             "the payer's standing authorisation of senseless outpatient payment at this institution"),
+            ("credit.mandate_revoke", MandateRevoke, self.mandate_revoke,
+             "end a mandate: its institution, or any terminal with the payer's word"),
+            ("credit.mandate_get", MandateGet, self.mandate_get, "the institution's own mandate: state, caps, used"),
             ("credit.clearing", Clearing, self.clearing,
              "the institution's clearing statement for a day: draws, captures, refunds, net due (own only)"),
         ]

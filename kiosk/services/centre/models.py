@@ -179,7 +179,8 @@ class FeeDetail(_Strict):
 class _SettleHead(_Strict):
     psn_no: str = Field(min_length=1, max_length=30)
     mdtrt_cert_type: Literal["01", "02"] = "01"
-    mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the ecToken from face authentication")
+    mdtrt_cert_no: str = Field(min_length=1, max_length=128, description="the ecToken from face authentication, "
+                               "or (2206/2207 of an open outpatient visit) the visit_token 2201 issued")
     medfee_sumamt: str = Field(description="bill total, yuan; must equal the sum of the lines")
     insutype: Literal["310", "390"] = "310"
     acct_used_flag: Literal["0", "1"] = "1"
@@ -271,16 +272,20 @@ class PayAuthData(_Strict):
     psn_no: str = Field(min_length=1, max_length=30, description="the person who authorises (payer, holder)")
     mdtrt_cert_type: Literal["01"] = Field(default="01", description="only the ecToken: the face proves the person")
     mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the ecToken from face authentication")
-    purpose: Literal["hold", "bind", "line", "apply", "unbind", "statement", "repay"] = Field(
+    purpose: Literal["hold", "bind", "line", "apply", "unbind", "statement", "repay", "mandate",
+                     "mandate_revoke"] = Field(
         description="hold: an inpatient deposit; bind/unbind: the holder lends (or stops lending) the line to a "
                     "member (unbind also the member leaving); line: which line pays this amount; apply: open a "
-                    "line; statement: the holder's statement; repay (draws are authorised by 2207/2102)")
+                    "line; statement: the holder's statement; repay; mandate: senseless outpatient payment at this "
+                    "institution (ref = the terms, amount = the per-visit cap); mandate_revoke: the payer ends a "
+                    "mandate (ref = mandate_id) (draws are authorised by 2207/2102)")
     amount: str = Field(description="yuan, 2 dp: hold the deposit, line the amount to check, repay the repayment "
                                     "(> 0); bind the member's monthly cap (0.00 = none); apply/unbind/statement 0.00 "
                                     "(apply: the centre writes the insured years)")
     ref: str = Field(min_length=1, max_length=64, description="hold: the admission id; bind/unbind: the member's "
                      "psn_no; statement: the holder's psn_no; apply: the birth date (the centre writes its "
-                     "own); line/repay: the payment it is for")
+                     "own); line/repay: the payment it is for; mandate: visit=<fen>;day=<fen>;until=<YYYY-MM-DD>;"
+                     "lines=<own|family|own,family>; mandate_revoke: the mandate_id")
 
     @field_validator("amount", mode="before")
     @classmethod
@@ -295,13 +300,80 @@ class PayAuthData(_Strict):
 
     @model_validator(mode="after")
     def _positive_hold(self) -> "PayAuthData":
-        if self.purpose in ("hold", "line", "repay") and Decimal(self.amount) <= 0:
+        if self.purpose in ("hold", "line", "repay", "mandate") and Decimal(self.amount) <= 0:
             raise ValueError(f"amount must be greater than 0 for {self.purpose}")
         return self
 
 
 class PayAuthRequest(_Strict):
     data: PayAuthData
+
+
+# ---- outpatient visits (senseless payment, issue 17) -------------------------------------------
+class VisitOpenData(_Strict):
+    """2201 outpatient registration: the patient's face at this terminal opens the visit."""
+
+    psn_no: str = Field(min_length=1, max_length=30)
+    insutype: Literal["310", "390"] = "310"
+    med_type: Literal["11"] = Field(default="11", description="11 outpatient (the only visit senseless payment has)")
+    mdtrt_cert_type: Literal["01"] = Field(default="01", description="only the ecToken: the face proves the patient")
+    mdtrt_cert_no: str = Field(min_length=1, max_length=64, description="the ecToken from face authentication at "
+                               "this terminal")
+    begntime: str = Field(default="", max_length=19, description="yyyy-MM-dd HH:mm:ss, informational")
+
+
+class VisitOpen2201(_Strict):
+    data: VisitOpenData
+
+
+class VisitCloseData(_Strict):
+    psn_no: str = Field(min_length=1, max_length=30)
+    mdtrt_id: str = Field(min_length=1, max_length=30)
+
+
+class VisitClose2202(_Strict):
+    """2202 close an outpatient visit (the registering terminal): later charges are refused."""
+
+    data: VisitCloseData
+
+
+def _yuan_field(v: object, field: str) -> str:
+    try:
+        return str(parse_decimal(v, field, max_dp=2, allow_negative=True))
+    except Exception as e:
+        raise ValueError(getattr(e, "message", str(e))) from None
+
+
+class NotifyData(_Strict):
+    """ec.notify (the platform's cn.nhsa.settle.notify): a notice for the person's insurance app inbox."""
+
+    notice_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_./:-]+$")
+    psn_no: str = Field(min_length=1, max_length=30)
+    setl_id: str = Field(default="", max_length=30, description="the settlement (senseless_charge: required)")
+    mdtrt_id: str = Field(default="", max_length=30, description="the visit (visit_summary: required)")
+    kind: Literal["senseless_charge", "visit_summary"]
+    medfee_sumamt: str = "0.00"
+    fund_pay_sumamt: str = "0.00"
+    acct_pay: str = "0.00"
+    psn_cash_pay: str = "0.00"
+    text: str = Field(default="", max_length=2000)
+
+    @field_validator("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay", mode="before")
+    @classmethod
+    def _dec2(cls, v: object, info) -> str:  # type: ignore[no-untyped-def]
+        return _yuan_field(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _object(self) -> "NotifyData":
+        if self.kind == "senseless_charge" and not self.setl_id:
+            raise ValueError("setl_id is required for a senseless_charge notice")
+        if not self.setl_id and not self.mdtrt_id:
+            raise ValueError("give setl_id or mdtrt_id")
+        return self
+
+
+class Notify(_Strict):
+    data: NotifyData
 
 
 # transaction code -> (input model, summary)
@@ -322,7 +394,13 @@ TRANSACTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "5203": (SettlementQuery5203, "settlement query by setl_id or by the settling msgid"),
     "1312": (CatalogueQuery1312, "catalogue query, paged (code, name, chrgitm_lv): terminals check bills against it"),
     "ec.payauth": (PayAuthRequest, "the signed pay_auth for an act on the person's credit line: deposit hold, "
-                                    "binding, line query, opening, statement, repayment (ecToken of the person)"),
+                                    "binding, line query, opening, statement, repayment, senseless-payment mandate "
+                                    "and its revocation (ecToken of the person)"),
+    "2201": (VisitOpen2201, "outpatient registration by face: opens a visit (mdtrt_id, visit_token valid to the "
+                            "end of the Asia/Shanghai day); nothing is charged"),
+    "2202": (VisitClose2202, "close an outpatient visit (the registering terminal); later charges are refused"),
+    "ec.notify": (Notify, "a senseless-charge or visit-summary notice for the person's insurance app inbox "
+                          "(own institution's settlement or visit of that person only)"),
 }
 
 

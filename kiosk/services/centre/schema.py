@@ -147,4 +147,32 @@ MIGRATIONS = [
             locked_until TEXT,
             PRIMARY KEY (fixmedins_code, certno_key))""",
     ]),
+    Migration("centre.005_visits", [
+        # outpatient visits opened by face at registration (2201); charges carry the visit_token instead of
+        # a fresh face while the visit is open and the day has not ended (senseless payment, issue 17)
+        """CREATE TABLE centre_visits (
+            mdtrt_id TEXT PRIMARY KEY,
+            psn_no TEXT NOT NULL,
+            fixmedins_code TEXT NOT NULL,
+            app_id TEXT NOT NULL,
+            insutype TEXT NOT NULL,
+            opened_at TEXT NOT NULL,
+            exp BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            closed_at TEXT)""",
+        "CREATE INDEX centre_visits_psn ON centre_visits (psn_no)",
+        # notices for the person's insurance app (ec.notify), once per (institution, notice_id)
+        """CREATE TABLE centre_notices (
+            fixmedins_code TEXT NOT NULL,
+            notice_id TEXT NOT NULL,
+            app_id TEXT NOT NULL,
+            psn_no TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            setl_id TEXT NOT NULL,
+            mdtrt_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (fixmedins_code, notice_id))""",
+        "CREATE INDEX centre_notices_psn ON centre_notices (psn_no, created_at)",
+    ]),
 ]

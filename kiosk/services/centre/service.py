@@ -95,7 +95,14 @@ def _person(row: tuple[Any, ...] | None) -> Person | None:
 
 
 _AUTH_PREFIX = {"hold": "PH", "bind": "PB", "line": "PL", "apply": "PA", "unbind": "PU", "statement": "PS",
-                "repay": "PR"}
+                "repay": "PR", "mandate": "PAM", "mandate_revoke": "PMR"}
+VISIT_AUTH_PREFIX = "PV"  # a senseless draw's authorisation: "PV" + setl_id (a counter draw's is "PD" + setl_id)
+
+
+def end_of_day(now: datetime) -> int:
+    """Unix seconds of the last second of `now`'s Asia/Shanghai day: a visit's token lasts until then."""
+    d = now.astimezone(SHANGHAI).date()
+    return int((datetime(d.year, d.month, d.day, tzinfo=SHANGHAI) + timedelta(days=1)).timestamp()) - 1
 
 
 def _years_insured(insu_date: str, now: datetime) -> int:
@@ -173,6 +180,41 @@ class CentreService:
                           code="token_expired", field=field)
         return parts[1]
 
+    def issue_visit_token(self, terminal: Terminal, psn_no: str, mdtrt_id: str, exp: int) -> str:
+        body = f"{psn_no}.{mdtrt_id}.{exp}"
+        return f"VT.{body}.{self._sig(f'vt|{terminal.app_id}|{body}')}"
+
+    def _visit_of(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, *, lock: bool) -> str:
+        """The open visit a visit_token proves (2206/2207 without a fresh face): issued to this terminal,
+        for this person and this mdtrt_id, before the end of its day, the visit still open. One refusal,
+        `face_auth_required`, for anything that is not such a token (another terminal's, forged, another
+        person's or visit's), so nothing is learnt about other visits; `visit_expired` and `visit_closed`
+        only for this terminal's own genuine token. Returns the mdtrt_id."""
+        field = "input.mdtrt_cert_no"
+        refused = Refusal(InfCode.IDENTITY_MISMATCH, "this terminal's face authentication (ecToken) or its own "
+                          "open visit's token is required", code="face_auth_required", field=field)
+        parts = head.mdtrt_cert_no.split(".")
+        if (ctx.request.infno not in ("2206", "2207") or len(parts) != 5 or parts[0] != "VT"
+                or not parts[3].isdigit()):
+            raise refused
+        body = ".".join(parts[1:4])
+        if not hmac.compare_digest(parts[4], self._sig(f"vt|{ctx.terminal.app_id}|{body}")):
+            raise refused
+        psn_no, mdtrt_id, exp = parts[1], parts[2], int(parts[3])
+        if psn_no != head.psn_no or mdtrt_id != head.mdtrt_id:
+            raise refused
+        if exp < int(ctx.now.timestamp()):
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "the visit ended with its day; the patient's face is needed",
+                          code="visit_expired", field=field)
+        row = tx.fetch_one("SELECT psn_no, fixmedins_code, app_id, state FROM centre_visits WHERE mdtrt_id = ?"
+                           + (tx.for_update if lock else ""), (mdtrt_id,))  # vs a 2202 in flight
+        if row is None or (row[0], row[1], row[2]) != (psn_no, ctx.terminal.fixmedins_code, ctx.terminal.app_id):
+            raise refused
+        if row[3] != "open":
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "the visit is closed; the patient's face is needed",
+                          code="visit_closed", field=field)
+        return mdtrt_id
+
     # ---- pay_auth: the signed word the bank charges a line on (kiosk.services.payauth) ---------------
     def _pay_auth(self, ctx: Ctx, tx: Transaction, auth_id: str, psn_no: str, ref: str, amount: int,
                   purpose: str, *, app_id: str | None = None, record: bool = True) -> tuple[str, int]:
@@ -212,12 +254,30 @@ class CentreService:
                           field="input.data.ref")
         elif d.purpose == "apply":
             ref, amount = p.brdy, _years_insured(p.insu_date, ctx.now)
-        if d.purpose in ("unbind", "statement") and amount:
+        elif d.purpose == "mandate":
+            ref = self._mandate_terms(ctx, d.ref, amount)
+        elif d.purpose == "mandate_revoke" and not payauth.MANDATE_ID.fullmatch(d.ref):
+            raise Refusal(InfCode.INVALID_INPUT, "must be the mandate_id the bank gave (M + 20 hex digits)",
+                          field="input.data.ref")
+        if d.purpose in ("unbind", "statement", "mandate_revoke") and amount:
             raise Refusal(InfCode.INVALID_INPUT, "must be 0.00 for this purpose", field="input.data.amount")
         auth_id = _AUTH_PREFIX[d.purpose] + secrets.token_hex(12).upper()
         token, exp = self._pay_auth(ctx, tx, auth_id, d.psn_no, ref, amount, d.purpose)
         return {"pay_auth": token, "auth_id": auth_id, "purpose": d.purpose, "ref": ref,
                 "amount": str(amount) if d.purpose == "apply" else fen_to_yuan(amount), "exp": str(exp)}
+
+    @staticmethod
+    def _mandate_terms(ctx: Ctx, ref: str, amount: int) -> str:
+        """A mandate's terms as the patient confirmed them (payauth.parse_terms: caps > 0, day >= visit, at most
+        20,000.00, today <= until <= today + 366 days); amount = the per-visit cap. The canonical text."""
+        try:
+            terms = payauth.parse_terms(ref, local_day(ctx.now), field="input.data.ref")
+        except InputError as e:
+            raise Refusal(InfCode.INVALID_INPUT, e.message, field="input.data.ref") from None
+        if amount != terms.visit:
+            raise Refusal(InfCode.INVALID_INPUT, "must equal the per-visit cap of the terms (visit=)",
+                          field="input.data.amount")
+        return terms.text()
 
     def _not_yours(self, ctx: Ctx, tx: Transaction, object_id: str, refusal: Refusal) -> Refusal:
         """The answer for an object of another institution: the very refusal "not found" gets (returned,
@@ -512,11 +572,7 @@ class CentreService:
             raise Refusal(InfCode.IDENTITY_MISMATCH, "this terminal's face authentication (ecToken, 01) is "
                           "required; a typed ID number is not proof of the person", code="face_auth_required",
                           field="input.mdtrt_cert_type")
-        if head.mdtrt_cert_type == "01":
-            who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
-            if who != head.psn_no:
-                raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
-                              field="input.mdtrt_cert_no")
+        visit = self._settle_proof(ctx, tx, head, commit)
         mulaid_psn = None
         if head.acct_mulaid_flag == "1":
             mulaid_psn = tx.scalar("SELECT auth_psn_no FROM centre_mulaid WHERE psn_no = ?", (head.psn_no,))
@@ -567,9 +623,29 @@ class CentreService:
                          yrow is not None)
         out = self._answer(s, setl_id, p, head, profile)
         if commit and s.psn_cash_pay > 0 and head.mdtrt_cert_type == "01":
-            # the face proved the payer (ecToken): the cash share may be drawn on credit, once, here
-            out["pay_auth"], _exp = self._pay_auth(ctx, tx, "PD" + setl_id, p.psn_no, setl_id, s.psn_cash_pay, "draw")
+            out["pay_auth"] = self._cash_auth(ctx, tx, setl_id, p.psn_no, s.psn_cash_pay, visit)
         return out
+
+    def _settle_proof(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, commit: bool) -> str | None:
+        """Who proved the patient for a settlement: this terminal's ecToken (None), or the visit_token of the
+        patient's open visit here (its mdtrt_id: a charge of the visit without the patient, 2206/2207 only)."""
+        if head.mdtrt_cert_type != "01":
+            return None
+        if head.mdtrt_cert_no.startswith("VT."):
+            return self._visit_of(ctx, tx, head, lock=commit)
+        who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
+        if who != head.psn_no:
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
+                          field="input.mdtrt_cert_no")
+        return None
+
+    def _cash_auth(self, ctx: Ctx, tx: Transaction, setl_id: str, psn_no: str, cash: int, visit: str | None) -> str:
+        """The cash share's pay_auth: `draw` when the face proved the payer now; `senseless` (ref =
+        setl_id/mdtrt_id) for a charge of an open visit, which the bank draws only under the payer's mandate."""
+        if visit is None:
+            return self._pay_auth(ctx, tx, "PD" + setl_id, psn_no, setl_id, cash, "draw")[0]
+        return self._pay_auth(ctx, tx, VISIT_AUTH_PREFIX + setl_id, psn_no, payauth.senseless_ref(setl_id, visit),
+                              cash, "senseless")[0]
 
     def _commit(self, ctx: Ctx, tx: Transaction, s: Settlement, setl_id: str, p: Person, profile: Profile,
                 year: int, head: m._SettleHead, mulaid_psn: str | None, ytd_exists: bool) -> None:
@@ -721,8 +797,8 @@ class CentreService:
     def query_settlement(self, ctx: Ctx, tx: Transaction, data: m.SettlementQuery5203) -> dict[str, Any]:
         d = data.data
         cols = ("SELECT s.setl_id, s.psn_no, s.state, s.result, s.msgid, s.infno, s.reversed_at, s.fixmedins_code, "
-                "s.psn_cash_pay, a.app_id FROM centre_settlements s LEFT JOIN centre_pay_auths a "
-                "ON a.auth_id = 'PD' || s.setl_id WHERE ")
+                "s.psn_cash_pay, a.app_id, a.auth_id, a.purpose, a.ref FROM centre_settlements s LEFT JOIN "
+                "centre_pay_auths a ON a.auth_id IN ('PD' || s.setl_id, 'PV' || s.setl_id) WHERE ")
         if d.setl_id:
             row = tx.fetch_one(cols + "s.setl_id = ?", (d.setl_id,))
         else:
@@ -742,9 +818,83 @@ class CentreService:
         if row[2] == "settled" and row[9] == ctx.terminal.app_id and int(row[8]) > 0:
             # the terminal that settled it lost the answer (or let its pay_auth expire): the same
             # authorisation again (same id: the bank still draws once), newly signed and dated
-            out["pay_auth"], _exp = self._pay_auth(ctx, tx, "PD" + row[0], row[1], row[0], int(row[8]), "draw",
+            out["pay_auth"], _exp = self._pay_auth(ctx, tx, row[10], row[1], row[12], int(row[8]), row[11],
                                                    record=False)
         return out
+
+    # ---- outpatient visits (senseless payment) --------------------------------------------------------------------
+    def open_visit(self, ctx: Ctx, tx: Transaction, data: m.VisitOpen2201) -> dict[str, Any]:
+        """2201: registration by the patient's face at this terminal opens an outpatient visit; nothing is
+        charged. Its visit_token (bound to this terminal, to the end of the Asia/Shanghai day) stands in for
+        the face at the visit's 2206/2207."""
+        d = data.data
+        who = self.token_psn(ctx.terminal, d.mdtrt_cert_no, ctx.now, "input.data.mdtrt_cert_no")
+        if who != d.psn_no:
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
+                          code="face_auth_required", field="input.data.mdtrt_cert_no")
+        p = self.person(tx, d.psn_no, field="input.data.psn_no")
+        if d.insutype != p.insutype:
+            raise Refusal(InfCode.BUSINESS_REFUSED, f"person is insured under {p.insutype}, not {d.insutype}",
+                          code="insutype_mismatch", field="input.data.insutype")
+        self.institution(tx, ctx.terminal.fixmedins_code)
+        mdtrt_id = "V" + ctx.now.astimezone(SHANGHAI).strftime("%Y%m%d") + secrets.token_hex(6).upper()
+        exp = end_of_day(ctx.now)
+        tx.execute("INSERT INTO centre_visits (mdtrt_id, psn_no, fixmedins_code, app_id, insutype, opened_at, exp, "
+                   "state) VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
+                   (mdtrt_id, p.psn_no, ctx.terminal.fixmedins_code, ctx.terminal.app_id, p.insutype,
+                    ctx.now.isoformat(), exp))
+        return {"mdtrt_id": mdtrt_id, "psn_no": p.psn_no, "visit_token": self.issue_visit_token(
+            ctx.terminal, p.psn_no, mdtrt_id, exp), "exp": str(exp), "state": "open"}
+
+    def close_visit(self, ctx: Ctx, tx: Transaction, data: m.VisitClose2202) -> dict[str, Any] | Refusal:
+        """2202: the registering terminal closes the visit (again: the same answer). Anyone else, another
+        person's or an unknown mdtrt_id: the answer of a visit that does not exist."""
+        d = data.data
+        row = tx.fetch_one("SELECT psn_no, fixmedins_code, app_id, state, closed_at FROM centre_visits "
+                           "WHERE mdtrt_id = ?" + tx.for_update, (d.mdtrt_id,))
+        missing = Refusal(InfCode.NOT_FOUND, "no such visit for this person", field="input.data.mdtrt_id")
+        if row is not None and row[1] != ctx.terminal.fixmedins_code:
+            return self._not_yours(ctx, tx, d.mdtrt_id, missing)
+        if row is None or row[0] != d.psn_no or row[2] != ctx.terminal.app_id:
+            raise missing
+        closed_at = row[4]
+        if row[3] == "open":
+            closed_at = ctx.now.isoformat()
+            tx.execute("UPDATE centre_visits SET state = 'closed', closed_at = ? WHERE mdtrt_id = ?",
+                       (closed_at, d.mdtrt_id))
+        return {"mdtrt_id": d.mdtrt_id, "psn_no": d.psn_no, "state": "closed", "closed_at": closed_at}
+
+    def notify(self, ctx: Ctx, tx: Transaction, data: m.Notify) -> dict[str, Any] | Refusal:
+        """ec.notify: a notice into the person's insurance-app inbox, about this institution's own settlement
+        (or visit) of that person only; stored once per (institution, notice_id). Anything else: the answer
+        of a settlement that does not exist (a terminal cannot write into strangers' inboxes)."""
+        d = data.data
+        mine = ctx.terminal.fixmedins_code
+        if d.setl_id:
+            field, obj = "input.data.setl_id", d.setl_id
+            row = tx.fetch_one("SELECT fixmedins_code, psn_no, mdtrt_id FROM centre_settlements WHERE setl_id = ?",
+                               (d.setl_id,))
+            fits = row is not None and row[1] == d.psn_no and (not d.mdtrt_id or d.mdtrt_id == row[2])
+        else:
+            field, obj = "input.data.mdtrt_id", d.mdtrt_id
+            row = tx.fetch_one("SELECT fixmedins_code, psn_no FROM centre_visits WHERE mdtrt_id = ?", (d.mdtrt_id,))
+            fits = row is not None and row[1] == d.psn_no
+        missing = Refusal(InfCode.NOT_FOUND, "no such settlement or visit of this person", field=field)
+        if row is not None and row[0] != mine:
+            return self._not_yours(ctx, tx, obj, missing)
+        if not fits:
+            return missing
+        body = _dumps(d.model_dump())
+        stored = tx.fetch_one(
+            "INSERT INTO centre_notices (fixmedins_code, notice_id, app_id, psn_no, kind, setl_id, mdtrt_id, body, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fixmedins_code, notice_id) DO NOTHING "
+            "RETURNING notice_id", (mine, d.notice_id, ctx.terminal.app_id, d.psn_no, d.kind, d.setl_id, d.mdtrt_id,
+                                    body, ctx.now.isoformat()))
+        if stored is None and tx.scalar("SELECT body FROM centre_notices WHERE fixmedins_code = ? AND notice_id = ?",
+                                        (mine, d.notice_id)) != body:
+            return Refusal(InfCode.MSGID_CONFLICT, "notice_id was already used for another notice",
+                           code="notice_conflict", field="input.data.notice_id")
+        return {"notice_id": d.notice_id, "psn_no": d.psn_no, "stored": "1"}
 
     # ---- routes ---------------------------------------------------------------------------------------------------
     def query_catalogue(self, ctx: Ctx, tx: Transaction, data: m.CatalogueQuery1312) -> dict[str, Any]:
@@ -764,7 +914,8 @@ class CentreService:
             "2206": self.presettle_outpatient, "2207": self.settle_outpatient, "2208": self.reverse_settlement,
             "2101": self.presettle_pharmacy, "2102": self.settle_pharmacy, "2103": self.reverse_settlement,
             "2601": self.reverse_message, "5203": self.query_settlement, "1312": self.query_catalogue,
-            "ec.payauth": self.request_pay_auth,
+            "ec.payauth": self.request_pay_auth, "2201": self.open_visit, "2202": self.close_visit,
+            "ec.notify": self.notify,
             "3201": dayend.reconcile_totals, "3202": dayend.settlement_list,
         }
         return {code: Route(code, m.TRANSACTIONS[code][0], fn, m.TRANSACTIONS[code][1],
@@ -782,3 +933,11 @@ def _loads(s: str) -> Any:
     import json
 
     return json.loads(s)
+
+
+def notices_of(db: Database, psn_no: str, limit: int = 100) -> list[dict[str, Any]]:
+    """The person's insurance-app inbox (ec.notify), newest first: what `kiosk services notices` prints."""
+    rows = db.read(lambda tx: tx.fetch_all(
+        "SELECT fixmedins_code, notice_id, body, created_at FROM centre_notices WHERE psn_no = ? "
+        "ORDER BY created_at DESC, notice_id LIMIT ?", (psn_no, limit)))
+    return [{"fixmedins_code": r[0], "created_at": r[3], **_loads(r[2])} for r in rows]
