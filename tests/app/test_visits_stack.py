@@ -1,0 +1,142 @@
+"""Senseless outpatient payment end to end on the stack (test_e2e's: the real centre and bank as their own
+processes, the firmware bridge on the MCU simulator, the kiosk over HTTP with the real face pipeline):
+one face at registration, charges settled and drawn without the patient, a charge over the cap that
+needs the patient, the notices in the patient's inbox, the holder's statement, a refund, the day-end,
+a revocation that stops the next charge, and other POS systems' attempts."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from kiosk.clock import SystemClock, local_day
+from kiosk.storage import open_database
+
+from tests.app.test_e2e import HAS_BANK, LI, OTHER_POS, centre_rows, stack  # noqa: F401
+
+pytestmark = pytest.mark.skipif(not HAS_BANK, reason="kiosk.services.bank not landed yet")
+
+
+def bill(yuan: str, code: str = "F001") -> dict[str, Any]:
+    return {"med_type": "11", "items": [{"code": code, "price": yuan, "qty": "1"}]}
+
+
+def register(st: Any, visit_id: str, person: str, *, mandate: dict[str, str] | None = None,
+             timeout: float = 60.0) -> dict[str, Any]:
+    """The HIS registers the visit; the patient steps up: face (ID on a first visit), the confirm key."""
+    from kiosk.app.demo import scene
+
+    st.typist.clear()
+    if not centre_rows(st, "SELECT activated FROM centre_persons WHERE psn_no = ?", (person,))[0][0]:
+        st.typist.plan("id_entry", f"{st.person(person)['certno']}<enter>")
+    st.typist.plan("confirm", "<enter>")
+    st.camera.show(scene(st, person))
+    try:
+        r = st.pos_client.open_visit(visit_id, mandate)
+        assert r.status_code == 201, r.text
+        end = time.monotonic() + timeout
+        while True:
+            v = st.pos_client.visit(visit_id, wait=10).json()
+            if v["state"] != "opening" or time.monotonic() > end:
+                return v
+    finally:
+        st.camera.clear()
+
+
+def inbox(st: Any, psn_no: str) -> list[dict[str, Any]]:
+    from kiosk.services.centre.service import notices_of
+
+    db = open_database(f"sqlite:///{st.data_dir / 'centre.db'}")
+    try:
+        return notices_of(db, psn_no)
+    finally:
+        db.close()
+
+
+def statement(st: Any, holder: str) -> dict[str, Any]:
+    from kiosk.services.client import operator_call
+
+    a = operator_call(st.url("bank"), st.admin_token, "statement", {"holder": holder})
+    assert a["infcode"] == 0, a
+    return a["output"]
+
+
+def test_one_face_then_charges_without_the_patient_caps_notices_refund_revocation(stack):
+    st = stack
+    v = register(st, "SV1", LI, mandate={"per_visit": "100.00", "per_day": "150.00",
+                                         "until": local_day(SystemClock()).isoformat()})
+    assert v["state"] == "open", v
+    mid = v["mandate"]["mandate_id"]
+    assert v["mandate"]["per_visit"] == "100.00" and v["mdtrt_id"]
+    term = st.runtime.terminal
+    # three charges posted at different times, each paid without the patient
+    paid = []
+    for i, amount in enumerate(("30.00", "40.00", "50.00"), 1):
+        r = st.pos_client.charge("SV1", f"C{i}", bill(amount))
+        assert r.status_code == 201, r.text
+        paid.append(r.json())
+        time.sleep(0.2)
+    assert all(p["status"] == "paid" and p["result"]["setl_id"] for p in paid)
+    for p in paid:  # each settlement stands at the centre, made under the visit
+        row = centre_rows(st, "SELECT state, mdtrt_id FROM centre_settlements WHERE setl_id = ?",
+                          (p["result"]["setl_id"],))
+        assert row == [("settled", v["mdtrt_id"])]
+    used = sum(int(round(float(p["result"][k]) * 100)) for p in paid for k in ("acct_pay", "acct_mulaid_pay",
+                                                                               "credit_draw", "cash_pay"))
+    assert st.pos_client.visit("SV1").json()["used_this_visit"] == f"{used // 100}.{used % 100:02d}"
+    # a fourth over the per-visit cap: the patient is needed, nothing moved for it
+    before = centre_rows(st, "SELECT COUNT(*) FROM centre_settlements WHERE psn_no = ?", (LI,))[0][0]
+    r = st.pos_client.charge("SV1", "C4", bill("300.00"))
+    assert r.status_code == 409 and r.json()["code"] == "needs_patient", r.text
+    assert r.json()["reason"] in ("mandate_cap_visit", "mandate_cap_day")
+    assert centre_rows(st, "SELECT COUNT(*) FROM centre_settlements WHERE psn_no = ? AND state = 'settled'",
+                       (LI,))[0][0] <= before
+    assert st.pos_client.cancel(r.json()["order_id"]).status_code == 200  # the HIS takes it back
+    # the notices reach the patient's insurance app (the idle pass), each once
+    term.recover()
+    got = [n for n in inbox(st, LI) if n["kind"] == "senseless_charge"]
+    assert {n["setl_id"] for n in got} >= {p["result"]["setl_id"] for p in paid}
+    # the holder's statement shows the mandate and marks the senseless draws
+    stm = statement(st, LI)
+    assert any(m["mandate_id"] == mid for m in stm["mandates"])
+    drawn = [d for d in stm["draws"] if d.get("mandate_id") == mid]
+    assert len(drawn) == sum(1 for p in paid if p["result"]["credit_draw"] != "0.00")
+    # a charge is refunded like an order
+    ref = st.pos_client.refund(paid[0]["order_id"], "SV1-R1")
+    assert ref.status_code == 201, ref.text
+    assert centre_rows(st, "SELECT state FROM centre_settlements WHERE setl_id = ?",
+                       (paid[0]["result"]["setl_id"],))[0][0] != "settled"
+    # another POS system at the same counter can neither charge nor see nor revoke the visit
+    from kiosk.app.pos_client import PosClient
+
+    other = PosClient(st.url("kiosk"), OTHER_POS, st.other_pos_key)
+    for resp in (other.charge("SV1", "X1", bill("10.00")), other.visit("SV1"), other.revoke_visit("SV1"),
+                 other.close_visit("SV1")):
+        assert resp.status_code == 404 and resp.json()["code"] == "not_found"
+    other.close()
+    # the revocation stops the next charge
+    rv = st.pos_client.revoke_visit("SV1")
+    assert rv.status_code == 200 and rv.json()["mandate"]["state"] == "revoked", rv.text
+    r = st.pos_client.charge("SV1", "C5", bill("10.00"))
+    assert r.status_code == 409 and r.json()["reason"] == "mandate_revoked"
+    st.pos_client.cancel(r.json()["order_id"])
+    # close: the summary printed and sent
+    c = st.pos_client.close_visit("SV1")
+    assert c.status_code == 200 and c.json()["state"] == "closed"
+    term.recover()
+    assert any(n["kind"] == "visit_summary" and n["mdtrt_id"] == v["mdtrt_id"] for n in inbox(st, LI))
+
+
+def test_a_charge_for_a_visit_that_does_not_exist_moves_nothing(stack):
+    r = stack.pos_client.charge("NO-SUCH-VISIT", "C1", bill("10.00"))
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+
+
+def test_the_day_end_matches_with_the_charges(stack):
+    from kiosk.app.reconcile import reconcile
+
+    st = stack
+    st.runtime.terminal.wait_idle(10)
+    rep = reconcile(st.runtime.terminal.store.db, st.centre_client, st.bank_client, local_day(SystemClock()))
+    assert rep.matched, rep.table()
