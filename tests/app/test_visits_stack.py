@@ -140,3 +140,17 @@ def test_the_day_end_matches_with_the_charges(stack):
     st.runtime.terminal.wait_idle(10)
     rep = reconcile(st.runtime.terminal.store.db, st.centre_client, st.bank_client, local_day(SystemClock()))
     assert rep.matched, rep.table()
+
+
+def test_the_three_books_agree_on_the_charges(stack):
+    """`kiosk check parties`: every charge's settlement and draw as the terminal says (paid, refunded, or
+    nothing standing for one that needed the patient)."""
+    from kiosk.app.crosscheck import check_parties
+    from kiosk.services.bank.app import bank_db_url
+
+    st = stack
+    st.runtime.terminal.wait_idle(10)
+    with open_database(f"sqlite:///{st.data_dir / 'centre.db'}") as c, open_database(bank_db_url(st.data_dir)) as b:
+        rep = check_parties(c, b, [st.runtime.terminal.store.db])
+    assert rep.balanced, rep.table()
+    assert rep.counted
