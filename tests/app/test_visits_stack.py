@@ -128,6 +128,31 @@ def test_one_face_then_charges_without_the_patient_caps_notices_refund_revocatio
     assert any(n["kind"] == "visit_summary" and n["mdtrt_id"] == v["mdtrt_id"] for n in inbox(st, LI))
 
 
+def test_the_demos_senseless_part(stack):
+    """What `kiosk demo` adds for issue 17, on the test's stack: three charges paid without the patient, the
+    fourth needs her, notices and statement show them, the revocation stops the next charge."""
+    from kiosk.app.demo import ReceiptTee, senseless_demo
+
+    st = stack
+    tee = ReceiptTee(st.runtime.terminal.deps.printer)
+    st.runtime.terminal.deps.printer = tee
+    try:
+        out = senseless_demo(st, st.typist, tee, "DEMO-V")
+    finally:
+        st.runtime.terminal.deps.printer = tee.inner
+    assert out["state"] == "open", out
+    paid = [c for c in out["charges"][:3]]
+    assert [c["http"] for c in paid] == [201, 201, 201] and all(c["status"] == "paid" for c in paid)
+    assert out["charges"][3]["http"] == 409 and out["charges"][3]["status"] == "needs_patient"
+    assert out["charges"][3]["reason"] in ("mandate_cap_visit", "mandate_cap_day")
+    assert {n["setl_id"] for n in out["notices"]} == {c["setl_id"] for c in paid}
+    assert out["statement"]["mandates"] and len(out["statement"]["senseless_draws"]) == sum(
+        1 for c in paid if c["credit_draw"] != "0.00")
+    assert out["revoked"] and out["after_revocation"] == {"http": 409, "status": "needs_patient",
+                                                          "reason": "mandate_revoked"}
+    assert out["summary_printed"] and out["totals"]["medfee_sumamt"] == "92.00"
+
+
 def test_a_charge_for_a_visit_that_does_not_exist_moves_nothing(stack):
     r = stack.pos_client.charge("NO-SUCH-VISIT", "C1", bill("10.00"))
     assert r.status_code == 404 and r.json()["code"] == "not_found"
