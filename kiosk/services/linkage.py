@@ -30,7 +30,7 @@ from typing import Any, Callable, Protocol
 from kiosk.errors import RemoteError
 from kiosk.money import yuan_to_fen
 from kiosk.services.client import BankClient, CentreClient
-from kiosk.services.protocol import InfCode
+from kiosk.services.protocol import Answer, InfCode
 
 
 class Journal(Protocol):
@@ -55,6 +55,7 @@ class PaymentEntry:
     cash_yuan: str = "0.00"
     pay_auth: str = ""  # the centre's authorisation of the draw (2207/2102 answer, or 5203)
     detail: str = ""
+    mandate_id: str = ""  # a visit's charge without the patient: drawn under this mandate (visit = head mdtrt_id)
     history: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,9 +74,12 @@ class LinkedPayment:
         self.fault = fault or (lambda step: None)  # test hook: raise to simulate a crash after `step`
 
     def begin(self, order_id: str, head: dict[str, Any], lines: list[dict[str, Any]], *, payer: str = "",
-              pharmacy: bool = False) -> PaymentEntry:
+              pharmacy: bool = False, mandate_id: str = "") -> PaymentEntry:
+        """`mandate_id`: a charge of an open visit settled with its visit token (head mdtrt_cert_no) and
+        drawn under the payer's mandate; a refusal of the mandate reverses the settlement like a decline."""
         m = self.centre.new_msgid()
-        e = PaymentEntry(order_id, head["psn_no"], head, lines, pharmacy, payer or head["psn_no"], m, f"draw-{m}")
+        e = PaymentEntry(order_id, head["psn_no"], head, lines, pharmacy, payer or head["psn_no"], m, f"draw-{m}",
+                         mandate_id=mandate_id)
         self._save(e, "intent")
         return e
 
@@ -129,14 +133,14 @@ class LinkedPayment:
         if e.cash_fen == 0:
             self._save(e, "done", "no cash share")
             return
-        a = self.bank.draw(e.payer, e.cash_yuan, e.setl_id, e.draw_key, pay_auth=e.pay_auth)  # uncertain -> raises
+        a = self._bank_draw(e)  # uncertain -> raises
         if a.err_code == "pay_auth_expired" or (not e.pay_auth and a.infcode == InfCode.INVALID_INPUT):
             # a draw resumed long after its settlement: the centre signs the same authorisation anew
             q = self.centre.query(e.psn_no, setl_id=e.setl_id)
             if q.ok and q.output.get("pay_auth"):
                 e.pay_auth = str(q.output["pay_auth"])
                 self.journal.save(e)
-                a = self.bank.draw(e.payer, e.cash_yuan, e.setl_id, e.draw_key, pay_auth=e.pay_auth)
+                a = self._bank_draw(e)
         self.fault("draw")
         if a.ok:
             self._save(e, "done", f"draw {a.output.get('draw_id', '')}")
@@ -146,6 +150,12 @@ class LinkedPayment:
                               code=a.err_code or "bank_fault")
         else:
             self._save(e, "reversing", f"draw refused: {a.err_code}")
+
+    def _bank_draw(self, e: PaymentEntry) -> Answer:
+        if e.mandate_id:
+            return self.bank.draw(e.payer, e.cash_yuan, e.setl_id, e.draw_key, pay_auth=e.pay_auth,
+                                  mandate_id=e.mandate_id, visit=str(e.head.get("mdtrt_id", "")))
+        return self.bank.draw(e.payer, e.cash_yuan, e.setl_id, e.draw_key, pay_auth=e.pay_auth)
 
     def _reverse(self, e: PaymentEntry) -> None:
         if e.setl_id:

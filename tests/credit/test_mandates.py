@@ -121,6 +121,32 @@ def test_family_line_shared_by_senseless_and_counter_draws_stays_within_caps_and
     assert svc.check().ok
 
 
+def test_one_mandate_on_two_lines_serialises_on_the_mandate_not_only_the_line(db: Database) -> None:
+    """A payer bound to a family line who later opened an own line: a mandate naming both has draws under
+    two different line locks; the mandate row's lock keeps the shared caps."""
+    svc, _clock = _svc(db)
+    _family(svc)
+    assert svc.open("open-m", "M", date(1990, 1, 1), 6).ok
+    m = svc.mandate("m1", "M", HOSPITAL, 40_000, 1_000_000, DAY + timedelta(days=3), ("own", "family"), "PAM1")
+    assert m.detail["holders"] == {"own": "M", "family": "H"}
+    mid = m.detail["mandate_id"]
+    start = threading.Barrier(2)
+
+    def charge(i: int, visit: str) -> None:
+        start.wait(timeout=30)  # the two draws race: one on each line
+        svc.draw(f"k{i}", "M", 10_000, f"S{i:03d}", "H" if i % 2 else None, owner=HOSPITAL,
+                 mandate=MandateUse(mid, visit))
+
+    for r in range(20):  # 20 visits, 300.00 each way: one draw of each pair must be refused
+        start.reset()
+        mid_visit = f"V{r}"
+        svc.draw(f"pre{r}", "M", 30_000, f"P{r:03d}", owner=HOSPITAL, mandate=MandateUse(mid, mid_visit))
+        _run([threading.Thread(target=charge, args=(2 * r + k, mid_visit)) for k in range(2)])
+        assert _senseless_total(db, mid, mid_visit) == 40_000
+    assert svc.state("H").principal_outstanding + svc.state("M").principal_outstanding == 20 * 40_000
+    assert svc.check().ok
+
+
 def test_a_draw_under_a_mandate_checks_who_where_which_line_and_until(db: Database) -> None:
     svc, clock = _svc(db)
     _family(svc)

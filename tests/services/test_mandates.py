@@ -200,6 +200,12 @@ def test_mandate_visit_and_three_charges_without_the_patient(world: World) -> No
     assert w.bank_db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM bank_pay_auths WHERE ref = ?",
                                                (f"{s.output['setlinfo']['setl_id']}/{v['mdtrt_id']}",))) == 0
     assert w.c.client.reverse(s.output["setlinfo"]["setl_id"], p.psn_no).ok
+    # the day-end: the bank's clearing statement has the three draws, marked with mandate and visit
+    day = w.c.clock.now().astimezone(SHANGHAI).date().isoformat()
+    cl = w.bank.call("credit.clearing", {"day": day})
+    mine = [e for e in cl.output["entries"] if e.get("visit") == v["mdtrt_id"]]
+    assert [(e["kind"], e["amount"], e["mandate_id"]) for e in mine] == [
+        ("draw", a, m["mandate_id"]) for a in ("120.00", "80.00", "150.00")]
     _books(w)
 
 
@@ -336,6 +342,51 @@ def test_operator_revokes_any_mandate(world: World) -> None:
     got = operator_call("http://testserver", w.admin_token, "mandate", {"mandate_id": m["mandate_id"]},
                         http=w.bank.http)
     assert got["output"]["state"] == "revoked" and got["output"]["payer"] == p.psn_no
+
+
+# ---- crash after each step (the services' reference linkage; kiosk.app journals the same way) -------------
+class Crash(Exception):
+    pass
+
+
+def _linked(w: World, p: Any, v: dict[str, Any], m: dict[str, Any], amount: str, journal: Any,
+            fault: str | None = None) -> tuple[Any, Any]:
+    from kiosk.services.linkage import LinkedPayment
+
+    medfee, feedetail = lines(("XC02", amount, "1"))
+    h = head(p, v["visit_token"], medfee, acct_used_flag="0", mdtrt_id=v["mdtrt_id"])
+
+    def hook(step: str) -> None:
+        if step == fault:
+            raise Crash(step)
+
+    lp = LinkedPayment(w.c.client, w.bank, journal, fault=hook)
+    return lp, lp.begin("charge-" + secrets.token_hex(4), h, feedetail, mandate_id=m["mandate_id"])
+
+
+def test_a_charge_survives_a_crash_after_each_step_and_a_cap_refusal_reverses_it(world: World) -> None:
+    from kiosk.services.linkage import LinkedPayment, MemoryJournal
+
+    w = world
+    p = _person(w)
+    m = _give(w, p, visit=30_000, day=60_000)
+    v = _visit(w, p)
+    journal = MemoryJournal()
+    for step, amount in (("settle", "100.00"), ("draw", "110.00")):
+        lp, e = _linked(w, p, v, m, amount, journal, fault=step)
+        with pytest.raises(Crash):
+            lp.run(e)
+        done = LinkedPayment(w.c.client, w.bank, journal).resume(journal.load(e.order_id))
+        assert done.state == "done", done
+        assert _drawn(w, done.setl_id) == int(amount.replace(".", ""))  # once
+    # above the per-visit cap (210.00 of 300.00 used): the draw is refused and the settlement reversed,
+    # so the charge becomes a counter payment with the patient (nothing stands at either party)
+    lp, e = _linked(w, p, v, m, "100.00", journal)
+    out = lp.run(e)
+    assert out.state == "reversed" and "mandate_cap_visit" in out.detail
+    assert w.c.client.query(p.psn_no, setl_id=out.setl_id).output["setl_state"] == "reversed"
+    assert _drawn(w, out.setl_id) is None
+    _books(w)
 
 
 # ---- red team: someone else tries it ---------------------------------------------------------------------

@@ -42,14 +42,14 @@ def statement(tx: Transaction, institution: str, day: str, *, readable: bool = T
     """The clearing statement of `institution` for `day`; not `readable` (a caller asking for another
     institution's): the answer an institution with no credit payments that day gets, read from nothing."""
     rows = [] if not readable else tx.fetch_all(
-        "SELECT e.id, e.kind, e.created_at, p.amount, d.ref, d.payer, d.from_hold, d.app_id "
+        "SELECT e.id, e.kind, e.created_at, p.amount, d.ref, d.payer, d.from_hold, d.app_id, d.mandate_id, d.visit "
         "FROM credit_entries e JOIN credit_postings p ON p.entry_id = e.id "
         "JOIN credit_draws d ON d.id = p.draw_id "
         "WHERE e.day = ? AND p.account = ? AND d.fixmedins_code = ? ORDER BY e.id",
         (day, MERCHANT, institution))
     sums = {"draw": [0, 0], "capture": [0, 0], "refund": [0, 0]}
     entries = []
-    for entry_id, kind, at, amount, ref, payer, from_hold, app_id in rows:
+    for entry_id, kind, at, amount, ref, payer, from_hold, app_id, mandate_id, visit in rows:
         due = -int(amount)  # what this entry adds to the amount due to the institution
         what = "refund" if due < 0 else ("capture" if from_hold else "draw")
         if kind not in ("draw", "refund"):  # a correcting entry keeps the sign rule; name it by its own kind
@@ -58,7 +58,8 @@ def statement(tx: Transaction, institution: str, day: str, *, readable: bool = T
         s[0] += 1
         s[1] += abs(due)
         entries.append({"entry_id": int(entry_id), "kind": what, "ref": ref, "payer": payer,
-                        "amount": fen_to_yuan(abs(due)), "due": fen_to_yuan(due), "at": at, "app_id": app_id or ""})
+                        "amount": fen_to_yuan(abs(due)), "due": fen_to_yuan(due), "at": at, "app_id": app_id or "",
+                        **({"mandate_id": mandate_id, "visit": visit} if mandate_id else {})})  # senseless
     net = -sum(int(r[3]) for r in rows)
     return {"fixmedins_code": institution, "day": day,
             "draws": {"count": sums["draw"][0], "amount": fen_to_yuan(sums["draw"][1])},
