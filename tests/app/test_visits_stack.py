@@ -179,3 +179,145 @@ def test_the_three_books_agree_on_the_charges(stack):
         rep = check_parties(c, b, [st.runtime.terminal.store.db])
     assert rep.balanced, rep.table()
     assert rep.counted
+
+
+# ------------------------------------------------------------------------------------------ crash after each step
+CHARGE_STEPS = ["start", "presettle", "reserved", "settle", "settled", "draw", "drawn", "paid"]
+MOVED = {"settled", "draw", "drawn", "paid"}  # the settlement stands: recovery goes forward, by the same key
+
+
+@pytest.fixture(scope="module")
+def crash_visit(stack) -> dict[str, Any]:
+    """A visit registered by face on the stack's kiosk, for the crash children to charge (same terminal)."""
+    v = register(stack, "CRASH-V", LI, mandate={"per_visit": "2000.00", "per_day": "5000.00",
+                                                "until": local_day(SystemClock()).isoformat()})
+    assert v["state"] == "open", v
+    return v
+
+
+def _copy_visit(st: Any, child_dir: Any, visit_id: str) -> None:
+    """The child kiosk's database starts with the visit and its mandate (as if registered there)."""
+    from kiosk.app.store import Store
+
+    src = st.runtime.terminal.store.db
+    vrow = src.read(lambda tx: tx.fetch_dicts("SELECT * FROM app_visits WHERE visit_id = ?", (visit_id,)))[0]
+    mrow = src.read(lambda tx: tx.fetch_dicts("SELECT * FROM app_mandates WHERE mandate_id = ?",
+                                              (vrow["mandate_id"],)))[0]
+    db = open_database(f"sqlite:///{child_dir / 'kiosk.db'}")
+    try:
+        Store(db, SystemClock())
+        for table, row in (("app_visits", vrow), ("app_mandates", mrow)):
+            cols = ", ".join(row)
+            db.run(lambda tx: tx.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' for _ in row)})",
+                                         tuple(row.values())))
+    finally:
+        db.close()
+
+
+def crash_charge(st: Any, tmp_path: Any, step: str, visit_id: str, charge_id: str, body: dict[str, Any]) -> Any:
+    """A whole kiosk process (same terminal identity, services and bridge) on its own database holding the
+    visit, KIOSK_CRASH_AFTER_STEP=step, sent the charge; it dies on the spot after that journal step."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from kiosk.app.demo import scene
+    from kiosk.app.pos_client import PosClient
+    from tests.app.conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "KIOSK_CRASH_AFTER_STEP": step, "KIOSK_DATA_DIR": str(st.data_dir),
+           "KIOSK_BRIDGE_TOKEN_FILE": str(st.bridge_token_file())}
+    kdir = tmp_path / "crash"
+    kdir.mkdir()
+    for f in ("terminal.json", "pos_systems.json"):
+        (kdir / f).write_bytes((st.data_dir / f).read_bytes())
+        os.chmod(kdir / f, 0o600)
+    os.symlink(st.data_dir / "keys", kdir / "keys")
+    _copy_visit(st, kdir, visit_id)
+    log = tmp_path / "child.log"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kiosk.cli", "serve", "--data-dir", str(kdir), "--port", str(port),
+         "--centre-port", str(st.ports.centre), "--bank-port", str(st.ports.bank),
+         "--bridge-port", str(st.ports.bridge), "--images", *[str(p) for p in scene(st, LI)]],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), start_new_session=True)
+    try:
+        pos = PosClient(f"http://127.0.0.1:{port}", "demo-pos", st.pos_key, timeout=10)
+        end = time.monotonic() + 60
+        while True:
+            try:
+                if pos.http.get("/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < end and child.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        answer = "(died under the request)"
+        try:
+            answer = pos.charge(visit_id, charge_id, body).text
+        except httpx.HTTPError:
+            pass  # the process died under the request
+        try:
+            assert child.wait(60) == 137
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the kiosk never reached the crash point ({answer}):\n" + log.read_text()[-3000:])
+    finally:
+        if child.poll() is None:
+            child.kill()
+    return kdir
+
+
+@pytest.mark.parametrize("step", CHARGE_STEPS)
+def test_charge_crash_after_each_step_is_resolved_on_restart(stack, crash_visit, tmp_path, step):
+    """A real kiosk process killed after each journal step of a charge; a new terminal on its database
+    recovers it: paid exactly once (settlement standing, one draw under the mandate) or nothing standing,
+    and every ledger of both services balances."""
+    from kiosk.app.store import Store
+    from kiosk.app.terminal import Terminal
+    from kiosk.services.bank.app import bank_db_url, check_bank
+    from kiosk.services.centre.check import check_centre
+
+    st = stack
+    cid = f"CR-{step}"
+    kdir = crash_charge(st, tmp_path, step, "CRASH-V", cid, bill("50.00"))
+    db = open_database(f"sqlite:///{kdir / 'kiosk.db'}")
+    try:
+        store = Store(db, SystemClock())
+        term = Terminal(store, st.runtime.terminal.deps, SystemClock())
+        term.recover()
+        assert term.recover() == []  # a second pass finds nothing left
+        oid = f"charge~CRASH-V~{cid}"
+        row = store.get("demo-pos", oid)
+        steps = {s: d for s, d in store.steps("demo-pos", oid)}
+        msgid = (steps.get("settle") or {}).get("msgid")
+        setl = centre_rows(st, "SELECT setl_id, state FROM centre_settlements WHERE msgid LIKE ?",
+                           (f"%{msgid}",)) if msgid else []
+        draws = [d for d in bank_draws(st) if setl and d[0] == setl[0][0]]
+        if step in MOVED:
+            assert row.status == "paid", (row, steps)
+            assert setl and setl[0][1] == "settled" and row.result["setl_id"] == setl[0][0]
+            cash = yuan_to_fen_(row.result["credit_draw"])
+            assert sum(d[1] for d in draws) == cash and len(draws) == (1 if cash else 0)
+        else:
+            assert row.status == "failed", (row, steps)
+            assert all(s[1] != "settled" for s in setl) and not draws
+        with open_database(f"sqlite:///{st.data_dir / 'centre.db'}") as c, open_database(bank_db_url(st.data_dir)) as b:
+            assert check_centre(c)["balanced"] and check_bank(b)["balanced"]
+    finally:
+        db.close()
+
+
+def bank_draws(st: Any) -> list[tuple[str, int]]:
+    from kiosk.services.bank.app import bank_db_url
+
+    with open_database(bank_db_url(st.data_dir)) as db:
+        return [(r[0], int(r[1])) for r in db.read(lambda tx: tx.fetch_all(
+            "SELECT ref, original_fen FROM credit_draws WHERE mandate_id IS NOT NULL"))]
+
+
+def yuan_to_fen_(v: str) -> int:
+    from kiosk.money import yuan_to_fen
+
+    return yuan_to_fen(v, "amount")
