@@ -214,9 +214,11 @@ def _copy_visit(st: Any, child_dir: Any, visit_id: str) -> None:
         db.close()
 
 
-def crash_charge(st: Any, tmp_path: Any, step: str, visit_id: str, charge_id: str, body: dict[str, Any]) -> Any:
+def crash_charge(st: Any, tmp_path: Any, step: str, visit_id: str, charge_id: str, body: dict[str, Any],
+                 *, register_terms: dict[str, str] | None = None) -> Any:
     """A whole kiosk process (same terminal identity, services and bridge) on its own database holding the
-    visit, KIOSK_CRASH_AFTER_STEP=step, sent the charge; it dies on the spot after that journal step."""
+    visit, KIOSK_CRASH_AFTER_STEP=step, sent the charge; it dies on the spot after that journal step.
+    With `register_terms` it is sent the visit's registration instead (the patient at its camera confirms)."""
     import os
     import subprocess
     import sys
@@ -236,12 +238,17 @@ def crash_charge(st: Any, tmp_path: Any, step: str, visit_id: str, charge_id: st
         (kdir / f).write_bytes((st.data_dir / f).read_bytes())
         os.chmod(kdir / f, 0o600)
     os.symlink(st.data_dir / "keys", kdir / "keys")
-    _copy_visit(st, kdir, visit_id)
+    if register_terms is None:
+        _copy_visit(st, kdir, visit_id)
+    id_keys: list[str] = []
+    if not centre_rows(st, "SELECT activated FROM centre_persons WHERE psn_no = ?", (LI,))[0][0]:
+        id_keys = ["--keys", f"id_entry={st.person(LI)['certno']}<enter>"]  # first visit: the ID is typed
     log = tmp_path / "child.log"
     child = subprocess.Popen(
         [sys.executable, "-m", "kiosk.cli", "serve", "--data-dir", str(kdir), "--port", str(port),
          "--centre-port", str(st.ports.centre), "--bank-port", str(st.ports.bank),
-         "--bridge-port", str(st.ports.bridge), "--images", *[str(p) for p in scene(st, LI)]],
+         "--bridge-port", str(st.ports.bridge), "--images", *[str(p) for p in scene(st, LI)],
+         "--keys", "confirm=<enter>", *id_keys],
         env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), start_new_session=True)
     try:
         pos = PosClient(f"http://127.0.0.1:{port}", "demo-pos", st.pos_key, timeout=10)
@@ -256,13 +263,22 @@ def crash_charge(st: Any, tmp_path: Any, step: str, visit_id: str, charge_id: st
             time.sleep(0.2)
         answer = "(died under the request)"
         try:
-            answer = pos.charge(visit_id, charge_id, body).text
+            answer = (pos.charge(visit_id, charge_id, body) if register_terms is None else
+                      pos.open_visit(visit_id, register_terms)).text
         except httpx.HTTPError:
             pass  # the process died under the request
         try:
-            assert child.wait(60) == 137
+            assert child.wait(60 if register_terms is None else 100) == 137
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the kiosk never reached the crash point ({answer}):\n" + log.read_text()[-3000:])
+            try:
+                cdb = open_database(f"sqlite:///{kdir / 'kiosk.db'}")
+                seen = cdb.read(lambda tx: tx.fetch_all("SELECT order_id, step, data FROM app_journal ORDER BY id"))
+                seen_o = cdb.read(lambda tx: tx.fetch_all("SELECT order_id, status, reason FROM app_orders"))
+                cdb.close()
+            except Exception as e:  # noqa: BLE001
+                seen, seen_o = str(e), ""
+            pytest.fail(f"the kiosk never reached the crash point ({answer}; journal {seen}; orders {seen_o}):\n"
+                        + log.read_text()[-3000:])
     finally:
         if child.poll() is None:
             child.kill()
@@ -321,3 +337,50 @@ def yuan_to_fen_(v: str) -> int:
     from kiosk.money import yuan_to_fen
 
     return yuan_to_fen(v, "amount")
+
+
+REGISTER_STEPS = ["start", "face_auth", "mandate_auth", "register", "mandated", "registered", "print", "done"]
+CONFIRMED = {"register", "mandated", "registered", "print", "done"}  # the patient had confirmed: forward
+
+
+@pytest.mark.parametrize("step", REGISTER_STEPS)
+def test_registration_crash_after_each_step_ends_open_or_with_nothing_opened(stack, tmp_path, step):
+    """A real kiosk process killed after each journal step of a registration; the new terminal's recovery
+    ends it open (mandate at the bank, visit at the centre, both named by the kiosk's visit) or with
+    nothing opened - never a mandate without its visit."""
+    from kiosk.app.store import Store
+    from kiosk.app.terminal import Terminal
+    from kiosk.services.bank.app import bank_db_url
+
+    st = stack
+
+    def bank_mandates() -> list[tuple[str, str]]:
+        with open_database(bank_db_url(st.data_dir)) as db:
+            return [(r[0], r[1]) for r in db.read(lambda tx: tx.fetch_all(
+                "SELECT mandate_id, state FROM credit_mandates WHERE payer = ? ORDER BY mandate_id", (LI,)))]
+
+    mandates_before = bank_mandates()
+    visits_before = centre_rows(st, "SELECT mdtrt_id FROM centre_visits WHERE psn_no = ?", (LI,))
+    vid = f"CRV-{step}"
+    terms = {"per_visit": "300.00", "per_day": "600.00", "until": local_day(SystemClock()).isoformat()}
+    kdir = crash_charge(st, tmp_path, step, vid, "", {}, register_terms=terms)
+    db = open_database(f"sqlite:///{kdir / 'kiosk.db'}")
+    try:
+        store = Store(db, SystemClock())
+        term = Terminal(store, st.runtime.terminal.deps, SystemClock())
+        term.recover()
+        assert term.recover() == []
+        v = term.visits.view("demo-pos", vid)
+        new_mandates = [m for m in bank_mandates() if m not in mandates_before and m[0] not in
+                        {x[0] for x in mandates_before}]
+        new_visits = [r for r in centre_rows(st, "SELECT mdtrt_id, state FROM centre_visits WHERE psn_no = ?", (LI,))
+                      if (r[0],) not in visits_before]
+        if step in CONFIRMED:
+            assert v["state"] == "open", v
+            assert new_mandates == [(v["mandate"]["mandate_id"], "active")]
+            assert new_visits == [(v["mdtrt_id"], "open")]
+        else:
+            assert v["state"] == "failed", v
+            assert new_mandates == [] and new_visits == []
+    finally:
+        db.close()
