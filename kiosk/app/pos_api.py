@@ -339,8 +339,8 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
         refunds = terminal.store.refunds_of_day(sysid, day.isoformat())
         rows = []
         for o in orders:
-            if o.mode == "return":
-                continue  # a return shows on its order (status returned, the new settlement's split)
+            if o.mode in ("return", "register"):
+                continue  # a return shows on its order; a visit's registration moves no money (its charges do)
             r = o.result or {}
             by_state = {"refunded": 0, "refund_pending": 0}  # each refund by its true state
             for f in (terminal.store.refunds_of_order(sysid, o.order_id) if o.refunded_fen else []):

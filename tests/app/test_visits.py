@@ -589,6 +589,16 @@ def test_close_prints_the_summary_sends_it_and_refuses_later_charges(rig):
     assert rig.store.get(SYSTEM, "charge~V1~C3") is None  # nothing stored
 
 
+def test_the_pos_reconciliation_lists_the_charges_as_payments(rig):
+    rig.register()
+    rig.pos.charge("V1", "C1", bill("100.00"))
+    rig.pos.charge("V1", "C2", bill("50.00"))
+    rec = rig.pos.reconciliation(local_day(SystemClock()).isoformat()).json()
+    assert [o["order_id"] for o in rec["orders"]] == ["charge~V1~C1", "charge~V1~C2"]  # not the registration
+    assert rec["totals"]["medfee_sumamt"] == "150.00" and rec["totals"]["credit_draw"] == "60.00"
+    assert rig.other.reconciliation(local_day(SystemClock()).isoformat()).json()["orders"] == []
+
+
 def test_a_charge_is_refunded_through_the_orders_refund_endpoint(rig):
     rig.register()
     res = rig.pos.charge("V1", "C1", bill("100.00")).json()
@@ -732,3 +742,24 @@ def test_registration_whose_2201_is_refused_after_the_mandate_revokes_it(db):
     r.term._run(job)
     v = r.term.visits.view(SYSTEM, "V1")
     assert v["state"] == "failed" and [m["state"] for m in r.bank.mandates.values()] == ["revoked"]
+
+
+def test_the_patients_screen_shows_the_mandates_terms_and_consent_in_both_languages():
+    """What the patient reads on the confirm step of a registration: the caps, the end date, how to pick a
+    lower cap, that every charge is told and that it can be revoked (zh and en, within the screen's limits)."""
+    from datetime import datetime, timezone
+
+    from kiosk.app.flow import Machine
+    from kiosk.app.screen.feed import state_from_snapshot
+    from kiosk.app.screen.model import Peripherals
+    from kiosk.clock import ManualClock
+
+    m = Machine("s1", "visit~V1", ManualClock())
+    for s in (State.FACE_CAPTURE, State.LIVENESS, State.MATCH, State.PRESETTLED, State.CONFIRM):
+        m.go(s)
+    m.prompt("mandate_terms", visit="500.00", day="1000.00", until="2027-03-04", n=4)
+    screen = state_from_snapshot(m.snapshot(), now=datetime.now(timezone.utc), peripherals=Peripherals())
+    assert screen.phase == "confirm"
+    zh, en = screen.prompt.zh, screen.prompt.en
+    assert all(x in zh for x in ("500.00", "1000.00", "2027-03-04", "撤销", "通知"))
+    assert all(x in en for x in ("500.00", "1000.00", "2027-03-04", "revoke", "1-4", "Enter"))
