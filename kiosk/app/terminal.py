@@ -120,6 +120,9 @@ class Terminal:
         if row.status == "pending" and self.store.set_status(system, order_id, "cancelled",
                                                              reason="cancelled_by_cashier", expect=("pending",)):
             self.store.record(system, order_id, "cancelled", {"by": "cashier"})
+            if row.mode == "register":  # a visit whose registration was cancelled before the patient came
+                self.visits.registration_ended(system, order_id, Outcome(status="cancelled",
+                                                                         reason="cancelled_by_cashier"))
             self._notify()
             return self.store.get(system, order_id)  # type: ignore[return-value]
         cur = self._current  # 'pending' too: the counter may have picked the order up since the read

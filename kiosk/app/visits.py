@@ -19,6 +19,8 @@ call; recovery continues a registration or a charge from its journal by the same
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable
@@ -102,7 +104,10 @@ class Visits:
 
     def __init__(self, terminal: "Terminal") -> None:
         self.t = terminal
-        self._live: set[tuple[str, str]] = set()  # charges run by a request thread of this process now
+        # charges a request thread of this process is making or running now (counted: a retry of the same
+        # charge id may be in flight beside the first request)
+        self._live: Counter[tuple[str, str]] = Counter()
+        self._live_lock = threading.Lock()
 
     @property
     def store(self) -> Any:
@@ -316,24 +321,32 @@ class Visits:
             if v.state in ("opening", "failed"):
                 raise ConflictError(f"visit {visit_id!r} is not open ({v.state})", code="visit_not_open",
                                     field="visit_id")
+        self._hold((system, oid), +1)  # before the row exists: a recovery pass never takes a charge being made
         try:
             row, created = self.store.create_order(system, oid, req, "charge")
         except ConflictError:
+            self._hold((system, oid), -1)
             raise ConflictError(f"charge {charge_id!r} already exists with a different request",
                                 code="charge_conflict", field="charge_id") from None
         if not created:
+            self._hold((system, oid), -1)
             return self._answer(row, replay=True)
-        self._live.add((system, oid))
         try:
             self.store.set_status(system, oid, "running", expect=("pending",))
             self._j(system).record(oid, "start", {"mode": "charge", "institution": self.inst, "visit_id": visit_id,
                                                   "charge_id": charge_id, "mandate_id": v.mandate_id})
             self._charge_run(system, v, oid, bill)
         finally:
-            self._live.discard((system, oid))
+            self._hold((system, oid), -1)
         row2 = self.store.get(system, oid)
         assert row2 is not None
         return self._answer(row2, replay=False)
+
+    def _hold(self, key: tuple[str, str], n: int) -> None:
+        with self._live_lock:
+            self._live[key] += n
+            if self._live[key] <= 0:
+                del self._live[key]
 
     def _own_visit(self, system: str, visit_id: str) -> VisitRow:
         v = self.store.get_visit(self.inst, system, visit_id)
@@ -540,8 +553,9 @@ class Visits:
         """A charge cut off (crash) or waiting for a party, not live in this process: nothing settled ->
         put back (2601 by the journaled msgid when a 2207 may have gone); settled -> forward by the journaled
         draw key; a draw refused and a reversal unconfirmed -> the reversal again."""
-        if (row.system, row.order_id) in self._live:
-            return None
+        with self._live_lock:
+            if self._live.get((row.system, row.order_id)):
+                return None
         steps = self.store.steps(row.system, row.order_id)
         names = [s for s, _ in steps]
         data = {s: d for s, d in steps}
@@ -655,7 +669,10 @@ class Visits:
                 charges.append(charge_view(row))
         reg = self.store.get(system, v.order_id)
         used = self.store.charges_of_visit(self.inst, system, visit_id)
-        return {"visit_id": visit_id, "state": v.state, "reason": v.reason, "psn_no": v.psn_no or None,
+        state = v.state
+        if state == "open" and v.exp and v.exp <= int(self.t.clock.now().timestamp()):
+            state = "expired"  # past the end of its Asia/Shanghai day: its charges need the patient
+        return {"visit_id": visit_id, "state": state, "reason": v.reason, "psn_no": v.psn_no or None,
                 "mdtrt_id": v.mdtrt_id or None,
                 "expires_at": (datetime.fromtimestamp(v.exp, timezone.utc).astimezone(SHANGHAI).isoformat()
                                if v.exp else None),

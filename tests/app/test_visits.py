@@ -325,6 +325,10 @@ class Printer:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request):
+    import os
+
+    if request.param == "postgresql" and not os.environ.get("KIOSK_TEST_PG_URL"):
+        pytest.skip("KIOSK_TEST_PG_URL not set (eval \"$(scripts/postgres start)\")")
     with scratch_database(request.param) as d:
         yield d
 
@@ -432,6 +436,14 @@ def test_second_visit_reuses_the_active_mandate_without_new_consent(rig):
     assert rig.pos.visit("V1").json()["mandate"]["state"] == "revoked"
 
 
+def test_a_registration_cancelled_before_the_patient_came_opens_nothing(db):
+    r = make_rig(db, start=False)  # the counter is busy: the registration waits in the queue
+    r.register(wait=False)
+    assert r.pos.cancel("visit~V1").json()["status"] == "cancelled"
+    v = r.pos.visit("V1").json()
+    assert v["state"] == "failed" and v["reason"] == "cancelled_by_cashier" and r.bank.mandates == {}
+
+
 def test_registration_request_is_idempotent_and_checked_at_the_door(rig):
     rig.register("V1")
     assert rig.pos.open_visit("V1").status_code == 200
@@ -530,6 +542,7 @@ def test_the_banks_cap_refusal_reverses_the_settlement_and_needs_the_patient(rig
 def test_an_expired_visit_needs_the_patient(rig):
     rig.register()
     rig.store.update_visit(INST, SYSTEM, "V1", exp=int(time.time()) - 1)  # past the end of its Shanghai day
+    assert rig.pos.visit("V1").json()["state"] == "expired"
     r = rig.pos.charge("V1", "C1", bill("10.00"))
     assert r.status_code == 409 and r.json()["reason"] == "visit_expired" and rig.centre.settled() == []
 
