@@ -443,10 +443,11 @@ class Store:
             params += list(expect)
         return self.db.run(lambda tx: tx.execute(sql, tuple(params))) > 0
 
-    def visits_in(self, states: tuple[str, ...]) -> list["VisitRow"]:
+    def visits_in(self, states: tuple[str, ...], reason: str | None = None) -> list["VisitRow"]:
         marks = ", ".join("?" for _ in states)
+        extra, params = ("", states) if reason is None else (" AND reason = ?", (*states, reason))
         return [_vrow(r) for r in self.db.read(lambda tx: tx.fetch_all(
-            f"SELECT {_VCOLS} FROM app_visits WHERE state IN ({marks}) ORDER BY created_at", states))]
+            f"SELECT {_VCOLS} FROM app_visits WHERE state IN ({marks}){extra} ORDER BY created_at", params))]
 
     def save_mandate(self, institution: str, psn_no: str, mandate_id: str, per_visit_fen: int, per_day_fen: int,
                      until: str, lines: str) -> None:

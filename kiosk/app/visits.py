@@ -704,9 +704,8 @@ class Visits:
         closes and revocations a party has not confirmed yet. Returns the notices delivered."""
         for m in self.store.mandates_in("revoking"):
             self._revoke_at_bank(m["mandate_id"])
-        for v in self.store.visits_in(("closed",)):
-            if v.reason == "close_pending":
-                self._close_at_centre(v)
+        for v in self.store.visits_in(("closed",), reason="close_pending"):
+            self._close_at_centre(v)
         centre = self.t.deps.centre
 
         def send(msg: Any) -> None:

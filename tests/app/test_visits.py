@@ -99,6 +99,8 @@ class Centre:
             return vo
 
     def close_visit(self, psn_no, mdtrt_id):
+        if "close" in self.down:
+            return RefundResult("unknown", "timeout")
         self.visits[mdtrt_id]["state"] = "closed"
         return RefundResult("ok")
 
@@ -610,6 +612,19 @@ def test_the_pos_reconciliation_lists_the_charges_as_payments(rig):
     assert [o["order_id"] for o in rec["orders"]] == ["charge~V1~C1", "charge~V1~C2"]  # not the registration
     assert rec["totals"]["medfee_sumamt"] == "150.00" and rec["totals"]["credit_draw"] == "60.00"
     assert rig.other.reconciliation(local_day(SystemClock()).isoformat()).json()["orders"] == []
+
+
+def test_a_close_the_centre_did_not_answer_is_sent_again_and_charges_stop_at_once(rig):
+    rig.register()
+    rig.centre.down.add("close")
+    assert rig.pos.close_visit("V1").json()["state"] == "closed"
+    assert rig.pos.charge("V1", "C1", bill("10.00")).json()["code"] == "visit_closed"
+    assert rig.centre.visits["MD0001"]["state"] == "open"
+    rig.centre.down.clear()
+    rig.term.recover()
+    assert rig.centre.visits["MD0001"]["state"] == "closed" and rig.pos.visit("V1").json()["reason"] is None
+    assert rig.pos.close_visit("V1").status_code == 200  # a second close answers the summary again
+    assert [n["kind"] for n in rig.centre.notices.values()].count("visit_summary") == 1
 
 
 def test_a_charge_is_refunded_through_the_orders_refund_endpoint(rig):
