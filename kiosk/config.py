@@ -72,6 +72,9 @@ class Settings:
     pos_max_deposit: str = field(default_factory=lambda: _env("pos_max_deposit", "20000.00"))
     pos_max_bill: str = field(default_factory=lambda: _env("pos_max_bill", "1000000.00"))
     pos_max_lines: int = field(default_factory=lambda: int(_env("pos_max_lines", "500")))
+    # the insurance centre (simulator): a settlement may be returned in part (re-settled on its own authority,
+    # no fresh face) for this many days after it was made
+    centre_return_window_days: int = field(default_factory=lambda: int(_env("centre_return_window_days", "30")))
     # the centre's catalogue (1312) cached in the data dir is fetched again when older than this
     catalogue_max_age_s: float = field(default_factory=lambda: float(_env("catalogue_max_age_s", "86400")))
 

@@ -3,6 +3,7 @@
     bill_received -> face_capture -> liveness -> match [-> phone_entry -> match]
         -> [first visit: id_entry -> activation] -> presettled -> confirm
         -> settling -> printing -> done
+    (a return the cashier confirms: bill_received -> presettled, no face)
     any state before settling -> failed | cancelled
 
 Every state has a timeout (seconds, configurable) and accepts a cancel until
@@ -47,7 +48,7 @@ COMMITTING = frozenset({State.SETTLING, State.PRINTING})
 
 _S = State
 TRANSITIONS: Mapping[State, frozenset[State]] = {
-    _S.BILL_RECEIVED: frozenset({_S.FACE_CAPTURE}),
+    _S.BILL_RECEIVED: frozenset({_S.FACE_CAPTURE, _S.PRESETTLED}),  # presettled at once: a cashier-confirmed return
     _S.FACE_CAPTURE: frozenset({_S.LIVENESS}),
     _S.LIVENESS: frozenset({_S.MATCH, _S.FACE_CAPTURE}),
     _S.MATCH: frozenset({_S.ID_ENTRY, _S.PRESETTLED, _S.PHONE_ENTRY}),
@@ -114,8 +115,9 @@ class Machine:
 
     def __init__(self, session_id: str, order_id: str, clock: Clock, *,
                  timeouts: Mapping[State, float] | None = None,
-                 on_change: Callable[[Snapshot], None] | None = None) -> None:
+                 on_change: Callable[[Snapshot], None] | None = None, kind: str = "pay") -> None:
         self.session_id = session_id
+        self.kind = kind  # 'pay' | 'return' | 'return_cashier': which texts the patient reads (kiosk.app.prompts)
         self.order_id = order_id
         self._clock = clock
         self._timeouts = {**DEFAULT_TIMEOUTS_S, **(timeouts or {})}
@@ -127,7 +129,7 @@ class Machine:
         self.reason: str | None = None
         self.reason_args: dict[str, object] = {}
         self.amounts: dict[str, str] = {}
-        self.info: dict[str, object] = {}
+        self.info: dict[str, object] = {} if kind == "pay" else {"kind": "return"}
         self.history: list[tuple[State, datetime]] = []
         self._enter(State.BILL_RECEIVED)
 
@@ -237,8 +239,8 @@ class Machine:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            sp = state_prompt(self.state)
-            rp = reason_prompt(self.reason, **self.reason_args) if self.reason else None
+            sp = state_prompt(self.state, self.kind)
+            rp = reason_prompt(self.reason, kind=self.kind, **self.reason_args) if self.reason else None
             d = self.deadline
             return Snapshot(
                 session_id=self.session_id, order_id=self.order_id, seq=self._seq,

@@ -115,9 +115,14 @@ class Centre(Protocol):
 
     def activate(self, probe: Probe, id_no: str, session_id: str) -> Activation: ...
 
-    def presettle(self, person: Person, bill: dict[str, Any], order_id: str) -> SettleResult: ...
+    def presettle(self, person: Person, bill: dict[str, Any], order_id: str, *, orig_setl_id: str = "") -> SettleResult:
+        """Pre-settle (nothing committed). `orig_setl_id`: a return's kept lines, on the authority of the
+        settlement being returned (no ecToken needed)."""
 
-    def settle(self, person: Person, bill: dict[str, Any], order_id: str, msgid: str) -> SettleResult: ...
+    def settle(self, person: Person, bill: dict[str, Any], order_id: str, msgid: str, *,
+               orig_setl_id: str = "") -> SettleResult:
+        """Settle under `msgid` (journaled first). `orig_setl_id`: a return's re-settlement of the kept lines
+        on the returned settlement's authority (reversed first; once per original)."""
 
     def new_msgid(self) -> str: ...
 

@@ -90,10 +90,23 @@ class ReturnLineIn(BaseModel):
                      description="quantity returned: more than 0, at most what was bought")
 
 
+class OperatorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,32}$", description="the cashier's staff id")
+    name: str = Field(min_length=1, max_length=16, pattern=r"^[^\x00-\x1f\x7f]+$",
+                      description="the cashier's name as printed on the receipt")
+
+
 class ReturnIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     return_id: str = Field(pattern=_ID, description="the POS's id for this return; retries reuse it")
     lines: list[ReturnLineIn] = Field(min_length=1, max_length=500)
+    confirm: Literal["face", "cashier"] = Field(
+        default="face", description="face: the patient's face again (the original patient), then the confirm key; "
+                                    "cashier: the cashier vouches for the patient (the fallback when the face "
+                                    "fails): no face, the confirm key only; `operator` required, recorded in "
+                                    "the journal, the audit chain and on the receipt")
+    operator: OperatorIn | None = Field(default=None, description="who confirms (confirm=cashier only)")
 
 
 class MandateIn(BaseModel):
@@ -244,7 +257,8 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
     @app.post("/pos/v1/orders/{order_id}/returns", tags=["pos"], responses=responses,
               description="Item-level return: the lines given back (code and quantity, checked against the "
                           "original bill: 422 naming the field). The patient confirms at the terminal (face "
-                          "again, then the confirm key); the terminal reverses the original settlement and "
+                          "again, then the confirm key; or confirm=cashier with the operator: no face, the "
+                          "confirm key); the terminal reverses the original settlement and "
                           "settles the kept lines anew (fund, account and mutual aid move back through the "
                           "centre), refunds the original credit draw and draws the new cash share on the same "
                           "line. 202 with the return (query GET .../returns/{return_id}?wait=S): returned, "
@@ -254,7 +268,14 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
                           "(same body: 200 with the return; another body: 409 return_conflict).")
     async def create_return(order_id: str, body: ReturnIn, sysid: str = Depends(system)) -> Any:
         lines = [ln.model_dump() for ln in body.lines]
-        answer, status = await asyncio.to_thread(terminal.submit_return, sysid, order_id, body.return_id, lines)
+        if body.confirm == "cashier" and body.operator is None:
+            raise InputError("is required when the cashier confirms the return", field="operator")
+        if body.confirm == "face" and body.operator is not None:
+            raise InputError("is only for confirm=cashier (the patient's face confirms this return)",
+                             field="operator")
+        operator = body.operator.model_dump() if body.operator else None
+        answer, status = await asyncio.to_thread(terminal.submit_return, sysid, order_id, body.return_id, lines,
+                                                 confirm=body.confirm, operator=operator)
         return JSONResponse(answer, status_code=status)
 
     @app.get("/pos/v1/orders/{order_id}/returns/{return_id}", tags=["pos"], responses=responses)

@@ -43,8 +43,13 @@ class PosClient:
             body["amount"] = amount
         return self.request("POST", f"/pos/v1/orders/{order_id}/refunds", body)
 
-    def return_lines(self, order_id: str, return_id: str, lines: list[dict[str, str]]) -> httpx.Response:
-        return self.request("POST", f"/pos/v1/orders/{order_id}/returns", {"return_id": return_id, "lines": lines})
+    def return_lines(self, order_id: str, return_id: str, lines: list[dict[str, str]], *,
+                     operator: dict[str, str] | None = None) -> httpx.Response:
+        """An item-level return; with `operator` ({id, name}) the cashier confirms it (confirm=cashier)."""
+        body: dict[str, object] = {"return_id": return_id, "lines": lines}
+        if operator is not None:
+            body.update(confirm="cashier", operator=operator)
+        return self.request("POST", f"/pos/v1/orders/{order_id}/returns", body)
 
     def get_return(self, order_id: str, return_id: str, wait: float = 0) -> httpx.Response:
         return self.request("GET", f"/pos/v1/orders/{order_id}/returns/{return_id}",

@@ -117,12 +117,88 @@ REASONS: dict[str, Prompt] = {
 }
 
 
-def state_prompt(state: str) -> Prompt:
+# A return session (kind 'return': the patient's face confirms; 'return_cashier': the cashier vouches for
+# them) says what a return does: never "pay", never "charged". States not listed keep the texts above
+# (the face and ID steps say nothing about paying).
+RETURN_STATE_PROMPTS: dict[str, Prompt] = {
+    "bill_received": Prompt("退货：请看向摄像头，确认是您本人", "Return: please look at the camera so we know it is you."),
+    "presettled": Prompt("正在计算退货后的医保结算", "Working out the insurance split of what you keep."),
+    "confirm": Prompt("请核对退货前后的金额，按确认键办理退货，按取消键放弃",
+                      "Please check the amounts before and after the return. Press Enter to confirm the return, "
+                      "Cancel to stop."),
+    "settling": Prompt("正在办理退货，请稍候", "Processing the return, please wait."),
+    "printing": Prompt("正在打印退货凭条", "Printing your return receipt."),
+    "done": Prompt("退货完成，请取走凭条", "Return complete. Please take your receipt."),
+    "failed": Prompt("退货未能完成", "The return could not be completed."),
+    "cancelled": Prompt("已取消退货，未作任何更改", "Return cancelled. Nothing was changed."),
+}
+RETURN_CASHIER_STATE_PROMPTS: dict[str, Prompt] = {
+    **RETURN_STATE_PROMPTS,
+    "bill_received": Prompt("退货：由收银员为您确认", "Return: the cashier confirms it for you."),
+    "confirm": Prompt("请核对退货前后的金额，按确认键办理退货（收银员确认），按取消键放弃",
+                      "Please check the amounts before and after the return. Press Enter to confirm the return "
+                      "(confirmed by the cashier), Cancel to stop."),
+}
+_CASHIER_CAN = ("收银员可为您确认退货", "The cashier can confirm the return for you.")
+RETURN_REASONS: dict[str, Prompt] = {
+    # the face could not confirm the patient: nothing changed, and the cashier fallback exists
+    "not_matched": Prompt("未能识别您的身份，退货未办理；" + _CASHIER_CAN[0],
+                          "We could not recognise you; nothing was changed. " + _CASHIER_CAN[1]),
+    "spoof_suspected": Prompt("未能确认是本人在场，退货未办理；" + _CASHIER_CAN[0],
+                              "We could not confirm a live person; nothing was changed. " + _CASHIER_CAN[1]),
+    "phone_mismatch": Prompt("手机号码后四位不符，退货未办理；" + _CASHIER_CAN[0],
+                             "Those phone digits do not match; nothing was changed. " + _CASHIER_CAN[1]),
+    "id_locked": Prompt("输入错误次数过多，退货未办理；" + _CASHIER_CAN[0],
+                        "Too many wrong ID numbers; nothing was changed. " + _CASHIER_CAN[1]),
+    "camera_offline": Prompt("摄像头无法使用，退货未办理；" + _CASHIER_CAN[0],
+                             "The camera is not working; nothing was changed. " + _CASHIER_CAN[1]),
+    "not_insured": Prompt("未查到有效参保信息，退货未办理；请到人工窗口咨询",
+                          "No active insurance was found; nothing was changed. Please ask staff at the counter."),
+    "bill_rejected": Prompt("医保中心未受理这次退货，未作任何更改；请联系收银员",
+                            "The insurance centre did not accept this return; nothing was changed. Please ask the cashier."),
+    "centre_unavailable": Prompt("暂时无法连接医保中心，退货未办理；请稍后重试或到人工窗口",
+                                 "The insurance centre cannot be reached; nothing was changed. Please retry later or ask staff."),
+    "keypad_offline": Prompt("键盘无法使用，退货未办理；请到人工窗口办理",
+                             "The keypad is not working; nothing was changed. Please ask staff at the counter."),
+    "internal_error": Prompt("系统故障，退货未办理；请到人工窗口办理",
+                             "System fault; nothing was changed. Please ask staff at the counter."),
+    "device_fault": Prompt("终端设备故障，退货未办理；请到人工窗口办理",
+                           "The terminal has a fault; nothing was changed. Please ask staff at the counter."),
+    "paper_out": Prompt("退货完成，但打印机缺纸；请向工作人员索取退货凭条",
+                        "Return complete, but the printer is out of paper. Please ask staff for your receipt."),
+    "printer_offline": Prompt("退货完成，但凭条未能打印；请向工作人员索取退货凭条",
+                              "Return complete, but the receipt did not print. Please ask staff for your receipt."),
+    # the credit line's refusals: a return draws only after the patient confirmed (then the terminal, not the
+    # session, answers); should one reach the screen it says nothing about paying
+    "insufficient_credit": Prompt("信用额度不能承担退货后的自付部分，请到收银台处理",
+                                  "The credit line cannot carry your share after the return. Please see the cashier."),
+    "credit_not_eligible": Prompt("信用额度暂不可用，请到收银台处理", "The credit line is not available. Please see the cashier."),
+    "credit_overdue": Prompt("信用额度已逾期，请到收银台处理", "The credit line is overdue. Please see the cashier."),
+    "family_cap_exceeded": Prompt("亲情额度本月已用完，请到收银台处理", "The family line's monthly cap is used up. Please see the cashier."),
+    "bank_unavailable": Prompt("暂时无法连接银行，退货未办理；请稍后重试或到人工窗口",
+                               "The bank cannot be reached; nothing was changed. Please retry later or ask staff."),
+    "cancelled_by_patient": Prompt("您已取消退货，未作任何更改", "You cancelled the return. Nothing was changed."),
+    "cancelled_by_cashier": Prompt("收银员已取消退货，未作任何更改", "The cashier cancelled the return. Nothing was changed."),
+    "timeout": Prompt("操作超时，退货未办理；如需继续请让收银员重新发起",
+                      "Timed out; nothing was changed. Ask the cashier to start the return again if you wish."),
+    # after the confirm key: pending at a party (completes by itself), refused (nothing changed, or an
+    # operator's case): the cashier's POS shows which
+    "interrupted": Prompt("退货未能在此完成，请向收银员确认结果",
+                          "The return did not finish here. Please check the result with the cashier."),
+}
+
+
+def state_prompt(state: str, kind: str = "pay") -> Prompt:
+    """The state's text for a payment session (kind 'pay') or a return ('return', 'return_cashier')."""
+    if kind == "return_cashier" and state in RETURN_CASHIER_STATE_PROMPTS:
+        return RETURN_CASHIER_STATE_PROMPTS[state]
+    if kind.startswith("return") and state in RETURN_STATE_PROMPTS:
+        return RETURN_STATE_PROMPTS[state]
     return STATE_PROMPTS[state]
 
 
-def reason_prompt(reason: str, **kw: object) -> Prompt:
-    p = REASONS[reason]
+def reason_prompt(reason: str, *, kind: str = "pay", **kw: object) -> Prompt:
+    p = RETURN_REASONS.get(reason, REASONS[reason]) if kind.startswith("return") else REASONS[reason]
     if kw:
         return p.format(**kw)
     return p

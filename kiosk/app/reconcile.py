@@ -143,6 +143,24 @@ def _day_of(ts: str) -> date:
     return _local(ts).date()
 
 
+# the journal steps that move money at a party (what `_expected` books)
+MONEY_STEPS = ("settled", "reversed", "refund_reversed", "drawn", "refund_credited", "draw_reversed",
+               "return_reversed", "return_settled", "return_credited", "return_drawn")
+
+
+def journal_moves_sql(n_steps: int = len(MONEY_STEPS)) -> str:
+    """The orders with a money step journaled in [lo, hi): index app_journal_step_at (app.004)."""
+    marks = ", ".join("?" for _ in range(n_steps))
+    return f"SELECT DISTINCT system, order_id FROM app_journal WHERE step IN ({marks}) AND at >= ? AND at < ?"
+
+
+def _moved(db: Database, day: date) -> set[tuple[str, str]]:
+    """Orders of any day whose money moved around `day` (e.g. one recovered days after it was made). The
+    journal's times are ISO text in the writer's offset: a window one day wider each side, by prefix."""
+    lo, hi = (day - timedelta(days=1)).isoformat(), (day + timedelta(days=2)).isoformat()
+    return {(r[0], r[1]) for r in _rows(db, journal_moves_sql(), (*MONEY_STEPS, lo, hi)) or []}
+
+
 def _load_orders(db: Database, day: date) -> list[_Order]:
     days = [(day + timedelta(days=k)).isoformat() for k in (-1, 0, 1)]
     marks = ", ".join("?" for _ in days)
@@ -151,7 +169,7 @@ def _load_orders(db: Database, day: date) -> list[_Order]:
     if base is None:
         raise KioskError("no app_orders table: not a kiosk database", code="not_a_kiosk_db", field="database")
     refunded = _rows(db, f"SELECT DISTINCT system, order_id FROM app_refunds WHERE day IN ({marks})", tuple(days)) or []
-    keys = {(r[0], r[1]) for r in base} | {(r[0], r[1]) for r in refunded}
+    keys = {(r[0], r[1]) for r in base} | {(r[0], r[1]) for r in refunded} | _moved(db, day)
     extra = [k for k in keys if k not in {(r[0], r[1]) for r in base}]
     rows = list(base)
     for system, oid in extra:  # an order of an earlier day refunded on this one

@@ -55,6 +55,14 @@ class Order:
     system: str = ""                # the POS system that sent it (set by the terminal)
     psn_no: str = ""                # return: the patient of the original order (the face must be theirs)
     institution: str = ""           # the terminal's fixmedins_code (set by the terminal)
+    # return: 'face' (the patient's face again) or 'cashier' (the cashier vouches; no face), the operator
+    # (id, name) who confirms, the settlement being returned (the authority of the re-settlement), the
+    # patient's insutype and the original split (yuan strings) shown beside the new one
+    confirm: str = "face"
+    operator: tuple[str, str] = ("", "")
+    orig_setl_id: str = ""
+    insutype: str = ""
+    old: dict[str, str] = field(default_factory=dict)
 
     def key(self, *step: str) -> str:
         """The key (or reference) of one external step of this order (kiosk.app.order_key)."""
@@ -112,7 +120,8 @@ class CounterSession:
         self.clock = clock
         self.limits = limits
         self.session_id = uuid.uuid4().hex[:16]
-        self.m = Machine(self.session_id, order.order_id, clock, timeouts=timeouts, on_change=on_change)
+        kind = "pay" if order.mode != "return" else "return_cashier" if order.confirm == "cashier" else "return"
+        self.m = Machine(self.session_id, order.order_id, clock, timeouts=timeouts, on_change=on_change, kind=kind)
         self._on_face = on_face
         self._t_state = time.perf_counter()
         self._stage_ms: dict[str, float] = {}
@@ -135,17 +144,20 @@ class CounterSession:
     def run(self) -> Outcome:
         out = Outcome(status="failed")
         try:
-            probe = self._capture_and_verify()
-            if self.order.psn_no and self.person is not None and self.person.psn_no != self.order.psn_no:
-                self._fail("not_matched")  # an order for one patient (a visit's charge) is paid by that patient only
-            if self.order.mode == "admission":
-                out = self._admit()
-            elif self.order.mode == "return":
-                out = self._return()
-            elif self.order.mode == "register":
-                out = self._register()
+            if self.order.mode == "return" and self.order.confirm == "cashier":
+                out = self._return()  # the cashier vouches for the patient: no face
             else:
-                out = self._pay(probe)
+                probe = self._capture_and_verify()
+                if self.order.psn_no and self.person is not None and self.person.psn_no != self.order.psn_no:
+                    self._fail("not_matched")  # an order for one patient (a visit's charge) is paid by that patient only
+                if self.order.mode == "admission":
+                    out = self._admit()
+                elif self.order.mode == "return":
+                    out = self._return()
+                elif self.order.mode == "register":
+                    out = self._register()
+                else:
+                    out = self._pay(probe)
         except _Stop:
             out = Outcome(status="cancelled" if self.m.state is State.CANCELLED else "failed", reason=self.m.reason)
         except KioskError as e:
@@ -504,13 +516,32 @@ class CounterSession:
 
     # -------------------------------------------------------------- return
     def _return(self) -> Outcome:
-        """Item-level return: the original patient's face again, the kept lines shown (a pre-settlement
-        on today's year-to-date: the final split comes after the reversal) and confirmed; then the
-        terminal's journalled money steps (`returner`) and the receipt with old and new split."""
-        assert self.person is not None and self.returner is not None
+        """Item-level return: the original patient's face again (or, confirm=cashier, the cashier vouches
+        for them: no face), the kept lines shown beside the original split (a pre-settlement on today's
+        year-to-date, on the original settlement's authority: the final split comes after the reversal)
+        and confirmed; then the terminal's journalled money steps (`returner`) and the receipt with old
+        and new split."""
+        assert self.returner is not None
+        if self.order.confirm == "cashier":
+            self.person = Person(psn_no=self.order.psn_no, name="", ec_token="", insutype=self.order.insutype)
+            self.journal.record(self.order.order_id, "cashier_confirm", {"operator_id": self.order.operator[0],
+                                                                         "operator_name": self.order.operator[1]})
+        assert self.person is not None
         if self.person.psn_no != self.order.psn_no:
             self._fail("not_matched")  # another person cannot confirm someone's return
-        self._presettle()
+        self._go(State.PRESETTLED)
+        self._check()
+        self.journal.record(self.order.order_id, "presettle")
+        pre = self.d.centre.presettle(self.person, self.order.bill, self.order.order_id,
+                                      orig_setl_id=self.order.orig_setl_id)
+        if pre.status != "ok" or pre.split is None:
+            self._fail("bill_rejected" if pre.status == "bill_rejected" else "centre_unavailable")
+        assert pre.split is not None
+        self.split = pre.split
+        # the new cash share goes on the original's line when the original drew on one (the terminal's plan)
+        self.draw_amount = pre.split.psn_cash_pay if self.order.old.get("credit_draw", "0.00") != "0.00" else 0
+        self.m.set_amounts(**self._amounts(pre.split))
+        self.m.set_info(amounts_old=dict(self.order.old))
         self._go(State.CONFIRM)
         self._wait_confirm()
         self._go(State.SETTLING)

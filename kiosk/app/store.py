@@ -66,10 +66,17 @@ MIGRATIONS = [
         "CREATE INDEX IF NOT EXISTS app_refunds_status ON app_refunds (status)",
         "CREATE INDEX IF NOT EXISTS app_refunds_order ON app_refunds (system, order_id)",
     ]),
+    # the day-end (kiosk.app.reconcile): the orders whose money moved in a window of days, by the journal's
+    # money steps and their time (an order of an earlier day recovered today is today's), and the refunds
+    # of those days
+    Migration("app.004_dayend_lookups", [
+        "CREATE INDEX IF NOT EXISTS app_journal_step_at ON app_journal (step, at)",
+        "CREATE INDEX IF NOT EXISTS app_refunds_day ON app_refunds (day)",
+    ]),
     # senseless outpatient payment (issue 17): the patient's standing authorisations at this institution,
     # the visits registered under them (per institution, POS system and the HIS's visit id) and each
     # charge's share of the caps (the row a charge reserves under the visit's and the mandate's locks)
-    Migration("app.004_visits", [
+    Migration("app.005_visits", [
         """CREATE TABLE IF NOT EXISTS app_mandates (
             mandate_id TEXT PRIMARY KEY,
             institution TEXT NOT NULL,

@@ -93,8 +93,7 @@ class Terminal:
             if row.status == "pending" and row.mode == "register":
                 self._q.put(_Job(row.system, Order(order_id=row.order_id, bill={}, mode="register")))
             elif row.status == "pending" and row.mode == "return":
-                self._q.put(_Job(row.system, Order(order_id=row.order_id, bill=row.request["bill"], mode="return",
-                                                   psn_no=row.request.get("psn_no") or "")))
+                self._q.put(_Job(row.system, self._return_order(row)))
             elif row.status == "pending":
                 self._q.put(_Job(row.system, order_from_request(row.order_id, row.request)))
         self._thread = threading.Thread(target=self._worker, name="counter", daemon=True)
@@ -616,20 +615,29 @@ class Terminal:
 
 
     # ------------------------------------------------------------ item-level returns
-    def submit_return(self, system: str, order_id: str, return_id: str,
-                      lines: list[dict[str, str]]) -> tuple[dict[str, Any], int]:
+    def submit_return(self, system: str, order_id: str, return_id: str, lines: list[dict[str, str]], *,
+                      confirm: str = "face", operator: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
         """A return of some of a paid order's lines (code + quantity). Returns (answer, HTTP status).
 
         Lines are checked against the original bill at the door (422 naming the field). Keeping
         nothing is a whole refund (the refund path, refund id = return id). Otherwise the return
         waits for the patient at the counter (their face again and the confirm key), then
         `_return_run` reverses the original settlement and settles the kept lines. Idempotent per
-        return id within the POS system; another system's order is not found."""
+        return id within the POS system; another system's order is not found. confirm='cashier': the
+        cashier (`operator` {id, name}) vouches for the patient instead of the face (the fallback when
+        the face fails); the re-settlement needs no face either (the original settlement's authority)."""
         row = self.store.get(system, order_id)
         if row is None or row.order_id.startswith(RETURN_PREFIX):
             raise InputError(f"no order {order_id!r}", code="not_found", field="order_id")
+        if confirm not in ("face", "cashier") or (confirm == "cashier") != bool(operator):
+            raise InputError("confirm is 'face', or 'cashier' with the operator", field="operator")
+        if row.status in _NOT_RETURNABLE and self.store.get(system, RETURN_PREFIX + return_id) is None:
+            raise ConflictError(f"order {order_id!r} {_NOT_RETURNABLE[row.status]}", code="not_returnable",
+                                field="order_id")
         kept = kept_bill(row.request.get("bill") or {}, lines)
-        body = {"order_id": order_id, "lines": lines}
+        body: dict[str, Any] = {"order_id": order_id, "lines": lines}
+        if confirm == "cashier":  # (a face return's body stays as before: its idempotency hash too)
+            body.update(confirm="cashier", operator={"id": operator["id"], "name": operator["name"]})  # type: ignore[index]
         if kept is None:  # nothing kept: what a whole refund is today
             result, replayed = self.refund(system, order_id, return_id, None)
             return {**result, "return_id": return_id, "kept": []}, (
@@ -637,9 +645,22 @@ class Terminal:
         request = {**body, "bill": kept, "psn_no": (row.result or {}).get("psn_no") or ""}
         rrow, created = self.store.begin_return(system, order_id, return_id, request)
         if created:
-            self._q.put(_Job(system, Order(order_id=rrow.order_id, bill=kept, mode="return",
-                                           psn_no=request["psn_no"])))
+            self._q.put(_Job(system, self._return_order(rrow)))
         return return_view(rrow), 202 if created else 200
+
+    def _return_order(self, rrow: OrderRow) -> Order:
+        """The session of a return: the kept lines, the original's patient, settlement and split (shown
+        beside the new one), and who confirms."""
+        req = rrow.request
+        orig = self.store.get(rrow.system, req["order_id"])
+        res = (orig.result if orig else None) or {}
+        settled = {s: d for s, d in self.store.steps(rrow.system, req["order_id"])}.get("settled", {})
+        op = req.get("operator") or {}
+        return Order(order_id=rrow.order_id, bill=req["bill"], mode="return", psn_no=req.get("psn_no") or "",
+                     confirm=req.get("confirm") or "face", operator=(op.get("id", ""), op.get("name", "")),
+                     orig_setl_id=str(res.get("setl_id") or ""), insutype=str(settled.get("insutype") or ""),
+                     old={k: str(res.get(k) or "0.00") for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay",
+                                                                 "acct_mulaid_pay", "credit_draw", "cash_pay")})
 
     def get_return(self, system: str, return_id: str) -> OrderRow | None:
         return self.store.get(system, RETURN_PREFIX + return_id)
@@ -656,13 +677,20 @@ class Terminal:
             return
         row = self.store.get(system, rid)
         assert row is not None
+        extra = None
+        if out.reason in FACE_FAILURES and (row.request.get("confirm") or "face") == "face":
+            # the face could not confirm the patient: nothing changed, and the POS may ask the cashier
+            extra = {"fallback": {"confirm": "cashier", "message": "the patient's face did not confirm the return; "
+                                  "nothing changed. The cashier may confirm it: send the return again under a new "
+                                  "return_id with confirm=cashier and the operator"}}
         self._return_nothing_changed(row, out.status if out.status == "cancelled" else "failed",
-                                     out.reason or "interrupted")
+                                     out.reason or "interrupted", extra)
 
-    def _return_nothing_changed(self, row: OrderRow, status: str, reason: str) -> str:
+    def _return_nothing_changed(self, row: OrderRow, status: str, reason: str,
+                                extra: dict[str, Any] | None = None) -> str:
         orig = self.store.get(row.system, row.request["order_id"])
         self.store.set_status(row.system, row.order_id, status, reason=reason,
-                              result={"status": status, "reason": reason})
+                              result={"status": status, "reason": reason, **(extra or {})})
         self.store.set_status(row.system, row.request["order_id"], "paid", reason=orig.reason if orig else None,
                               expect=("returning",))
         return status
@@ -690,10 +718,21 @@ class Terminal:
         orig = self.store.get(system, row.request["order_id"])
         assert orig is not None and orig.result is not None
         res, oid = orig.result, orig.order_id
-        line = sess.line or Line(kind="none")
-        plan = {"order_id": oid, "psn_no": sess.person.psn_no, "insutype": sess.person.insutype,
-                # the face's e-voucher (15 min, this terminal only): the re-settlement after a crash needs it
-                "ec_token": sess.person.ec_token,
+        # the new cash share is drawn on the line the original drew on (journaled with its settle step)
+        paid = {s: d for s, d in self.store.steps(system, oid)}.get("settle", {})
+        if paid.get("line_id") and yuan_to_fen(res.get("credit_draw") or "0.00", "credit_draw"):
+            line = Line(kind=_line_kind(paid, orig.mode), line_id=str(paid["line_id"]))
+        else:
+            line = sess.line or Line(kind="none")
+        op = sess.order.operator
+        plan = {"order_id": oid, "psn_no": sess.person.psn_no,
+                "insutype": sess.person.insutype or sess.order.insutype,
+                "ec_token": sess.person.ec_token,  # older plans re-settled with it (15 min, this terminal only)
+                # the authority of the re-settlement: the original face-proved settlement (no token needed,
+                # so recovery hours later still completes)
+                "orig_setl_id": res.get("setl_id"),
+                "confirm": sess.order.confirm,
+                **({"operator": {"id": op[0], "name": op[1]}} if sess.order.confirm == "cashier" else {}),
                 "orig": {k: res.get(k) for k in ("setl_id", "medfee_sumamt", "fund_pay_sumamt", "acct_pay",
                                                  "acct_mulaid_pay", "credit_draw", "cash_pay", "draw_id")},
                 "orig_bill": orig.request.get("bill") or {}, "bill": row.request["bill"],
@@ -734,9 +773,10 @@ class Terminal:
                 return self._return_open(system, rid, plan, "centre", r, applied=False, quiet=quiet)
             j.record(rid, "return_reversed", {"setl_id": o["setl_id"]})
         if "return_settled" not in data:
+            auth = {"orig_setl_id": plan["orig_setl_id"]} if plan.get("orig_setl_id") else {}
             try:
-                self.deps.centre.presettle(person, plan["bill"], plan["order_id"])  # the mutual-aid flag, as paid
-                st = self.deps.centre.settle(person, plan["bill"], plan["order_id"], plan["settle_msgid"])
+                self.deps.centre.presettle(person, plan["bill"], plan["order_id"], **auth)  # the mutual-aid flag
+                st = self.deps.centre.settle(person, plan["bill"], plan["order_id"], plan["settle_msgid"], **auth)
             except RemoteError as e:
                 st = None
                 code = e.code
@@ -776,7 +816,8 @@ class Terminal:
                 for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "acct_mulaid_pay", "credit_draw",
                           "cash_pay")}
         result = {"return_id": rid[len(RETURN_PREFIX):], "order_id": plan["order_id"], "status": "returned",
-                  "old": o, "new": new_, "back": back}
+                  "old": o, "new": new_, "back": back, "confirm": plan.get("confirm") or "face",
+                  **({"operator": plan["operator"]} if plan.get("operator") else {})}
         orig = self.store.get(system, plan["order_id"])
         assert orig is not None and orig.result is not None
         self.store.set_status(system, plan["order_id"], "returned", result={
@@ -785,7 +826,8 @@ class Terminal:
         self.store.set_status(system, rid, "returned", result=result)
         j.record(rid, "returned", {})
         self._audit("return", system=system, order_id=plan["order_id"], return_id=result["return_id"],
-                    old_setl_id=o["setl_id"], setl_id=settled["setl_id"])
+                    old_setl_id=o["setl_id"], setl_id=settled["setl_id"], confirm=result["confirm"],
+                    operator_id=(plan.get("operator") or {}).get("id", ""))
         self._notify()
         return result
 
@@ -816,6 +858,23 @@ class Terminal:
         self._audit("return_refused", system=system, order_id=plan["order_id"], party=party, code=r.code)
         self._notify()
         return result
+
+
+# a face that did not confirm the patient of a return: the POS is told the cashier may confirm it
+FACE_FAILURES = frozenset({"not_matched", "spoof_suspected", "multiple_faces", "phone_mismatch", "id_locked",
+                           "not_insured", "camera_offline"})
+# why an order takes no (further) return: answered 409 not_returnable at the door, before anything is stored
+_NOT_RETURNABLE = {
+    "returned": "was already returned: a second return (of the new settlement) is not taken at the terminal "
+                "(the new settlement was made on the original's authority, not the patient's face, so the "
+                "centre takes it as no authority for another re-settlement); an operator's case",
+    "returning": "has a return under way: wait for it (GET .../returns/{return_id})",
+    "return_failed": "has a return a party refused after the reversal: an operator's case (kiosk check parties)",
+    "partially_refunded": "was partially refunded: that refund gave back part of the personal share only, so a "
+                          "return (a re-settlement of the kept lines) cannot follow it; give back more with a "
+                          "partial refund (POST .../refunds with an amount)",
+    "refund_pending": "has a refund under way", "refunded": "was refunded",
+}
 
 
 def kept_bill(bill: dict[str, Any], lines: list[dict[str, str]]) -> dict[str, Any] | None:
@@ -879,6 +938,9 @@ def return_receipt(order_id: str, name: str, result: dict[str, Any]) -> list[str
                      ("acct_mulaid_pay", "共济"), ("credit_draw", "信用"), ("cash_pay", "现金")):
         rows.append(_row(label, o[k], n[k], b[k]))
     rows += ["合计 Total  统筹 Fund", "账户 Account  共济 Family aid", "信用 Credit  现金 Cash"]  # the legend, 32 columns
+    op = result.get("operator")
+    if op:  # the cashier vouched for the patient (no face): who, on the paper the patient keeps
+        rows += [f"收银员确认 Cashier: {op['id']}", f"  {op['name']}"]
     return rows
 
 

@@ -105,36 +105,43 @@ MIGRATIONS = [
         "ALTER TABLE credit_holds ADD COLUMN fixmedins_code TEXT",
         "ALTER TABLE credit_holds ADD COLUMN app_id TEXT",
     ]),
-    Migration("credit.004_mandates", [
-        # standing authorisations of senseless outpatient payment (issue 17): the payer's word, signed by the
-        # insurance centre (pay_auth purpose mandate), that one institution may draw a visit's cash share
-        # without the payer present, within a per-visit and a per-day cap, until a Shanghai day, on the lines
-        # named (own: the payer's line; family: the line the payer is bound to, with its holder recorded)
-        """CREATE TABLE credit_mandates (
-            id SERIAL_PK,
-            mandate_id TEXT NOT NULL UNIQUE,
-            payer TEXT NOT NULL,
-            fixmedins_code TEXT NOT NULL,
-            app_id TEXT NOT NULL,
-            per_visit_fen BIGINT NOT NULL CHECK (per_visit_fen > 0),
-            per_day_fen BIGINT NOT NULL CHECK (per_day_fen >= per_visit_fen),
-            until_day TEXT NOT NULL,
-            lines TEXT NOT NULL,
-            own_holder TEXT,
-            family_holder TEXT,
-            auth_id TEXT NOT NULL,
-            state TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            ended_at TEXT,
-            ended_by TEXT)""",
-        # one active mandate per payer and institution: a new one replaces the old (both in one transaction)
-        "CREATE UNIQUE INDEX credit_mandates_one_active ON credit_mandates (payer, fixmedins_code) "
-        "WHERE state = 'active'",
-        "CREATE INDEX credit_mandates_family ON credit_mandates (family_holder)",
-        # a draw under a mandate names it and the visit (mdtrt_id): the caps are sums over these
-        "ALTER TABLE credit_draws ADD COLUMN mandate_id TEXT",
-        "ALTER TABLE credit_draws ADD COLUMN visit TEXT",
-        "CREATE INDEX credit_draws_mandate ON credit_draws (mandate_id, visit) WHERE mandate_id IS NOT NULL",
-        "CREATE INDEX credit_draws_mandate_day ON credit_draws (mandate_id, day) WHERE mandate_id IS NOT NULL",
+    Migration("credit.004_clearing_by_day", [
+        # the bank's clearing statement (kiosk.services.bank.clearing): the day's entries, then per entry its
+        # postings (credit_postings_entry) and draw (primary key), kept to the institution's
+        "CREATE INDEX credit_entries_day ON credit_entries (day, id)",
     ]),
 ]
+
+# senseless outpatient payment (issue 17): appended after the list, after whatever the list holds
+MIGRATIONS.append(Migration("credit.005_mandates", [
+    # standing authorisations of senseless outpatient payment (issue 17): the payer's word, signed by the
+    # insurance centre (pay_auth purpose mandate), that one institution may draw a visit's cash share
+    # without the payer present, within a per-visit and a per-day cap, until a Shanghai day, on the lines
+    # named (own: the payer's line; family: the line the payer is bound to, with its holder recorded)
+    """CREATE TABLE credit_mandates (
+        id SERIAL_PK,
+        mandate_id TEXT NOT NULL UNIQUE,
+        payer TEXT NOT NULL,
+        fixmedins_code TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        per_visit_fen BIGINT NOT NULL CHECK (per_visit_fen > 0),
+        per_day_fen BIGINT NOT NULL CHECK (per_day_fen >= per_visit_fen),
+        until_day TEXT NOT NULL,
+        lines TEXT NOT NULL,
+        own_holder TEXT,
+        family_holder TEXT,
+        auth_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        ended_at TEXT,
+        ended_by TEXT)""",
+    # one active mandate per payer and institution: a new one replaces the old (both in one transaction)
+    "CREATE UNIQUE INDEX credit_mandates_one_active ON credit_mandates (payer, fixmedins_code) "
+    "WHERE state = 'active'",
+    "CREATE INDEX credit_mandates_family ON credit_mandates (family_holder)",
+    # a draw under a mandate names it and the visit (mdtrt_id): the caps are sums over these
+    "ALTER TABLE credit_draws ADD COLUMN mandate_id TEXT",
+    "ALTER TABLE credit_draws ADD COLUMN visit TEXT",
+    "CREATE INDEX credit_draws_mandate ON credit_draws (mandate_id, visit) WHERE mandate_id IS NOT NULL",
+    "CREATE INDEX credit_draws_mandate_day ON credit_draws (mandate_id, day) WHERE mandate_id IS NOT NULL",
+]))

@@ -841,9 +841,8 @@ class CreditService:
             for r in tx.fetch_all(f"SELECT {_MANDATE_COLS} FROM credit_mandates WHERE payer = ? OR own_holder = ? "
                                   "OR family_holder = ? ORDER BY id", (holder, holder, holder)):
                 m = _Mandate.from_row(r)
-                used = tx.scalar("SELECT SUM(original_fen) FROM credit_draws WHERE mandate_id = ? AND day = ?",
-                                 (m.mandate_id, day.isoformat()), default=0)
-                mandates.append({**m.to_json(), "state": m.state_on(day), "used_today": fen_to_yuan(int(used or 0))})
+                used = self._mandate_used(tx, m, day, None)[1]  # what counts against its day cap
+                mandates.append({**m.to_json(), "state": m.state_on(day), "used_today": fen_to_yuan(used)})
             holds = tx.fetch_dicts("SELECT ref, payer, day, amount_fen, status, captured_fen FROM credit_holds "
                                    "WHERE line_id = ? ORDER BY id", (lid,))
             members = tx.fetch_dicts("SELECT member, relation, monthly_cap_fen, consent_at, bound_day, unbound_day, "

@@ -237,7 +237,7 @@ def _notices(args: argparse.Namespace) -> int:
         raise ConfigError(f"no centre database at {centre_url}", code="no_database")
     with open_database(centre_url) as db:
         has_table = db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM schema_migrations WHERE name = ?",
-                                                 ("centre.005_visits",)))
+                                                 ("centre.007_visits",)))
         rows = notices_of(db, args.psn_no, args.limit) if has_table else []
     print(json.dumps({"psn_no": args.psn_no, "notices": rows}, ensure_ascii=False))
     return 0

@@ -172,3 +172,40 @@ def test_id_number_checksum():
     assert not valid_id_number("110105194912310021")
     assert not valid_id_number("1101051949123100")
     assert check_char("11010519491231002") == "X"
+
+
+# what a return session must never tell the patient: a return gives back, it never pays or charges
+PAY_WORDS = ("pay", "Pay", "PAY", "支付", "扣款", "charged", "付款")
+
+
+@pytest.mark.parametrize("kind", ["return", "return_cashier"])
+def test_a_return_session_never_shows_a_payment_prompt(kind):
+    """Every state a return can be in and every reason it can show (with its arguments) reads as a
+    return in both languages: "Press Enter to pay" and "nothing was charged" never appear."""
+    from datetime import datetime
+
+    from kiosk.app.prompts import state_prompt
+    from kiosk.clock import SHANGHAI
+
+    for st in State:
+        p = state_prompt(str(st), kind)
+        assert not any(w in p.zh + p.en for w in PAY_WORDS), (kind, st, p)
+        assert _CJK.search(p.zh) and not _CJK.search(p.en), (kind, st)
+    for code in REASONS:
+        p = reason_prompt(code, kind=kind, left=2, minutes=30)
+        assert not any(w in p.zh + p.en for w in PAY_WORDS), (kind, code, p)
+        assert _CJK.search(p.zh) and p.en[0].isupper() and "{" not in p.zh + p.en, (kind, code)
+    # and the machine of a return session publishes those texts, from its very first snapshot
+    snaps: list = []
+    m = Machine("s1", "return/R1", ManualClock(datetime(2026, 3, 10, 10, 0, tzinfo=SHANGHAI)), on_change=snaps.append,
+                kind=kind)
+    m.go(State.PRESETTLED if kind == "return_cashier" else State.FACE_CAPTURE)
+    m.fail("not_matched")
+    for sn in snaps:
+        assert not any(w in sn.prompt_zh + sn.prompt_en + (sn.reason_zh or "") + (sn.reason_en or "")
+                       for w in PAY_WORDS), sn
+    assert snaps[0].info["kind"] == "return"
+    if kind == "return":
+        assert "收银员" in snaps[-1].reason_zh and "cashier" in snaps[-1].reason_en  # the fallback is named
+    # a payment still reads as one
+    assert "pay" in state_prompt("confirm").en

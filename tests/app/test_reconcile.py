@@ -7,7 +7,7 @@ found, named, and given its resolution. A matching day exits 0, a discrepancy 1.
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -340,3 +340,58 @@ def test_a_fresh_terminal_signs_in_and_an_unreachable_party_is_exit_2_not_a_verd
     assert main(["reconcile", day.isoformat(), "--data-dir", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "bank" in captured.err
+
+
+def test_an_order_recovered_days_after_it_was_made_is_in_the_day_its_money_moved(world, kiosk):
+    """Settled on day 1, the answer lost and the terminal off for three days: recovery reverses it by its
+    msgid on day 4. Day 4's day-end finds the order by its journal (step and time), not by its day, and
+    matches the centre's reversal on that day."""
+    w, d1 = world, date(2026, 5, 20)
+    d4 = d1 + timedelta(days=3)
+    p = w.c.people[9]
+    s = kiosk.store
+    at(w, d1, 10)
+    s.create_order("pos", "R-LATE", {"bill": {"items": []}}, "outpatient")
+    msgid = w.c.client.new_msgid()
+    s.record("pos", "R-LATE", "settle", {"msgid": msgid, "psn_no": p.psn_no})
+    out = w.settle(p, "16.00", msgid=msgid)
+    s.record("pos", "R-LATE", "settled", {"msgid": msgid, "setl_id": out["setlinfo"]["setl_id"], "split": {
+        "medfee_sumamt": 1600, "fund_pay_sumamt": 0, "acct_pay": 0}, "insutype": p.insutype})
+    s.set_status("pos", "R-LATE", "reversing", reason="interrupted")
+    at(w, d4, 9)
+    s.record("pos", "R-LATE", "reverse", {"msgid": msgid, "setl_id": out["setlinfo"]["setl_id"]})
+    assert w.c.client.reverse_message(p.psn_no, msgid, "2207").output["result"] == "reversed"
+    s.record("pos", "R-LATE", "reversed", {"msgid": msgid})
+    s.set_status("pos", "R-LATE", "failed", reason="interrupted", result={"status": "failed"})
+    rep = reconcile(kiosk.db, w.c.client, w.bank, d4)
+    assert rep.matched, rep.table()
+
+
+def test_the_day_end_queries_use_their_indexes(world, kiosk, tmp_path):
+    """EXPLAIN QUERY PLAN on SQLite: each day-end query finds the day's rows by an index (app.004,
+    centre.006, credit.004), never by scanning every order, settlement or ledger entry ever made."""
+    from kiosk.app.reconcile import MONEY_STEPS, journal_moves_sql
+    from kiosk.credit.schema import MIGRATIONS as CREDIT
+    from kiosk.services.bank.clearing import CLEARING_SQL
+    from kiosk.services.centre.dayend import DAY_ROWS_SQL
+    from kiosk.services.centre.schema import MIGRATIONS as CENTRE
+
+    def plan(db: Database, sql: str, params: tuple) -> str:
+        return " | ".join(r[3] for r in db.read(lambda tx: tx.fetch_all("EXPLAIN QUERY PLAN " + sql, params)))
+
+    with open_database(f"sqlite:///{tmp_path / 'k.db'}") as k:
+        Store(k, world.c.clock)
+        moved = plan(k, journal_moves_sql(), (*MONEY_STEPS, "2026-05-01", "2026-05-03"))
+        assert "USING INDEX app_journal_step_at (step=? AND at>? AND at<?)" in moved, moved
+        refunds = plan(k, "SELECT DISTINCT system, order_id FROM app_refunds WHERE day IN (?, ?, ?)", ("a", "b", "c"))
+        assert "USING INDEX app_refunds_day" in refunds or "USING COVERING INDEX app_refunds_day" in refunds, refunds
+    with open_database(f"sqlite:///{tmp_path / 'c.db'}") as c:
+        c.migrate(CENTRE)
+        rows = plan(c, DAY_ROWS_SQL, ("H1", "2026-05-01", "2026-05-03", "H1", "2026-05-01", "2026-05-03"))
+        assert "MULTI-INDEX OR" in rows and "SCAN s" not in rows, rows
+        assert "centre_settlements_inst_made (fixmedins_code=? AND created_at>? AND created_at<?)" in rows, rows
+        assert "centre_settlements_inst_reversed (fixmedins_code=? AND reversed_at>? AND reversed_at<?)" in rows, rows
+    with open_database(f"sqlite:///{tmp_path / 'b.db'}") as b:
+        b.migrate(CREDIT)
+        clearing = plan(b, CLEARING_SQL, ("2026-05-01", "merchant", "H1"))
+        assert "SEARCH e USING INDEX credit_entries_day (day=?)" in clearing and "SCAN" not in clearing, clearing

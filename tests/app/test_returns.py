@@ -215,9 +215,108 @@ def test_another_patients_face_cannot_confirm_a_return(stack):
     assert got["status"] == "paid", got
     code, ret = do_return(stack, "E-RET-OTHER", "RT-OTHER", ONE_AMOXICILLIN, ZHANG)
     assert code == 202 and (ret["status"], ret["reason"]) == ("failed", "not_matched"), ret
+    assert ret["result"]["fallback"]["confirm"] == "cashier", ret  # the POS is told the cashier may confirm it
     assert stack.pos_client.get("E-RET-OTHER").json()["status"] == "paid"
     assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?",
                        (got["result"]["setl_id"],)) == [("settled",)]
+
+
+OPERATOR = {"id": "C-007", "name": "赵敏"}
+
+
+def cashier_return(st: Any, oid: str, rid: str, lines: list[dict[str, str]], operator: dict[str, str] = OPERATOR,
+                   timeout: float = 40.0) -> tuple[int, dict[str, Any], list[Any]]:
+    """POST a return the cashier confirms (no face: the camera shows nobody), the confirm key; the final
+    state and every snapshot the patient's screen got meanwhile."""
+    snaps: list[Any] = []
+    st.typist.clear()
+    st.typist.plan("confirm", "<enter>")
+    st.camera.clear()
+    st.runtime.listeners.append(snaps.append)
+    try:
+        r = st.pos_client.return_lines(oid, rid, lines, operator=operator)
+        if r.status_code != 202:
+            return r.status_code, r.json(), snaps
+        end = time.monotonic() + timeout
+        while True:
+            got = st.pos_client.get_return(oid, rid, wait=10).json()
+            if got["status"] not in ("pending", "running") or time.monotonic() > end:
+                return r.status_code, got, snaps
+    finally:
+        st.runtime.listeners.remove(snaps.append)
+
+
+PAY_WORDS = ("pay", "Pay", "PAY", "支付", "扣款", "charged", "付款")
+
+
+def test_the_cashier_confirms_a_return_when_the_face_cannot(stack, monkeypatch):
+    """The patient cannot pass the face: the POS sends the return with confirm=cashier and the operator.
+    No face, the old and new split on the screen, the confirm key; the same re-settlement as with the
+    face (on the original settlement's authority), the operator in the journal, the audit chain and on
+    the receipt; the patient's screen reads return texts throughout, never a payment prompt."""
+    got = pay_order(stack, {"order_id": "E-RET-CASH", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    old_setl = got["result"]["setl_id"]
+    printer, receipts = stack.runtime.terminal.deps.printer, []
+    send = printer.print_receipt
+    monkeypatch.setattr(printer, "print_receipt", lambda lines: (receipts.append(list(lines)), send(lines))[1])
+    code, ret, snaps = cashier_return(stack, "E-RET-CASH", "RT-CASH", ONE_AMOXICILLIN)
+    assert code == 202 and ret["status"] == "returned", ret
+    res = ret["result"]
+    assert res["confirm"] == "cashier" and res["operator"] == OPERATOR
+    assert (res["old"]["setl_id"], res["new"]["medfee_sumamt"], res["back"]["medfee_sumamt"]) == (
+        old_setl, "85.50", "18.50")
+    assert centre_rows(stack, "SELECT state FROM centre_settlements WHERE setl_id = ?", (old_setl,)) == [("reversed",)]
+    assert centre_rows(stack, "SELECT orig_setl_id, by_face FROM centre_resettlements WHERE orig_setl_id = ?",
+                       (old_setl,)) == [(old_setl, 0)]
+    # the screen: no face step, the old split beside the new one at the confirm, return texts only
+    states = [str(sn.state) for sn in snaps]
+    assert "face_capture" not in states and "confirm" in states and states[-1] == "done", states
+    confirm = next(sn for sn in snaps if str(sn.state) == "confirm")
+    assert confirm.info["amounts_old"]["medfee_sumamt"] == "104.00" and confirm.amounts["medfee_sumamt"] == "85.50"
+    for sn in snaps:
+        texts = " ".join(t or "" for t in (sn.prompt_zh, sn.prompt_en, sn.reason_zh, sn.reason_en))
+        assert not any(w in texts for w in PAY_WORDS), (sn.state, texts)
+    # who vouched: journal, audit chain, receipt
+    steps = stack.runtime.terminal.store.steps(SYSTEM, RETURN_PREFIX + "RT-CASH")
+    assert ("cashier_confirm", {"operator_id": "C-007", "operator_name": "赵敏"}) in steps
+    plan = next(d for s_, d in steps if s_ == "return")
+    assert plan["orig_setl_id"] == old_setl and plan["operator"] == OPERATOR and plan["confirm"] == "cashier"
+    recs = [json.loads(x) for x in (stack.data_dir / "audit.log").read_text().splitlines()]
+    audit = [r["data"] for r in recs if r["event"] == "return" and r["data"].get("order_id") == "E-RET-CASH"]
+    assert audit and audit[0]["confirm"] == "cashier" and audit[0]["operator_id"] == "C-007", audit
+    assert len(receipts) == 1 and "收银员确认 Cashier: C-007" in receipts[0] and "  赵敏" in receipts[0], receipts
+    assert "原结算 Old: " + old_setl in receipts[0]
+    services_check(stack)
+
+
+def test_the_return_door_checks_confirm_and_operator_and_names_why_an_order_takes_no_return(stack):
+    got = pay_order(stack, {"order_id": "E-RET-DOOR", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    pc = stack.pos_client
+    for body, field in (({"confirm": "cashier"}, "operator"),
+                        ({"operator": OPERATOR}, "operator"),
+                        ({"confirm": "cashier", "operator": {"id": "C 1", "name": "x"}}, "operator.id"),
+                        ({"confirm": "cashier", "operator": {"id": "C1", "name": ""}}, "operator.name"),
+                        ({"confirm": "card", "operator": OPERATOR}, "confirm")):
+        r = pc.request("POST", "/pos/v1/orders/E-RET-DOOR/returns",
+                       {"return_id": "RT-DOOR", "lines": ONE_AMOXICILLIN, **body})
+        assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
+    assert pc.get("E-RET-DOOR").json()["status"] == "paid"  # nothing stored, nothing changed
+    # a second return of a returned order: 409 naming why (its first return id still replays)
+    code, ret, _ = cashier_return(stack, "E-RET-DOOR", "RT-DOOR-1", ONE_AMOXICILLIN)
+    assert ret["status"] == "returned", ret
+    again = pc.return_lines("E-RET-DOOR", "RT-DOOR-2", [{"code": "XC01", "qty": "1"}], operator=OPERATOR)
+    assert again.status_code == 409 and again.json()["code"] == "not_returnable", again.text
+    assert "already returned" in again.json()["message"], again.text
+    assert pc.return_lines("E-RET-DOOR", "RT-DOOR-1", ONE_AMOXICILLIN, operator=OPERATOR).status_code == 200
+    # a partially refunded order: 409 naming why
+    got = pay_order(stack, {"order_id": "E-RET-PART", "bill": DEMO_BILL}, LI)
+    assert got["status"] == "paid", got
+    assert pc.refund("E-RET-PART", "RF-PART", "1.00").status_code == 201
+    part = pc.return_lines("E-RET-PART", "RT-PART", ONE_AMOXICILLIN)
+    assert part.status_code == 409 and "partially refunded" in part.json()["message"], part.text
+    assert pc.get("E-RET-PART").json()["status"] == "partially_refunded"
 
 
 def _authorise_mutual_aid(st: Any, psn: str, relative: str, relation: str) -> None:
@@ -458,6 +557,52 @@ def test_a_return_cut_off_after_any_step_recovers_to_returned(stack, tmp_path, c
     assert draws(stack, new["setl_id"]) == ([(cash, cash, 0)] if cash else [])  # drawn once
     assert available(stack, LI) == avail0 - cash
     assert balance(stack, LI) == acct0 - yuan_to_fen(ref["acct_pay"], "a")
+    services_check(stack)
+
+
+def _expire_plan_token(st: Any, kiosk_db: Path, rid: str, psn: str) -> None:
+    """Hours pass: the face's e-voucher journaled in the return's plan is now expired (one the centre
+    signed for this terminal, 15 minutes after the face, three hours ago)."""
+    import hashlib
+    import hmac
+
+    from kiosk.services.centre.app import centre_keys
+
+    app_id = json.loads((st.data_dir / "terminal.json").read_text())["app_id"]
+    body = f"{psn}.{int(time.time()) - 3 * 3600}"
+    sig = hmac.new(centre_keys(st.data_dir).mac_key(), f"ec|{app_id}|{body}".encode(), hashlib.sha256).hexdigest()
+    with open_database(f"sqlite:///{kiosk_db / 'kiosk.db'}") as db, db.transaction() as tx:
+        jid, data = tx.fetch_one("SELECT id, data FROM app_journal WHERE order_id = ? AND step = 'return'",
+                                 (RETURN_PREFIX + rid,))
+        plan = json.loads(data)
+        assert plan["ec_token"].startswith("EC.")
+        tx.execute("UPDATE app_journal SET data = ? WHERE id = ?",
+                   (json.dumps({**plan, "ec_token": f"EC.{body}.{sig[:24]}"}), jid))
+
+
+def test_a_return_resumed_after_the_face_token_expired_completes_to_returned(stack, tmp_path):
+    """Cut off right after the reversal; the counter stays down for hours (the face's e-voucher, 15 min,
+    has expired). Recovery re-settles the kept lines on the original settlement's authority (journaled
+    orig_setl_id), refunds and draws again: returned, not return_failed (token_expired)."""
+    acct0, avail0, ytd0 = balance(stack, LI), available(stack, LI), ytd(stack, LI)
+    oid, rid = "E-CR-RT-LATE", "RT-LATE"
+    kiosk_db = crash_kiosk(stack, tmp_path, "return_reversed", LI, {"order_id": oid, "bill": DEMO_BILL},
+                           ret={"return_id": rid, "lines": ONE_AMOXICILLIN})
+    _expire_plan_token(stack, kiosk_db, rid, LI)
+    store, _resolved, db = restart(stack, kiosk_db, oid)
+    try:
+        order, ret = store.get(SYSTEM, oid), store.get(SYSTEM, RETURN_PREFIX + rid)
+        steps = [s for s, _ in store.steps(SYSTEM, RETURN_PREFIX + rid)]
+    finally:
+        db.close()
+    assert ret is not None and ret.status == "returned", (ret, steps)
+    assert order.status == "returned" and "return_refused" not in steps
+    new = ret.result["new"]
+    ref = kiosk_settle(stack, tmp_path, kept_bill(DEMO_BILL, ONE_AMOXICILLIN), ytd0, acct0)["setlinfo"]
+    assert (new["fund_pay_sumamt"], new["acct_pay"], new["credit_draw"]) == (
+        ref["fund_pay_sumamt"], ref["acct_pay"], ref["psn_cash_pay"])
+    cash = yuan_to_fen(ref["psn_cash_pay"], "c")
+    assert draws(stack, new["setl_id"]) == [(cash, cash, 0)] and available(stack, LI) == avail0 - cash
     services_check(stack)
 
 

@@ -268,11 +268,12 @@ def test_bank_openapi_lists_every_operation(pair: tuple[Centre, Bank]) -> None:
     _c, bank = pair
     doc = bank.http.get("/openapi.json").json()
     ops = ["apply", "bind", "unbind", "line", "draw", "draw_reverse", "hold", "capture", "release", "repay",
-           "refund", "statement"]
+           "refund", "statement", "mandate", "mandate_revoke", "mandate_get"]
     for op in ops:
         assert f"/fsi/api/credit.{op}" in doc["paths"]
         assert f"credit.{op}.input" in doc["components"]["schemas"]
     assert "/admin/notifications" in doc["paths"] and "/fsi/api/credit.notifications" not in doc["paths"]
+    assert {"/admin/mandate/revoke", "/admin/mandate"} <= set(doc["paths"])
 
 
 def test_hold_capture_release_repay_refund(pair: tuple[Centre, Bank]) -> None:
@@ -298,9 +299,10 @@ def test_hold_capture_release_repay_refund(pair: tuple[Centre, Bank]) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(op=st.sampled_from(["apply", "bind", "unbind", "line", "draw", "draw_reverse", "hold", "capture", "release",
-                           "repay", "refund", "statement"]),
+                           "repay", "refund", "statement", "mandate", "mandate_revoke", "mandate_get"]),
        data=st.dictionaries(st.sampled_from(["holder", "member", "payer", "amount", "ref", "key", "relation",
-                                             "consent", "birth_date", "insured_years", "limit", "monthly_cap"]),
+                                             "consent", "birth_date", "insured_years", "limit", "monthly_cap",
+                                             "mandate_id", "visit", "pay_auth"]),
                             st.none() | st.booleans() | st.integers(-5, 10**12) | st.text(max_size=12)
                             | st.floats(allow_nan=False, allow_infinity=False), max_size=6))
 def test_bank_any_input_is_an_answer_never_a_fault(pair: tuple[Centre, Bank], op: str, data: dict) -> None:

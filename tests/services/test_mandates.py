@@ -209,6 +209,46 @@ def test_mandate_visit_and_three_charges_without_the_patient(world: World) -> No
     _books(w)
 
 
+def test_concurrent_charges_from_two_departments_over_http_never_pass_the_cap(world: World) -> None:
+    """Eight charges of one visit settled, then drawn at once (threads through the bank's HTTP front):
+    300.00 per visit lets exactly three of 100.00 through; the others spend nothing."""
+    import threading
+
+    w = world
+    p = _person(w)
+    m = _give(w, p, visit=30_000, day=100_000)
+    v = _visit(w, p)
+    settled = [_settle(w, p, v, "100.00") for _ in range(8)]
+    assert all(s.ok for s in settled)
+    out: list[Answer] = []
+    lock = threading.Lock()
+    go = threading.Barrier(len(settled))
+
+    def draw(s: Answer) -> None:
+        setl = s.output["setlinfo"]
+        go.wait(timeout=30)
+        a = w.bank.draw(p.psn_no, "100.00", setl["setl_id"], "k" + setl["setl_id"], pay_auth=s.output["pay_auth"],
+                        mandate_id=m["mandate_id"], visit=v["mdtrt_id"])
+        with lock:
+            out.append(a)
+
+    threads = [threading.Thread(target=draw, args=(s,)) for s in settled]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(a.err_code or "ok" for a in out) == ["mandate_cap_visit"] * 5 + ["ok"] * 3
+    drawn = [s for s in settled if _drawn(w, s.output["setlinfo"]["setl_id"]) is not None]
+    assert len(drawn) == 3
+    used = w.bank_db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM bank_pay_auths WHERE psn_no = ? AND "
+                                               "purpose = 'senseless'", (p.psn_no,)))
+    assert used == 3
+    for s in settled:
+        if s not in drawn:  # the terminal reverses what was not drawn (a counter payment takes it over)
+            assert w.c.client.reverse(s.output["setlinfo"]["setl_id"], p.psn_no).ok
+    _books(w)
+
+
 def test_mandate_revocation_mid_visit_stops_the_next_charge(world: World) -> None:
     w = world
     p = _person(w)
@@ -275,7 +315,9 @@ def test_statement_lists_mandates_and_marks_senseless_draws_and_notices_go_to_pa
     assert b["infcode"] == 0, b
     _drain(w)  # what earlier tests queued
     m = _give(w, member, lines_="family")
-    assert m["holders"] == {"own": None, "family": holder.psn_no}
+    # the terminal learns of the family line only its holder's last 4 (as credit.line gives them)
+    assert m["holders"] == {"own": None, "family": holder.psn_no[-4:]}
+    assert w.bank.mandate_get(m["mandate_id"]).output["holders"]["family"] == holder.psn_no[-4:]
     v = _visit(w, member)
     s, d = _charge(w, member, v, m, "66.00")
     assert d.ok, d
@@ -415,6 +457,16 @@ def test_another_institution_cannot_use_revoke_or_read_a_mandate(world: World) -
     assert answers[0].err_code == "no_mandate" and _fields(answers[0]) == _fields(answers[1])
     assert w.bank.mandate_get(m["mandate_id"]).output["state"] == "active"
     assert w.bank.mandate_get(m["mandate_id"]).output["used_today"] == "0.00"
+
+
+def test_malformed_mandate_fields_are_refused_at_the_door(world: World) -> None:
+    w = world
+    for bad in ("xM" + "0" * 20, "M" + "0" * 20 + "0", "M" + "G" * 20, ""):
+        a = w.bank.mandate_get(bad) if bad else w.bank.call("credit.mandate_get", {})
+        assert a.infcode == InfCode.INVALID_INPUT and a.err_msg.startswith("input.mandate_id"), (bad, a)
+    half = w.bank.call("credit.draw", {"payer": "P1", "amount": "1.00", "ref": "S1", "key": "k", "pay_auth": "PA1.x.y",
+                                       "mandate_id": "M" + "0" * 20})
+    assert half.infcode == InfCode.INVALID_INPUT  # a mandate without the visit (or a visit without one)
 
 
 def test_senseless_draw_needs_the_payers_own_mandate(world: World) -> None:

@@ -117,19 +117,25 @@ class CentreAdapter:
         raise RemoteError(f"activation refused: {a.err_msg}", code=a.err_code or "refused")
 
     # -- settlement ---------------------------------------------------------------------------
-    def _head(self, person: Person, bill: dict[str, Any], order_id: str, total: int, mulaid: bool) -> dict[str, Any]:
-        return {"psn_no": person.psn_no, "mdtrt_cert_type": "01", "mdtrt_cert_no": person.ec_token,
+    def _head(self, person: Person, bill: dict[str, Any], order_id: str, total: int, mulaid: bool,
+              orig_setl_id: str = "") -> dict[str, Any]:
+        """The settlement head. A return's re-settlement names the settlement returned (`orig_setl_id`): that
+        original, face-proved settlement is the authority (mdtrt_cert_no = orig_setl_id, no ecToken), so a
+        return resumed after the face's e-voucher expired, or confirmed by the cashier, still settles."""
+        return {"psn_no": person.psn_no, "mdtrt_cert_type": "01", "mdtrt_cert_no": orig_setl_id or person.ec_token,
                 "medfee_sumamt": fen_to_yuan(total), "insutype": person.insutype or "310", "acct_used_flag": "1",
                 "acct_mulaid_flag": "1" if mulaid else "0", "chrg_bchno": order_id[:30],
+                **({"orig_setl_id": orig_setl_id} if orig_setl_id else {}),
                 **({} if bill.get("med_type", "11") == "41" else {"med_type": bill.get("med_type", "11")})}
 
-    def presettle(self, person: Person, bill: dict[str, Any], order_id: str) -> SettleResult:
+    def presettle(self, person: Person, bill: dict[str, Any], order_id: str, *, orig_setl_id: str = "") -> SettleResult:
         lines, total = fee_lines(bill)
         pharmacy = bill.get("med_type") == "41"
-        a = self._call(self.client.presettle, self._head(person, bill, order_id, total, True), lines, pharmacy=pharmacy)
+        a = self._call(self.client.presettle, self._head(person, bill, order_id, total, True, orig_setl_id), lines,
+                       pharmacy=pharmacy)
         if a.infcode == InfCode.NO_AUTHORISATION:  # no relative authorised mutual aid: own account only
-            a = self._call(self.client.presettle, self._head(person, bill, order_id, total, False), lines,
-                           pharmacy=pharmacy)
+            a = self._call(self.client.presettle, self._head(person, bill, order_id, total, False, orig_setl_id),
+                           lines, pharmacy=pharmacy)
             self._mulaid[person.psn_no] = False
         else:
             self._mulaid[person.psn_no] = True
@@ -137,11 +143,12 @@ class CentreAdapter:
             return SettleResult("bill_rejected", detail=a.err_msg)
         return SettleResult("ok", split_from(a.output))
 
-    def settle(self, person: Person, bill: dict[str, Any], order_id: str, msgid: str) -> SettleResult:
+    def settle(self, person: Person, bill: dict[str, Any], order_id: str, msgid: str, *,
+               orig_setl_id: str = "") -> SettleResult:
         lines, total = fee_lines(bill)
         mulaid = self._mulaid.get(person.psn_no, False)
         try:
-            a = self._call(self.client.settle, self._head(person, bill, order_id, total, mulaid), lines,
+            a = self._call(self.client.settle, self._head(person, bill, order_id, total, mulaid, orig_setl_id), lines,
                            pharmacy=bill.get("med_type") == "41", msgid=msgid)
         except RemoteError as e:
             return SettleResult("unknown", detail=e.code)

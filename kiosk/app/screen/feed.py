@@ -90,10 +90,18 @@ def state_from_snapshot(snap: Any, *, now: datetime, peripherals: Peripherals) -
         d = deadline if isinstance(deadline, datetime) else datetime.fromisoformat(str(deadline))
         deadline_s = max(0.0, min(3600.0, (d - now).total_seconds()))
     payer = "family" if (info.get("payer") == "family" or (amounts and amounts.credit_holder)) else "self"
+    kind = "return" if info.get("kind") == "return" else "pay"
+    amounts_old = None
+    old = info.get("amounts_old")
+    if kind == "return" and isinstance(old, Mapping) and old.get("medfee_sumamt"):
+        try:
+            amounts_old = Amounts(**{k: str(old[k]) for k in _AMOUNT_KEYS if old.get(k) is not None})
+        except ValueError:
+            amounts_old = None
     return ScreenState(
         phase=phase, state=name[:40], session_id=_get(snap, "session_id"), prompt=prompt, reason=reason,
         amounts=amounts, keypad=keypad, peripherals=peripherals, camera=name in CAMERA_STATES,
-        deadline_s=deadline_s, payer=payer,
+        deadline_s=deadline_s, payer=payer, kind=kind, amounts_old=amounts_old,
         receipt_printed=(reason not in ("paper_out", "cover_open", "printer_offline")) if phase == "success" else None,
         setl_id=(str(info["setl_id"])[:64] if info.get("setl_id") else None),
     )

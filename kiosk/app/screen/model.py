@@ -130,3 +130,6 @@ class ScreenState(BaseModel):
     receipt_printed: bool | None = None
     setl_id: str | None = Field(default=None, max_length=64)
     payer: Literal["self", "family"] = "self"
+    kind: Literal["pay", "return"] = Field(default="pay", description="return: an item-level return (return texts, "
+                                           "the original split beside the new one)")
+    amounts_old: Amounts | None = Field(default=None, description="return: the original split, shown beside `amounts`")

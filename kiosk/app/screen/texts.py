@@ -80,6 +80,51 @@ REASONS: dict[str, Text] = {
     "internal_error": Text(zh="系统故障，本次没有扣款，请联系收银员", en="System fault. Nothing was charged. Please ask the cashier"),
 }
 
+# An item-level return (ScreenState.kind 'return'): what the patient does and what happens, never "pay"
+# or "charged"; phases not listed keep the texts above (the face steps say nothing about paying).
+RETURN_PHASE_PROMPTS: dict[str, Text] = {
+    "bill": Text(zh="退货：请核对退回的药品，然后看向摄像头", en="Return: please check what goes back, then look at the camera"),
+    "confirm": Text(zh="请核对退货前后的金额，按键盘上的确认键办理退货，按取消键放弃",
+                    en="Please check the amounts before and after the return. Press Confirm on the keypad to "
+                       "return, Cancel to stop"),
+    "processing": Text(zh="正在办理退货，请勿离开", en="Processing the return, please do not leave"),
+    "success": Text(zh="退货完成，请取走退货凭条", en="Return complete. Please take your return receipt"),
+    "failure": Text(zh="退货没有办理，请联系收银员", en="The return was not made. Please ask the cashier"),
+    "cancelled": Text(zh="退货已取消，没有任何更改", en="Return cancelled. Nothing was changed. Please ask the cashier if in doubt"),
+}
+_CASHIER = Text(zh="收银员可以为您确认退货", en="the cashier can confirm the return for you")
+RETURN_REASONS: dict[str, Text] = {
+    "not_matched": Text(zh="未能识别您的身份，退货没有办理；" + _CASHIER.zh,
+                        en="We could not recognise you; nothing was changed. Please ask the cashier: " + _CASHIER.en),
+    "spoof_suspected": Text(zh="未能确认是本人在场，退货没有办理；" + _CASHIER.zh,
+                            en="We could not confirm a live person; nothing was changed. Please ask the cashier: "
+                               + _CASHIER.en),
+    "phone_mismatch": Text(zh="手机号后四位不正确，退货没有办理；" + _CASHIER.zh,
+                           en="Phone digits did not match; nothing was changed. Please ask the cashier: " + _CASHIER.en),
+    "camera_offline": Text(zh="摄像头无法使用，退货没有办理；" + _CASHIER.zh,
+                           en="The camera is not working; nothing was changed. Please ask the cashier: " + _CASHIER.en),
+    "id_locked": Text(zh="输错次数过多，退货没有办理；" + _CASHIER.zh,
+                      en="Too many wrong attempts; nothing was changed. Please ask the cashier: " + _CASHIER.en),
+    "bill_rejected": Text(zh="医保中心未受理这次退货，没有任何更改，请联系收银员",
+                          en="The insurance centre did not accept this return; nothing was changed. Please ask the cashier"),
+    "centre_unavailable": Text(zh="医保中心暂时无法连接，退货没有办理，请稍后重试",
+                               en="The insurance centre cannot be reached; nothing was changed. Please try again later"),
+    "network_down": Text(zh="网络中断，退货没有办理，请稍后重试或联系收银员",
+                         en="Network is down; nothing was changed. Please try again later or ask the cashier"),
+    "paper_out": Text(zh="打印机缺纸，退货已完成，请向收银员索取退货凭条",
+                      en="The printer is out of paper. The return is done; please ask the cashier for your receipt"),
+    "printer_offline": Text(zh="打印机离线，退货已完成，请向收银员索取退货凭条",
+                            en="The printer is offline. The return is done; please ask the cashier for your receipt"),
+    "keypad_offline": Text(zh="键盘无法使用，退货没有办理，请联系收银员", en="The keypad is not working; nothing was changed. Please ask the cashier"),
+    "timeout": Text(zh="等待超时，退货没有办理，请让收银员重新发起", en="Timed out; nothing was changed. Please ask the cashier to start again"),
+    "cancelled_by_patient": Text(zh="您已取消退货，没有任何更改", en="You cancelled the return. Nothing was changed"),
+    "cancelled_by_cashier": Text(zh="收银员已取消退货，没有任何更改，有疑问请咨询收银员",
+                                 en="The cashier cancelled the return. Nothing was changed. Please ask the cashier if in doubt"),
+    "internal_error": Text(zh="系统故障，退货没有办理，请联系收银员", en="System fault; nothing was changed. Please ask the cashier"),
+    "interrupted": Text(zh="退货没有在这里完成，请向收银员确认结果",
+                        en="The return did not finish here. Please check the result with the cashier"),
+}
+
 # labels used by the page (so translations live in one place, served as JSON)
 LABELS: dict[str, Text] = {
     "title": Text(zh="医保刷脸支付", en="Insurance face pay"),
@@ -113,15 +158,26 @@ LABELS: dict[str, Text] = {
     "yuan": Text(zh="元", en="yuan"),
     "settlement_no": Text(zh="结算号", en="Settlement no."),
     "paid_by": Text(zh="额度所属", en="Line holder"),
+    "return_title": Text(zh="医保退货", en="Insurance return"),
+    "returned": Text(zh="退货完成", en="Returned"),
+    "not_returned": Text(zh="退货未办理", en="Not returned"),
+    "before_return": Text(zh="退货前", en="Before"),
+    "after_return": Text(zh="退货后", en="After"),
 }
 
 
-def prompt_for(phase: str, reason: str | None, prompt: Text | None) -> Text:
-    """The sentence to show and speak: the flow's own, else the reason's advice, else the phase's."""
+def prompt_for(phase: str, reason: str | None, prompt: Text | None, kind: str = "pay") -> Text:
+    """The sentence to show and speak: the flow's own, else the reason's advice, else the phase's (a
+    return's own texts first)."""
     if prompt is not None:
         return prompt
+    ret = kind == "return"
+    if reason and ret and reason in RETURN_REASONS:
+        return RETURN_REASONS[reason]
     if reason and reason in REASONS:
         return REASONS[reason]
+    if ret and phase in RETURN_PHASE_PROMPTS:
+        return RETURN_PHASE_PROMPTS[phase]
     return PHASE_PROMPTS.get(phase, PHASE_PROMPTS["idle"])
 
 
@@ -131,4 +187,6 @@ def catalogue() -> dict[str, dict[str, dict[str, str]]]:
         "phases": {k: v.model_dump() for k, v in PHASE_PROMPTS.items()},
         "reasons": {k: v.model_dump() for k, v in REASONS.items()},
         "labels": {k: v.model_dump() for k, v in LABELS.items()},
+        "return_phases": {k: v.model_dump() for k, v in RETURN_PHASE_PROMPTS.items()},
+        "return_reasons": {k: v.model_dump() for k, v in RETURN_REASONS.items()},
     }

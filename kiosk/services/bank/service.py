@@ -174,7 +174,7 @@ class Draw(_In):
     pay_auth: str = Field(min_length=1, max_length=payauth.MAX_LEN,
                           description="the insurance centre's signed authorisation of this payment (2207/2102 "
                                       "answer for a draw, ec.payauth for a hold)")
-    mandate_id: str | None = Field(default=None, pattern=payauth.MANDATE_ID.pattern,
+    mandate_id: str | None = Field(default=None, pattern=f"^{payauth.MANDATE_ID.pattern}$",
                                    description="senseless draw (pay_auth purpose senseless): the payer's mandate")
     visit: str | None = Field(default=None, min_length=1, max_length=30,
                               description="senseless draw: the visit (mdtrt_id); the pay_auth's ref is ref/visit")
@@ -188,7 +188,7 @@ class Draw(_In):
         return self
 
 
-_MANDATE_ID = Field(pattern=payauth.MANDATE_ID.pattern, description="the bank's mandate id (M + 20 hex digits)")
+_MANDATE_ID = Field(pattern=f"^{payauth.MANDATE_ID.pattern}$", description="the bank's mandate id (M + 20 hex digits)")
 
 
 class Mandate(_In):
@@ -321,6 +321,15 @@ _MESSAGES = {
     "mandate_cap_visit": "the charge would exceed the mandate's per-visit cap: the patient is needed",
     "mandate_cap_day": "the charge would exceed the mandate's per-day cap: the patient is needed",
 }
+
+
+def _for_terminal(r: Result) -> Result:
+    """A terminal learns of a family line only its holder's last 4 characters (as `credit.line` gives it):
+    the holder's number is the bank's and the holder's business (the operator and the statement show it)."""
+    holders = r.detail.get("holders") if r.ok else None
+    if not holders or not holders.get("family"):
+        return r
+    return Result(r.code, {**r.detail, "holders": {**holders, "family": str(holders["family"])[-4:]}})
 
 
 class BankService:
@@ -634,7 +643,7 @@ class BankService:
         r = self._guard(self.credit.mandate, key, d.payer, self._owner(ctx), terms.visit, terms.day, terms.until,
                         terms.lines, a.id)
         self._release(tx, r, auth_new, auth_id)
-        return _answer(r)
+        return _answer(_for_terminal(r))
 
     def mandate_revoke(self, ctx: Ctx, tx: Transaction, d: MandateRevoke) -> dict[str, Any] | Refusal:
         """A terminal of the mandate's institution (it may always give up its own authority), or any terminal
@@ -662,8 +671,8 @@ class BankService:
 
     def mandate_get(self, ctx: Ctx, tx: Transaction, d: MandateGet) -> dict[str, Any] | Refusal:
         """The institution's own mandate: state, caps, used today (and on the visit named)."""
-        return _answer(self.credit.mandate_get(d.mandate_id, institution=ctx.terminal.fixmedins_code,
-                                               visit=d.visit))
+        return _answer(_for_terminal(self.credit.mandate_get(d.mandate_id, institution=ctx.terminal.fixmedins_code,
+                                                             visit=d.visit)))
 
     def clearing(self, ctx: Ctx, tx: Transaction, d: Clearing) -> dict[str, Any]:
         """credit.clearing: the caller's institution's statement for the day; another institution's is

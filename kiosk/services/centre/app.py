@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -68,7 +69,7 @@ def build_centre(db: Database, data_dir: Path, clock: Clock | None = None,
     db.migrate(MIGRATIONS)
     keys = centre_keys(data_dir)
     publish_public_key(keys, data_dir)
-    service = CentreService(db, keys, match_rule())
+    service = CentreService(db, keys, match_rule(), return_window=timedelta(days=load().centre_return_window_days))
     gw = Gateway("centre", db, clock or SystemClock(), keys, service.routes(), window_s=window_s,
                  check_sign_no=service.check_sign_no)
     return service, gw

@@ -81,6 +81,16 @@ def own_institution(ctx: Ctx, tx: Transaction, asked: str) -> str | None:
     return mine
 
 
+# an institution's settlements made or reversed in [lo, hi): indexes centre_settlements_inst_made and
+# centre_settlements_inst_reversed (centre.006), one per side of the OR
+DAY_ROWS_SQL = (
+    "SELECT s.setl_id, s.msgid, s.infno, s.psn_no, s.mdtrt_id, s.state, s.medfee_sumamt, s.fund_pay_sumamt, "
+    "s.acct_pay, s.acct_mulaid_pay, s.psn_cash_pay, s.created_at, s.reversed_at, p.insutype "
+    "FROM centre_settlements s LEFT JOIN centre_persons p ON p.psn_no = s.psn_no "
+    "WHERE (s.fixmedins_code = ? AND s.created_at >= ? AND s.created_at < ?) "
+    "OR (s.fixmedins_code = ? AND s.reversed_at >= ? AND s.reversed_at < ?) ORDER BY s.created_at, s.setl_id")
+
+
 def day_rows(tx: Transaction, institution: str | None, begin: date, end: date, *, reversals: bool = True) -> list[Row]:
     """The institution's settlement and reversal rows dated begin..end (inclusive, Asia/Shanghai)."""
     if institution is None:
@@ -88,13 +98,7 @@ def day_rows(tx: Transaction, institution: str | None, begin: date, end: date, *
     # timestamps are ISO text in whatever offset the writer had: a string window one day wider on each
     # side finds every candidate through the index-friendly prefix, the exact local day is decided here
     lo, hi = (begin - timedelta(days=1)).isoformat(), (end + timedelta(days=2)).isoformat()
-    rows = tx.fetch_all(
-        "SELECT s.setl_id, s.msgid, s.infno, s.psn_no, s.mdtrt_id, s.state, s.medfee_sumamt, s.fund_pay_sumamt, "
-        "s.acct_pay, s.acct_mulaid_pay, s.psn_cash_pay, s.created_at, s.reversed_at, p.insutype "
-        "FROM centre_settlements s LEFT JOIN centre_persons p ON p.psn_no = s.psn_no "
-        "WHERE s.fixmedins_code = ? AND ((s.created_at >= ? AND s.created_at < ?) "
-        "OR (s.reversed_at >= ? AND s.reversed_at < ?)) ORDER BY s.created_at, s.setl_id",
-        (institution, lo, hi, lo, hi))
+    rows = tx.fetch_all(DAY_ROWS_SQL, (institution, lo, hi, institution, lo, hi))
     out: list[Row] = []
     for r in rows:
         setl_id, qmsg, infno, psn, mdtrt, state, med, fund, acct, mul, cash, created, rev, insutype = r

@@ -188,6 +188,10 @@ class _SettleHead(_Strict):
     mdtrt_id: str = Field(default="", max_length=30)
     chrg_bchno: str = Field(default="", max_length=30)
     psn_setlway: Literal["01", "02"] = "01"
+    orig_setl_id: str = Field(default="", max_length=30, description="a return's re-settlement: the settlement "
+                              "being returned (this institution's, this person's, face-proved, reversed for "
+                              "2207/2102); the new lines must be a part of its lines. With mdtrt_cert_no = "
+                              "orig_setl_id that original is the authority (no ecToken needed)")
 
     @field_validator("medfee_sumamt", mode="before")
     @classmethod

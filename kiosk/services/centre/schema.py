@@ -147,32 +147,59 @@ MIGRATIONS = [
             locked_until TEXT,
             PRIMARY KEY (fixmedins_code, certno_key))""",
     ]),
-    Migration("centre.005_visits", [
-        # outpatient visits opened by face at registration (2201); charges carry the visit_token instead of
-        # a fresh face while the visit is open and the day has not ended (senseless payment, issue 17)
-        """CREATE TABLE centre_visits (
-            mdtrt_id TEXT PRIMARY KEY,
-            psn_no TEXT NOT NULL,
-            fixmedins_code TEXT NOT NULL,
-            app_id TEXT NOT NULL,
-            insutype TEXT NOT NULL,
-            opened_at TEXT NOT NULL,
-            exp BIGINT NOT NULL,
-            state TEXT NOT NULL,
-            closed_at TEXT)""",
-        "CREATE INDEX centre_visits_psn ON centre_visits (psn_no)",
-        # notices for the person's insurance app (ec.notify), once per (institution, notice_id)
-        """CREATE TABLE centre_notices (
-            fixmedins_code TEXT NOT NULL,
-            notice_id TEXT NOT NULL,
-            app_id TEXT NOT NULL,
-            psn_no TEXT NOT NULL,
-            kind TEXT NOT NULL,
+    Migration("centre.005_returns", [
+        # the lines each settlement was made of: a return's re-settlement may only settle a part of them
+        """CREATE TABLE centre_settlement_lines (
             setl_id TEXT NOT NULL,
-            mdtrt_id TEXT NOT NULL,
-            body TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            PRIMARY KEY (fixmedins_code, notice_id))""",
-        "CREATE INDEX centre_notices_psn ON centre_notices (psn_no, created_at)",
+            line_no INTEGER NOT NULL,
+            code TEXT NOT NULL,
+            pric TEXT NOT NULL,
+            cnt TEXT NOT NULL,
+            PRIMARY KEY (setl_id, line_no))""",
+        # one re-settlement per returned original (claimed by the re-settling msgid, in its transaction);
+        # by_face 0: made on the original's authority alone (no ecToken), so itself never an authority
+        """CREATE TABLE centre_resettlements (
+            orig_setl_id TEXT PRIMARY KEY,
+            msgid TEXT NOT NULL UNIQUE,
+            psn_no TEXT NOT NULL,
+            fixmedins_code TEXT NOT NULL,
+            by_face INTEGER NOT NULL,
+            created_at TEXT NOT NULL)""",
+    ]),
+    Migration("centre.006_dayend_index", [
+        # 3201/3202 (kiosk.services.centre.dayend.day_rows): an institution's settlements made, or reversed,
+        # in a window of days; one index per side of the OR
+        "CREATE INDEX centre_settlements_inst_made ON centre_settlements (fixmedins_code, created_at)",
+        "CREATE INDEX centre_settlements_inst_reversed ON centre_settlements (fixmedins_code, reversed_at)",
     ]),
 ]
+
+# senseless outpatient payment (issue 17): appended after the list, after whatever the list holds
+MIGRATIONS.append(Migration("centre.007_visits", [
+    # outpatient visits opened by face at registration (2201); charges carry the visit_token instead of
+    # a fresh face while the visit is open and the day has not ended (senseless payment, issue 17)
+    """CREATE TABLE centre_visits (
+        mdtrt_id TEXT PRIMARY KEY,
+        psn_no TEXT NOT NULL,
+        fixmedins_code TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        insutype TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        exp BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        closed_at TEXT)""",
+    "CREATE INDEX centre_visits_psn ON centre_visits (psn_no)",
+    # notices for the person's insurance app (ec.notify), once per (institution, notice_id)
+    """CREATE TABLE centre_notices (
+        fixmedins_code TEXT NOT NULL,
+        notice_id TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        psn_no TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        setl_id TEXT NOT NULL,
+        mdtrt_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (fixmedins_code, notice_id))""",
+    "CREATE INDEX centre_notices_psn ON centre_notices (psn_no, created_at)",
+]))

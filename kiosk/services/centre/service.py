@@ -44,6 +44,7 @@ from kiosk.vision.match import DIM, MatchRule
 
 TOKEN_TTL = timedelta(minutes=15)
 PAY_AUTH_TTL = timedelta(minutes=10)  # a settlement's cash share is drawn seconds later; 5203 re-issues it
+RETURN_WINDOW = timedelta(days=30)  # KIOSK_CENTRE_RETURN_WINDOW_DAYS (kiosk.config)
 MAX_FAILED_ACTIVATIONS = 3
 LOCK_FOR = timedelta(minutes=30)
 TEMPLATE_PURPOSE = "enrolled-face-template"
@@ -139,8 +140,10 @@ def template_from_bytes(raw: bytes, field: str) -> np.ndarray:
 
 
 class CentreService:
-    def __init__(self, db: Database, keys: ServiceKeys, rule: MatchRule) -> None:
+    def __init__(self, db: Database, keys: ServiceKeys, rule: MatchRule, *,
+                 return_window: timedelta = RETURN_WINDOW) -> None:
         self.db = db
+        self.return_window = return_window  # a settlement may be returned (re-settled in part) this long
         self.keys = keys
         self.rule = rule
         self.matcher = Matcher(rule)
@@ -214,6 +217,27 @@ class CentreService:
             raise Refusal(InfCode.IDENTITY_MISMATCH, "the visit is closed; the patient's face is needed",
                           code="visit_closed", field=field)
         return mdtrt_id
+
+    def _settle_proof(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, commit: bool) -> str | None:
+        """Who proved the patient for a settlement: this terminal's ecToken (None), or the visit_token of the
+        patient's open visit here (its mdtrt_id: a charge of the visit without the patient, 2206/2207 only)."""
+        if head.mdtrt_cert_type != "01":
+            return None
+        if head.mdtrt_cert_no.startswith("VT."):
+            return self._visit_of(ctx, tx, head, lock=commit)
+        who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
+        if who != head.psn_no:
+            raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
+                          field="input.mdtrt_cert_no")
+        return None
+
+    def _cash_auth(self, ctx: Ctx, tx: Transaction, setl_id: str, psn_no: str, cash: int, visit: str | None) -> str:
+        """The cash share's pay_auth: `draw` when the face proved the payer now; `senseless` (ref =
+        setl_id/mdtrt_id) for a charge of an open visit, which the bank draws only under the payer's mandate."""
+        if visit is None:
+            return self._pay_auth(ctx, tx, "PD" + setl_id, psn_no, setl_id, cash, "draw")[0]
+        return self._pay_auth(ctx, tx, VISIT_AUTH_PREFIX + setl_id, psn_no, payauth.senseless_ref(setl_id, visit),
+                              cash, "senseless")[0]
 
     # ---- pay_auth: the signed word the bank charges a line on (kiosk.services.payauth) ---------------
     def _pay_auth(self, ctx: Ctx, tx: Transaction, auth_id: str, psn_no: str, ref: str, amount: int,
@@ -572,7 +596,13 @@ class CentreService:
             raise Refusal(InfCode.IDENTITY_MISMATCH, "this terminal's face authentication (ecToken, 01) is "
                           "required; a typed ID number is not proof of the person", code="face_auth_required",
                           field="input.mdtrt_cert_type")
-        visit = self._settle_proof(ctx, tx, head, commit)
+        visit = None  # a charge of an open visit (its mdtrt_id) when the visit token proves the patient
+        if head.orig_setl_id:  # a return's re-settlement: the returned settlement is the authority
+            foreign = self._return_authority(ctx, tx, head, lines, where, commit=commit)
+            if foreign is not None:
+                return foreign  # type: ignore[return-value]
+        else:
+            visit = self._settle_proof(ctx, tx, head, commit)
         mulaid_psn = None
         if head.acct_mulaid_flag == "1":
             mulaid_psn = tx.scalar("SELECT auth_psn_no FROM centre_mulaid WHERE psn_no = ?", (head.psn_no,))
@@ -621,31 +651,11 @@ class CentreService:
             setl_id = "S" + ctx.now.astimezone(SHANGHAI).strftime("%Y%m%d") + secrets.token_hex(8).upper()
             self._commit(ctx, tx, s, setl_id, p, profile, year, head, mulaid_psn if s.acct_mulaid_pay else None,
                          yrow is not None)
+            self._keep_lines(tx, setl_id, lines)
         out = self._answer(s, setl_id, p, head, profile)
         if commit and s.psn_cash_pay > 0 and head.mdtrt_cert_type == "01":
             out["pay_auth"] = self._cash_auth(ctx, tx, setl_id, p.psn_no, s.psn_cash_pay, visit)
         return out
-
-    def _settle_proof(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, commit: bool) -> str | None:
-        """Who proved the patient for a settlement: this terminal's ecToken (None), or the visit_token of the
-        patient's open visit here (its mdtrt_id: a charge of the visit without the patient, 2206/2207 only)."""
-        if head.mdtrt_cert_type != "01":
-            return None
-        if head.mdtrt_cert_no.startswith("VT."):
-            return self._visit_of(ctx, tx, head, lock=commit)
-        who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
-        if who != head.psn_no:
-            raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
-                          field="input.mdtrt_cert_no")
-        return None
-
-    def _cash_auth(self, ctx: Ctx, tx: Transaction, setl_id: str, psn_no: str, cash: int, visit: str | None) -> str:
-        """The cash share's pay_auth: `draw` when the face proved the payer now; `senseless` (ref =
-        setl_id/mdtrt_id) for a charge of an open visit, which the bank draws only under the payer's mandate."""
-        if visit is None:
-            return self._pay_auth(ctx, tx, "PD" + setl_id, psn_no, setl_id, cash, "draw")[0]
-        return self._pay_auth(ctx, tx, VISIT_AUTH_PREFIX + setl_id, psn_no, payauth.senseless_ref(setl_id, visit),
-                              cash, "senseless")[0]
 
     def _commit(self, ctx: Ctx, tx: Transaction, s: Settlement, setl_id: str, p: Person, profile: Profile,
                 year: int, head: m._SettleHead, mulaid_psn: str | None, ytd_exists: bool) -> None:
@@ -702,6 +712,96 @@ class CentreService:
             setldetail.append({"fund_pay_type": ACCOUNT_FUND_TYPE, "fund_payamt": fen_to_yuan(s.acct_pay)})
         return {"setlinfo": setlinfo, "setldetail": setldetail, "detlcutinfo": j["detlcutinfo"],
                 "ytd_after": j["ytd_after"]}
+
+    # ---- a return's re-settlement: the original face-proved settlement is its authority -----------------------
+    _RESETTLED_BY = {"2206": "2207", "2207": "2207", "2101": "2102", "2102": "2102"}
+
+    def _return_authority(self, ctx: Ctx, tx: Transaction, head: m._SettleHead, lines: list[m.FeeDetail],
+                          where: str, *, commit: bool) -> Refusal | None:
+        """May this pre-settlement / settlement of a return's kept lines go on, on the authority of the
+        settlement being returned (`orig_setl_id`) rather than a fresh ecToken? Checked where the original
+        is stored: it is this institution's (else the answer "not found" gets, returned for the audit
+        row), this person's, made by the matching transaction, itself face-proved (not a re-settlement
+        made without the face), inside the return window, reversed first (settlement only), re-settled
+        at most once (claimed here by this msgid: a retry of the same msgid is replayed by the gateway
+        and never gets here), and the new lines are a part of the original's (nobody can charge what the
+        patient did not buy). With mdtrt_cert_no = orig_setl_id no token is needed; an ecToken (01) in
+        mdtrt_cert_no is checked as for any settlement. None: go on."""
+        by_face = head.mdtrt_cert_no != head.orig_setl_id
+        if by_face:
+            who = self.token_psn(ctx.terminal, head.mdtrt_cert_no, ctx.now, "input.mdtrt_cert_no")
+            if who != head.psn_no:
+                raise Refusal(InfCode.IDENTITY_MISMATCH, "the e-voucher token belongs to another person",
+                              field="input.mdtrt_cert_no")
+        oid = head.orig_setl_id
+        missing = Refusal(InfCode.NOT_FOUND, "no such settlement for this person", field="input.orig_setl_id")
+        row = tx.fetch_one("SELECT psn_no, fixmedins_code, infno, state, created_at, msgid FROM centre_settlements "
+                           "WHERE setl_id = ?", (oid,))
+        if row is not None and row[1] != ctx.terminal.fixmedins_code:
+            return self._not_yours(ctx, tx, oid, missing)
+        if row is None or row[0] != head.psn_no:
+            raise missing
+        _psn, _inst, infno, state, created, omsgid = row
+        want = self._RESETTLED_BY[ctx.request.infno]
+        if infno != want:
+            raise InputError(f"settlement {oid} was made by {infno}; its return is re-settled by "
+                             f"{'2207' if infno == '2207' else '2102'}", field="infno")
+        made = tx.fetch_one("SELECT by_face FROM centre_resettlements WHERE msgid = ?", (omsgid,))
+        if made is not None and not int(made[0]):
+            raise Refusal(InfCode.BUSINESS_REFUSED, f"settlement {oid} was itself made on a returned settlement's "
+                          "authority, without the face: it is no authority for another return",
+                          code="not_face_proved", field="input.orig_setl_id")
+        if ctx.now > datetime.fromisoformat(str(created)) + self.return_window:
+            raise Refusal(InfCode.BUSINESS_REFUSED, f"settlement {oid} is older than the return window "
+                          f"({self.return_window.days} days)", code="return_window_closed",
+                          field="input.orig_setl_id")
+        if commit and state != "reversed":
+            raise Refusal(InfCode.BUSINESS_REFUSED, f"settlement {oid} still stands: reverse it (2208/2103) "
+                          "before its return is re-settled", code="not_reversed", field="input.orig_setl_id")
+        self._within_original(tx, oid, lines, where)
+        if commit:
+            n = tx.execute("INSERT INTO centre_resettlements (orig_setl_id, msgid, psn_no, fixmedins_code, by_face, "
+                           "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (orig_setl_id) DO NOTHING",
+                           (oid, qmsgid(ctx, ctx.request.msgid), head.psn_no, ctx.terminal.fixmedins_code,
+                            int(by_face), ctx.now.isoformat()))
+            if n != 1:
+                raise Refusal(InfCode.BUSINESS_REFUSED, f"settlement {oid} was already re-settled by another "
+                              "message (one re-settlement per returned settlement)", code="already_resettled",
+                              field="input.orig_setl_id")
+        return None
+
+    @staticmethod
+    def _within_original(tx: Transaction, oid: str, lines: list[m.FeeDetail], where: str) -> None:
+        """The new lines are a sub-multiset of the original's: each code at the same unit price, in all no
+        more than the original's quantity."""
+        left: dict[tuple[str, Decimal], Decimal] = {}
+        for code, pric, cnt in tx.fetch_all("SELECT code, pric, cnt FROM centre_settlement_lines WHERE setl_id = ?",
+                                            (oid,)):
+            k = (str(code), Decimal(pric))
+            left[k] = left.get(k, Decimal(0)) + Decimal(cnt)
+        if not left:
+            raise Refusal(InfCode.BUSINESS_REFUSED, f"the lines of settlement {oid} are not on record (settled "
+                          "before returns were kept): return it whole", code="lines_unknown",
+                          field="input.orig_setl_id")
+        for i, ln in enumerate(lines):
+            k = (ln.med_list_codg, Decimal(ln.pric))
+            if k not in left:
+                raise Refusal(InfCode.BUSINESS_REFUSED, f"{ln.med_list_codg} at {ln.pric} is not on settlement "
+                              f"{oid}", code="not_on_original", field=f"input.{where}[{i}].med_list_codg")
+            left[k] -= Decimal(ln.cnt)
+            if left[k] < 0:
+                raise Refusal(InfCode.BUSINESS_REFUSED, f"is more {ln.med_list_codg} than settlement {oid} "
+                              "settled", code="more_than_original", field=f"input.{where}[{i}].cnt")
+
+    @staticmethod
+    def _keep_lines(tx: Transaction, setl_id: str, lines: list[m.FeeDetail]) -> None:
+        """The settlement's lines (code, unit price, quantity), with COMMIT: what a return may keep."""
+        marks = ", ".join(["(?, ?, ?, ?, ?)"] * len(lines))
+        params: list[Any] = []
+        for i, ln in enumerate(lines):
+            params += [setl_id, i, ln.med_list_codg, ln.pric, ln.cnt]
+        tx.execute_at_commit(f"INSERT INTO centre_settlement_lines (setl_id, line_no, code, pric, cnt) VALUES {marks}",
+                             params)
 
     def presettle_outpatient(self, ctx: Ctx, tx: Transaction, data: m.Outpatient2206) -> dict[str, Any]:
         return self._split(ctx, tx, data.data, data.data.med_type, data.data.feedetail, "data.feedetail",

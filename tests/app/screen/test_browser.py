@@ -230,3 +230,35 @@ def test_text_is_large_and_high_contrast_for_elderly_readers(page, name):
         ratio = (l1 + 0.05) / (l2 + 0.05)
         assert ratio >= 7.0, f"{what}: contrast {ratio:.1f}:1 ({fg} on {bg}) below WCAG AAA"
         assert size >= 20, f"{what}: {size}px text is too small"
+
+
+def test_a_return_shows_the_split_before_and_after_and_return_texts(page):
+    """An item-level return at the confirm key and at its end: each amount "before -> after", the
+    return's own prompt and outcome, never a payment prompt (zh, then en)."""
+    from kiosk.app.screen.model import Amounts
+    from kiosk.app.screen.texts import RETURN_PHASE_PROMPTS
+
+    b, _ = page
+    if b.eval("document.body.dataset.lang") != "zh":
+        b.click("#lang")
+    old = Amounts(medfee_sumamt="104.00", fund_pay_sumamt="70.00", acct_pay="15.00", credit_draw="19.00")
+    new = Amounts(medfee_sumamt="85.50", fund_pay_sumamt="55.20", acct_pay="15.00", credit_draw="15.30")
+    show(page, ScreenState(phase="confirm", state="confirm", session_id="R1", kind="return", amounts=new,
+                           amounts_old=old, deadline_s=60))
+    b.screenshot(ARTIFACTS / "return_confirm.png")
+    assert b.eval(OVERFLOW_JS) == []
+    assert prompt_text(b) == RETURN_PHASE_PROMPTS["confirm"].zh
+    cell = "document.querySelector('tr[data-part={}] td.money').textContent"
+    assert b.eval(cell.format("total")) == "¥104.00 → ¥85.50"
+    assert b.eval(cell.format("fund")) == "¥70.00 → ¥55.20" and b.eval(cell.format("credit")) == "¥19.00 → ¥15.30"
+    assert b.eval("document.getElementById('title').textContent") == LABELS["return_title"].zh
+    show(page, ScreenState(phase="success", state="done", session_id="R1", kind="return", amounts=new,
+                           amounts_old=old, setl_id="S2", receipt_printed=True))
+    head = b.eval("document.getElementById('outcome-head').textContent")
+    assert head == LABELS["returned"].zh and prompt_text(b) == RETURN_PHASE_PROMPTS["success"].zh
+    b.click("#lang")
+    b.wait_for("document.body.dataset.lang === 'en'")
+    assert b.eval("document.getElementById('outcome-head').textContent") == "Returned"
+    assert not any(w in prompt_text(b) for w in ("pay", "Pay", "charged"))
+    show(page, ScreenState(phase="idle", state="idle"))  # the next patient: a payment page, in Chinese
+    assert b.eval("document.getElementById('title').textContent") == LABELS["title"].zh

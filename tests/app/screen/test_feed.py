@@ -81,3 +81,40 @@ def test_bridge_status_becomes_status_bar_lights():
     p = peripherals_from_bridge({"state": "disconnected"}, network_ok=False)
     assert (p.printer, p.keypad, p.network, p.camera) == ("offline", "offline", "offline", "unknown")
     assert peripherals_from_bridge(None).printer_detail == "bridge_down"
+
+
+def test_a_return_session_reaches_the_screen_as_a_return_with_the_old_split_beside_the_new():
+    """A return the cashier confirms: no face step, the original split beside the kept lines' split at
+    the confirm, and only return texts (never "pay") on the way to the outcome."""
+    from kiosk.app.screen.texts import prompt_for
+
+    bus, clock = ScreenBus(), ManualClock()
+    feed = ScreenFeed(bus, clock)
+    m = flow.Machine("S2", "return/R1", clock, on_change=feed.on_snapshot, kind="return_cashier")
+    seen = [bus.current()]
+    m.go(State.PRESETTLED)
+    m.set_amounts(medfee_sumamt="85.50", fund_pay_sumamt="55.20", acct_pay="15.00", acct_mulaid_pay="0.00",
+                  credit_draw="15.30", cash_pay="0.00")
+    m.set_info(amounts_old={"medfee_sumamt": "104.00", "fund_pay_sumamt": "70.00", "acct_pay": "15.00",
+                            "acct_mulaid_pay": "0.00", "credit_draw": "19.00", "cash_pay": "0.00"})
+    m.go(State.CONFIRM)
+    seen.append(bus.current())
+    m.go(State.SETTLING)
+    m.go(State.PRINTING)
+    m.go(State.DONE, reason="printer_offline")
+    seen.append(bus.current())
+    confirm, done = seen[1], seen[2]
+    assert confirm.kind == "return" and confirm.phase == "confirm"
+    assert confirm.amounts.medfee_sumamt == "85.50" and confirm.amounts_old.medfee_sumamt == "104.00"
+    assert confirm.amounts_old.credit_draw == "19.00"
+    for s in seen[1:]:
+        text = s.prompt.zh + s.prompt.en
+        assert "退货" in s.prompt.zh and "eturn" in s.prompt.en, s
+        assert not any(w in text for w in ("pay", "Pay", "支付", "扣款", "charged")), text
+    assert done.phase == "success" and done.receipt_printed is False
+    # the page's own fallbacks (no prompt from the flow) are return texts too
+    for phase in ("bill", "confirm", "processing", "success", "failure", "cancelled"):
+        t = prompt_for(phase, None, None, "return")
+        assert "退货" in t.zh and not any(w in t.zh + t.en for w in ("pay", "Pay", "支付", "扣款", "charged")), phase
+    assert "收银员" in prompt_for("failure", "not_matched", None, "return").zh
+    assert prompt_for("confirm", None, None) != prompt_for("confirm", None, None, "return")  # a payment stays one

@@ -40,13 +40,15 @@ def test_the_screen_state_has_no_room_for_a_score(field):
 
 
 def test_every_text_has_chinese_and_english():
-    for table in (PHASE_PROMPTS, REASONS, LABELS):
+    from kiosk.app.screen.texts import RETURN_PHASE_PROMPTS, RETURN_REASONS
+
+    for table in (PHASE_PROMPTS, REASONS, LABELS, RETURN_PHASE_PROMPTS, RETURN_REASONS):
         for key, t in table.items():
             assert t.en.strip() and t.zh.strip(), key
             if key != "lang_toggle":
                 assert CJK.search(t.zh), f"{key}: zh text has no Chinese"
                 assert not CJK.search(t.en), f"{key}: en text has Chinese"
-    assert set(catalogue()) == {"phases", "reasons", "labels"}
+    assert set(catalogue()) == {"phases", "reasons", "labels", "return_phases", "return_reasons"}
 
 
 def test_every_phase_has_a_prompt():
@@ -64,7 +66,9 @@ def test_prompt_prefers_the_flows_text_then_the_reason_then_the_phase():
 
 def test_failure_reasons_tell_the_patient_what_to_do():
     # every failure advice contains an action ("请" = please) — not just a code
-    for key, t in REASONS.items():
+    from kiosk.app.screen.texts import RETURN_REASONS
+
+    for key, t in [*REASONS.items(), *RETURN_REASONS.items()]:
         assert "请" in t.zh or "您" in t.zh, key
         assert "lease" in t.en or "You" in t.en, key
 

@@ -19,7 +19,10 @@
 
   function promptFor(st) {
     if (st.prompt) return st.prompt;
+    var ret = st.kind === "return";
+    if (st.reason && ret && S.return_reasons[st.reason]) return S.return_reasons[st.reason];
     if (st.reason && S.reasons[st.reason]) return S.reasons[st.reason];
+    if (ret && S.return_phases[st.phase]) return S.return_phases[st.phase];
     return S.phases[st.phase] || S.phases.idle;
   }
 
@@ -34,12 +37,14 @@
     $("status").setAttribute("aria-label", lang === "zh" ? "设备状态" : "Device status");
   }
 
-  function row(tbody, key, amount, cls, note) {
+  function row(tbody, key, amount, cls, note, before) {
     var tr = document.createElement("tr");
     if (cls) tr.className = cls;
     tr.dataset.part = key;
     var a = document.createElement("td"); a.textContent = note ? label(key) + " — " + note : label(key);
-    var b = document.createElement("td"); b.className = "money"; b.textContent = money(amount);
+    var b = document.createElement("td"); b.className = "money";
+    // a return: the original amount beside the new one ("before -> after")
+    b.textContent = before != null ? money(before) + " → " + money(amount) : money(amount);
     tr.appendChild(a); tr.appendChild(b); tbody.appendChild(tr);
   }
 
@@ -49,13 +54,25 @@
     var tb = $("amount-rows"); tb.textContent = "";
     var a = st.amounts;
     if (!a) return false;
-    row(tb, "total", a.medfee_sumamt, "total");
-    row(tb, "fund", a.fund_pay_sumamt);
-    row(tb, "account", a.acct_pay);
-    if (nonzero(a.acct_mulaid_pay)) row(tb, "family_aid", a.acct_mulaid_pay);
-    if (nonzero(a.credit_draw) || st.payer === "family")
-      row(tb, st.payer === "family" ? "credit_family" : "credit", a.credit_draw, null, a.credit_holder || "");
-    if (nonzero(a.cash_pay)) row(tb, "you_pay_now", a.cash_pay);
+    var o = st.kind === "return" && st.amounts_old ? st.amounts_old : null;
+    var was = function (k) { return o ? o[k] : null; };
+    if (o) {  // a return: the column heading "before -> after"
+      var h = document.createElement("tr"); h.className = "sub"; h.dataset.part = "return_heading";
+      var h1 = document.createElement("td"); h1.textContent = label("return_title");
+      var h2 = document.createElement("td"); h2.className = "money";
+      h2.textContent = label("before_return") + " → " + label("after_return");
+      h.appendChild(h1); h.appendChild(h2); tb.appendChild(h);
+    }
+    row(tb, "total", a.medfee_sumamt, "total", null, was("medfee_sumamt"));
+    row(tb, "fund", a.fund_pay_sumamt, null, null, was("fund_pay_sumamt"));
+    row(tb, "account", a.acct_pay, null, null, was("acct_pay"));
+    if (nonzero(a.acct_mulaid_pay) || (o && nonzero(o.acct_mulaid_pay)))
+      row(tb, "family_aid", a.acct_mulaid_pay, null, null, was("acct_mulaid_pay"));
+    if (nonzero(a.credit_draw) || st.payer === "family" || (o && nonzero(o.credit_draw)))
+      row(tb, st.payer === "family" ? "credit_family" : "credit", a.credit_draw, null, a.credit_holder || "",
+          was("credit_draw"));
+    if (nonzero(a.cash_pay) || (o && nonzero(o.cash_pay)))
+      row(tb, o ? "cash" : "you_pay_now", a.cash_pay, null, null, was("cash_pay"));
     if (a.credit_available) row(tb, "credit_left", a.credit_available, "sub");
     return true;
   }
@@ -131,6 +148,7 @@
     var ph = st.phase;
     document.body.dataset.phase = ph;
     setLabels();
+    if (st.kind === "return") $("title").textContent = document.title = label("return_title");
     var p = t(promptFor(st));
     $("prompt").textContent = p;
     var showCam = !!st.camera;
@@ -147,7 +165,9 @@
     var det = [];
     if (out) {
       $("outcome-icon").textContent = ph === "success" ? "✓" : "✗";
-      $("outcome-head").textContent = label(ph === "success" ? "paid" : (ph === "failure" ? "not_paid" : "cancelled"));
+      $("outcome-head").textContent = st.kind === "return"
+        ? label(ph === "success" ? "returned" : (ph === "failure" ? "not_returned" : "cancelled"))
+        : label(ph === "success" ? "paid" : (ph === "failure" ? "not_paid" : "cancelled"));
       if (st.receipt_printed === true) det.push(label("receipt_printed"));
       if (st.receipt_printed === false && ph === "success") det.push(label("receipt_not_printed"));
       if (st.setl_id && ph === "success") det.push(label("settlement_no") + " " + st.setl_id);
