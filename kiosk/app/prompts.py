@@ -188,8 +188,29 @@ RETURN_REASONS: dict[str, Prompt] = {
 }
 
 
+# A visit's registration (kind 'register', senseless payment: kiosk.app.visits) charges nothing: it records
+# the patient's mandate and opens the visit. Its confirm step shows the terms as the reason (REGISTER_REASONS).
+REGISTER_STATE_PROMPTS: dict[str, Prompt] = {
+    "bill_received": Prompt("就诊登记：请看向摄像头", "Visit registration: please look at the camera."),
+    "presettled": Prompt("正在查询可用的信用额度", "Checking what your credit line can cover."),
+    "confirm": Prompt("请阅读无感支付授权条款，按确认键同意，按取消键放弃",
+                      "Please read the senseless-pay terms. Press Enter to agree, Cancel to stop."),
+    "settling": Prompt("正在登记本次就诊，请稍候", "Registering your visit, please wait."),
+    "printing": Prompt("正在打印授权凭条", "Printing your mandate slip."),
+    "done": Prompt("就诊已登记，请取走凭条；之后的费用将自动结算并通知您",
+                   "Your visit is registered. Please take your slip; the visit's charges are settled "
+                   "automatically and you are told of each."),
+    "failed": Prompt("未能登记就诊，未作任何授权", "The visit could not be registered. Nothing was authorised."),
+    "cancelled": Prompt("已取消，未作任何授权", "Cancelled. Nothing was authorised."),
+}
+REGISTER_REASONS = ("mandate_terms", "mandate_reused")  # shown only by a registration
+
+
 def state_prompt(state: str, kind: str = "pay") -> Prompt:
-    """The state's text for a payment session (kind 'pay') or a return ('return', 'return_cashier')."""
+    """The state's text for a payment session (kind 'pay'), a return ('return', 'return_cashier') or a
+    visit's registration ('register')."""
+    if kind == "register" and state in REGISTER_STATE_PROMPTS:
+        return REGISTER_STATE_PROMPTS[state]
     if kind == "return_cashier" and state in RETURN_CASHIER_STATE_PROMPTS:
         return RETURN_CASHIER_STATE_PROMPTS[state]
     if kind.startswith("return") and state in RETURN_STATE_PROMPTS:

@@ -120,7 +120,8 @@ class CounterSession:
         self.clock = clock
         self.limits = limits
         self.session_id = uuid.uuid4().hex[:16]
-        kind = "pay" if order.mode != "return" else "return_cashier" if order.confirm == "cashier" else "return"
+        kind = ("register" if order.mode == "register" else "pay" if order.mode != "return" else
+                "return_cashier" if order.confirm == "cashier" else "return")
         self.m = Machine(self.session_id, order.order_id, clock, timeouts=timeouts, on_change=on_change, kind=kind)
         self._on_face = on_face
         self._t_state = time.perf_counter()
