@@ -38,7 +38,7 @@ from kiosk.errors import ConflictError, InputError, KioskError, RemoteError, Sto
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.app.bill_check import Catalogue, OrderLimits, check_codes, check_order
 from kiosk.app.pos_auth import AuthError, PosAuth
-from kiosk.app.store import REFUND_VIEW, RETURN_PREFIX, OrderRow
+from kiosk.app.store import CHARGE_PREFIX, REFUND_VIEW, RETURN_PREFIX, OrderRow
 from kiosk.app.terminal import Terminal, order_from_request, return_view
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -332,7 +332,7 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
             raise InputError("a visit's charge is an outpatient bill (11 or 14)", field="bill.med_type")
         check_order("outpatient", body.bill.items, None, None, limits)
         bill = body.bill.model_dump(exclude_none=True)
-        oid_exists = terminal.store.get(sysid, f"charge~{visit_id}~{body.charge_id}") is not None
+        oid_exists = terminal.store.get(sysid, f"{CHARGE_PREFIX}{visit_id}~{body.charge_id}") is not None
         if catalogue is not None and not oid_exists:
             await asyncio.to_thread(check_codes, [it.code for it in body.bill.items], catalogue)
         answer, status = await asyncio.to_thread(terminal.visits.charge, sysid, visit_id, body.charge_id, bill)

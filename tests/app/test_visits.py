@@ -505,7 +505,27 @@ def test_each_charge_queues_a_notice_the_idle_pass_delivers_once(rig):
     assert all(n["psn_no"] == "P100" and n["setl_id"] and "dispute" in n["text"] for n in rig.centre.notices.values())
 
 
-def test_two_departments_charging_at_once_cannot_pass_the_kiosk_cap_together(db):
+@pytest.fixture
+def slow_cap_read(monkeypatch):
+    """The first charge to read the caps' sums pauses there, inside its transaction, so the second reaches
+    the same point meanwhile: without the visit's and the mandate's row locks both would pass."""
+    from kiosk.storage.database import Transaction
+
+    real = Transaction.scalar
+    first = threading.Event()
+
+    def scalar(self, sql, params=(), default=None):
+        out = real(self, sql, params, default)
+        if "SUM(personal_fen)" in sql and "mandate_id" in sql and not first.is_set():
+            first.set()
+            time.sleep(0.5)
+        return out
+
+    monkeypatch.setattr(Transaction, "scalar", scalar)
+    return first
+
+
+def test_two_departments_charging_at_once_cannot_pass_the_kiosk_cap_together(db, slow_cap_read):
     centre = Centre(presettle_delay=0.2)  # both presettle before either reserves
     bank = Bank()
     r = make_rig(db, centre=centre, bank=bank)
@@ -513,6 +533,7 @@ def test_two_departments_charging_at_once_cannot_pass_the_kiosk_cap_together(db)
         r.register(mandate={"per_visit": "500.00", "per_day": "1000.00",
                             "until": local_day(SystemClock()).isoformat()})
         bank.mandates[next(iter(bank.mandates))]["per_visit"] = 10**9  # only the kiosk's cap can stop them
+        slow_cap_read.clear()
         answers: list[Any] = []
 
         def post(cid: str) -> None:
@@ -527,6 +548,29 @@ def test_two_departments_charging_at_once_cannot_pass_the_kiosk_cap_together(db)
         assert codes == ["needs_patient", "paid"], answers
         assert len(centre.settled()) == 1 and bank.drawn() == 40000
         assert r.pos.visit("V1").json()["used_this_visit"] == "400.00"
+    finally:
+        r.term.stop()
+
+
+def test_two_visits_under_one_mandate_charging_at_once_cannot_pass_the_day_cap_together(db, slow_cap_read):
+    """The day cap spans the mandate's visits: each charge locks its own visit, then the mandate's row."""
+    centre = Centre(presettle_delay=0.2)
+    r = make_rig(db, centre=centre)
+    try:
+        terms = {"per_visit": "500.00", "per_day": "600.00", "until": local_day(SystemClock()).isoformat()}
+        r.register("V1", terms)
+        r.register("V2", terms)  # the same terms: the mandate is reused
+        assert len(r.bank.mandates) == 1
+        slow_cap_read.clear()
+        answers: list[Any] = []
+        threads = [threading.Thread(target=lambda v=v: answers.append(r.pos.charge(v, "C1", bill("1000.00")).json()))
+                   for v in ("V1", "V2")]  # 400 personal each: 800 > 600 a day
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(a.get("reason") or a["status"] for a in answers) == ["mandate_cap_day", "paid"], answers
+        assert len(centre.settled()) == 1
     finally:
         r.term.stop()
 
