@@ -181,6 +181,9 @@ class VisitCentre(Protocol):
 
     def visit_settle(self, visit: VisitRef, bill: dict[str, Any], order_id: str, msgid: str) -> SettleResult: ...
 
+    def renew_pay_auth(self, psn_no: str, setl_id: str) -> str:
+        """5203: the settlement's draw authorisation signed anew (after its 10 minutes); "" if not."""
+
     def notify(self, notice: dict[str, Any]) -> RefundResult:
         """ec.notify: a notice to the patient's insurance app (ok / refused / unknown)."""
 

@@ -427,8 +427,16 @@ class Visits:
                                       "pay_auth": settled.get("pay_auth", "")}
             if "draw" not in steps:
                 j.record(oid, "draw", d)
-            dr = self.t.deps.bank.senseless_draw(d["payer"], d["amount"], d["ref"], d["key"], d["pay_auth"],  # type: ignore[attr-defined]
-                                                 d["mandate_id"], d["visit"])
+            auth = (steps.get("draw_auth") or {}).get("pay_auth") or d["pay_auth"]
+            bank = self.t.deps.bank
+            dr = bank.senseless_draw(d["payer"], d["amount"], d["ref"], d["key"], auth, d["mandate_id"],  # type: ignore[attr-defined]
+                                     d["visit"])
+            if dr.status == "pay_auth_expired":  # resumed after the authorisation's 10 minutes: 5203 re-signs it
+                auth = self.t.deps.centre.renew_pay_auth(d["payer"], d["ref"])  # type: ignore[attr-defined]
+                if auth:
+                    j.record(oid, "draw_auth", {"pay_auth": auth})
+                    dr = bank.senseless_draw(d["payer"], d["amount"], d["ref"], d["key"], auth,  # type: ignore[attr-defined]
+                                             d["mandate_id"], d["visit"])
             if dr.status == "unknown":
                 if not quiet:
                     j.record(oid, "draw_unknown", {"key": d["key"]})

@@ -174,6 +174,10 @@ class Centre:
                 return RefundResult("ok")
         return RefundResult("refused", "not_found")
 
+    def renew_pay_auth(self, psn_no, setl_id):  # 5203
+        s = next((x for x in self.settlements.values() if x["split"].setl_id == setl_id), None)
+        return f"PAS2.{setl_id}/{s['split'].mdtrt_id}" if s and s["state"] == "settled" else ""
+
     def notify(self, notice):
         if "notify" in self.down:
             return RefundResult("unknown", "timeout")
@@ -197,6 +201,7 @@ class Bank:
     mandate_keys: dict[str, str] = field(default_factory=dict)
     draws: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> draw
     refunds: dict[str, int] = field(default_factory=dict)
+    auth_expired: bool = False  # the settlement's pay_auth is older than its 10 minutes
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def line_for(self, person, amount_fen, auth):
@@ -250,7 +255,9 @@ class Bank:
                 return DrawResult("ok", d["draw_id"], d["amount"])
             if "draw" in self.down:
                 return DrawResult("unknown")
-            assert auth == f"PAS.{ref}/{visit}"
+            if self.auth_expired and not auth.startswith("PAS2."):
+                return DrawResult("pay_auth_expired")  # nothing drawn, the word not spent
+            assert auth in (f"PAS.{ref}/{visit}", f"PAS2.{ref}/{visit}")
             m = self.mandates.get(mandate_id)
             if m is None or m["payer"] != payer:
                 return DrawResult("no_mandate")
@@ -692,6 +699,19 @@ def test_a_lost_draw_answer_is_pending_then_completed_by_its_key(rig):
     rig.term.recover()
     assert rig.pos.charge("V1", "C1", bill("100.00")).status_code == 200
     assert rig.bank.drawn() == 4000 and len(rig.bank.draws) == 1  # once, by the same key
+
+
+def test_a_draw_resumed_after_its_authorisation_expired_gets_it_anew_from_the_centre(rig):
+    rig.register()
+    rig.bank.down.add("draw")  # the bank does not answer; later the settlement's pay_auth is too old
+    assert rig.pos.charge("V1", "C1", bill("100.00")).status_code == 202
+    rig.bank.down.clear()
+    rig.bank.auth_expired = True
+    rig.term.recover()
+    got = rig.pos.charge("V1", "C1", bill("100.00"))
+    assert got.status_code == 200 and got.json()["status"] == "paid"
+    assert rig.bank.drawn() == 4000 and len(rig.centre.settled()) == 1
+    assert "draw_auth" in [s for s, _ in rig.store.steps(SYSTEM, "charge~V1~C1")]
 
 
 def test_a_lost_settlement_answer_is_reversed_by_its_msgid_and_nothing_stands(rig):

@@ -161,6 +161,8 @@ class BankAdapter:
             return DrawResult("unknown")
         if not a.ok:
             code = (a.err_code or "").lower()
+            if code == "pay_auth_expired":
+                return DrawResult(code)  # resumed after the authorisation's 10 minutes: 5203 re-issues it
             return DrawResult(code if code in MANDATE_REFUSALS else _reason(a))
         return DrawResult("ok", str(a.output.get("draw_id") or ref), amount_fen)
 

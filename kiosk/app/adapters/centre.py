@@ -259,6 +259,15 @@ class CentreAdapter:
             return self._visit_refusal(a)
         return SettleResult("ok", split_from(a.output))
 
+    def renew_pay_auth(self, psn_no: str, setl_id: str) -> str:
+        """5203 by setl_id: the centre signs a settlement's draw authorisation anew (the same authorisation
+        id: the bank still draws once); "" when it does not."""
+        try:
+            a = self._call(self.client.query, psn_no, setl_id=setl_id)
+        except RemoteError:
+            return ""
+        return str(a.output.get("pay_auth") or "") if a.ok else ""
+
     def notify(self, notice: dict[str, Any]) -> RefundResult:
         """ec.notify (contract item 5): stored once per notice_id in the patient's inbox."""
         try:
