@@ -298,7 +298,8 @@ def senseless_demo(st: Stack, typist: Typist, tee: ReceiptTee, visit_id: str) ->
         stm = operator_call(st.url("bank"), st.admin_token, "statement", {"holder": DEMO_PATIENT}).get("output") or {}
         mid = (v.get("mandate") or {}).get("mandate_id")
         out["statement"] = {"mandates": [m for m in stm.get("mandates") or [] if m.get("mandate_id") == mid],
-                            "senseless_draws": [{k: d.get(k) for k in ("ref", "original_fen", "mandate_id", "visit")}
+                            "senseless_draws": [{k: v for k, v in d.items() if k in ("ref", "day", "mandate_id", "visit")
+                                                 or k.startswith("original")}
                                                 for d in stm.get("draws") or [] if d.get("mandate_id") == mid]}
         say(f"  her statement lists the mandate and {len(out['statement']['senseless_draws'])} senseless draw(s)")
         rv = pos.revoke_visit(visit_id)
