@@ -134,6 +134,9 @@ def test_the_demos_senseless_part(stack):
     from kiosk.app.demo import ReceiptTee, senseless_demo
 
     st = stack
+    st.typist.clear()
+    if not centre_rows(st, "SELECT activated FROM centre_persons WHERE psn_no = ?", (LI,))[0][0]:
+        st.typist.plan("id_entry", f"{st.person(LI)['certno']}<enter>")  # the demo's payment activated her first
     tee = ReceiptTee(st.runtime.terminal.deps.printer)
     st.runtime.terminal.deps.printer = tee
     try:
