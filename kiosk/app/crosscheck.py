@@ -34,7 +34,8 @@ from kiosk.errors import KioskError
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.storage import Database
 
-IN_FLIGHT = ("pending", "running", "reversing", "refund_pending", "returning", "return_pending")
+IN_FLIGHT = ("pending", "running", "reversing", "refund_pending", "returning", "return_pending",
+             "charge_pending", "opening")  # a visit's charge / registration waiting for a party (kiosk.app.visits)
 _INSTITUTION_COLUMNS = ("fixmedins_code", "institution")  # what a bank table may name the drawing institution
 
 
@@ -323,7 +324,7 @@ def _check_orders(db: Database, setl: dict[str, _Setl], by_msgid: dict[str, _Set
             if d is not None and d.net != 0:
                 mine(Finding("order_refunded_draw_standing", setl_id, label, f"the order says refunded; the bank's "
                              f"draw has {fen_to_yuan(d.net)} still charged"))
-        elif status in ("failed", "cancelled"):
+        elif status in ("failed", "cancelled", "needs_patient"):  # needs_patient: a charge the mandate did not pay
             if s is not None and s.state == "settled":
                 mine(Finding("order_failed_settlement_standing", setl_id, label, f"the order says {status}; the "
                              "centre says settled"))

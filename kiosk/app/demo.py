@@ -5,7 +5,11 @@ bridge on the MCU simulator and the kiosk app (POS API + screen on 8740) with a
 simulated camera playing the shared face images; seeds the demo people; then a
 POS sends a bill and the demo patient pays it by face: first visit, so the ID
 number is typed on the (simulated) keypad, then the confirm key; part fund,
-part personal account, the rest from the credit line. Prints the receipt and,
+part personal account, the rest from the credit line. Then an item-level return,
+then senseless payment (issue 17): one face at registration, three HIS charges
+paid without her, a fourth above the per-visit cap that needs her, the notices
+and her statement, a revocation that stops the next charge, the visit's summary
+(`senseless` in the JSON). Prints the receipts and,
 as the last stdout line, one JSON object with the result. Progress goes to
 stderr. `--serve` keeps everything up for a person at http://127.0.0.1:8740/screen/.
 `--fleet` also runs the operator's fleet service (8750, SQLite under var/demo/fleet-service)
@@ -42,6 +46,20 @@ DEMO_BILL = {"med_type": "11", "items": [
 ]}
 
 DEMO_RETURN = [{"code": "XA01", "qty": "1"}]  # one of the two boxes of amoxicillin goes back
+
+# senseless payment (issue 17): the HIS proposes these caps at registration; the visit's charges as the
+# departments post them (the fourth is above what is left of the per-visit cap: it needs the patient)
+DEMO_MANDATE = {"per_visit": "100.00", "per_day": "200.00"}
+DEMO_CHARGES = [
+    ("consultation", {"med_type": "11", "items": [{"code": "F001", "name": "诊查费 consultation", "price": "10.00",
+                                                   "qty": "1"}]}),
+    ("lab", {"med_type": "11", "items": [{"code": "XB01", "name": "阿托伐他汀钙片 atorvastatin", "price": "45.00",
+                                          "qty": "1"}]}),
+    ("pharmacy", {"med_type": "11", "items": [{"code": "XA01", "name": "阿莫西林胶囊 amoxicillin", "price": "18.50",
+                                               "qty": "2"}]}),
+    ("imaging", {"med_type": "11", "items": [{"code": "XB01", "name": "阿托伐他汀钙片 atorvastatin", "price": "45.00",
+                                              "qty": "20"}]}),
+]
 
 # photos of each demo person that pass the capture gates (other shots than the enrolled one)
 LIVE_SHOTS = {"000": (4,), "001": (2, 1, 3), "002": (2, 3), "003": (2, 3), "004": (2, 3, 4)}
@@ -221,6 +239,92 @@ class ReceiptTee:
         return self.inner.print_receipt(lines)
 
 
+def senseless_demo(st: Stack, typist: Typist, tee: ReceiptTee, visit_id: str) -> dict[str, Any]:
+    """Issue 17 in the demo: one face at registration, three HIS charges paid without the patient, a
+    fourth above the per-visit cap that needs the patient, the notices and the holder's statement, then a
+    revocation that stops the next charge, and the visit's summary."""
+    from datetime import timedelta
+
+    from kiosk.clock import SystemClock, local_day
+    from kiosk.services.centre.service import notices_of
+    from kiosk.services.client import operator_call
+    from kiosk.storage import open_database
+
+    pos = st.pos()
+    term = st.runtime.terminal
+    out: dict[str, Any] = {"visit_id": visit_id}
+    try:
+        name = st.person(DEMO_PATIENT)["psn_name"]
+        until = (local_day(SystemClock()) + timedelta(days=90)).isoformat()
+        say(f"senseless pay: the HIS registers visit {visit_id}; {name} shows her face once and confirms the "
+            f"mandate ({DEMO_MANDATE['per_visit']} per visit, {DEMO_MANDATE['per_day']} per day, until {until})")
+        typist.plan("confirm", "<enter>")
+        st.camera.show(scene(st, DEMO_PATIENT))
+        r = pos.open_visit(visit_id, {**DEMO_MANDATE, "until": until, "lines": "own"})
+        if r.status_code not in (200, 201):
+            raise ConfigError(f"the POS API refused the visit: {r.status_code} {r.text}", code="visit_refused")
+        end = time.monotonic() + 90
+        v = r.json()
+        while v["state"] == "opening" and time.monotonic() < end:
+            v = pos.visit(visit_id, wait=10).json()
+        st.camera.clear()
+        out.update(state=v["state"], mandate=v.get("mandate"), mdtrt_id=v.get("mdtrt_id"))
+        if v["state"] != "open":
+            say(f"the visit did not open: {v['state']} ({v.get('reason')})")
+            return out
+        charges = []
+        for i, (dept, bill) in enumerate(DEMO_CHARGES, 1):
+            time.sleep(1.0)  # the departments post at different times; nobody is at the terminal
+            r = pos.charge(visit_id, f"C{i}-{dept}", bill)
+            body = r.json()
+            res = body.get("result") or {}
+            item = {"charge_id": f"C{i}-{dept}", "http": r.status_code,
+                    "status": body.get("status") or body.get("code"), "reason": body.get("reason"),
+                    "medfee_sumamt": res.get("medfee_sumamt"), "credit_draw": res.get("credit_draw"),
+                    "setl_id": res.get("setl_id"), "counter_order": body.get("order_id") if r.status_code == 409 else None}
+            charges.append(item)
+            say(f"  HIS {dept}: {r.status_code} {item['status']}" + (f" ({item['reason']})" if item["reason"] else
+                f", {item['medfee_sumamt']} settled, {item['credit_draw']} from the credit line"))
+            if item["counter_order"]:
+                pos.cancel(item["counter_order"])  # the cashier will see her at the counter instead
+        out["charges"] = charges
+        term.recover()  # the idle pass: the notices go to her insurance app
+        with open_database(f"sqlite:///{st.data_dir / 'centre.db'}") as cdb:
+            inbox = notices_of(cdb, DEMO_PATIENT)
+        out["notices"] = [{"kind": n["kind"], "setl_id": n.get("setl_id"), "medfee_sumamt": n.get("medfee_sumamt"),
+                           "psn_cash_pay": n.get("psn_cash_pay")} for n in inbox if n.get("kind") == "senseless_charge"
+                          and n.get("mdtrt_id") == v.get("mdtrt_id")]
+        say(f"  her insurance app holds {len(out['notices'])} senseless-charge notice(s) for this visit")
+        stm = operator_call(st.url("bank"), st.admin_token, "statement", {"holder": DEMO_PATIENT}).get("output") or {}
+        mid = (v.get("mandate") or {}).get("mandate_id")
+        out["statement"] = {"mandates": [m for m in stm.get("mandates") or [] if m.get("mandate_id") == mid],
+                            "senseless_draws": [{k: v for k, v in d.items() if k in ("ref", "day", "mandate_id", "visit")
+                                                 or k.startswith("original")}
+                                                for d in stm.get("draws") or [] if d.get("mandate_id") == mid]}
+        say(f"  her statement lists the mandate and {len(out['statement']['senseless_draws'])} senseless draw(s)")
+        rv = pos.revoke_visit(visit_id)
+        out["revoked"] = rv.status_code == 200 and (rv.json().get("mandate") or {}).get("state") == "revoked"
+        say(f"  the mandate is revoked ({rv.status_code}); the HIS posts one more charge")
+        r = pos.charge(visit_id, "C5-after-revocation", DEMO_CHARGES[0][1])
+        body = r.json()
+        out["after_revocation"] = {"http": r.status_code, "status": body.get("status") or body.get("code"),
+                                   "reason": body.get("reason")}
+        if r.status_code == 409 and body.get("order_id"):
+            pos.cancel(body["order_id"])
+        say(f"  -> {r.status_code} {out['after_revocation']['status']} ({out['after_revocation']['reason']})")
+        tee.last = []
+        c = pos.close_visit(visit_id).json()
+        out["totals"] = c.get("totals")
+        out["summary_printed"] = bool(c.get("receipt_printed"))
+        if tee.last:
+            print("\n".join(["-" * 42, *tee.last, "-" * 42]), flush=True)
+        term.recover()
+        return out
+    finally:
+        st.camera.clear()
+        pos.close()
+
+
 def day_end(st: Stack) -> bool | None:
     """`kiosk reconcile today` on the demo's books: the table on stderr; whether the day matched
     (None when a party could not answer: the demo's payment result stands either way)."""
@@ -295,6 +399,7 @@ def run_demo(*, serve: bool = False, fresh: bool = True, port: int = 8740, fleet
         }
         if got["status"] != "paid":
             say(f"the payment did not complete: {got['status']} ({got.get('reason')})")
+            summary["senseless"] = None
         else:
             tee.last = []
             say(f"{patient['psn_name']} brings back 1 of the 2 amoxicillin: the POS posts the return, she confirms")
@@ -312,6 +417,7 @@ def run_demo(*, serve: bool = False, fresh: bool = True, port: int = 8740, fleet
             else:
                 say(f"the return did not complete: {ret.get('status')} ({ret.get('reason')})")
                 summary["return"] = None
+            summary["senseless"] = senseless_demo(st, typist, tee, f"{order_id}-V")
         summary["day_end_matched"] = day_end(st)
         if st.fleet_service is not None and st.runtime.fleet is not None:
             summary["fleet"] = fleet_summary(st, summary["day_end_matched"])

@@ -117,7 +117,7 @@ class Machine:
                  timeouts: Mapping[State, float] | None = None,
                  on_change: Callable[[Snapshot], None] | None = None, kind: str = "pay") -> None:
         self.session_id = session_id
-        self.kind = kind  # 'pay' | 'return' | 'return_cashier': which texts the patient reads (kiosk.app.prompts)
+        self.kind = kind  # 'pay' | 'return' | 'return_cashier' | 'register': which texts the patient reads (kiosk.app.prompts)
         self.order_id = order_id
         self._clock = clock
         self._timeouts = {**DEFAULT_TIMEOUTS_S, **(timeouts or {})}
@@ -129,7 +129,7 @@ class Machine:
         self.reason: str | None = None
         self.reason_args: dict[str, object] = {}
         self.amounts: dict[str, str] = {}
-        self.info: dict[str, object] = {} if kind == "pay" else {"kind": "return"}
+        self.info: dict[str, object] = {"kind": "return"} if kind.startswith("return") else {}
         self.history: list[tuple[State, datetime]] = []
         self._enter(State.BILL_RECEIVED)
 

@@ -142,6 +142,52 @@ class Centre(Protocol):
         ("" if refused): the bank tells a terminal nothing about a line without it."""
 
 
+@dataclass(frozen=True)
+class VisitOpened:
+    """The centre's answer to an outpatient registration (2201). status: 'ok' | 'refused' (`code`) |
+    'unknown' (no answer: the same msgid again replays one that landed)."""
+
+    status: str
+    mdtrt_id: str = ""
+    visit_token: str = ""
+    exp: int = 0
+    code: str = ""
+
+
+@dataclass(frozen=True)
+class VisitRef:
+    """An open visit as the terminal charges it without the patient: the centre accepts 2206/2207 with
+    the visit token (bound to this terminal, the person and mdtrt_id) instead of a fresh face."""
+
+    psn_no: str
+    insutype: str
+    mdtrt_id: str
+    visit_token: str
+
+
+class VisitCentre(Protocol):
+    """The centre's part of senseless payment (issue 17; kiosk.app.visits)."""
+
+    def mandate_auth(self, person: Person, terms: str, per_visit_fen: int) -> str:
+        """ec.payauth purpose mandate: the face-proved patient's consent to `terms` ("" if refused)."""
+
+    def register_visit(self, person: Person, msgid: str) -> VisitOpened: ...
+
+    def close_visit(self, psn_no: str, mdtrt_id: str) -> RefundResult: ...
+
+    def visit_presettle(self, visit: VisitRef, bill: dict[str, Any], order_id: str) -> SettleResult:
+        """2206 with the visit token; status 'ok', 'bill_rejected', or the centre's visit refusal
+        ('visit_expired' | 'visit_closed' | 'face_auth_required')."""
+
+    def visit_settle(self, visit: VisitRef, bill: dict[str, Any], order_id: str, msgid: str) -> SettleResult: ...
+
+    def renew_pay_auth(self, psn_no: str, setl_id: str) -> str:
+        """5203: the settlement's draw authorisation signed anew (after its 10 minutes); "" if not."""
+
+    def notify(self, notice: dict[str, Any]) -> RefundResult:
+        """ec.notify: a notice to the patient's insurance app (ok / refused / unknown)."""
+
+
 # ---------------------------------------------------------------- bank
 @dataclass(frozen=True)
 class Line:
@@ -185,6 +231,40 @@ class Bank(Protocol):
 
     def refund(self, ref: str, amount_fen: int, key: str) -> RefundResult:
         """Refund `amount_fen` to the draw `ref`; `key` makes a retry a replay."""
+
+
+@dataclass(frozen=True)
+class MandateResult:
+    """The bank's answer to credit.mandate. status: 'ok' | 'refused' (`code`, e.g. no_line) | 'unknown'."""
+
+    status: str
+    mandate_id: str = ""
+    per_visit: int = 0
+    per_day: int = 0
+    until: str = ""
+    lines: str = ""
+    code: str = ""
+
+
+# the bank's refusals of a senseless draw (contract item 8): the terminal answers "needs the patient"
+MANDATE_REFUSALS = ("mandate_cap_visit", "mandate_cap_day", "mandate_revoked", "mandate_expired", "no_mandate",
+                    "line_not_allowed")
+
+
+class VisitBank(Protocol):
+    """The bank's part of senseless payment (issue 17; kiosk.app.visits)."""
+
+    def mandate(self, payer: str, key: str, auth: str) -> MandateResult: ...
+
+    def mandate_revoke(self, mandate_id: str, key: str) -> RefundResult: ...
+
+    def mandate_get(self, mandate_id: str) -> dict[str, Any] | None:
+        """The institution's own mandate (state, caps, until); None when the bank does not know it."""
+
+    def senseless_draw(self, payer: str, amount_fen: int, ref: str, key: str, auth: str, mandate_id: str,
+                       visit: str) -> DrawResult:
+        """A draw under the mandate with the settlement's pay_auth (purpose senseless). status 'ok', a
+        MANDATE_REFUSALS code, another decline, or 'unknown' (resolved by sending the same key again)."""
 
 
 # ---------------------------------------------------------------- keypad + printer

@@ -8,6 +8,13 @@
     POST /pos/v1/orders/{order_id}/refunds       refund whole (no amount) or partial: 201 refunded,
                                                  202 refund_pending (completes by itself), 409 refund_failed
     GET  /pos/v1/reconciliation?day=YYYY-MM-DD   the day's orders and refunds, JSON or CSV
+    POST /pos/v1/visits                          register an outpatient visit (the patient's face once,
+                                                 a standing mandate for senseless payment)
+    GET  /pos/v1/visits/{visit_id}?wait=S        the visit: state, mandate, charges
+    POST /pos/v1/visits/{visit_id}/charges       a charge paid without the patient: 201 paid, 202 pending,
+                                                 409 needs_patient (the counter order it became)
+    POST /pos/v1/visits/{visit_id}/close         the visit's end: summary printed and sent
+    POST /pos/v1/visits/{visit_id}/revoke        the mandate revoked: later charges need the patient
 
 Every /pos request is signed per integrating system (kiosk.app.pos_auth).
 Creating an order is idempotent by order id: the same body returns the first
@@ -31,7 +38,7 @@ from kiosk.errors import ConflictError, InputError, KioskError, RemoteError, Sto
 from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.app.bill_check import Catalogue, OrderLimits, check_codes, check_order
 from kiosk.app.pos_auth import AuthError, PosAuth
-from kiosk.app.store import REFUND_VIEW, RETURN_PREFIX, OrderRow
+from kiosk.app.store import CHARGE_PREFIX, REFUND_VIEW, RETURN_PREFIX, OrderRow
 from kiosk.app.terminal import Terminal, order_from_request, return_view
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -100,6 +107,28 @@ class ReturnIn(BaseModel):
                                     "fails): no face, the confirm key only; `operator` required, recorded in "
                                     "the journal, the audit chain and on the receipt")
     operator: OperatorIn | None = Field(default=None, description="who confirms (confirm=cashier only)")
+
+
+class MandateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    per_visit: str = Field(pattern=_YUAN, description="cap of one visit's personal share (default 500.00)")
+    per_day: str = Field(pattern=_YUAN, description="cap of a day's personal share (default 1000.00), >= per_visit")
+    until: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                       description="last Asia/Shanghai day the mandate is valid (default today + 90 days)")
+    lines: Literal["own", "family", "own,family"] = Field(default="own", description="which credit lines may pay")
+
+
+class VisitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    visit_id: str = Field(pattern=_ID, description="the HIS's id of this outpatient visit; retries reuse it")
+    mandate: MandateIn | None = Field(default=None, description="proposed terms (the screen offers lower presets); "
+                                                                "absent: the defaults, never above the line")
+
+
+class ChargeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    charge_id: str = Field(pattern=_ID, description="the HIS's id of this charge within the visit; retries reuse it")
+    bill: BillIn = Field(description="the charge's itemised bill (checked as an order's; med_type 11 or 14)")
 
 
 class OrderOut(BaseModel):
@@ -259,6 +288,71 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
             raise InputError(f"no return {return_id!r} of order {order_id!r}", code="not_found", field="return_id")
         return return_view(row)
 
+    # ------------------------------------------------------------ senseless payment (visits)
+    def _visit_answer(row: Any, created: bool) -> JSONResponse:
+        return JSONResponse(terminal.visits.view(row.system, row.visit_id), status_code=201 if created else 200)
+
+    @app.post("/pos/v1/visits", tags=["visits"], responses=responses,
+              description="Registers an outpatient visit: the patient is called to the terminal (face; the "
+                          "mandate's caps on the screen, lower presets on the keypad; the confirm key). The "
+                          "terminal records the mandate at the bank (credit.mandate) and the visit at the centre "
+                          "(2201); an active mandate of this patient here with the same terms is reused. 201 with "
+                          "the visit (state opening; query GET /pos/v1/visits/{visit_id}?wait=S: open | failed). "
+                          "Idempotent per visit_id (same body: 200; another: 409 visit_conflict).")
+    async def create_visit(body: VisitIn, sysid: str = Depends(system)) -> Any:
+        m = None
+        if body.mandate is not None:
+            m = {"per_visit": yuan_to_fen(body.mandate.per_visit, "mandate.per_visit"),
+                 "per_day": yuan_to_fen(body.mandate.per_day, "mandate.per_day"), "until": body.mandate.until,
+                 "lines": body.mandate.lines}
+        row, created = await asyncio.to_thread(terminal.visits.register, sysid, body.visit_id, m)
+        return _visit_answer(row, created)
+
+    @app.get("/pos/v1/visits/{visit_id}", tags=["visits"], responses=responses)
+    async def get_visit(visit_id: str, wait: float = Query(0, ge=0, le=60, description="seconds to wait while opening"),
+                        sysid: str = Depends(system)) -> Any:
+        v = terminal.store.get_visit(terminal.institution, sysid, visit_id)
+        if v is None:
+            raise InputError(f"no visit {visit_id!r}", code="not_found", field="visit_id")
+        if wait and v.state == "opening" and terminal.counting:  # nothing changes while no counter runs
+            await terminal.wait_async(sysid, v.order_id, wait)
+        return await asyncio.to_thread(terminal.visits.view, sysid, visit_id)
+
+    @app.post("/pos/v1/visits/{visit_id}/charges", tags=["visits"], responses=responses,
+              description="A charge of an open visit, paid without the patient: 2206/2207 on the visit token, the "
+                          "kiosk's caps on the personal share (atomic), the cash share drawn under the mandate. "
+                          "201 paid; 202 pending (a party's answer unknown: completes by itself, query the visit); "
+                          "409 needs_patient (a cap, expiry or revocation: `order_id` is the counter order it "
+                          "became, which the patient pays at the terminal; track or cancel it as an order); 409 "
+                          "charge_failed (nothing charged: post it again under a new charge_id); 409 visit_closed. "
+                          "Idempotent per charge_id (same body: the first answer; another: 409 charge_conflict). "
+                          "Refund a paid charge by POST /pos/v1/orders/{result.order_id}/refunds.")
+    async def create_charge(visit_id: str, body: ChargeIn, sysid: str = Depends(system)) -> Any:
+        if body.bill.med_type == "41":
+            raise InputError("a visit's charge is an outpatient bill (11 or 14)", field="bill.med_type")
+        check_order("outpatient", body.bill.items, None, None, limits)
+        bill = body.bill.model_dump(exclude_none=True)
+        oid_exists = terminal.store.get(sysid, f"{CHARGE_PREFIX}{visit_id}~{body.charge_id}") is not None
+        if catalogue is not None and not oid_exists:
+            await asyncio.to_thread(check_codes, [it.code for it in body.bill.items], catalogue)
+        answer, status = await asyncio.to_thread(terminal.visits.charge, sysid, visit_id, body.charge_id, bill)
+        return JSONResponse(answer, status_code=status)
+
+    @app.post("/pos/v1/visits/{visit_id}/close", tags=["visits"], responses=responses,
+              description="Ends the visit: no charge is taken afterwards (409 visit_closed), the centre closes it "
+                          "(2202), the summary of all its charges is printed and sent to the patient's insurance "
+                          "app (ec.notify visit_summary). A second close answers the summary again.")
+    async def close_visit(visit_id: str, sysid: str = Depends(system)) -> Any:
+        return await asyncio.to_thread(terminal.visits.close, sysid, visit_id)
+
+    @app.post("/pos/v1/visits/{visit_id}/revoke", tags=["visits"], responses=responses,
+              description="Revokes the mandate the visit runs under (at the kiosk at once, then at the bank: "
+                          "credit.mandate_revoke). Later charges need the patient. 200, or 202 while the bank has "
+                          "not confirmed (sent again by the terminal until it does).")
+    async def revoke_visit(visit_id: str, sysid: str = Depends(system)) -> Any:
+        answer, status = await asyncio.to_thread(terminal.visits.revoke, sysid, visit_id)
+        return JSONResponse(answer, status_code=status)
+
     @app.get("/pos/v1/reconciliation", tags=["pos"], responses=responses)
     async def reconciliation(day: date = Query(description="Asia/Shanghai calendar day"),
                              format: Literal["json", "csv"] = "json", sysid: str = Depends(system)) -> Any:
@@ -266,8 +360,8 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
         refunds = terminal.store.refunds_of_day(sysid, day.isoformat())
         rows = []
         for o in orders:
-            if o.mode == "return":
-                continue  # a return shows on its order (status returned, the new settlement's split)
+            if o.mode in ("return", "register"):
+                continue  # a return shows on its order; a visit's registration moves no money (its charges do)
             r = o.result or {}
             by_state = {"refunded": 0, "refund_pending": 0}  # each refund by its true state
             for f in (terminal.store.refunds_of_order(sysid, o.order_id) if o.refunded_fen else []):

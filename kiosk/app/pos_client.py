@@ -57,3 +57,22 @@ class PosClient:
 
     def reconciliation(self, day: str, fmt: str = "json") -> httpx.Response:
         return self.request("GET", "/pos/v1/reconciliation", params={"day": day, "format": fmt})
+
+    # -- senseless payment (visits)
+    def open_visit(self, visit_id: str, mandate: dict[str, str] | None = None) -> httpx.Response:
+        body: dict[str, Any] = {"visit_id": visit_id}
+        if mandate is not None:
+            body["mandate"] = mandate
+        return self.request("POST", "/pos/v1/visits", body)
+
+    def visit(self, visit_id: str, wait: float = 0) -> httpx.Response:
+        return self.request("GET", f"/pos/v1/visits/{visit_id}", params={"wait": wait} if wait else None)
+
+    def charge(self, visit_id: str, charge_id: str, bill: dict[str, Any]) -> httpx.Response:
+        return self.request("POST", f"/pos/v1/visits/{visit_id}/charges", {"charge_id": charge_id, "bill": bill})
+
+    def close_visit(self, visit_id: str) -> httpx.Response:
+        return self.request("POST", f"/pos/v1/visits/{visit_id}/close")
+
+    def revoke_visit(self, visit_id: str) -> httpx.Response:
+        return self.request("POST", f"/pos/v1/visits/{visit_id}/revoke")

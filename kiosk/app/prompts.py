@@ -97,6 +97,16 @@ REASONS: dict[str, Prompt] = {
                                    "Payment complete, but the printer is out of paper. Please ask staff for a receipt."),
     "printer_offline": Prompt("支付成功，但凭条未能打印；请向工作人员索取凭条",
                             "Payment complete, but the receipt did not print. Please ask staff for a receipt."),
+    # senseless payment: the mandate's terms at registration (shown as the confirm step's hint)
+    "mandate_terms": Prompt("无感支付授权：本院就诊的个人自付部分由信用额度自动支付，每次就诊不超过 {visit} 元，每日不超过 {day} 元，"
+                            "有效至 {until}；每笔扣款都会通知您，可随时撤销。按确认键同意；输入 1-{n} 再按确认键选择较低额度；按取消键放弃",
+                            "Senseless pay: your share of this hospital's bills is paid from your credit line without "
+                            "your face, at most {visit} per visit and {day} per day, until {until}. You are told of every "
+                            "charge and may revoke it at any time. Press Enter to agree; type 1-{n} then Enter for a "
+                            "lower cap; Cancel to stop."),
+    "mandate_reused": Prompt("您的无感支付授权仍有效（每次就诊不超过 {visit} 元，每日不超过 {day} 元，有效至 {until}）；按确认键登记本次就诊",
+                             "Your senseless-pay mandate is still valid (at most {visit} per visit, {day} per day, "
+                             "until {until}). Press Enter to register this visit."),
     # session control
     "cancelled_by_patient": Prompt("您已取消，未扣款", "You cancelled. Nothing was charged."),
     "cancelled_by_cashier": Prompt("收费员已取消本次支付，未扣款", "The cashier cancelled this payment. Nothing was charged."),
@@ -178,8 +188,29 @@ RETURN_REASONS: dict[str, Prompt] = {
 }
 
 
+# A visit's registration (kind 'register', senseless payment: kiosk.app.visits) charges nothing: it records
+# the patient's mandate and opens the visit. Its confirm step shows the terms as the reason (REGISTER_REASONS).
+REGISTER_STATE_PROMPTS: dict[str, Prompt] = {
+    "bill_received": Prompt("就诊登记：请看向摄像头", "Visit registration: please look at the camera."),
+    "presettled": Prompt("正在查询可用的信用额度", "Checking what your credit line can cover."),
+    "confirm": Prompt("请阅读无感支付授权条款，按确认键同意，按取消键放弃",
+                      "Please read the senseless-pay terms. Press Enter to agree, Cancel to stop."),
+    "settling": Prompt("正在登记本次就诊，请稍候", "Registering your visit, please wait."),
+    "printing": Prompt("正在打印授权凭条", "Printing your mandate slip."),
+    "done": Prompt("就诊已登记，请取走凭条；之后的费用将自动结算并通知您",
+                   "Your visit is registered. Please take your slip; the visit's charges are settled "
+                   "automatically and you are told of each."),
+    "failed": Prompt("未能登记就诊，未作任何授权", "The visit could not be registered. Nothing was authorised."),
+    "cancelled": Prompt("已取消，未作任何授权", "Cancelled. Nothing was authorised."),
+}
+REGISTER_REASONS = ("mandate_terms", "mandate_reused")  # shown only by a registration
+
+
 def state_prompt(state: str, kind: str = "pay") -> Prompt:
-    """The state's text for a payment session (kind 'pay') or a return ('return', 'return_cashier')."""
+    """The state's text for a payment session (kind 'pay'), a return ('return', 'return_cashier') or a
+    visit's registration ('register')."""
+    if kind == "register" and state in REGISTER_STATE_PROMPTS:
+        return REGISTER_STATE_PROMPTS[state]
     if kind == "return_cashier" and state in RETURN_CASHIER_STATE_PROMPTS:
         return RETURN_CASHIER_STATE_PROMPTS[state]
     if kind.startswith("return") and state in RETURN_STATE_PROMPTS:

@@ -120,7 +120,8 @@ class CounterSession:
         self.clock = clock
         self.limits = limits
         self.session_id = uuid.uuid4().hex[:16]
-        kind = "pay" if order.mode != "return" else "return_cashier" if order.confirm == "cashier" else "return"
+        kind = ("register" if order.mode == "register" else "pay" if order.mode != "return" else
+                "return_cashier" if order.confirm == "cashier" else "return")
         self.m = Machine(self.session_id, order.order_id, clock, timeouts=timeouts, on_change=on_change, kind=kind)
         self._on_face = on_face
         self._t_state = time.perf_counter()
@@ -134,6 +135,8 @@ class CounterSession:
         self._entries = 0
         # return: the terminal's money steps once the patient confirmed -> (outcome, receipt lines)
         self.returner: Callable[[CounterSession], tuple[Outcome, list[str]]] | None = None
+        # register (senseless payment): the terminal's plan/commit/receipt hooks (kiosk.app.visits._Registrar)
+        self.registrar: Any = None
 
     # -------------------------------------------------------------- driver
     def cancel(self, by: str = "cashier") -> bool:
@@ -146,10 +149,14 @@ class CounterSession:
                 out = self._return()  # the cashier vouches for the patient: no face
             else:
                 probe = self._capture_and_verify()
+                if self.order.psn_no and self.person is not None and self.person.psn_no != self.order.psn_no:
+                    self._fail("not_matched")  # an order for one patient (a visit's charge) is paid by that patient only
                 if self.order.mode == "admission":
                     out = self._admit()
                 elif self.order.mode == "return":
                     out = self._return()
+                elif self.order.mode == "register":
+                    out = self._register()
                 else:
                     out = self._pay(probe)
         except _Stop:
@@ -551,6 +558,59 @@ class CounterSession:
             status = "printer_offline"
         out.receipt_printed = status == "ok"
         self._go(State.DONE, reason=None if status == "ok" else status, setl_id=out.setl_id)
+        self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed})
+        return out
+
+    # -------------------------------------------------------------- senseless payment: registration
+    def _register(self) -> Outcome:
+        """A visit's registration: the mandate's terms on the screen (the proposed caps, lower presets by
+        number on the keypad, the consent text), the confirm key; then the terminal's journaled steps
+        (credit.mandate, 2201) and a slip with the terms. An active mandate with the same terms is reused:
+        the screen shows it and the confirm key registers the visit, no new consent."""
+        assert self.person is not None and self.registrar is not None
+        self._go(State.PRESETTLED)
+        self._check()
+        plan = self.registrar.plan(self)
+        if plan is None:
+            self._fail("credit_not_eligible")
+        choice = 0
+
+        def show() -> None:
+            t = plan.choices[choice]
+            self.m.set_amounts(per_visit=fen_to_yuan(t.per_visit), per_day=fen_to_yuan(t.per_day))
+            self.m.set_info(mandate={"until": t.until, "lines": t.lines, "reused": plan.reuse is not None,
+                                     "choices": [{"per_visit": fen_to_yuan(c.per_visit),
+                                                  "per_day": fen_to_yuan(c.per_day)} for c in plan.choices]})
+            self.m.prompt("mandate_reused" if plan.reuse else "mandate_terms", visit=fen_to_yuan(t.per_visit),
+                          day=fen_to_yuan(t.per_day), until=t.until, n=len(plan.choices))
+
+        show()
+        self._go(State.CONFIRM)
+        show()
+        t0 = time.perf_counter()
+        while True:  # ENTER on an empty entry accepts; a digit then ENTER picks that choice (shown again)
+            e = self._keys(reveal_last=1, accept=lambda e: e.length == 0 or (e.length == 1 and e.masked[-1:].isdigit()))
+            if e.length == 0 or plan.reuse is not None:
+                break
+            k = int(e.masked[-1])
+            if 1 <= k <= len(plan.choices):
+                choice = k - 1
+            show()
+        self._confirm_ms = (time.perf_counter() - t0) * 1000
+        terms = plan.choices[choice]
+        self._go(State.SETTLING)
+        out = self.registrar.commit(self, terms, plan)
+        if out.status != "registered":
+            self.m.fail(out.reason if out.reason in REASONS else "interrupted")
+            return out
+        self._go(State.PRINTING)
+        self.journal.record(self.order.order_id, "print")
+        try:
+            status = self.d.printer.print_receipt(self.registrar.receipt(self, terms, out)).status
+        except DeviceError:
+            status = "printer_offline"
+        out.receipt_printed = status == "ok"
+        self._go(State.DONE, reason=None if status == "ok" else status)
         self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed})
         return out
 

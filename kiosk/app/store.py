@@ -73,11 +73,76 @@ MIGRATIONS = [
         "CREATE INDEX IF NOT EXISTS app_journal_step_at ON app_journal (step, at)",
         "CREATE INDEX IF NOT EXISTS app_refunds_day ON app_refunds (day)",
     ]),
+    # senseless outpatient payment (issue 17): the patient's standing authorisations at this institution,
+    # the visits registered under them (per institution, POS system and the HIS's visit id) and each
+    # charge's share of the caps (the row a charge reserves under the visit's and the mandate's locks)
+    Migration("app.005_visits", [
+        """CREATE TABLE IF NOT EXISTS app_mandates (
+            mandate_id TEXT PRIMARY KEY,
+            institution TEXT NOT NULL,
+            psn_no TEXT NOT NULL,
+            per_visit_fen BIGINT NOT NULL,
+            per_day_fen BIGINT NOT NULL,
+            until TEXT NOT NULL,
+            lines TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS app_mandates_person ON app_mandates (institution, psn_no, state)",
+        """CREATE TABLE IF NOT EXISTS app_visits (
+            institution TEXT NOT NULL,
+            system TEXT NOT NULL,
+            visit_id TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            request TEXT NOT NULL,
+            order_id TEXT NOT NULL,
+            psn_no TEXT,
+            insutype TEXT,
+            mdtrt_id TEXT,
+            visit_token TEXT,
+            mandate_id TEXT,
+            per_visit_fen BIGINT NOT NULL DEFAULT 0,
+            per_day_fen BIGINT NOT NULL DEFAULT 0,
+            until TEXT,
+            exp BIGINT NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            reason TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            day TEXT NOT NULL,
+            PRIMARY KEY (institution, system, visit_id))""",
+        "CREATE INDEX IF NOT EXISTS app_visits_state ON app_visits (state)",
+        "CREATE INDEX IF NOT EXISTS app_visits_mandate ON app_visits (mandate_id)",
+        """CREATE TABLE IF NOT EXISTS app_charges (
+            institution TEXT NOT NULL,
+            system TEXT NOT NULL,
+            visit_id TEXT NOT NULL,
+            charge_id TEXT NOT NULL,
+            order_id TEXT NOT NULL,
+            mandate_id TEXT NOT NULL,
+            personal_fen BIGINT NOT NULL,
+            day TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (institution, system, visit_id, charge_id))""",
+        "CREATE INDEX IF NOT EXISTS app_charges_mandate_day ON app_charges (mandate_id, day)",
+    ]),
 ]
 REFUND_STALE_S = 60  # a 'running' refund attempt older than this was cut off (crash): a retry resumes it
 
-OPEN = ("pending", "running", "reversing")  # 'reversing': money may have moved; recovery puts it back
-FINAL = ("paid", "held", "failed", "cancelled", "refunded", "partially_refunded", "captured", "returned")
+OPEN = ("pending", "running", "reversing", "charge_pending", "opening")  # 'reversing': money may have moved; recovery puts
+# it back. 'charge_pending' / 'opening': a senseless charge / a visit's registration whose party's answer is
+# unknown; recovery completes it by key.
+FINAL = ("paid", "held", "failed", "cancelled", "refunded", "partially_refunded", "captured", "returned",
+         "registered", "needs_patient")
+# Senseless outpatient payment (kiosk.app.visits): a visit's registration is an order of mode 'register'
+# (id VISIT_PREFIX + visit id) run at the counter with the patient; each charge the HIS posts is an order
+# of mode 'charge' (id CHARGE_PREFIX + visit id + '~' + charge id) run without the patient; a charge the
+# mandate cannot pay becomes a normal counter order (COUNTER_PREFIX ...). '~' is in no POS id (pos_api._ID),
+# so none of these can meet a POS's own order id, and each is still a plain path segment for the order routes.
+VISIT_PREFIX = "visit~"
+CHARGE_PREFIX = "charge~"
+COUNTER_PREFIX = "counter~"
 # Item-level returns (kiosk.app.terminal): a return is its own row, order id RETURN_PREFIX + return id
 # (a '/' no POS order id can hold), mode 'return'. While it runs the original order is 'returning';
 # a return whose party's answer is unknown is 'return_pending' (recovery completes it by its keys);
@@ -178,7 +243,8 @@ class Store:
 
     def open_orders(self) -> list[OrderRow]:
         return [_row(r) for r in self.db.read(lambda tx: tx.fetch_all(
-            f"SELECT {_COLS} FROM app_orders WHERE status IN ('pending', 'running', 'reversing', 'return_pending') "
+            f"SELECT {_COLS} FROM app_orders WHERE status IN ('pending', 'running', 'reversing', 'return_pending', "
+            "'charge_pending', 'opening') "
             "ORDER BY created_at"))]
 
     def orders_of_day(self, system: str, day: str) -> list[OrderRow]:
@@ -343,3 +409,218 @@ class Store:
         return [{"refund_id": r[0], "order_id": r[1], "amount_fen": int(r[2]), "status": r[3], "created_at": r[4]}
                 for r in rows]
 
+
+    # ---------------------------------------------------------------- visits (senseless payment)
+    def create_visit(self, institution: str, system: str, visit_id: str, request: dict[str, Any],
+                     order_id: str) -> tuple["VisitRow", bool]:
+        """Claim a visit id of this POS system: (row, created). The same id with another body is 409
+        visit_conflict; an identical retry returns the existing visit."""
+        h = request_hash(request)
+        now = self._now()
+
+        def work(tx: Any) -> tuple[VisitRow, bool]:
+            n = tx.execute("INSERT INTO app_visits (institution, system, visit_id, request_hash, request, order_id, "
+                           "state, created_at, updated_at, day) VALUES (?, ?, ?, ?, ?, ?, 'opening', ?, ?, ?) "
+                           "ON CONFLICT (institution, system, visit_id) DO NOTHING",
+                           (institution, system, visit_id, h, json.dumps(request, sort_keys=True), order_id, now, now,
+                            local_day(self.clock).isoformat()))
+            r = tx.fetch_one(f"SELECT {_VCOLS}, request_hash FROM app_visits WHERE institution = ? AND system = ? "
+                             "AND visit_id = ?", (institution, system, visit_id))
+            if n == 0 and r[-1] != h:
+                raise ConflictError(f"visit {visit_id!r} already exists with a different request",
+                                    code="visit_conflict", field="visit_id")
+            return _vrow(r), n == 1
+
+        return self.db.run(work)
+
+    def get_visit(self, institution: str, system: str, visit_id: str) -> "VisitRow | None":
+        r = self.db.read(lambda tx: tx.fetch_one(
+            f"SELECT {_VCOLS} FROM app_visits WHERE institution = ? AND system = ? AND visit_id = ?",
+            (institution, system, visit_id)))
+        return _vrow(r) if r else None
+
+    def update_visit(self, institution: str, system: str, visit_id: str, *, expect: tuple[str, ...] = (),
+                     **fields: Any) -> bool:
+        """Set columns of a visit (only from the `expect` states when given). Returns whether it moved."""
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        sql = f"UPDATE app_visits SET {cols}, updated_at = ? WHERE institution = ? AND system = ? AND visit_id = ?"
+        params: list[Any] = [*fields.values(), self._now(), institution, system, visit_id]
+        if expect:
+            sql += f" AND state IN ({', '.join('?' for _ in expect)})"
+            params += list(expect)
+        return self.db.run(lambda tx: tx.execute(sql, tuple(params))) > 0
+
+    def visits_in(self, states: tuple[str, ...], reason: str | None = None) -> list["VisitRow"]:
+        marks = ", ".join("?" for _ in states)
+        extra, params = ("", states) if reason is None else (" AND reason = ?", (*states, reason))
+        return [_vrow(r) for r in self.db.read(lambda tx: tx.fetch_all(
+            f"SELECT {_VCOLS} FROM app_visits WHERE state IN ({marks}){extra} ORDER BY created_at", params))]
+
+    def save_mandate(self, institution: str, psn_no: str, mandate_id: str, per_visit_fen: int, per_day_fen: int,
+                     until: str, lines: str) -> None:
+        """Record the bank's mandate as active; any other active one of this person here is superseded
+        (the bank keeps one per payer and institution: a new one revokes the previous)."""
+        now = self._now()
+
+        def work(tx: Any) -> None:
+            tx.execute("UPDATE app_mandates SET state = 'revoked', updated_at = ? WHERE institution = ? AND "
+                       "psn_no = ? AND state = 'active' AND mandate_id <> ?", (now, institution, psn_no, mandate_id))
+            tx.execute("INSERT INTO app_mandates (mandate_id, institution, psn_no, per_visit_fen, per_day_fen, until, "
+                       "lines, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?) "
+                       "ON CONFLICT (mandate_id) DO NOTHING",
+                       (mandate_id, institution, psn_no, per_visit_fen, per_day_fen, until, lines, now, now))
+
+        self.db.run(work)
+
+    def get_mandate(self, mandate_id: str) -> dict[str, Any] | None:
+        r = self.db.read(lambda tx: tx.fetch_one(
+            "SELECT mandate_id, institution, psn_no, per_visit_fen, per_day_fen, until, lines, state FROM app_mandates "
+            "WHERE mandate_id = ?", (mandate_id,)))
+        return None if r is None else {"mandate_id": r[0], "institution": r[1], "psn_no": r[2],
+                                       "per_visit_fen": int(r[3]), "per_day_fen": int(r[4]), "until": r[5],
+                                       "lines": r[6], "state": r[7]}
+
+    def active_mandate(self, institution: str, psn_no: str) -> dict[str, Any] | None:
+        mid = self.db.read(lambda tx: tx.scalar(
+            "SELECT mandate_id FROM app_mandates WHERE institution = ? AND psn_no = ? AND state = 'active' "
+            "ORDER BY created_at DESC LIMIT 1", (institution, psn_no)))
+        return self.get_mandate(mid) if mid else None
+
+    def set_mandate_state(self, mandate_id: str, state: str, *, expect: tuple[str, ...] = ()) -> bool:
+        """Move a mandate (active -> revoking -> revoked); its open visits are revoked with it."""
+        now = self._now()
+
+        def work(tx: Any) -> bool:
+            sql = "UPDATE app_mandates SET state = ?, updated_at = ? WHERE mandate_id = ?"
+            params: list[Any] = [state, now, mandate_id]
+            if expect:
+                sql += f" AND state IN ({', '.join('?' for _ in expect)})"
+                params += list(expect)
+            n = tx.execute(sql, tuple(params))
+            if n and state in ("revoking", "revoked"):
+                tx.execute("UPDATE app_visits SET state = 'revoked', reason = 'mandate_revoked', updated_at = ? "
+                           "WHERE mandate_id = ? AND state = 'open'", (now, mandate_id))
+            return n > 0
+
+        return self.db.run(work)
+
+    def mandates_in(self, state: str) -> list[dict[str, Any]]:
+        ids = self.db.read(lambda tx: tx.fetch_all("SELECT mandate_id FROM app_mandates WHERE state = ?", (state,)))
+        return [m for m in (self.get_mandate(r[0]) for r in ids) if m]
+
+    def reserve_charge(self, institution: str, system: str, visit_id: str, charge_id: str, order_id: str,
+                       personal_fen: int, now_unix: int, today: str) -> tuple[str, int, int]:
+        """The kiosk's cap check of one charge's personal share, atomic: the visit's row and then its
+        mandate's row are locked (FOR UPDATE on PostgreSQL; SQLite serialises writers), so two charges of
+        one visit (or of one mandate's day) from two departments cannot pass the caps together.
+        Returns (reason, used this visit, used today): reason '' when reserved (or already reserved by an
+        earlier attempt of this charge), else visit_closed / visit_expired / mandate_revoked /
+        mandate_expired / mandate_cap_visit / mandate_cap_day."""
+        def work(tx: Any) -> tuple[str, int, int]:
+            v = tx.fetch_one("SELECT state, exp, mandate_id, per_visit_fen, per_day_fen, until FROM app_visits "
+                             "WHERE institution = ? AND system = ? AND visit_id = ?" + tx.for_update,
+                             (institution, system, visit_id))
+            if v is None:
+                return "visit_closed", 0, 0
+            state, exp, mandate_id, per_visit, per_day, until = v
+            m = tx.fetch_one("SELECT state FROM app_mandates WHERE mandate_id = ?" + tx.for_update, (mandate_id,))
+            mine = tx.fetch_one("SELECT personal_fen FROM app_charges WHERE institution = ? AND system = ? AND "
+                                "visit_id = ? AND charge_id = ? AND state IN ('reserved', 'paid')",
+                                (institution, system, visit_id, charge_id))
+            used_visit = int(tx.scalar("SELECT COALESCE(SUM(personal_fen), 0) FROM app_charges WHERE institution = ? "
+                                       "AND system = ? AND visit_id = ? AND state IN ('reserved', 'paid')",
+                                       (institution, system, visit_id), default=0))
+            used_day = int(tx.scalar("SELECT COALESCE(SUM(personal_fen), 0) FROM app_charges WHERE mandate_id = ? "
+                                     "AND day = ? AND state IN ('reserved', 'paid')", (mandate_id, today), default=0))
+            if mine is not None:
+                return "", used_visit, used_day
+            if state in ("revoked",) or m is None or m[0] != "active":
+                return "mandate_revoked", used_visit, used_day
+            if state != "open":
+                return "visit_closed", used_visit, used_day
+            if int(exp) <= now_unix:
+                return "visit_expired", used_visit, used_day
+            if str(until) < today:
+                return "mandate_expired", used_visit, used_day
+            if used_visit + personal_fen > int(per_visit):
+                return "mandate_cap_visit", used_visit, used_day
+            if used_day + personal_fen > int(per_day):
+                return "mandate_cap_day", used_visit, used_day
+            tx.execute("INSERT INTO app_charges (institution, system, visit_id, charge_id, order_id, mandate_id, "
+                       "personal_fen, day, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?) "
+                       "ON CONFLICT (institution, system, visit_id, charge_id) DO UPDATE SET state = 'reserved', "
+                       "personal_fen = excluded.personal_fen",
+                       (institution, system, visit_id, charge_id, order_id, mandate_id, personal_fen, today,
+                        self._now()))
+            return "", used_visit + personal_fen, used_day + personal_fen
+
+        return self.db.run(work)
+
+    def finish_charge(self, institution: str, system: str, visit_id: str, charge_id: str, state: str, *,
+                      personal_fen: int | None = None, notice: dict[str, Any] | None = None) -> None:
+        """A charge's cap share becomes 'paid' (with the settled personal share) or 'released'; a paid
+        charge's notice to the patient is queued in the same transaction (kiosk outbox, once per id)."""
+        from kiosk.storage import Outbox
+
+        def work(tx: Any) -> None:
+            if personal_fen is None:
+                tx.execute("UPDATE app_charges SET state = ? WHERE institution = ? AND system = ? AND visit_id = ? "
+                           "AND charge_id = ?", (state, institution, system, visit_id, charge_id))
+            else:
+                tx.execute("UPDATE app_charges SET state = ?, personal_fen = ? WHERE institution = ? AND system = ? "
+                           "AND visit_id = ? AND charge_id = ?",
+                           (state, personal_fen, institution, system, visit_id, charge_id))
+            if notice is not None:
+                Outbox().put(tx, NOTICE_TOPIC, notice, dedupe_key=f"{NOTICE_TOPIC}/{notice['notice_id']}")
+
+        self.db.run(work)
+
+    def queue_notice(self, notice: dict[str, Any]) -> bool:
+        from kiosk.storage import Outbox
+
+        return self.db.run(lambda tx: Outbox().put(tx, NOTICE_TOPIC, notice,
+                                                   dedupe_key=f"{NOTICE_TOPIC}/{notice['notice_id']}"))
+
+    def charges_of_visit(self, institution: str, system: str, visit_id: str) -> list[dict[str, Any]]:
+        rows = self.db.read(lambda tx: tx.fetch_all(
+            "SELECT charge_id, order_id, personal_fen, state, day, created_at FROM app_charges WHERE institution = ? "
+            "AND system = ? AND visit_id = ? ORDER BY created_at, charge_id", (institution, system, visit_id)))
+        return [{"charge_id": r[0], "order_id": r[1], "personal_fen": int(r[2]), "state": r[3], "day": r[4]}
+                for r in rows]
+
+
+# the kiosk outbox's topic of the patient's notices (delivered to the centre's ec.notify by the idle pass)
+NOTICE_TOPIC = "app.notice"
+
+
+@dataclass(frozen=True)
+class VisitRow:
+    institution: str
+    system: str
+    visit_id: str
+    request: dict[str, Any]
+    order_id: str
+    psn_no: str
+    insutype: str
+    mdtrt_id: str
+    visit_token: str
+    mandate_id: str
+    per_visit_fen: int
+    per_day_fen: int
+    until: str
+    exp: int
+    state: str
+    reason: str | None
+    created_at: str
+    updated_at: str
+
+
+_VCOLS = ("institution, system, visit_id, request, order_id, psn_no, insutype, mdtrt_id, visit_token, mandate_id, "
+          "per_visit_fen, per_day_fen, until, exp, state, reason, created_at, updated_at")
+
+
+def _vrow(r: Any) -> VisitRow:
+    return VisitRow(institution=r[0], system=r[1], visit_id=r[2], request=json.loads(r[3]), order_id=r[4],
+                    psn_no=r[5] or "", insutype=r[6] or "", mdtrt_id=r[7] or "", visit_token=r[8] or "",
+                    mandate_id=r[9] or "", per_visit_fen=int(r[10]), per_day_fen=int(r[11]), until=r[12] or "",
+                    exp=int(r[13]), state=r[14], reason=r[15], created_at=r[16], updated_at=r[17])

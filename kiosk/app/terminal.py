@@ -80,12 +80,19 @@ class Terminal:
         self._stop = threading.Event()
         self.last_outcome: Outcome | None = None
         self._live_refunds: set[tuple[str, str]] = set()  # refunds being run by this process now
+        from kiosk.app.visits import Visits
+
+        self.visits = Visits(self)  # senseless payment: visits, charges without the patient, notices
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.recover()
         for row in self.store.open_orders():  # still-pending orders from before a restart
-            if row.status == "pending" and row.mode == "return":
+            if row.mode == "charge":
+                continue  # a charge runs in its POS request, never at the counter: recovery resolves it
+            if row.status == "pending" and row.mode == "register":
+                self._q.put(_Job(row.system, Order(order_id=row.order_id, bill={}, mode="register")))
+            elif row.status == "pending" and row.mode == "return":
                 self._q.put(_Job(row.system, self._return_order(row)))
             elif row.status == "pending":
                 self._q.put(_Job(row.system, order_from_request(row.order_id, row.request)))
@@ -112,6 +119,9 @@ class Terminal:
         if row.status == "pending" and self.store.set_status(system, order_id, "cancelled",
                                                              reason="cancelled_by_cashier", expect=("pending",)):
             self.store.record(system, order_id, "cancelled", {"by": "cashier"})
+            if row.mode == "register":  # a visit whose registration was cancelled before the patient came
+                self.visits.registration_ended(system, order_id, Outcome(status="cancelled",
+                                                                         reason="cancelled_by_cashier"))
             self._notify()
             return self.store.get(system, order_id)  # type: ignore[return-value]
         cur = self._current  # 'pending' too: the counter may have picked the order up since the read
@@ -205,6 +215,8 @@ class Terminal:
                            timeouts=self.timeouts, limits=self.limits, on_face=self.on_frame)
         if job.order.mode == "return":
             s.returner = lambda sess: self._return_money(job.system, oid, sess)
+        if job.order.mode == "register":
+            s.registrar = self.visits.registrar(job.system)
         self._current = (job.system, oid, s)  # before 'running' is visible: a cancel then always finds it
         if not self.store.set_status(job.system, oid, "running", expect=("pending",)):
             return  # cancelled while queued
@@ -219,6 +231,8 @@ class Terminal:
         result["psn_no"] = out.psn_no or None
         result["stage_ms"] = {k: round(v, 1) for k, v in out.stage_ms.items()}
         self.store.set_status(job.system, oid, out.status, reason=out.reason, result=result)
+        if job.order.mode == "register":
+            self.visits.registration_ended(job.system, oid, out)
         if out.status == "paid":
             self._discharged(job.system, oid)
         self._audit_identity(job.system, oid, out)
@@ -261,6 +275,11 @@ class Terminal:
         except KioskError as e:
             log.warning("recovery pass incomplete: %s", e)
 
+    @property
+    def counting(self) -> bool:
+        """Whether the counter's worker runs (sessions can progress)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def idle(self) -> bool:
         """True when no session runs and none is queued (read-only; the fleet agent applies
         an update only then, never mid-payment)."""
@@ -284,12 +303,17 @@ class Terminal:
         done: list[tuple[str, str]] = []
         cur = self._current
         for row in self.store.open_orders():
-            if row.status == "pending":
+            if row.status == "pending" and row.mode != "charge":
                 continue
             if cur and cur[0] == row.system and cur[1] == row.order_id:
                 continue  # the live session owns it
             try:
-                status = self._resolve(row)
+                if row.mode == "charge":
+                    status = self.visits.resolve_charge(row)
+                elif row.mode == "register":
+                    status = self.visits.resolve_registration(row)
+                else:
+                    status = self._resolve(row)
             except RemoteError as e:
                 log.warning("order %s: cannot resolve yet (%s)", row.order_id, e)
                 continue
@@ -299,6 +323,10 @@ class Terminal:
             done += self._resolve_refunds()
         except RemoteError as e:
             log.warning("refunds: cannot resolve yet (%s)", e)
+        try:
+            self.visits.idle_pass()
+        except KioskError as e:
+            log.warning("visits: notices/closes/revocations not delivered yet (%s)", e)
         if done:
             self._notify()
         return done
@@ -937,4 +965,4 @@ def _line_kind(settle: dict[str, Any], mode: str) -> str:
 def order_from_request(order_id: str, req: dict[str, Any]) -> Order:
     return Order(order_id=order_id, bill=req.get("bill") or {}, mode=req.get("mode", "outpatient"),
                  deposit_fen=yuan_to_fen(req["deposit"], "deposit") if req.get("deposit") else 0,
-                 hold_id=req.get("hold_id") or "")
+                 hold_id=req.get("hold_id") or "", psn_no=req.get("psn_no") or "")

@@ -146,7 +146,7 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 @pytest.mark.parametrize("code", sorted(REASONS))
 def test_every_reason_has_chinese_and_english_texts(code):
-    p = reason_prompt(code, left=2, minutes=30)
+    p = reason_prompt(code, left=2, minutes=30, visit="500.00", day="1000.00", until="2027-03-01", n=4)
     assert _CJK.search(p.zh), code
     assert p.en and p.en[0].isupper() and not _CJK.search(p.en), code
     assert "{" not in p.zh and "{" not in p.en
@@ -191,7 +191,11 @@ def test_a_return_session_never_shows_a_payment_prompt(kind):
         p = state_prompt(str(st), kind)
         assert not any(w in p.zh + p.en for w in PAY_WORDS), (kind, st, p)
         assert _CJK.search(p.zh) and not _CJK.search(p.en), (kind, st)
+    from kiosk.app.prompts import REGISTER_REASONS
+
     for code in REASONS:
+        if code in REGISTER_REASONS:
+            continue  # a visit's registration only (its mandate's terms)
         p = reason_prompt(code, kind=kind, left=2, minutes=30)
         assert not any(w in p.zh + p.en for w in PAY_WORDS), (kind, code, p)
         assert _CJK.search(p.zh) and p.en[0].isupper() and "{" not in p.zh + p.en, (kind, code)
@@ -209,3 +213,18 @@ def test_a_return_session_never_shows_a_payment_prompt(kind):
         assert "收银员" in snaps[-1].reason_zh and "cashier" in snaps[-1].reason_en  # the fallback is named
     # a payment still reads as one
     assert "pay" in state_prompt("confirm").en
+
+
+def test_a_registration_session_never_says_it_pays():
+    """A visit's registration charges nothing: its states read as a registration, never "Press Enter to
+    pay" / "Payment complete"; the confirm step's hint is the mandate's terms."""
+    from kiosk.app.prompts import REGISTER_REASONS, state_prompt
+
+    for st in (State.BILL_RECEIVED, State.PRESETTLED, State.CONFIRM, State.SETTLING, State.PRINTING, State.DONE,
+               State.FAILED, State.CANCELLED):
+        p = state_prompt(str(st), "register")
+        assert not any(w in p.zh + p.en for w in ("Press Enter to pay", "Payment complete", "Paying", "正在支付",
+                                                   "支付成功")), (st, p)
+    for code in REGISTER_REASONS:
+        p = reason_prompt(code, visit="500.00", day="1000.00", until="2027-03-04", n=4)
+        assert "500.00" in p.en and "500.00" in p.zh and "{" not in p.zh + p.en

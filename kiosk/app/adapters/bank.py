@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from kiosk.errors import RemoteError
-from kiosk.money import fen_to_yuan
+from kiosk.money import fen_to_yuan, yuan_to_fen
 from kiosk.services.client import BankClient
 from kiosk.services.protocol import Answer, InfCode
-from kiosk.app.ports import DrawResult, Line, Person, RefundResult
+from kiosk.app.ports import MANDATE_REFUSALS, DrawResult, Line, MandateResult, Person, RefundResult
 
 # answers that say nothing about whether a message applied: a party fault (9001 storage, 9999
 # internal) or an envelope the party could not take at that moment (stale, replayed, signed out)
@@ -115,3 +115,59 @@ class BankAdapter:
         except RemoteError as e:  # not answered: it may have applied; the same key resolves it
             return RefundResult("unknown", e.code, e.message)
         return refund_result(a)
+
+    # -- senseless payment (issue 17) ---------------------------------------------------------
+    def mandate(self, payer: str, key: str, auth: str) -> MandateResult:
+        """credit.mandate with the patient's pay_auth (purpose mandate); idempotent by `key`."""
+        try:
+            a = self._call(self.client.call, "credit.mandate", {"payer": payer, "key": key, "pay_auth": auth})
+        except RemoteError as e:
+            return MandateResult("unknown", code=e.code)
+        if a.ok:
+            o = a.output
+            return MandateResult("ok", mandate_id=str(o.get("mandate_id") or ""),
+                                 per_visit=yuan_to_fen(str(o.get("per_visit") or "0.00"), "per_visit"),
+                                 per_day=yuan_to_fen(str(o.get("per_day") or "0.00"), "per_day"),
+                                 until=str(o.get("until") or ""), lines=_lines(o.get("lines")))
+        r = refund_result(a)
+        return MandateResult(r.status, code=r.code)
+
+    def mandate_revoke(self, mandate_id: str, key: str) -> RefundResult:
+        """credit.mandate_revoke by this institution's terminal (its own authority, no pay_auth)."""
+        try:
+            a = self._call(self.client.call, "credit.mandate_revoke", {"mandate_id": mandate_id, "key": key})
+        except RemoteError as e:
+            return RefundResult("unknown", e.code, e.message)
+        if not a.ok and "already" in (a.err_code or "").lower():
+            return RefundResult("ok")
+        return refund_result(a)
+
+    def mandate_get(self, mandate_id: str) -> dict[str, Any] | None:
+        try:
+            a = self._call(self.client.call, "credit.mandate_get", {"mandate_id": mandate_id})
+        except RemoteError:
+            return None
+        return dict(a.output) if a.ok else None
+
+    def senseless_draw(self, payer: str, amount_fen: int, ref: str, key: str, auth: str, mandate_id: str,
+                       visit: str) -> DrawResult:
+        body = {"payer": payer, "amount": fen_to_yuan(amount_fen), "ref": ref, "key": key, "pay_auth": auth,
+                "mandate_id": mandate_id, "visit": visit}
+        try:
+            a = self._call(self.client.call, "credit.draw", body)
+        except RemoteError:
+            return DrawResult("unknown")
+        if a.infcode in UNKNOWN_INFCODES:
+            return DrawResult("unknown")
+        if not a.ok:
+            code = (a.err_code or "").lower()
+            if code == "pay_auth_expired":
+                return DrawResult(code)  # resumed after the authorisation's 10 minutes: 5203 re-issues it
+            return DrawResult(code if code in MANDATE_REFUSALS else _reason(a))
+        return DrawResult("ok", str(a.output.get("draw_id") or ref), amount_fen)
+
+
+def _lines(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return str(v or "")

@@ -14,9 +14,12 @@ from kiosk.money import fen_to_yuan, round_fen, yuan_to_fen
 from kiosk.services.client import CentreClient
 from kiosk.services.protocol import Answer, InfCode
 from kiosk.app.adapters.bank import refund_result
-from kiosk.app.ports import Activation, FaceAuth, Person, Probe, RefundResult, SettleResult, Split
+from kiosk.app.ports import (Activation, FaceAuth, Person, Probe, RefundResult, SettleResult, Split, VisitOpened,
+                             VisitRef)
 
 LOCK_MINUTES = 30
+# the centre's refusals of a charge on a visit token (contract item 3): the charge needs the patient
+VISIT_REFUSALS = ("visit_expired", "visit_closed", "face_auth_required")
 
 
 def fee_lines(bill: dict[str, Any]) -> tuple[list[dict[str, str]], int]:
@@ -187,4 +190,88 @@ class CentreAdapter:
                 return RefundResult("ok")
             if a.infcode != InfCode.INVALID_INPUT or pharmacy is not None:
                 break
+        return refund_result(a)
+
+    # -- senseless payment (issue 17) ---------------------------------------------------------
+    def mandate_auth(self, person: Person, terms: str, per_visit_fen: int) -> str:
+        """ec.payauth purpose mandate: ref = the canonical terms, amount = the per-visit cap."""
+        a = self._call(self.client.pay_auth, person.psn_no, person.ec_token, fen_to_yuan(per_visit_fen), terms,
+                       purpose="mandate")
+        return str(a.output.get("pay_auth") or "") if a.ok else ""
+
+    def register_visit(self, person: Person, msgid: str) -> VisitOpened:
+        """2201 with the face's ecToken; the journaled `msgid` makes a retry replay one that landed."""
+        data = {"psn_no": person.psn_no, "insutype": person.insutype or "310", "med_type": "11",
+                "mdtrt_cert_type": "01", "mdtrt_cert_no": person.ec_token}
+        try:
+            a = self._call(self.client.call, "2201", {"data": data}, msgid)
+        except RemoteError as e:
+            return VisitOpened("unknown", code=e.code)
+        if a.ok:
+            o = a.output.get("data") if isinstance(a.output.get("data"), dict) else a.output
+            return VisitOpened("ok", mdtrt_id=str(o.get("mdtrt_id") or ""), visit_token=str(o.get("visit_token") or ""),
+                               exp=int(o.get("exp") or 0))
+        r = refund_result(a)
+        return VisitOpened(r.status, code=r.code)
+
+    def close_visit(self, psn_no: str, mdtrt_id: str) -> RefundResult:
+        try:
+            a = self._call(self.client.call, "2202", {"data": {"psn_no": psn_no, "mdtrt_id": mdtrt_id}})
+        except RemoteError as e:
+            return RefundResult("unknown", e.code, e.message)
+        if not a.ok and "closed" in (a.err_code or ""):
+            return RefundResult("ok")  # closed before (a retry)
+        return refund_result(a)
+
+    def _visit_head(self, visit: VisitRef, bill: dict[str, Any], order_id: str, total: int,
+                    mulaid: bool) -> dict[str, Any]:
+        person = Person(psn_no=visit.psn_no, name="", ec_token=visit.visit_token, insutype=visit.insutype)
+        return {**self._head(person, bill, order_id, total, mulaid), "mdtrt_id": visit.mdtrt_id}
+
+    def _visit_refusal(self, a: Answer) -> SettleResult:
+        code = (a.err_code or "").lower()
+        return SettleResult(code if code in VISIT_REFUSALS else "bill_rejected", detail=a.err_msg)
+
+    def visit_presettle(self, visit: VisitRef, bill: dict[str, Any], order_id: str) -> SettleResult:
+        """2206 on the visit token (mutual aid when a relative authorised it, as at the counter)."""
+        lines, total = fee_lines(bill)
+        a = self._call(self.client.presettle, self._visit_head(visit, bill, order_id, total, True), lines)
+        mulaid = True
+        if a.infcode == InfCode.NO_AUTHORISATION:
+            mulaid = False
+            a = self._call(self.client.presettle, self._visit_head(visit, bill, order_id, total, False), lines)
+        self._mulaid[f"visit/{visit.mdtrt_id}"] = mulaid
+        if not a.ok:
+            return self._visit_refusal(a)
+        return SettleResult("ok", split_from(a.output))
+
+    def visit_settle(self, visit: VisitRef, bill: dict[str, Any], order_id: str, msgid: str) -> SettleResult:
+        lines, total = fee_lines(bill)
+        mulaid = self._mulaid.get(f"visit/{visit.mdtrt_id}", False)
+        try:
+            a = self._call(self.client.settle, self._visit_head(visit, bill, order_id, total, mulaid), lines,
+                           msgid=msgid)
+        except RemoteError as e:
+            return SettleResult("unknown", detail=e.code)
+        if a.infcode in (InfCode.STORAGE, InfCode.INTERNAL):
+            return SettleResult("unknown", detail=a.err_code)
+        if not a.ok:
+            return self._visit_refusal(a)
+        return SettleResult("ok", split_from(a.output))
+
+    def renew_pay_auth(self, psn_no: str, setl_id: str) -> str:
+        """5203 by setl_id: the centre signs a settlement's draw authorisation anew (the same authorisation
+        id: the bank still draws once); "" when it does not."""
+        try:
+            a = self._call(self.client.query, psn_no, setl_id=setl_id)
+        except RemoteError:
+            return ""
+        return str(a.output.get("pay_auth") or "") if a.ok else ""
+
+    def notify(self, notice: dict[str, Any]) -> RefundResult:
+        """ec.notify (contract item 5): stored once per notice_id in the patient's inbox."""
+        try:
+            a = self._call(self.client.call, "ec.notify", {"data": notice})
+        except RemoteError as e:
+            return RefundResult("unknown", e.code, e.message)
         return refund_result(a)

@@ -1,0 +1,857 @@
+"""Senseless outpatient payment at the terminal (issue 17): registration, charges without the patient,
+the kiosk's caps under concurrency, expiry, revocation mid-visit, crash after each journal step,
+refund of a charge, notices and the foreign callers.
+
+The terminal, its journal and store (SQLite; PostgreSQL too where KIOSK_TEST_PG_URL is set) and the POS
+API over HTTP are the real ones. The two parties are in-memory models of the contract (notes: wire
+contract #17) that keep the properties the terminal relies on: a 2207 replayed by its msgid, a 2601 that
+tombstones a msgid, draws and mandates replayed by their key, the bank's own caps under the mandate.
+The same flows against the real centre and bank run in test_visits_stack.py.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from kiosk.clock import SystemClock, local_day
+from kiosk.errors import RemoteError
+from kiosk.money import fen_to_yuan, yuan_to_fen
+from kiosk.storage import Outbox
+from kiosk.storage.testing import scratch_database
+from kiosk.app import terminal as terminal_mod
+from kiosk.app.flow import State
+from kiosk.app.pos_api import create_app
+from kiosk.app.pos_auth import PosAuth
+from kiosk.app.pos_client import PosClient
+from kiosk.app.ports import (Capture, DrawResult, FaceAuth, KeyEntry, Line, MandateResult, Person, PrintResult,
+                             RefundResult, SettleResult, Split, VisitOpened)
+from kiosk.app.session import Deps, Limits
+from kiosk.app.store import NOTICE_TOPIC, Store
+from kiosk.app.terminal import Terminal
+
+INST = "H37020200001"
+PATIENT = Person(psn_no="P100", name="李娜", ec_token="EC.P100", insutype="310")
+OTHER = Person(psn_no="P200", name="王五", ec_token="EC.P200", insutype="310")
+SYSTEM, OTHER_SYSTEM = "his", "lab-pos"
+KEYS = {SYSTEM: "k" * 32, OTHER_SYSTEM: "o" * 32}
+
+
+def bill(yuan: str) -> dict[str, Any]:
+    return {"med_type": "11", "items": [{"code": "F001", "price": yuan, "qty": "1"}]}
+
+
+# ------------------------------------------------------------------------------------------ the parties
+@dataclass
+class Centre:
+    """The centre's side of the contract: fund pays 60 %, the personal share is all cash (no account)."""
+
+    person: Person = PATIENT
+    exp_s: int = 3600
+    down: set[str] = field(default_factory=set)        # calls that get no answer (RemoteError / unknown)
+    lose_answer: set[str] = field(default_factory=set)  # applied, but the answer is lost
+    settlements: dict[str, dict[str, Any]] = field(default_factory=dict)  # msgid -> settlement
+    tombstones: set[str] = field(default_factory=set)
+    visits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_msgid: dict[str, VisitOpened] = field(default_factory=dict)
+    notices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    presettle_delay: float = 0.0
+    institution: str = INST
+    _n: itertools.count = field(default_factory=itertools.count)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def new_msgid(self) -> str:
+        return f"M{next(self._n):06d}"
+
+    def face_auth(self, probe, session_id, phone_last4=""):
+        return FaceAuth("matched", self.person)
+
+    def line_auth(self, person, amount_fen, ref):
+        return f"LA.{person.psn_no}.{amount_fen}"
+
+    def mandate_auth(self, person, terms, per_visit_fen):
+        if "mandate_auth" in self.down:
+            raise RemoteError("centre down", code="unreachable")
+        assert f"visit={per_visit_fen};" in terms
+        return f"PAM.{person.psn_no}.{terms}"
+
+    def register_visit(self, person, msgid):
+        with self._lock:
+            if msgid in self.by_msgid:
+                return self.by_msgid[msgid]
+            if "register" in self.down:
+                return VisitOpened("unknown", code="timeout")
+            mdtrt = f"MD{len(self.visits) + 1:04d}"
+            vo = VisitOpened("ok", mdtrt_id=mdtrt, visit_token=f"VT.{person.psn_no}.{mdtrt}",
+                             exp=int(time.time()) + self.exp_s)
+            self.visits[mdtrt] = {"psn_no": person.psn_no, "state": "open", "exp": vo.exp}
+            self.by_msgid[msgid] = vo
+            if "register" in self.lose_answer:
+                self.lose_answer.discard("register")
+                return VisitOpened("unknown", code="timeout")
+            return vo
+
+    def close_visit(self, psn_no, mdtrt_id):
+        if "close" in self.down:
+            return RefundResult("unknown", "timeout")
+        self.visits[mdtrt_id]["state"] = "closed"
+        return RefundResult("ok")
+
+    def _split(self, bill_: dict[str, Any], setl_id: str = "", mdtrt: str = "", visit=None) -> Split:
+        total = sum(yuan_to_fen(it["price"], "p") for it in bill_["items"])
+        fund = total * 6 // 10
+        return Split(medfee_sumamt=total, fund_pay_sumamt=fund, psn_part_amt=total - fund, acct_pay=0,
+                     acct_mulaid_pay=0, psn_cash_pay=total - fund, setl_id=setl_id, mdtrt_id=mdtrt,
+                     pay_auth=f"PAS.{setl_id}/{mdtrt}" if setl_id else "", raw={"insutype": "310"})
+
+    def _visit_ok(self, visit) -> str:
+        v = self.visits.get(visit.mdtrt_id)
+        if v is None or visit.visit_token != f"VT.{visit.psn_no}.{visit.mdtrt_id}":
+            return "face_auth_required"
+        if v["state"] != "open":
+            return "visit_closed"
+        if v["exp"] <= time.time():
+            return "visit_expired"
+        return ""
+
+    # the counter's own path (a charge that needs the patient is paid as a normal order)
+    def presettle(self, person, bill_, order_id):
+        return SettleResult("ok", self._split(bill_))
+
+    def settle(self, person, bill_, order_id, msgid):
+        with self._lock:
+            sp = self._split(bill_, f"S{msgid}", "counter")
+            self.settlements.setdefault(msgid, {"split": sp, "state": "settled", "psn_no": person.psn_no,
+                                                "counter": True})
+            return SettleResult("ok", self.settlements[msgid]["split"])
+
+    def visit_presettle(self, visit, bill_, order_id):
+        if "presettle" in self.down:
+            raise RemoteError("centre down", code="unreachable")
+        time.sleep(self.presettle_delay)
+        why = self._visit_ok(visit)
+        return SettleResult(why) if why else SettleResult("ok", self._split(bill_))
+
+    def visit_settle(self, visit, bill_, order_id, msgid):
+        with self._lock:
+            if msgid in self.tombstones:
+                return SettleResult("bill_rejected")
+            if msgid in self.settlements:
+                return SettleResult("ok", self.settlements[msgid]["split"])
+            if "settle" in self.down:
+                return SettleResult("unknown", detail="timeout")
+            why = self._visit_ok(visit)
+            if why:
+                return SettleResult(why)
+            sp = self._split(bill_, f"S{msgid}", visit.mdtrt_id)
+            self.settlements[msgid] = {"split": sp, "state": "settled", "psn_no": visit.psn_no}
+            if "settle" in self.lose_answer:
+                return SettleResult("unknown", detail="timeout")
+            return SettleResult("ok", sp)
+
+    def reverse(self, person, msgid, setl_id):
+        if "reverse" in self.down:
+            raise RemoteError("centre down", code="unreachable")
+        with self._lock:
+            s = self.settlements.get(msgid)
+            if s is not None:
+                s["state"] = "reversed"
+            else:
+                self.tombstones.add(msgid)
+        return True
+
+    def refund(self, person, setl_id, amount_fen, key, *, msgid="", pharmacy=None):
+        for s in self.settlements.values():
+            if s["split"].setl_id == setl_id:
+                s["state"] = "reversed"
+                return RefundResult("ok")
+        return RefundResult("refused", "not_found")
+
+    def renew_pay_auth(self, psn_no, setl_id):  # 5203
+        s = next((x for x in self.settlements.values() if x["split"].setl_id == setl_id), None)
+        return f"PAS2.{setl_id}/{s['split'].mdtrt_id}" if s and s["state"] == "settled" else ""
+
+    def notify(self, notice):
+        if "notify" in self.down:
+            return RefundResult("unknown", "timeout")
+        self.notices.setdefault(notice["notice_id"], notice)
+        return RefundResult("ok")
+
+    def settled(self, psn_no: str = "P100") -> list[Split]:
+        """The senseless settlements that stand (counter payments apart)."""
+        return [s["split"] for s in self.settlements.values() if s["state"] == "settled" and s["psn_no"] == psn_no
+                and not s.get("counter")]
+
+
+@dataclass
+class Bank:
+    """The bank's side: the line covers `available`; mandates and draws replayed by key; its own caps."""
+
+    available: int = 5_000_000
+    down: set[str] = field(default_factory=set)
+    lose_answer: set[str] = field(default_factory=set)
+    mandates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mandate_keys: dict[str, str] = field(default_factory=dict)
+    draws: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> draw
+    refunds: dict[str, int] = field(default_factory=dict)
+    auth_expired: bool = False  # the settlement's pay_auth is older than its 10 minutes
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def line_for(self, person, amount_fen, auth):
+        assert auth == f"LA.{person.psn_no}.{amount_fen}"
+        return Line(kind="own", line_id=person.psn_no, available=amount_fen if amount_fen <= self.available else 0)
+
+    def draw(self, line, person, amount_fen, key, ref, auth=""):  # the counter's draw (patient present)
+        self.counter_draws = getattr(self, "counter_draws", 0) + amount_fen
+        return DrawResult("ok", f"CD{ref}", amount_fen)
+
+    def reverse_draw(self, key, payer, ref=""):
+        return True
+
+    def mandate(self, payer, key, auth):
+        with self._lock:
+            if key in self.mandate_keys:
+                m = self.mandates[self.mandate_keys[key]]
+            else:
+                if "mandate" in self.down:
+                    return MandateResult("unknown", code="timeout")
+                terms = dict(kv.split("=") for kv in auth.split(".", 2)[2].split(";"))
+                for m in self.mandates.values():  # one active per payer and institution
+                    if m["payer"] == payer:
+                        m["state"] = "revoked"
+                mid = f"M{len(self.mandates) + 1:08x}"
+                m = {"mandate_id": mid, "payer": payer, "per_visit": int(terms["visit"]), "per_day": int(terms["day"]),
+                     "until": terms["until"], "lines": terms["lines"], "state": "active"}
+                self.mandates[mid] = m
+                self.mandate_keys[key] = mid
+                if "mandate" in self.lose_answer:
+                    self.lose_answer.discard("mandate")
+                    return MandateResult("unknown", code="timeout")
+            return MandateResult("ok", m["mandate_id"], m["per_visit"], m["per_day"], m["until"], m["lines"])
+
+    def mandate_revoke(self, mandate_id, key):
+        if "revoke" in self.down:
+            return RefundResult("unknown", "timeout")
+        if mandate_id not in self.mandates:
+            return RefundResult("refused", "unknown_mandate")
+        self.mandates[mandate_id]["state"] = "revoked"
+        return RefundResult("ok")
+
+    def mandate_get(self, mandate_id):
+        m = self.mandates.get(mandate_id)
+        return None if m is None else {"state": m["state"]}
+
+    def senseless_draw(self, payer, amount_fen, ref, key, auth, mandate_id, visit):
+        with self._lock:
+            if key in self.draws:
+                d = self.draws[key]
+                return DrawResult("ok", d["draw_id"], d["amount"])
+            if "draw" in self.down:
+                return DrawResult("unknown")
+            if self.auth_expired and not auth.startswith("PAS2."):
+                return DrawResult("pay_auth_expired")  # nothing drawn, the word not spent
+            assert auth in (f"PAS.{ref}/{visit}", f"PAS2.{ref}/{visit}")
+            m = self.mandates.get(mandate_id)
+            if m is None or m["payer"] != payer:
+                return DrawResult("no_mandate")
+            if m["state"] != "active":
+                return DrawResult("mandate_revoked")
+            used = sum(d["amount"] for d in self.draws.values() if d["mandate_id"] == mandate_id and d["visit"] == visit)
+            if used + amount_fen > m["per_visit"]:
+                return DrawResult("mandate_cap_visit")
+            self.draws[key] = {"draw_id": f"D{len(self.draws) + 1}", "amount": amount_fen, "ref": ref,
+                               "mandate_id": mandate_id, "visit": visit, "refunded": 0}
+            if "draw" in self.lose_answer:
+                self.lose_answer.discard("draw")
+                return DrawResult("unknown")
+            return DrawResult("ok", self.draws[key]["draw_id"], amount_fen)
+
+    def refund(self, ref, amount_fen, key):
+        for d in self.draws.values():
+            if d["draw_id"] == ref:
+                if key not in self.refunds:
+                    self.refunds[key] = amount_fen
+                    d["refunded"] += amount_fen
+                return RefundResult("ok")
+        return RefundResult("refused", "unknown_ref")
+
+    def drawn(self) -> int:
+        return sum(d["amount"] - d["refunded"] for d in self.draws.values())
+
+
+# ------------------------------------------------------------------------------------------ the counter
+class Camera:
+    def read(self):
+        return np.zeros((4, 4, 3), np.uint8)
+
+
+class Probe:
+    def sealed(self, purpose: str) -> str:
+        return f"sealed-{purpose}"
+
+
+class Vision:
+    def capture(self, frames, on_frame, session_id):
+        next(frames)
+        on_frame("ok")
+        return Capture("ok", Probe())
+
+
+@dataclass
+class Keypad:
+    """The patient's keys for each entry in order ('' = the confirm key on an empty entry, '2' = 2 then
+    ENTER); with no plan left the entry stays open (the session times out)."""
+
+    plans: list[str] = field(default_factory=lambda: [""] * 50)
+
+    def start(self, timeout_s, reveal_last=1):
+        return self.plans.pop(0) if self.plans else "<none>"
+
+    def poll(self, h):
+        if h == "<none>":
+            return KeyEntry("active")
+        return KeyEntry("active", masked=h, length=len(h), confirmed=True)
+
+    def stop(self, h):
+        pass
+
+
+@dataclass
+class Printer:
+    printed: list[list[str]] = field(default_factory=list)
+
+    def print_receipt(self, lines):
+        self.printed.append(list(lines))
+        return PrintResult("ok")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request):
+    import os
+
+    if request.param == "postgresql" and not os.environ.get("KIOSK_TEST_PG_URL"):
+        pytest.skip("KIOSK_TEST_PG_URL not set (eval \"$(scripts/postgres start)\")")
+    with scratch_database(request.param) as d:
+        yield d
+
+
+@dataclass
+class Rig:
+    store: Store
+    centre: Centre
+    bank: Bank
+    keypad: Keypad
+    printer: Printer
+    term: Terminal
+    pos: PosClient
+    other: PosClient
+
+    def register(self, visit_id: str = "V1", mandate: dict[str, str] | None = None, *, wait: bool = True) -> dict:
+        r = self.pos.open_visit(visit_id, mandate)
+        assert r.status_code in (200, 201), r.text
+        if not wait:
+            return r.json()
+        end = time.monotonic() + 20
+        while True:
+            v = self.pos.visit(visit_id).json()
+            if v["state"] != "opening" or time.monotonic() > end:
+                return v
+            time.sleep(0.02)
+
+    def restart(self) -> Terminal:
+        """A new terminal on the same database and parties: what a restart after a crash finds."""
+        return Terminal(Store(self.store.db, SystemClock()), self.term.deps, SystemClock(), institution=INST)
+
+
+def make_rig(db, *, centre: Centre | None = None, bank: Bank | None = None, keypad: Keypad | None = None,
+             start: bool = True) -> Rig:
+    store = Store(db, SystemClock())
+    centre = centre or Centre()
+    bank = bank or Bank()
+    keypad = keypad or Keypad()
+    printer = Printer()
+    deps = Deps(camera=Camera(), vision=Vision(), centre=centre, bank=bank, keypad=keypad, printer=printer)
+    term = Terminal(store, deps, SystemClock(), timeouts={State.CONFIRM: 2.0}, limits=Limits(key_poll_s=0.005),
+                    recover_every_s=3600, institution=INST)
+    if start:
+        term.start()
+    app = create_app(term, PosAuth(KEYS))
+    http = TestClient(app)
+    return Rig(store, centre, bank, keypad, printer, term, PosClient("", SYSTEM, KEYS[SYSTEM], http=http),
+               PosClient("", OTHER_SYSTEM, KEYS[OTHER_SYSTEM], http=http))
+
+
+@pytest.fixture
+def rig(db):
+    r = make_rig(db)
+    try:
+        yield r
+    finally:
+        r.term.stop()
+
+
+# ------------------------------------------------------------------------------------------ registration
+def test_registration_records_the_mandate_then_opens_the_visit_and_prints_the_terms(rig):
+    v = rig.register()
+    assert v["state"] == "open" and v["psn_no"] == "P100" and v["mdtrt_id"] == "MD0001"
+    m = v["mandate"]
+    assert (m["per_visit"], m["per_day"], m["state"]) == ("500.00", "1000.00", "active")
+    assert m["until"] == (local_day(SystemClock()) + timedelta(days=90)).isoformat()
+    assert rig.bank.mandates[m["mandate_id"]]["per_visit"] == 50000  # the bank holds the signed terms
+    steps = [s for s, _ in rig.store.steps(SYSTEM, "visit~V1")]
+    assert steps.index("mandate_auth") < steps.index("register") < steps.index("mandated") < steps.index("registered")
+    assert any("无感支付授权 / Senseless pay mandate" in p[0] for p in rig.printer.printed)
+    assert rig.pos.get("visit~V1").json()["status"] == "registered"
+
+
+def test_registration_never_offers_more_than_the_line_covers_and_the_keypad_picks_a_lower_preset(db):
+    r = make_rig(db, bank=Bank(available=70000), keypad=Keypad(plans=["3", ""]))  # covers 300/600; picks 3rd
+    try:
+        v = r.register()
+        assert v["state"] == "open"
+        # offered: 300/600 (the largest covered), 200/400, 100/200 -> "3" is 100/200
+        assert (v["mandate"]["per_visit"], v["mandate"]["per_day"]) == ("100.00", "200.00")
+    finally:
+        r.term.stop()
+
+
+def test_no_line_no_mandate_and_nothing_opened(db):
+    r = make_rig(db, bank=Bank(available=0))
+    try:
+        v = r.register()
+        assert v["state"] == "failed" and v["mandate"] is None
+        assert r.bank.mandates == {} and r.centre.visits == {}
+    finally:
+        r.term.stop()
+
+
+def test_second_visit_reuses_the_active_mandate_without_new_consent(rig):
+    first = rig.register("V1")
+    second = rig.register("V2")
+    assert second["state"] == "open" and second["mandate"]["mandate_id"] == first["mandate"]["mandate_id"]
+    assert len(rig.bank.mandates) == 1
+    assert "mandate_auth" not in [s for s, _ in rig.store.steps(SYSTEM, "visit~V2")]
+    # other terms: a new consent, a new mandate, the old one superseded
+    third = rig.register("V3", {"per_visit": "200.00", "per_day": "300.00",
+                                "until": (local_day(SystemClock()) + timedelta(days=10)).isoformat()})
+    assert third["mandate"]["mandate_id"] != first["mandate"]["mandate_id"]
+    assert rig.pos.visit("V1").json()["mandate"]["state"] == "revoked"
+
+
+def test_a_registration_cancelled_before_the_patient_came_opens_nothing(db):
+    r = make_rig(db, start=False)  # the counter is busy: the registration waits in the queue
+    r.register(wait=False)
+    assert r.pos.cancel("visit~V1").json()["status"] == "cancelled"
+    v = r.pos.visit("V1").json()
+    assert v["state"] == "failed" and v["reason"] == "cancelled_by_cashier" and r.bank.mandates == {}
+
+
+def test_registration_request_is_idempotent_and_checked_at_the_door(rig):
+    rig.register("V1")
+    assert rig.pos.open_visit("V1").status_code == 200
+    assert rig.pos.open_visit("V1", {"per_visit": "100.00", "per_day": "100.00",
+                                     "until": local_day(SystemClock()).isoformat()}).json()["code"] == "visit_conflict"
+    bad = rig.pos.open_visit("V9", {"per_visit": "600.00", "per_day": "500.00",
+                                    "until": local_day(SystemClock()).isoformat()})
+    assert bad.status_code == 422 and bad.json()["field"] == "mandate.per_day"
+    assert rig.pos.visit("V9").status_code == 404  # nothing stored
+
+
+# ------------------------------------------------------------------------------------------ charges
+def test_three_charges_paid_without_the_patient_then_a_fourth_over_the_visit_cap_needs_the_patient(rig):
+    rig.register()
+    for i, amount in enumerate(("300.00", "250.00", "200.00"), 1):  # cash shares 120 + 100 + 80 = 300
+        r = rig.pos.charge("V1", f"C{i}", bill(amount))
+        assert r.status_code == 201, r.text
+        res = r.json()["result"]
+        assert res["credit_draw"] == fen_to_yuan(yuan_to_fen(amount, "a") * 4 // 10) and res["cash_pay"] == "0.00"
+    assert rig.bank.drawn() == 30000 and len(rig.centre.settled()) == 3
+    r = rig.pos.charge("V1", "C4", bill("600.00"))  # 240 more: 540 > 500 per visit
+    assert r.status_code == 409 and r.json()["code"] == "needs_patient" and r.json()["reason"] == "mandate_cap_visit"
+    counter = r.json()["order_id"]
+    assert len(rig.centre.settled()) == 3 and rig.bank.drawn() == 30000  # nothing moved under the mandate
+    order = rig.pos.get(counter, wait=10).json()  # the patient comes to the counter: face, confirm key
+    assert order["status"] == "paid" and order["result"]["medfee_sumamt"] == "600.00"
+    # the answer replays, and another body under the same charge id is refused
+    assert rig.pos.charge("V1", "C4", bill("600.00")).json()["order_id"] == counter
+    assert rig.pos.charge("V1", "C1", bill("300.00")).status_code == 200
+    assert rig.pos.charge("V1", "C1", bill("301.00")).json()["code"] == "charge_conflict"
+    assert len(rig.centre.settled()) == 3
+
+
+def test_the_counter_order_of_a_charge_can_be_cancelled_by_the_pos(rig):
+    rig.register()
+    rig.keypad.plans.clear()  # the patient has not confirmed (yet)
+    rig.store.update_visit(INST, SYSTEM, "V1", exp=int(time.time()) - 1)
+    coid = rig.pos.charge("V1", "C1", bill("10.00")).json()["order_id"]
+    end = time.monotonic() + 10
+    while rig.pos.get(coid).json()["status"] == "pending" and time.monotonic() < end:
+        time.sleep(0.02)
+    assert rig.pos.cancel(coid).json()["status"] == "cancelled"
+    assert rig.centre.settlements == {}
+
+
+def test_each_charge_queues_a_notice_the_idle_pass_delivers_once(rig):
+    rig.register()
+    rig.pos.charge("V1", "C1", bill("100.00"))
+    rig.pos.charge("V1", "C2", bill("50.00"))
+    rig.centre.down.add("notify")
+    rig.term.recover()
+    assert rig.centre.notices == {} and len(Outbox(NOTICE_TOPIC).pending(rig.store.db)) == 2  # kept, not lost
+    rig.centre.down.clear()
+    rig.term.recover()
+    kinds = [(n["kind"], n["medfee_sumamt"], n["psn_cash_pay"]) for n in rig.centre.notices.values()]
+    assert kinds == [("senseless_charge", "100.00", "40.00"), ("senseless_charge", "50.00", "20.00")]
+    assert all(n["psn_no"] == "P100" and n["setl_id"] and "dispute" in n["text"] for n in rig.centre.notices.values())
+
+
+@pytest.fixture
+def slow_cap_read(monkeypatch):
+    """The first charge to read the caps' sums pauses there, inside its transaction, so the second reaches
+    the same point meanwhile: without the visit's and the mandate's row locks both would pass."""
+    from kiosk.storage.database import Transaction
+
+    real = Transaction.scalar
+    first = threading.Event()
+
+    def scalar(self, sql, params=(), default=None):
+        out = real(self, sql, params, default)
+        if "SUM(personal_fen)" in sql and "mandate_id" in sql and not first.is_set():
+            first.set()
+            time.sleep(0.5)
+        return out
+
+    monkeypatch.setattr(Transaction, "scalar", scalar)
+    return first
+
+
+def test_two_departments_charging_at_once_cannot_pass_the_kiosk_cap_together(db, slow_cap_read):
+    centre = Centre(presettle_delay=0.2)  # both presettle before either reserves
+    bank = Bank()
+    r = make_rig(db, centre=centre, bank=bank)
+    try:
+        r.register(mandate={"per_visit": "500.00", "per_day": "1000.00",
+                            "until": local_day(SystemClock()).isoformat()})
+        bank.mandates[next(iter(bank.mandates))]["per_visit"] = 10**9  # only the kiosk's cap can stop them
+        slow_cap_read.clear()
+        answers: list[Any] = []
+
+        def post(cid: str) -> None:
+            answers.append(r.pos.charge("V1", cid, bill("1000.00")).json())  # personal share 400 each
+
+        threads = [threading.Thread(target=post, args=(c,)) for c in ("LAB", "PHARMACY")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        codes = sorted(a.get("code") or a["status"] for a in answers)
+        assert codes == ["needs_patient", "paid"], answers
+        assert len(centre.settled()) == 1 and bank.drawn() == 40000
+        assert r.pos.visit("V1").json()["used_this_visit"] == "400.00"
+    finally:
+        r.term.stop()
+
+
+def test_two_visits_under_one_mandate_charging_at_once_cannot_pass_the_day_cap_together(db, slow_cap_read):
+    """The day cap spans the mandate's visits: each charge locks its own visit, then the mandate's row."""
+    centre = Centre(presettle_delay=0.2)
+    r = make_rig(db, centre=centre)
+    try:
+        terms = {"per_visit": "500.00", "per_day": "600.00", "until": local_day(SystemClock()).isoformat()}
+        r.register("V1", terms)
+        r.register("V2", terms)  # the same terms: the mandate is reused
+        assert len(r.bank.mandates) == 1
+        slow_cap_read.clear()
+        answers: list[Any] = []
+        threads = [threading.Thread(target=lambda v=v: answers.append(r.pos.charge(v, "C1", bill("1000.00")).json()))
+                   for v in ("V1", "V2")]  # 400 personal each: 800 > 600 a day
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(a.get("reason") or a["status"] for a in answers) == ["mandate_cap_day", "paid"], answers
+        assert len(centre.settled()) == 1
+    finally:
+        r.term.stop()
+
+
+def test_the_banks_cap_refusal_reverses_the_settlement_and_needs_the_patient(rig):
+    rig.register()
+    m = next(iter(rig.bank.mandates.values()))
+    m["per_visit"] = 5000  # the bank's cap is lower than the kiosk's copy (it does not trust the terminal)
+    r = rig.pos.charge("V1", "C1", bill("200.00"))  # cash 80 > 50
+    assert r.status_code == 409 and r.json()["reason"] == "mandate_cap_visit"
+    assert rig.centre.settled() == [] and rig.bank.drawn() == 0  # settled, then reversed: nothing stands
+    assert rig.pos.visit("V1").json()["used_this_visit"] == "0.00"  # the reservation was given back
+
+
+def test_an_expired_visit_needs_the_patient(rig):
+    rig.register()
+    rig.store.update_visit(INST, SYSTEM, "V1", exp=int(time.time()) - 1)  # past the end of its Shanghai day
+    assert rig.pos.visit("V1").json()["state"] == "expired"
+    r = rig.pos.charge("V1", "C1", bill("10.00"))
+    assert r.status_code == 409 and r.json()["reason"] == "visit_expired" and rig.centre.settled() == []
+
+
+def test_the_centre_refusing_an_expired_token_needs_the_patient(rig):
+    rig.register()
+    rig.centre.visits["MD0001"]["exp"] = time.time() - 1  # the centre's clock says it expired
+    r = rig.pos.charge("V1", "C1", bill("10.00"))
+    assert r.status_code == 409 and r.json()["reason"] == "visit_expired" and rig.centre.settled() == []
+
+
+def test_revocation_mid_visit_stops_the_next_charge(rig):
+    rig.register()
+    assert rig.pos.charge("V1", "C1", bill("100.00")).status_code == 201
+    r = rig.pos.revoke_visit("V1")
+    assert r.status_code == 200 and r.json()["state"] == "revoked" and r.json()["mandate"]["state"] == "revoked"
+    assert next(iter(rig.bank.mandates.values()))["state"] == "revoked"
+    r = rig.pos.charge("V1", "C2", bill("100.00"))
+    assert r.status_code == 409 and r.json()["reason"] == "mandate_revoked"
+    assert len(rig.centre.settled()) == 1
+
+
+def test_revocation_at_the_bank_is_learnt_from_the_draw_and_stops_the_kiosk_too(rig):
+    rig.register()
+    next(iter(rig.bank.mandates.values()))["state"] = "revoked"  # the patient revoked it at the bank
+    r = rig.pos.charge("V1", "C1", bill("100.00"))
+    assert r.status_code == 409 and r.json()["reason"] == "mandate_revoked" and rig.centre.settled() == []
+    assert rig.pos.visit("V1").json()["state"] == "revoked"
+
+
+def test_revocation_the_bank_does_not_answer_is_sent_again_by_the_idle_pass(rig):
+    rig.register()
+    rig.bank.down.add("revoke")
+    r = rig.pos.revoke_visit("V1")
+    assert r.status_code == 202 and r.json()["mandate"]["state"] == "revoking"
+    assert rig.pos.charge("V1", "C1", bill("10.00")).json()["reason"] == "mandate_revoked"  # stopped at once
+    rig.bank.down.clear()
+    rig.term.recover()
+    assert rig.pos.visit("V1").json()["mandate"]["state"] == "revoked"
+    assert next(iter(rig.bank.mandates.values()))["state"] == "revoked"
+
+
+def test_close_prints_the_summary_sends_it_and_refuses_later_charges(rig):
+    rig.register()
+    rig.pos.charge("V1", "C1", bill("100.00"))
+    rig.pos.charge("V1", "C2", bill("50.00"))
+    r = rig.pos.close_visit("V1")
+    assert r.status_code == 200 and r.json()["state"] == "closed"
+    assert r.json()["totals"]["medfee_sumamt"] == "150.00" and r.json()["totals"]["credit_draw"] == "60.00"
+    summary = rig.printer.printed[-1]
+    assert summary[0] == "就诊费用汇总 / Visit summary" and "C1: 100.00 (paid)" in summary
+    assert rig.centre.visits["MD0001"]["state"] == "closed"
+    rig.term.recover()
+    assert [n["kind"] for n in rig.centre.notices.values()].count("visit_summary") == 1
+    r = rig.pos.charge("V1", "C3", bill("10.00"))
+    assert r.status_code == 409 and r.json()["code"] == "visit_closed"
+    assert rig.store.get(SYSTEM, "charge~V1~C3") is None  # nothing stored
+
+
+def test_the_pos_reconciliation_lists_the_charges_as_payments(rig):
+    rig.register()
+    rig.pos.charge("V1", "C1", bill("100.00"))
+    rig.pos.charge("V1", "C2", bill("50.00"))
+    rec = rig.pos.reconciliation(local_day(SystemClock()).isoformat()).json()
+    assert [o["order_id"] for o in rec["orders"]] == ["charge~V1~C1", "charge~V1~C2"]  # not the registration
+    assert rec["totals"]["medfee_sumamt"] == "150.00" and rec["totals"]["credit_draw"] == "60.00"
+    assert rig.other.reconciliation(local_day(SystemClock()).isoformat()).json()["orders"] == []
+
+
+def test_a_close_the_centre_did_not_answer_is_sent_again_and_charges_stop_at_once(rig):
+    rig.register()
+    rig.centre.down.add("close")
+    assert rig.pos.close_visit("V1").json()["state"] == "closed"
+    assert rig.pos.charge("V1", "C1", bill("10.00")).json()["code"] == "visit_closed"
+    assert rig.centre.visits["MD0001"]["state"] == "open"
+    rig.centre.down.clear()
+    rig.term.recover()
+    assert rig.centre.visits["MD0001"]["state"] == "closed" and rig.pos.visit("V1").json()["reason"] is None
+    assert rig.pos.close_visit("V1").status_code == 200  # a second close answers the summary again
+    assert [n["kind"] for n in rig.centre.notices.values()].count("visit_summary") == 1
+
+
+def test_a_charge_is_refunded_through_the_orders_refund_endpoint(rig):
+    rig.register()
+    res = rig.pos.charge("V1", "C1", bill("100.00")).json()
+    r = rig.pos.refund(res["order_id"], "R1")
+    assert r.status_code == 201 and r.json()["credit_refund"] == "40.00"
+    assert rig.centre.settled() == [] and rig.bank.drawn() == 0
+    v = rig.pos.visit("V1").json()
+    assert v["charges"][0]["status"] == "refunded"
+    assert v["used_this_visit"] == "40.00"  # a refund gives no cap back (conservative, as the bank)
+
+
+# ------------------------------------------------------------------------------------------ unknown answers
+def test_a_lost_draw_answer_is_pending_then_completed_by_its_key(rig):
+    rig.register()
+    rig.bank.lose_answer.add("draw")  # the draw landed, its answer did not come back
+    r = rig.pos.charge("V1", "C1", bill("100.00"))
+    assert r.status_code == 202 and r.json()["status"] == "charge_pending"
+    assert rig.pos.charge("V1", "C1", bill("100.00")).status_code == 202  # the retry says the same
+    rig.term.recover()
+    assert rig.pos.charge("V1", "C1", bill("100.00")).status_code == 200
+    assert rig.bank.drawn() == 4000 and len(rig.bank.draws) == 1  # once, by the same key
+
+
+def test_a_draw_resumed_after_its_authorisation_expired_gets_it_anew_from_the_centre(rig):
+    rig.register()
+    rig.bank.down.add("draw")  # the bank does not answer; later the settlement's pay_auth is too old
+    assert rig.pos.charge("V1", "C1", bill("100.00")).status_code == 202
+    rig.bank.down.clear()
+    rig.bank.auth_expired = True
+    rig.term.recover()
+    got = rig.pos.charge("V1", "C1", bill("100.00"))
+    assert got.status_code == 200 and got.json()["status"] == "paid"
+    assert rig.bank.drawn() == 4000 and len(rig.centre.settled()) == 1
+    assert "draw_auth" in [s for s, _ in rig.store.steps(SYSTEM, "charge~V1~C1")]
+
+
+def test_a_lost_settlement_answer_is_reversed_by_its_msgid_and_nothing_stands(rig):
+    rig.register()
+    rig.centre.lose_answer.add("settle")
+    r = rig.pos.charge("V1", "C1", bill("100.00"))
+    assert r.status_code == 409 and r.json()["code"] == "charge_failed" and r.json()["reason"] == "centre_unavailable"
+    assert rig.centre.settled() == [] and rig.bank.drawn() == 0
+    assert rig.pos.visit("V1").json()["used_this_visit"] == "0.00"
+
+
+# ------------------------------------------------------------------------------------------ foreign callers
+def test_another_pos_system_cannot_charge_read_close_or_revoke_the_visit(rig):
+    rig.register()
+    for r in (rig.other.charge("V1", "C1", bill("10.00")), rig.other.visit("V1"), rig.other.close_visit("V1"),
+              rig.other.revoke_visit("V1")):
+        assert r.status_code == 404 and r.json()["code"] == "not_found"
+    missing = rig.pos.charge("NOPE", "C1", bill("10.00"))
+    assert missing.status_code == 404 and missing.json() == rig.other.charge("V1", "C1", bill("10.00")).json() | {
+        "message": missing.json()["message"]}
+    assert rig.centre.settlements == {} and rig.pos.visit("V1").json()["state"] == "open"
+
+
+def test_a_terminal_of_another_institution_on_the_same_books_does_not_find_the_visit(rig):
+    rig.register()
+    other = Terminal(rig.store, rig.term.deps, SystemClock(), institution="H99999999999")
+    with pytest.raises(Exception) as e:
+        other.visits.charge(SYSTEM, "V1", "C1", bill("10.00"))
+    assert getattr(e.value, "code", "") == "not_found" and rig.centre.settlements == {}
+
+
+def test_a_counter_order_from_a_charge_is_paid_only_by_that_patient(db):
+    centre = Centre()
+    r = make_rig(db, centre=centre)
+    try:
+        r.register()
+        r.store.update_visit(INST, SYSTEM, "V1", exp=int(time.time()) - 1)
+        centre.person = OTHER  # someone else steps up to the counter (the charge itself needs no face)
+        coid = r.pos.charge("V1", "C1", bill("10.00")).json()["order_id"]
+        got = r.pos.get(coid, wait=10).json()
+        assert got["status"] == "failed" and got["reason"] == "not_matched" and centre.settlements == {}
+    finally:
+        r.term.stop()
+
+
+# ------------------------------------------------------------------------------------------ crash after each step
+class Crash(BaseException):
+    """The process dies right after the journal step (nothing after it runs)."""
+
+
+def crash_after(monkeypatch, step: str) -> None:
+    real = terminal_mod._Journal.record
+
+    def record(self, order_id, s, data=None):
+        real(self, order_id, s, data)
+        if s == step:
+            monkeypatch.setattr(terminal_mod._Journal, "record", real)
+            raise Crash(step)
+
+    monkeypatch.setattr(terminal_mod._Journal, "record", record)
+
+
+CHARGE_STEPS = ["start", "presettle", "reserved", "settle", "settled", "draw", "drawn", "paid"]
+
+
+@pytest.mark.parametrize("step", CHARGE_STEPS)
+def test_charge_crash_after_each_step_ends_paid_once_or_with_nothing_charged(rig, monkeypatch, step):
+    rig.register()
+    crash_after(monkeypatch, step)
+    with pytest.raises(Crash):
+        rig.term.visits.charge(SYSTEM, "V1", "C1", bill("100.00"))
+    term2 = rig.restart()
+    term2.recover()
+    assert term2.recover() == []
+    row = rig.store.get(SYSTEM, "charge~V1~C1")
+    settled, drawn = rig.centre.settled(), rig.bank.drawn()
+    if step in ("settled", "draw", "drawn", "paid"):
+        assert row.status == "paid" and len(settled) == 1 and drawn == 4000 and len(rig.bank.draws) == 1
+        assert row.result["setl_id"] == settled[0].setl_id
+        term2.recover()
+        assert len(Outbox(NOTICE_TOPIC).pending(rig.store.db)) == 0 and len(rig.centre.notices) == 1
+    else:  # a 2207 may have gone: 2601 by its msgid; nothing stands, the cap share given back
+        assert row.status == "failed" and settled == [] and drawn == 0
+        assert rig.pos.visit("V1").json()["used_this_visit"] == "0.00"
+    # whatever happened, the POS's retry reads the final answer, never a second charge
+    again = rig.pos.charge("V1", "C1", bill("100.00"))
+    assert again.status_code in (200, 409) and len(rig.centre.settled()) == len(settled)
+
+
+REGISTER_STEPS = ["start", "face_auth", "mandate_auth", "register", "mandated", "registered", "print", "done"]
+
+
+@pytest.mark.parametrize("step", REGISTER_STEPS)
+def test_registration_crash_after_each_step_ends_open_or_with_nothing_opened(db, monkeypatch, step):
+    r = make_rig(db, start=False)  # the counter's session is run here, in the test's thread
+    r.register(wait=False)
+    job = r.term._q.get_nowait()
+    crash_after(monkeypatch, step)
+    with pytest.raises(Crash):
+        r.term._run(job)
+    term2 = r.restart()
+    term2.recover()
+    assert term2.recover() == []
+    v = term2.visits.view(SYSTEM, "V1")
+    mandates = [m for m in r.bank.mandates.values() if m["state"] == "active"]
+    if step in ("register", "mandated", "registered", "print", "done"):  # the patient had confirmed: forward
+        assert v["state"] == "open" and len(r.centre.visits) == 1 and len(mandates) == 1
+        assert v["mandate"]["mandate_id"] == mandates[0]["mandate_id"]
+        assert r.store.get(SYSTEM, "visit~V1").status == "registered"
+    else:
+        assert v["state"] == "failed" and r.centre.visits == {} and mandates == []
+
+
+def test_registration_whose_2201_is_refused_after_the_mandate_revokes_it(db):
+    centre = Centre()
+    r = make_rig(db, centre=centre, start=False)
+    r.register(wait=False)
+    job = r.term._q.get_nowait()
+    centre.register_visit = lambda person, msgid: VisitOpened("refused", code="not_insured")  # type: ignore
+    r.term._run(job)
+    v = r.term.visits.view(SYSTEM, "V1")
+    assert v["state"] == "failed" and [m["state"] for m in r.bank.mandates.values()] == ["revoked"]
+
+
+def test_the_patients_screen_shows_the_mandates_terms_and_consent_in_both_languages():
+    """What the patient reads on the confirm step of a registration: the caps, the end date, how to pick a
+    lower cap, that every charge is told and that it can be revoked (zh and en, within the screen's limits)."""
+    from datetime import datetime, timezone
+
+    from kiosk.app.flow import Machine
+    from kiosk.app.screen.feed import state_from_snapshot
+    from kiosk.app.screen.model import Peripherals
+    from kiosk.clock import ManualClock
+
+    m = Machine("s1", "visit~V1", ManualClock())
+    for s in (State.FACE_CAPTURE, State.LIVENESS, State.MATCH, State.PRESETTLED, State.CONFIRM):
+        m.go(s)
+    m.prompt("mandate_terms", visit="500.00", day="1000.00", until="2027-03-04", n=4)
+    screen = state_from_snapshot(m.snapshot(), now=datetime.now(timezone.utc), peripherals=Peripherals())
+    assert screen.phase == "confirm"
+    zh, en = screen.prompt.zh, screen.prompt.en
+    assert all(x in zh for x in ("500.00", "1000.00", "2027-03-04", "撤销", "通知"))
+    assert all(x in en for x in ("500.00", "1000.00", "2027-03-04", "revoke", "1-4", "Enter"))
