@@ -42,6 +42,11 @@ travel in `ref`):
 | `mandate_revoke` | the patient (the mandate's payer) | the mandate id | 0 |
 | `senseless` | the patient of the visit | `<setl_id>/<mdtrt_id>` (2207 with a visit token) | the settlement's psn_cash_pay |
 
+A return's re-settlement (2207/2102 with `orig_setl_id`) gets a `draw` (or `senseless`) pay_auth whose `id`
+names the settlement it replaces: `PD<new setl_id>~<orig setl_id>` (`PV...` for senseless; `return_auth_id`).
+The bank draws on it only once the original settlement's draw, if there was one, is refunded in full, and
+from then on refuses any new draw on the original's ref (docs/remote-parties.md, "Returns").
+
 `mandate` and `mandate_revoke` are single use; a `senseless` one is a draw's, but the bank takes it
 only under an active mandate of this payer and institution, within its caps.
 """
@@ -128,6 +133,24 @@ def parse_terms(ref: str, today: date | None = None, *, field: str = "ref") -> M
     return MandateTerms(visit, day, until, tuple(m.group(4).split(",")))
 
 
+# ---- a return's re-settlement: its cash authorisation names the settlement it replaces -----------------------
+RETURN_LINK = "~"  # "<PD|PV><new setl_id>~<orig setl_id>": no other id the centre signs contains "~"
+
+
+def return_auth_id(base_id: str, orig_setl_id: str) -> str:
+    """The `id` of a re-settlement's draw/senseless pay_auth: the centre signs the link to the settlement
+    returned, so the bank draws it only once that settlement's own draw is refunded in full."""
+    if RETURN_LINK in base_id or not is_settlement_id(orig_setl_id):
+        raise ValueError("a return link needs a plain auth id and a settlement id")
+    return f"{base_id}{RETURN_LINK}{orig_setl_id}"
+
+
+def returned_settlement(auth_id: str) -> str | None:
+    """The settlement a re-settlement's pay_auth replaces (its signed id names it), else None."""
+    _base, sep, orig = auth_id.partition(RETURN_LINK)
+    return orig if sep and is_settlement_id(orig) else None
+
+
 def senseless_ref(setl_id: str, mdtrt_id: str) -> str:
     """The `ref` of a senseless draw's pay_auth: the settlement and the visit it was charged to."""
     return f"{setl_id}/{mdtrt_id}"
@@ -204,4 +227,5 @@ def public_key_hex(key: Sm2PrivateKey) -> str:
 
 
 __all__ = ["LINE_SETS", "MANDATE_ID", "MANDATE_MAX", "POSITIVE", "PURPOSES", "SETTLEMENT_ID", "MandateTerms", "PayAuth",
-           "format_terms", "is_settlement_id", "parse_terms", "public_key_hex", "senseless_ref", "sign", "verify"]
+           "format_terms", "is_settlement_id", "parse_terms", "public_key_hex", "return_auth_id", "returned_settlement",
+           "senseless_ref", "sign", "verify"]

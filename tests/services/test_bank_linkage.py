@@ -395,3 +395,68 @@ def test_concurrent_draws_with_one_key_all_get_the_one_charge(pair: tuple[Centre
     assert b.reverse_draw("kc-0", "HC1").output["result"] == "reversed"
     assert b.draw("HC1", "1.00", "SC-0", "kc-0", pay_auth=pay_auth(c, "HC1", "SC-0", "1.00")).err_code == "draw_reversed"
     assert check_bank(bank.db)["balanced"]
+
+
+_BOUGHT = (("XA01", "12.50", "2"), ("XC02", "30.00", "1"), ("XC01", "8.80", "3"))
+_KEPT = (("XA01", "12.50", "1"), ("XC02", "30.00", "1"))
+
+
+def _returned(c: Centre, p: Any) -> tuple[str, str, str, str, str]:
+    """A terminal sells with the face, announces a return of part,
+    reverses the original and re-settles the kept lines on its authority: (orig, its pay_auth, its cash,
+    new setl_id, the new pay_auth)."""
+    from kiosk.services import payauth
+
+    b_medfee, b_detail = lines(*_BOUGHT)
+    a = c.client.settle(head(p, c.activate(p), b_medfee, acct_used_flag="0"), b_detail)
+    assert a.ok and a.output["pay_auth"], a
+    orig, cash = a.output["setlinfo"]["setl_id"], a.output["setlinfo"]["psn_cash_pay"]
+    k_medfee, k_detail = lines(*_KEPT)
+    assert c.client.presettle(head(p, orig, k_medfee, acct_used_flag="0", orig_setl_id=orig), k_detail).ok
+    assert c.client.reverse(orig, p.psn_no).ok
+    r = c.client.settle(head(p, orig, k_medfee, acct_used_flag="0", orig_setl_id=orig), k_detail)
+    assert r.ok and r.output["pay_auth"], r
+    claims = payauth.verify(r.output["pay_auth"], c.service.keys.sm2.public_key())
+    assert payauth.returned_settlement(claims.id) == orig  # the centre signed the link
+    assert payauth.returned_settlement(payauth.verify(a.output["pay_auth"], c.service.keys.sm2.public_key()).id) is None
+    return orig, a.output["pay_auth"], cash, r.output["setlinfo"]["setl_id"], r.output["pay_auth"]
+
+
+def test_a_returns_redraw_waits_for_the_originals_draw_refunded_in_full(pair: tuple[Centre, Bank]) -> None:
+    """A rogue terminal reverses its own sale, skips refunding the original credit draw, then draws the
+    re-settlement: the bank refuses until the original's draw is refunded whole (no double charge)."""
+    c, bank = pair
+    b = bank.client
+    p = c.people[22]
+    assert bank.open(p.psn_no, p.brdy, 6).ok
+    orig, orig_auth, cash, new, new_auth = _returned(c, p)
+    assert b.draw(p.psn_no, cash, orig, "rt-orig", pay_auth=orig_auth).ok
+    owed = bank.line(p.psn_no).output["principal_outstanding"]
+    assert Decimal(owed) == Decimal(cash)
+    kept = "42.50"  # 12.50 + 30.00, all cash (inside the deductible, account not used)
+    skip = b.draw(p.psn_no, kept, new, "rt-new", pay_auth=new_auth)
+    assert (skip.infcode, skip.err_code) == (InfCode.BUSINESS_REFUSED, "original_not_refunded"), skip
+    assert bank.line(p.psn_no).output["principal_outstanding"] == owed  # nothing charged, nothing spent
+    assert b.refund(orig, "1.00", "rt-refund-1").ok  # a part is not enough
+    assert b.draw(p.psn_no, kept, new, "rt-new", pay_auth=new_auth).err_code == "original_not_refunded"
+    assert b.refund(orig, str(Decimal(cash) - 1), "rt-refund-2").ok
+    done = b.draw(p.psn_no, kept, new, "rt-new", pay_auth=new_auth)  # the same key and pay_auth, now accepted
+    assert done.ok, done
+    assert b.draw(p.psn_no, kept, new, "rt-new", pay_auth=new_auth).output == done.output  # replayed
+    assert bank.line(p.psn_no).output["principal_outstanding"] == kept
+    assert check_bank(bank.db)["balanced"]
+
+
+def test_a_returned_settlement_is_never_drawn_after_its_resettlement(pair: tuple[Centre, Bank]) -> None:
+    """The other order: the terminal never drew the original, draws the re-settlement, then tries the
+    original's still-valid pay_auth: refused, the patient pays only for what was kept."""
+    c, bank = pair
+    b = bank.client
+    p = c.people[23]
+    assert bank.open(p.psn_no, p.brdy, 6).ok
+    orig, orig_auth, cash, new, new_auth = _returned(c, p)
+    assert b.draw(p.psn_no, "42.50", new, "rt2-new", pay_auth=new_auth).ok
+    late = b.draw(p.psn_no, cash, orig, "rt2-orig", pay_auth=orig_auth)
+    assert (late.infcode, late.err_code) == (InfCode.BUSINESS_REFUSED, "settlement_returned"), late
+    assert bank.line(p.psn_no).output["principal_outstanding"] == "42.50"
+    assert check_bank(bank.db)["balanced"]

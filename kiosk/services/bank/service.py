@@ -7,6 +7,7 @@
 | credit.unbind | holder, member, pay_auth (holder's or member's, purpose unbind) | unbound / not_bound |
 | credit.line | payer, amount, pay_auth (the payer's, purpose line) | kind own/family, covers 1/0, holder_hint |
 | credit.draw | payer, amount, ref (= setl_id), key, pay_auth; senseless: + mandate_id, visit | ref, amount, available |
+|  | a return's re-settlement (pay_auth id `...~<orig setl_id>`): only once the original's draw is refunded whole | `original_not_refunded` / `settlement_returned` |
 | credit.draw_reverse | key, payer, ref? | reversed / not_drawn (the key is then blocked) / key_ref_mismatch |
 | credit.hold / credit.capture / credit.release | payer, amount, ref, key, pay_auth / ref, amount, key / ref, key | ... |
 | credit.repay | holder, amount, key, pay_auth (holder's, purpose repay) | interest, principal |
@@ -78,6 +79,16 @@ MIGRATIONS = [
             fixmedins_code TEXT NOT NULL,
             app_id TEXT NOT NULL,
             used_at TEXT NOT NULL)""",
+    ]),
+    Migration("bank.003_draw_refs", [
+        # each settlement ref a draw was made for ('drawn'), and each one a return replaced ('returned': by_ref
+        # re-settled it, drawn on a pay_auth linked to it). One row per ref, so a draw on the original and the
+        # re-settlement's draw meet here (the second waits for the first) whichever lines they use.
+        """CREATE TABLE bank_draw_refs (
+            ref TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            by_ref TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
     ]),
 ]
 
@@ -523,7 +534,37 @@ class BankService:
                 tx.execute("DELETE FROM bank_draw_keys WHERE key = ?", (key,))
             if auth_new:
                 tx.execute("DELETE FROM bank_pay_auths WHERE auth_id = ?", (auth_id,))
+        elif claimed is not None:
+            self._claim_refs(ctx, tx, d.ref, payauth.returned_settlement(auth_id))
         return _answer(r, draw_id=d.ref, payer=d.payer)
+
+    @staticmethod
+    def _claim_refs(ctx: Ctx, tx: Transaction, ref: str, orig: str | None) -> None:
+        """A return's re-settlement is drawn only after the original's draw was refunded whole, and the
+        original is never drawn after it: else a terminal that reversed its own sale without refunding the
+        draw, then drew the re-settlement, charged the patient twice. After the draw (a Refusal raised
+        here rolls it back); both sides write the original's row in bank_draw_refs, so concurrent ones
+        serialise there and the later one sees the other's draw."""
+        now = ctx.now.isoformat()
+        if tx.fetch_one("INSERT INTO bank_draw_refs (ref, state, by_ref, created_at) VALUES (?, 'drawn', '', ?) "
+                        "ON CONFLICT (ref) DO NOTHING RETURNING ref", (ref, now)) is None and tx.scalar(
+                "SELECT state FROM bank_draw_refs WHERE ref = ?", (ref,)) == "returned":
+            raise Refusal(InfCode.BUSINESS_REFUSED, "this settlement was returned and re-settled: it is not "
+                          "drawn on any more; nothing was charged", code="settlement_returned", field="input.ref")
+        if orig is None:
+            return
+        if tx.fetch_one("INSERT INTO bank_draw_refs (ref, state, by_ref, created_at) VALUES (?, 'returned', ?, ?) "
+                        "ON CONFLICT (ref) DO UPDATE SET state = 'returned', by_ref = excluded.by_ref "
+                        "WHERE bank_draw_refs.state = 'drawn' OR bank_draw_refs.by_ref = excluded.by_ref "
+                        "RETURNING ref", (orig, ref, now)) is None:
+            # already replaced by another re-settlement (the centre re-settles a settlement once)
+            raise Refusal(InfCode.BUSINESS_REFUSED, f"settlement {orig} was already replaced by another "
+                          "re-settlement; nothing was charged", code="settlement_returned", field="input.pay_auth")
+        left = tx.fetch_one("SELECT original_fen - refunded_fen FROM credit_draws WHERE ref = ?", (orig,))
+        if left is not None and int(left[0]) > 0:
+            raise Refusal(InfCode.BUSINESS_REFUSED, f"the draw of settlement {orig}, which this re-settlement "
+                          "replaces, is not refunded in full: refund it (credit.refund) first; nothing was charged",
+                          code="original_not_refunded", field="input.pay_auth")
 
     def draw_reverse(self, ctx: Ctx, tx: Transaction, d: DrawReverse) -> dict[str, Any] | Refusal:
         key = self._key(ctx, d.key)  # the caller's own keys only: another's draw cannot be named

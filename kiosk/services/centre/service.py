@@ -242,13 +242,18 @@ class CentreService:
                           field="input.mdtrt_cert_no")
         return None
 
-    def _cash_auth(self, ctx: Ctx, tx: Transaction, setl_id: str, psn_no: str, cash: int, visit: str | None) -> str:
+    def _cash_auth(self, ctx: Ctx, tx: Transaction, setl_id: str, psn_no: str, cash: int, visit: str | None,
+                   orig_setl_id: str | None = None) -> str:
         """The cash share's pay_auth: `draw` when the face proved the payer now; `senseless` (ref =
-        setl_id/mdtrt_id) for a charge of an open visit, which the bank draws only under the payer's mandate."""
+        setl_id/mdtrt_id) for a charge of an open visit, which the bank draws only under the payer's mandate.
+        A return's re-settlement links its id to the settlement it replaces (payauth.return_auth_id): the bank
+        draws it only once that one's draw is refunded in full."""
+        def aid(base: str) -> str:
+            return payauth.return_auth_id(base, orig_setl_id) if orig_setl_id else base
         if visit is None:
-            return self._pay_auth(ctx, tx, "PD" + setl_id, psn_no, setl_id, cash, "draw")[0]
-        return self._pay_auth(ctx, tx, VISIT_AUTH_PREFIX + setl_id, psn_no, payauth.senseless_ref(setl_id, visit),
-                              cash, "senseless")[0]
+            return self._pay_auth(ctx, tx, aid("PD" + setl_id), psn_no, setl_id, cash, "draw")[0]
+        return self._pay_auth(ctx, tx, aid(VISIT_AUTH_PREFIX + setl_id), psn_no,
+                              payauth.senseless_ref(setl_id, visit), cash, "senseless")[0]
 
     # ---- pay_auth: the signed word the bank charges a line on (kiosk.services.payauth) ---------------
     def _pay_auth(self, ctx: Ctx, tx: Transaction, auth_id: str, psn_no: str, ref: str, amount: int,
@@ -679,7 +684,8 @@ class CentreService:
                 orig is None or orig.by_face or s.psn_cash_pay <= orig.cash):
             # (without the face a return's part is authorised to be drawn up to what the patient authorised
             # for the whole; more, e.g. after the account was spent meanwhile, is paid at the counter)
-            out["pay_auth"] = self._cash_auth(ctx, tx, setl_id, p.psn_no, s.psn_cash_pay, visit)
+            out["pay_auth"] = self._cash_auth(ctx, tx, setl_id, p.psn_no, s.psn_cash_pay, visit,
+                                              head.orig_setl_id if orig is not None else None)
         return out
 
     def _commit(self, ctx: Ctx, tx: Transaction, s: Settlement, setl_id: str, p: Person, profile: Profile,
@@ -950,7 +956,9 @@ class CentreService:
         d = data.data
         cols = ("SELECT s.setl_id, s.psn_no, s.state, s.result, s.msgid, s.infno, s.reversed_at, s.fixmedins_code, "
                 "s.psn_cash_pay, a.app_id, a.auth_id, a.purpose, a.ref FROM centre_settlements s LEFT JOIN "
-                "centre_pay_auths a ON a.auth_id IN ('PD' || s.setl_id, 'PV' || s.setl_id) WHERE ")
+                "centre_resettlements r ON r.msgid = s.msgid LEFT JOIN centre_pay_auths a ON a.auth_id IN "
+                "('PD' || s.setl_id, 'PV' || s.setl_id, 'PD' || s.setl_id || '~' || r.orig_setl_id, "
+                "'PV' || s.setl_id || '~' || r.orig_setl_id) WHERE ")
         if d.setl_id:
             row = tx.fetch_one(cols + "s.setl_id = ?", (d.setl_id,))
         else:
