@@ -635,6 +635,9 @@ class Terminal:
             raise ConflictError(f"order {order_id!r} {_NOT_RETURNABLE[row.status]}", code="not_returnable",
                                 field="order_id")
         kept = kept_bill(row.request.get("bill") or {}, lines)
+        if kept is not None and row.mode == "charge":
+            raise ConflictError(f"order {order_id!r} {_CHARGE_NOT_RETURNABLE}", code="not_returnable",
+                                field="order_id")
         body: dict[str, Any] = {"order_id": order_id, "lines": lines}
         if confirm == "cashier":  # (a face return's body stays as before: its idempotency hash too)
             body.update(confirm="cashier", operator={"id": operator["id"], "name": operator["name"]})  # type: ignore[index]
@@ -875,6 +878,14 @@ _NOT_RETURNABLE = {
                           "partial refund (POST .../refunds with an amount)",
     "refund_pending": "has a refund under way", "refunded": "was refunded",
 }
+
+
+# a visit's charge (mode 'charge', kiosk.app.visits) is drawn under the patient's mandate, without the patient:
+# re-settling its kept lines would be a second charge under the mandate's caps (the refunded draw still counts
+# against them, as any refund gives no cap back), so the finance office gives money back by refund instead
+_CHARGE_NOT_RETURNABLE = ("is a visit's charge made under the patient's mandate: it takes no item-level return "
+                          "(a re-settlement would charge the mandate again); refund it whole or in part "
+                          "(POST .../refunds, with an amount for a part)")
 
 
 def kept_bill(bill: dict[str, Any], lines: list[dict[str, str]]) -> dict[str, Any] | None:

@@ -689,6 +689,27 @@ def test_a_charge_is_refunded_through_the_orders_refund_endpoint(rig):
     assert v["used_this_visit"] == "40.00"  # a refund gives no cap back (conservative, as the bank)
 
 
+def test_a_charge_takes_no_item_level_return_only_a_refund(rig):
+    """A charge was drawn under the mandate without the patient: its return would re-settle the kept lines
+    and draw them again under the mandate (the bank refuses a senseless draw without mandate and visit, and
+    the refunded draw still counts against the caps). Refused at the door, nothing stored; a refund of a
+    part gives the money back instead."""
+    rig.register()
+    two = {"med_type": "11", "items": [{"code": "F001", "price": "60.00", "qty": "1"},
+                                       {"code": "F002", "price": "40.00", "qty": "1"}]}
+    oid = rig.pos.charge("V1", "C1", two).json()["order_id"]
+    r = rig.pos.return_lines(oid, "RT1", [{"code": "F002", "qty": "1"}])
+    assert r.status_code == 409 and r.json()["code"] == "not_returnable", r.text
+    assert "mandate" in r.json()["message"] and "refund" in r.json()["message"]
+    assert rig.pos.return_lines(oid, "RT1", [{"code": "F002", "qty": "1"}],
+                                operator={"id": "c1", "name": "Cashier"}).status_code == 409
+    assert rig.pos.get(oid).json()["status"] == "paid"
+    assert rig.pos.get_return(oid, "RT1").status_code == 404
+    assert rig.pos.visit("V1").json()["charges"][0]["status"] == "paid"
+    part = rig.pos.refund(oid, "R1", "10.00")
+    assert part.status_code == 201, part.text
+
+
 # ------------------------------------------------------------------------------------------ unknown answers
 def test_a_lost_draw_answer_is_pending_then_completed_by_its_key(rig):
     rig.register()
