@@ -197,6 +197,7 @@ class Line:
     line_id: str = ""
     holder_name: str = ""
     available: int = 0
+    family_hint: str = ""  # an own line, and the payer is bound to a family line too: its holder's last 4
 
 
 @dataclass(frozen=True)

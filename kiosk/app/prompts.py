@@ -104,6 +104,15 @@ REASONS: dict[str, Prompt] = {
                             "your face, at most {visit} per visit and {day} per day, until {until}. You are told of every "
                             "charge and may revoke it at any time. Press Enter to agree; type 1-{n} then Enter for a "
                             "lower cap; Cancel to stop."),
+    # the same with a family line in play: which lines it may use, the holder masked (last 4), and when the
+    # patient has both her own and a family line, the keys to choose
+    "mandate_terms_lines": Prompt("无感支付授权：本院就诊的个人自付部分由{line_zh}自动支付，每次就诊不超过 {visit} 元，每日不超过 {day} 元，"
+                                  "有效至 {until}；每笔扣款都会通知您，可随时撤销。按确认键同意；输入 1-{n} 再按确认键选择较低额度"
+                                  "{pick_zh}；按取消键放弃",
+                                  "Senseless pay: your share of this hospital's bills is paid from {line_en} without "
+                                  "your face, at most {visit} per visit and {day} per day, until {until}. You are told of "
+                                  "every charge and may revoke it at any time. Press Enter to agree; type 1-{n} then "
+                                  "Enter for a lower cap{pick_en}; Cancel to stop."),
     "mandate_reused": Prompt("您的无感支付授权仍有效（每次就诊不超过 {visit} 元，每日不超过 {day} 元，有效至 {until}）；按确认键登记本次就诊",
                              "Your senseless-pay mandate is still valid (at most {visit} per visit, {day} per day, "
                              "until {until}). Press Enter to register this visit."),
@@ -203,7 +212,7 @@ REGISTER_STATE_PROMPTS: dict[str, Prompt] = {
     "failed": Prompt("未能登记就诊，未作任何授权", "The visit could not be registered. Nothing was authorised."),
     "cancelled": Prompt("已取消，未作任何授权", "Cancelled. Nothing was authorised."),
 }
-REGISTER_REASONS = ("mandate_terms", "mandate_reused")  # shown only by a registration
+REGISTER_REASONS = ("mandate_terms", "mandate_terms_lines", "mandate_reused")  # shown only by a registration
 
 
 def state_prompt(state: str, kind: str = "pay") -> Prompt:

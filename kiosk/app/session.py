@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol
 
 from kiosk.clock import Clock
@@ -567,6 +567,8 @@ class CounterSession:
         number on the keypad, the consent text), the confirm key; then the terminal's journaled steps
         (credit.mandate, 2201) and a slip with the terms. An active mandate with the same terms is reused:
         the screen shows it and the confirm key registers the visit, no new consent."""
+        from kiosk.app.visits import LINE_KEYS, line_text  # (visits imports this module)
+
         assert self.person is not None and self.registrar is not None
         self._go(State.PRESETTLED)
         self._check()
@@ -574,15 +576,26 @@ class CounterSession:
         if plan is None:
             self._fail("credit_not_eligible")
         choice = 0
+        lines = plan.choices[0].lines  # the POS's proposal, else the line the bank names; 7/8/9 pick another
 
         def show() -> None:
             t = plan.choices[choice]
             self.m.set_amounts(per_visit=fen_to_yuan(t.per_visit), per_day=fen_to_yuan(t.per_day))
-            self.m.set_info(mandate={"until": t.until, "lines": t.lines, "reused": plan.reuse is not None,
+            self.m.set_info(mandate={"until": t.until, "lines": lines, "reused": plan.reuse is not None,
+                                     "line_choices": list(plan.line_sets),
                                      "choices": [{"per_visit": fen_to_yuan(c.per_visit),
                                                   "per_day": fen_to_yuan(c.per_day)} for c in plan.choices]})
-            self.m.prompt("mandate_reused" if plan.reuse else "mandate_terms", visit=fen_to_yuan(t.per_visit),
-                          day=fen_to_yuan(t.per_day), until=t.until, n=len(plan.choices))
+            args: dict[str, object] = dict(visit=fen_to_yuan(t.per_visit), day=fen_to_yuan(t.per_day), until=t.until,
+                                           n=len(plan.choices))
+            if plan.reuse is None and t.holder:  # a family line in play: the consent names it, masked
+                line_zh, line_en = line_text(lines, t.holder)
+                pick = bool(plan.line_sets)
+                self.m.prompt("mandate_terms_lines", **args, line_zh=line_zh, line_en=line_en,
+                              pick_zh="；输入 7 仅本人额度、8 仅家人额度、9 两者均可，再按确认键" if pick else "",
+                              pick_en="; type 7 own line only, 8 family line only, 9 either, then Enter" if pick
+                              else "")
+            else:
+                self.m.prompt("mandate_reused" if plan.reuse else "mandate_terms", **args)
 
         show()
         self._go(State.CONFIRM)
@@ -595,9 +608,11 @@ class CounterSession:
             k = int(e.masked[-1])
             if 1 <= k <= len(plan.choices):
                 choice = k - 1
+            elif plan.line_sets and k in LINE_KEYS:
+                lines = LINE_KEYS[k]
             show()
         self._confirm_ms = (time.perf_counter() - t0) * 1000
-        terms = plan.choices[choice]
+        terms = replace(plan.choices[choice], lines=lines)
         self._go(State.SETTLING)
         out = self.registrar.commit(self, terms, plan)
         if out.status != "registered":

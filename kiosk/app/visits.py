@@ -64,6 +64,7 @@ class Terms:
     per_day: int
     until: str
     lines: str = "own"
+    holder: str = ""  # the family line's holder, last 4 characters (screen and slip only; not in the terms)
 
     def ref(self) -> str:
         return f"visit={self.per_visit};day={self.per_day};until={self.until};lines={self.lines}"
@@ -97,6 +98,19 @@ class RegisterPlan:
 
     choices: list[Terms]
     reuse: dict[str, Any] | None = None
+    # the lines the patient picks between (keypad 7 own, 8 family, 9 both) when she has an own line and is
+    # bound to a family line too; empty: no choice (the one line she has, or the POS's proposal)
+    line_sets: tuple[str, ...] = ()
+
+
+LINE_KEYS = {7: "own", 8: "family", 9: "own,family"}  # the keypad digit for each line set
+
+
+def line_text(lines: str, holder: str) -> tuple[str, str]:
+    """The lines a mandate may use, as the consent and the slip name them (the holder masked: last 4)."""
+    fam_zh, fam_en = f"家人（尾号 {holder}）的额度", f"the family line of holder …{holder}"
+    return {"own": ("本人额度", "your own line"), "family": (fam_zh, fam_en),
+            "own,family": (f"本人额度或{fam_zh}", f"your own line or {fam_en}")}[lines]
 
 
 class Visits:
@@ -175,7 +189,11 @@ class Visits:
                 return None
             if line.available >= t.per_day:
                 lines = t.lines if req else ("family" if line.kind == "family" else "own")
-                return RegisterPlan([replace(c, lines=lines) for c in choices[i:]])
+                both = line.kind == "own" and bool(line.family_hint)
+                holder = line.family_hint if both else (line.line_id.rsplit("…", 1)[-1]
+                                                        if line.kind == "family" else "")
+                return RegisterPlan([replace(c, lines=lines, holder=holder) for c in choices[i:]],
+                                    line_sets=tuple(LINE_KEYS.values()) if both else ())
         return None
 
     def commit(self, sess: "CounterSession", system: str, terms: Terms, plan: RegisterPlan) -> Outcome:
@@ -760,7 +778,9 @@ def mandate_receipt(visit_id: str, name: str, t: Terms) -> list[str]:
     masked = (name[0] + "*" * (len(name) - 1)) if name else ""
     return ["无感支付授权 / Senseless pay mandate", f"就诊 Visit: {visit_id}", f"患者 Patient: {masked}",
             f"每次就诊 Per visit: {fen_to_yuan(t.per_visit)}", f"每日 Per day: {fen_to_yuan(t.per_day)}",
-            f"有效至 Until: {t.until}", "每笔扣款均有通知 Every charge is notified",
+            f"有效至 Until: {t.until}", *([f"额度 Line: {z} / {e}" for z, e in [line_text(t.lines, t.holder)]]
+                                          if t.holder else []),
+            "每笔扣款均有通知 Every charge is notified",
             "可随时撤销 Revocable at any time"]
 
 

@@ -146,7 +146,8 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 @pytest.mark.parametrize("code", sorted(REASONS))
 def test_every_reason_has_chinese_and_english_texts(code):
-    p = reason_prompt(code, left=2, minutes=30, visit="500.00", day="1000.00", until="2027-03-01", n=4)
+    p = reason_prompt(code, left=2, minutes=30, visit="500.00", day="1000.00", until="2027-03-01", n=4,
+                      line_zh="家人（尾号 0042）的额度", line_en="the family line of holder …0042", pick_zh="", pick_en="")
     assert _CJK.search(p.zh), code
     assert p.en and p.en[0].isupper() and not _CJK.search(p.en), code
     assert "{" not in p.zh and "{" not in p.en
@@ -226,5 +227,6 @@ def test_a_registration_session_never_says_it_pays():
         assert not any(w in p.zh + p.en for w in ("Press Enter to pay", "Payment complete", "Paying", "正在支付",
                                                    "支付成功")), (st, p)
     for code in REGISTER_REASONS:
-        p = reason_prompt(code, visit="500.00", day="1000.00", until="2027-03-04", n=4)
+        p = reason_prompt(code, visit="500.00", day="1000.00", until="2027-03-04", n=4, line_zh="本人额度",
+                          line_en="your own line", pick_zh="", pick_en="")
         assert "500.00" in p.en and "500.00" in p.zh and "{" not in p.zh + p.en

@@ -202,11 +202,13 @@ class Bank:
     draws: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> draw
     refunds: dict[str, int] = field(default_factory=dict)
     auth_expired: bool = False  # the settlement's pay_auth is older than its 10 minutes
+    family_hint: str = ""  # the patient is bound to a family line too (its holder's last 4)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def line_for(self, person, amount_fen, auth):
         assert auth == f"LA.{person.psn_no}.{amount_fen}"
-        return Line(kind="own", line_id=person.psn_no, available=amount_fen if amount_fen <= self.available else 0)
+        return Line(kind="own", line_id=person.psn_no, available=amount_fen if amount_fen <= self.available else 0,
+                    family_hint=self.family_hint)
 
     def draw(self, line, person, amount_fen, key, ref, auth=""):  # the counter's draw (patient present)
         self.counter_draws = getattr(self, "counter_draws", 0) + amount_fen
@@ -418,6 +420,44 @@ def test_registration_never_offers_more_than_the_line_covers_and_the_keypad_pick
         assert v["state"] == "open"
         # offered: 300/600 (the largest covered), 200/400, 100/200 -> "3" is 100/200
         assert (v["mandate"]["per_visit"], v["mandate"]["per_day"]) == ("100.00", "200.00")
+    finally:
+        r.term.stop()
+
+
+@pytest.mark.parametrize("keys,proposed,lines", [
+    ([""], None, "own"),                  # the line the bank names, unless the patient picks another
+    (["8", ""], None, "family"),
+    (["9", ""], None, "own,family"),
+    (["8", "2", ""], None, "family"),     # a lower cap picked after the line: both kept
+    ([""], "family", "family"),           # the POS proposes; the patient may still change it
+    (["7", ""], "own,family", "own"),
+])
+def test_the_patient_with_an_own_and_a_family_line_picks_which_the_mandate_may_use(db, keys, proposed, lines):
+    r = make_rig(db, bank=Bank(family_hint="0042"), keypad=Keypad(plans=list(keys)))
+    try:
+        mandate = None if proposed is None else {"per_visit": "500.00", "per_day": "1000.00",
+                                                  "until": (local_day(SystemClock()) + timedelta(days=30)).isoformat(),
+                                                  "lines": proposed}
+        v = r.register(mandate=mandate)
+        assert v["state"] == "open", v
+        signed = r.bank.mandates[v["mandate"]["mandate_id"]]
+        assert signed["lines"] == lines  # what the centre signed and the bank recorded
+        if "2" in keys:
+            assert (v["mandate"]["per_visit"], v["mandate"]["per_day"]) == ("300.00", "600.00")
+        slip = next(p for p in r.printer.printed if "无感支付授权 / Senseless pay mandate" in p[0])
+        from kiosk.app.visits import line_text
+
+        assert f"额度 Line: {' / '.join(line_text(lines, '0042'))}" in slip, slip  # "family": the holder masked
+        assert not any("P100" in ln for ln in slip)  # the holder masked, the patient's number never printed
+    finally:
+        r.term.stop()
+
+
+def test_without_a_family_line_the_line_keys_do_nothing(db):
+    r = make_rig(db, keypad=Keypad(plans=["8", "9", ""]))
+    try:
+        v = r.register()
+        assert v["state"] == "open" and r.bank.mandates[v["mandate"]["mandate_id"]]["lines"] == "own"
     finally:
         r.term.stop()
 
@@ -876,3 +916,12 @@ def test_the_patients_screen_shows_the_mandates_terms_and_consent_in_both_langua
     zh, en = screen.prompt.zh, screen.prompt.en
     assert all(x in zh for x in ("500.00", "1000.00", "2027-03-04", "撤销", "通知"))
     assert all(x in en for x in ("500.00", "1000.00", "2027-03-04", "revoke", "1-4", "Enter"))
+    # with a family line in play the consent names the line, its holder masked, and the keys to choose
+    m.prompt("mandate_terms_lines", visit="500.00", day="1000.00", until="2027-03-04", n=4,
+             line_zh="本人额度或家人（尾号 0042）的额度", line_en="your own line or the family line of holder …0042",
+             pick_zh="；输入 7 仅本人额度、8 仅家人额度、9 两者均可，再按确认键",
+             pick_en="; type 7 own line only, 8 family line only, 9 either, then Enter")
+    screen = state_from_snapshot(m.snapshot(), now=datetime.now(timezone.utc), peripherals=Peripherals())
+    zh, en = screen.prompt.zh, screen.prompt.en
+    assert all(x in zh for x in ("500.00", "尾号 0042", "7 仅本人", "8 仅家人", "9 两者", "撤销"))
+    assert all(x in en for x in ("500.00", "…0042", "7 own line only", "8 family", "9 either", "revoke"))

@@ -460,3 +460,30 @@ def test_a_returned_settlement_is_never_drawn_after_its_resettlement(pair: tuple
     assert (late.infcode, late.err_code) == (InfCode.BUSINESS_REFUSED, "settlement_returned"), late
     assert bank.line(p.psn_no).output["principal_outstanding"] == "42.50"
     assert check_bank(bank.db)["balanced"]
+
+
+def test_a_payer_with_an_own_line_is_told_of_a_family_line_too_and_nobody_else(pair: tuple[Centre, Bank]) -> None:
+    """credit.line answers `family_hint` (the family holder's last 4) only to the face-proved payer who has an
+    own line and is bound to a family line as well: the registration offers own / family / both."""
+    c, bank = pair
+    b = bank.client
+    assert bank.open("FL-B0042", "1981-01-01", 4).ok
+
+    def line(payer: str, auth: bool = True) -> Answer:
+        return b.line(payer, "10.00", pay_auth=pay_auth(c, payer, "q", "10.00", purpose="line") if auth else "")
+
+    # bound as a member first (a binding takes no one with a line of their own), then a line of her own
+    assert b.bind("FL-B0042", "FL-A0001", "spouse", True, "100.00",
+                  pay_auth=pay_auth(c, "FL-B0042", "FL-A0001", "100.00", purpose="bind")).ok
+    assert line("FL-A0001").output["kind"] == "family"
+    assert bank.open("FL-A0001", "1980-01-01", 4).ok
+    assert bank.open("FL-C0001", "1980-01-01", 4).ok
+    assert "family_hint" not in line("FL-C0001").output  # an own line only
+    both = line("FL-A0001")
+    assert both.output["kind"] == "own" and both.output["family_hint"] == "0042", both
+    assert line("FL-A0001", auth=False).err_code == "not_bound"  # without the payer's face: nothing
+    assert "family_hint" not in line("FL-B0042").output  # the holder is nobody's member
+    assert b.bind("FL-B0042", "FL-M9", "child", True, "100.00",
+                  pay_auth=pay_auth(c, "FL-B0042", "FL-M9", "100.00", purpose="bind")).ok
+    member = line("FL-M9").output  # a member without an own line: the family line is the one it uses
+    assert member["kind"] == "family" and member["holder_hint"] == "0042" and "family_hint" not in member

@@ -62,7 +62,8 @@ class BankAdapter:
         hint = str(o.get("holder_hint") or "")
         label = f"家人 family …{hint}" if kind == "family" else ""
         return Line(kind=kind, line_id=person.psn_no if kind == "own" else f"family…{hint}", holder_name=label,
-                    available=amount_fen if o.get("covers") == "1" else 0)
+                    available=amount_fen if o.get("covers") == "1" else 0,
+                    family_hint=str(o.get("family_hint") or "") if kind == "own" else "")
 
     def draw(self, line: Line, person: Person, amount_fen: int, key: str, ref: str, auth: str = "") -> DrawResult:
         try:

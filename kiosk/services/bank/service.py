@@ -5,7 +5,7 @@
 | credit.apply | holder, birth_date, insured_years, pay_auth (the applicant's, purpose apply) | line opened: limit (tier) / ineligible_age |
 | credit.bind | holder, member, relation, consent, monthly_cap, pay_auth (the holder's, purpose bind) | bound / no_consent / no_line |
 | credit.unbind | holder, member, pay_auth (holder's or member's, purpose unbind) | unbound / not_bound |
-| credit.line | payer, amount, pay_auth (the payer's, purpose line) | kind own/family, covers 1/0, holder_hint |
+| credit.line | payer, amount, pay_auth (the payer's, purpose line) | kind own/family, covers 1/0, holder_hint, family_hint? (own line and a family line too) |
 | credit.draw | payer, amount, ref (= setl_id), key, pay_auth; senseless: + mandate_id, visit | ref, amount, available |
 |  | a return's re-settlement (pay_auth id `...~<orig setl_id>`): only once the original's draw is refunded whole | `original_not_refunded` / `settlement_returned` |
 | credit.draw_reverse | key, payer, ref? | reversed / not_drawn (the key is then blocked) / key_ref_mismatch |
@@ -491,8 +491,14 @@ class BankService:
         if holder is None:
             return nothing
         family = holder != d.payer
+        # a payer with an own line who is also bound to a family line may let a mandate use either or both:
+        # the face-proved payer is told that one exists, by its holder's last 4 characters only
+        also = None if family else tx.scalar(
+            "SELECT l.holder FROM credit_members m JOIN credit_lines l ON l.id = m.line_id "
+            "WHERE m.member = ? AND m.active = 1", (d.payer,))
         return {"payer": d.payer, "kind": "family" if family else "own", "amount": d.amount,
-                "covers": "1" if covers else "0", "holder_hint": holder[-4:] if family else ""}
+                "covers": "1" if covers else "0", "holder_hint": holder[-4:] if family else "",
+                **({"family_hint": str(also)[-4:]} if also else {})}
 
     def line_for_operator(self, d: OperatorLine) -> dict[str, Any] | Refusal:
         """The bank's own channel sees the whole line (limit, balances, overdue)."""
