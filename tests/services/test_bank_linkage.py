@@ -418,6 +418,8 @@ def _returned(c: Centre, p: Any) -> tuple[str, str, str, str, str]:
     assert r.ok and r.output["pay_auth"], r
     claims = payauth.verify(r.output["pay_auth"], c.service.keys.sm2.public_key())
     assert payauth.returned_settlement(claims.id) == orig  # the centre signed the link
+    again = c.client.query(p.psn_no, setl_id=r.output["setlinfo"]["setl_id"])  # 5203: the same word re-issued
+    assert payauth.verify(again.output["pay_auth"], c.service.keys.sm2.public_key()).id == claims.id, again
     assert payauth.returned_settlement(payauth.verify(a.output["pay_auth"], c.service.keys.sm2.public_key()).id) is None
     return orig, a.output["pay_auth"], cash, r.output["setlinfo"]["setl_id"], r.output["pay_auth"]
 
