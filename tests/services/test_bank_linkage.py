@@ -485,6 +485,12 @@ def test_a_payer_with_an_own_line_is_told_of_a_family_line_too_and_nobody_else(p
     assert both.output["kind"] == "own" and both.output["family_hint"] == "0042", both
     assert line("FL-A0001", auth=False).err_code == "not_bound"  # without the payer's face: nothing
     assert "family_hint" not in line("FL-B0042").output  # the holder is nobody's member
+    from kiosk.app.adapters.bank import BankAdapter  # what the terminal's registration reads of it
+    from kiosk.app.ports import Person
+
+    seen = BankAdapter(b).line_for(Person(psn_no="FL-A0001", name="", ec_token=""), 1000,
+                                   pay_auth(c, "FL-A0001", "q", "10.00", purpose="line"))
+    assert (seen.kind, seen.family_hint, seen.available) == ("own", "0042", 1000)
     assert b.bind("FL-B0042", "FL-M9", "child", True, "100.00",
                   pay_auth=pay_auth(c, "FL-B0042", "FL-M9", "100.00", purpose="bind")).ok
     member = line("FL-M9").output  # a member without an own line: the family line is the one it uses
