@@ -111,8 +111,8 @@ REASONS: dict[str, Prompt] = {
                                   "{pick_zh}；按取消键放弃",
                                   "Senseless pay: your share of this hospital's bills is paid from {line_en} without "
                                   "your face, at most {visit} per visit and {day} per day, until {until}. You are told of "
-                                  "every charge and may revoke it at any time. Press Enter to agree; type 1-{n} then "
-                                  "Enter for a lower cap{pick_en}; Cancel to stop."),
+                                  "every charge and may revoke it at any time. Enter agrees; 1-{n} then Enter: a lower "
+                                  "cap{pick_en}; Cancel stops."),
     "mandate_reused": Prompt("您的无感支付授权仍有效（每次就诊不超过 {visit} 元，每日不超过 {day} 元，有效至 {until}）；按确认键登记本次就诊",
                              "Your senseless-pay mandate is still valid (at most {visit} per visit, {day} per day, "
                              "until {until}). Press Enter to register this visit."),

@@ -567,7 +567,7 @@ class CounterSession:
         number on the keypad, the consent text), the confirm key; then the terminal's journaled steps
         (credit.mandate, 2201) and a slip with the terms. An active mandate with the same terms is reused:
         the screen shows it and the confirm key registers the visit, no new consent."""
-        from kiosk.app.visits import LINE_KEYS, line_text  # (visits imports this module)
+        from kiosk.app.visits import LINE_KEYS, LINE_PICK, line_text  # (visits imports this module)
 
         assert self.person is not None and self.registrar is not None
         self._go(State.PRESETTLED)
@@ -591,9 +591,8 @@ class CounterSession:
                 line_zh, line_en = line_text(lines, t.holder)
                 pick = bool(plan.line_sets)
                 self.m.prompt("mandate_terms_lines", **args, line_zh=line_zh, line_en=line_en,
-                              pick_zh="；输入 7 仅本人额度、8 仅家人额度、9 两者均可，再按确认键" if pick else "",
-                              pick_en="; type 7 own line only, 8 family line only, 9 either, then Enter" if pick
-                              else "")
+                              pick_zh=LINE_PICK[0].format(holder=t.holder) if pick else "",
+                              pick_en=LINE_PICK[1].format(holder=t.holder) if pick else "")
             else:
                 self.m.prompt("mandate_reused" if plan.reuse else "mandate_terms", **args)
 

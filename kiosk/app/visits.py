@@ -104,13 +104,15 @@ class RegisterPlan:
 
 
 LINE_KEYS = {7: "own", 8: "family", 9: "own,family"}  # the keypad digit for each line set
+LINE_PICK = ("；输入 7 仅本人额度、8 仅家人（尾号 {holder}）额度、9 两者均可，再按确认键",  # the consent's hint (zh, en)
+             "; 7 own line only, 8 family line (holder …{holder}) only, 9 either, then Enter")
 
 
 def line_text(lines: str, holder: str) -> tuple[str, str]:
     """The lines a mandate may use, as the consent and the slip name them (the holder masked: last 4)."""
-    fam_zh, fam_en = f"家人（尾号 {holder}）的额度", f"the family line of holder …{holder}"
+    fam_zh, fam_en = f"家人（尾号 {holder}）的额度", f"the family line (holder …{holder})"
     return {"own": ("本人额度", "your own line"), "family": (fam_zh, fam_en),
-            "own,family": (f"本人额度或{fam_zh}", f"your own line or {fam_en}")}[lines]
+            "own,family": (f"本人额度或{fam_zh}", f"your own or {fam_en}")}[lines]
 
 
 class Visits:

@@ -434,6 +434,8 @@ def test_registration_never_offers_more_than_the_line_covers_and_the_keypad_pick
 ])
 def test_the_patient_with_an_own_and_a_family_line_picks_which_the_mandate_may_use(db, keys, proposed, lines):
     r = make_rig(db, bank=Bank(family_hint="0042"), keypad=Keypad(plans=list(keys)))
+    snaps: list = []
+    r.term.on_change = snaps.append
     try:
         mandate = None if proposed is None else {"per_visit": "500.00", "per_day": "1000.00",
                                                   "until": (local_day(SystemClock()) + timedelta(days=30)).isoformat(),
@@ -449,6 +451,9 @@ def test_the_patient_with_an_own_and_a_family_line_picks_which_the_mandate_may_u
 
         assert f"额度 Line: {' / '.join(line_text(lines, '0042'))}" in slip, slip  # "family": the holder masked
         assert not any("P100" in ln for ln in slip)  # the holder masked, the patient's number never printed
+        # the consent on the screen named the lines, the holder masked, and the keys to pick them
+        assert any(sn.reason == "mandate_terms_lines" and "…0042" in sn.reason_en and "7 own line only" in
+                   sn.reason_en and "尾号 0042" in sn.reason_zh for sn in snaps)
     finally:
         r.term.stop()
 
@@ -917,11 +922,20 @@ def test_the_patients_screen_shows_the_mandates_terms_and_consent_in_both_langua
     assert all(x in zh for x in ("500.00", "1000.00", "2027-03-04", "撤销", "通知"))
     assert all(x in en for x in ("500.00", "1000.00", "2027-03-04", "revoke", "1-4", "Enter"))
     # with a family line in play the consent names the line, its holder masked, and the keys to choose
+    from kiosk.app.visits import LINE_PICK
+
     m.prompt("mandate_terms_lines", visit="500.00", day="1000.00", until="2027-03-04", n=4,
-             line_zh="本人额度或家人（尾号 0042）的额度", line_en="your own line or the family line of holder …0042",
-             pick_zh="；输入 7 仅本人额度、8 仅家人额度、9 两者均可，再按确认键",
-             pick_en="; type 7 own line only, 8 family line only, 9 either, then Enter")
+             line_zh="本人额度或家人（尾号 0042）的额度", line_en="your own or the family line (holder …0042)",
+             pick_zh=LINE_PICK[0].format(holder="0042"), pick_en=LINE_PICK[1].format(holder="0042"))
     screen = state_from_snapshot(m.snapshot(), now=datetime.now(timezone.utc), peripherals=Peripherals())
     zh, en = screen.prompt.zh, screen.prompt.en
-    assert all(x in zh for x in ("500.00", "尾号 0042", "7 仅本人", "8 仅家人", "9 两者", "撤销"))
-    assert all(x in en for x in ("500.00", "…0042", "7 own line only", "8 family", "9 either", "revoke"))
+    assert all(x in zh for x in ("500.00", "尾号 0042", "7 仅本人", "8 仅家人（尾号 0042）", "9 两者", "撤销"))
+    assert all(x in en for x in ("500.00", "…0042", "7 own line only", "8 family line (holder …0042)", "9 either",
+                                 "revoke"))
+    from kiosk.app.visits import line_text  # the longest it gets still fits the screen (Text: 400 characters)
+
+    z, e = line_text("own,family", "0042")
+    m.prompt("mandate_terms_lines", visit="20000.00", day="20000.00", until="2027-03-04", n=5, line_zh=z, line_en=e,
+             pick_zh=LINE_PICK[0].format(holder="0042"), pick_en=LINE_PICK[1].format(holder="0042"))
+    assert "20000.00" in state_from_snapshot(m.snapshot(), now=datetime.now(timezone.utc),
+                                             peripherals=Peripherals()).prompt.en
