@@ -45,7 +45,8 @@ travel in `ref`):
 A return's re-settlement (2207/2102 with `orig_setl_id`) gets a `draw` (or `senseless`) pay_auth whose `id`
 names the settlement it replaces: `PD<new setl_id>~<orig setl_id>` (`PV...` for senseless; `return_auth_id`).
 The bank draws on it only once the original settlement's draw, if there was one, is refunded in full, and
-from then on refuses any new draw on the original's ref (docs/remote-parties.md, "Returns").
+from then on refuses any new draw on the original's ref (docs/remote-parties.md, "Insurance centre", a return's
+re-settlement).
 
 `mandate` and `mandate_revoke` are single use; a `senseless` one is a draw's, but the bank takes it
 only under an active mandate of this payer and institution, within its caps.
