@@ -171,6 +171,10 @@ class VisitCentre(Protocol):
     def mandate_auth(self, person: Person, terms: str, per_visit_fen: int) -> str:
         """ec.payauth purpose mandate: the face-proved patient's consent to `terms` ("" if refused)."""
 
+    def person_auth(self, person: Person, purpose: str, ref: str) -> str:
+        """ec.payauth with no amount (purpose statement: ref = the person; mandate_revoke: ref = the mandate
+        id): the face-proved person's word ("" if refused or unanswered)."""
+
     def register_visit(self, person: Person, msgid: str) -> VisitOpened: ...
 
     def close_visit(self, psn_no: str, mdtrt_id: str) -> RefundResult: ...
@@ -257,7 +261,13 @@ class VisitBank(Protocol):
 
     def mandate(self, payer: str, key: str, auth: str) -> MandateResult: ...
 
-    def mandate_revoke(self, mandate_id: str, key: str) -> RefundResult: ...
+    def mandate_revoke(self, mandate_id: str, key: str, auth: str = "") -> RefundResult:
+        """End a mandate: this institution's own (no auth), or any with the payer's word (`auth`, purpose
+        mandate_revoke); idempotent by `key`."""
+
+    def mandates_of(self, payer: str, auth: str) -> list[dict[str, Any]] | None:
+        """The face-proved payer's mandates in force at every institution (`auth`: her word, purpose
+        statement); None when the bank did not answer."""
 
     def mandate_get(self, mandate_id: str) -> dict[str, Any] | None:
         """The institution's own mandate (state, caps, until); None when the bank does not know it."""

@@ -15,6 +15,7 @@
                                                  409 needs_patient (the counter order it became)
     POST /pos/v1/visits/{visit_id}/close         the visit's end: summary printed and sent
     POST /pos/v1/visits/{visit_id}/revoke        the mandate revoked: later charges need the patient
+    POST /pos/v1/mandates/revoke                 the patient revokes her mandates (every institution) by face
 
 Every /pos request is signed per integrating system (kiosk.app.pos_auth).
 Creating an order is idempotent by order id: the same body returns the first
@@ -125,6 +126,11 @@ class VisitIn(BaseModel):
                                                                 "absent: the defaults, never above the line")
 
 
+class FaceRevokeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    revoke_id: str = Field(pattern=_ID, description="the POS's id of this revocation; retries reuse it")
+
+
 class ChargeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     charge_id: str = Field(pattern=_ID, description="the HIS's id of this charge within the visit; retries reuse it")
@@ -134,7 +140,7 @@ class ChargeIn(BaseModel):
 class OrderOut(BaseModel):
     order_id: str
     mode: str
-    status: str = Field(description="pending | running | paid | held | captured (an admission whose hold a discharge settled) | failed | cancelled | reversing | refunded | partially_refunded | refund_pending (a refund's outcome at a party is not known yet; it completes by itself) | refund_failed (a party refused a refund after the other applied its part: see reason) | returning (an item-level return waits for the patient or is under way) | returned (the result is the kept lines' new settlement; result.returned.old the original) | return_failed (a party refused a return after the original was reversed: see reason)")
+    status: str = Field(description="pending | running | paid | held | captured (an admission whose hold a discharge settled) | failed | cancelled | reversing | refunded | partially_refunded | refund_pending (a refund's outcome at a party is not known yet; it completes by itself) | refund_failed (a party refused a refund after the other applied its part: see reason) | returning (an item-level return waits for the patient or is under way) | returned (the result is the kept lines' new settlement; result.returned.old the original) | return_failed (a party refused a return after the original was reversed: see reason) | revoked / not_revoked / revoke_pending (the patient's revocation of her mandates by face: result.mandates, each revoked, not_revoked or pending)")
     reason: str | None = Field(default=None, description="reason code when not paid (or a warning such as paper_out)")
     result: dict[str, Any] | None = None
     created_at: str
@@ -308,6 +314,19 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
         row, created = await asyncio.to_thread(terminal.visits.register, sysid, body.visit_id, m)
         return _visit_answer(row, created)
 
+    @app.post("/pos/v1/mandates/revoke", response_model=OrderOut, tags=["visits"], responses=responses,
+              description="The patient revokes her senseless-pay mandates, at every institution, by her face at "
+                          "this terminal (any terminal: the bank takes her own word, ec.payauth mandate_revoke). "
+                          "She is called to the counter: face, the list of her mandates in force (read on her word), "
+                          "the confirm key, then each revoked by key and a slip. 201 with the order "
+                          "(`mrevoke~<revoke_id>`; query GET /pos/v1/orders/{order_id}?wait=S: revoked | "
+                          "not_revoked | revoke_pending (the bank's answer unknown: completes by itself) | failed "
+                          "(reason no_mandates, not_matched, ...) | cancelled; result.mandates: each mandate_id, "
+                          "fixmedins_code and result). Idempotent per revoke_id (a retry: 200 with the same order).")
+    async def revoke_by_face(body: FaceRevokeIn, sysid: str = Depends(system)) -> Any:
+        row, created = await asyncio.to_thread(terminal.visits.revoke_by_face, sysid, body.revoke_id)
+        return JSONResponse(out(row).model_dump(), status_code=201 if created else 200)
+
     @app.get("/pos/v1/visits/{visit_id}", tags=["visits"], responses=responses)
     async def get_visit(visit_id: str, wait: float = Query(0, ge=0, le=60, description="seconds to wait while opening"),
                         sysid: str = Depends(system)) -> Any:
@@ -360,8 +379,8 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
         refunds = terminal.store.refunds_of_day(sysid, day.isoformat())
         rows = []
         for o in orders:
-            if o.mode in ("return", "register"):
-                continue  # a return shows on its order; a visit's registration moves no money (its charges do)
+            if o.mode in ("return", "register", "mandate_revoke"):
+                continue  # a return shows on its order; a registration or revocation moves no money
             r = o.result or {}
             by_state = {"refunded": 0, "refund_pending": 0}  # each refund by its true state
             for f in (terminal.store.refunds_of_order(sysid, o.order_id) if o.refunded_fen else []):

@@ -74,5 +74,10 @@ class PosClient:
     def close_visit(self, visit_id: str) -> httpx.Response:
         return self.request("POST", f"/pos/v1/visits/{visit_id}/close")
 
+    def revoke_by_face(self, revoke_id: str) -> httpx.Response:
+        """The patient revokes her senseless-pay mandates at the counter (face); the order is
+        `mrevoke~<revoke_id>`."""
+        return self.request("POST", "/pos/v1/mandates/revoke", {"revoke_id": revoke_id})
+
     def revoke_visit(self, visit_id: str) -> httpx.Response:
         return self.request("POST", f"/pos/v1/visits/{visit_id}/revoke")

@@ -113,6 +113,17 @@ REASONS: dict[str, Prompt] = {
                                   "your face, at most {visit} per visit and {day} per day, until {until}. You are told of "
                                   "every charge and may revoke it at any time. Enter agrees; 1-{n} then Enter: a lower "
                                   "cap{pick_en}; Cancel stops."),
+    # the patient revoking her mandates by face at a terminal (kind 'revoke'): which, and that nothing is left
+    "mandate_revoke_list": Prompt("您有 {n} 项无感支付授权（医疗机构 {which}）；按确认键全部撤销，按取消键保留",
+                                  "You have {n} senseless-pay mandate(s) (at {which}). Press Enter to revoke them "
+                                  "all, Cancel to keep them."),
+    "no_mandates": Prompt("您没有有效的无感支付授权，无需撤销", "You have no senseless-pay mandate in force: nothing to revoke."),
+    "revoke_unavailable": Prompt("暂时无法查询或撤销您的授权，未作任何更改；请稍后重试或到收费处",
+                                 "Your mandates cannot be reached now; nothing was changed. Please retry later or ask "
+                                 "the cashier."),
+    "revoke_pending": Prompt("撤销已发出，银行尚未确认；终端会自动重试，结果请向收费员确认",
+                             "Sent; the bank has not confirmed yet. The terminal retries by itself; the cashier can "
+                             "tell you the result."),
     "mandate_reused": Prompt("您的无感支付授权仍有效（每次就诊不超过 {visit} 元，每日不超过 {day} 元，有效至 {until}）；按确认键登记本次就诊",
                              "Your senseless-pay mandate is still valid (at most {visit} per visit, {day} per day, "
                              "until {until}). Press Enter to register this visit."),
@@ -215,11 +226,29 @@ REGISTER_STATE_PROMPTS: dict[str, Prompt] = {
 REGISTER_REASONS = ("mandate_terms", "mandate_terms_lines", "mandate_reused")  # shown only by a registration
 
 
+# The patient revoking her senseless-pay mandates by face (kind 'revoke', POST /pos/v1/mandates/revoke;
+# kiosk.app.visits): nothing is paid or charged, only authorisations end.
+REVOKE_STATE_PROMPTS: dict[str, Prompt] = {
+    "bill_received": Prompt("撤销无感支付授权：请看向摄像头", "Revoking senseless pay: please look at the camera."),
+    "presettled": Prompt("正在查询您的无感支付授权", "Looking up your senseless-pay mandates."),
+    "confirm": Prompt("按确认键撤销，按取消键保留", "Press Enter to revoke, Cancel to keep."),
+    "settling": Prompt("正在撤销授权，请稍候", "Revoking, please wait."),
+    "printing": Prompt("正在打印撤销凭条", "Printing your slip."),
+    "done": Prompt("已办理，请取走凭条（列明每项授权是否已撤销）",
+                   "Done. Please take your slip: it lists each mandate and whether it was revoked."),
+    "failed": Prompt("未能撤销授权", "The mandates were not revoked."),
+    "cancelled": Prompt("已取消，授权保持不变", "Cancelled. Your mandates stay as they were."),
+}
+REVOKE_REASONS = ("mandate_revoke_list", "no_mandates", "revoke_unavailable", "revoke_pending")  # shown only by a revocation
+
+
 def state_prompt(state: str, kind: str = "pay") -> Prompt:
     """The state's text for a payment session (kind 'pay'), a return ('return', 'return_cashier') or a
     visit's registration ('register')."""
     if kind == "register" and state in REGISTER_STATE_PROMPTS:
         return REGISTER_STATE_PROMPTS[state]
+    if kind == "revoke" and state in REVOKE_STATE_PROMPTS:
+        return REVOKE_STATE_PROMPTS[state]
     if kind == "return_cashier" and state in RETURN_CASHIER_STATE_PROMPTS:
         return RETURN_CASHIER_STATE_PROMPTS[state]
     if kind.startswith("return") and state in RETURN_STATE_PROMPTS:

@@ -120,8 +120,8 @@ class CounterSession:
         self.clock = clock
         self.limits = limits
         self.session_id = uuid.uuid4().hex[:16]
-        kind = ("register" if order.mode == "register" else "pay" if order.mode != "return" else
-                "return_cashier" if order.confirm == "cashier" else "return")
+        kind = ("register" if order.mode == "register" else "revoke" if order.mode == "mandate_revoke" else
+                "pay" if order.mode != "return" else "return_cashier" if order.confirm == "cashier" else "return")
         self.m = Machine(self.session_id, order.order_id, clock, timeouts=timeouts, on_change=on_change, kind=kind)
         self._on_face = on_face
         self._t_state = time.perf_counter()
@@ -137,6 +137,8 @@ class CounterSession:
         self.returner: Callable[[CounterSession], tuple[Outcome, list[str]]] | None = None
         # register (senseless payment): the terminal's plan/commit/receipt hooks (kiosk.app.visits._Registrar)
         self.registrar: Any = None
+        # mandate_revoke: the terminal's list/commit/receipt hooks (kiosk.app.visits._Revoker)
+        self.revoker: Any = None
 
     # -------------------------------------------------------------- driver
     def cancel(self, by: str = "cashier") -> bool:
@@ -157,6 +159,8 @@ class CounterSession:
                     out = self._return()
                 elif self.order.mode == "register":
                     out = self._register()
+                elif self.order.mode == "mandate_revoke":
+                    out = self._revoke_mandates()
                 else:
                     out = self._pay(probe)
         except _Stop:
@@ -621,6 +625,42 @@ class CounterSession:
         self.journal.record(self.order.order_id, "print")
         try:
             status = self.d.printer.print_receipt(self.registrar.receipt(self, terms, out)).status
+        except DeviceError:
+            status = "printer_offline"
+        out.receipt_printed = status == "ok"
+        self._go(State.DONE, reason=None if status == "ok" else status)
+        self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed})
+        return out
+
+    # -------------------------------------------------------------- senseless payment: revocation by face
+    def _revoke_mandates(self) -> Outcome:
+        """The patient ends her senseless-pay mandates at every institution: her face, the list the bank
+        gives on her word, the confirm key; then her word per mandate (journaled, sent by key) and a slip."""
+        assert self.person is not None and self.revoker is not None
+        self._go(State.PRESETTLED)
+        self._check()
+        ms = self.revoker.list(self)
+        if ms is None:
+            self._fail("revoke_unavailable")
+        if not ms:
+            self._fail("no_mandates")
+        which = ", ".join(sorted({str(m.get("fixmedins_code") or "") for m in ms}))
+        self.m.set_info(mandates=[{"fixmedins_code": m.get("fixmedins_code"), "per_visit": m.get("per_visit"),
+                                   "per_day": m.get("per_day"), "until": m.get("until")} for m in ms])
+        self._go(State.CONFIRM)
+        self.m.prompt("mandate_revoke_list", n=len(ms), which=which)
+        t0 = time.perf_counter()
+        self._keys(reveal_last=0, accept=lambda e: e.length == 0)
+        self._confirm_ms = (time.perf_counter() - t0) * 1000
+        self._go(State.SETTLING)
+        out = self.revoker.commit(self, ms)
+        if out.status not in ("revoked", "not_revoked"):
+            self.m.fail(out.reason if out.reason in REASONS else "interrupted")
+            return out
+        self._go(State.PRINTING)
+        self.journal.record(self.order.order_id, "print")
+        try:
+            status = self.d.printer.print_receipt(self.revoker.receipt(self, out)).status
         except DeviceError:
             status = "printer_offline"
         out.receipt_printed = status == "ok"

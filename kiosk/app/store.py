@@ -130,17 +130,21 @@ MIGRATIONS = [
 ]
 REFUND_STALE_S = 60  # a 'running' refund attempt older than this was cut off (crash): a retry resumes it
 
-OPEN = ("pending", "running", "reversing", "charge_pending", "opening")  # 'reversing': money may have moved; recovery puts
+OPEN = ("pending", "running", "reversing", "charge_pending", "opening", "revoke_pending")  # 'reversing': money may have moved; recovery puts
 # it back. 'charge_pending' / 'opening': a senseless charge / a visit's registration whose party's answer is
 # unknown; recovery completes it by key.
 FINAL = ("paid", "held", "failed", "cancelled", "refunded", "partially_refunded", "captured", "returned",
-         "registered", "needs_patient")
+         "registered", "needs_patient", "revoked", "not_revoked")
 # Senseless outpatient payment (kiosk.app.visits): a visit's registration is an order of mode 'register'
 # (id VISIT_PREFIX + visit id) run at the counter with the patient; each charge the HIS posts is an order
 # of mode 'charge' (id CHARGE_PREFIX + visit id + '~' + charge id) run without the patient; a charge the
 # mandate cannot pay becomes a normal counter order (COUNTER_PREFIX ...). '~' is in no POS id (pos_api._ID),
 # so none of these can meet a POS's own order id, and each is still a plain path segment for the order routes.
 VISIT_PREFIX = "visit~"
+# the patient revoking her mandates by face (POST /pos/v1/mandates/revoke): an order of mode 'mandate_revoke'
+# run at the counter; 'revoke_pending' while the bank's answer to a revocation sent is unknown (recovery
+# sends it again by key); 'revoked' (at least one ended) / 'not_revoked' (the bank refused every one)
+FACE_REVOKE_PREFIX = "mrevoke~"
 CHARGE_PREFIX = "charge~"
 COUNTER_PREFIX = "counter~"
 # Item-level returns (kiosk.app.terminal): a return is its own row, order id RETURN_PREFIX + return id
@@ -244,7 +248,7 @@ class Store:
     def open_orders(self) -> list[OrderRow]:
         return [_row(r) for r in self.db.read(lambda tx: tx.fetch_all(
             f"SELECT {_COLS} FROM app_orders WHERE status IN ('pending', 'running', 'reversing', 'return_pending', "
-            "'charge_pending', 'opening') "
+            "'charge_pending', 'opening', 'revoke_pending') "
             "ORDER BY created_at"))]
 
     def orders_of_day(self, system: str, day: str) -> list[OrderRow]:

@@ -217,6 +217,8 @@ class Terminal:
             s.returner = lambda sess: self._return_money(job.system, oid, sess)
         if job.order.mode == "register":
             s.registrar = self.visits.registrar(job.system)
+        if job.order.mode == "mandate_revoke":
+            s.revoker = self.visits.revoker(job.system)
         self._current = (job.system, oid, s)  # before 'running' is visible: a cancel then always finds it
         if not self.store.set_status(job.system, oid, "running", expect=("pending",)):
             return  # cancelled while queued
@@ -224,6 +226,9 @@ class Terminal:
         out = s.run()
         if job.order.mode == "return":
             self._return_session_ended(job.system, oid, out)
+            return
+        if job.order.mode == "mandate_revoke":
+            self.visits.face_revoke_ended(job.system, oid, out)
             return
         self.last_outcome = out
         metrics.observe_session(out.status, out.reason, out.stage_ms)
@@ -312,6 +317,8 @@ class Terminal:
                     status = self.visits.resolve_charge(row)
                 elif row.mode == "register":
                     status = self.visits.resolve_registration(row)
+                elif row.mode == "mandate_revoke":
+                    status = self.visits.resolve_face_revoke(row)
                 else:
                     status = self._resolve(row)
             except RemoteError as e:

@@ -32,7 +32,8 @@ from kiosk.storage import Outbox
 from kiosk.app.order_key import scoped_key
 from kiosk.app.ports import MANDATE_REFUSALS, Person, VisitRef
 from kiosk.app.session import Order, Outcome, split_json
-from kiosk.app.store import CHARGE_PREFIX, COUNTER_PREFIX, NOTICE_TOPIC, VISIT_PREFIX, OrderRow, VisitRow
+from kiosk.app.store import (CHARGE_PREFIX, COUNTER_PREFIX, FACE_REVOKE_PREFIX, NOTICE_TOPIC, VISIT_PREFIX, OrderRow,
+                             VisitRow)
 
 if TYPE_CHECKING:
     from kiosk.app.session import CounterSession
@@ -750,6 +751,81 @@ class Visits:
     def registrar(self, system: str) -> Callable[..., Any]:
         return _Registrar(self, system)
 
+    # ================================================================== the patient revoking by face
+    def revoke_by_face(self, system: str, revoke_id: str) -> tuple[OrderRow, bool]:
+        """POST /pos/v1/mandates/revoke: call the patient to the counter to end her mandates at every
+        institution (idempotent per revoke id within the POS system)."""
+        oid = FACE_REVOKE_PREFIX + revoke_id
+        row, created = self.store.create_order(system, oid, {"mode": "mandate_revoke", "revoke_id": revoke_id,
+                                                             "bill": {}}, "mandate_revoke")
+        if created:
+            self.t.submit(system, Order(order_id=oid, bill={}, mode="mandate_revoke"))
+        return row, created
+
+    def revoker(self, system: str) -> "_Revoker":
+        return _Revoker(self, system)
+
+    def _face_revoke_run(self, system: str, oid: str, plan: dict[str, Any]) -> Outcome:
+        """Each mandate's revocation on the patient's word, by its journaled key and pay_auth; a confirmed
+        answer is journaled before the next. A lost answer leaves it for recovery (the same key: the bank
+        replays one that landed; one that never landed and whose word expired is refused, not revoked)."""
+        j = self._j(system)
+        done = {d["mandate_id"]: d for s, d in self.store.steps(system, oid) if s == "face_revoked"}
+        pending = False
+        for m in plan["mandates"]:
+            if m["mandate_id"] in done:
+                continue
+            r = self.t.deps.bank.mandate_revoke(m["mandate_id"], m["key"], m["pay_auth"])  # type: ignore[attr-defined]
+            if r.status == "unknown":
+                pending = True
+                continue
+            d = {"mandate_id": m["mandate_id"], "result": "revoked" if r.status == "ok" else "not_revoked",
+                 "code": r.code}
+            j.record(oid, "face_revoked", d)
+            done[m["mandate_id"]] = d
+            local = self.store.get_mandate(m["mandate_id"])
+            if r.status == "ok" and local is not None and local["institution"] == self.inst:
+                self.store.set_mandate_state(m["mandate_id"], "revoked")  # no charge here passes it either
+        if pending:
+            return Outcome(status="revoke_pending", reason="revoke_pending", psn_no=plan["psn_no"])
+        ok = any(d["result"] == "revoked" for d in done.values())
+        return Outcome(status="revoked" if ok else "not_revoked", psn_no=plan["psn_no"])
+
+    def _face_revoke_result(self, system: str, oid: str, out: Outcome) -> dict[str, Any]:
+        plans = [d for s, d in self.store.steps(system, oid) if s == "face_revoke"]
+        done = {d["mandate_id"]: d for s, d in self.store.steps(system, oid) if s == "face_revoked"}
+        ms = [{"mandate_id": m["mandate_id"], "fixmedins_code": m["fixmedins_code"],
+               "result": done[m["mandate_id"]]["result"] if m["mandate_id"] in done else "pending",
+               **({"code": done[m["mandate_id"]]["code"]} if done.get(m["mandate_id"], {}).get("code") else {})}
+              for m in (plans[-1]["mandates"] if plans else [])]
+        return {"status": out.status, "reason": out.reason, "psn_no": out.psn_no or None, "mandates": ms}
+
+    def face_revoke_ended(self, system: str, oid: str, out: Outcome) -> None:
+        """The session ended: its result (each mandate: revoked, not_revoked, pending) and the audit."""
+        result = self._face_revoke_result(system, oid, out)
+        self.store.set_status(system, oid, out.status, reason=out.reason, result=result)
+        self.t._audit("mandate_revoked_by_face", system=system, order_id=oid, status=out.status,
+                      mandates=",".join(m["mandate_id"] for m in result["mandates"] if m["result"] == "revoked"))
+
+    def resolve_face_revoke(self, row: OrderRow) -> str | None:
+        """A revocation cut off (crash) or waiting for the bank: forward from its journaled plan by the same
+        keys; nothing planned -> nothing was sent (failed)."""
+        plans = [d for s, d in self.store.steps(row.system, row.order_id) if s == "face_revoke"]
+        if not plans:
+            self._j(row.system).record(row.order_id, "recovered", {"as": "failed"})
+            self.store.set_status(row.system, row.order_id, "failed", reason="interrupted",
+                                  result={"status": "failed", "reason": "interrupted", "mandates": []})
+            return "failed"
+        out = self._face_revoke_run(row.system, row.order_id, plans[-1])
+        if out.status == "revoke_pending":
+            if row.status != "revoke_pending":
+                self.store.set_status(row.system, row.order_id, "revoke_pending", reason=out.reason,
+                                      result=self._face_revoke_result(row.system, row.order_id, out))
+            return None
+        self._j(row.system).record(row.order_id, "recovered", {"as": out.status})
+        self.face_revoke_ended(row.system, row.order_id, out)
+        return out.status
+
 
 class _Registrar:
     """The session's hooks for a registration (kiosk.app.session.CounterSession._register)."""
@@ -766,6 +842,54 @@ class _Registrar:
     def receipt(self, sess: "CounterSession", terms: Terms, out: Outcome) -> list[str]:
         visit_id = sess.order.order_id[len(VISIT_PREFIX):]
         return mandate_receipt(visit_id, sess.person.name if sess.person else "", terms)
+
+
+class _Revoker:
+    """The session's hooks for the patient's revocation by face (CounterSession._revoke_mandates)."""
+
+    def __init__(self, visits: Visits, system: str) -> None:
+        self.visits, self.system = visits, system
+
+    def list(self, sess: "CounterSession") -> list[dict[str, Any]] | None:
+        """Her mandates in force at every institution, read on her word (ec.payauth statement); None: the
+        centre or the bank did not answer."""
+        assert sess.person is not None
+        try:
+            auth = self.visits.t.deps.centre.person_auth(sess.person, "statement", sess.person.psn_no)  # type: ignore[attr-defined]
+        except RemoteError:
+            auth = ""
+        if not auth:
+            return None
+        return self.visits.t.deps.bank.mandates_of(sess.person.psn_no, auth)  # type: ignore[attr-defined]
+
+    def commit(self, sess: "CounterSession", ms: list[dict[str, Any]]) -> Outcome:
+        """She confirmed: her word for each mandate (ec.payauth mandate_revoke), then the journaled plan
+        (keys and words fixed before the first call) and its run. No word for one: nothing is sent."""
+        assert sess.person is not None
+        p, oid = sess.person, sess.order.order_id
+        plan: dict[str, Any] = {"psn_no": p.psn_no, "mandates": []}
+        for m in ms:
+            mid = str(m["mandate_id"])
+            try:
+                auth = self.visits.t.deps.centre.person_auth(p, "mandate_revoke", mid)  # type: ignore[attr-defined]
+            except RemoteError:
+                auth = ""
+            if not auth:
+                return Outcome(status="failed", reason="revoke_unavailable")  # nothing sent
+            plan["mandates"].append({"mandate_id": mid, "fixmedins_code": str(m.get("fixmedins_code") or ""),
+                                     "key": scoped_key(self.visits.inst, self.system, oid, "revoke", mid),
+                                     "pay_auth": auth})
+        sess.journal.record(oid, "face_revoke", plan)
+        return self.visits._face_revoke_run(self.system, oid, plan)
+
+    def receipt(self, sess: "CounterSession", out: Outcome) -> list[str]:
+        res = self.visits._face_revoke_result(self.system, sess.order.order_id, out)
+        name = sess.person.name if sess.person else ""
+        masked = (name[0] + "*" * (len(name) - 1)) if name else ""
+        word = {"revoked": "已撤销 revoked", "not_revoked": "未撤销 not revoked", "pending": "待确认 pending"}
+        return (["撤销无感支付授权 / Senseless pay revoked", f"患者 Patient: {masked}"]
+                + [f"{m['fixmedins_code']} {m['mandate_id'][-6:]}: {word[m['result']]}" for m in res["mandates"]]
+                + ["此后的费用需您本人到场支付 Later bills need you present"])
 
 
 def charge_view(row: OrderRow) -> dict[str, Any]:

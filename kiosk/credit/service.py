@@ -642,6 +642,20 @@ class CreditService:
 
         return self.db.read(work)
 
+    def mandates_of(self, payer: str) -> list[dict[str, Any]]:
+        """The payer's mandates in force today at every institution (the caller checked the payer's word):
+        what the payer may revoke at any terminal."""
+        _text(payer, "payer")
+        day = self._today()
+
+        def work(tx: Transaction) -> list[dict[str, Any]]:
+            rows = tx.fetch_all(f"SELECT {_MANDATE_COLS} FROM credit_mandates WHERE payer = ? AND state = 'active' "
+                                "ORDER BY id", (payer,))
+            ms = [_Mandate.from_row(r) for r in rows]
+            return [{**m.to_json(), "state": "active"} for m in ms if m.state_on(day) == "active"]
+
+        return self.db.read(work)
+
     def hold(self, key: str, payer: str, amount: Fen, ref: str, holder: str | None = None, *,
              owner: Owner | None = None) -> Result:
         """Reserve `amount` for an inpatient deposit; captured at discharge."""

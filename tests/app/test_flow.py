@@ -147,7 +147,8 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 @pytest.mark.parametrize("code", sorted(REASONS))
 def test_every_reason_has_chinese_and_english_texts(code):
     p = reason_prompt(code, left=2, minutes=30, visit="500.00", day="1000.00", until="2027-03-01", n=4,
-                      line_zh="家人（尾号 0042）的额度", line_en="the family line of holder …0042", pick_zh="", pick_en="")
+                      line_zh="家人（尾号 0042）的额度", line_en="the family line of holder …0042", pick_zh="", pick_en="",
+                      which="H37020200001")
     assert _CJK.search(p.zh), code
     assert p.en and p.en[0].isupper() and not _CJK.search(p.en), code
     assert "{" not in p.zh and "{" not in p.en
@@ -192,11 +193,11 @@ def test_a_return_session_never_shows_a_payment_prompt(kind):
         p = state_prompt(str(st), kind)
         assert not any(w in p.zh + p.en for w in PAY_WORDS), (kind, st, p)
         assert _CJK.search(p.zh) and not _CJK.search(p.en), (kind, st)
-    from kiosk.app.prompts import REGISTER_REASONS
+    from kiosk.app.prompts import REGISTER_REASONS, REVOKE_REASONS
 
     for code in REASONS:
-        if code in REGISTER_REASONS:
-            continue  # a visit's registration only (its mandate's terms)
+        if code in REGISTER_REASONS or code in REVOKE_REASONS:
+            continue  # a visit's registration only (its mandate's terms), a revocation by face only
         p = reason_prompt(code, kind=kind, left=2, minutes=30)
         assert not any(w in p.zh + p.en for w in PAY_WORDS), (kind, code, p)
         assert _CJK.search(p.zh) and p.en[0].isupper() and "{" not in p.zh + p.en, (kind, code)
@@ -230,3 +231,22 @@ def test_a_registration_session_never_says_it_pays():
         p = reason_prompt(code, visit="500.00", day="1000.00", until="2027-03-04", n=4, line_zh="本人额度",
                           line_en="your own line", pick_zh="", pick_en="")
         assert "500.00" in p.en and "500.00" in p.zh and "{" not in p.zh + p.en
+
+
+def test_a_revocation_session_never_says_it_pays():
+    """The patient revoking her mandates by face moves no money: its states and reasons never read as a
+    payment, and the confirm step names how many mandates and where."""
+    from kiosk.app.prompts import REVOKE_REASONS, state_prompt
+
+    for st in (State.BILL_RECEIVED, State.PRESETTLED, State.CONFIRM, State.SETTLING, State.PRINTING, State.DONE,
+               State.FAILED, State.CANCELLED):
+        p = state_prompt(str(st), "revoke")
+        assert not any(w in p.zh + p.en for w in ("Press Enter to pay", "Payment complete", "Paying", "正在支付",
+                                                   "支付成功")), (st, p)
+        assert _CJK.search(p.zh) and not _CJK.search(p.en), st
+    for code in REVOKE_REASONS:
+        p = reason_prompt(code, n=2, which="H37020200001, H37020200002")
+        assert "{" not in p.zh + p.en and _CJK.search(p.zh) and not _CJK.search(p.en)
+        assert not any(w in p.zh + p.en for w in ("pay in cash", "支付成功")), code
+    p = reason_prompt("mandate_revoke_list", n=2, which="H37020200001, H37020200002")
+    assert all("H37020200002" in t and "2" in t for t in (p.zh, p.en)) and "Enter" in p.en

@@ -76,6 +76,11 @@ class Centre:
     def line_auth(self, person, amount_fen, ref):
         return f"LA.{person.psn_no}.{amount_fen}"
 
+    def person_auth(self, person, purpose, ref):  # ec.payauth statement / mandate_revoke: the face's word
+        if "person_auth" in self.down:
+            raise RemoteError("centre down", code="unreachable")
+        return f"PP.{purpose}.{person.psn_no}.{ref}"
+
     def mandate_auth(self, person, terms, per_visit_fen):
         if "mandate_auth" in self.down:
             raise RemoteError("centre down", code="unreachable")
@@ -238,13 +243,29 @@ class Bank:
                     return MandateResult("unknown", code="timeout")
             return MandateResult("ok", m["mandate_id"], m["per_visit"], m["per_day"], m["until"], m["lines"])
 
-    def mandate_revoke(self, mandate_id, key):
+    def mandate_revoke(self, mandate_id, key, auth=""):
         if "revoke" in self.down:
             return RefundResult("unknown", "timeout")
-        if mandate_id not in self.mandates:
+        m = self.mandates.get(mandate_id)
+        if m is None or (auth and auth != f"PP.mandate_revoke.{m['payer']}.{mandate_id}"):
             return RefundResult("refused", "unknown_mandate")
-        self.mandates[mandate_id]["state"] = "revoked"
+        if not auth and m.get("fixmedins_code", INST) != INST:  # another institution's: only the payer's word
+            return RefundResult("refused", "unknown_mandate")
+        self.revoke_keys = getattr(self, "revoke_keys", []) + [key]
+        m["state"] = "revoked"
+        if "revoke" in self.lose_answer:
+            self.lose_answer.discard("revoke")
+            return RefundResult("unknown", "timeout")
         return RefundResult("ok")
+
+    def mandates_of(self, payer, auth):
+        if "mandates" in self.down:
+            return None
+        if auth != f"PP.statement.{payer}.{payer}":
+            return []
+        return [{"mandate_id": m["mandate_id"], "fixmedins_code": m.get("fixmedins_code", INST),
+                 "per_visit": fen_to_yuan(m["per_visit"]), "per_day": fen_to_yuan(m["per_day"]), "until": m["until"],
+                 "lines": m["lines"]} for m in self.mandates.values() if m["payer"] == payer and m["state"] == "active"]
 
     def mandate_get(self, mandate_id):
         m = self.mandates.get(mandate_id)
@@ -753,6 +774,58 @@ def test_a_charge_takes_no_item_level_return_only_a_refund(rig):
     assert rig.pos.visit("V1").json()["charges"][0]["status"] == "paid"
     part = rig.pos.refund(oid, "R1", "10.00")
     assert part.status_code == 201, part.text
+
+
+# ------------------------------------------------------------------------------------------ revocation by face
+def _other_mandate(rig, mid="M0000beef"):
+    """A mandate the patient gave another institution: this terminal does not know it."""
+    rig.bank.mandates[mid] = {"mandate_id": mid, "payer": "P100", "per_visit": 30000, "per_day": 60000,
+                              "until": "2099-01-01", "lines": "own", "state": "active", "fixmedins_code": "H37029900009"}
+    return mid
+
+
+def test_the_patient_revokes_her_mandates_at_every_institution_by_face(rig):
+    v = rig.register()
+    here, there = v["mandate"]["mandate_id"], _other_mandate(rig)
+    r = rig.pos.revoke_by_face("RV1")
+    assert r.status_code == 201 and r.json()["order_id"] == "mrevoke~RV1", r.text
+    o = rig.pos.get("mrevoke~RV1", wait=10).json()
+    assert o["status"] == "revoked", o
+    assert {m["mandate_id"]: m["result"] for m in o["result"]["mandates"]} == {here: "revoked", there: "revoked"}
+    assert {m["fixmedins_code"] for m in o["result"]["mandates"]} == {INST, "H37029900009"}
+    assert rig.bank.mandates[here]["state"] == rig.bank.mandates[there]["state"] == "revoked"
+    assert rig.store.get_mandate(here)["state"] == "revoked"  # no charge here passes the kiosk either
+    assert rig.pos.charge("V1", "C1", bill("10.00")).json()["code"] == "needs_patient"
+    assert any(p[0] == "撤销无感支付授权 / Senseless pay revoked" for p in rig.printer.printed)
+    assert rig.pos.revoke_by_face("RV1").status_code == 200  # a retry: the same order
+    # another POS system finds nothing; the day's reconciliation lists no payment for it
+    assert rig.other.get("mrevoke~RV1").status_code == 404
+    day = local_day(SystemClock()).isoformat()
+    assert all(x["order_id"] != "mrevoke~RV1" for x in rig.pos.reconciliation(day).json()["orders"])
+
+
+def test_without_mandates_nothing_is_revoked_and_without_her_word_none_is_read(rig):
+    o = rig.pos.revoke_by_face("RV1").json()
+    o = rig.pos.get(o["order_id"], wait=10).json()
+    assert (o["status"], o["reason"]) == ("failed", "no_mandates"), o
+    rig.register()
+    rig.centre.down.add("person_auth")  # the centre gives no word: nothing is read or sent
+    o = rig.pos.get(rig.pos.revoke_by_face("RV2").json()["order_id"], wait=10).json()
+    assert (o["status"], o["reason"]) == ("failed", "revoke_unavailable"), o
+    assert all(m["state"] == "active" for m in rig.bank.mandates.values())
+
+
+def test_a_revocation_whose_answer_was_lost_is_sent_again_by_its_key(rig):
+    rig.register()
+    _other_mandate(rig)
+    rig.bank.lose_answer.add("revoke")
+    o = rig.pos.get(rig.pos.revoke_by_face("RV1").json()["order_id"], wait=10).json()
+    assert o["status"] == "revoke_pending" and "pending" in {m["result"] for m in o["result"]["mandates"]}, o
+    assert rig.term.recover() == [("mrevoke~RV1", "revoked")]
+    o = rig.pos.get("mrevoke~RV1").json()
+    assert o["status"] == "revoked" and {m["result"] for m in o["result"]["mandates"]} == {"revoked"}
+    lost = [k for k in rig.bank.revoke_keys if rig.bank.revoke_keys.count(k) == 2]
+    assert len(lost) == 2  # the lost one sent twice, by the same key
 
 
 # ------------------------------------------------------------------------------------------ unknown answers

@@ -400,6 +400,32 @@ def test_the_patient_revokes_by_face_at_any_terminal_and_nobody_else_can(world: 
     assert w.bank.mandate_get(m["mandate_id"]).output["state"] == "revoked"
 
 
+def test_the_patient_reads_her_mandates_at_every_institution_by_face_and_nobody_else_can(world: World) -> None:
+    """credit.mandates: what a terminal of any institution may offer the patient to revoke (her own word,
+    purpose statement, ref = herself, at this terminal); another person's word or none reads nothing."""
+    w = world
+    p, q = _person(w), _person(w)
+    here = _give(w, p)
+    m_auth = _mandate_auth(w, p, centre=w.other_centre)
+    assert m_auth.ok, m_auth
+    there = w.other_bank.mandate(p.psn_no, "mandate-" + secrets.token_hex(4), m_auth.output["pay_auth"])
+    assert there.ok, there
+
+    def read(bank: BankClient, payer: str, auth: str) -> list[str]:
+        a = bank.call("credit.mandates", {"payer": payer, **({"pay_auth": auth} if auth else {})})
+        assert a.ok, a
+        return sorted(m["mandate_id"] for m in a.output["mandates"])
+
+    mine = _proof(w, p, "statement", p.psn_no, centre=w.other_centre)
+    assert read(w.other_bank, p.psn_no, mine) == sorted([here["mandate_id"], there.output["mandate_id"]])
+    assert read(w.other_bank, p.psn_no, "") == []                                   # no word: nothing
+    assert read(w.other_bank, p.psn_no, _proof(w, q, "statement", q.psn_no, centre=w.other_centre)) == []
+    assert read(w.bank, p.psn_no, mine) == []                                       # her word, another terminal
+    assert read(w.other_bank, p.psn_no, _proof(w, p, "line", "x", "1.00", centre=w.other_centre)) == []
+    assert w.bank.mandate_revoke(here["mandate_id"], "rv-read").ok                  # revoked: no longer listed
+    assert read(w.other_bank, p.psn_no, mine) == [there.output["mandate_id"]]
+
+
 def test_operator_revokes_any_mandate(world: World) -> None:
     w = world
     p = _person(w)

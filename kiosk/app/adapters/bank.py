@@ -133,15 +133,24 @@ class BankAdapter:
         r = refund_result(a)
         return MandateResult(r.status, code=r.code)
 
-    def mandate_revoke(self, mandate_id: str, key: str) -> RefundResult:
-        """credit.mandate_revoke by this institution's terminal (its own authority, no pay_auth)."""
+    def mandate_revoke(self, mandate_id: str, key: str, auth: str = "") -> RefundResult:
+        """credit.mandate_revoke by this institution's terminal (its own authority, no pay_auth), or by any
+        terminal with the payer's word (`auth`, purpose mandate_revoke)."""
+        body = {"mandate_id": mandate_id, "key": key, **({"pay_auth": auth} if auth else {})}
         try:
-            a = self._call(self.client.call, "credit.mandate_revoke", {"mandate_id": mandate_id, "key": key})
+            a = self._call(self.client.call, "credit.mandate_revoke", body)
         except RemoteError as e:
             return RefundResult("unknown", e.code, e.message)
         if not a.ok and "already" in (a.err_code or "").lower():
             return RefundResult("ok")
         return refund_result(a)
+
+    def mandates_of(self, payer: str, auth: str) -> list[dict[str, Any]] | None:
+        try:
+            a = self._call(self.client.call, "credit.mandates", {"payer": payer, "pay_auth": auth})
+        except RemoteError:
+            return None
+        return [dict(m) for m in a.output.get("mandates") or []] if a.ok else None
 
     def mandate_get(self, mandate_id: str) -> dict[str, Any] | None:
         try:

@@ -199,6 +199,14 @@ class CentreAdapter:
                        purpose="mandate")
         return str(a.output.get("pay_auth") or "") if a.ok else ""
 
+    def person_auth(self, person: Person, purpose: str, ref: str) -> str:
+        """ec.payauth with no amount (statement: ref = the person; mandate_revoke: ref = the mandate id)."""
+        try:
+            a = self._call(self.client.pay_auth, person.psn_no, person.ec_token, "0.00", ref, purpose=purpose)
+        except RemoteError:
+            return ""
+        return str(a.output.get("pay_auth") or "") if a.ok else ""
+
     def register_visit(self, person: Person, msgid: str) -> VisitOpened:
         """2201 with the face's ecToken; the journaled `msgid` makes a retry replay one that landed."""
         data = {"psn_no": person.psn_no, "insutype": person.insutype or "310", "med_type": "11",

@@ -16,6 +16,7 @@
 | credit.mandate | payer, key, pay_auth (payer's, purpose mandate: ref = the terms) | mandate_id, caps, until, lines, holders |
 | credit.mandate_revoke | mandate_id, key, pay_auth? (payer's, purpose mandate_revoke) | mandate_id, state |
 | credit.mandate_get | mandate_id, visit? | state, caps, used_today (, used_visit) |
+| credit.mandates | payer, pay_auth? (payer's, purpose statement, ref = payer) | the payer's mandates in force at every institution (none without the proof) |
 
 The bank's own channel (operator token): `POST /admin/apply`, `/admin/bind`, `/admin/unbind`,
 `/admin/line`, `/admin/repay`, `/admin/statement`, `/admin/mandate/revoke`, `/admin/mandate`
@@ -217,6 +218,14 @@ class MandateRevoke(_In):
     pay_auth: str | None = Field(default=None, max_length=payauth.MAX_LEN,
                                  description="the payer's word (purpose mandate_revoke, ref = mandate_id): any "
                                              "terminal; without it only a terminal of the mandate's institution")
+
+
+class Mandates(_In):
+    payer: str = _ID
+    pay_auth: str | None = Field(default=None, max_length=payauth.MAX_LEN,
+                                 description="the payer's word from the centre's ec.payauth (purpose statement, ref = "
+                                             "the payer: the person reads her own credit record); without it the "
+                                             "answer is that of a person with none")
 
 
 class MandateGet(_In):
@@ -716,6 +725,19 @@ class BankService:
     def mandate_for_operator(self, d: OperatorMandate) -> dict[str, Any] | Refusal:
         return _answer(self.credit.mandate_get(d.mandate_id, institution=None))
 
+    def mandates(self, ctx: Ctx, tx: Transaction, d: Mandates) -> dict[str, Any]:
+        """The face-proved payer's mandates in force at every institution (what she may revoke at any
+        terminal with her word, purpose mandate_revoke). Only with her proof at this terminal (pay_auth
+        purpose statement, ref = the payer; read-only, not spent); anything else answers as for a person
+        with none. A family holder is shown by the last 4 characters only."""
+        if not self._proves(ctx, d.pay_auth, "statement", d.payer, ref=d.payer):
+            return {"payer": d.payer, "mandates": []}
+        out = []
+        for m in self.credit.mandates_of(d.payer):
+            fam = (m.get("holders") or {}).get("family")
+            out.append({**m, "holders": {**m["holders"], "family": str(fam)[-4:] if fam else None}})
+        return {"payer": d.payer, "mandates": out}
+
     def mandate_get(self, ctx: Ctx, tx: Transaction, d: MandateGet) -> dict[str, Any] | Refusal:
         """The institution's own mandate: state, caps, used today (and on the visit named)."""
         return _answer(_for_terminal(self.credit.mandate_get(d.mandate_id, institution=ctx.terminal.fixmedins_code,
@@ -762,6 +784,8 @@ class BankService:
             ("credit.mandate_revoke", MandateRevoke, self.mandate_revoke,
              "end a mandate: its institution, or any terminal with the payer's word"),
             ("credit.mandate_get", MandateGet, self.mandate_get, "the institution's own mandate: state, caps, used"),
+            ("credit.mandates", Mandates, self.mandates,
+             "the face-proved payer's mandates in force at every institution (to revoke at any terminal)"),
             ("credit.clearing", Clearing, self.clearing,
              "the institution's clearing statement for a day: draws, captures, refunds, net due (own only)"),
         ]
