@@ -424,6 +424,19 @@ def test_the_patient_reads_her_mandates_at_every_institution_by_face_and_nobody_
     assert read(w.other_bank, p.psn_no, _proof(w, p, "line", "x", "1.00", centre=w.other_centre)) == []
     assert w.bank.mandate_revoke(here["mandate_id"], "rv-read").ok                  # revoked: no longer listed
     assert read(w.other_bank, p.psn_no, mine) == [there.output["mandate_id"]]
+    # the terminal's adapters, as its revocation session uses them: her word reads, her word revokes
+    from kiosk.app.adapters.bank import BankAdapter
+    from kiosk.app.adapters.centre import CentreAdapter
+    from kiosk.app.ports import Person
+
+    her = Person(psn_no=p.psn_no, name="", ec_token=_activate_at(w, w.other_centre, p))
+    centre = CentreAdapter(w.other_centre)
+    bank = BankAdapter(w.other_bank)
+    listed = bank.mandates_of(p.psn_no, centre.person_auth(her, "statement", p.psn_no))
+    assert [m["mandate_id"] for m in listed or []] == [there.output["mandate_id"]]
+    word = centre.person_auth(her, "mandate_revoke", there.output["mandate_id"])
+    assert bank.mandate_revoke(there.output["mandate_id"], "rv-face", word).status == "ok"
+    assert bank.mandates_of(p.psn_no, centre.person_auth(her, "statement", p.psn_no)) == []
 
 
 def test_operator_revokes_any_mandate(world: World) -> None:
