@@ -229,6 +229,7 @@ class Terminal:
             return
         if job.order.mode == "mandate_revoke":
             self.visits.face_revoke_ended(job.system, oid, out)
+            self._audit_identity(job.system, oid, out)
             return
         self.last_outcome = out
         metrics.observe_session(out.status, out.reason, out.stage_ms)
