@@ -387,3 +387,34 @@ def test_registration_crash_after_each_step_ends_open_or_with_nothing_opened(sta
             assert new_mandates == [] and new_visits == []
     finally:
         db.close()
+
+
+def test_the_patient_revokes_her_mandates_by_face_on_the_stack(stack):
+    """POST /pos/v1/mandates/revoke through the real parties: her face, her mandates read on her word at the
+    bank, the confirm key, each revoked on her word; the visit's next charge needs her."""
+    from kiosk.app.demo import scene
+
+    st = stack
+    v = register(st, "SV-RV", LI)
+    assert v["state"] == "open", v
+    mid = v["mandate"]["mandate_id"]
+    st.typist.clear()
+    st.typist.plan("confirm", "<enter>")
+    st.camera.show(scene(st, LI))
+    try:
+        r = st.pos_client.revoke_by_face("RV-STACK")
+        assert r.status_code == 201, r.text
+        end = time.monotonic() + 60
+        while True:
+            o = st.pos_client.get(r.json()["order_id"], wait=10).json()
+            if o["status"] not in ("pending", "running") or time.monotonic() > end:
+                break
+    finally:
+        st.camera.clear()
+    assert o["status"] == "revoked", o
+    assert {m["mandate_id"]: m["result"] for m in o["result"]["mandates"]}[mid] == "revoked"
+    a = st.bank_client.call("credit.mandate_get", {"mandate_id": mid})
+    assert a.output["state"] == "revoked", a
+    c = st.pos_client.charge("SV-RV", "C1", bill("10.00"))
+    assert c.status_code == 409 and c.json()["reason"] == "mandate_revoked", c.text
+    st.pos_client.cancel(c.json()["order_id"])
