@@ -495,3 +495,52 @@ def test_a_payer_with_an_own_line_is_told_of_a_family_line_too_and_nobody_else(p
                   pay_auth=pay_auth(c, "FL-B0042", "FL-M9", "100.00", purpose="bind")).ok
     member = line("FL-M9").output  # a member without an own line: the family line is the one it uses
     assert member["kind"] == "family" and member["holder_hint"] == "0042" and "family_hint" not in member
+
+
+def test_a_draw_on_the_original_racing_the_resettlements_draw_on_another_line_charges_once(
+        pair: tuple[Centre, Bank]) -> None:
+    """A rogue terminal sends the original's draw (on the family line) and the re-settlement's draw (on the
+    patient's own line) at once: two line locks, so they meet only on the original's bank_draw_refs row.
+    Exactly one is charged, whichever lands first; the other is refused and rolled back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kiosk.services import envelope as env
+
+    c, bank = pair
+    b = bank.client
+    gw = bank.http.app.state.gateway
+    assert bank.open("RACE-H042", "1980-01-01", 6).ok
+    p = None
+    for cand in c.people[:18]:  # bound as a member first, then her own line (a binding takes no line holder)
+        if b.bind("RACE-H042", cand.psn_no, "spouse", True, None,
+                  pay_auth=pay_auth(c, "RACE-H042", cand.psn_no, "0.00", purpose="bind")).ok:
+            if bank.open(cand.psn_no, cand.brdy, 6).ok:
+                p = cand
+                break
+            b.unbind("RACE-H042", cand.psn_no, pay_auth=pay_auth(c, "RACE-H042", cand.psn_no, "0.00", purpose="unbind"))
+    assert p is not None
+
+    def owed() -> Decimal:
+        return sum(Decimal(bank.line(h).output["principal_outstanding"]) for h in (p.psn_no, "RACE-H042"))
+
+    ex = ThreadPoolExecutor(2)
+    try:
+        for i in range(4):
+            orig, orig_auth, cash, new, new_auth = _returned(c, p)
+            before = owed()
+            envs = []
+            for data in ({"payer": p.psn_no, "amount": cash, "ref": orig, "key": f"race-o{i}", "pay_auth": orig_auth,
+                          "holder": "RACE-H042"},
+                         {"payer": p.psn_no, "amount": "42.50", "ref": new, "key": f"race-n{i}", "pay_auth": new_auth}):
+                req = b.request("credit.draw", data)
+                envs.append((json.dumps(env.client_envelope(req, app_id=c.app_id, app_secret=c.app_secret,
+                                                            sm2_key=c.key, now=c.clock.now())).encode(), req["msgid"]))
+            outs = list(ex.map(lambda e: gw.handle(e[0], "credit.draw"), envs))
+            got = [b.read_answer(httpx.Response(s, json=body), m) for (s, body), (_r, m) in zip(outs, envs)]
+            assert [a.ok for a in got].count(True) == 1, got
+            assert {a.err_code for a in got if not a.ok} <= {"original_not_refunded", "settlement_returned"}, got
+            won = Decimal(cash) if got[0].ok else Decimal("42.50")
+            assert owed() - before == won  # charged once, for the one that stood
+    finally:
+        ex.shutdown()
+    assert check_bank(bank.db)["balanced"]
