@@ -5,6 +5,7 @@
         -> settling -> printing -> done
     (a return the cashier confirms: bill_received -> presettled, no face)
     any state before settling -> failed | cancelled
+    settling -> pending (a party's answer is unknown: recovery completes it by key; never "failed")
 
 Every state has a timeout (seconds, configurable) and accepts a cancel until
 money starts to move (`settling`): from then on the session finishes or is
@@ -40,9 +41,10 @@ class State(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PENDING = "pending"  # the outcome is not known yet (a lost answer): recovery resolves it by key
 
 
-TERMINAL = frozenset({State.DONE, State.FAILED, State.CANCELLED})
+TERMINAL = frozenset({State.DONE, State.FAILED, State.CANCELLED, State.PENDING})
 # Once money moves the patient can no longer walk away from the session.
 COMMITTING = frozenset({State.SETTLING, State.PRINTING})
 
@@ -57,11 +59,12 @@ TRANSITIONS: Mapping[State, frozenset[State]] = {
     _S.ACTIVATION: frozenset({_S.PRESETTLED, _S.ID_ENTRY}),
     _S.PRESETTLED: frozenset({_S.CONFIRM}),
     _S.CONFIRM: frozenset({_S.SETTLING}),
-    _S.SETTLING: frozenset({_S.PRINTING}),
+    _S.SETTLING: frozenset({_S.PRINTING, _S.PENDING}),
     _S.PRINTING: frozenset({_S.DONE}),
     _S.DONE: frozenset(),
     _S.FAILED: frozenset(),
     _S.CANCELLED: frozenset(),
+    _S.PENDING: frozenset(),
 }
 
 # Seconds a state may last before the session times out.
@@ -117,7 +120,7 @@ class Machine:
                  timeouts: Mapping[State, float] | None = None,
                  on_change: Callable[[Snapshot], None] | None = None, kind: str = "pay") -> None:
         self.session_id = session_id
-        self.kind = kind  # 'pay' | 'return' | 'return_cashier' | 'register': which texts the patient reads (kiosk.app.prompts)
+        self.kind = kind  # 'pay' | 'return' | 'return_cashier' | 'register' | 'revoke': which texts the patient reads (kiosk.app.prompts)
         self.order_id = order_id
         self._clock = clock
         self._timeouts = {**DEFAULT_TIMEOUTS_S, **(timeouts or {})}
@@ -129,7 +132,8 @@ class Machine:
         self.reason: str | None = None
         self.reason_args: dict[str, object] = {}
         self.amounts: dict[str, str] = {}
-        self.info: dict[str, object] = {"kind": "return"} if kind.startswith("return") else {}
+        self.info: dict[str, object] = ({"kind": "return"} if kind.startswith("return") else
+                                        {"kind": kind} if kind in ("register", "revoke") else {})
         self.history: list[tuple[State, datetime]] = []
         self._enter(State.BILL_RECEIVED)
 
@@ -209,6 +213,17 @@ class Machine:
                 raise IntegrityError(f"session already ended ({self.state})", code="illegal_transition")
             self.reason, self.reason_args = reason, dict(args)
             self._enter(State.FAILED)
+
+    def pend(self, reason: str, **args: object) -> None:
+        """End the session with its outcome not yet known (a party's answer was lost; recovery sends the
+        same key again): the patient reads "pending", never "failed" for something that may have happened."""
+        with self._lock:
+            if reason not in REASONS:
+                raise IntegrityError(f"unknown reason code {reason!r}", code="unknown_reason")
+            if State.PENDING not in TRANSITIONS[self.state]:
+                raise IntegrityError(f"illegal transition {self.state} -> pending", code="illegal_transition")
+            self.reason, self.reason_args = reason, dict(args)
+            self._enter(State.PENDING)
 
     def finish_cancelled(self) -> None:
         with self._lock:

@@ -37,6 +37,7 @@ STATE_PROMPTS: dict[str, Prompt] = {
     "done": Prompt("支付成功，请取走凭条", "Payment complete. Please take your receipt."),
     "failed": Prompt("未能完成支付", "The payment could not be completed."),
     "cancelled": Prompt("已取消，未扣款", "Cancelled. Nothing was charged."),
+    "pending": Prompt("结果待确认，终端会自动完成", "The result is not confirmed yet; the terminal completes it by itself."),
 }
 
 
@@ -124,6 +125,10 @@ REASONS: dict[str, Prompt] = {
     "revoke_pending": Prompt("撤销已发出，银行尚未确认；终端会自动重试，结果请向收费员确认",
                              "Sent; the bank has not confirmed yet. The terminal retries by itself; the cashier can "
                              "tell you the result."),
+    # a registration whose party answer was lost (order 'opening'): recovery continues it by the same keys
+    "register_pending": Prompt("登记已发出，尚未得到确认；终端会自动重试，结果请向收费员确认",
+                               "Sent; not confirmed yet. The terminal retries by itself; the cashier can tell you "
+                               "whether your visit is registered."),
     "mandate_reused": Prompt("您的无感支付授权仍有效（每次就诊不超过 {visit} 元，每日不超过 {day} 元，有效至 {until}）；按确认键登记本次就诊",
                              "Your senseless-pay mandate is still valid (at most {visit} per visit, {day} per day, "
                              "until {until}). Press Enter to register this visit."),
@@ -222,6 +227,7 @@ REGISTER_STATE_PROMPTS: dict[str, Prompt] = {
                    "automatically and you are told of each."),
     "failed": Prompt("未能登记就诊，未作任何授权", "The visit could not be registered. Nothing was authorised."),
     "cancelled": Prompt("已取消，未作任何授权", "Cancelled. Nothing was authorised."),
+    "pending": Prompt("登记结果待确认", "The registration is not confirmed yet."),
 }
 REGISTER_REASONS = ("mandate_terms", "mandate_terms_lines", "mandate_reused")  # shown only by a registration
 
@@ -238,6 +244,7 @@ REVOKE_STATE_PROMPTS: dict[str, Prompt] = {
                    "Done. Please take your slip: it lists each mandate and whether it was revoked."),
     "failed": Prompt("未能撤销授权", "The mandates were not revoked."),
     "cancelled": Prompt("已取消，授权保持不变", "Cancelled. Your mandates stay as they were."),
+    "pending": Prompt("撤销结果待确认", "The revocation is not confirmed yet."),
 }
 REVOKE_REASONS = ("mandate_revoke_list", "no_mandates", "revoke_unavailable", "revoke_pending")  # shown only by a revocation
 

@@ -618,6 +618,9 @@ class CounterSession:
         terms = replace(plan.choices[choice], lines=lines)
         self._go(State.SETTLING)
         out = self.registrar.commit(self, terms, plan)
+        if out.status == "opening":  # a party's answer was lost: recovery continues it, the outcome is not known
+            self.m.pend("register_pending")
+            return out
         if out.status != "registered":
             self.m.fail(out.reason if out.reason in REASONS else "interrupted")
             return out
@@ -654,6 +657,9 @@ class CounterSession:
         self._confirm_ms = (time.perf_counter() - t0) * 1000
         self._go(State.SETTLING)
         out = self.revoker.commit(self, ms)
+        if out.status == "revoke_pending":  # the bank's answer was lost: recovery sends it again by its key
+            self.m.pend("revoke_pending")
+            return out
         if out.status not in ("revoked", "not_revoked"):
             self.m.fail(out.reason if out.reason in REASONS else "interrupted")
             return out

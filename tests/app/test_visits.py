@@ -828,6 +828,64 @@ def test_a_revocation_whose_answer_was_lost_is_sent_again_by_its_key(rig):
     assert len(lost) == 2  # the lost one sent twice, by the same key
 
 
+def _screens(rig) -> list:
+    """Every frame the patient's screen receives from the counter's sessions (flow snapshot -> page model)."""
+    from datetime import datetime, timezone
+
+    from kiosk.app.screen.feed import state_from_snapshot
+    from kiosk.app.screen.model import Peripherals
+
+    frames: list = []
+    rig.term.on_change = lambda snap: frames.append(
+        state_from_snapshot(snap, now=datetime.now(timezone.utc), peripherals=Peripherals()))
+    return frames
+
+
+def test_a_revocation_whose_answer_was_lost_reads_pending_on_the_screen_never_failed(rig):
+    rig.register()
+    _other_mandate(rig)
+    frames = _screens(rig)
+    rig.bank.lose_answer.add("revoke")
+    o = rig.pos.get(rig.pos.revoke_by_face("RV1").json()["order_id"], wait=10).json()
+    assert o["status"] == "revoke_pending", o
+    last = frames[-1]
+    assert (last.phase, last.state, last.kind, last.reason) == ("pending", "pending", "revoke", "revoke_pending")
+    assert "银行尚未确认" in last.prompt.zh and "not confirmed" in last.prompt.en
+    assert all(f.phase != "failure" for f in frames)  # never "the mandates were not revoked" for one that may be
+    from kiosk.app.prompts import state_prompt
+
+    assert state_prompt("pending", "revoke").en != state_prompt("failed", "revoke").en
+
+
+def test_the_revocation_screen_lists_each_mandate_that_will_end_before_the_confirm_key(rig):
+    v = rig.register()
+    _other_mandate(rig)
+    frames = _screens(rig)
+    rig.pos.get(rig.pos.revoke_by_face("RV1").json()["order_id"], wait=10)
+    confirm = [f for f in frames if f.phase == "confirm"]
+    assert confirm and confirm[0].kind == "revoke"
+    shown = {(m.fixmedins_code, m.per_visit, m.per_day, m.until) for m in confirm[0].mandates}
+    assert shown == {(INST, "500.00", "1000.00", v["mandate"]["until"]),
+                     ("H37029900009", "300.00", "600.00", "2099-01-01")}
+    page = confirm[0].model_dump_json()
+    assert "P100" not in page and v["mandate"]["mandate_id"] not in page  # no person id, no mandate id
+    assert all(not f.mandates for f in frames if f.kind != "revoke")
+
+
+def test_a_registration_whose_party_answer_was_lost_reads_pending_then_opens(rig):
+    frames = _screens(rig)
+    rig.centre.down.add("register")  # 2201 unanswered: the order stays opening, recovery continues it
+    v = rig.register()
+    assert v["state"] == "opening" and rig.pos.get("visit~V1").json()["status"] == "opening"
+    last = frames[-1]
+    assert (last.phase, last.kind, last.reason) == ("pending", "register", "register_pending"), last
+    assert "未作任何授权" not in last.prompt.zh and "Nothing was authorised" not in last.prompt.en
+    assert all(f.phase != "failure" for f in frames)
+    rig.centre.down.clear()
+    rig.term.recover()
+    assert rig.pos.visit("V1").json()["state"] == "open"  # it was not failed: it completed by itself
+
+
 # ------------------------------------------------------------------------------------------ unknown answers
 def test_a_lost_draw_answer_is_pending_then_completed_by_its_key(rig):
     rig.register()

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from kiosk.app.screen.bus import ScreenBus
-from kiosk.app.screen.model import Amounts, KeypadEntry, Peripherals, ScreenState, Text
+from kiosk.app.screen.model import Amounts, KeypadEntry, MandateItem, Peripherals, ScreenState, Text
 from kiosk.clock import Clock, SystemClock
 
 # the flow's state name -> the page's layout
@@ -24,7 +24,7 @@ PHASE_OF: dict[str, str] = {
     "idle": "idle", "bill_received": "bill", "face_capture": "face", "liveness": "liveness",
     "match": "matching", "id_entry": "id_entry", "phone_entry": "phone_entry", "activation": "matching",
     "presettled": "processing", "confirm": "confirm", "settling": "processing", "printing": "processing",
-    "done": "success", "failed": "failure", "cancelled": "cancelled",
+    "done": "success", "failed": "failure", "cancelled": "cancelled", "pending": "pending",
 }
 CAMERA_STATES = frozenset({"face_capture", "liveness"})
 _AMOUNT_KEYS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "acct_mulaid_pay", "credit_draw", "cash_pay")
@@ -90,7 +90,7 @@ def state_from_snapshot(snap: Any, *, now: datetime, peripherals: Peripherals) -
         d = deadline if isinstance(deadline, datetime) else datetime.fromisoformat(str(deadline))
         deadline_s = max(0.0, min(3600.0, (d - now).total_seconds()))
     payer = "family" if (info.get("payer") == "family" or (amounts and amounts.credit_holder)) else "self"
-    kind = "return" if info.get("kind") == "return" else "pay"
+    kind = str(info.get("kind")) if info.get("kind") in ("return", "register", "revoke") else "pay"
     amounts_old = None
     old = info.get("amounts_old")
     if kind == "return" and isinstance(old, Mapping) and old.get("medfee_sumamt"):
@@ -98,8 +98,16 @@ def state_from_snapshot(snap: Any, *, now: datetime, peripherals: Peripherals) -
             amounts_old = Amounts(**{k: str(old[k]) for k in _AMOUNT_KEYS if old.get(k) is not None})
         except ValueError:
             amounts_old = None
+    mandates = []
+    if kind == "revoke":
+        for m in list(info.get("mandates") or [])[:20]:  # only what the patient recognises them by
+            try:
+                mandates.append(MandateItem(**{k: str(m.get(k) or "") for k in ("fixmedins_code", "per_visit",
+                                                                                   "per_day", "until")}))
+            except (ValueError, AttributeError):
+                continue  # a malformed entry is not shown (the prompt still says how many and where)
     return ScreenState(
-        phase=phase, state=name[:40], session_id=_get(snap, "session_id"), prompt=prompt, reason=reason,
+        phase=phase, mandates=mandates, state=name[:40], session_id=_get(snap, "session_id"), prompt=prompt, reason=reason,
         amounts=amounts, keypad=keypad, peripherals=peripherals, camera=name in CAMERA_STATES,
         deadline_s=deadline_s, payer=payer, kind=kind, amounts_old=amounts_old,
         receipt_printed=(reason not in ("paper_out", "cover_open", "printer_offline")) if phase == "success" else None,

@@ -27,6 +27,7 @@ Phase = Literal[
     "success",        # outcome: paid, amounts split
     "failure",        # outcome: not paid, actionable reason
     "cancelled",      # outcome: cancelled by patient/cashier/timeout
+    "pending",        # outcome not known yet (a party's answer was lost): completes by itself, never "failed"
 ]
 
 PeripheralStatus = Literal["ok", "warning", "error", "offline", "unknown"]
@@ -111,6 +112,17 @@ class Peripherals(BaseModel):
     camera_detail: str | None = Field(default=None, max_length=40)
 
 
+class MandateItem(BaseModel):
+    """One senseless-pay mandate a revocation by face will end: where and its terms (no person id, no
+    mandate id: the patient recognises it by the institution and the caps)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fixmedins_code: str = Field(pattern=r"^[A-Za-z0-9]{1,20}$", description="the institution's code")
+    per_visit: str = Field(pattern=_YUAN)
+    per_day: str = Field(pattern=_YUAN)
+    until: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+
 class ScreenState(BaseModel):
     """One frame of the patient's screen. `seq` is set by the bus."""
 
@@ -130,6 +142,9 @@ class ScreenState(BaseModel):
     receipt_printed: bool | None = None
     setl_id: str | None = Field(default=None, max_length=64)
     payer: Literal["self", "family"] = "self"
-    kind: Literal["pay", "return"] = Field(default="pay", description="return: an item-level return (return texts, "
-                                           "the original split beside the new one)")
+    kind: Literal["pay", "return", "register", "revoke"] = Field(
+        default="pay", description="return: an item-level return (return texts, the original split beside the new "
+                                   "one); register / revoke: a senseless-pay registration / revocation (no payment)")
     amounts_old: Amounts | None = Field(default=None, description="return: the original split, shown beside `amounts`")
+    mandates: list[MandateItem] = Field(default_factory=list, max_length=20,
+                                        description="revoke: the mandates the confirm key ends")

@@ -23,6 +23,8 @@ PHASE_PROMPTS: dict[str, Text] = {
     "success": Text(zh="请取走凭条，谢谢", en="Please take your receipt. Thank you"),
     "failure": Text(zh="本次没有扣款，请联系收银员", en="Nothing was charged. Please ask the cashier"),
     "cancelled": Text(zh="本次没有扣款", en="Nothing was charged"),
+    "pending": Text(zh="结果待确认，终端会自动完成，请向收银员确认结果",
+                    en="The result is not confirmed yet; the terminal completes it. Please check with the cashier"),
 }
 
 # reason code -> actionable advice. Codes come from the vision layer's quality
@@ -163,6 +165,18 @@ LABELS: dict[str, Text] = {
     "not_returned": Text(zh="退货未办理", en="Not returned"),
     "before_return": Text(zh="退货前", en="Before"),
     "after_return": Text(zh="退货后", en="After"),
+    "pending": Text(zh="结果待确认", en="Pending"),
+    "register_title": Text(zh="无感支付 就诊登记", en="Senseless pay: visit registration"),
+    "registered": Text(zh="登记完成", en="Registered"),
+    "not_registered": Text(zh="未登记", en="Not registered"),
+    "revoke_title": Text(zh="撤销无感支付授权", en="Revoke senseless pay"),
+    "revoke_done": Text(zh="撤销已办理", en="Revocation done"),
+    "not_revoked": Text(zh="未撤销", en="Not revoked"),
+    "mandates_to_end": Text(zh="将撤销以下授权", en="These mandates end"),
+    "institution": Text(zh="医疗机构", en="Institution"),
+    "per_visit": Text(zh="每次就诊上限", en="Per visit"),
+    "per_day": Text(zh="每日上限", en="Per day"),
+    "until": Text(zh="有效至", en="Until"),
 }
 
 

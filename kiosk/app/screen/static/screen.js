@@ -77,6 +77,26 @@
     return true;
   }
 
+  // a revocation by face: the mandates the confirm key ends (where, the caps, until)
+  function renderMandates(st) {
+    var tb = $("mandate-rows"); tb.textContent = "";
+    var ms = st.mandates || [];
+    ms.forEach(function (m) {
+      var tr = document.createElement("tr"); tr.dataset.part = "mandate";
+      [m.fixmedins_code, money(m.per_visit), money(m.per_day), m.until].forEach(function (v, i) {
+        var td = document.createElement("td"); td.textContent = v; if (i === 1 || i === 2) td.className = "money";
+        tr.appendChild(td);
+      });
+      tb.appendChild(tr);
+    });
+    return ms.length > 0;
+  }
+
+  var HEADS = {  // the outcome's heading by kind: [done, failed, cancelled]
+    pay: ["paid", "not_paid", "cancelled"], "return": ["returned", "not_returned", "cancelled"],
+    register: ["registered", "not_registered", "cancelled"], revoke: ["revoke_done", "not_revoked", "cancelled"]
+  };
+
   function renderBill(st) {
     if (!st.amounts) return false;
     $("bill-total").textContent = money(st.amounts.medfee_sumamt);
@@ -148,7 +168,8 @@
     var ph = st.phase;
     document.body.dataset.phase = ph;
     setLabels();
-    if (st.kind === "return") $("title").textContent = document.title = label("return_title");
+    if (st.kind === "return" || st.kind === "register" || st.kind === "revoke")
+      $("title").textContent = document.title = label(st.kind + "_title");
     var p = t(promptFor(st));
     $("prompt").textContent = p;
     var showCam = !!st.camera;
@@ -158,16 +179,19 @@
     $("keypad").hidden = !(ph === "id_entry" || ph === "phone_entry");
     if (!$("keypad").hidden) renderKeypad(st);
     $("bill").hidden = !(ph === "bill" && renderBill(st));
-    $("amounts").hidden = !((ph === "confirm" || ph === "success") && renderAmounts(st));
+    $("amounts").hidden = st.kind === "register" || st.kind === "revoke" ||
+      !((ph === "confirm" || ph === "success") && renderAmounts(st));
+    $("mandates").hidden = !(st.kind === "revoke" && ph === "confirm" && renderMandates(st));
     $("spinner").hidden = !(ph === "matching" || ph === "processing");
-    var out = ph === "success" || ph === "failure" || ph === "cancelled";
+    var out = ph === "success" || ph === "failure" || ph === "cancelled" || ph === "pending";
     $("outcome").hidden = !out;
     var det = [];
     if (out) {
-      $("outcome-icon").textContent = ph === "success" ? "✓" : "✗";
-      $("outcome-head").textContent = st.kind === "return"
-        ? label(ph === "success" ? "returned" : (ph === "failure" ? "not_returned" : "cancelled"))
-        : label(ph === "success" ? "paid" : (ph === "failure" ? "not_paid" : "cancelled"));
+      // pending: the outcome is not known yet (never shown as failed); it completes by itself
+      $("outcome-icon").textContent = ph === "success" ? "✓" : (ph === "pending" ? "…" : "✗");
+      var heads = HEADS[st.kind] || HEADS.pay;
+      $("outcome-head").textContent = label(ph === "pending" ? "pending"
+        : heads[ph === "success" ? 0 : (ph === "failure" ? 1 : 2)]);
       if (st.receipt_printed === true) det.push(label("receipt_printed"));
       if (st.receipt_printed === false && ph === "success") det.push(label("receipt_not_printed"));
       if (st.setl_id && ph === "success") det.push(label("settlement_no") + " " + st.setl_id);
