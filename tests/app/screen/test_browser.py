@@ -262,3 +262,35 @@ def test_a_return_shows_the_split_before_and_after_and_return_texts(page):
     assert not any(w in prompt_text(b) for w in ("pay", "Pay", "charged"))
     show(page, ScreenState(phase="idle", state="idle"))  # the next patient: a payment page, in Chinese
     assert b.eval("document.getElementById('title').textContent") == LABELS["title"].zh
+
+
+def test_a_revocation_lists_the_mandates_that_end_and_a_lost_answer_reads_pending(page):
+    """A revocation by face: the confirm step shows each mandate that ends (institution, caps, until);
+    when the bank's answer was lost the outcome reads pending (…), never "not revoked" / "not paid"."""
+    from kiosk.app.screen.model import MandateItem, Text
+
+    b, _ = page
+    if b.eval("document.body.dataset.lang") != "zh":
+        b.click("#lang")
+    ms = [MandateItem(fixmedins_code="H37020200001", per_visit="500.00", per_day="1000.00", until="2027-03-04"),
+          MandateItem(fixmedins_code="H37029900009", per_visit="300.00", per_day="600.00", until="2099-01-01")]
+    show(page, ScreenState(phase="confirm", state="confirm", session_id="V1", kind="revoke", mandates=ms,
+                           prompt=Text(zh="您有 2 项无感支付授权", en="You have 2 mandates"), deadline_s=60))
+    b.screenshot(ARTIFACTS / "revoke_confirm.png")
+    assert b.eval(OVERFLOW_JS) == [] and b.eval("document.getElementById('mandates').hidden") is False
+    rows = b.eval("Array.from(document.querySelectorAll('#mandate-rows tr')).map(function(r){"
+                  "return Array.from(r.cells).map(function(c){return c.textContent;}).join('|');})")
+    assert rows == ["H37020200001|¥500.00|¥1000.00|2027-03-04", "H37029900009|¥300.00|¥600.00|2099-01-01"]
+    assert b.eval("document.getElementById('title').textContent") == LABELS["revoke_title"].zh
+    assert b.eval("document.getElementById('amounts').hidden") is True
+    show(page, ScreenState(phase="pending", state="pending", session_id="V1", kind="revoke", reason="revoke_pending",
+                           prompt=Text(zh="撤销已发出，银行尚未确认", en="Sent; the bank has not confirmed yet.")))
+    assert b.eval("document.getElementById('outcome').hidden") is False
+    assert b.eval("document.getElementById('outcome-head').textContent") == LABELS["pending"].zh
+    assert b.eval("document.getElementById('outcome-icon').textContent") == "…"
+    assert b.eval("document.getElementById('mandates').hidden") is True
+    b.click("#lang")
+    b.wait_for("document.body.dataset.lang === 'en'")
+    assert b.eval("document.getElementById('outcome-head').textContent") == "Pending"
+    show(page, ScreenState(phase="idle", state="idle"))
+    assert b.eval("document.getElementById('title').textContent") == LABELS["title"].zh
