@@ -27,12 +27,13 @@ import asyncio
 import csv
 import io
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kiosk import metrics
 from kiosk.errors import ConflictError, InputError, KioskError, RemoteError, StorageError
@@ -155,6 +156,9 @@ class ErrorOut(BaseModel):
 
 PAID_STATES = ("paid", "refunded", "partially_refunded", "refund_pending", "refund_failed",  # money moved once
                "returning", "returned", "return_failed")
+# a visit id in the path is checked as the one registered was (no `~`, `/`, `%`): a clear 422 at the door
+_VisitId = Annotated[str, Path(pattern=_ID, description="the HIS's id of the visit (as registered)")]
+
 _STATUS = {InputError: 422, ConflictError: 409, RemoteError: 502, StorageError: 503, AuthError: 401}
 
 
@@ -185,6 +189,14 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
         field = ".".join(str(x) for x in first.get("loc", ())[1:]) or "body"
         return JSONResponse({"code": "invalid_input", "message": str(first.get("msg", "invalid request")),
                              "field": field}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        # no route (a path a visit id with `/` or `..` made): the answer a missing object gets, in the same shape
+        if e.status_code == 404:
+            return JSONResponse({"code": "not_found", "message": "not found", "field": None}, status_code=404)
+        return JSONResponse({"code": f"http_{e.status_code}", "message": str(e.detail), "field": None},
+                            status_code=e.status_code, headers=getattr(e, "headers", None))
 
     async def system(request: Request) -> str:
         body = await request.body()
@@ -328,7 +340,7 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
         return JSONResponse(out(row).model_dump(), status_code=201 if created else 200)
 
     @app.get("/pos/v1/visits/{visit_id}", tags=["visits"], responses=responses)
-    async def get_visit(visit_id: str, wait: float = Query(0, ge=0, le=60, description="seconds to wait while opening"),
+    async def get_visit(visit_id: _VisitId, wait: float = Query(0, ge=0, le=60, description="seconds to wait while opening"),
                         sysid: str = Depends(system)) -> Any:
         v = terminal.store.get_visit(terminal.institution, sysid, visit_id)
         if v is None:
@@ -346,7 +358,7 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
                           "charge_failed (nothing charged: post it again under a new charge_id); 409 visit_closed. "
                           "Idempotent per charge_id (same body: the first answer; another: 409 charge_conflict). "
                           "Refund a paid charge by POST /pos/v1/orders/{result.order_id}/refunds.")
-    async def create_charge(visit_id: str, body: ChargeIn, sysid: str = Depends(system)) -> Any:
+    async def create_charge(visit_id: _VisitId, body: ChargeIn, sysid: str = Depends(system)) -> Any:
         if body.bill.med_type == "41":
             raise InputError("a visit's charge is an outpatient bill (11 or 14)", field="bill.med_type")
         check_order("outpatient", body.bill.items, None, None, limits)
@@ -361,14 +373,14 @@ def create_app(terminal: Terminal, auth: PosAuth, *, title: str = "Kiosk POS/HIS
               description="Ends the visit: no charge is taken afterwards (409 visit_closed), the centre closes it "
                           "(2202), the summary of all its charges is printed and sent to the patient's insurance "
                           "app (ec.notify visit_summary). A second close answers the summary again.")
-    async def close_visit(visit_id: str, sysid: str = Depends(system)) -> Any:
+    async def close_visit(visit_id: _VisitId, sysid: str = Depends(system)) -> Any:
         return await asyncio.to_thread(terminal.visits.close, sysid, visit_id)
 
     @app.post("/pos/v1/visits/{visit_id}/revoke", tags=["visits"], responses=responses,
               description="Revokes the mandate the visit runs under (at the kiosk at once, then at the bank: "
                           "credit.mandate_revoke). Later charges need the patient. 200, or 202 while the bank has "
                           "not confirmed (sent again by the terminal until it does).")
-    async def revoke_visit(visit_id: str, sysid: str = Depends(system)) -> Any:
+    async def revoke_visit(visit_id: _VisitId, sysid: str = Depends(system)) -> Any:
         answer, status = await asyncio.to_thread(terminal.visits.revoke, sysid, visit_id)
         return JSONResponse(answer, status_code=status)
 

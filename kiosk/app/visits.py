@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -34,6 +35,9 @@ from kiosk.app.ports import MANDATE_REFUSALS, Person, VisitRef
 from kiosk.app.session import Order, Outcome, split_json
 from kiosk.app.store import (CHARGE_PREFIX, COUNTER_PREFIX, FACE_REVOKE_PREFIX, NOTICE_TOPIC, VISIT_PREFIX, OrderRow,
                              VisitRow)
+
+# seconds a close waits for the visit's charges already past the cap check (a draw answering late)
+CLOSE_WAIT_S = 15.0
 
 if TYPE_CHECKING:
     from kiosk.app.session import CounterSession
@@ -624,6 +628,7 @@ class Visits:
         if first:
             self.store.update_visit(self.inst, system, visit_id, expect=("open", "revoked"), state="closed",
                                     reason="close_pending")
+            self._settle_in_flight(system, visit_id)
             self._close_at_centre(self.store.get_visit(self.inst, system, visit_id))  # type: ignore[arg-type]
         view = self.view(system, visit_id)
         tot = view["totals"]
@@ -645,6 +650,18 @@ class Visits:
             self.t._audit("visit_closed", system=system, visit_id=visit_id, charges=len(paid),
                           medfee_sumamt=tot["medfee_sumamt"])
         return view
+
+    def _settle_in_flight(self, system: str, visit_id: str, limit_s: float = CLOSE_WAIT_S) -> None:
+        """Closed here (no new charge reserves): let the charges already past the cap check finish before
+        2202 and the summary, so the centre still takes their 2207 and the summary lists them. One still
+        running after `limit_s` (a party not answering) shows as it stands and completes by itself."""
+        prefix = f"{CHARGE_PREFIX}{visit_id}~"
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            with self._live_lock:
+                if not any(s == system and o.startswith(prefix) for s, o in self._live):
+                    return
+            time.sleep(0.02)
 
     def _close_at_centre(self, v: VisitRow) -> bool:
         try:

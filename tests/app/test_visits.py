@@ -940,6 +940,98 @@ def test_a_terminal_of_another_institution_on_the_same_books_does_not_find_the_v
     assert getattr(e.value, "code", "") == "not_found" and rig.centre.settlements == {}
 
 
+def test_a_terminal_of_another_institution_cannot_read_close_or_revoke_the_visit_either(rig):
+    rig.register()
+    other = Terminal(rig.store, rig.term.deps, SystemClock(), institution="H99999999999")
+    for act in (lambda: other.visits.view(SYSTEM, "V1"), lambda: other.visits.close(SYSTEM, "V1"),
+                lambda: other.visits.revoke(SYSTEM, "V1")):
+        with pytest.raises(Exception) as e:
+            act()
+        assert getattr(e.value, "code", "") == "not_found"
+    v = rig.pos.visit("V1").json()
+    assert v["state"] == "open" and v["mandate"]["state"] == "active" and rig.printer.printed[-1][0] != "就诊费用汇总 / Visit summary"
+
+
+def test_one_charge_id_on_two_visits_is_two_charges_never_a_replay_of_the_other(rig):
+    rig.register("V1")
+    rig.register("V2")
+    a, b = rig.pos.charge("V1", "C1", bill("100.00")), rig.pos.charge("V2", "C1", bill("50.00"))
+    assert (a.status_code, b.status_code) == (201, 201), (a.text, b.text)
+    assert a.json()["result"]["medfee_sumamt"] == "100.00" and b.json()["result"]["medfee_sumamt"] == "50.00"
+    assert len(rig.centre.settled()) == 2 and len(rig.bank.draws) == 2
+    assert [c["charge_id"] for c in rig.pos.visit("V1").json()["charges"]] == ["C1"]
+    assert rig.pos.visit("V2").json()["charges"][0]["result"]["medfee_sumamt"] == "50.00"
+
+
+@pytest.mark.parametrize("visit_id", ["V1~C1", "V1~", "~V1", "..", "V1%2FC1", "V1 ", "V%", "V_"])
+def test_a_visit_id_with_path_or_key_characters_finds_nothing_and_moves_nothing(rig, visit_id):
+    """`~` joins the order id (charge~<visit>~<charge>) and `%`/`_` are LIKE wildcards: a visit id holding
+    them never reaches another visit's charges; the answer is the one a missing visit gets."""
+    rig.register("V1")
+    rig.pos.charge("V1", "C1", bill("10.00"))
+    missing = rig.pos.charge("NOPE", "C1", bill("10.00"))
+    for r in (rig.pos.charge(visit_id, "C1", bill("10.00")), rig.pos.charge(visit_id, "C2", bill("10.00")),
+              rig.pos.visit(visit_id), rig.pos.close_visit(visit_id), rig.pos.revoke_visit(visit_id)):
+        assert r.status_code in (404, 422) and r.json()["code"] in ("not_found", "invalid_input"), r.text
+        if r.status_code == 404:
+            assert set(r.json()) == set(missing.json())
+    assert len(rig.centre.settled()) == 1 and rig.pos.visit("V1").json()["state"] == "open"
+    assert rig.pos.visit("V1").json()["mandate"]["state"] == "active"
+
+
+def test_a_charge_on_a_visit_still_opening_is_refused_at_the_door_and_stores_nothing(db):
+    r = make_rig(db, start=False)  # the registration waits at the counter: the visit stays opening
+    try:
+        r.register(wait=False)
+        got = r.pos.charge("V1", "C1", bill("10.00"))
+        assert got.status_code == 409 and got.json()["code"] == "visit_not_open", got.text
+        assert r.store.get(SYSTEM, "charge~V1~C1") is None and r.centre.settlements == {}
+        assert r.pos.close_visit("V1").json()["code"] == "visit_not_open"
+    finally:
+        r.term.stop()
+
+
+def test_a_close_racing_a_charge_waits_for_it_and_the_summary_counts_it(rig):
+    """The HIS closes the visit while a department's charge is between its 2207 and its draw: the close
+    lets that charge finish (no new one passes), then closes at the centre; its summary lists the charge
+    paid and the totals include it - never a summary missing a charge that was drawn."""
+    rig.register()
+    real, started = rig.centre.visit_settle, threading.Event()
+
+    def slow_settle(*a, **k):
+        out = real(*a, **k)
+        started.set()
+        time.sleep(0.5)
+        return out
+
+    rig.centre.visit_settle = slow_settle
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(r=rig.pos.charge("V1", "C1", bill("100.00"))))
+    t.start()
+    assert started.wait(10)
+    closed = rig.pos.close_visit("V1").json()
+    t.join(10)
+    assert box["r"].status_code == 201, box["r"].text
+    assert [(c["charge_id"], c["status"]) for c in closed["charges"]] == [("C1", "paid")]
+    assert closed["totals"]["medfee_sumamt"] == "100.00" and closed["state"] == "closed"
+    assert any("C1: 100.00 (paid)" in line for p in rig.printer.printed for line in p)
+    later = rig.pos.charge("V1", "C2", bill("10.00"))
+    assert later.status_code == 409 and later.json()["code"] == "visit_closed"
+
+
+def test_a_revoke_id_is_scoped_by_the_pos_system_and_another_body_is_refused_at_the_door(rig):
+    rig.register()
+    mine = rig.pos.revoke_by_face("RV1").json()["order_id"]
+    theirs = rig.other.revoke_by_face("RV1")
+    assert theirs.status_code == 201 and theirs.json()["order_id"] == mine  # the same id in another scope:
+    assert rig.other.get(mine, wait=10).json()["status"] in ("revoked", "failed")  # its own order, not ours
+    # the same revoke_id with another body (one mandate named): refused at the door, the first order unchanged
+    before = rig.pos.get(mine).json()
+    bad = rig.pos.request("POST", "/pos/v1/mandates/revoke", {"revoke_id": "RV1", "mandate_id": "M00000001"})
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_input", bad.text
+    assert rig.pos.get(mine).json()["created_at"] == before["created_at"]
+
+
 def test_a_counter_order_from_a_charge_is_paid_only_by_that_patient(db):
     centre = Centre()
     r = make_rig(db, centre=centre)
