@@ -875,8 +875,9 @@ def test_the_revocation_screen_lists_each_mandate_that_will_end_before_the_confi
 def test_a_registration_whose_party_answer_was_lost_reads_pending_then_opens(rig):
     frames = _screens(rig)
     rig.centre.down.add("register")  # 2201 unanswered: the order stays opening, recovery continues it
-    v = rig.register()
-    assert v["state"] == "opening" and rig.pos.get("visit~V1").json()["status"] == "opening"
+    rig.register(wait=False)
+    assert rig.pos.get("visit~V1", wait=10).json()["status"] == "opening"  # the counter's session ended
+    assert rig.pos.visit("V1").json()["state"] == "opening"
     last = frames[-1]
     assert (last.phase, last.kind, last.reason) == ("pending", "register", "register_pending"), last
     assert "未作任何授权" not in last.prompt.zh and "Nothing was authorised" not in last.prompt.en
