@@ -5,7 +5,8 @@
         -> settling -> printing -> done
     (a return the cashier confirms: bill_received -> presettled, no face)
     any state before settling -> failed | cancelled
-    settling -> pending (a party's answer is unknown: recovery completes it by key; never "failed")
+    settling | printing -> pending (a party's answer is unknown, or a fault while money moved: recovery
+    completes it by key from the journal; never "failed" for what may have happened)
 
 Every state has a timeout (seconds, configurable) and accepts a cancel until
 money starts to move (`settling`): from then on the session finishes or is
@@ -60,7 +61,7 @@ TRANSITIONS: Mapping[State, frozenset[State]] = {
     _S.PRESETTLED: frozenset({_S.CONFIRM}),
     _S.CONFIRM: frozenset({_S.SETTLING}),
     _S.SETTLING: frozenset({_S.PRINTING, _S.PENDING}),
-    _S.PRINTING: frozenset({_S.DONE}),
+    _S.PRINTING: frozenset({_S.DONE, _S.PENDING}),
     _S.DONE: frozenset(),
     _S.FAILED: frozenset(),
     _S.CANCELLED: frozenset(),

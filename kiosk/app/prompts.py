@@ -125,6 +125,11 @@ REASONS: dict[str, Prompt] = {
     "revoke_pending": Prompt("撤销已发出，银行尚未确认；终端会自动重试，结果请向收费员确认",
                              "Sent; the bank has not confirmed yet. The terminal retries by itself; the cashier can "
                              "tell you the result."),
+    # a payment whose outcome is not known yet (a party's answer lost and not undone, or a fault while money
+    # moved): the journal completes or reverses it by key, never twice
+    "payment_pending": Prompt("支付结果待确认：终端会自动完成或退回，不会重复扣款；请向收费员确认结果",
+                              "The payment's result is not confirmed yet: the terminal completes or reverses it by "
+                              "itself, never twice. Please check the result with the cashier."),
     # a registration whose party answer was lost (order 'opening'): recovery continues it by the same keys
     "register_pending": Prompt("登记已发出，尚未得到确认；终端会自动重试，结果请向收费员确认",
                                "Sent; not confirmed yet. The terminal retries by itself; the cashier can tell you "
@@ -208,6 +213,9 @@ RETURN_REASONS: dict[str, Prompt] = {
                       "Timed out; nothing was changed. Ask the cashier to start the return again if you wish."),
     # after the confirm key: pending at a party (completes by itself), refused (nothing changed, or an
     # operator's case): the cashier's POS shows which
+    "payment_pending": Prompt("退货结果待确认，终端会自动完成；请向收银员确认结果",
+                              "The return's result is not confirmed yet; the terminal completes it by itself. "
+                              "Please check with the cashier."),
     "interrupted": Prompt("退货未能在此完成，请向收银员确认结果",
                           "The return did not finish here. Please check the result with the cashier."),
 }

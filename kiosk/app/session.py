@@ -169,7 +169,7 @@ class CounterSession:
             if self.m.state in (State.SETTLING, State.PRINTING):
                 # a fault while money moves (not a party's answer: those are handled where they come):
                 # the journal knows how far it got; recovery resumes or reverses it
-                self.m.fail("interrupted")
+                self.m.pend(self._pending_reason())  # not known yet: never shown as failed
                 out = Outcome(status="reversing", reason="interrupted")
             else:
                 if not self.m.terminal:
@@ -500,9 +500,17 @@ class CounterSession:
             pass
         return False  # stays open in the journal; recovery retries it
 
+    def _pending_reason(self) -> str:
+        """What the screen says of an outcome recovery will settle: per kind of session."""
+        return {"register": "register_pending", "revoke": "revoke_pending"}.get(self.m.kind, "payment_pending")
+
     def _failed_after_commit(self, reason: str, keep_open: bool = False) -> Outcome:
-        """Money moved (or might have) and was put back, or is left to recovery (`keep_open`)."""
-        self.m.fail(reason)
+        """Money moved (or might have) and was put back, or is left to recovery (`keep_open`: the screen
+        reads pending - the journal may still complete it - while the POS reads reversing + the reason)."""
+        if keep_open:
+            self.m.pend("payment_pending")
+        else:
+            self.m.fail(reason)
         self.journal.record(self.order.order_id, "failed", {"reason": reason, "open": keep_open})
         return Outcome(status="reversing" if keep_open else "failed", reason=reason)
 
@@ -551,7 +559,10 @@ class CounterSession:
         self._wait_confirm()
         self._go(State.SETTLING)
         out, lines = self.returner(self)
-        if out.status != "returned":  # nothing changed, or pending/failed at a party: the cashier sees which
+        if out.status == "return_pending":  # a party's answer unknown: recovery completes it by key
+            self.m.pend("payment_pending")  # (a return's own text: RETURN_REASONS)
+            return out
+        if out.status != "returned":  # nothing changed, or failed at a party: the cashier sees which
             self.m.fail("interrupted")
             return out
         self._go(State.PRINTING)

@@ -314,6 +314,9 @@ def test_lost_settlement_answer_is_reversed_by_recovery(rig, tmp_path):
     rig.cam.show([casia(1, 0)])
     out = rig.run()
     assert (out.status, out.reason) == ("reversing", "centre_unavailable")
+    # the 2207 may stand until the reversal is confirmed: the screen reads pending, never "nothing was charged"
+    assert (rig.snaps[-1].state, rig.snaps[-1].reason) == ("pending", "payment_pending") and rig.snaps[-1].terminal
+    assert "failed" not in rig.states() and "未扣款" not in rig.snaps[-1].reason_zh
     rig.store.set_status("t", "o1", "reversing", reason=out.reason)
     # the network comes back: a recovery pass reverses the very msgid that was sent
     rig.centre.reverse_error = False
@@ -354,6 +357,7 @@ def test_fault_while_money_moves_is_left_to_recovery(rig):
     rig.cam.show([casia(1, 0)])
     out = rig.run()
     assert (out.status, out.reason) == ("reversing", "interrupted")
+    assert rig.snaps[-1].state == "pending" and "failed" not in rig.states()  # it was paid: never "not paid"
     # the journal shows the money fully moved: recovery reports it paid, receipt not printed
     rig.store.set_status("t", "o1", "reversing", reason="interrupted")
     assert Terminal(rig.store, rig.deps, SystemClock()).recover() == [("o1", "paid")]
