@@ -54,4 +54,6 @@ def samples() -> dict[str, ScreenState]:
                                       peripherals=OK),
         "cancelled": ScreenState(phase="cancelled", state="cancelled", session_id="S1", reason="timeout",
                                  peripherals=OK),
+        "pending": ScreenState(phase="pending", state="pending", session_id="S1", reason="payment_pending",
+                               peripherals=OK.model_copy(update={"network": "offline"})),
     }

@@ -80,6 +80,10 @@ REASONS: dict[str, Text] = {
     "cancelled_by_cashier": Text(zh="收银员已取消，本次没有扣款，有疑问请咨询收银员",
                                  en="The cashier cancelled. Nothing was charged. Please ask the cashier if in doubt"),
     "internal_error": Text(zh="系统故障，本次没有扣款，请联系收银员", en="System fault. Nothing was charged. Please ask the cashier"),
+    # an outcome not known yet (a party's answer lost): completed or reversed by the terminal, never twice
+    "payment_pending": Text(zh="支付结果待确认，终端会自动完成或退回，不会重复扣款；请向收银员确认结果",
+                            en="The result is not confirmed yet: the terminal completes or reverses it by itself, "
+                               "never twice. Please check with the cashier"),
 }
 
 # An item-level return (ScreenState.kind 'return'): what the patient does and what happens, never "pay"

@@ -109,6 +109,8 @@ def test_each_state_renders_in_chinese_and_is_screenshotted(page, face_frame, na
         assert ("凭条已打印" in text) == bool(st.receipt_printed)
     if st.phase in ("failure", "cancelled"):
         assert "✗" in text and REASONS[st.reason].zh in text
+    if st.phase == "pending":  # not known yet: never the failure's cross or "not paid"
+        assert LABELS["pending"].zh in text and "✗" not in text and LABELS["not_paid"].zh not in text
     if st.keypad:
         shown = b.eval("Array.from(document.querySelectorAll('#digits span')).map(s => s.textContent).join('')")
         assert shown == st.keypad.masked
