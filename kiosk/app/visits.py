@@ -409,6 +409,8 @@ class Visits:
         personal = s.acct_pay + s.acct_mulaid_pay + s.psn_cash_pay
         why, used_visit, used_day = self.store.reserve_charge(self.inst, system, v.visit_id, charge_id, oid, personal,
                                                               now, self._today())
+        if why == "visit_closed":  # closed while this charge came in: as at the door (no counter order)
+            return self._failed(system, oid, "visit_closed")
         if why:
             return self._needs_patient(system, v, oid, bill, why)
         j.record(oid, "reserved", {"personal": personal, "used_visit": used_visit, "used_day": used_day})
@@ -576,6 +578,10 @@ class Visits:
             return {"code": "needs_patient", "field": "charge_id", "reason": row.reason, "order_id": r.get("order_id"),
                     "message": f"the mandate cannot pay this charge ({row.reason}): the patient pays it at the "
                                f"counter as order {r.get('order_id')}", "charge": view}, 409
+        if row.status == "failed" and row.reason == "visit_closed":  # the visit ended while it came in
+            return {"code": "visit_closed", "field": "visit_id", "reason": row.reason,
+                    "message": "the visit was closed while this charge came in: nothing was charged; bill it as "
+                               "an order", "charge": view}, 409
         if row.status in ("failed", "cancelled"):
             return {"code": "charge_failed", "field": "charge_id", "reason": row.reason,
                     "message": f"nothing was charged ({row.reason}); post it again under a new charge_id",

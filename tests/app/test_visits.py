@@ -1020,6 +1020,26 @@ def test_a_close_racing_a_charge_waits_for_it_and_the_summary_counts_it(rig):
     assert later.status_code == 409 and later.json()["code"] == "visit_closed"
 
 
+def test_a_charge_that_came_in_as_the_visit_closed_is_refused_like_one_after_it_and_calls_nobody(rig):
+    """The close lands between a charge's door check and its cap check: the charge is answered 409
+    visit_closed as at the door, nothing is charged, and no counter order calls a patient who has left."""
+    rig.register()
+    real = rig.centre.visit_presettle
+
+    def presettle_while_closing(*a, **k):
+        threading.Thread(target=lambda: rig.term.visits.close(SYSTEM, "V1"), daemon=True).start()
+        end = time.monotonic() + 5
+        while rig.store.get_visit(INST, SYSTEM, "V1").state != "closed" and time.monotonic() < end:
+            time.sleep(0.01)
+        return real(*a, **k)
+
+    rig.centre.visit_presettle = presettle_while_closing
+    r = rig.pos.charge("V1", "C1", bill("10.00"))
+    assert r.status_code == 409 and r.json()["code"] == "visit_closed", r.text
+    assert rig.store.get(SYSTEM, "counter~V1~C1") is None and rig.centre.settled() == [] and rig.bank.drawn() == 0
+    assert rig.pos.charge("V1", "C1", bill("10.00")).json()["code"] == "visit_closed"  # the retry reads the same
+
+
 def test_a_revoke_id_is_scoped_by_the_pos_system_and_another_body_is_refused_at_the_door(rig):
     rig.register()
     mine = rig.pos.revoke_by_face("RV1").json()["order_id"]
