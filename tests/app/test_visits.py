@@ -941,6 +941,21 @@ def test_a_terminal_of_another_institution_on_the_same_books_does_not_find_the_v
     assert getattr(e.value, "code", "") == "not_found" and rig.centre.settlements == {}
 
 
+def test_another_pos_system_cannot_read_cancel_or_refund_the_orders_a_visit_made(rig):
+    """The registration, a charge and a revocation by face are orders of the POS system that made them: by
+    another system's key each is not found, exactly as an order that does not exist."""
+    rig.register()
+    assert rig.pos.charge("V1", "C1", bill("100.00")).status_code == 201
+    rig.pos.revoke_by_face("RV1")
+    missing = rig.other.get("charge~V1~NOPE")
+    assert missing.status_code == 404
+    for oid in ("visit~V1", "charge~V1~C1", "mrevoke~RV1"):
+        for r in (rig.other.get(oid), rig.other.cancel(oid), rig.other.refund(oid, "RF1", "1.00")):
+            assert r.status_code == 404 and r.json()["code"] == "not_found", (oid, r.text)
+            assert set(r.json()) == set(missing.json())
+    assert rig.bank.drawn() == 4000 and rig.pos.get("charge~V1~C1").json()["status"] == "paid"
+
+
 def test_a_terminal_of_another_institution_cannot_read_close_or_revoke_the_visit_either(rig):
     rig.register()
     other = Terminal(rig.store, rig.term.deps, SystemClock(), institution="H99999999999")
