@@ -1041,8 +1041,11 @@ def test_a_charge_that_came_in_as_the_visit_closed_is_refused_like_one_after_it_
     rig.register()
     real = rig.centre.visit_presettle
 
+    closer: list[threading.Thread] = []
+
     def presettle_while_closing(*a, **k):
-        threading.Thread(target=lambda: rig.term.visits.close(SYSTEM, "V1"), daemon=True).start()
+        closer.append(threading.Thread(target=lambda: rig.term.visits.close(SYSTEM, "V1"), daemon=True))
+        closer[-1].start()
         end = time.monotonic() + 5
         while rig.store.get_visit(INST, SYSTEM, "V1").state != "closed" and time.monotonic() < end:
             time.sleep(0.01)
@@ -1053,6 +1056,9 @@ def test_a_charge_that_came_in_as_the_visit_closed_is_refused_like_one_after_it_
     assert r.status_code == 409 and r.json()["code"] == "visit_closed", r.text
     assert rig.store.get(SYSTEM, "counter~V1~C1") is None and rig.centre.settled() == [] and rig.bank.drawn() == 0
     assert rig.pos.charge("V1", "C1", bill("10.00")).json()["code"] == "visit_closed"  # the retry reads the same
+    for t in closer:  # the close finishes before the rig's database goes
+        t.join(30)
+        assert not t.is_alive()
 
 
 def test_a_revoke_id_is_scoped_by_the_pos_system_and_another_body_is_refused_at_the_door(rig):
