@@ -130,6 +130,10 @@ REASONS: dict[str, Prompt] = {
     "payment_pending": Prompt("支付结果待确认：终端会自动完成或退回，不会重复扣款；请向收费员确认结果",
                               "The payment's result is not confirmed yet: the terminal completes or reverses it by "
                               "itself, never twice. Please check the result with the cashier."),
+    # a return whose parties disagree after the reversal (return_failed): staff settle it with the centre and bank
+    "return_needs_staff": Prompt("退货尚未全部完成，需要工作人员处理；请向收银员确认结果",
+                                 "The return is not complete yet and needs staff. Please check the result with the "
+                                 "cashier."),
     # a registration whose party answer was lost (order 'opening'): recovery continues it by the same keys
     "register_pending": Prompt("登记已发出，尚未得到确认；终端会自动重试，结果请向收费员确认",
                                "Sent; not confirmed yet. The terminal retries by itself; the cashier can tell you "
@@ -216,6 +220,9 @@ RETURN_REASONS: dict[str, Prompt] = {
     "payment_pending": Prompt("退货结果待确认，终端会自动完成；请向收银员确认结果",
                               "The return's result is not confirmed yet; the terminal completes it by itself. "
                               "Please check with the cashier."),
+    "return_needs_staff": Prompt("退货尚未全部完成，需要工作人员处理；请向收银员确认结果",
+                                 "The return is not complete yet and needs staff. Please check the result with the "
+                                 "cashier."),
     "interrupted": Prompt("退货未能在此完成，请向收银员确认结果",
                           "The return did not finish here. Please check the result with the cashier."),
 }

@@ -562,7 +562,10 @@ class CounterSession:
         if out.status == "return_pending":  # a party's answer unknown: recovery completes it by key
             self.m.pend("payment_pending")  # (a return's own text: RETURN_REASONS)
             return out
-        if out.status != "returned":  # nothing changed, or failed at a party: the cashier sees which
+        if out.status == "return_failed":  # a party refused after the reversal: not "not returned" (the fund
+            self.m.pend("return_needs_staff")  # and account went back), an operator's case: result to confirm
+            return out
+        if out.status != "returned":  # nothing changed: the cashier sees why
             self.m.fail("interrupted")
             return out
         self._go(State.PRINTING)

@@ -19,7 +19,7 @@ from kiosk.app.adapters.camera import ImageCamera
 from kiosk.app.adapters.vision import PipelineVision
 from kiosk.app.flow import State
 from kiosk.app.ports import Activation, DrawResult, FaceAuth, Line, Person, RefundResult, SettleResult, Split
-from kiosk.app.session import CounterSession, Deps, Limits, Order
+from kiosk.app.session import CounterSession, Deps, Limits, Order, Outcome
 from kiosk.app.store import Store
 from kiosk.app.terminal import Terminal
 from kiosk.app.typist import Typist
@@ -414,3 +414,33 @@ def test_admission_without_the_centres_authorisation_holds_nothing(rig, monkeypa
     out = rig.run(Order("o1", {}, mode="admission", deposit_fen=50000))
     assert (out.status, out.reason) == ("failed", "centre_unavailable")
     assert [c for c in rig.bank.calls if c[0] == "hold"] == []
+
+
+@pytest.mark.parametrize("status, end, reason", [
+    ("return_failed", "pending", "return_needs_staff"),  # a party refused after the reversal: staff settle it
+    ("failed", "failed", "interrupted"),                   # refused before anything changed: not returned
+])
+def test_a_return_refused_after_its_reversal_never_reads_not_returned(rig, status, end, reason):
+    """The patient's screen must not say "not returned" when the fund and account already went back (the
+    reversal landed, a later party refused: an operator's case); a return refused before anything changed
+    still ends failed."""
+    rig.store.create_order("t", "r1", {"bill": BILL}, "return")
+    rig.centre.presettle = lambda person, bill, order_id, **kw: SettleResult("ok", SPLIT)
+    rig.typist.plan("confirm", "<enter>")
+    order = Order("r1", BILL, mode="return", psn_no="P1", confirm="cashier", operator=("op1", "Wang"),
+                  orig_setl_id="S1", insutype="310", old={"credit_draw": "0.00"})
+
+    def on_change(s):
+        rig.snaps.append(s)
+        rig.typist.on_snapshot(s)
+
+    class J:
+        def record(self, order_id, step, data=None):
+            rig.store.record("t", order_id, step, data)
+
+    s = CounterSession(order, rig.deps, J(), SystemClock(), on_change=on_change, timeouts=FAST,
+                       limits=Limits(key_poll_s=0.02))
+    s.returner = lambda sess: (Outcome(status=status, reason="bank_refused"), [])
+    out = s.run()
+    assert out.status == status
+    assert (rig.snaps[-1].state, rig.snaps[-1].reason) == (end, reason), rig.snaps[-1]

@@ -80,6 +80,8 @@ REASONS: dict[str, Text] = {
     "cancelled_by_cashier": Text(zh="收银员已取消，本次没有扣款，有疑问请咨询收银员",
                                  en="The cashier cancelled. Nothing was charged. Please ask the cashier if in doubt"),
     "internal_error": Text(zh="系统故障，本次没有扣款，请联系收银员", en="System fault. Nothing was charged. Please ask the cashier"),
+    "return_needs_staff": Text(zh="退货尚未全部完成，需要工作人员处理；请向收银员确认结果",
+                               en="The return is not complete yet and needs staff. Please check with the cashier"),
     # an outcome not known yet (a party's answer lost): completed or reversed by the terminal, never twice
     "payment_pending": Text(zh="支付结果待确认，终端会自动完成或退回，不会重复扣款；请向收银员确认结果",
                             en="The result is not confirmed yet: the terminal completes or reverses it by itself, "
@@ -127,6 +129,8 @@ RETURN_REASONS: dict[str, Text] = {
     "cancelled_by_cashier": Text(zh="收银员已取消退货，没有任何更改，有疑问请咨询收银员",
                                  en="The cashier cancelled the return. Nothing was changed. Please ask the cashier if in doubt"),
     "internal_error": Text(zh="系统故障，退货没有办理，请联系收银员", en="System fault; nothing was changed. Please ask the cashier"),
+    "return_needs_staff": Text(zh="退货尚未全部完成，需要工作人员处理；请向收银员确认结果",
+                               en="The return is not complete yet and needs staff. Please check with the cashier"),
     "interrupted": Text(zh="退货没有在这里完成，请向收银员确认结果",
                         en="The return did not finish here. Please check the result with the cashier"),
 }
