@@ -527,6 +527,20 @@ class CounterSession:
         self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed,
                                                          "outcome": out.to_json()})
 
+    def _print_slip(self, out: Outcome, lines: Callable[[], list[str]], **done: Any) -> Outcome:
+        """The receipt of a return, registration or revocation: journaled, a printer fault only noted (the
+        act itself is done)."""
+        self._go(State.PRINTING)
+        self.journal.record(self.order.order_id, "print")
+        try:
+            status = self.d.printer.print_receipt(lines()).status
+        except DeviceError:
+            status = "printer_offline"
+        out.receipt_printed = status == "ok"
+        self._go(State.DONE, reason=None if status == "ok" else status, **done)
+        self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed})
+        return out
+
     # -------------------------------------------------------------- return
     def _return(self) -> Outcome:
         """Item-level return: the original patient's face again (or, confirm=cashier, the cashier vouches
@@ -568,16 +582,7 @@ class CounterSession:
         if out.status != "returned":  # nothing changed: the cashier sees why
             self.m.fail("interrupted")
             return out
-        self._go(State.PRINTING)
-        self.journal.record(self.order.order_id, "print")
-        try:
-            status = self.d.printer.print_receipt(lines).status
-        except DeviceError:
-            status = "printer_offline"
-        out.receipt_printed = status == "ok"
-        self._go(State.DONE, reason=None if status == "ok" else status, setl_id=out.setl_id)
-        self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed})
-        return out
+        return self._print_slip(out, lambda: lines, setl_id=out.setl_id)
 
     # -------------------------------------------------------------- senseless payment: registration
     def _register(self) -> Outcome:
@@ -638,16 +643,7 @@ class CounterSession:
         if out.status != "registered":
             self.m.fail(out.reason if out.reason in REASONS else "interrupted")
             return out
-        self._go(State.PRINTING)
-        self.journal.record(self.order.order_id, "print")
-        try:
-            status = self.d.printer.print_receipt(self.registrar.receipt(self, terms, out)).status
-        except DeviceError:
-            status = "printer_offline"
-        out.receipt_printed = status == "ok"
-        self._go(State.DONE, reason=None if status == "ok" else status)
-        self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed})
-        return out
+        return self._print_slip(out, lambda: self.registrar.receipt(self, terms, out))
 
     # -------------------------------------------------------------- senseless payment: revocation by face
     def _revoke_mandates(self) -> Outcome:
@@ -677,16 +673,7 @@ class CounterSession:
         if out.status not in ("revoked", "not_revoked"):
             self.m.fail(out.reason if out.reason in REASONS else "interrupted")
             return out
-        self._go(State.PRINTING)
-        self.journal.record(self.order.order_id, "print")
-        try:
-            status = self.d.printer.print_receipt(self.revoker.receipt(self, out)).status
-        except DeviceError:
-            status = "printer_offline"
-        out.receipt_printed = status == "ok"
-        self._go(State.DONE, reason=None if status == "ok" else status)
-        self.journal.record(self.order.order_id, "done", {"receipt_printed": out.receipt_printed})
-        return out
+        return self._print_slip(out, lambda: self.revoker.receipt(self, out))
 
     # -------------------------------------------------------------- inpatient
     def _admit(self) -> Outcome:
